@@ -1,0 +1,238 @@
+/*
+ * ds4sci.h - public C API of the ds4sci core: TorchMD-Net's Equivariant Transformer (ET)
+ * force field, energies, forces and virials, on the CPU (float64 reference) or on a GPU.
+ *
+ * Ownership. Every handle is created by a ds4sci_*_create/_load call and released by the
+ * matching ds4sci_*_free; *_free(NULL) is a no-op. A context keeps a pointer to its model:
+ * free all contexts of a model before the model. Arrays passed in are borrowed for the
+ * duration of the call only; arrays passed out (result fields) are owned by the caller and
+ * must have the documented size. Nothing here keeps a pointer to caller memory after the
+ * call returns. No function aborts or prints on bad input: each fallible call returns a
+ * status and leaves a message (what, where, what was expected) in the handle's error
+ * buffer (ds4sci_ctx_error) or in the caller's err buffer for calls that create a handle.
+ *
+ * Units. Positions and cutoffs are in the model's length unit, energies in its energy unit
+ * (ds4sci_model_info.length_unit / energy_unit, e.g. "angstrom" and "eV"). Forces are
+ * energy/length; virials are energy (sum of r (x) f, LAMMPS convention, not divided by volume).
+ *
+ * Threading. A context is used by one thread at a time; distinct contexts are independent.
+ * The CPU backend parallelises over atoms with OpenMP inside a call.
+ *
+ * The public API has no CUDA, MPI or LAMMPS types.
+ */
+#ifndef DS4SCI_H
+#define DS4SCI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DS4SCI_VERSION_MAJOR 0
+#define DS4SCI_VERSION_MINOR 1
+#define DS4SCI_VERSION_PATCH 0
+
+/* Status codes. DS4SCI_OK is 0; every other value is an error. */
+typedef enum ds4sci_status {
+    DS4SCI_OK = 0,
+    DS4SCI_ERR_ARG = 1,          /* bad argument: NULL where required, negative count, bad index */
+    DS4SCI_ERR_IO = 2,           /* model file cannot be opened or read */
+    DS4SCI_ERR_FORMAT = 3,       /* model file malformed: header, JSON, tensor missing/dtype/shape */
+    DS4SCI_ERR_UNSUPPORTED = 4,  /* well-formed but an option this build does not implement */
+    DS4SCI_ERR_NOMEM = 5,        /* host allocation failed */
+    DS4SCI_ERR_INPUT = 6,        /* bad atoms: non-finite position, overlapping atoms, unknown z */
+    DS4SCI_ERR_EXCHANGE = 7,     /* the caller's ghost exchange callback returned non-zero */
+    DS4SCI_ERR_DEVICE = 8,       /* no usable GPU, or a CUDA error */
+    DS4SCI_ERR_DEVICE_NOMEM = 9  /* GPU out of memory (message names the size asked for) */
+} ds4sci_status;
+
+/* Static name of a status ("DS4SCI_ERR_FORMAT", ...). Never NULL. */
+const char *ds4sci_status_name(ds4sci_status status);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Model                                                                                       */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct ds4sci_model ds4sci_model;
+
+/* What a loaded model is. All pointers stay valid until ds4sci_model_free. */
+typedef struct ds4sci_model_info {
+    const char *path;            /* file it was loaded from ("<memory>" for _load_memory) */
+    const char *name;            /* metadata "name", or "" */
+    const char *description;     /* metadata "description", or "" */
+    const char *length_unit;     /* "angstrom", "nm", "bohr" */
+    const char *energy_unit;     /* "eV", "kcal/mol", "kJ/mol", "hartree" */
+    double cutoff_lower;         /* length unit; pairs need cutoff_lower <= r < cutoff_upper */
+    double cutoff_upper;         /* length unit; the ghost shell a caller must provide */
+    double energy_shift;         /* TorchMD-Net "mean": added once per whole system, NOT per atom
+                                    and NOT included in ds4sci_result.energy */
+    int32_t n_elements;          /* entries in element_symbols / element_z */
+    const char *const *element_symbols; /* [n_elements] "H", "O", ... (as trained) */
+    const int32_t *element_z;    /* [n_elements] embedding row (atomic number) of each symbol */
+    int32_t max_z;               /* embedding rows; valid z are those in element_z */
+    int32_t hidden_channels;     /* F */
+    int32_t num_layers;          /* L */
+    int32_t num_rbf;             /* K */
+    int32_t num_heads;           /* H */
+    int32_t vector_cutoff;       /* 1: energy is C1 at cutoff_upper; 0: it jumps (see warning) */
+    const char *warning;         /* non-NULL when the model loads but has a known defect,
+                                    e.g. vector_cutoff off: energy not continuous at the cutoff */
+} ds4sci_model_info;
+
+/*
+ * Load a model file: safetensors whose header "__metadata__" holds "ds4sci.config" (a JSON
+ * object with every hyperparameter, the elements and the units) and whose tensors carry
+ * TorchMD-Net's state-dict names (F32 or F64). Every tensor's presence, dtype and shape is
+ * checked against the hyperparameters. On failure *model is NULL and err (if non-NULL)
+ * holds a NUL-terminated message naming the file, the tensor or key, and what was expected.
+ */
+ds4sci_status ds4sci_model_load(const char *path, ds4sci_model **model, char *err, size_t err_len);
+
+/* Same, from a buffer of `size` bytes (borrowed). `name` is used in messages. */
+ds4sci_status ds4sci_model_load_memory(const void *data, size_t size, const char *name,
+                                       ds4sci_model **model, char *err, size_t err_len);
+
+void ds4sci_model_free(ds4sci_model *model);
+
+/* Never NULL for a non-NULL model. */
+const ds4sci_model_info *ds4sci_model_get_info(const ds4sci_model *model);
+
+/* Embedding row (atomic number) for an element symbol, or -1 if the model has no such element. */
+int32_t ds4sci_model_element_z(const ds4sci_model *model, const char *symbol);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Atoms, neighbours and ghosts                                                                */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * One process's view of the atoms. Atoms [0, n_local) are owned; atoms [n_local, n_total),
+ * n_total = n_local + n_ghost, are ghosts: periodic images and atoms of other processes, each
+ * a copy of an owned atom somewhere. Ghosts must cover every atom within cutoff_upper of an
+ * owned atom (one cutoff: never num_layers x cutoff). Features of ghosts are refreshed
+ * through ds4sci_exchange between layers.
+ *
+ * Neighbours: a candidate list per owned atom (receiver), CSR. It may contain atoms beyond
+ * the cutoff (a Verlet skin); the core keeps pairs with cutoff_lower^2 <= d^2 < cutoff_upper^2
+ * and adds the self-loop itself. It must contain every atom (owned or ghost, never i itself)
+ * within cutoff_upper of i. Nothing is truncated: the caller's list is used whole.
+ */
+typedef struct ds4sci_system {
+    int32_t n_local;             /* owned atoms, >= 0 (0 is valid: an empty domain) */
+    int32_t n_ghost;             /* ghost atoms, >= 0 */
+    const double *pos;           /* [n_total][3] positions, length unit */
+    const int32_t *z;            /* [n_total] atomic numbers (embedding rows), each in element_z */
+    const int64_t *nbr_offset;   /* [n_local + 1] nbr_offset[0] = 0, non-decreasing */
+    const int32_t *nbr_index;    /* [nbr_offset[n_local]] neighbours of owned atom i are
+                                    nbr_index[nbr_offset[i] .. nbr_offset[i+1]), each in
+                                    [0, n_total) and != i */
+    const int32_t *ghost_owner;  /* [n_ghost] owned atom each ghost is a copy of, for the
+                                    built-in single-process exchange; NULL if an exchange
+                                    is passed to ds4sci_compute */
+} ds4sci_system;
+
+/*
+ * Ghost exchange supplied by the caller (LAMMPS uses its forward/reverse communication).
+ * `data` is a host array [n_total][width] of doubles, row-major, one row per atom.
+ *   forward: overwrite each ghost row with its owner's row.
+ *   reverse: add each ghost row into its owner's row (ghost rows may be left as they are).
+ * Return 0 on success. The core calls forward and reverse the same number of times, with the
+ * same widths, whatever n_local and n_ghost are (0 included), so collective communication
+ * stays matched across processes.
+ */
+typedef struct ds4sci_exchange {
+    int (*forward)(void *user, double *data, int32_t width);
+    int (*reverse)(void *user, double *data, int32_t width);
+    void *user;
+} ds4sci_exchange;
+
+/* Outputs. Set a pointer to NULL when not requested. Arrays are overwritten, not added to. */
+typedef struct ds4sci_result {
+    double energy;        /* out: sum of atom_energy over owned atoms (energy_shift excluded) */
+    double virial[6];     /* out: xx, yy, zz, xy, xz, yz of sum over pairs of w (x) f, where
+                             w = r_sender - r_receiver and f the pair force on the sender;
+                             this process's share: sums to the global virial over processes */
+    double *atom_energy;  /* [n_local] or NULL */
+    double *forces;       /* [n_total][3] or NULL; ghost rows hold forces on the ghost copies,
+                             which the caller adds into their owners (LAMMPS reverse comm),
+                             or see ds4sci_fold_ghosts */
+    double *atom_virial;  /* [n_total][6] or NULL, same order as virial; each pair's term is
+                             split half to each of its two atoms; ghost rows as for forces */
+} ds4sci_result;
+
+/* ------------------------------------------------------------------------------------------ */
+/* Contexts: a model bound to a backend, with its workspace                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef enum ds4sci_device {
+    DS4SCI_DEVICE_AUTO = 0,  /* the GPU when one is usable, else the CPU */
+    DS4SCI_DEVICE_CPU = 1,   /* float64 reference backend (OpenMP) */
+    DS4SCI_DEVICE_CUDA = 2   /* fused CUDA kernels, fp32 with fp64 energy/virial sums */
+} ds4sci_device;
+
+typedef struct ds4sci_options {
+    ds4sci_device device;    /* default DS4SCI_DEVICE_AUTO */
+    int32_t device_id;       /* CUDA device ordinal, default 0 */
+    int32_t n_threads;       /* CPU threads, 0 = OpenMP default */
+} ds4sci_options;
+
+void ds4sci_options_init(ds4sci_options *options);
+
+typedef struct ds4sci_ctx ds4sci_ctx;
+
+/* options NULL means defaults. On failure *ctx is NULL and err holds the reason. */
+ds4sci_status ds4sci_ctx_create(const ds4sci_model *model, const ds4sci_options *options,
+                                ds4sci_ctx **ctx, char *err, size_t err_len);
+void ds4sci_ctx_free(ds4sci_ctx *ctx);
+
+/* The backend the context runs on (never AUTO), and its name ("cpu", "cuda"). */
+ds4sci_device ds4sci_ctx_device(const ds4sci_ctx *ctx);
+const char *ds4sci_ctx_backend_name(const ds4sci_ctx *ctx);
+
+/* Message of the last failed call on ctx ("" if none). Valid until the next call on ctx. */
+const char *ds4sci_ctx_error(const ds4sci_ctx *ctx);
+
+/* 1 if this build has the CUDA backend and a device is usable, else 0. */
+int ds4sci_cuda_available(void);
+
+/*
+ * Energy, forces and virials of the owned atoms. exchange NULL: the built-in exchange driven
+ * by system->ghost_owner (required then). Checks the input first: non-finite positions, z not
+ * in the model, neighbour indices out of range, a pair closer than 1e-4 length units
+ * (overlapping atoms) each give DS4SCI_ERR_INPUT with the atom indices in the message.
+ */
+ds4sci_status ds4sci_compute(ds4sci_ctx *ctx, const ds4sci_system *system,
+                             const ds4sci_exchange *exchange, ds4sci_result *result);
+
+/*
+ * Convenience for single-process callers: add ghost rows of `data` ([n_local+n_ghost][width])
+ * into their owners (ghost_owner: [n_ghost]) and zero the ghost rows.
+ */
+void ds4sci_fold_ghosts(double *data, int32_t width, int32_t n_local, int32_t n_ghost,
+                        const int32_t *ghost_owner);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Neighbour lists with periodic ghosts, for callers without an MD engine (tests, benchmarks) */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct ds4sci_graph ds4sci_graph;
+
+/*
+ * Build owned atoms, periodic ghost images within `cutoff` of the box, and a full candidate
+ * neighbour list (all pairs with d < cutoff) by a cell list. box: NULL for open boundaries,
+ * else [3][3] rows a, b, c in LAMMPS/TorchMD-Net reduced form (a_y = a_z = b_z = 0), with
+ * periodicity in all three directions. Positions may lie outside the box (they are wrapped
+ * for the ghost search; owned atoms keep the given positions). Fills *system (whose arrays
+ * belong to the graph and live until ds4sci_graph_free) with ghost_owner set.
+ */
+ds4sci_status ds4sci_graph_build(const double *pos, const int32_t *z, int32_t n_atoms,
+                                 const double *box, double cutoff, ds4sci_graph **graph,
+                                 ds4sci_system *system, char *err, size_t err_len);
+void ds4sci_graph_free(ds4sci_graph *graph);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DS4SCI_H */
