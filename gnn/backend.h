@@ -1,0 +1,65 @@
+/*
+ * backend.h - the private interface between the public API (api.c) and a compute backend
+ * (CPU reference in et_cpu.c, CUDA in backend_cuda.c), a struct of function pointers in the
+ * style of ggml's ggml_backend_i. Not installed; no CUDA types.
+ *
+ * Contract, for every backend:
+ *  - create() gets the validated model description (borrowed: it outlives the state) and the
+ *    options (never NULL, already defaulted). On success it sets *state and returns DS4SCI_OK;
+ *    on failure it leaves *state NULL (or frees what it made), writes a NUL-terminated message
+ *    into err (err_len bytes, err may be NULL) and returns the status (DS4SCI_ERR_DEVICE,
+ *    DS4SCI_ERR_NOMEM, DS4SCI_ERR_UNSUPPORTED, ...).
+ *  - compute() gets a system that api.c has already validated (counts >= 0, required arrays
+ *    present, CSR monotone, indices in range and != i, finite positions, every z in the
+ *    model's element list, no pair closer than 1e-4), an exchange that is never NULL (api.c
+ *    wraps the built-in ghost_owner exchange), and a result whose requested arrays
+ *    (non-NULL pointers) have the sizes documented in ds4sci.h. It fills energy and virial
+ *    always and every non-NULL array (overwriting, not adding); result->energy excludes the
+ *    model's energy shift (et_desc.mean). Ghost rows of forces / atom_virial hold the
+ *    contributions on the ghost copies (not folded).
+ *    Exchange sequence: every backend makes exactly these calls, in this order, whatever
+ *    n_local and n_ghost are (0 included), so LAMMPS's collective communication stays
+ *    matched between processes and between backends (the row layout inside a width is the
+ *    backend's own business):
+ *      forward(width F)                         layer-0 input x (after the neighbour embedding)
+ *      forward(width 4F)  for l = 1 .. L-1      layer-l input (x, vec), before layer l
+ *      reverse(width 4F)  for l = L-1 .. 1      gradient of layer-l input, after its backward
+ *      reverse(width F)   if neighbor_embedding  gradient of the layer-0 x, for the neighbour
+ *                                               embedding backward
+ *    After a reverse the backend zeroes (ignores) the ghost rows itself: the exchange may
+ *    leave them as they were. A non-zero return from a callback gives DS4SCI_ERR_EXCHANGE.
+ *    Errors write err as for create().
+ *  - destroy(NULL) is a no-op.
+ *  - A state is used by one thread at a time.
+ */
+#ifndef DS4SCI_BACKEND_H
+#define DS4SCI_BACKEND_H
+
+#include <stddef.h>
+
+#include "ds4sci.h"
+#include "et_desc.h"
+
+typedef struct ds4sci_backend_i {
+    const char *name;      /* "cpu", "cuda" */
+    ds4sci_device device;  /* DS4SCI_DEVICE_CPU or DS4SCI_DEVICE_CUDA (never AUTO) */
+
+    ds4sci_status (*create)(const et_desc *desc, const ds4sci_options *options, void **state,
+                            char *err, size_t err_len);
+    ds4sci_status (*compute)(void *state, const ds4sci_system *system,
+                             const ds4sci_exchange *exchange, ds4sci_result *result, char *err,
+                             size_t err_len);
+    void (*destroy)(void *state);
+} ds4sci_backend_i;
+
+/* The float64 OpenMP reference (et_cpu.c). */
+extern const ds4sci_backend_i ds4sci_backend_cpu;
+
+#ifdef DS4SCI_HAVE_CUDA
+/* The fused CUDA backend (backend_cuda.c). */
+extern const ds4sci_backend_i ds4sci_backend_cuda;
+/* 1 if a CUDA device is usable (driver present, at least one device), else 0. */
+int ds4sci_backend_cuda_available(void);
+#endif
+
+#endif /* DS4SCI_BACKEND_H */
