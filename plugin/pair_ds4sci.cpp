@@ -1,0 +1,445 @@
+/* ----------------------------------------------------------------------
+   pair_style ds4sci: see pair_ds4sci.h. No model math here: the C core (gnn/include/ds4sci.h)
+   computes; this file converts LAMMPS's data to and from the core's plain arrays.
+------------------------------------------------------------------------- */
+
+#include "pair_ds4sci.h"
+
+#include "ds4sci_lammps_compat.h"
+
+#include "atom.h"
+#include "comm.h"
+#include "error.h"
+#include "force.h"
+#include "memory.h"
+#include "neigh_list.h"
+#include "neighbor.h"
+#include "update.h"
+#include "utils.h"
+
+#include <mpi.h>
+
+#include <cmath>
+#include <cstring>
+#include <string>
+
+using namespace LAMMPS_NS;
+
+namespace {
+
+// Energy units in eV (CODATA 2018 exact constants: e, N_A; thermochemical calorie).
+double energy_unit_in_ev(const std::string &unit)
+{
+  const double ev_per_kj_mol = 1000.0 / (6.02214076e23 * 1.602176634e-19);
+  if (unit == "eV") return 1.0;
+  if (unit == "kJ/mol") return ev_per_kj_mol;
+  if (unit == "kcal/mol") return 4.184 * ev_per_kj_mol;
+  if (unit == "hartree") return 27.211386245988;
+  return 0.0;
+}
+
+// Units of the LAMMPS unit styles the plugin accepts: {length, energy}.
+bool lammps_units(const char *style, std::string &length, std::string &energy)
+{
+  if (strcmp(style, "metal") == 0) {
+    length = "angstrom";
+    energy = "eV";
+    return true;
+  }
+  if (strcmp(style, "real") == 0) {
+    length = "angstrom";
+    energy = "kcal/mol";
+    return true;
+  }
+  return false;
+}
+
+// Non-null pointer for an empty array: the core rejects NULL for required arrays.
+template <typename T> T *data_or_dummy(std::vector<T> &v)
+{
+  static T dummy[8];
+  return v.empty() ? dummy : v.data();
+}
+
+}  // namespace
+
+/* ---------------------------------------------------------------------- */
+
+PairDS4SCI::PairDS4SCI(LAMMPS *lmp) :
+    Pair(lmp), model(nullptr), ctx(nullptr), energy_scale(1.0), comm_data(nullptr),
+    comm_width(0)
+{
+  single_enable = 0;
+  restartinfo = 0;    // after read_restart, pair_style and pair_coeff are given again
+  one_coeff = 1;
+  manybody_flag = 1;
+  centroidstressflag = CENTROID_NOTAVAIL;
+  comm_forward = 0;
+  comm_reverse = 0;
+}
+
+PairDS4SCI::~PairDS4SCI()
+{
+  release();
+  if (allocated) {
+    memory->destroy(setflag);
+    memory->destroy(cutsq);
+  }
+}
+
+void PairDS4SCI::release()
+{
+  ds4sci_ctx_free(ctx);
+  ctx = nullptr;
+  ds4sci_model_free(model);
+  model = nullptr;
+}
+
+/* ----------------------------------------------------------------------
+   pair_style ds4sci <model> [device auto|cpu|cuda] [device_id N] [threads N]
+------------------------------------------------------------------------- */
+
+void PairDS4SCI::settings(int narg, char **arg)
+{
+  if (narg < 1)
+    error->all(FLERR,
+               "Illegal pair_style ds4sci command: expected "
+               "pair_style ds4sci <model.safetensors> [device auto|cpu|cuda] [device_id N] "
+               "[threads N]");
+
+  ds4sci_options options;
+  ds4sci_options_init(&options);
+  bool device_id_given = false;
+  for (int iarg = 1; iarg < narg; iarg += 2) {
+    const std::string key = arg[iarg];
+    if (iarg + 1 >= narg)
+      error->all(FLERR, "Illegal pair_style ds4sci command: keyword '" + key + "' needs a value");
+    const std::string value = arg[iarg + 1];
+    if (key == "device") {
+      if (value == "auto")
+        options.device = DS4SCI_DEVICE_AUTO;
+      else if (value == "cpu")
+        options.device = DS4SCI_DEVICE_CPU;
+      else if (value == "cuda")
+        options.device = DS4SCI_DEVICE_CUDA;
+      else
+        error->all(FLERR, "Illegal pair_style ds4sci command: device '" + value +
+                              "', expected auto, cpu or cuda");
+    } else if (key == "device_id") {
+      options.device_id = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
+      if (options.device_id < 0)
+        error->all(FLERR, "Illegal pair_style ds4sci command: device_id must be >= 0");
+      device_id_given = true;
+    } else if (key == "threads") {
+      options.n_threads = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
+      if (options.n_threads < 0)
+        error->all(FLERR, "Illegal pair_style ds4sci command: threads must be >= 0");
+    } else {
+      error->all(FLERR, "Illegal pair_style ds4sci command: unknown keyword '" + key +
+                            "', expected device, device_id or threads");
+    }
+  }
+
+  // One rank per GPU: by default, rank r of a node uses the node's GPU r.
+  if (!device_id_given) {
+    MPI_Comm node;
+    MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
+    MPI_Comm_rank(node, &options.device_id);
+    MPI_Comm_free(&node);
+  }
+
+  if (options.device == DS4SCI_DEVICE_CUDA && !ds4sci_cuda_available())
+    error->all(FLERR, "pair_style ds4sci: device cuda requested, but this build of the ds4sci "
+                      "core has no CUDA backend or no usable GPU");
+
+  // pair_style given again (e.g. after read_restart): start over, pair_coeff must follow.
+  release();
+  type_z.clear();
+  if (allocated) {
+    for (int i = 1; i <= atom->ntypes; i++)
+      for (int j = i; j <= atom->ntypes; j++) setflag[i][j] = 0;
+  }
+
+  char err[1024] = "";
+  if (ds4sci_model_load(arg[0], &model, err, sizeof(err)) != DS4SCI_OK)
+    error->all(FLERR, std::string("pair_style ds4sci: cannot load model: ") + err);
+  const ds4sci_model_info *info = ds4sci_model_get_info(model);
+
+  std::string length, energy;
+  if (!lammps_units(update->unit_style, length, energy))
+    error->all(FLERR, std::string("pair_style ds4sci: units ") + update->unit_style +
+                          " not supported; use units metal (angstrom, eV) or real "
+                          "(angstrom, kcal/mol)");
+  if (length != info->length_unit)
+    error->all(FLERR, std::string("pair_style ds4sci: the model's length unit is ") +
+                          info->length_unit + " but units " + update->unit_style + " uses " +
+                          length + "; lengths are not converted");
+  const double model_ev = energy_unit_in_ev(info->energy_unit);
+  if (model_ev == 0.0)
+    error->all(FLERR, std::string("pair_style ds4sci: unknown model energy unit '") +
+                          info->energy_unit + "'");
+  energy_scale = model_ev / energy_unit_in_ev(energy);
+
+  if (ds4sci_ctx_create(model, &options, &ctx, err, sizeof(err)) != DS4SCI_OK)
+    error->all(FLERR, std::string("pair_style ds4sci: cannot create context: ") + err);
+
+  // The core exchanges rows of at most 4 F doubles (scalar + vector features).
+  comm_forward = comm_reverse = 4 * info->hidden_channels;
+
+  if (comm->me == 0) {
+    std::string elements;
+    for (int i = 0; i < info->n_elements; i++)
+      elements += std::string(i ? " " : "") + info->element_symbols[i];
+    std::string msg = "pair_style ds4sci: model " + std::string(info->path);
+    if (info->name[0]) msg += " (" + std::string(info->name) + ")";
+    msg += "\n  elements " + elements + ", cutoff " + std::to_string(info->cutoff_upper) + " " +
+        info->length_unit + ", F " + std::to_string(info->hidden_channels) + ", layers " +
+        std::to_string(info->num_layers) + ", backend " + ds4sci_ctx_backend_name(ctx) + "\n";
+    if (energy_scale != 1.0)
+      msg += "  energies converted from the model's " + std::string(info->energy_unit) + " to " +
+          energy + " (x " + std::to_string(energy_scale) + ")\n";
+    utils::logmesg(lmp, msg);
+    if (info->warning) error->warning(FLERR, std::string("pair_style ds4sci: ") + info->warning);
+  }
+}
+
+/* ----------------------------------------------------------------------
+   pair_coeff * * <element or NULL per atom type>
+------------------------------------------------------------------------- */
+
+void PairDS4SCI::coeff(int narg, char **arg)
+{
+  if (!model) error->all(FLERR, "pair_coeff before pair_style ds4sci loaded a model");
+  const int ntypes = atom->ntypes;
+  if (narg != 2 + ntypes)
+    error->all(FLERR, "Incorrect args for pair coefficients: pair_coeff * * needs " +
+                          std::to_string(ntypes) + " element symbols (or NULL), one per atom "
+                          "type, got " + std::to_string(narg - 2));
+  if (strcmp(arg[0], "*") != 0 || strcmp(arg[1], "*") != 0)
+    error->all(FLERR, "Incorrect args for pair coefficients: pair_style ds4sci needs pair_coeff * *");
+
+  if (!allocated) {
+    allocated = 1;
+    memory->create(setflag, ntypes + 1, ntypes + 1, "pair:setflag");
+    memory->create(cutsq, ntypes + 1, ntypes + 1, "pair:cutsq");
+  }
+
+  const ds4sci_model_info *info = ds4sci_model_get_info(model);
+  type_z.assign(ntypes + 1, -1);
+  for (int t = 1; t <= ntypes; t++) {
+    const char *symbol = arg[t + 1];
+    if (strcmp(symbol, "NULL") == 0) continue;
+    type_z[t] = ds4sci_model_element_z(model, symbol);
+    if (type_z[t] < 0) {
+      std::string elements;
+      for (int i = 0; i < info->n_elements; i++)
+        elements += std::string(i ? " " : "") + info->element_symbols[i];
+      error->all(FLERR, "pair_coeff: element " + std::string(symbol) + " (atom type " +
+                            std::to_string(t) + ") is not in the model " + info->path +
+                            ", which has " + elements);
+    }
+  }
+  // Every type pair is "set": NULL types are checked against the atoms in init_style.
+  for (int i = 1; i <= ntypes; i++)
+    for (int j = i; j <= ntypes; j++) setflag[i][j] = 1;
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairDS4SCI::init_style()
+{
+  if (!ctx) error->all(FLERR, "pair_style ds4sci: no model loaded");
+  if (type_z.empty()) error->all(FLERR, "pair_style ds4sci: pair_coeff * * <elements> missing");
+  if (force->newton_pair == 0) error->all(FLERR, "pair_style ds4sci requires newton pair on");
+  if (atom->tag_enable == 0) error->all(FLERR, "pair_style ds4sci requires atom IDs");
+
+  // Atoms of a type mapped to NULL: a clean stop on every rank now rather than in compute.
+  bigint n_unmapped_local = 0, n_unmapped = 0;
+  int first_type = 0;
+  for (int i = 0; i < atom->nlocal; i++) {
+    if (type_z[atom->type[i]] < 0) {
+      n_unmapped_local++;
+      if (!first_type) first_type = atom->type[i];
+    }
+  }
+  MPI_Allreduce(&n_unmapped_local, &n_unmapped, 1, MPI_LMP_BIGINT, MPI_SUM, world);
+  int type_max = 0;
+  MPI_Allreduce(&first_type, &type_max, 1, MPI_INT, MPI_MAX, world);
+  if (n_unmapped > 0)
+    error->all(FLERR, "pair_style ds4sci: " + std::to_string(n_unmapped) + " atom(s) of type " +
+                          std::to_string(type_max) +
+                          " which pair_coeff maps to NULL; every atom needs an element");
+
+  ds4sci_compat::request_full_list(neighbor, this, instance_me);
+}
+
+double PairDS4SCI::init_one(int, int)
+{
+  return ds4sci_model_get_info(model)->cutoff_upper;
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairDS4SCI::check_types_mapped(int nall)
+{
+  const int *type = atom->type;
+  for (int i = 0; i < nall; i++) {
+    const int32_t zi = type_z[type[i]];
+    if (zi < 0)
+      error->one(FLERR, "pair_style ds4sci: atom " + std::to_string(atom->tag[i]) +
+                            " has type " + std::to_string(type[i]) +
+                            ", which pair_coeff maps to NULL");
+    z[i] = zi;
+  }
+}
+
+void PairDS4SCI::compute(int eflag, int vflag)
+{
+  ev_init(eflag, vflag);
+
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+
+  z.resize(nall);
+  check_types_mapped(nall);
+
+  // Candidate neighbours (cutoff + skin) of each owned atom, CSR by receiver.
+  const int inum = list->inum;
+  const int *ilist = list->ilist;
+  const int *numneigh = list->numneigh;
+  int **firstneigh = list->firstneigh;
+  nbr_offset.assign(nlocal + 1, 0);
+  for (int ii = 0; ii < inum; ii++) nbr_offset[ilist[ii] + 1] = numneigh[ilist[ii]];
+  for (int i = 0; i < nlocal; i++) nbr_offset[i + 1] += nbr_offset[i];
+  nbr_index.resize(nbr_offset[nlocal]);
+  for (int ii = 0; ii < inum; ii++) {
+    const int i = ilist[ii];
+    const int *jlist = firstneigh[i];
+    int32_t *out = nbr_index.data() + nbr_offset[i];
+    for (int jj = 0; jj < numneigh[i]; jj++) out[jj] = jlist[jj] & NEIGHMASK;
+  }
+
+  forces.resize(3 * (size_t)nall);
+
+  ds4sci_system system;
+  system.n_local = nlocal;
+  system.n_ghost = atom->nghost;
+  system.pos = nall > 0 ? &atom->x[0][0] : data_or_dummy(forces);
+  system.z = data_or_dummy(z);
+  system.nbr_offset = nbr_offset.data();
+  system.nbr_index = data_or_dummy(nbr_index);
+  system.ghost_owner = nullptr;
+
+  ds4sci_exchange exchange;
+  exchange.forward = exchange_forward;
+  exchange.reverse = exchange_reverse;
+  exchange.user = this;
+
+  ds4sci_result result;
+  memset(&result, 0, sizeof(result));
+  result.forces = data_or_dummy(forces);
+  if (eflag_atom) {
+    atom_energy.resize(nlocal);
+    result.atom_energy = data_or_dummy(atom_energy);
+  }
+  if (vflag_atom) {
+    atom_virial.resize(6 * (size_t)nall);
+    result.atom_virial = data_or_dummy(atom_virial);
+  }
+
+  const ds4sci_status status = ds4sci_compute(ctx, &system, &exchange, &result);
+  if (status != DS4SCI_OK)
+    error->one(FLERR, std::string("pair_style ds4sci: ") + ds4sci_status_name(status) + ": " +
+                          ds4sci_ctx_error(ctx));
+
+  // Forces on owned atoms and ghosts; LAMMPS's reverse comm (newton on) folds the ghosts.
+  const double s = energy_scale;
+  double **f = atom->f;
+  for (int i = 0; i < nall; i++) {
+    f[i][0] += s * forces[3 * i + 0];
+    f[i][1] += s * forces[3 * i + 1];
+    f[i][2] += s * forces[3 * i + 2];
+  }
+
+  if (eflag_global) {
+    eng_vdwl += s * result.energy;
+    // TorchMD-Net's mean is per whole system: counted once, by rank 0.
+    if (comm->me == 0) eng_vdwl += s * ds4sci_model_get_info(model)->energy_shift;
+  }
+  if (eflag_atom)
+    for (int i = 0; i < nlocal; i++) eatom[i] += s * atom_energy[i];
+  if (vflag_global && !vflag_fdotr)
+    for (int k = 0; k < 6; k++) virial[k] += s * result.virial[k];
+  if (vflag_atom)
+    for (int i = 0; i < nall; i++)
+      for (int k = 0; k < 6; k++) vatom[i][k] += s * atom_virial[6 * i + k];
+
+  if (vflag_fdotr) virial_fdotr_compute();
+}
+
+/* ----------------------------------------------------------------------
+   ghost exchange of the core's feature rows through LAMMPS's communication
+------------------------------------------------------------------------- */
+
+int PairDS4SCI::exchange_forward(void *self, double *data, int32_t width)
+{
+  auto *pair = static_cast<PairDS4SCI *>(self);
+  if (width < 0 || width > pair->comm_forward) return 1;
+  pair->comm_data = data;
+  pair->comm_width = width;
+  ds4sci_compat::forward_comm(pair->comm, pair);
+  pair->comm_data = nullptr;
+  return 0;
+}
+
+int PairDS4SCI::exchange_reverse(void *self, double *data, int32_t width)
+{
+  auto *pair = static_cast<PairDS4SCI *>(self);
+  if (width < 0 || width > pair->comm_reverse) return 1;
+  pair->comm_data = data;
+  pair->comm_width = width;
+  ds4sci_compat::reverse_comm(pair->comm, pair);
+  pair->comm_data = nullptr;
+  return 0;
+}
+
+int PairDS4SCI::pack_forward_comm(int n, int *list, double *buf, int, int *)
+{
+  const int w = comm_width;
+  for (int i = 0; i < n; i++) memcpy(buf + (size_t)i * w, comm_data + (size_t)list[i] * w, w * sizeof(double));
+  return n * w;
+}
+
+void PairDS4SCI::unpack_forward_comm(int n, int first, double *buf)
+{
+  const int w = comm_width;
+  memcpy(comm_data + (size_t)first * w, buf, (size_t)n * w * sizeof(double));
+}
+
+int PairDS4SCI::pack_reverse_comm(int n, int first, double *buf)
+{
+  const int w = comm_width;
+  memcpy(buf, comm_data + (size_t)first * w, (size_t)n * w * sizeof(double));
+  return n * w;
+}
+
+void PairDS4SCI::unpack_reverse_comm(int n, int *list, double *buf)
+{
+  const int w = comm_width;
+  for (int i = 0; i < n; i++) {
+    double *row = comm_data + (size_t)list[i] * w;
+    const double *in = buf + (size_t)i * w;
+    for (int k = 0; k < w; k++) row[k] += in[k];
+  }
+}
+
+/* ---------------------------------------------------------------------- */
+
+double PairDS4SCI::memory_usage()
+{
+  double bytes = Pair::memory_usage();
+  bytes += z.capacity() * sizeof(int32_t) + nbr_offset.capacity() * sizeof(int64_t) +
+      nbr_index.capacity() * sizeof(int32_t);
+  bytes += (forces.capacity() + atom_energy.capacity() + atom_virial.capacity()) * sizeof(double);
+  return bytes;
+}

@@ -1,0 +1,69 @@
+/* -*- c++ -*- ----------------------------------------------------------
+   pair_style ds4sci: TorchMD-Net's Equivariant Transformer through the ds4sci C core.
+
+   pair_style ds4sci <model.safetensors> [device auto|cpu|cuda] [device_id N] [threads N]
+   pair_coeff * * <element or NULL per atom type>
+
+   The plugin is the only code here that knows LAMMPS: it hands the core the owned atoms, the
+   ghosts and a full neighbour list, runs LAMMPS's forward/reverse communication when the core
+   exchanges ghost feature rows between layers, and tallies forces, energy and virials.
+------------------------------------------------------------------------- */
+
+#ifndef LMP_PAIR_DS4SCI_H
+#define LMP_PAIR_DS4SCI_H
+
+#include "pair.h"
+
+#include "ds4sci.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace LAMMPS_NS {
+
+class PairDS4SCI : public Pair {
+ public:
+  PairDS4SCI(class LAMMPS *);
+  ~PairDS4SCI() override;
+
+  void compute(int, int) override;
+  void settings(int, char **) override;
+  void coeff(int, char **) override;
+  void init_style() override;
+  double init_one(int, int) override;
+
+  int pack_forward_comm(int, int *, double *, int, int *) override;
+  void unpack_forward_comm(int, int, double *) override;
+  int pack_reverse_comm(int, int, double *) override;
+  void unpack_reverse_comm(int, int *, double *) override;
+
+  double memory_usage() override;
+
+ private:
+  ds4sci_model *model;
+  ds4sci_ctx *ctx;
+  double energy_scale;          // model energy unit -> LAMMPS energy unit
+  std::vector<int32_t> type_z;  // [ntypes + 1] atomic number per LAMMPS type, -1 = NULL
+
+  // Per-step scratch, kept to avoid reallocating every step.
+  std::vector<int32_t> z;            // [nall]
+  std::vector<int64_t> nbr_offset;   // [nlocal + 1]
+  std::vector<int32_t> nbr_index;    // [sum numneigh]
+  std::vector<double> forces;        // [nall][3]
+  std::vector<double> atom_energy;   // [nlocal]
+  std::vector<double> atom_virial;   // [nall][6]
+
+  // The array being exchanged by the core's current forward/reverse call.
+  double *comm_data;   // [nall][comm_width]
+  int comm_width;
+
+  void release();
+  void check_types_mapped(int nall);
+  static int exchange_forward(void *self, double *data, int32_t width);
+  static int exchange_reverse(void *self, double *data, int32_t width);
+};
+
+}  // namespace LAMMPS_NS
+
+#endif
