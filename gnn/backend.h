@@ -7,7 +7,7 @@
  *  - create() gets the validated model description (borrowed: it outlives the state) and the
  *    options (never NULL, already defaulted). On success it sets *state and returns DS4SCI_OK;
  *    on failure it leaves *state NULL (or frees what it made), writes a NUL-terminated message
- *    into err (err_len bytes, err may be NULL) and returns the status (DS4SCI_ERR_DEVICE,
+ *    into err (err_len >= 1 bytes; never NULL) and returns the status (DS4SCI_ERR_DEVICE,
  *    DS4SCI_ERR_NOMEM, DS4SCI_ERR_UNSUPPORTED, ...).
  *  - compute() gets a system that api.c has already validated (counts >= 0, required arrays
  *    present, CSR monotone, indices in range and != i, finite positions, every z in the
@@ -61,5 +61,16 @@ extern const ds4sci_backend_i ds4sci_backend_cuda;
 /* 1 if a CUDA device is usable (driver present, at least one device), else 0. */
 int ds4sci_backend_cuda_available(void);
 #endif
+
+/*
+ * For tests and benchmarks without a model file (api.c): a context over a bare description
+ * (borrowed: it must outlive the context); every z in [0, desc->max_z) is accepted and
+ * energy_shift is desc->mean. Otherwise as ds4sci_ctx_create.
+ */
+ds4sci_status ds4sci_ctx_create_desc(const et_desc *desc, const ds4sci_options *options,
+                                     ds4sci_ctx **ctx, char *err, size_t err_len);
+
+/* The backend state of a context (for backend introspection in tests, e.g. et_cpu.h). */
+void *ds4sci_ctx_backend_state(const ds4sci_ctx *ctx);
 
 #endif /* DS4SCI_BACKEND_H */
