@@ -56,7 +56,7 @@ EOF
     # The version this suite carries (apt-get's "lammps/<suite>" picks by binary package, which
     # the private state does not have).
     version=$(/usr/lib/apt/apt-helper cat-file "$apt_dir/lists/"*_"${suite}"_main_source_Sources* |
-        awk '/^Package: lammps$/ {p = 1} p && /^Version:/ {print $2; exit} /^$/ {p = 0}')
+        awk '/^Package: lammps$/ {p = 1} p && /^Version:/ && !v {v = $2} /^$/ {p = 0} END {print v}')
     [ -n "$version" ] || { echo "error: no lammps source package in $suite" >&2; exit 1; }
     if ! ls "$dl"/lammps_*.orig.tar.* >/dev/null 2>&1; then
         log "downloading the lammps $version source package from $suite"
@@ -65,7 +65,7 @@ EOF
             log "apt-get source reported an error; continuing if the upstream tarball arrived"
     fi
     local orig
-    orig=$(ls "$dl"/lammps_*.orig.tar.* | head -n 1)
+    orig=$(ls "$dl"/lammps_*.orig.tar.*)
     log "unpacking $(basename "$orig")"
     rm -rf "$cache/$suite/tree.tmp"
     mkdir -p "$cache/$suite/tree.tmp"

@@ -1,0 +1,561 @@
+#!/usr/bin/env python3
+"""LAMMPS-level tests of pair_style ds4sci: a real lmp (PLUGIN package) loads ds4sciplugin.so.
+
+Each case writes LAMMPS inputs and data files into its work folder, runs lmp under mpirun, and
+checks what LAMMPS reports against independent expectations: TorchMD-Net's float64 golden data
+(tests/golden/*.json), finite differences of LAMMPS's own potential energy, the same numbers on
+other MPI rank counts and processor grids, and LAMMPS's error messages for bad input.
+
+Standard library only. Usage:
+  lammps_test.py --lmp LMP --plugin PLUGIN.so --golden DIR --workdir DIR [--mpiexec MPIRUN] CASE
+Cases: golden:<name> (one golden JSON), ranks, fd, nve, restart, errors.
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+SYMBOLS = ["X", "H", "He", "Li", "Be", "B", "C", "N", "O", "F", "Ne", "Na", "Mg", "Al", "Si", "P",
+           "S", "Cl", "Ar", "K", "Ca"]
+MASSES = [0.0, 1.008, 4.0026, 6.94, 9.0122, 10.81, 12.011, 14.007, 15.999, 18.998, 20.180,
+          22.990, 24.305, 26.982, 28.085, 30.974, 32.06, 35.45, 39.948, 39.098, 40.078]
+# LAMMPS's own constant for units metal (force->nktv2p, update.cpp): pressure*volume -> eV.
+NKTV2P_METAL = 1.6021765e6
+
+
+class Failure(Exception):
+    pass
+
+
+class Lammps:
+    """Runs lmp (under mpirun) on generated inputs in a work folder."""
+
+    def __init__(self, args):
+        self.lmp = os.path.abspath(args.lmp)
+        self.plugin = os.path.abspath(args.plugin)
+        self.mpiexec = args.mpiexec
+        self.workdir = os.path.abspath(args.workdir)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        os.makedirs(self.workdir)
+
+    def path(self, name):
+        return os.path.join(self.workdir, name)
+
+    def run(self, name, script, nprocs=1, expect_ok=True, timeout=240):
+        """Run one input; return (returncode, screen output). Fails unless expect_ok matches."""
+        with open(self.path(name + ".in"), "w") as f:
+            f.write(script)
+        cmd = [self.lmp, "-in", name + ".in", "-log", name + ".log", "-var", "plugin", self.plugin]
+        if self.mpiexec:
+            mpi = [self.mpiexec, "-np", str(nprocs), "--oversubscribe"]
+            if hasattr(os, "geteuid") and os.geteuid() == 0:
+                mpi.append("--allow-run-as-root")
+            cmd = mpi + cmd
+        elif nprocs != 1:
+            raise Failure("%s: %d ranks need --mpiexec" % (name, nprocs))
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        try:
+            proc = subprocess.run(cmd, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  universal_newlines=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise Failure("%s: lmp did not finish within %d s (hang?)" % (name, timeout))
+        out = proc.stdout
+        with open(self.path(name + ".out"), "w") as f:
+            f.write(out)
+        if expect_ok and proc.returncode != 0:
+            raise Failure("%s (%d ranks): lmp failed with status %d:\n%s"
+                          % (name, nprocs, proc.returncode, tail(out)))
+        if expect_ok and "ERROR" in out:
+            raise Failure("%s: LAMMPS reported an error:\n%s" % (name, tail(out)))
+        return proc.returncode, out
+
+
+def tail(text, n=25):
+    return "\n".join(text.splitlines()[-n:])
+
+
+def results(out):
+    """Values printed by the inputs as 'RESULT key value...' lines."""
+    res = {}
+    for line in out.splitlines():
+        if line.startswith("RESULT "):
+            words = line.split()
+            res[words[1]] = [float(w) for w in words[2:]]
+    return res
+
+
+def read_dump(path):
+    """Last frame of a 'dump custom ... id <cols>' file sorted by id: {id: [values]}."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    start = max(i for i, l in enumerate(lines) if l.startswith("ITEM: ATOMS"))
+    rows = {}
+    for line in lines[start + 1:]:
+        words = line.split()
+        rows[int(words[0])] = [float(w) for w in words[1:]]
+    return rows
+
+
+def rel_err(a, b, scale=None):
+    scale = max(abs(b), 1e-300) if scale is None else scale
+    return abs(a - b) / scale
+
+
+def check(cond, msg):
+    if not cond:
+        raise Failure(msg)
+
+
+def write_data(path, z, pos, box, types=None):
+    """LAMMPS data file (atom_style atomic). box: 3x3 rows a, b, c (a_y = a_z = b_z = 0).
+    Atom types: one per element present, in increasing atomic number (or `types`, a list of
+    atomic numbers). Returns the element symbol of each type, for pair_coeff."""
+    types = types or sorted(set(z))
+    (ax, _, _), (bx, by, _), (cx, cy, cz) = box
+    with open(path, "w") as f:
+        f.write("ds4sci test system\n\n%d atoms\n%d atom types\n\n" % (len(z), len(types)))
+        f.write("0 %.17g xlo xhi\n0 %.17g ylo yhi\n0 %.17g zlo zhi\n" % (ax, by, cz))
+        if bx or cx or cy:
+            f.write("%.17g %.17g %.17g xy xz yz\n" % (bx, cx, cy))
+        f.write("\nMasses\n\n")
+        for t, zt in enumerate(types, 1):
+            f.write("%d %.6f\n" % (t, MASSES[zt]))
+        f.write("\nAtoms # atomic\n\n")
+        for i, (zi, r) in enumerate(zip(z, pos), 1):
+            f.write("%d %d %.17g %.17g %.17g\n" % (i, types.index(zi) + 1, r[0], r[1], r[2]))
+    return [SYMBOLS[zt] for zt in types]
+
+
+def open_box(pos, cutoff):
+    """A periodic box for an open-boundary system: images stay beyond the cutoff."""
+    lo = [min(r[k] for r in pos) for k in range(3)]
+    hi = [max(r[k] for r in pos) for k in range(3)]
+    shifted = [[r[k] - lo[k] + cutoff for k in range(3)] for r in pos]
+    size = [hi[k] - lo[k] + 2.0 * cutoff + 1.0 for k in range(3)]
+    return shifted, [[size[0], 0, 0], [0, size[1], 0], [0, 0, size[2]]]
+
+
+def header(data, model, elements, extra=""):
+    return """units metal
+atom_style atomic
+atom_modify map array
+boundary p p p
+%s
+read_data %s
+plugin load ${plugin}
+pair_style ds4sci %s device cpu
+pair_coeff * * %s
+neighbor 1.0 bin
+""" % (extra, data, model, " ".join(elements))
+
+
+# Thermo that keeps the global and per-atom sums current at every output step, and prints them.
+EVAL = """compute vir all pressure NULL virial
+compute peatom all pe/atom
+compute satom all stress/atom NULL virial
+compute sums all reduce sum c_peatom c_satom[1] c_satom[2] c_satom[3] c_satom[4] c_satom[5] c_satom[6]
+thermo_style custom step pe vol c_vir[1] c_vir[2] c_vir[3] c_vir[4] c_vir[5] c_vir[6] c_sums[1] c_sums[2] c_sums[3] c_sums[4] c_sums[5] c_sums[6] c_sums[7]
+thermo_modify format float %.17g
+"""
+PRINT = ('print "RESULT pe $(pe:%.17g)"\n'
+         'print "RESULT vol $(vol:%.17g)"\n'
+         'print "RESULT vir $(c_vir[1]:%.17g) $(c_vir[2]:%.17g) $(c_vir[3]:%.17g) '
+         '$(c_vir[4]:%.17g) $(c_vir[5]:%.17g) $(c_vir[6]:%.17g)"\n'
+         'print "RESULT sums $(c_sums[1]:%.17g) $(c_sums[2]:%.17g) $(c_sums[3]:%.17g) '
+         '$(c_sums[4]:%.17g) $(c_sums[5]:%.17g) $(c_sums[6]:%.17g) $(c_sums[7]:%.17g)"\n')
+
+
+def eval_script(data, model, elements, dump, extra_setup="", extra=""):
+    return (header(data, model, elements, extra) + extra_setup + EVAL +
+            "dump f all custom 1 %s id fx fy fz\n" % dump +
+            "dump_modify f sort id format float %.17g\n" +
+            "run 0\n" + PRINT)
+
+
+def evaluate(lmp, name, data, model, elements, nprocs=1, extra_setup="", extra=""):
+    """run 0: energy, virial (energy units), per-atom sums and forces {id: [fx, fy, fz]}."""
+    _, out = lmp.run(name, eval_script(data, model, elements, name + ".dump", extra_setup, extra),
+                     nprocs)
+    res = results(out)
+    vol = res["vol"][0]
+    virial = [p * vol / NKTV2P_METAL for p in res["vir"]]
+    return {"pe": res["pe"][0], "virial": virial, "vir_p": res["vir"], "sums": res["sums"],
+            "vol": vol, "forces": read_dump(lmp.path(name + ".dump"))}
+
+
+def check_per_atom_sums(name, r):
+    """sum of stress/atom (virial part, pressure*volume) = -V * global virial pressure."""
+    for k in range(6):
+        want = -r["vir_p"][k] * r["vol"]
+        scale = max(abs(v) for v in r["vir_p"]) * r["vol"]
+        check(rel_err(r["sums"][1 + k], want, scale) < 1e-10,
+              "%s: sum of stress/atom[%d] = %.17g, expected -V*virial = %.17g"
+              % (name, k + 1, r["sums"][1 + k], want))
+
+
+def max_force_err(forces, ref):
+    """max |F - F_ref| over atoms and components, relative to max |F_ref|."""
+    scale = max(max(abs(c) for c in f) for f in ref.values()) or 1.0
+    worst = 0.0
+    for i, fr in ref.items():
+        for a, b in zip(forces[i], fr):
+            worst = max(worst, abs(a - b) / scale)
+    return worst
+
+
+# ----------------------------------------------------------------------------------------------
+# golden: run 0 energy, forces, virial equal TorchMD-Net float64, fdotr and explicit virial
+# ----------------------------------------------------------------------------------------------
+
+def case_golden(lmp, args, which):
+    golden = json.load(open(os.path.join(args.golden, which + ".json")))
+    model = os.path.join(args.golden, golden["model"])
+    cutoff = golden["config"]["cutoff_upper"]
+    tol = 1e-10
+    for system in golden["systems"]:
+        name = system["name"]
+        pos, box = system["pos"], system["box"]
+        if box is None:
+            pos, box = open_box(pos, cutoff)
+        data = lmp.path(name + ".data")
+        elements = write_data(data, system["z"], pos, box)
+        ref_f = {i + 1: f for i, f in enumerate(system["forces_f64"])}
+        for path in ("fdotr", "nofdotr"):
+            extra = "pair_modify nofdotr\n" if path == "nofdotr" else ""
+            r = evaluate(lmp, "%s_%s" % (name, path), data, model, elements, extra_setup=extra)
+            e_ref = system["energy_f64"]
+            check(rel_err(r["pe"], e_ref) < tol,
+                  "%s/%s (%s): pe %.17g vs golden %.17g (rel %.2e > %g)"
+                  % (which, name, path, r["pe"], e_ref, rel_err(r["pe"], e_ref), tol))
+            ferr = max_force_err(r["forces"], ref_f)
+            check(ferr < tol, "%s/%s (%s): forces differ from golden by %.2e (relative to max "
+                  "|F|) > %g" % (which, name, path, ferr, tol))
+            vscale = max(max(abs(v) for v in system["virial_f64"]), 1e-3 * abs(e_ref), 1e-12)
+            for k in range(6):
+                check(rel_err(r["virial"][k], system["virial_f64"][k], vscale) < tol,
+                      "%s/%s (%s): virial[%d] %.17g vs golden %.17g"
+                      % (which, name, path, k, r["virial"][k], system["virial_f64"][k]))
+            check_per_atom_sums("%s/%s" % (which, name), r)
+        print("ok golden %s/%s: pe %.12g, forces rel err %.1e" % (which, name, r["pe"], ferr))
+
+
+# ----------------------------------------------------------------------------------------------
+# ranks: 1, 2, 4 ranks and processor grids; empty domains; 100-step NVE trajectories
+# ----------------------------------------------------------------------------------------------
+
+GRIDS = [(1, "1 1 1"), (2, "2 1 1"), (2, "1 1 2"), (4, "2 2 1"), (4, "1 4 1")]
+
+
+def small_golden(args, name):
+    golden = json.load(open(os.path.join(args.golden, "small.json")))
+    system = next(s for s in golden["systems"] if s["name"] == name)
+    return os.path.join(args.golden, golden["model"]), golden["config"]["cutoff_upper"], system
+
+
+def case_ranks(lmp, args):
+    model, cutoff, tri = small_golden(args, "box_triclinic")
+    tri_data = lmp.path("tri.data")
+    tri_elements = write_data(tri_data, tri["z"], tri["pos"], tri["box"])
+    base = None
+    for n, grid in GRIDS:
+        name = "tri_np%d_%s" % (n, grid.replace(" ", ""))
+        r = evaluate(lmp, name, tri_data, model, tri_elements, n, extra="processors %s\n" % grid)
+        check_per_atom_sums(name, r)
+        if base is None:
+            base = r
+            continue
+        check(rel_err(r["pe"], base["pe"]) < 1e-10,
+              "%s: pe %.17g vs 1 rank %.17g" % (name, r["pe"], base["pe"]))
+        # The energy shift is counted once whatever the rank count: pe - sum(pe/atom) agrees.
+        check(abs((r["pe"] - r["sums"][0]) - (base["pe"] - base["sums"][0])) < 1e-10 * abs(base["pe"]),
+              "%s: pe - sum(pe/atom) differs from 1 rank" % name)
+        ferr = max_force_err(r["forces"], base["forces"])
+        check(ferr < 1e-10, "%s: forces differ from 1 rank by %.2e" % (name, ferr))
+        for k in range(6):
+            check(rel_err(r["virial"][k], base["virial"][k], max(map(abs, base["virial"]))) < 1e-10,
+                  "%s: virial[%d] differs from 1 rank" % (name, k))
+        print("ok %s: pe %.15g, forces max rel diff %.1e" % (name, r["pe"], ferr))
+
+    # Empty domains: an open molecule in a large box on 4 slabs along x; most own no atom.
+    _, _, mol = small_golden(args, "molecule_20")
+    pos, box = open_box(mol["pos"], cutoff)
+    box[0][0] *= 2.0
+    data = lmp.path("mol.data")
+    elements = write_data(data, mol["z"], pos, box)
+    r = evaluate(lmp, "mol_np4_empty", data, model, elements, 4, extra="processors 4 1 1\n")
+    owned = [sum(1 for p in pos if k * box[0][0] / 4 <= p[0] < (k + 1) * box[0][0] / 4)
+             for k in range(4)]
+    check(0 in owned, "empty-domain setup: every slab owns atoms %s" % owned)
+    check(rel_err(r["pe"], mol["energy_f64"]) < 1e-10,
+          "empty domains: pe %.17g vs golden %.17g" % (r["pe"], mol["energy_f64"]))
+    ref_f = {i + 1: f for i, f in enumerate(mol["forces_f64"])}
+    ferr = max_force_err(r["forces"], ref_f)
+    check(ferr < 1e-10, "empty domains: forces differ from golden by %.2e" % ferr)
+    print("ok empty domains (atoms per slab %s): pe %.15g" % (owned, r["pe"]))
+
+    # 100-step NVE: the same trajectory on every grid, within float64 round-off growth.
+    traj = None
+    for n, grid in GRIDS:
+        name = "nve_np%d_%s" % (n, grid.replace(" ", ""))
+        script = (header(tri_data, model, tri_elements, "processors %s\n" % grid) +
+                  "velocity all create 600 4928459 loop geom\n"
+                  "timestep 0.0005\nfix 1 all nve\nthermo 100\n"
+                  "thermo_modify format float %.17g\nrun 100\n"
+                  "print \"RESULT etotal $(etotal:%.17g) $(pe:%.17g)\"\n"
+                  "write_dump all custom " + name + ".dump id x y z vx vy vz "
+                  "modify sort id format float %.17g\n")
+        _, out = lmp.run(name, script, n)
+        pos_vel = read_dump(lmp.path(name + ".dump"))
+        e = results(out)["etotal"]
+        if traj is None:
+            traj, e0 = pos_vel, e
+            continue
+        dx = max(abs(a - b) for i in traj for a, b in zip(pos_vel[i][:3], traj[i][:3]))
+        check(dx < 1e-8, "%s: positions after 100 steps differ from 1 rank by %.2e A" % (name, dx))
+        check(rel_err(e[0], e0[0]) < 1e-10, "%s: etotal %.17g vs 1 rank %.17g" % (name, e[0], e0[0]))
+        print("ok %s: 100-step trajectory, max |dx| %.1e A vs 1 rank" % (name, dx))
+
+
+# ----------------------------------------------------------------------------------------------
+# fd: forces = -dE/dx (displace_atoms), virial = -dE/dstrain (change_box), per component
+# ----------------------------------------------------------------------------------------------
+
+def case_fd(lmp, args):
+    model, _, system = small_golden(args, "box_orthorhombic")
+    data = lmp.path("orth.data")
+    elements = write_data(data, system["z"], system["pos"], system["box"])
+    h = 1e-4      # A; central differences: O(h^2 E''') ~ 1e-8 relative, round-off ~ 1e-12 E / h
+    atoms = [1, 7, 13, 22, 31, 40]
+    lines = [header(data, model, elements), EVAL, "thermo 1\n",
+             "dump f all custom 1 fd.dump id fx fy fz\n",
+             "dump_modify f sort id format float %.17g\n", "run 0\n", PRINT, "undump f\n"]
+    for i in atoms:
+        lines.append("group g%d id %d\n" % (i, i))
+        for k, axis in enumerate("xyz"):
+            d = ["0", "0", "0"]
+            for sign, tag in ((1, "p"), (-2, "m")):
+                d[k] = "%.17g" % (sign * h)
+                lines.append("displace_atoms g%d move %s units box\nrun 0\n" % (i, " ".join(d)))
+                lines.append('print "RESULT e_%d%s%s $(pe:%%.17g)"\n' % (i, axis, tag))
+            d[k] = "%.17g" % h
+            lines.append("displace_atoms g%d move %s units box\n" % (i, " ".join(d)))
+    # Strains: diagonal by scaling about the box centre (x' = x + eps (x - c)), shear by tilting
+    # an orthogonal box (x' = x + delta (y - ylo) / ly): dE/deps_ab = -W_ab.
+    eps = 1e-5
+    lines.append("change_box all triclinic\n")
+    L = [system["box"][0][0], system["box"][1][1], system["box"][2][2]]
+    strains = [("xx", "x scale %.17g remap", "x scale %.17g remap", 1.0),
+               ("yy", "y scale %.17g remap", "y scale %.17g remap", 1.0),
+               ("zz", "z scale %.17g remap", "z scale %.17g remap", 1.0),
+               ("xy", "xy final %.17g remap", None, L[1]),
+               ("xz", "xz final %.17g remap", None, L[2]),
+               ("yz", "yz final %.17g remap", None, L[2])]
+    for comp, fmt, _, length in strains:
+        for sign, tag in ((1, "p"), (-1, "m")):
+            if comp in ("xx", "yy", "zz"):
+                lines.append("change_box all " + fmt % (1.0 + sign * eps) + " units box\n")
+            else:
+                lines.append("change_box all " + fmt % (sign * eps * length) + " units box\n")
+            lines.append('run 0\nprint "RESULT s_%s%s $(pe:%%.17g)"\n' % (comp, tag))
+            if comp in ("xx", "yy", "zz"):
+                lines.append("change_box all " + fmt % (1.0 / (1.0 + sign * eps)) + " units box\n")
+            else:
+                lines.append("change_box all " + fmt % 0.0 + " units box\n")
+    for sign, tag in ((1, "p"), (-1, "m")):
+        f = 1.0 + sign * eps
+        lines.append("change_box all x scale %.17g y scale %.17g z scale %.17g remap units box\n"
+                     % (f, f, f))
+        lines.append('run 0\nprint "RESULT s_iso%s $(pe:%%.17g)"\n' % tag)
+        lines.append("change_box all x scale %.17g y scale %.17g z scale %.17g remap units box\n"
+                     % (1 / f, 1 / f, 1 / f))
+    _, out = lmp.run("fd", "".join(lines))
+    res = results(out)
+    forces = read_dump(lmp.path("fd.dump"))
+    fmax = max(max(abs(c) for c in f) for f in forces.values())
+    worst = 0.0
+    for i in atoms:
+        for k, axis in enumerate("xyz"):
+            fd = -(res["e_%d%sp" % (i, axis)][0] - res["e_%d%sm" % (i, axis)][0]) / (2 * h)
+            err = abs(fd - forces[i][k]) / fmax
+            worst = max(worst, err)
+            check(err < 1e-6, "atom %d %s: force %.12g, -dE/dx %.12g (rel %.1e > 1e-6)"
+                  % (i, axis, forces[i][k], fd, err))
+    print("ok forces = -dE/dx for %d atoms, max rel err %.1e (max |F| %.3g eV/A)"
+          % (len(atoms), worst, fmax))
+    vol = res["vol"][0]
+    virial = [p * vol / NKTV2P_METAL for p in res["vir"]]
+    vscale = max(abs(v) for v in virial)
+    for k, (comp, _, _, _) in enumerate(strains):
+        # Diagonal: eps is the strain. Shear: the tilt was delta = eps * length.
+        fd = -(res["s_%sp" % comp][0] - res["s_%sm" % comp][0]) / (2 * eps)
+        err = abs(fd - virial[k]) / vscale
+        check(err < 1e-6, "virial %s: %.12g, -dE/deps %.12g (rel %.1e > 1e-6)"
+              % (comp, virial[k], fd, err))
+        print("ok virial %s = -dE/deps_%s: %.10g vs %.10g" % (comp, comp, virial[k], fd))
+    # Pressure = -dE/dV: isotropic scaling V -> V (1 +- eps)^3 against LAMMPS's virial pressure.
+    v_p, v_m = vol * (1 + eps) ** 3, vol * (1 - eps) ** 3
+    dEdV = (res["s_isop"][0] - res["s_isom"][0]) / (v_p - v_m)
+    p_vir = sum(res["vir"][:3]) / 3.0 / NKTV2P_METAL       # eV/A^3
+    check(abs(p_vir + dEdV) < 1e-6 * abs(p_vir),
+          "pressure (virial part) %.12g eV/A^3 vs -dE/dV %.12g" % (p_vir, -dEdV))
+    print("ok pressure (virial part) = -dE/dV: %.10g vs %.10g eV/A^3" % (p_vir, -dEdV))
+
+
+# ----------------------------------------------------------------------------------------------
+# nve: energy conservation with a vector_cutoff (C1 at the cutoff) model
+# ----------------------------------------------------------------------------------------------
+
+NVE_STEPS = 2000
+NVE_DT = 0.0005  # ps
+# Bound on max |Etot(t) - Etot(0)| per atom over the run (eV/atom). Velocity Verlet with a smooth
+# (C1 at the cutoff) energy conserves a shadow Hamiltonian: Etot fluctuates by O(dt^2 |F|^2 / m)
+# without secular drift. At dt = 0.5 fs, 600 K and the random-weight model's forces (a few eV/A)
+# the fluctuation is ~1e-5 eV/atom; a force or virial bug (missing ghost force, wrong layer
+# exchange, a non-conservative term) shows up as drift of 1e-3 eV/atom or more within 1 ps.
+NVE_BOUND = 2e-4
+
+
+def case_nve(lmp, args):
+    model, _, system = small_golden(args, "box_orthorhombic")
+    data = lmp.path("orth.data")
+    elements = write_data(data, system["z"], system["pos"], system["box"])
+    script = (header(data, model, elements) +
+              "velocity all create 600 87287 loop geom\n"
+              "timestep %g\nfix 1 all nve\n"
+              "thermo_style custom step temp pe etotal\nthermo_modify format float %%.17g\n"
+              "thermo 20\nrun %d\n" % (NVE_DT, NVE_STEPS))
+    _, out = lmp.run("nve", script, 2, timeout=280)
+    etot = []
+    for line in out.splitlines():
+        words = line.split()
+        if len(words) == 4 and words[0].isdigit():
+            etot.append((int(words[0]), float(words[3])))
+    check(len(etot) == NVE_STEPS // 20 + 1, "nve: expected %d thermo lines, got %d"
+          % (NVE_STEPS // 20 + 1, len(etot)))
+    n = len(system["z"])
+    dev = max(abs(e - etot[0][1]) for _, e in etot) / n
+    drift = (etot[-1][1] - etot[0][1]) / n
+    check(dev < NVE_BOUND, "nve: max |Etot - Etot(0)| = %.3e eV/atom > bound %g over %d steps"
+          % (dev, NVE_BOUND, NVE_STEPS))
+    print("ok nve %d steps at %g fs: max |dEtot| %.2e eV/atom, end-to-end %.2e eV/atom "
+          "(bound %g)" % (NVE_STEPS, NVE_DT * 1000, dev, drift, NVE_BOUND))
+
+
+# ----------------------------------------------------------------------------------------------
+# restart: write_restart / read_restart + pair_style again continues the same trajectory
+# ----------------------------------------------------------------------------------------------
+
+def case_restart(lmp, args):
+    model, _, system = small_golden(args, "box_orthorhombic")
+    data = lmp.path("orth.data")
+    elements = write_data(data, system["z"], system["pos"], system["box"])
+    common = "timestep 0.0005\nthermo 25\nthermo_modify format float %.17g\n"
+    dump = ("write_dump all custom %s id x y z vx vy vz modify sort id format float %%.17g\n")
+    first = (header(data, model, elements) + "velocity all create 600 5512 loop geom\n" +
+             "fix 1 all nve\n" + common + "run 50\nwrite_restart ds4sci.restart\nrun 50\n" +
+             dump % "straight.dump")
+    lmp.run("restart_write", first, 2)
+    second = ("read_restart ds4sci.restart\nplugin load ${plugin}\n"
+              "pair_style ds4sci %s device cpu\npair_coeff * * %s\nneighbor 1.0 bin\n"
+              % (model, " ".join(elements)) + "fix 1 all nve\n" + common + "run 50\n" +
+              dump % "restarted.dump")
+    lmp.run("restart_read", second, 2)
+    a = read_dump(lmp.path("straight.dump"))
+    b = read_dump(lmp.path("restarted.dump"))
+    dx = max(abs(u - v) for i in a for u, v in zip(a[i], b[i]))
+    check(dx < 1e-9, "restart: positions/velocities differ by %.2e after 50 steps" % dx)
+    print("ok restart: continued trajectory matches, max |diff| %.1e" % dx)
+
+
+# ----------------------------------------------------------------------------------------------
+# errors: every bad input stops with its message
+# ----------------------------------------------------------------------------------------------
+
+def case_errors(lmp, args):
+    model, _, system = small_golden(args, "box_orthorhombic")
+    data = lmp.path("orth.data")
+    elements = write_data(data, system["z"], system["pos"], system["box"])
+    data_extra = lmp.path("orth_4types.data")   # a 5th type (Si) that the model lacks
+    write_data(data_extra, system["z"], system["pos"], system["box"], types=[1, 6, 7, 8, 14])
+    corrupt = lmp.path("corrupt.safetensors")
+    with open(model, "rb") as f:
+        blob = f.read()
+    with open(corrupt, "wb") as f:
+        f.write(blob[:len(blob) // 2])
+    els = " ".join(elements)
+
+    def script(pair_style="%s device cpu" % model, pair_coeff="* * " + els, data=data,
+               pre="", post="run 0\n"):
+        return ("units metal\natom_style atomic\nboundary p p p\n" + pre +
+                "read_data %s\nplugin load ${plugin}\npair_style ds4sci %s\n"
+                "pair_coeff %s\n" % (data, pair_style, pair_coeff) + post)
+
+    cases = [
+        ("missing_model", script(pair_style="no/such/model.safetensors"),
+         "pair_style ds4sci: cannot load model"),
+        ("corrupt_model", script(pair_style=corrupt), "pair_style ds4sci: cannot load model"),
+        ("unknown_element", script(pair_coeff="* * H C N Xx"), "element Xx (atom type 4) is not in the model"),
+        ("unmapped_type", script(pair_coeff="* * H C N NULL"), "maps to NULL"),
+        ("wrong_word_count", script(pair_coeff="* * H C N"), "needs 4 element symbols"),
+        ("not_star_star", script(pair_coeff="1 1 H C N O"), "Incorrect args for pair coefficients"),
+        ("unknown_keyword", script(pair_style=model + " precision fp16"),
+         "unknown keyword 'precision'"),
+        ("bad_device", script(pair_style=model + " device tpu"), "device 'tpu', expected auto, cpu or cuda"),
+        ("newton_off", script(pre="newton off\n"), "requires newton pair on"),
+        ("units_lj", script(pre="units lj\n"), "units lj not supported"),
+        # A NaN position arising mid-run (no reneighboring, so LAMMPS's own binning check does
+        # not see it first): the core's input check reports it.
+        ("nan_position", script(post="neigh_modify every 1000 delay 0 check no\n"
+                                "variable bad atom 1e308*10-1e308*10\n"
+                                "set atom 1 vx v_bad\ntimestep 0.001\nfix 1 all nve\nrun 2\n"),
+         "DS4SCI_ERR_INPUT"),
+    ]
+    if not shutil.which("nvidia-smi") or subprocess.run(
+            ["nvidia-smi", "-L"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode:
+        cases.append(("cuda_unavailable", script(pair_style=model + " device cuda"),
+                      "device cuda requested"))
+    # An element the model lacks, on a type that no atom has, is still an error at pair_coeff.
+    cases.append(("element_not_in_model", script(data=data_extra, pair_coeff="* * H C N O Si"),
+                  "element Si (atom type 5) is not in the model"))
+    for name, text, message in cases:
+        for nprocs in (1, 2):
+            rc, out = lmp.run("err_%s_np%d" % (name, nprocs), text, nprocs, expect_ok=False,
+                              timeout=60)
+            check(rc != 0, "%s: lmp exited with status 0; expected an error" % name)
+            check(rc < 128 and rc > 0, "%s: lmp died by signal (status %d):\n%s" % (name, rc, tail(out)))
+            check("ERROR" in out and message in out,
+                  "%s: expected an ERROR with '%s', got:\n%s" % (name, message, tail(out)))
+            check("Segmentation" not in out and "Backtrace" not in out,
+                  "%s: crashed instead of a clean stop:\n%s" % (name, tail(out)))
+        line = next(l for l in out.splitlines() if "ERROR" in l)
+        print("ok %s: %s" % (name, line.strip()))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--lmp", required=True)
+    ap.add_argument("--plugin", required=True)
+    ap.add_argument("--golden", required=True)
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--mpiexec", default="")
+    ap.add_argument("case")
+    args = ap.parse_args()
+    lmp = Lammps(args)
+    try:
+        if args.case.startswith("golden:"):
+            case_golden(lmp, args, args.case.split(":", 1)[1])
+        else:
+            {"ranks": case_ranks, "fd": case_fd, "nve": case_nve, "restart": case_restart,
+             "errors": case_errors}[args.case](lmp, args)
+    except Failure as e:
+        print("FAIL %s: %s" % (args.case, e))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+# LAMMPS-level tests of pair_style ds4sci (label "lammps"): a real lmp with the PLUGIN package
+# (LAMMPS_BINARY, e.g. from tools/build_lammps.sh) loads the plugin built from plugin/ against the
+# same LAMMPS tree (LAMMPS_SOURCE_DIR). Runs under mpirun with 1, 2 and 4 ranks.
+if(LAMMPS_BINARY AND TARGET ds4sciplugin)
+  find_package(Python3 REQUIRED COMPONENTS Interpreter)
+  find_package(MPI REQUIRED COMPONENTS CXX)
+  set(ds4sci_lammps_cases golden:small golden:typical golden:lower_atomref ranks fd nve restart
+      errors)
+  foreach(case ${ds4sci_lammps_cases})
+    string(REPLACE ":" "_" name "lammps_${case}")
+    add_test(NAME ${name}
+             COMMAND Python3::Interpreter ${CMAKE_CURRENT_SOURCE_DIR}/lammps/lammps_test.py
+                     --lmp ${LAMMPS_BINARY} --plugin $<TARGET_FILE:ds4sciplugin>
+                     --golden ${CMAKE_CURRENT_SOURCE_DIR}/golden
+                     --workdir ${CMAKE_CURRENT_BINARY_DIR}/lammps/${name}
+                     --mpiexec ${MPIEXEC_EXECUTABLE} ${case})
+    set_tests_properties(${name} PROPERTIES LABELS lammps TIMEOUT 600)
+  endforeach()
+elseif(LAMMPS_BINARY)
+  message(WARNING "LAMMPS_BINARY is set but LAMMPS_SOURCE_DIR is not: the plugin and the LAMMPS "
+                  "tests are not built")
+endif()
