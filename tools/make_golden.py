@@ -19,6 +19,7 @@ really strained positions and boxes, and each periodic box against an all-images
 Regenerate (deterministic; about a minute on 2 cores):
     /opt/tvenv/bin/python tools/make_golden.py            # writes tests/golden/
     /opt/tvenv/bin/python tools/make_golden.py --random-potential   # potentials/random-et-HO.*
+    /opt/tvenv/bin/python tools/make_golden.py --fuzz-seeds         # tests/fuzz/corpus/
 """
 import argparse
 import copy
@@ -356,9 +357,41 @@ def run_case(name, overrides, seed, out_dir):
 def make_random_potential(root):
     elements = {"H": 1, "O": 8}
     out = os.path.join(root, "potentials", "random-et-HO.safetensors")
-    build_case("random-et-HO", RANDOM_POTENTIAL, 20261129, None, elements, out,
-               "RANDOM WEIGHTS, not physics: for demonstrating and testing the ds4sci plugin")
-    print(f"wrote {out}")
+    _, _, _, m64 = build_case("random-et-HO", RANDOM_POTENTIAL, 20261129, None, elements, out,
+                              "RANDOM WEIGHTS, not physics: for demonstrating and testing the "
+                              "ds4sci plugin")
+    water = [[0.0, 0.0, 0.0], [0.9572, 0.0, 0.0], [-0.2400, 0.9266, 0.0]]
+    e, f = evaluate(m64, [8, 1, 1], water, None, torch.float64)
+    print(f"wrote {out}; TorchMD-Net float64 on the water of tests/golden: E = {e:.12f} eV, "
+          f"F(O) = {f[0].tolist()}")
+
+
+FUZZ_SEEDS = {
+    "tiny_expnorm": (dict(), None),
+    "tiny_gauss_keys": (dict(rbf_type="gauss", neighbor_embedding=False,
+                             distance_influence="keys"), None),
+    "tiny_atomref_std": (dict(cutoff_lower=0.5, prior_model="Atomref",
+                              prior_args={"max_z": 10, "enable": True}, standardize=True), None),
+    "tiny_f64_none": (dict(distance_influence="none", activation="ssp"), "float64"),
+    "tiny_values_novc": (dict(distance_influence="values", vector_cutoff=False,
+                              attn_activation="mish"), None),
+}
+
+
+def make_fuzz_seeds(root):
+    """Tiny valid model files (F=2, L=1, K=2, max_z=10) as the fuzzer's seed corpus."""
+    out_dir = os.path.join(root, "tests", "fuzz", "corpus")
+    os.makedirs(out_dir, exist_ok=True)
+    tiny = dict(embedding_dimension=2, num_heads=1, num_layers=1, num_rbf=2, max_z=10)
+    for i, (name, (overrides, dtype)) in enumerate(FUZZ_SEEDS.items()):
+        args = case_args(dict(tiny, **overrides))
+        out = os.path.join(out_dir, name + ".safetensors")
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = os.path.join(tmp, name + ".ckpt")
+            make_checkpoint(args, 500 + i, ckpt)
+            export_torchmdnet.export(ckpt, out, {"H": 1, "O": 8},
+                                     {"length": "angstrom", "energy": "eV"}, name, "", dtype)
+        print(f"wrote {out} ({os.path.getsize(out)} bytes)")
 
 
 def main():
@@ -367,8 +400,13 @@ def main():
     p.add_argument("--cases", default=",".join(CASES), help="comma-separated subset")
     p.add_argument("--random-potential", action="store_true",
                    help="write potentials/random-et-HO.safetensors instead")
+    p.add_argument("--fuzz-seeds", action="store_true",
+                   help="write tiny model files to tests/fuzz/corpus/ instead")
     args = p.parse_args()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    if args.fuzz_seeds:
+        make_fuzz_seeds(os.path.join(HERE, ".."))
+        return
     if args.random_potential:
         make_random_potential(os.path.join(HERE, ".."))
         return
