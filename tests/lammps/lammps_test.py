@@ -191,7 +191,7 @@ def check_per_atom_sums(name, r):
     """sum of stress/atom (virial part, pressure*volume) = -V * global virial pressure."""
     for k in range(6):
         want = -r["vir_p"][k] * r["vol"]
-        scale = max(abs(v) for v in r["vir_p"]) * r["vol"]
+        scale = max(max(abs(v) for v in r["vir_p"]) * r["vol"], 1e-12)
         check(rel_err(r["sums"][1 + k], want, scale) < 1e-10,
               "%s: sum of stress/atom[%d] = %.17g, expected -V*virial = %.17g"
               % (name, k + 1, r["sums"][1 + k], want))
@@ -400,7 +400,7 @@ def case_fd(lmp, args):
     v_p, v_m = vol * (1 + eps) ** 3, vol * (1 - eps) ** 3
     dEdV = (res["s_isop"][0] - res["s_isom"][0]) / (v_p - v_m)
     p_vir = sum(res["vir"][:3]) / 3.0 / NKTV2P_METAL       # eV/A^3
-    check(abs(p_vir + dEdV) < 1e-6 * abs(p_vir),
+    check(abs(p_vir + dEdV) < 1e-6 * vscale / vol,
           "pressure (virial part) %.12g eV/A^3 vs -dE/dV %.12g" % (p_vir, -dEdV))
     print("ok pressure (virial part) = -dE/dV: %.10g vs %.10g eV/A^3" % (p_vir, -dEdV))
 
@@ -428,7 +428,7 @@ def case_nve(lmp, args):
               "timestep %g\nfix 1 all nve\n"
               "thermo_style custom step temp pe etotal\nthermo_modify format float %%.17g\n"
               "thermo 20\nrun %d\n" % (NVE_DT, NVE_STEPS))
-    _, out = lmp.run("nve", script, 2, timeout=280)
+    _, out = lmp.run("nve", script, 1, timeout=280)
     etot = []
     for line in out.splitlines():
         words = line.split()
@@ -521,8 +521,9 @@ def case_errors(lmp, args):
     # An element the model lacks, on a type that no atom has, is still an error at pair_coeff.
     cases.append(("element_not_in_model", script(data=data_extra, pair_coeff="* * H C N O Si"),
                   "element Si (atom type 5) is not in the model"))
+    on_two_ranks = ("missing_model", "unmapped_type", "newton_off", "nan_position")
     for name, text, message in cases:
-        for nprocs in (1, 2):
+        for nprocs in (1, 2) if name in on_two_ranks else (1,):
             rc, out = lmp.run("err_%s_np%d" % (name, nprocs), text, nprocs, expect_ok=False,
                               timeout=60)
             check(rc != 0, "%s: lmp exited with status 0; expected an error" % name)
@@ -544,6 +545,7 @@ def main():
     ap.add_argument("--mpiexec", default="")
     ap.add_argument("case")
     args = ap.parse_args()
+    args.golden = os.path.abspath(args.golden)
     lmp = Lammps(args)
     try:
         if args.case.startswith("golden:"):
