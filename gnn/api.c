@@ -1,0 +1,378 @@
+/*
+ * api.c - the public API around the backends: status names, options, contexts (backend
+ * choice), input validation and the built-in single-process ghost exchange.
+ *
+ * Every backend gets a validated system (see backend.h), so the checks live here once.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "ds4sci.h"
+#include "model_internal.h"
+
+/* Pairs closer than this (length units) are overlapping atoms: an input error. */
+#define DS4SCI_MIN_PAIR_DIST 1e-4
+
+struct ds4sci_ctx {
+    const ds4sci_model *model; /* NULL for contexts made from a bare description */
+    const et_desc *desc;
+    const ds4sci_backend_i *backend;
+    void *state;
+    unsigned char *z_ok;       /* [max_z] 1 if z is an element of the model */
+    char elements[256];        /* "H C N O" for messages */
+    char err[1024];
+};
+
+const char *ds4sci_status_name(ds4sci_status status)
+{
+    switch (status) {
+    case DS4SCI_OK: return "DS4SCI_OK";
+    case DS4SCI_ERR_ARG: return "DS4SCI_ERR_ARG";
+    case DS4SCI_ERR_IO: return "DS4SCI_ERR_IO";
+    case DS4SCI_ERR_FORMAT: return "DS4SCI_ERR_FORMAT";
+    case DS4SCI_ERR_UNSUPPORTED: return "DS4SCI_ERR_UNSUPPORTED";
+    case DS4SCI_ERR_NOMEM: return "DS4SCI_ERR_NOMEM";
+    case DS4SCI_ERR_INPUT: return "DS4SCI_ERR_INPUT";
+    case DS4SCI_ERR_EXCHANGE: return "DS4SCI_ERR_EXCHANGE";
+    case DS4SCI_ERR_DEVICE: return "DS4SCI_ERR_DEVICE";
+    case DS4SCI_ERR_DEVICE_NOMEM: return "DS4SCI_ERR_DEVICE_NOMEM";
+    }
+    return "DS4SCI_ERR_UNKNOWN";
+}
+
+void ds4sci_options_init(ds4sci_options *options)
+{
+    if (!options)
+        return;
+    memset(options, 0, sizeof(*options));
+    options->device = DS4SCI_DEVICE_AUTO;
+    options->device_id = 0;
+    options->n_threads = 0;
+}
+
+int ds4sci_cuda_available(void)
+{
+#ifdef DS4SCI_HAVE_CUDA
+    return ds4sci_backend_cuda_available();
+#else
+    return 0;
+#endif
+}
+
+static void set_err(char *err, size_t err_len, const char *fmt, ...)
+{
+    if (!err || err_len == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, err_len, fmt, ap);
+    va_end(ap);
+}
+
+static ds4sci_status pick_backend(const ds4sci_options *opt, const ds4sci_backend_i **be,
+                                  char *err, size_t err_len)
+{
+    switch (opt->device) {
+    case DS4SCI_DEVICE_CPU:
+        *be = &ds4sci_backend_cpu;
+        return DS4SCI_OK;
+    case DS4SCI_DEVICE_AUTO:
+#ifdef DS4SCI_HAVE_CUDA
+        *be = ds4sci_backend_cuda_available() ? &ds4sci_backend_cuda : &ds4sci_backend_cpu;
+#else
+        *be = &ds4sci_backend_cpu;
+#endif
+        return DS4SCI_OK;
+    case DS4SCI_DEVICE_CUDA:
+#ifdef DS4SCI_HAVE_CUDA
+        if (!ds4sci_backend_cuda_available()) {
+            set_err(err, err_len, "device CUDA requested: no usable CUDA device");
+            return DS4SCI_ERR_DEVICE;
+        }
+        *be = &ds4sci_backend_cuda;
+        return DS4SCI_OK;
+#else
+        set_err(err, err_len, "device CUDA requested: ds4sci was built without CUDA");
+        return DS4SCI_ERR_DEVICE;
+#endif
+    }
+    set_err(err, err_len, "options.device = %d: expected DS4SCI_DEVICE_AUTO, _CPU or _CUDA",
+            (int)opt->device);
+    return DS4SCI_ERR_ARG;
+}
+
+/* Shared by the public create and the description-only create (model NULL: every z in
+   [0, max_z) is accepted). */
+static ds4sci_status ctx_create(const ds4sci_model *model, const et_desc *desc,
+                                const ds4sci_options *options, ds4sci_ctx **out, char *err,
+                                size_t err_len)
+{
+    ds4sci_options opt;
+    if (options)
+        opt = *options;
+    else
+        ds4sci_options_init(&opt);
+    if (opt.n_threads < 0) {
+        set_err(err, err_len, "options.n_threads = %d: expected >= 0", (int)opt.n_threads);
+        return DS4SCI_ERR_ARG;
+    }
+    const ds4sci_backend_i *be = NULL;
+    ds4sci_status s = pick_backend(&opt, &be, err, err_len);
+    if (s != DS4SCI_OK)
+        return s;
+
+    ds4sci_ctx *ctx = (ds4sci_ctx *)calloc(1, sizeof(*ctx));
+    unsigned char *z_ok = (unsigned char *)calloc((size_t)(desc->max_z > 0 ? desc->max_z : 1), 1);
+    if (!ctx || !z_ok) {
+        free(ctx);
+        free(z_ok);
+        set_err(err, err_len, "cannot allocate a context");
+        return DS4SCI_ERR_NOMEM;
+    }
+    ctx->model = model;
+    ctx->desc = desc;
+    ctx->backend = be;
+    ctx->z_ok = z_ok;
+    if (model) {
+        const ds4sci_model_info *info = ds4sci_model_get_info(model);
+        size_t len = 0;
+        for (int32_t i = 0; i < info->n_elements; i++) {
+            int32_t z = info->element_z[i];
+            if (z >= 0 && z < desc->max_z)
+                z_ok[z] = 1;
+            if (len + 8 < sizeof(ctx->elements))
+                len += (size_t)snprintf(ctx->elements + len, sizeof(ctx->elements) - len, "%s%d",
+                                        i ? " " : "", (int)z);
+        }
+    } else {
+        memset(z_ok, 1, (size_t)desc->max_z);
+        snprintf(ctx->elements, sizeof(ctx->elements), "0 .. %d", (int)desc->max_z - 1);
+    }
+
+    char berr[512] = "";
+    s = be->create(desc, &opt, &ctx->state, berr, sizeof(berr));
+    if (s != DS4SCI_OK) {
+        set_err(err, err_len, "%s backend: %s", be->name, berr);
+        free(z_ok);
+        free(ctx);
+        return s;
+    }
+    *out = ctx;
+    return DS4SCI_OK;
+}
+
+ds4sci_status ds4sci_ctx_create(const ds4sci_model *model, const ds4sci_options *options,
+                                ds4sci_ctx **ctx, char *err, size_t err_len)
+{
+    if (err && err_len)
+        err[0] = '\0';
+    if (!ctx) {
+        set_err(err, err_len, "ds4sci_ctx_create: ctx is NULL");
+        return DS4SCI_ERR_ARG;
+    }
+    *ctx = NULL;
+    if (!model) {
+        set_err(err, err_len, "ds4sci_ctx_create: model is NULL");
+        return DS4SCI_ERR_ARG;
+    }
+    return ctx_create(model, ds4sci_model_desc(model), options, ctx, err, err_len);
+}
+
+ds4sci_status ds4sci_ctx_create_desc(const et_desc *desc, const ds4sci_options *options,
+                                     ds4sci_ctx **ctx, char *err, size_t err_len)
+{
+    if (err && err_len)
+        err[0] = '\0';
+    if (!ctx || !desc) {
+        set_err(err, err_len, "ds4sci_ctx_create_desc: %s is NULL", ctx ? "desc" : "ctx");
+        return DS4SCI_ERR_ARG;
+    }
+    *ctx = NULL;
+    return ctx_create(NULL, desc, options, ctx, err, err_len);
+}
+
+void ds4sci_ctx_free(ds4sci_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    ctx->backend->destroy(ctx->state);
+    free(ctx->z_ok);
+    free(ctx);
+}
+
+ds4sci_device ds4sci_ctx_device(const ds4sci_ctx *ctx)
+{
+    return ctx ? ctx->backend->device : DS4SCI_DEVICE_CPU;
+}
+
+const char *ds4sci_ctx_backend_name(const ds4sci_ctx *ctx)
+{
+    return ctx ? ctx->backend->name : "";
+}
+
+const char *ds4sci_ctx_error(const ds4sci_ctx *ctx)
+{
+    return ctx ? ctx->err : "";
+}
+
+void *ds4sci_ctx_backend_state(const ds4sci_ctx *ctx)
+{
+    return ctx ? ctx->state : NULL;
+}
+
+/* ---- validation --------------------------------------------------------------------------- */
+
+static ds4sci_status fail(ds4sci_ctx *ctx, ds4sci_status s, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx->err, sizeof(ctx->err), fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+static ds4sci_status validate(ds4sci_ctx *ctx, const ds4sci_system *sys,
+                              const ds4sci_exchange *exchange)
+{
+    const int64_t nl = sys->n_local, ng = sys->n_ghost, n = nl + ng;
+    if (nl < 0 || ng < 0)
+        return fail(ctx, DS4SCI_ERR_ARG, "system: n_local = %lld, n_ghost = %lld: expected >= 0",
+                    (long long)nl, (long long)ng);
+    if (n > INT32_MAX)
+        return fail(ctx, DS4SCI_ERR_ARG, "system: n_local + n_ghost = %lld exceeds INT32_MAX",
+                    (long long)n);
+    if (n > 0 && (!sys->pos || !sys->z))
+        return fail(ctx, DS4SCI_ERR_ARG, "system: %s is NULL for %lld atoms",
+                    sys->pos ? "z" : "pos", (long long)n);
+    if (!sys->nbr_offset)
+        return fail(ctx, DS4SCI_ERR_ARG, "system: nbr_offset is NULL (needs n_local + 1 = %lld "
+                                         "entries)", (long long)(nl + 1));
+    if (sys->nbr_offset[0] != 0)
+        return fail(ctx, DS4SCI_ERR_INPUT, "system: nbr_offset[0] = %lld, expected 0",
+                    (long long)sys->nbr_offset[0]);
+    for (int64_t i = 0; i < nl; i++)
+        if (sys->nbr_offset[i + 1] < sys->nbr_offset[i])
+            return fail(ctx, DS4SCI_ERR_INPUT,
+                        "system: nbr_offset decreases at atom %lld (%lld then %lld)",
+                        (long long)i, (long long)sys->nbr_offset[i],
+                        (long long)sys->nbr_offset[i + 1]);
+    if (sys->nbr_offset[nl] > 0 && !sys->nbr_index)
+        return fail(ctx, DS4SCI_ERR_ARG, "system: nbr_index is NULL for %lld neighbours",
+                    (long long)sys->nbr_offset[nl]);
+    if (!exchange) {
+        if (ng > 0 && !sys->ghost_owner)
+            return fail(ctx, DS4SCI_ERR_ARG, "system: ghost_owner is NULL for %lld ghosts and no "
+                                             "exchange was given", (long long)ng);
+        for (int64_t g = 0; g < ng; g++)
+            if (sys->ghost_owner[g] < 0 || sys->ghost_owner[g] >= nl)
+                return fail(ctx, DS4SCI_ERR_INPUT,
+                            "ghost %lld (atom %lld): ghost_owner = %d, expected an owned atom in "
+                            "[0, %lld)", (long long)g, (long long)(nl + g),
+                            (int)sys->ghost_owner[g], (long long)nl);
+    } else if (!exchange->forward || !exchange->reverse) {
+        return fail(ctx, DS4SCI_ERR_ARG, "exchange: %s callback is NULL",
+                    exchange->forward ? "reverse" : "forward");
+    }
+    for (int64_t i = 0; i < n; i++) {
+        const double *p = sys->pos + 3 * i;
+        if (!isfinite(p[0]) || !isfinite(p[1]) || !isfinite(p[2]))
+            return fail(ctx, DS4SCI_ERR_INPUT, "atom %lld: non-finite position (%g, %g, %g)",
+                        (long long)i, p[0], p[1], p[2]);
+        const int32_t z = sys->z[i];
+        if (z < 0 || z >= ctx->desc->max_z || !ctx->z_ok[z])
+            return fail(ctx, DS4SCI_ERR_INPUT,
+                        "atom %lld: z = %d is not an element of the model (z in: %s)",
+                        (long long)i, (int)z, ctx->elements);
+    }
+    const double min2 = DS4SCI_MIN_PAIR_DIST * DS4SCI_MIN_PAIR_DIST;
+    for (int64_t i = 0; i < nl; i++) {
+        const double *pi = sys->pos + 3 * i;
+        for (int64_t k = sys->nbr_offset[i]; k < sys->nbr_offset[i + 1]; k++) {
+            const int32_t j = sys->nbr_index[k];
+            if (j < 0 || j >= n || j == i)
+                return fail(ctx, DS4SCI_ERR_INPUT,
+                            "atom %lld: neighbour %lld is atom %d, expected an atom in [0, %lld) "
+                            "other than itself", (long long)i, (long long)(k - sys->nbr_offset[i]),
+                            (int)j, (long long)n);
+            const double *pj = sys->pos + 3 * (int64_t)j;
+            const double dx = pj[0] - pi[0], dy = pj[1] - pi[1], dz = pj[2] - pi[2];
+            const double d2 = dx * dx + dy * dy + dz * dz;
+            if (d2 < min2)
+                return fail(ctx, DS4SCI_ERR_INPUT,
+                            "atoms %lld and %d overlap: distance %g < %g", (long long)i, (int)j,
+                            sqrt(d2), DS4SCI_MIN_PAIR_DIST);
+        }
+    }
+    return DS4SCI_OK;
+}
+
+/* ---- built-in exchange -------------------------------------------------------------------- */
+
+typedef struct builtin_exchange {
+    int32_t n_local, n_ghost;
+    const int32_t *owner;
+} builtin_exchange;
+
+static int builtin_forward(void *user, double *data, int32_t width)
+{
+    const builtin_exchange *b = (const builtin_exchange *)user;
+    for (int32_t g = 0; g < b->n_ghost; g++)
+        memcpy(data + ((size_t)b->n_local + g) * width, data + (size_t)b->owner[g] * width,
+               sizeof(double) * (size_t)width);
+    return 0;
+}
+
+static int builtin_reverse(void *user, double *data, int32_t width)
+{
+    const builtin_exchange *b = (const builtin_exchange *)user;
+    for (int32_t g = 0; g < b->n_ghost; g++) {
+        const double *src = data + ((size_t)b->n_local + g) * width;
+        double *dst = data + (size_t)b->owner[g] * width;
+        for (int32_t k = 0; k < width; k++)
+            dst[k] += src[k];
+    }
+    return 0;
+}
+
+ds4sci_status ds4sci_compute(ds4sci_ctx *ctx, const ds4sci_system *system,
+                             const ds4sci_exchange *exchange, ds4sci_result *result)
+{
+    if (!ctx)
+        return DS4SCI_ERR_ARG;
+    ctx->err[0] = '\0';
+    if (!system || !result)
+        return fail(ctx, DS4SCI_ERR_ARG, "ds4sci_compute: %s is NULL",
+                    system ? "result" : "system");
+    ds4sci_status s = validate(ctx, system, exchange);
+    if (s != DS4SCI_OK)
+        return s;
+    builtin_exchange bi = {system->n_local, system->n_ghost, system->ghost_owner};
+    ds4sci_exchange builtin = {builtin_forward, builtin_reverse, &bi};
+    char berr[sizeof(ctx->err) - 32] = "";
+    s = ctx->backend->compute(ctx->state, system, exchange ? exchange : &builtin, result, berr,
+                              sizeof(berr));
+    if (s != DS4SCI_OK)
+        return fail(ctx, s, "%s backend: %s", ctx->backend->name, berr);
+    return DS4SCI_OK;
+}
+
+void ds4sci_fold_ghosts(double *data, int32_t width, int32_t n_local, int32_t n_ghost,
+                        const int32_t *ghost_owner)
+{
+    if (!data || !ghost_owner || width <= 0 || n_local < 0 || n_ghost <= 0)
+        return;
+    for (int32_t g = 0; g < n_ghost; g++) {
+        const int32_t o = ghost_owner[g];
+        double *src = data + ((size_t)n_local + g) * width;
+        if (o >= 0 && o < n_local) {
+            double *dst = data + (size_t)o * width;
+            for (int32_t k = 0; k < width; k++)
+                dst[k] += src[k];
+        }
+        memset(src, 0, sizeof(double) * (size_t)width);
+    }
+}
