@@ -428,7 +428,7 @@ def case_nve(lmp, args):
               "timestep %g\nfix 1 all nve\n"
               "thermo_style custom step temp pe etotal\nthermo_modify format float %%.17g\n"
               "thermo 20\nrun %d\n" % (NVE_DT, NVE_STEPS))
-    _, out = lmp.run("nve", script, 1, timeout=280)
+    _, out = lmp.run("nve", script, 1, timeout=500)
     etot = []
     for line in out.splitlines():
         words = line.split()
