@@ -139,6 +139,261 @@ START_TEST(forces_are_minus_energy_gradient_periodic)
 }
 END_TEST
 
+
+/* ---- virial ------------------------------------------------------------------------------ */
+
+/* Positions of every row (owned and ghost) of f->sys set to base (I + eps). */
+static void apply_strain(fixture *f, const double *base, const double eps[9])
+{
+    const int32_t n = f->sys.s.n_local + f->sys.s.n_ghost;
+    for (int32_t i = 0; i < n; i++)
+        for (int b = 0; b < 3; b++) {
+            double v = base[3 * i + b];
+            for (int a = 0; a < 3; a++)
+                v += base[3 * i + a] * eps[3 * a + b];
+            f->sys.pos[3 * i + b] = v;
+        }
+}
+
+START_TEST(virial_is_strain_derivative)
+{
+    /* W_ab = sum_e w_a f_b = -dE/d eps_ab for r_b -> r_b + r_a eps_ab (all atoms, box too). */
+    tu_opts o;
+    tu_opts_combo(&o, _i * 5);
+    fixture f;
+    fixture_init(&f, &o, 14, 6.0, 1, 300 + _i);
+    tu_result res;
+    compute_folded(&f, &res);
+    const int32_t n = f.sys.s.n_local + f.sys.s.n_ghost;
+    double *base = malloc(sizeof(double) * 3 * n);
+    memcpy(base, f.sys.pos, sizeof(double) * 3 * n);
+    static const int comp[6][2] = {{0, 0}, {1, 1}, {2, 2}, {0, 1}, {0, 2}, {1, 2}};
+    double w_fd[6], norm = 0.0, err = 0.0;
+    for (int k = 0; k < 6; k++) {
+        const double h = FD_STEP, at[4] = {1, -1, 2, -2};
+        double e[4];
+        for (int q = 0; q < 4; q++) {
+            double eps[9] = {0};
+            eps[3 * comp[k][0] + comp[k][1]] = at[q] * h;
+            apply_strain(&f, base, eps);
+            e[q] = tu_energy(f.ctx, &f.sys.s);
+        }
+        w_fd[k] = -(8.0 * (e[0] - e[1]) - (e[2] - e[3])) / (12.0 * h);
+        norm += w_fd[k] * w_fd[k];
+        err = fmax(err, fabs(w_fd[k] - res.r.virial[k]));
+    }
+    memcpy(f.sys.pos, base, sizeof(double) * 3 * n);
+    norm = sqrt(norm);
+    ck_assert_msg(norm > 1e-6, "virial vanishes - vacuous");
+    ck_assert_msg(err <= FD_TOL * norm, "virial: max error %g vs strain derivative, norm %g", err,
+                  norm);
+    /* per-atom virials (ghost rows included) sum to the virial */
+    for (int k = 0; k < 6; k++) {
+        double sum = 0.0;
+        for (int32_t i = 0; i < n; i++)
+            sum += res.r.atom_virial[6 * i + k];
+        ck_assert_msg(fabs(sum - res.r.virial[k]) <= 1e-12 * norm,
+                      "per-atom virial %d sums to %.17g, virial %.17g", k, sum, res.r.virial[k]);
+    }
+    free(base);
+    tu_result_free(&res);
+    fixture_free(&f);
+}
+END_TEST
+
+/* ---- symmetries and sums ----------------------------------------------------------------- */
+
+/* Energy and folded forces of n atoms in open boundaries. */
+static double cluster_ef(ds4sci_ctx *ctx, const double *pos, const int32_t *z, int n,
+                         double cutoff, double *forces, double *atom_energy)
+{
+    ds4sci_graph *g = NULL;
+    ds4sci_system s;
+    char err[256];
+    ck_assert(ds4sci_graph_build(pos, z, n, NULL, cutoff, &g, &s, err, sizeof(err)) ==
+              DS4SCI_OK);
+    tu_result res;
+    tu_result_alloc(&res, &s);
+    ds4sci_status st = ds4sci_compute(ctx, &s, NULL, &res.r);
+    ck_assert_msg(st == DS4SCI_OK, "compute: %s", ds4sci_ctx_error(ctx));
+    if (forces)
+        memcpy(forces, res.r.forces, sizeof(double) * 3 * n);
+    if (atom_energy)
+        memcpy(atom_energy, res.r.atom_energy, sizeof(double) * n);
+    double e = res.r.energy, sum = 0.0, scale = 0.0;
+    for (int i = 0; i < n; i++) {
+        sum += res.r.atom_energy[i];
+        scale += fabs(res.r.atom_energy[i]);
+    }
+    ck_assert_msg(fabs(sum - e) <= 1e-13 * fmax(scale, 1e-300),
+                  "atom energies sum to %.17g, energy %.17g", sum, e);
+    tu_result_free(&res);
+    ds4sci_graph_free(g);
+    return e;
+}
+
+START_TEST(invariant_to_translation_rotation_permutation)
+{
+    tu_opts o;
+    tu_opts_combo(&o, _i * 4 + 1);
+    et_desc *d = tu_desc_new(&o);
+    ds4sci_ctx *ctx = tu_ctx_cpu(d, 1);
+    const int n = 16;
+    tu_rng r = {500 + (uint64_t)_i};
+    double pos[3 * 16], p2[3 * 16], f0[3 * 16], f1[3 * 16];
+    int32_t z[16], z2[16];
+    tu_random_atoms(&r, n, 5.0, 1.0, 0, o.max_z, pos, z);
+    const double cu = o.cutoff_upper;
+    const double e0 = cluster_ef(ctx, pos, z, n, cu, f0, NULL);
+    const double frms = tu_rms(f0, 3 * n);
+    ck_assert(frms > 1e-6);
+    const double tol_e = 1e-12 * fmax(fabs(e0), 1.0), tol_f = 1e-11 * frms;
+
+    /* forces sum to zero */
+    for (int c = 0; c < 3; c++) {
+        double s = 0.0;
+        for (int i = 0; i < n; i++)
+            s += f0[3 * i + c];
+        ck_assert_msg(fabs(s) <= 1e-12 * frms * n, "sum of forces[%d] = %g", c, s);
+    }
+    /* translation */
+    for (int i = 0; i < n; i++) {
+        p2[3 * i] = pos[3 * i] + 13.1;
+        p2[3 * i + 1] = pos[3 * i + 1] - 2.7;
+        p2[3 * i + 2] = pos[3 * i + 2] + 0.35;
+    }
+    double e1 = cluster_ef(ctx, p2, z, n, cu, f1, NULL);
+    ck_assert_msg(fabs(e1 - e0) <= tol_e, "translation: E %.17g vs %.17g", e1, e0);
+    ck_assert_msg(tu_max_abs_diff(f0, f1, 3 * n) <= tol_f, "translation changes forces");
+    /* rotation (random unit quaternion) */
+    double q[4], nq = 0.0;
+    for (int k = 0; k < 4; k++) {
+        q[k] = tu_normal(&r);
+        nq += q[k] * q[k];
+    }
+    for (int k = 0; k < 4; k++)
+        q[k] /= sqrt(nq);
+    const double R[9] = {1 - 2 * (q[2] * q[2] + q[3] * q[3]), 2 * (q[1] * q[2] - q[0] * q[3]),
+                         2 * (q[1] * q[3] + q[0] * q[2]),     2 * (q[1] * q[2] + q[0] * q[3]),
+                         1 - 2 * (q[1] * q[1] + q[3] * q[3]), 2 * (q[2] * q[3] - q[0] * q[1]),
+                         2 * (q[1] * q[3] - q[0] * q[2]),     2 * (q[2] * q[3] + q[0] * q[1]),
+                         1 - 2 * (q[1] * q[1] + q[2] * q[2])};
+    for (int i = 0; i < n; i++)
+        for (int a = 0; a < 3; a++)
+            p2[3 * i + a] = R[3 * a] * pos[3 * i] + R[3 * a + 1] * pos[3 * i + 1] +
+                            R[3 * a + 2] * pos[3 * i + 2];
+    e1 = cluster_ef(ctx, p2, z, n, cu, f1, NULL);
+    ck_assert_msg(fabs(e1 - e0) <= tol_e, "rotation: E %.17g vs %.17g", e1, e0);
+    for (int i = 0; i < n; i++)
+        for (int a = 0; a < 3; a++) {
+            double rf = R[3 * a] * f0[3 * i] + R[3 * a + 1] * f0[3 * i + 1] +
+                        R[3 * a + 2] * f0[3 * i + 2];
+            ck_assert_msg(fabs(rf - f1[3 * i + a]) <= tol_f, "rotation: force %d.%d %g vs %g", i,
+                          a, f1[3 * i + a], rf);
+        }
+    /* permutation */
+    int perm[16];
+    for (int i = 0; i < n; i++)
+        perm[i] = i;
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)(tu_next(&r) % (uint64_t)(i + 1)), t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    for (int i = 0; i < n; i++) {
+        memcpy(p2 + 3 * i, pos + 3 * perm[i], sizeof(double) * 3);
+        z2[i] = z[perm[i]];
+    }
+    e1 = cluster_ef(ctx, p2, z2, n, cu, f1, NULL);
+    ck_assert_msg(fabs(e1 - e0) <= tol_e, "permutation: E %.17g vs %.17g", e1, e0);
+    for (int i = 0; i < n; i++)
+        for (int a = 0; a < 3; a++)
+            ck_assert(fabs(f1[3 * i + a] - f0[3 * perm[i] + a]) <= tol_f);
+    ds4sci_ctx_free(ctx);
+    tu_desc_free(d);
+}
+END_TEST
+
+START_TEST(isolated_atom_and_atom_without_neighbours)
+{
+    /* An atom beyond the cutoff of everything contributes exactly its isolated-atom energy
+       and feels no force; the rest is unchanged (its vec features are 0: the head's
+       zero-norm convention must not produce NaN). */
+    tu_opts o;
+    tu_opts_combo(&o, _i);
+    et_desc *d = tu_desc_new(&o);
+    ds4sci_ctx *ctx = tu_ctx_cpu(d, 1);
+    const int n = 9;
+    tu_rng r = {800 + (uint64_t)_i};
+    double pos[3 * 10], f[3 * 10], ea[10];
+    int32_t z[10];
+    tu_random_atoms(&r, n, 4.0, 1.0, 0, o.max_z, pos, z);
+    const double cu = o.cutoff_upper;
+    const double e_cluster = cluster_ef(ctx, pos, z, n, cu, NULL, NULL);
+    double lone[3] = {40.0, -3.0, 7.0};
+    int32_t zl = 1 + _i % (o.max_z - 1);
+    const double e_lone = cluster_ef(ctx, lone, &zl, 1, cu, f, ea);
+    ck_assert(isfinite(e_lone));
+    ck_assert(f[0] == 0.0 && f[1] == 0.0 && f[2] == 0.0);
+    memcpy(pos + 3 * n, lone, sizeof(lone));
+    z[n] = zl;
+    const double e_all = cluster_ef(ctx, pos, z, n + 1, cu, f, ea);
+    ck_assert_msg(fabs(e_all - (e_cluster + e_lone)) <= 1e-12 * (fabs(e_cluster) + fabs(e_lone)),
+                  "E(all) %.17g != E(cluster) + E(atom) %.17g", e_all, e_cluster + e_lone);
+    ck_assert_msg(ea[n] == e_lone, "atom energy of the lone atom %.17g, alone %.17g", ea[n],
+                  e_lone);
+    ck_assert(f[3 * n] == 0.0 && f[3 * n + 1] == 0.0 && f[3 * n + 2] == 0.0);
+    for (int i = 0; i < 3 * (n + 1); i++)
+        ck_assert(isfinite(f[i]));
+    ds4sci_ctx_free(ctx);
+    tu_desc_free(d);
+}
+END_TEST
+
+START_TEST(results_independent_of_thread_count)
+{
+    tu_opts o;
+    tu_opts_combo(&o, 3);
+    fixture f;
+    fixture_init(&f, &o, 20, 7.0, 1, 901);
+    tu_result a;
+    compute_folded(&f, &a);
+    for (int t = 2; t <= 3; t++) {
+        ds4sci_ctx *ctx = tu_ctx_cpu(f.d, t);
+        tu_result b;
+        tu_result_alloc(&b, &f.sys.s);
+        ck_assert(ds4sci_compute(ctx, &f.sys.s, NULL, &b.r) == DS4SCI_OK);
+        ds4sci_fold_ghosts(b.r.forces, 3, f.sys.s.n_local, f.sys.s.n_ghost, f.sys.ghost_owner);
+        ck_assert_msg(a.r.energy == b.r.energy, "%d threads: energy differs", t);
+        ck_assert(memcmp(a.r.forces, b.r.forces, sizeof(double) * 3 * f.sys.s.n_local) == 0);
+        ck_assert(memcmp(a.r.virial, b.r.virial, sizeof(a.r.virial)) == 0);
+        tu_result_free(&b);
+        ds4sci_ctx_free(ctx);
+    }
+    tu_result_free(&a);
+    fixture_free(&f);
+}
+END_TEST
+
+START_TEST(workspace_is_not_reallocated_per_call)
+{
+    tu_opts o;
+    tu_opts_default(&o);
+    fixture f;
+    fixture_init(&f, &o, 20, 7.0, 1, 902);
+    void *st = ds4sci_ctx_backend_state(f.ctx);
+    tu_result res;
+    compute_folded(&f, &res);
+    const int64_t allocs = ds4sci_cpu_workspace_allocs(st);
+    ck_assert(allocs > 0 && ds4sci_cpu_workspace_bytes(st) > 0);
+    for (int k = 0; k < 3; k++)
+        tu_energy(f.ctx, &f.sys.s);
+    ck_assert_int_eq(ds4sci_cpu_workspace_allocs(st), allocs);
+    tu_result_free(&res);
+    fixture_free(&f);
+}
+END_TEST
+
 static Suite *et_cpu_suite(void)
 {
     Suite *s = suite_create("et_cpu");
@@ -146,7 +401,20 @@ static Suite *et_cpu_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_loop_test(tc, forces_are_minus_energy_gradient_cluster, 0, TU_N_COMBOS);
     tcase_add_loop_test(tc, forces_are_minus_energy_gradient_periodic, 0, TU_N_COMBOS);
+    tcase_add_loop_test(tc, virial_is_strain_derivative, 0, 5);
     suite_add_tcase(s, tc);
+
+    TCase *ts = tcase_create("symmetry");
+    tcase_set_timeout(ts, 120);
+    tcase_add_loop_test(ts, invariant_to_translation_rotation_permutation, 0, 6);
+    tcase_add_loop_test(ts, isolated_atom_and_atom_without_neighbours, 0, TU_N_COMBOS);
+    suite_add_tcase(s, ts);
+
+    TCase *tw = tcase_create("workspace");
+    tcase_set_timeout(tw, 120);
+    tcase_add_test(tw, results_independent_of_thread_count);
+    tcase_add_test(tw, workspace_is_not_reallocated_per_call);
+    suite_add_tcase(s, tw);
     return s;
 }
 
