@@ -61,10 +61,11 @@ build=$root/build
 [ "$suite" = bookworm ] || build=$root/build-$suite
 cuda=AUTO
 [ "$lammps_only" = 1 ] && cuda=OFF
+mkdir -p "$build"
 nice -n 10 cmake -S "$root" -B "$build" -D CMAKE_BUILD_TYPE=RelWithDebInfo -D DS4SCI_CUDA=$cuda \
-    -D LAMMPS_SOURCE_DIR="$LAMMPS_SOURCE_DIR" -D LAMMPS_BINARY="$LAMMPS_BINARY" >"$build.cmake.log" 2>&1 ||
-    { tail -n 40 "$build.cmake.log" >&2; exit 1; }
-grep -E "ds4sci:" "$build.cmake.log" || true
+    -D LAMMPS_SOURCE_DIR="$LAMMPS_SOURCE_DIR" -D LAMMPS_BINARY="$LAMMPS_BINARY" >"$build/ds4sci-cmake.log" 2>&1 ||
+    { tail -n 40 "$build/ds4sci-cmake.log" >&2; exit 1; }
+grep -E "ds4sci:" "$build/ds4sci-cmake.log" || true
 nice -n 10 cmake --build "$build" -j "$jobs"
 [ "$build_only" = 1 ] && exit 0
 
