@@ -63,6 +63,14 @@ typedef struct cpu_state {
     double *e_a, *e_gap;    /* [E][H] attention weight A and dE/da_pre of the current layer */
 
     double *scratch; /* [n_threads][scratch_per_thread] */
+
+    /* Transposed copies ([in][out]) of the weights applied per atom and per edge, so the
+       forward products run as contiguous axpy's (same summation order as the dot form). */
+    struct cpu_wt {
+        double *q, *k, *v, *o, *vec, *dk, *dv;
+    } *wt;                         /* [L] */
+    double *ne_dp_t, *ne_comb_t;   /* neighbour embedding distance_proj, combine */
+    double *wpool;
 } cpu_state;
 
 #define CPU_ATOM_ARRAYS(X)                                                                     \
@@ -96,10 +104,23 @@ typedef struct cpu_state {
 
 /* ---- small dense helpers ----------------------------------------------------------------- */
 
-/* y[o] = b[o] + sum_i W[o][i] x[i]; W is [n_out][n_in] (b may be NULL). */
+/* y[o] = b[o] + sum_i W[o][i] x[i]; W is [n_out][n_in] (b may be NULL). Eight rows at a
+   time for independent accumulation chains; each row is still summed in order of i. */
 static void lin(double *y, const double *W, const double *b, const double *x, int n_out, int n_in)
 {
-    for (int o = 0; o < n_out; o++) {
+    int o = 0;
+    for (; o + 8 <= n_out; o += 8) {
+        const double *w = W + (size_t)o * n_in;
+        double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int i = 0; i < n_in; i++) {
+            const double xi = x[i];
+            for (int r = 0; r < 8; r++)
+                s[r] += w[(size_t)r * n_in + i] * xi;
+        }
+        for (int r = 0; r < 8; r++)
+            y[o + r] = b ? s[r] + b[o + r] : s[r];
+    }
+    for (; o < n_out; o++) {
         const double *w = W + (size_t)o * n_in;
         double s = 0.0;
         for (int i = 0; i < n_in; i++)
@@ -108,14 +129,51 @@ static void lin(double *y, const double *W, const double *b, const double *x, in
     }
 }
 
-/* gx[i] += sum_o gy[o] W[o][i] (input gradient of lin). */
-static void lin_t_acc(double *gx, const double *W, const double *gy, int n_out, int n_in)
+/* y = b + W x with W given transposed (Wt is [n_in][n_out]); per output the same sum as
+   lin(), in order of i, then the bias. Four inputs per sweep over y (same order of
+   additions), vectorised over outputs. */
+static void lin_t(double *restrict y, const double *restrict Wt, const double *restrict b,
+                  const double *restrict x, int n_out, int n_in)
 {
-    for (int o = 0; o < n_out; o++) {
+    memset(y, 0, sizeof(double) * (size_t)n_out);
+    int i = 0;
+    for (; i + 4 <= n_in; i += 4) {
+        const double *w0 = Wt + (size_t)i * n_out, *w1 = w0 + n_out, *w2 = w1 + n_out,
+                     *w3 = w2 + n_out;
+        const double x0 = x[i], x1 = x[i + 1], x2 = x[i + 2], x3 = x[i + 3];
+#pragma omp simd
+        for (int o = 0; o < n_out; o++)
+            y[o] = (((y[o] + w0[o] * x0) + w1[o] * x1) + w2[o] * x2) + w3[o] * x3;
+    }
+    for (; i < n_in; i++) {
+        const double *w = Wt + (size_t)i * n_out;
+        const double xi = x[i];
+#pragma omp simd
+        for (int o = 0; o < n_out; o++)
+            y[o] += w[o] * xi;
+    }
+    if (b)
+        for (int o = 0; o < n_out; o++)
+            y[o] += b[o];
+}
+
+/* gx[i] += sum_o gy[o] W[o][i] (input gradient of lin), in order of o. */
+static void lin_t_acc(double *restrict gx, const double *restrict W, const double *restrict gy,
+                      int n_out, int n_in)
+{
+    int o = 0;
+    for (; o + 4 <= n_out; o += 4) {
+        const double *w0 = W + (size_t)o * n_in, *w1 = w0 + n_in, *w2 = w1 + n_in,
+                     *w3 = w2 + n_in;
+        const double g0 = gy[o], g1 = gy[o + 1], g2 = gy[o + 2], g3 = gy[o + 3];
+#pragma omp simd
+        for (int i = 0; i < n_in; i++)
+            gx[i] = (((gx[i] + g0 * w0[i]) + g1 * w1[i]) + g2 * w2[i]) + g3 * w3[i];
+    }
+    for (; o < n_out; o++) {
         const double *w = W + (size_t)o * n_in;
-        double go = gy[o];
-        if (go == 0.0)
-            continue;
+        const double go = gy[o];
+#pragma omp simd
         for (int i = 0; i < n_in; i++)
             gx[i] += go * w[i];
     }
@@ -157,29 +215,29 @@ static void layernorm_bwd_acc(double *gx, const double *x, double mu, double rs,
 
 /* Edge filters of one layer: dk = act(W_dk f + b) [F], dv = act(W_dv f + b) [3F], with their
    activation derivatives at the pre-activation when dkg / dvg are non-NULL. */
-static void edge_filters(const et_desc *d, const et_layer *ly, const double *f, double *dk,
-                         double *dkg, double *dv, double *dvg)
+static void edge_filters(const et_desc *d, const et_layer *ly, const struct cpu_wt *wt,
+                         const double *f, double *dk, double *dkg, double *dv, double *dvg)
 {
     const int F = d->F, K = d->K;
     if (d->dist_influence & ET_DI_KEYS) {
-        lin(dk, ly->dk_w, ly->dk_b, f, F, K);
+        lin_t(dk, wt->dk, ly->dk_b, f, F, K);
         for (int i = 0; i < F; i++)
             dk[i] = et_activate_grad(d->act, dk[i], dkg ? &dkg[i] : NULL);
     }
     if (d->dist_influence & ET_DI_VALUES) {
-        lin(dv, ly->dv_w, ly->dv_b, f, 3 * F, K);
+        lin_t(dv, wt->dv, ly->dv_b, f, 3 * F, K);
         for (int i = 0; i < 3 * F; i++)
             dv[i] = et_activate_grad(d->act, dv[i], dvg ? &dvg[i] : NULL);
     }
 }
 
 /* vec_proj of one atom: P[c][0:3F] = W_vp vec[c], c = 0..2; vdot = sum_c P1[c] P2[c]. */
-static void vec_proj(const et_desc *d, const et_layer *ly, const double *vec, double *P,
+static void vec_proj(const et_desc *d, const struct cpu_wt *wt, const double *vec, double *P,
                      double *vdot)
 {
     const int F = d->F;
     for (int c = 0; c < 3; c++)
-        lin(P + (size_t)c * 3 * F, ly->vec_w, NULL, vec + (size_t)c * F, 3 * F, F);
+        lin_t(P + (size_t)c * 3 * F, wt->vec, NULL, vec + (size_t)c * F, 3 * F, F);
     for (int f = 0; f < F; f++) {
         double s = 0.0;
         for (int c = 0; c < 3; c++)
@@ -267,6 +325,8 @@ static void cpu_destroy(void *state)
     CPU_EDGE_ARRAYS(FREE_ARR)
 #undef FREE_ARR
     free(st->scratch);
+    free(st->wt);
+    free(st->wpool);
     free(st);
 }
 
@@ -299,6 +359,46 @@ int ds4sci_cpu_threads(const void *state)
     return state ? ((const cpu_state *)state)->n_threads : 0;
 }
 
+/* Wt[i][o] = W[o][i]; returns the next free slot of the pool. */
+static double *transpose(double *Wt, const double *W, int n_out, int n_in)
+{
+    for (int o = 0; o < n_out; o++)
+        for (int i = 0; i < n_in; i++)
+            Wt[(size_t)i * n_out + o] = W[(size_t)o * n_in + i];
+    return Wt + (size_t)n_out * n_in;
+}
+
+static int make_transposed(cpu_state *st)
+{
+    const et_desc *d = st->d;
+    const size_t F = (size_t)d->F, K = (size_t)d->K, L = (size_t)d->L;
+    const size_t per_layer = 11 * F * F + 4 * F * K;
+    st->wt = (struct cpu_wt *)calloc(L ? L : 1, sizeof(struct cpu_wt));
+    st->wpool = (double *)malloc(sizeof(double) * (L * per_layer + F * K + 2 * F * F + 1));
+    if (!st->wt || !st->wpool)
+        return 0;
+    double *p = st->wpool;
+    const int f = d->F, k = d->K;
+    for (size_t l = 0; l < L; l++) {
+        const et_layer *ly = &d->layers[l];
+        struct cpu_wt *w = &st->wt[l];
+        w->q = p, p = transpose(p, ly->q_w, f, f);
+        w->k = p, p = transpose(p, ly->k_w, f, f);
+        w->v = p, p = transpose(p, ly->v_w, 3 * f, f);
+        w->o = p, p = transpose(p, ly->o_w, 3 * f, f);
+        w->vec = p, p = transpose(p, ly->vec_w, 3 * f, f);
+        if (d->dist_influence & ET_DI_KEYS)
+            w->dk = p, p = transpose(p, ly->dk_w, f, k);
+        if (d->dist_influence & ET_DI_VALUES)
+            w->dv = p, p = transpose(p, ly->dv_w, 3 * f, k);
+    }
+    if (d->neighbor_embedding) {
+        st->ne_dp_t = p, p = transpose(p, d->ne_dp_w, f, k);
+        st->ne_comb_t = p, p = transpose(p, d->ne_comb_w, f, 2 * f);
+    }
+    return 1;
+}
+
 static ds4sci_status cpu_create(const et_desc *d, const ds4sci_options *options, void **state,
                                 char *err, size_t err_len)
 {
@@ -324,6 +424,11 @@ static ds4sci_status cpu_create(const et_desc *d, const ds4sci_options *options,
         snprintf(err, err_len, "cpu backend: cannot allocate scratch for %d threads",
                  st->n_threads);
         free(st);
+        return DS4SCI_ERR_NOMEM;
+    }
+    if (!make_transposed(st)) {
+        snprintf(err, err_len, "cpu backend: cannot allocate transposed weights");
+        cpu_destroy(st);
         return DS4SCI_ERR_NOMEM;
     }
     *state = st;
@@ -475,11 +580,11 @@ static void embed_forward(cpu_state *st, const ds4sci_system *sys)
             for (int64_t e = st->recv_off[t] + 1; e < st->recv_off[t + 1]; e++) {
                 const double c = st->e_geo[(size_t)e * GEO_N + GEO_C];
                 const double *enb = d->ne_emb + (size_t)sys->z[st->e_src[e]] * F;
-                lin(wf, d->ne_dp_w, d->ne_dp_b, st->e_f + (size_t)e * K, F, K);
+                lin_t(wf, st->ne_dp_t, d->ne_dp_b, st->e_f + (size_t)e * K, F, K);
                 for (int f = 0; f < F; f++)
                     m[f] += wf[f] * c * enb[f];
             }
-            lin(xt, d->ne_comb_w, d->ne_comb_b, cat, F, 2 * F);
+            lin_t(xt, st->ne_comb_t, d->ne_comb_b, cat, F, 2 * F);
         }
     }
 }
@@ -490,6 +595,7 @@ static void layer_forward(cpu_state *st, const ds4sci_system *sys, int l)
 {
     const et_desc *d = st->d;
     const et_layer *ly = &d->layers[l];
+    const struct cpu_wt *wt = &st->wt[l];
     const int F = d->F, H = d->H, D = d->D, K = d->K;
     const int32_t nl = sys->n_local, n = sys->n_local + sys->n_ghost;
     const size_t F4 = 4 * (size_t)F, F5 = 5 * (size_t)F;
@@ -508,9 +614,9 @@ static void layer_forward(cpu_state *st, const ds4sci_system *sys, int l)
             double *h = sc;
             double *qi = qkv + (size_t)i * F5;
             layernorm(h, xv + (size_t)i * F4, ly->ln_w, ly->ln_b, F, &lns[2 * i], &lns[2 * i + 1]);
-            lin(qi, ly->q_w, ly->q_b, h, F, F);
-            lin(qi + F, ly->k_w, ly->k_b, h, F, F);
-            lin(qi + 2 * F, ly->v_w, ly->v_b, h, 3 * F, F);
+            lin_t(qi, wt->q, ly->q_b, h, F, F);
+            lin_t(qi + F, wt->k, ly->k_b, h, F, F);
+            lin_t(qi + 2 * F, wt->v, ly->v_b, h, 3 * F, F);
         }
 
         double *dk = sc, *dv = dk + F, *vt = dv + 3 * F, *X = vt + 3 * F, *V = X + F;
@@ -526,7 +632,7 @@ static void layer_forward(cpu_state *st, const ds4sci_system *sys, int l)
                 const double *ks = qkv + (size_t)s * F5 + F, *vs = ks + F;
                 const double *vecs = xv + (size_t)s * F4 + F;
                 const double c = geo[GEO_C];
-                edge_filters(d, ly, st->e_f + (size_t)e * K, dk, NULL, dv, NULL);
+                edge_filters(d, ly, wt, st->e_f + (size_t)e * K, dk, NULL, dv, NULL);
                 for (int hh = 0; hh < H; hh++) {
                     double ap = 0.0;
                     for (int dd = 0; dd < D; dd++) {
@@ -553,8 +659,8 @@ static void layer_forward(cpu_state *st, const ds4sci_system *sys, int l)
             }
             const double *xt = xv + (size_t)t * F4, *vect = xt + F;
             double *xo = xvn + (size_t)t * F4, *veco = xo + F;
-            vec_proj(d, ly, vect, P, vdot);
-            lin(o, ly->o_w, ly->o_b, X, 3 * F, F);
+            vec_proj(d, wt, vect, P, vdot);
+            lin_t(o, wt->o, ly->o_b, X, 3 * F, F);
             memcpy(o12 + (size_t)t * 2 * F, o, sizeof(double) * 2 * F);
             for (int f = 0; f < F; f++)
                 xo[f] = xt[f] + (vdot[f] * o[F + f] + o[2 * F + f]);
@@ -729,6 +835,7 @@ static void layer_backward(cpu_state *st, const ds4sci_system *sys, int l)
 {
     const et_desc *d = st->d;
     const et_layer *ly = &d->layers[l];
+    const struct cpu_wt *wt = &st->wt[l];
     const int F = d->F, H = d->H, D = d->D, K = d->K;
     const int32_t nl = sys->n_local, n = sys->n_local + sys->n_ghost;
     const size_t F4 = 4 * (size_t)F, F5 = 5 * (size_t)F;
@@ -756,7 +863,7 @@ static void layer_backward(cpu_state *st, const ds4sci_system *sys, int l)
                 const double *o1 = o12 + (size_t)t * 2 * F, *o2 = o1 + F;
                 double *gagg = st->gagg + (size_t)t * F4;
                 double *g2 = st->g2 + (size_t)t * F4;
-                vec_proj(d, ly, vec, P, vdot);
+                vec_proj(d, wt, vec, P, vdot);
                 for (int f = 0; f < F; f++) {
                     double s = 0.0;
                     for (int c = 0; c < 3; c++)
@@ -800,7 +907,7 @@ static void layer_backward(cpu_state *st, const ds4sci_system *sys, int l)
                     const double *vecs = xv + (size_t)s * F4 + F;
                     const double c = geo[GEO_C], *dir = geo + GEO_D;
                     double *eA = st->e_a + (size_t)e * H, *egap = st->e_gap + (size_t)e * H;
-                    edge_filters(d, ly, st->e_f + (size_t)e * K, dk, dkg, dv, dvg);
+                    edge_filters(d, ly, wt, st->e_f + (size_t)e * K, dk, dkg, dv, dvg);
                     for (int hh = 0; hh < H; hh++) {
                         double s_ = 0.0;
                         for (int dd = 0; dd < D; dd++) {
@@ -891,7 +998,7 @@ static void layer_backward(cpu_state *st, const ds4sci_system *sys, int l)
                     const double *gX = st->gagg + (size_t)t * F4, *gV = gX + F;
                     const double c = geo[GEO_C], *dir = geo + GEO_D;
                     const double *eA = st->e_a + (size_t)e * H, *egap = st->e_gap + (size_t)e * H;
-                    edge_filters(d, ly, st->e_f + (size_t)e * K, dk, NULL, dv, NULL);
+                    edge_filters(d, ly, wt, st->e_f + (size_t)e * K, dk, NULL, dv, NULL);
                     for (int hh = 0; hh < H; hh++) {
                         for (int dd = 0; dd < D; dd++) {
                             const int f = hh * D + dd, jx = hh * 3 * D + dd;
@@ -956,7 +1063,7 @@ static void embed_backward(cpu_state *st, const ds4sci_system *sys, const double
             for (int64_t e = st->recv_off[t] + 1; e < st->recv_off[t + 1]; e++) {
                 const double c = st->e_geo[(size_t)e * GEO_N + GEO_C];
                 const double *enb = d->ne_emb + (size_t)sys->z[st->e_src[e]] * F;
-                lin(wf, d->ne_dp_w, d->ne_dp_b, st->e_f + (size_t)e * K, F, K);
+                lin_t(wf, st->ne_dp_t, d->ne_dp_b, st->e_f + (size_t)e * K, F, K);
                 double gc = 0.0;
                 for (int f = 0; f < F; f++) {
                     const double gW = gm[f] * enb[f];
