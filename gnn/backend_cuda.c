@@ -1,0 +1,57 @@
+/*
+ * backend_cuda.c - the CUDA backend: gnn/backend.h's interface on top of the kernels library
+ * (kernels/ds4sci_kernels.h). Compiled into the core only when DS4SCI_HAVE_CUDA is defined.
+ *
+ * Ghost refresh: api.c always passes an exchange (its built-in single-process exchange wraps
+ * system->ghost_owner). When that exchange is the built-in one, ghosts are gathered from their
+ * owners and folded back on the GPU, without leaving it; otherwise the caller's exchange is
+ * called with host arrays, in the sequence of backend.h. The built-in one is recognised by
+ * api.c's ds4sci_exchange_is_builtin when this build has it, else by the contract of
+ * ds4sci_system: ghost_owner is non-NULL only when no exchange is passed to ds4sci_compute.
+ */
+#ifdef DS4SCI_HAVE_CUDA
+
+#include <stdio.h>
+
+#include "backend.h"
+#include "../kernels/ds4sci_kernels.h"
+
+/* Defined by api.c when it can tell its built-in exchange apart (weak: optional). */
+extern int ds4sci_exchange_is_builtin(const ds4sci_exchange *exchange) __attribute__((weak));
+
+int ds4sci_backend_cuda_available(void)
+{
+    return ds4sci_cuda_device_count() > 0;
+}
+
+static ds4sci_status cuda_create(const et_desc *desc, const ds4sci_options *options, void **state,
+                                 char *err, size_t err_len)
+{
+    ds4sci_cuda_et *et = NULL;
+    ds4sci_status st = ds4sci_cuda_et_create(desc, options->device_id, &et, err, err_len);
+    *state = st == DS4SCI_OK ? et : NULL;
+    return st;
+}
+
+static ds4sci_status cuda_compute(void *state, const ds4sci_system *system,
+                                  const ds4sci_exchange *exchange, ds4sci_result *result,
+                                  char *err, size_t err_len)
+{
+    int builtin = ds4sci_exchange_is_builtin ? ds4sci_exchange_is_builtin(exchange)
+                                             : system->ghost_owner != NULL;
+    if (system->n_ghost > 0 && !system->ghost_owner)
+        builtin = 0;
+    return ds4sci_cuda_et_compute((ds4sci_cuda_et *)state, system, exchange, builtin, result, err,
+                                  err_len);
+}
+
+static void cuda_destroy(void *state)
+{
+    ds4sci_cuda_et_free((ds4sci_cuda_et *)state);
+}
+
+const ds4sci_backend_i ds4sci_backend_cuda = {
+    "cuda", DS4SCI_DEVICE_CUDA, cuda_create, cuda_compute, cuda_destroy,
+};
+
+#endif /* DS4SCI_HAVE_CUDA */

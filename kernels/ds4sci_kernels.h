@@ -1,0 +1,62 @@
+/*
+ * ds4sci_kernels.h - plain C entry points of the CUDA ET backend (library ds4sci_kernels).
+ * gnn/backend_cuda.c adapts them to the backend interface of gnn/backend.h. No CUDA types.
+ *
+ * A ds4sci_cuda_et holds the model's weights on one GPU (fp32, uploaded once at create), a
+ * CUDA stream, a cuBLAS handle and a workspace that grows geometrically with the system and is
+ * reused between calls. Every call validates its arguments and returns a status; messages go
+ * to err (NUL-terminated, err_len bytes, err may be NULL).
+ *
+ * Profiling (opt-in): with the environment variable DS4SCI_CUDA_PROFILE set to a file name at
+ * create time, every compute records CUDA events between its stages, and free appends to that
+ * file one line per stage with the mean milliseconds per call, plus the workspace bytes and the
+ * peak device memory in use. Nothing is recorded otherwise.
+ */
+#ifndef DS4SCI_KERNELS_H
+#define DS4SCI_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ds4sci.h"
+#include "et_desc.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct ds4sci_cuda_et ds4sci_cuda_et;
+
+/* Number of usable CUDA devices (0 when there is no driver or no device). */
+int ds4sci_cuda_device_count(void);
+
+/*
+ * Upload a validated model description to device `device_id`. DS4SCI_ERR_UNSUPPORTED for
+ * shapes the kernels do not take (hidden_channels must be 16, 32, 64, 128 or 256, F/H a
+ * power-of-two multiple of max(1, F/32), num_rbf <= 64); DS4SCI_ERR_DEVICE(_NOMEM) for CUDA
+ * failures.
+ */
+ds4sci_status ds4sci_cuda_et_create(const et_desc *desc, int32_t device_id, ds4sci_cuda_et **out,
+                                    char *err, size_t err_len);
+
+void ds4sci_cuda_et_free(ds4sci_cuda_et *et);
+
+/*
+ * Energy, forces and virials as ds4sci_compute documents them, for a system that the caller
+ * has validated (see gnn/backend.h). Ghost features are refreshed through `exchange` with host
+ * arrays ([n_total][width] doubles; widths F and 4F, the sequence of gnn/backend.h), unless
+ * `builtin_ghosts` is non-zero: then system->ghost_owner drives the refresh and the fold on
+ * the GPU and `exchange` is not called.
+ */
+ds4sci_status ds4sci_cuda_et_compute(ds4sci_cuda_et *et, const ds4sci_system *system,
+                                     const ds4sci_exchange *exchange, int builtin_ghosts,
+                                     ds4sci_result *result, char *err, size_t err_len);
+
+/* Device bytes held by the workspace and weights of `et`. */
+size_t ds4sci_cuda_et_device_bytes(const ds4sci_cuda_et *et);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DS4SCI_KERNELS_H */

@@ -1,0 +1,489 @@
+/*
+ * edge_bwd.cu - fused backward edge passes of an attention layer (ET_SPEC.md section 6), with
+ * every per-edge quantity (RBF, filters, attention, messages) recomputed, never stored:
+ *
+ *  receiver pass (one warp per owned receiver t, its CSR row):
+ *    g_q[t] = sum_e g_apre k[s] dk, and per edge the geometry gradient
+ *    dE/dw_e = (g_d - d (d . g_d)) / r + g_r d, g_r = sum_k g_f_k f'_k(r) + g_c c'(r),
+ *    added to gw[e] (each edge is owned by one warp: no atomics);
+ *  sender pass (one warp per atom s, owned or ghost, over the transpose index):
+ *    g_k[s] = sum_e g_apre q[t] dk, g_v[s] = sum_e g_v~ dv (c), g_vec[s] += sum_e g_mv g1.
+ *
+ * Notation per edge e = (s -> t): g_mx = gX[t], g_mv = gV[t]; x~, g1, g2 the value parts;
+ * g_A = sum_d g_mx x~; g_a = g_A (vector_cutoff) or g_A c; g_apre = g_a attn_act'(a_pre).
+ */
+#include "edge_common.cuh"
+
+/* Per-edge recomputation shared by both passes: filters, attention and value parts. */
+template <int CPL> struct edge_vals {
+    float dk[CPL], ddk[CPL], dv[3][CPL], ddv[3][CPL];
+    float xt[CPL], g1[CPL], g2[CPL];
+    float a, da, A, sv;
+};
+
+template <int CPL, int NPRE>
+static __device__ __forceinline__ void edge_eval(const et_edge_common &c, const float (&pre)[NPRE][CPL],
+                                                 const float (&q)[CPL], const float (&kk)[CPL],
+                                                 const float (&vv)[3][CPL], float cc, int G,
+                                                 edge_vals<CPL> &ev)
+{
+    float part = 0.f;
+#pragma unroll
+    for (int j = 0; j < CPL; j++) {
+        if (c.use_dk) {
+            ev.dk[j] = act_f(c.act, pre[0][j], &ev.ddk[j]);
+        } else {
+            ev.dk[j] = 1.f;
+            ev.ddk[j] = 0.f;
+        }
+        part = fmaf(q[j] * kk[j], ev.dk[j], part);
+    }
+    const float apre = group_sum(part, G);
+    ev.a = act_f(c.attn_act, apre, &ev.da);
+    ev.A = c.vc ? ev.a : ev.a * cc;
+    ev.sv = c.vc ? cc : 1.f;
+#pragma unroll
+    for (int j = 0; j < CPL; j++) {
+#pragma unroll
+        for (int p = 0; p < 3; p++) {
+            if (c.use_dv) {
+                ev.dv[p][j] = act_f(c.act, pre[1 + p][j], &ev.ddv[p][j]);
+            } else {
+                ev.dv[p][j] = 1.f;
+                ev.ddv[p][j] = 0.f;
+            }
+        }
+        ev.xt[j] = vv[0][j] * ev.dv[0][j] * ev.sv;
+        ev.g1[j] = vv[1][j] * ev.dv[1][j] * ev.sv;
+        ev.g2[j] = vv[2][j] * ev.dv[2][j] * ev.sv;
+    }
+}
+
+template <int CPL>
+static __global__ void __launch_bounds__(32 * ET_WARPS)
+    k_edge_bwd_recv(const et_edge_common c, const et_edge_layer l)
+{
+    constexpr int E = ET_EDGE_CHUNK;
+    const int F = c.F;
+    extern __shared__ float4 sm4[];
+    float *sm = reinterpret_cast<float *>(sm4);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float *s_wt = sm, *s_b = sm + (size_t)c.K * 4 * F;
+    float *s_rbf = warp_scratch(sm, F, c.K, 4, 1, warp);
+    float *s_drbf = s_rbf + c.K * E;
+    float *s_red = s_drbf + c.K * E;
+    block_copy(s_wt, l.filt_wt, c.K * 4 * F);
+    block_copy(s_b, l.filt_b, 4 * F);
+    __syncthreads();
+
+    const int D = c.D, G = D / CPL;
+    const bool on = lane * CPL < F;
+    const int f0 = on ? lane * CPL : 0;
+    const int vx_off = 2 * F + ET_VIDX(f0, 0, D);
+    for (int t = blockIdx.x * ET_WARPS + warp; t < c.n_local; t += gridDim.x * ET_WARPS) {
+        float q[CPL], gX[CPL], gV[3][CPL], gq[CPL];
+        ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
+        ldg_vec<CPL>(l.gX + (size_t)t * F + f0, gX);
+#pragma unroll
+        for (int cx = 0; cx < 3; cx++)
+            ldg_vec<CPL>(l.gV + ((size_t)t * 3 + cx) * F + f0, gV[cx]);
+        zero_off<CPL>(on, q);
+        zero_off<CPL>(on, gX);
+#pragma unroll
+        for (int cx = 0; cx < 3; cx++)
+            zero_off<CPL>(on, gV[cx]);
+#pragma unroll
+        for (int j = 0; j < CPL; j++)
+            gq[j] = 0.f;
+        const int e0 = c.row_off[t], e1 = c.row_off[t + 1];
+        for (int cb = e0; cb < e1; cb += E) {
+            const int nv = min(E, e1 - cb);
+            float r[E];
+#pragma unroll
+            for (int i = 0; i < E; i++)
+                r[i] = i < nv ? c.e_geo[cb + i].w : 0.f;
+            stage_rbf<E>(c, r, nv, lane, s_rbf, s_drbf);
+            __syncwarp();
+            float pre[E][4][CPL];
+            filter_pre<CPL, E, 4>(s_wt, s_b, s_rbf, c.K, F, f0 / CPL, pre);
+#pragma unroll
+            for (int i = 0; i < E; i++) {
+                if (i >= nv)
+                    break;
+                const int e = cb + i;
+                const int s = c.e_src[e];
+                const float4 g = c.e_geo[e];
+                const bool self = (s == t);
+                float dc;
+                const float cc = et_cutoff_f(g.w, c.cl, c.cu, &dc);
+                const float inv = self ? 0.f : 1.f / g.w;
+                const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
+                const float *srow = l.qkv + (size_t)s * 5 * F;
+                float kk[CPL], vv[3][CPL], vs[3][CPL];
+                ldg_vec<CPL>(srow + F + f0, kk);
+#pragma unroll
+                for (int p = 0; p < 3; p++)
+                    ldg_vec<CPL>(srow + vx_off + p * D, vv[p]);
+#pragma unroll
+                for (int cx = 0; cx < 3; cx++) {
+                    if (l.vec)
+                        ldg_vec<CPL>(l.vec + ((size_t)s * 3 + cx) * F + f0, vs[cx]);
+                    else
+#pragma unroll
+                        for (int j = 0; j < CPL; j++)
+                            vs[cx][j] = 0.f;
+                }
+                float pe[4][CPL];
+#pragma unroll
+                for (int p = 0; p < 4; p++)
+#pragma unroll
+                    for (int j = 0; j < CPL; j++)
+                        pe[p][j] = pre[i][p][j];
+                edge_vals<CPL> ev;
+                edge_eval<CPL, 4>(c, pe, q, kk, vv, cc, G, ev);
+
+                float gA_part = 0.f;
+#pragma unroll
+                for (int j = 0; j < CPL; j++)
+                    gA_part = fmaf(gX[j], ev.xt[j], gA_part);
+                const float gA = group_sum(gA_part, G);
+                const float ga = c.vc ? gA : gA * cc;
+                const float gapre = ga * ev.da;
+                float gc_part = c.vc ? 0.f : gA_part * ev.a;
+                float gd_part[3] = {0.f, 0.f, 0.f};
+                float gpre[4][CPL];
+#pragma unroll
+                for (int j = 0; j < CPL; j++) {
+                    gq[j] = fmaf(gapre * kk[j], ev.dk[j], gq[j]);
+                    const float gvt[3] = {
+                        gX[j] * ev.A,
+                        gV[0][j] * vs[0][j] + gV[1][j] * vs[1][j] + gV[2][j] * vs[2][j],
+                        gV[0][j] * dir[0] + gV[1][j] * dir[1] + gV[2][j] * dir[2]};
+#pragma unroll
+                    for (int cx = 0; cx < 3; cx++)
+                        gd_part[cx] = fmaf(gV[cx][j], ev.g2[j], gd_part[cx]);
+                    gpre[0][j] = gapre * q[j] * kk[j] * ev.ddk[j];
+#pragma unroll
+                    for (int p = 0; p < 3; p++) {
+                        /* g_v~ (x) v[s] is dE/d(dv) up to the factor sv */
+                        const float gvv = gvt[p] * vv[p][j];
+                        if (c.vc)
+                            gc_part = fmaf(gvv, ev.dv[p][j], gc_part);
+                        gpre[1 + p][j] = gvv * ev.sv * ev.ddv[p][j];
+                    }
+                }
+                if (self)
+                    continue; /* the self-loop has no geometry gradient */
+                float gr = filter_back<CPL, E, 4>(s_wt, s_drbf, i, c.K, F, f0 / CPL, lane, gpre, s_red);
+                gr = warp_sum(gr) + warp_sum(gc_part) * dc;
+                float gd[3];
+#pragma unroll
+                for (int cx = 0; cx < 3; cx++)
+                    gd[cx] = warp_sum(gd_part[cx]);
+                if (lane == 0) {
+                    const float dd = gd[0] * dir[0] + gd[1] * dir[1] + gd[2] * dir[2];
+                    float4 acc = l.gw[e];
+                    acc.x += (gd[0] - dir[0] * dd) * inv + gr * dir[0];
+                    acc.y += (gd[1] - dir[1] * dd) * inv + gr * dir[1];
+                    acc.z += (gd[2] - dir[2] * dd) * inv + gr * dir[2];
+                    l.gw[e] = acc;
+                }
+            }
+            __syncwarp();
+        }
+        if (on)
+            st_vec<CPL>(l.gqkv + (size_t)t * 5 * F + f0, gq);
+    }
+}
+
+template <int CPL>
+static __global__ void __launch_bounds__(32 * ET_WARPS)
+    k_edge_bwd_send(const et_edge_common c, const et_edge_layer l)
+{
+    constexpr int E = ET_EDGE_CHUNK;
+    const int F = c.F;
+    extern __shared__ float4 sm4[];
+    float *sm = reinterpret_cast<float *>(sm4);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float *s_wt = sm, *s_b = sm + (size_t)c.K * 4 * F;
+    float *s_rbf = warp_scratch(sm, F, c.K, 4, 0, warp);
+    block_copy(s_wt, l.filt_wt, c.K * 4 * F);
+    block_copy(s_b, l.filt_b, 4 * F);
+    __syncthreads();
+
+    const int D = c.D, G = D / CPL;
+    const bool on = lane * CPL < F;
+    const int f0 = on ? lane * CPL : 0;
+    const int vx_off = 2 * F + ET_VIDX(f0, 0, D);
+    for (int s = blockIdx.x * ET_WARPS + warp; s < c.n_total; s += gridDim.x * ET_WARPS) {
+        const float *srow = l.qkv + (size_t)s * 5 * F;
+        float kk[CPL], vv[3][CPL], vs[3][CPL];
+        ldg_vec<CPL>(srow + F + f0, kk);
+        zero_off<CPL>(on, kk);
+#pragma unroll
+        for (int p = 0; p < 3; p++) {
+            ldg_vec<CPL>(srow + vx_off + p * D, vv[p]);
+            zero_off<CPL>(on, vv[p]);
+        }
+#pragma unroll
+        for (int cx = 0; cx < 3; cx++) {
+            if (l.vec)
+                ldg_vec<CPL>(l.vec + ((size_t)s * 3 + cx) * F + f0, vs[cx]);
+            else
+#pragma unroll
+                for (int j = 0; j < CPL; j++)
+                    vs[cx][j] = 0.f;
+        }
+        float gk[CPL], gv[3][CPL], gvec[3][CPL];
+#pragma unroll
+        for (int j = 0; j < CPL; j++) {
+            gk[j] = 0.f;
+#pragma unroll
+            for (int p = 0; p < 3; p++)
+                gv[p][j] = gvec[p][j] = 0.f;
+        }
+        const int e0 = c.tr_off[s], e1 = c.tr_off[s + 1];
+        for (int cb = e0; cb < e1; cb += E) {
+            const int nv = min(E, e1 - cb);
+            int eid[E];
+            float r[E];
+#pragma unroll
+            for (int i = 0; i < E; i++) {
+                eid[i] = i < nv ? c.tr_edge[cb + i] : 0;
+                r[i] = i < nv ? c.e_geo[eid[i]].w : 0.f;
+            }
+            stage_rbf<E>(c, r, nv, lane, s_rbf, nullptr);
+            __syncwarp();
+            float pre[E][4][CPL];
+            filter_pre<CPL, E, 4>(s_wt, s_b, s_rbf, c.K, F, f0 / CPL, pre);
+            __syncwarp();
+#pragma unroll
+            for (int i = 0; i < E; i++) {
+                if (i >= nv)
+                    break;
+                const int e = eid[i];
+                const int t = c.e_dst[e];
+                const float4 g = c.e_geo[e];
+                const bool self = (s == t);
+                const float cc = et_cutoff_f(g.w, c.cl, c.cu, nullptr);
+                const float inv = self ? 0.f : 1.f / g.w;
+                const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
+                float q[CPL], gX[CPL], gV[3][CPL];
+                ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
+                ldg_vec<CPL>(l.gX + (size_t)t * F + f0, gX);
+                zero_off<CPL>(on, gX);
+#pragma unroll
+                for (int cx = 0; cx < 3; cx++)
+                    ldg_vec<CPL>(l.gV + ((size_t)t * 3 + cx) * F + f0, gV[cx]);
+                edge_vals<CPL> ev;
+                edge_eval<CPL, 4>(c, pre[i], q, kk, vv, cc, G, ev);
+                float gA_part = 0.f;
+#pragma unroll
+                for (int j = 0; j < CPL; j++)
+                    gA_part = fmaf(gX[j], ev.xt[j], gA_part);
+                const float gA = group_sum(gA_part, G);
+                const float gapre = (c.vc ? gA : gA * cc) * ev.da;
+#pragma unroll
+                for (int j = 0; j < CPL; j++) {
+                    gk[j] = fmaf(gapre * q[j], ev.dk[j], gk[j]);
+                    const float gvt0 = gX[j] * ev.A;
+                    const float gvt1 = gV[0][j] * vs[0][j] + gV[1][j] * vs[1][j] + gV[2][j] * vs[2][j];
+                    const float gvt2 = gV[0][j] * dir[0] + gV[1][j] * dir[1] + gV[2][j] * dir[2];
+                    gv[0][j] = fmaf(gvt0 * ev.sv, ev.dv[0][j], gv[0][j]);
+                    gv[1][j] = fmaf(gvt1 * ev.sv, ev.dv[1][j], gv[1][j]);
+                    gv[2][j] = fmaf(gvt2 * ev.sv, ev.dv[2][j], gv[2][j]);
+#pragma unroll
+                    for (int cx = 0; cx < 3; cx++)
+                        gvec[cx][j] = fmaf(gV[cx][j], ev.g1[j], gvec[cx][j]);
+                }
+            }
+        }
+        if (!on)
+            continue;
+        float *grow = l.gqkv + (size_t)s * 5 * F;
+        if (s >= c.n_local) {
+            float zero[CPL];
+#pragma unroll
+            for (int j = 0; j < CPL; j++)
+                zero[j] = 0.f;
+            st_vec<CPL>(grow + f0, zero);
+        }
+        st_vec<CPL>(grow + F + f0, gk);
+#pragma unroll
+        for (int p = 0; p < 3; p++)
+            st_vec<CPL>(grow + vx_off + p * D, gv[p]);
+#pragma unroll
+        for (int cx = 0; cx < 3; cx++) {
+            float *gp = l.gvec + ((size_t)s * 3 + cx) * F + f0;
+            float cur[CPL];
+            ld_vec<CPL>(gp, cur);
+#pragma unroll
+            for (int j = 0; j < CPL; j++)
+                cur[j] += gvec[cx][j];
+            st_vec<CPL>(gp, cur);
+        }
+    }
+}
+
+/*
+ * Neighbour-embedding backward for owned receiver t, given g_m = dE/dm[t] (gm [nl][F]):
+ * per non-self edge, g_pre = g_m E_nb[z_s] c(r), g_c = sum g_m E_nb[z_s] pre, and
+ * gw[e] += (sum_k g_f_k f'_k + g_c c') d_e.
+ */
+template <int CPL>
+static __global__ void __launch_bounds__(32 * ET_WARPS)
+    k_ne_bwd(const et_edge_common c, const float *ne_wt, const float *ne_b, const float *ne_emb,
+             const int *z, const float *gm, float4 *gw)
+{
+    constexpr int E = ET_EDGE_CHUNK;
+    const int F = c.F;
+    extern __shared__ float4 sm4[];
+    float *sm = reinterpret_cast<float *>(sm4);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float *s_wt = sm, *s_b = sm + (size_t)c.K * F;
+    float *s_rbf = warp_scratch(sm, F, c.K, 1, 1, warp);
+    float *s_drbf = s_rbf + c.K * E;
+    float *s_red = s_drbf + c.K * E;
+    block_copy(s_wt, ne_wt, c.K * F);
+    block_copy(s_b, ne_b, F);
+    __syncthreads();
+    const bool on = lane * CPL < F;
+    const int f0 = on ? lane * CPL : 0;
+    for (int t = blockIdx.x * ET_WARPS + warp; t < c.n_local; t += gridDim.x * ET_WARPS) {
+        float g[CPL];
+        ldg_vec<CPL>(gm + (size_t)t * F + f0, g);
+        zero_off<CPL>(on, g);
+        const int e0 = c.row_off[t] + 1, e1 = c.row_off[t + 1];
+        for (int cb = e0; cb < e1; cb += E) {
+            const int nv = min(E, e1 - cb);
+            float r[E];
+#pragma unroll
+            for (int i = 0; i < E; i++)
+                r[i] = i < nv ? c.e_geo[cb + i].w : 0.f;
+            stage_rbf<E>(c, r, nv, lane, s_rbf, s_drbf);
+            __syncwarp();
+            float pre[E][1][CPL];
+            filter_pre<CPL, E, 1>(s_wt, s_b, s_rbf, c.K, F, f0 / CPL, pre);
+#pragma unroll
+            for (int i = 0; i < E; i++) {
+                if (i >= nv)
+                    break;
+                const int e = cb + i;
+                const int s = c.e_src[e];
+                const float4 geo = c.e_geo[e];
+                float dc;
+                const float cc = et_cutoff_f(geo.w, c.cl, c.cu, &dc);
+                float en[CPL];
+                ldg_vec<CPL>(ne_emb + (size_t)z[s] * F + f0, en);
+                float gpre[1][CPL];
+                float gc = 0.f;
+#pragma unroll
+                for (int j = 0; j < CPL; j++) {
+                    const float ge = g[j] * en[j];
+                    gpre[0][j] = ge * cc;
+                    gc = fmaf(ge, pre[i][0][j], gc);
+                }
+                float gr = filter_back<CPL, E, 1>(s_wt, s_drbf, i, c.K, F, f0 / CPL, lane, gpre, s_red);
+                gr = warp_sum(gr) + warp_sum(gc) * dc;
+                if (lane == 0) {
+                    const float inv = 1.f / geo.w;
+                    float4 acc = gw[e];
+                    acc.x += gr * geo.x * inv;
+                    acc.y += gr * geo.y * inv;
+                    acc.z += gr * geo.z * inv;
+                    gw[e] = acc;
+                }
+            }
+            __syncwarp();
+        }
+    }
+}
+
+template <int CPL>
+static cudaError_t launch_recv(cudaStream_t s, int grid, const et_edge_common *c,
+                               const et_edge_layer *l)
+{
+    size_t smem = edge_smem_bytes(c->F, c->K, 4, 1);
+    cudaError_t e = cudaFuncSetAttribute(k_edge_bwd_recv<CPL>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess)
+        return e;
+    if ((e = persistent_grid(k_edge_bwd_recv<CPL>, smem, &grid)) != cudaSuccess)
+        return e;
+    k_edge_bwd_recv<CPL><<<grid, 32 * ET_WARPS, smem, s>>>(*c, *l);
+    return cudaGetLastError();
+}
+
+template <int CPL>
+static cudaError_t launch_send(cudaStream_t s, int grid, const et_edge_common *c,
+                               const et_edge_layer *l)
+{
+    size_t smem = edge_smem_bytes(c->F, c->K, 4, 0);
+    cudaError_t e = cudaFuncSetAttribute(k_edge_bwd_send<CPL>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess)
+        return e;
+    if ((e = persistent_grid(k_edge_bwd_send<CPL>, smem, &grid)) != cudaSuccess)
+        return e;
+    k_edge_bwd_send<CPL><<<grid, 32 * ET_WARPS, smem, s>>>(*c, *l);
+    return cudaGetLastError();
+}
+
+template <int CPL>
+static cudaError_t launch_ne_bwd(cudaStream_t s, int grid, const et_edge_common *c,
+                                 const float *w, const float *b, const float *emb, const int *z,
+                                 const float *gm, float4 *gw)
+{
+    size_t smem = edge_smem_bytes(c->F, c->K, 1, 1);
+    cudaError_t e = cudaFuncSetAttribute(k_ne_bwd<CPL>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess)
+        return e;
+    if ((e = persistent_grid(k_ne_bwd<CPL>, smem, &grid)) != cudaSuccess)
+        return e;
+    k_ne_bwd<CPL><<<grid, 32 * ET_WARPS, smem, s>>>(*c, w, b, emb, z, gm, gw);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t et_edge_backward_recv(cudaStream_t s, int CPL, int grid,
+                                             const et_edge_common *c, const et_edge_layer *l)
+{
+    if (c->n_local == 0)
+        return cudaSuccess;
+    switch (CPL) {
+    case 1: return launch_recv<1>(s, grid, c, l);
+    case 2: return launch_recv<2>(s, grid, c, l);
+    case 4: return launch_recv<4>(s, grid, c, l);
+    case 8: return launch_recv<8>(s, grid, c, l);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+extern "C" cudaError_t et_edge_backward_send(cudaStream_t s, int CPL, int grid,
+                                             const et_edge_common *c, const et_edge_layer *l)
+{
+    if (c->n_total == 0)
+        return cudaSuccess;
+    switch (CPL) {
+    case 1: return launch_send<1>(s, grid, c, l);
+    case 2: return launch_send<2>(s, grid, c, l);
+    case 4: return launch_send<4>(s, grid, c, l);
+    case 8: return launch_send<8>(s, grid, c, l);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+extern "C" cudaError_t et_ne_backward(cudaStream_t s, int CPL, int grid, const et_edge_common *c,
+                                      const float *ne_wt, const float *ne_b, const float *ne_emb,
+                                      const int *z, const float *gm, float4 *gw)
+{
+    if (c->n_local == 0)
+        return cudaSuccess;
+    switch (CPL) {
+    case 1: return launch_ne_bwd<1>(s, grid, c, ne_wt, ne_b, ne_emb, z, gm, gw);
+    case 2: return launch_ne_bwd<2>(s, grid, c, ne_wt, ne_b, ne_emb, z, gm, gw);
+    case 4: return launch_ne_bwd<4>(s, grid, c, ne_wt, ne_b, ne_emb, z, gm, gw);
+    case 8: return launch_ne_bwd<8>(s, grid, c, ne_wt, ne_b, ne_emb, z, gm, gw);
+    default: return cudaErrorInvalidValue;
+    }
+}

@@ -1,0 +1,237 @@
+/*
+ * edge_common.cuh - pieces shared by the fused edge kernels (edge_fwd.cu, edge_bwd.cu):
+ * shared-memory layout, the radial basis staged per warp, and the filter evaluation
+ * pre = W f(r) + b for a chunk of E edges with W in shared memory.
+ *
+ * Thread mapping: one warp per atom; lane l holds the CPL = max(1, F/32) scalar channels
+ * f = l*CPL .. l*CPL+CPL-1, all in one head (CPL divides D), and the matching channels of
+ * every 3F value part (ET_VIDX). The G = D/CPL lanes of a head are consecutive. When F < 32
+ * the lanes l >= F are idle ("off"): they address channel 0 (valid memory) and hold zero
+ * features, so they add nothing to any sum, and they store nothing.
+ *
+ * Filter weights in shared memory, "transposed lane-major": s_wt[k][p][lane][j] =
+ * W_p[channel(p, lane, j)][k] for part p (0: dk, 1..3: dv value / gate 1 / gate 2), so that a
+ * warp reading part p of row k reads 32*CPL consecutive floats (no bank conflicts).
+ */
+#ifndef DS4SCI_EDGE_COMMON_CUH
+#define DS4SCI_EDGE_COMMON_CUH
+
+#include "et_cuda.cuh"
+
+template <int CPL> static __device__ __forceinline__ void ld_vec(const float *p, float (&v)[CPL])
+{
+    if constexpr (CPL == 1) {
+        v[0] = p[0];
+    } else if constexpr (CPL == 2) {
+        float2 a = *reinterpret_cast<const float2 *>(p);
+        v[0] = a.x;
+        v[1] = a.y;
+    } else {
+#pragma unroll
+        for (int q = 0; q < CPL / 4; q++) {
+            float4 a = *reinterpret_cast<const float4 *>(p + 4 * q);
+            v[4 * q] = a.x;
+            v[4 * q + 1] = a.y;
+            v[4 * q + 2] = a.z;
+            v[4 * q + 3] = a.w;
+        }
+    }
+}
+
+template <int CPL> static __device__ __forceinline__ void st_vec(float *p, const float (&v)[CPL])
+{
+    if constexpr (CPL == 1) {
+        p[0] = v[0];
+    } else if constexpr (CPL == 2) {
+        *reinterpret_cast<float2 *>(p) = make_float2(v[0], v[1]);
+    } else {
+#pragma unroll
+        for (int q = 0; q < CPL / 4; q++)
+            *reinterpret_cast<float4 *>(p + 4 * q) =
+                make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
+    }
+}
+
+/* Zero a lane's channels when it is off (F < 32). */
+template <int CPL> static __device__ __forceinline__ void zero_off(bool on, float (&v)[CPL])
+{
+    if (!on)
+#pragma unroll
+        for (int j = 0; j < CPL; j++)
+            v[j] = 0.f;
+}
+
+/* Read-only global load of CPL floats through the non-coherent cache. */
+template <int CPL> static __device__ __forceinline__ void ldg_vec(const float *p, float (&v)[CPL])
+{
+    if constexpr (CPL == 1) {
+        v[0] = __ldg(p);
+    } else if constexpr (CPL == 2) {
+        float2 a = __ldg(reinterpret_cast<const float2 *>(p));
+        v[0] = a.x;
+        v[1] = a.y;
+    } else {
+#pragma unroll
+        for (int q = 0; q < CPL / 4; q++) {
+            float4 a = __ldg(reinterpret_cast<const float4 *>(p + 4 * q));
+            v[4 * q] = a.x;
+            v[4 * q + 1] = a.y;
+            v[4 * q + 2] = a.z;
+            v[4 * q + 3] = a.w;
+        }
+    }
+}
+
+/*
+ * Stage f_k(r_i) (and f'_k(r_i) when s_drbf is non-NULL) for the nv <= E edges of a chunk into
+ * this warp's s_rbf[k][E] / s_drbf[k][E]; edges i >= nv get 0.
+ */
+template <int E>
+static __device__ __forceinline__ void stage_rbf(const et_edge_common &c, const float (&r)[E],
+                                                 int nv, int lane, float *s_rbf, float *s_drbf)
+{
+    for (int k = lane; k < c.K; k += 32) {
+        float ak = __ldg(c.rbf_a + k), bk = c.rbf_b ? __ldg(c.rbf_b + k) : 0.f;
+#pragma unroll
+        for (int i = 0; i < E; i++) {
+            float df = 0.f, f = 0.f;
+            if (i < nv)
+                f = rbf_k(c, r[i], ak, bk, s_drbf ? &df : nullptr);
+            s_rbf[k * E + i] = f;
+            if (s_drbf)
+                s_drbf[k * E + i] = df;
+        }
+    }
+}
+
+/*
+ * pre[i][p][j] = b_p[ch] + sum_k W_p[ch][k] f_k(r_i) for the lane's channels ch of parts
+ * p < NP, for the E edges staged in s_rbf. Each weight read from shared memory is used E times.
+ */
+template <int CPL, int E, int NP>
+static __device__ __forceinline__ void filter_pre(const float *s_wt, const float *s_b,
+                                                  const float *s_rbf, int K, int F, int wl,
+                                                  float (&pre)[E][NP][CPL])
+{
+    const int lane = wl;
+#pragma unroll
+    for (int p = 0; p < NP; p++) {
+        float b[CPL];
+        ld_vec<CPL>(s_b + p * F + lane * CPL, b);
+#pragma unroll
+        for (int i = 0; i < E; i++)
+#pragma unroll
+            for (int j = 0; j < CPL; j++)
+                pre[i][p][j] = b[j];
+    }
+#pragma unroll 2
+    for (int k = 0; k < K; k++) {
+        float rb[E];
+        if constexpr (E == 4) {
+            float4 a = *reinterpret_cast<const float4 *>(s_rbf + k * 4);
+            rb[0] = a.x;
+            rb[1] = a.y;
+            rb[2] = a.z;
+            rb[3] = a.w;
+        } else {
+#pragma unroll
+            for (int i = 0; i < E; i++)
+                rb[i] = s_rbf[k * E + i];
+        }
+#pragma unroll
+        for (int p = 0; p < NP; p++) {
+            float w[CPL];
+            ld_vec<CPL>(s_wt + (size_t)k * NP * F + p * F + lane * CPL, w);
+#pragma unroll
+            for (int i = 0; i < E; i++)
+#pragma unroll
+                for (int j = 0; j < CPL; j++)
+                    pre[i][p][j] = fmaf(rb[i], w[j], pre[i][p][j]);
+        }
+    }
+}
+
+/*
+ * Filter backward for one edge: given gpre[p][j] = dE/dpre for the lane's channels, the lane
+ * k < K ends with gf = dE/df_k = sum_ch gpre[ch] W[ch][k] (transpose through s_red[32][K+1]).
+ * Returns sum over this lane's k of gf_k * s_drbf[k][i] (the caller sums it over the warp).
+ */
+template <int CPL, int E, int NP>
+static __device__ __forceinline__ float filter_back(const float *s_wt, const float *s_drbf, int i,
+                                                    int K, int F, int wl, int lane,
+                                                    const float (&gpre)[NP][CPL], float *s_red)
+{
+    for (int k = 0; k < K; k++) {
+        float acc = 0.f;
+#pragma unroll
+        for (int p = 0; p < NP; p++) {
+            float w[CPL];
+            ld_vec<CPL>(s_wt + (size_t)k * NP * F + p * F + wl * CPL, w);
+#pragma unroll
+            for (int j = 0; j < CPL; j++)
+                acc = fmaf(gpre[p][j], w[j], acc);
+        }
+        s_red[lane * (K + 1) + k] = acc;
+    }
+    __syncwarp();
+    float gr = 0.f;
+    for (int k = lane; k < K; k += 32) {
+        float gf = 0.f;
+        for (int l = 0; l < 32; l++)
+            gf += s_red[l * (K + 1) + k];
+        gr = fmaf(gf, s_drbf[k * E + i], gr);
+    }
+    __syncwarp();
+    return gr;
+}
+
+/* Cooperative copy of n floats (n % 4 == 0, both 16-byte aligned) into shared memory. */
+static __device__ __forceinline__ void block_copy(float *dst, const float *src, int n)
+{
+    for (int i = threadIdx.x; i < n / 4; i += blockDim.x)
+        reinterpret_cast<float4 *>(dst)[i] = __ldg(reinterpret_cast<const float4 *>(src) + i);
+}
+
+/* Bytes of dynamic shared memory of an edge kernel: weights [K][NP*F] + bias [NP*F], then per
+   warp s_rbf [K][E], s_drbf [K][E], s_red [32][K+1] (rounded to 16 bytes). */
+static inline size_t edge_smem_bytes(int F, int K, int NP, int with_back)
+{
+    size_t per_warp = 2 * (size_t)K * ET_EDGE_CHUNK + (with_back ? 32 * (size_t)(K + 1) : 0);
+    per_warp = (per_warp + 3) / 4 * 4;
+    return 4 * ((size_t)K * NP * F + NP * F + ET_WARPS * per_warp);
+}
+
+static __device__ __forceinline__ float *warp_scratch(float *sm, int F, int K, int NP,
+                                                      int with_back, int warp)
+{
+    size_t per_warp = 2 * (size_t)K * ET_EDGE_CHUNK + (with_back ? 32 * (size_t)(K + 1) : 0);
+    per_warp = (per_warp + 3) / 4 * 4;
+    return sm + (size_t)K * NP * F + NP * F + warp * per_warp;
+}
+
+/*
+ * Grid of a persistent edge kernel: as many blocks as fit on the device at once (each block
+ * loads the filter weights into shared memory once), but never more than *grid asks for when
+ * *grid > 0 (the rows to cover).
+ */
+template <typename Kern>
+static cudaError_t persistent_grid(Kern kern, size_t smem, int *grid)
+{
+    int dev, sms, per_sm = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e == cudaSuccess)
+        e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    if (e == cudaSuccess)
+        e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, 32 * ET_WARPS, smem);
+    if (e != cudaSuccess)
+        return e;
+    if (per_sm < 1)
+        return cudaErrorInvalidConfiguration;
+    int g = sms * per_sm;
+    if (*grid > 0 && *grid < g)
+        g = *grid;
+    *grid = g;
+    return cudaSuccess;
+}
+
+#endif /* DS4SCI_EDGE_COMMON_CUH */

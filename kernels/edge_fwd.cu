@@ -1,0 +1,235 @@
+/*
+ * edge_fwd.cu - fused forward edge pass of an attention layer, and of the neighbour embedding.
+ * One warp per owned receiver t walks its CSR row (self-loop first) in chunks of E edges; the
+ * RBF, the filters dk/dv, the attention and the messages live in registers and shared memory
+ * only, and X[t], V[t] are accumulated in registers: no per-edge tensor, no atomics.
+ *
+ * Per edge e = (s -> t), head h (ET_SPEC.md section 4, steps 4-6):
+ *   dk = act(W_dk f + b_dk), dv = act(W_dv f + b_dv)
+ *   a = attn_act(sum_d q[t] k[s] dk);  A = a (vector_cutoff) or a c(r)
+ *   (x~, g1, g2) = v[s] dv (times c(r) with vector_cutoff)
+ *   X[t] += x~ A;  V[t][c] += vec[s][c] g1 + g2 d_e[c]
+ */
+#include "edge_common.cuh"
+
+template <int CPL>
+static __global__ void __launch_bounds__(32 * ET_WARPS)
+    k_edge_fwd(const et_edge_common c, const et_edge_layer l)
+{
+    constexpr int E = ET_EDGE_CHUNK;
+    const int F = c.F;
+    extern __shared__ float4 sm4[];
+    float *sm = reinterpret_cast<float *>(sm4);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float *s_wt = sm, *s_b = sm + (size_t)c.K * 4 * F;
+    float *s_rbf = warp_scratch(sm, F, c.K, 4, 0, warp);
+    block_copy(s_wt, l.filt_wt, c.K * 4 * F);
+    block_copy(s_b, l.filt_b, 4 * F);
+    __syncthreads();
+
+    const int D = c.D, G = D / CPL;
+    const bool on = lane * CPL < F;
+    const int f0 = on ? lane * CPL : 0;
+    const int vx_off = 2 * F + ET_VIDX(f0, 0, D);
+    for (int t = blockIdx.x * ET_WARPS + warp; t < c.n_local; t += gridDim.x * ET_WARPS) {
+        float q[CPL], ax[CPL], av[3][CPL];
+        ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
+        zero_off<CPL>(on, q);
+#pragma unroll
+        for (int j = 0; j < CPL; j++) {
+            ax[j] = 0.f;
+            av[0][j] = av[1][j] = av[2][j] = 0.f;
+        }
+        const int e0 = c.row_off[t], e1 = c.row_off[t + 1];
+        for (int cb = e0; cb < e1; cb += E) {
+            const int nv = min(E, e1 - cb);
+            float r[E];
+#pragma unroll
+            for (int i = 0; i < E; i++)
+                r[i] = i < nv ? c.e_geo[cb + i].w : 0.f;
+            stage_rbf<E>(c, r, nv, lane, s_rbf, nullptr);
+            __syncwarp();
+            float pre[E][4][CPL];
+            filter_pre<CPL, E, 4>(s_wt, s_b, s_rbf, c.K, F, f0 / CPL, pre);
+            __syncwarp();
+#pragma unroll
+            for (int i = 0; i < E; i++) {
+                if (i >= nv)
+                    break;
+                const int e = cb + i;
+                const int s = c.e_src[e];
+                const float4 g = c.e_geo[e];
+                const bool self = (s == t);
+                const float cc = et_cutoff_f(g.w, c.cl, c.cu, nullptr);
+                const float inv = self ? 0.f : 1.f / g.w;
+                const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
+                const float *srow = l.qkv + (size_t)s * 5 * F;
+                float kk[CPL], vv[3][CPL], vs[3][CPL];
+                ldg_vec<CPL>(srow + F + f0, kk);
+#pragma unroll
+                for (int p = 0; p < 3; p++)
+                    ldg_vec<CPL>(srow + vx_off + p * D, vv[p]);
+#pragma unroll
+                for (int cx = 0; cx < 3; cx++) {
+                    if (l.vec)
+                        ldg_vec<CPL>(l.vec + ((size_t)s * 3 + cx) * F + f0, vs[cx]);
+                    else
+#pragma unroll
+                        for (int j = 0; j < CPL; j++)
+                            vs[cx][j] = 0.f;
+                }
+                float part = 0.f;
+#pragma unroll
+                for (int j = 0; j < CPL; j++) {
+                    float dk = c.use_dk ? act_f(c.act, pre[i][0][j], nullptr) : 1.f;
+                    part = fmaf(q[j] * kk[j], dk, part);
+                }
+                const float a = act_f(c.attn_act, group_sum(part, G), nullptr);
+                const float A = c.vc ? a : a * cc;
+                const float sv = c.vc ? cc : 1.f;
+#pragma unroll
+                for (int j = 0; j < CPL; j++) {
+                    float dv0 = 1.f, dv1 = 1.f, dv2 = 1.f;
+                    if (c.use_dv) {
+                        dv0 = act_f(c.act, pre[i][1][j], nullptr);
+                        dv1 = act_f(c.act, pre[i][2][j], nullptr);
+                        dv2 = act_f(c.act, pre[i][3][j], nullptr);
+                    }
+                    const float xt = vv[0][j] * dv0 * sv;
+                    const float g1 = vv[1][j] * dv1 * sv;
+                    const float g2 = vv[2][j] * dv2 * sv;
+                    ax[j] = fmaf(xt, A, ax[j]);
+#pragma unroll
+                    for (int cx = 0; cx < 3; cx++)
+                        av[cx][j] += vs[cx][j] * g1 + g2 * dir[cx];
+                }
+            }
+        }
+        if (on) {
+            st_vec<CPL>(l.X + (size_t)t * F + f0, ax);
+#pragma unroll
+            for (int cx = 0; cx < 3; cx++)
+                st_vec<CPL>(l.V + ((size_t)t * 3 + cx) * F + f0, av[cx]);
+        }
+    }
+}
+
+/*
+ * Neighbour embedding message of owned receiver t (non-self edges):
+ *   m[t] = sum_e (A f_e + a) c(r_e) E_nb[z_s], written to cat[t][F:2F].
+ */
+template <int CPL>
+static __global__ void __launch_bounds__(32 * ET_WARPS)
+    k_ne_fwd(const et_edge_common c, const float *ne_wt, const float *ne_b, const float *ne_emb,
+             const int *z, float *cat)
+{
+    constexpr int E = ET_EDGE_CHUNK;
+    const int F = c.F;
+    extern __shared__ float4 sm4[];
+    float *sm = reinterpret_cast<float *>(sm4);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float *s_wt = sm, *s_b = sm + (size_t)c.K * F;
+    float *s_rbf = warp_scratch(sm, F, c.K, 1, 0, warp);
+    block_copy(s_wt, ne_wt, c.K * F);
+    block_copy(s_b, ne_b, F);
+    __syncthreads();
+    const bool on = lane * CPL < F;
+    const int f0 = on ? lane * CPL : 0;
+    for (int t = blockIdx.x * ET_WARPS + warp; t < c.n_local; t += gridDim.x * ET_WARPS) {
+        float m[CPL];
+#pragma unroll
+        for (int j = 0; j < CPL; j++)
+            m[j] = 0.f;
+        const int e0 = c.row_off[t] + 1, e1 = c.row_off[t + 1];
+        for (int cb = e0; cb < e1; cb += E) {
+            const int nv = min(E, e1 - cb);
+            float r[E];
+#pragma unroll
+            for (int i = 0; i < E; i++)
+                r[i] = i < nv ? c.e_geo[cb + i].w : 0.f;
+            stage_rbf<E>(c, r, nv, lane, s_rbf, nullptr);
+            __syncwarp();
+            float pre[E][1][CPL];
+            filter_pre<CPL, E, 1>(s_wt, s_b, s_rbf, c.K, F, f0 / CPL, pre);
+            __syncwarp();
+#pragma unroll
+            for (int i = 0; i < E; i++) {
+                if (i >= nv)
+                    break;
+                const int s = c.e_src[cb + i];
+                const float cc = et_cutoff_f(r[i], c.cl, c.cu, nullptr);
+                float en[CPL];
+                ldg_vec<CPL>(ne_emb + (size_t)z[s] * F + f0, en);
+#pragma unroll
+                for (int j = 0; j < CPL; j++)
+                    m[j] = fmaf(pre[i][0][j] * cc, en[j], m[j]);
+            }
+        }
+        if (on)
+            st_vec<CPL>(cat + (size_t)t * 2 * F + F + f0, m);
+    }
+}
+
+extern "C" int et_edge_smem(int CPL, int K, int part_count)
+{
+    return (int)edge_smem_bytes(32 * CPL, K, part_count, 1);
+}
+
+template <int CPL>
+static cudaError_t launch_fwd(cudaStream_t s, int grid, const et_edge_common *c,
+                              const et_edge_layer *l)
+{
+    size_t smem = edge_smem_bytes(c->F, c->K, 4, 0);
+    cudaError_t e = cudaFuncSetAttribute(k_edge_fwd<CPL>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess)
+        return e;
+    if ((e = persistent_grid(k_edge_fwd<CPL>, smem, &grid)) != cudaSuccess)
+        return e;
+    k_edge_fwd<CPL><<<grid, 32 * ET_WARPS, smem, s>>>(*c, *l);
+    return cudaGetLastError();
+}
+
+template <int CPL>
+static cudaError_t launch_ne(cudaStream_t s, int grid, const et_edge_common *c, const float *w,
+                             const float *b, const float *emb, const int *z, float *cat)
+{
+    size_t smem = edge_smem_bytes(c->F, c->K, 1, 0);
+    cudaError_t e = cudaFuncSetAttribute(k_ne_fwd<CPL>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess)
+        return e;
+    if ((e = persistent_grid(k_ne_fwd<CPL>, smem, &grid)) != cudaSuccess)
+        return e;
+    k_ne_fwd<CPL><<<grid, 32 * ET_WARPS, smem, s>>>(*c, w, b, emb, z, cat);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t et_edge_forward(cudaStream_t s, int CPL, int grid, const et_edge_common *c,
+                                       const et_edge_layer *l)
+{
+    if (c->n_local == 0)
+        return cudaSuccess;
+    switch (CPL) {
+    case 1: return launch_fwd<1>(s, grid, c, l);
+    case 2: return launch_fwd<2>(s, grid, c, l);
+    case 4: return launch_fwd<4>(s, grid, c, l);
+    case 8: return launch_fwd<8>(s, grid, c, l);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+extern "C" cudaError_t et_ne_forward(cudaStream_t s, int CPL, int grid, const et_edge_common *c,
+                                     const float *ne_wt, const float *ne_b, const float *ne_emb,
+                                     const int *z, float *cat)
+{
+    if (c->n_local == 0)
+        return cudaSuccess;
+    switch (CPL) {
+    case 1: return launch_ne<1>(s, grid, c, ne_wt, ne_b, ne_emb, z, cat);
+    case 2: return launch_ne<2>(s, grid, c, ne_wt, ne_b, ne_emb, z, cat);
+    case 4: return launch_ne<4>(s, grid, c, ne_wt, ne_b, ne_emb, z, cat);
+    case 8: return launch_ne<8>(s, grid, c, ne_wt, ne_b, ne_emb, z, cat);
+    default: return cudaErrorInvalidValue;
+    }
+}

@@ -1,0 +1,901 @@
+/*
+ * et_cuda.cu - the CUDA ET backend's driver: weights to the device once, the workspace, and
+ * one compute() = input upload, edge list, neighbour embedding, L layers forward, head,
+ * L layers backward (recomputing each layer's node work from its stored input), forces and
+ * fp64 totals. One stream; the host waits only for the edge count (to size the workspace),
+ * for host exchanges, and for the results.
+ */
+#include <cub/cub.cuh>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ds4sci_kernels.h"
+#include "et_cuda.cuh"
+
+/* ---- errors -------------------------------------------------------------------------------- */
+static ds4sci_status fail(char *err, size_t len, ds4sci_status st, const char *fmt, ...)
+{
+    if (err && len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, len, fmt, ap);
+        va_end(ap);
+    }
+    return st;
+}
+
+static ds4sci_status cu_fail(cudaError_t e, const char *what, char *err, size_t len)
+{
+    return fail(err, len, e == cudaErrorMemoryAllocation ? DS4SCI_ERR_DEVICE_NOMEM : DS4SCI_ERR_DEVICE,
+                "cuda: %s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
+static ds4sci_status blas_fail(cublasStatus_t b, const char *what, char *err, size_t len)
+{
+    return fail(err, len, DS4SCI_ERR_DEVICE, "cublas: %s: status %d", what, (int)b);
+}
+
+#define CU(call, what)                                                                             \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess)                                                                     \
+            return cu_fail(e_, what, err, err_len);                                                \
+    } while (0)
+
+#define ST(call)                                                                                   \
+    do {                                                                                           \
+        ds4sci_status s_ = (call);                                                                 \
+        if (s_ != DS4SCI_OK)                                                                       \
+            return s_;                                                                             \
+    } while (0)
+
+/* ---- weights ------------------------------------------------------------------------------- */
+static ds4sci_status upload(ds4sci_cuda_et *et, float **dst, const float *host, size_t n, char *err,
+                            size_t err_len)
+{
+    size_t bytes = (n ? n : 1) * sizeof(float);
+    cudaError_t e = cudaMalloc((void **)dst, bytes);
+    if (e != cudaSuccess) {
+        *dst = NULL;
+        return fail(err, err_len, DS4SCI_ERR_DEVICE_NOMEM,
+                    "cuda: cudaMalloc of %zu bytes for the model weights failed: %s", bytes,
+                    cudaGetErrorString(e));
+    }
+    et->dev_bytes += bytes;
+    if (n)
+        CU(cudaMemcpy(*dst, host, n * sizeof(float), cudaMemcpyHostToDevice), "weight upload");
+    return DS4SCI_OK;
+}
+
+/* fp32 copy of a double array (NULL -> zeros), optionally transposed from [rows][cols]. */
+static ds4sci_status up_d(ds4sci_cuda_et *et, float **dst, const double *src, int rows, int cols,
+                          int transpose, char *err, size_t err_len)
+{
+    size_t n = (size_t)rows * cols;
+    float *h = (float *)calloc(n ? n : 1, sizeof(float));
+    if (!h)
+        return fail(err, err_len, DS4SCI_ERR_NOMEM, "cuda backend: host allocation failed");
+    if (src)
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++)
+                h[transpose ? (size_t)c * rows + r : (size_t)r * cols + c] = (float)src[(size_t)r * cols + c];
+    ds4sci_status st = upload(et, dst, h, n, err, err_len);
+    free(h);
+    return st;
+}
+
+/* Filters of layer l in the transposed lane-major layout of edge_common.cuh. */
+static ds4sci_status up_filters(ds4sci_cuda_et *et, const et_desc *d, const et_layer *ly,
+                                et_dlayer *dl, char *err, size_t err_len)
+{
+    const int F = d->F, K = d->K, D = d->D, CPL = F >= 32 ? F / 32 : 1;
+    float *w = (float *)calloc((size_t)K * 4 * F, sizeof(float));
+    float *b = (float *)calloc((size_t)4 * F, sizeof(float));
+    if (!w || !b) {
+        free(w);
+        free(b);
+        return fail(err, err_len, DS4SCI_ERR_NOMEM, "cuda backend: host allocation failed");
+    }
+    for (int p = 0; p < 4; p++)
+        for (int lane = 0; lane < 32; lane++)
+            for (int j = 0; j < CPL; j++) {
+                const int f = lane * CPL + j;
+                if (f >= F)
+                    continue;
+                const double *W = p == 0 ? ly->dk_w : ly->dv_w;
+                const double *B = p == 0 ? ly->dk_b : ly->dv_b;
+                const int ch = p == 0 ? f : ET_VIDX(f, p - 1, D);
+                const size_t slot = (size_t)p * F + f;
+                if (!W)
+                    continue;
+                b[slot] = (float)B[ch];
+                for (int k = 0; k < K; k++)
+                    w[(size_t)k * 4 * F + slot] = (float)W[(size_t)ch * K + k];
+            }
+    ds4sci_status st = upload(et, &dl->filt_wt, w, (size_t)K * 4 * F, err, err_len);
+    if (st == DS4SCI_OK)
+        st = upload(et, &dl->filt_b, b, (size_t)4 * F, err, err_len);
+    free(w);
+    free(b);
+    return st;
+}
+
+static ds4sci_status up_weights(ds4sci_cuda_et *et, const et_desc *d, char *err, size_t err_len)
+{
+    et_dmodel *m = &et->m;
+    const int F = d->F, K = d->K, Fh = F / 2;
+    m->F = F;
+    m->H = d->H;
+    m->D = d->D;
+    m->K = K;
+    m->L = d->L;
+    m->CPL = F >= 32 ? F / 32 : 1;
+    m->max_z = d->max_z;
+    m->act = d->act;
+    m->attn_act = d->attn_act;
+    m->rbf = d->rbf;
+    m->use_dk = (d->dist_influence & ET_DI_KEYS) != 0;
+    m->use_dv = (d->dist_influence & ET_DI_VALUES) != 0;
+    m->ne = d->neighbor_embedding;
+    m->vc = d->vector_cutoff;
+    m->cl = (float)d->cutoff_lower;
+    m->cu = (float)d->cutoff_upper;
+    m->alpha = (float)d->alpha;
+    m->std_scale = (float)d->std;
+    m->rbf_coeff = (float)d->rbf_coeff;
+    if (d->rbf == ET_RBF_EXPNORM) {
+        ST(up_d(et, &m->rbf_a, d->rbf_means, 1, K, 0, err, err_len));
+        ST(up_d(et, &m->rbf_b, d->rbf_betas, 1, K, 0, err, err_len));
+    } else {
+        ST(up_d(et, &m->rbf_a, d->rbf_offset, 1, K, 0, err, err_len));
+        m->rbf_b = NULL;
+    }
+    ST(up_d(et, &m->emb, d->emb, d->max_z, F, 0, err, err_len));
+    if (m->ne) {
+        ST(up_d(et, &m->ne_emb, d->ne_emb, d->max_z, F, 0, err, err_len));
+        ST(up_d(et, &m->ne_wt, d->ne_dp_w, F, K, 1, err, err_len));
+        ST(up_d(et, &m->ne_b, d->ne_dp_b, 1, F, 0, err, err_len));
+        ST(up_d(et, &m->ne_comb_w, d->ne_comb_w, F, 2 * F, 0, err, err_len));
+        ST(up_d(et, &m->ne_comb_b, d->ne_comb_b, 1, F, 0, err, err_len));
+    }
+    m->layers = (et_dlayer *)calloc((size_t)d->L, sizeof(et_dlayer));
+    if (!m->layers)
+        return fail(err, err_len, DS4SCI_ERR_NOMEM, "cuda backend: host allocation failed");
+    for (int l = 0; l < d->L; l++) {
+        const et_layer *ly = &d->layers[l];
+        et_dlayer *dl = &m->layers[l];
+        ST(up_d(et, &dl->ln_w, ly->ln_w, 1, F, 0, err, err_len));
+        ST(up_d(et, &dl->ln_b, ly->ln_b, 1, F, 0, err, err_len));
+        /* q | k | v rows stacked into one [5F][F] matrix and [5F] bias */
+        double *w = (double *)malloc(sizeof(double) * 5 * F * F);
+        double *b = (double *)malloc(sizeof(double) * 5 * F);
+        if (!w || !b) {
+            free(w);
+            free(b);
+            return fail(err, err_len, DS4SCI_ERR_NOMEM, "cuda backend: host allocation failed");
+        }
+        memcpy(w, ly->q_w, sizeof(double) * F * F);
+        memcpy(w + F * F, ly->k_w, sizeof(double) * F * F);
+        memcpy(w + 2 * F * F, ly->v_w, sizeof(double) * 3 * F * F);
+        memcpy(b, ly->q_b, sizeof(double) * F);
+        memcpy(b + F, ly->k_b, sizeof(double) * F);
+        memcpy(b + 2 * F, ly->v_b, sizeof(double) * 3 * F);
+        ds4sci_status st = up_d(et, &dl->qkv_w, w, 5 * F, F, 0, err, err_len);
+        if (st == DS4SCI_OK)
+            st = up_d(et, &dl->qkv_b, b, 1, 5 * F, 0, err, err_len);
+        free(w);
+        free(b);
+        ST(st);
+        ST(up_d(et, &dl->o_w, ly->o_w, 3 * F, F, 0, err, err_len));
+        ST(up_d(et, &dl->o_b, ly->o_b, 1, 3 * F, 0, err, err_len));
+        ST(up_d(et, &dl->vec_w, ly->vec_w, 3 * F, F, 0, err, err_len));
+        ST(up_filters(et, d, ly, dl, err, err_len));
+    }
+    ST(up_d(et, &m->on_w, d->out_norm_w, 1, F, 0, err, err_len));
+    ST(up_d(et, &m->on_b, d->out_norm_b, 1, F, 0, err, err_len));
+    const et_geb *h0 = &d->head[0], *h1 = &d->head[1];
+    ST(up_d(et, &m->h0_w1, h0->vec1_w, F, F, 0, err, err_len));
+    ST(up_d(et, &m->h0_w1t, h0->vec1_w, F, F, 1, err, err_len));
+    ST(up_d(et, &m->h0_w2, h0->vec2_w, Fh, F, 0, err, err_len));
+    ST(up_d(et, &m->h0_w2t, h0->vec2_w, Fh, F, 1, err, err_len));
+    ST(up_d(et, &m->h0_l1, h0->up0_w, F, 2 * F, 0, err, err_len));
+    ST(up_d(et, &m->h0_l1t, h0->up0_w, F, 2 * F, 1, err, err_len));
+    ST(up_d(et, &m->h0_l1b, h0->up0_b, 1, F, 0, err, err_len));
+    ST(up_d(et, &m->h0_l2, h0->up2_w, F, F, 0, err, err_len));
+    ST(up_d(et, &m->h0_l2t, h0->up2_w, F, F, 1, err, err_len));
+    ST(up_d(et, &m->h0_l2b, h0->up2_b, 1, F, 0, err, err_len));
+    ST(up_d(et, &m->h1_w1, h1->vec1_w, Fh, Fh, 0, err, err_len));
+    ST(up_d(et, &m->h1_w1t, h1->vec1_w, Fh, Fh, 1, err, err_len));
+    ST(up_d(et, &m->h1_l1, h1->up0_w, Fh, F, 0, err, err_len));
+    ST(up_d(et, &m->h1_l1t, h1->up0_w, Fh, F, 1, err, err_len));
+    ST(up_d(et, &m->h1_l1b, h1->up0_b, 1, Fh, 0, err, err_len));
+    ST(up_d(et, &m->h1_l2, h1->up2_w, 2, Fh, 0, err, err_len));
+    ST(up_d(et, &m->h1_l2t, h1->up2_w, 2, Fh, 1, err, err_len));
+    ST(up_d(et, &m->h1_l2b, h1->up2_b, 1, 2, 0, err, err_len));
+    double *ar = (double *)calloc((size_t)d->max_z, sizeof(double));
+    if (!ar)
+        return fail(err, err_len, DS4SCI_ERR_NOMEM, "cuda backend: host allocation failed");
+    if (d->atomref_enable && d->atomref)
+        memcpy(ar, d->atomref, sizeof(double) * d->max_z);
+    cudaError_t e = cudaMalloc((void **)&m->atomref, sizeof(double) * d->max_z);
+    if (e == cudaSuccess)
+        e = cudaMemcpy(m->atomref, ar, sizeof(double) * d->max_z, cudaMemcpyHostToDevice);
+    free(ar);
+    CU(e, "atomref upload");
+    et->dev_bytes += sizeof(double) * d->max_z;
+    return DS4SCI_OK;
+}
+
+static void free_weights(et_dmodel *m)
+{
+    float **p[] = {&m->rbf_a, &m->rbf_b, &m->emb, &m->ne_emb, &m->ne_wt, &m->ne_b, &m->ne_comb_w,
+                   &m->ne_comb_b, &m->on_w, &m->on_b, &m->h0_w1, &m->h0_w1t, &m->h0_w2,
+                   &m->h0_w2t, &m->h0_l1, &m->h0_l1t, &m->h0_l1b, &m->h0_l2, &m->h0_l2t,
+                   &m->h0_l2b, &m->h1_w1, &m->h1_w1t, &m->h1_l1, &m->h1_l1t, &m->h1_l1b,
+                   &m->h1_l2, &m->h1_l2t, &m->h1_l2b};
+    for (size_t i = 0; i < sizeof(p) / sizeof(p[0]); i++)
+        cudaFree(*p[i]);
+    if (m->layers)
+        for (int l = 0; l < m->L; l++) {
+            et_dlayer *dl = &m->layers[l];
+            cudaFree(dl->ln_w);
+            cudaFree(dl->ln_b);
+            cudaFree(dl->qkv_w);
+            cudaFree(dl->qkv_b);
+            cudaFree(dl->o_w);
+            cudaFree(dl->o_b);
+            cudaFree(dl->vec_w);
+            cudaFree(dl->filt_wt);
+            cudaFree(dl->filt_b);
+        }
+    free(m->layers);
+    cudaFree(m->atomref);
+}
+
+/* ---- create / free ------------------------------------------------------------------------- */
+extern "C" int ds4sci_cuda_device_count(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+
+static int is_pow2(int x) { return x > 0 && (x & (x - 1)) == 0; }
+
+extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_id,
+                                               ds4sci_cuda_et **out, char *err, size_t err_len)
+{
+    if (!out)
+        return fail(err, err_len, DS4SCI_ERR_ARG, "ds4sci_cuda_et_create: out is NULL");
+    *out = NULL;
+    if (!d)
+        return fail(err, err_len, DS4SCI_ERR_ARG, "ds4sci_cuda_et_create: desc is NULL");
+    const int F = d->F, CPL = F >= 32 ? F / 32 : 1;
+    if (!(F == 16 || F == 32 || F == 64 || F == 128 || F == 256) || d->D * d->H != F ||
+        d->D % CPL != 0 || !is_pow2(d->D / CPL) || d->D / CPL > 32)
+        return fail(err, err_len, DS4SCI_ERR_UNSUPPORTED,
+                    "cuda backend: hidden_channels %d with %d heads: expected hidden_channels "
+                    "16, 32, 64, 128 or 256 and a head size that is a power-of-two multiple of "
+                    "max(1, hidden_channels/32)",
+                    F, d->H);
+    if (d->K < 1 || d->K > ET_MAX_K)
+        return fail(err, err_len, DS4SCI_ERR_UNSUPPORTED,
+                    "cuda backend: num_rbf %d: expected 1 to %d", d->K, ET_MAX_K);
+    int ndev = ds4sci_cuda_device_count();
+    if (ndev == 0)
+        return fail(err, err_len, DS4SCI_ERR_DEVICE, "cuda backend: no usable CUDA device");
+    if (device_id < 0 || device_id >= ndev)
+        return fail(err, err_len, DS4SCI_ERR_DEVICE,
+                    "cuda backend: device_id %d: expected 0 to %d", device_id, ndev - 1);
+    CU(cudaSetDevice(device_id), "cudaSetDevice");
+    cudaDeviceProp prop;
+    CU(cudaGetDeviceProperties(&prop, device_id), "cudaGetDeviceProperties");
+    size_t smem_need = 4 * ((size_t)d->K * 4 * F + 4 * F +
+                            ET_WARPS * (2 * (size_t)d->K * ET_EDGE_CHUNK + 32 * (size_t)(d->K + 1) + 3));
+    if (smem_need > prop.sharedMemPerBlockOptin)
+        return fail(err, err_len, DS4SCI_ERR_UNSUPPORTED,
+                    "cuda backend: filters of hidden_channels %d, num_rbf %d need %zu bytes of "
+                    "shared memory per block, the device allows %zu",
+                    F, d->K, smem_need, (size_t)prop.sharedMemPerBlockOptin);
+
+    ds4sci_cuda_et *et = (ds4sci_cuda_et *)calloc(1, sizeof(*et));
+    if (!et)
+        return fail(err, err_len, DS4SCI_ERR_NOMEM, "cuda backend: host allocation failed");
+    et->device = device_id;
+    et->num_sms = prop.multiProcessorCount;
+    ds4sci_status st = DS4SCI_OK;
+    cudaError_t e = cudaStreamCreateWithFlags(&et->stream, cudaStreamNonBlocking);
+    if (e != cudaSuccess) {
+        st = cu_fail(e, "cudaStreamCreate", err, err_len);
+        goto out;
+    }
+    {
+        cublasStatus_t b = cublasCreate(&et->blas);
+        if (b == CUBLAS_STATUS_SUCCESS)
+            b = cublasSetStream(et->blas, et->stream);
+        if (b == CUBLAS_STATUS_SUCCESS)
+            b = cublasSetMathMode(et->blas, CUBLAS_DEFAULT_MATH); /* fp32 SGEMM: no TF32 */
+        if (b != CUBLAS_STATUS_SUCCESS) {
+            st = blas_fail(b, "cublasCreate", err, err_len);
+            goto out;
+        }
+    }
+    e = cudaMallocHost((void **)&et->h_scalars, 64);
+    if (e == cudaSuccess)
+        e = cudaMallocHost((void **)&et->h_red, 16 * sizeof(double));
+    if (e != cudaSuccess) {
+        st = cu_fail(e, "cudaMallocHost", err, err_len);
+        goto out;
+    }
+    st = up_weights(et, d, err, err_len);
+    if (st != DS4SCI_OK)
+        goto out;
+    {
+        const char *pp = getenv("DS4SCI_CUDA_PROFILE");
+        if (pp && *pp) {
+            et->profile_path = strdup(pp);
+            for (int i = 0; i < ET_MAX_EVENTS && et->profile_path; i++)
+                if (cudaEventCreate(&et->ev[i]) != cudaSuccess) {
+                    st = fail(err, err_len, DS4SCI_ERR_DEVICE, "cuda: cudaEventCreate failed");
+                    goto out;
+                }
+        }
+    }
+out:
+    if (st != DS4SCI_OK) {
+        ds4sci_cuda_et_free(et);
+        return st;
+    }
+    *out = et;
+    return DS4SCI_OK;
+}
+
+static const char *const stage_names[ET_NSTAGES] = {
+    "input+graph", "embedding", "node-fwd", "edge-fwd", "exchange", "head",
+    "node-bwd", "edge-bwd-recv", "edge-bwd-send", "forces", "output"};
+
+extern "C" void ds4sci_cuda_et_free(ds4sci_cuda_et *et)
+{
+    if (!et)
+        return;
+    cudaSetDevice(et->device);
+    if (et->profile_path) {
+        FILE *f = fopen(et->profile_path, "a");
+        if (f) {
+            fprintf(f, "calls %ld\n", et->profile_calls);
+            for (int s = 0; s < ET_NSTAGES; s++)
+                fprintf(f, "stage %s %.4f\n", stage_names[s],
+                        et->profile_calls ? et->stage_ms[s] / et->profile_calls : 0.0);
+            fprintf(f, "workspace_bytes %zu\n", et->dev_bytes);
+            fprintf(f, "peak_device_used_bytes %zu\n", et->peak_used);
+            fprintf(f, "atoms %lld edges %lld\n", et->last_n, et->last_ne);
+            fclose(f);
+        }
+        for (int i = 0; i < ET_MAX_EVENTS; i++)
+            if (et->ev[i])
+                cudaEventDestroy(et->ev[i]);
+        free(et->profile_path);
+    }
+    for (int i = 0; i < B_COUNT; i++)
+        cudaFree(et->buf[i].p);
+    free_weights(&et->m);
+    if (et->blas)
+        cublasDestroy(et->blas);
+    if (et->stream)
+        cudaStreamDestroy(et->stream);
+    cudaFreeHost(et->h_scalars);
+    cudaFreeHost(et->h_red);
+    cudaFreeHost(et->h_xch);
+    free(et);
+}
+
+extern "C" size_t ds4sci_cuda_et_device_bytes(const ds4sci_cuda_et *et)
+{
+    return et ? et->dev_bytes : 0;
+}
+
+/* ---- workspace ----------------------------------------------------------------------------- */
+static const char *const buf_names[B_COUNT] = {
+    "positions", "atomic numbers", "neighbour offsets", "neighbour indices", "ghost owners",
+    "row counts", "row offsets", "edge senders", "edge receivers", "edge geometry",
+    "transpose offsets", "transpose edges", "transpose counts", "transpose keys", "edge ids",
+    "cub scratch", "layer inputs x", "layer inputs vec", "o1/o2 per layer", "LayerNorm output",
+    "q/k/v", "vec_proj output", "vdot", "X", "V", "o", "dE/dx", "dE/dx", "dE/dvec", "dE/dvec",
+    "dE/dqkv", "dE/dw", "dE/dh", "embedding concat", "atom energies", "forces", "atom virials",
+    "partial sums", "exchange staging"};
+
+/* Make buf[i] hold at least `bytes`; grows by 1.25x, never shrinks, keeps no contents. */
+static ds4sci_status ensure(ds4sci_cuda_et *et, int i, size_t bytes, char *err, size_t err_len)
+{
+    et_buf *b = &et->buf[i];
+    if (bytes <= b->cap)
+        return DS4SCI_OK;
+    cudaFree(b->p);
+    et->dev_bytes -= b->cap;
+    b->p = NULL;
+    b->cap = 0;
+    size_t want = bytes + bytes / 4;
+    cudaError_t e = cudaMalloc(&b->p, want);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        want = bytes;
+        e = cudaMalloc(&b->p, want);
+    }
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        b->p = NULL;
+        return fail(err, err_len, DS4SCI_ERR_DEVICE_NOMEM,
+                    "cuda backend: out of GPU memory: cudaMalloc of %zu bytes (%s) failed with "
+                    "%zu bytes already held by this context, %zu of %zu bytes free on the device",
+                    bytes, buf_names[i], et->dev_bytes, fr, tot);
+    }
+    b->cap = want;
+    et->dev_bytes += want;
+    return DS4SCI_OK;
+}
+
+#define BUF(T, i) ((T *)et->buf[i].p)
+
+/* ---- profile marks ------------------------------------------------------------------------- */
+static void mark(ds4sci_cuda_et *et, int stage)
+{
+    if (!et->profile_path || et->n_ev >= ET_MAX_EVENTS)
+        return;
+    et->ev_stage[et->n_ev] = stage;
+    cudaEventRecord(et->ev[et->n_ev++], et->stream);
+}
+
+/* ---- GEMMs (row-major views; fp32, no TF32) ---------------------------------------------- */
+/* C[M][N] = A[M][K] W^T + beta C, W [N][K] row-major. */
+static cublasStatus_t gemm_awt(cublasHandle_t h, int M, int N, int K, const float *A,
+                               const float *W, float beta, float *C)
+{
+    if (M <= 0)
+        return CUBLAS_STATUS_SUCCESS;
+    const float one = 1.f;
+    return cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, W, K, A, K, &beta, C, N);
+}
+
+/* C[M][N] = A[M][K] B + beta C, B [K][N] row-major with leading dimension ldb. */
+static cublasStatus_t gemm_ab(cublasHandle_t h, int M, int N, int K, const float *A,
+                              const float *B, int ldb, float beta, float *C)
+{
+    if (M <= 0)
+        return CUBLAS_STATUS_SUCCESS;
+    const float one = 1.f;
+    return cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &one, B, ldb, A, K, &beta, C, N);
+}
+
+#define BL(call, what)                                                                             \
+    do {                                                                                           \
+        cublasStatus_t b_ = (call);                                                                \
+        if (b_ != CUBLAS_STATUS_SUCCESS)                                                           \
+            return blas_fail(b_, what, err, err_len);                                              \
+    } while (0)
+
+/* ---- exchange ------------------------------------------------------------------------------ */
+typedef struct xch_ctx {
+    const ds4sci_exchange *ex;
+    const int *owner; /* device ghost owners when built-in, else NULL */
+    int nl, ng, F;
+} xch_ctx;
+
+/* forward: ghost rows of (x[, vec]) from their owners; reverse: ghost rows added into owners,
+   then zeroed. Width F when vec is NULL, else 4F. */
+static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse, float *x,
+                              float *vec, char *err, size_t err_len)
+{
+    cudaStream_t s = et->stream;
+    const int nl = xc->nl, ng = xc->ng, F = xc->F, n = nl + ng;
+    if (xc->owner) {
+        if (!reverse) {
+            CU(et_ghost_gather(s, nl, ng, F, xc->owner, x), "ghost gather");
+            if (vec)
+                CU(et_ghost_gather(s, nl, ng, 3 * F, xc->owner, vec), "ghost gather");
+        } else {
+            CU(et_ghost_fold(s, nl, ng, F, xc->owner, x), "ghost fold");
+            if (vec)
+                CU(et_ghost_fold(s, nl, ng, 3 * F, xc->owner, vec), "ghost fold");
+        }
+        return DS4SCI_OK;
+    }
+    const int w = vec ? 4 * F : F;
+    const size_t need = (size_t)(n > 0 ? n : 1) * w;
+    ST(ensure(et, B_XCH, need * sizeof(double), err, err_len));
+    if (et->h_xch_cap < need) {
+        cudaFreeHost(et->h_xch);
+        et->h_xch = NULL;
+        et->h_xch_cap = 0;
+        CU(cudaMallocHost((void **)&et->h_xch, need * sizeof(double)), "cudaMallocHost (exchange)");
+        et->h_xch_cap = need;
+    }
+    double *dx = BUF(double, B_XCH), *hx = et->h_xch;
+    if (!reverse) {
+        CU(et_pack(s, 0, nl, F, x, vec, dx), "exchange pack");
+        CU(cudaMemcpyAsync(hx, dx, (size_t)nl * w * sizeof(double), cudaMemcpyDeviceToHost, s),
+           "exchange copy");
+        CU(cudaStreamSynchronize(s), "exchange sync");
+        memset(hx + (size_t)nl * w, 0, (size_t)ng * w * sizeof(double));
+    } else {
+        CU(et_pack(s, nl, ng, F, x, vec, dx + (size_t)nl * w), "exchange pack");
+        CU(cudaMemcpyAsync(hx + (size_t)nl * w, dx + (size_t)nl * w,
+                           (size_t)ng * w * sizeof(double), cudaMemcpyDeviceToHost, s),
+           "exchange copy");
+        CU(cudaStreamSynchronize(s), "exchange sync");
+        memset(hx, 0, (size_t)nl * w * sizeof(double));
+    }
+    int rc = reverse ? xc->ex->reverse(xc->ex->user, hx, w) : xc->ex->forward(xc->ex->user, hx, w);
+    if (rc != 0)
+        return fail(err, err_len, DS4SCI_ERR_EXCHANGE, "ghost exchange %s (width %d) returned %d",
+                    reverse ? "reverse" : "forward", w, rc);
+    if (!reverse) {
+        CU(cudaMemcpyAsync(dx + (size_t)nl * w, hx + (size_t)nl * w,
+                           (size_t)ng * w * sizeof(double), cudaMemcpyHostToDevice, s),
+           "exchange copy");
+        CU(et_unpack(s, nl, ng, F, dx + (size_t)nl * w, x, vec, 0), "exchange unpack");
+    } else {
+        CU(cudaMemcpyAsync(dx, hx, (size_t)nl * w * sizeof(double), cudaMemcpyHostToDevice, s),
+           "exchange copy");
+        CU(et_unpack(s, 0, nl, F, dx, x, vec, 1), "exchange unpack");
+        CU(et_zero_rows(s, nl, ng, F, x), "zero ghost rows");
+        if (vec)
+            CU(et_zero_rows(s, nl, ng, 3 * F, vec), "zero ghost rows");
+    }
+    /* the host buffer is reused by the next exchange: wait until the copies have read it */
+    CU(cudaStreamSynchronize(s), "exchange sync");
+    return DS4SCI_OK;
+}
+
+/* ---- compute ------------------------------------------------------------------------------- */
+static int bits_for(int n)
+{
+    int b = 1;
+    while (b < 31 && (1 << b) <= n)
+        b++;
+    return b;
+}
+
+static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
+                             const ds4sci_exchange *ex, int builtin, ds4sci_result *res, char *err,
+                             size_t err_len)
+{
+    const et_dmodel *m = &et->m;
+    const int F = m->F, L = m->L, K = m->K, CPL = m->CPL;
+    const int nl = sys->n_local, ng = sys->n_ghost;
+    const long long n_ll = (long long)nl + ng;
+    const int64_t nc = nl > 0 ? sys->nbr_offset[nl] : 0;
+    if (n_ll > INT32_MAX / 16 || nc > INT32_MAX)
+        return fail(err, err_len, DS4SCI_ERR_UNSUPPORTED,
+                    "cuda backend: %lld atoms, %lld candidate pairs: more than this build "
+                    "indexes with 32-bit integers",
+                    n_ll, (long long)nc);
+    const int n = (int)n_ll;
+    cudaStream_t s = et->stream;
+    cublasHandle_t h = et->blas;
+    et->n_ev = 0;
+    mark(et, ST_INPUT);
+
+    /* inputs */
+    const size_t n1 = n > 0 ? n : 1, nl1 = nl > 0 ? nl : 1;
+    ST(ensure(et, B_POS, n1 * 3 * sizeof(double), err, err_len));
+    ST(ensure(et, B_Z, n1 * sizeof(int), err, err_len));
+    ST(ensure(et, B_COFF, (nl1 + 1) * sizeof(int64_t), err, err_len));
+    ST(ensure(et, B_CIDX, (nc > 0 ? nc : 1) * sizeof(int), err, err_len));
+    if (builtin)
+        ST(ensure(et, B_GOWN, (ng > 0 ? ng : 1) * sizeof(int), err, err_len));
+    if (n > 0) {
+        CU(cudaMemcpyAsync(BUF(double, B_POS), sys->pos, (size_t)n * 3 * sizeof(double),
+                           cudaMemcpyHostToDevice, s), "upload positions");
+        CU(cudaMemcpyAsync(BUF(int, B_Z), sys->z, (size_t)n * sizeof(int), cudaMemcpyHostToDevice,
+                           s), "upload z");
+    }
+    if (nl > 0) {
+        CU(cudaMemcpyAsync(BUF(int64_t, B_COFF), sys->nbr_offset, (size_t)(nl + 1) * sizeof(int64_t),
+                           cudaMemcpyHostToDevice, s), "upload neighbour offsets");
+        if (nc > 0)
+            CU(cudaMemcpyAsync(BUF(int, B_CIDX), sys->nbr_index, (size_t)nc * sizeof(int),
+                               cudaMemcpyHostToDevice, s), "upload neighbour indices");
+    }
+    if (builtin && ng > 0)
+        CU(cudaMemcpyAsync(BUF(int, B_GOWN), sys->ghost_owner, (size_t)ng * sizeof(int),
+                           cudaMemcpyHostToDevice, s), "upload ghost owners");
+
+    /* edge list: count, scan, fill */
+    const double cl2 = (double)m->cl * m->cl, cu2 = (double)m->cu * m->cu;
+    ST(ensure(et, B_ROWCNT, (nl1 + 1) * sizeof(int), err, err_len));
+    ST(ensure(et, B_ROWOFF, (nl1 + 1) * sizeof(int), err, err_len));
+    ST(ensure(et, B_TRKEY, (n1 + 1) * sizeof(int), err, err_len));
+    ST(ensure(et, B_TROFF, (n1 + 1) * sizeof(int), err, err_len));
+    CU(cudaMemsetAsync(BUF(int, B_ROWCNT), 0, (nl1 + 1) * sizeof(int), s), "memset");
+    CU(et_graph_count(s, nl, BUF(double, B_POS), BUF(int64_t, B_COFF), BUF(int, B_CIDX), cl2, cu2,
+                      BUF(int, B_ROWCNT)), "graph count");
+    size_t scan_bytes = 0, scan2_bytes = 0;
+    CU(cub::DeviceScan::ExclusiveSum(NULL, scan_bytes, BUF(int, B_ROWCNT), BUF(int, B_ROWOFF),
+                                     nl + 1, s), "cub scan size");
+    CU(cub::DeviceScan::ExclusiveSum(NULL, scan2_bytes, BUF(int, B_TRKEY), BUF(int, B_TROFF),
+                                     n + 1, s), "cub scan size");
+    if (scan2_bytes > scan_bytes)
+        scan_bytes = scan2_bytes;
+    ST(ensure(et, B_CUB, scan_bytes, err, err_len));
+    CU(cub::DeviceScan::ExclusiveSum(et->buf[B_CUB].p, scan_bytes, BUF(int, B_ROWCNT),
+                                     BUF(int, B_ROWOFF), nl + 1, s), "cub scan");
+    CU(cudaMemcpyAsync(et->h_scalars, BUF(int, B_ROWOFF) + nl, sizeof(int), cudaMemcpyDeviceToHost,
+                       s), "edge count");
+    CU(cudaStreamSynchronize(s), "edge count");
+    const int ne = et->h_scalars[0];
+    const size_t ne1 = ne > 0 ? ne : 1;
+    ST(ensure(et, B_ESRC, ne1 * sizeof(int), err, err_len));
+    ST(ensure(et, B_EDST, ne1 * sizeof(int), err, err_len));
+    ST(ensure(et, B_EGEO, ne1 * sizeof(float4), err, err_len));
+    ST(ensure(et, B_GW, ne1 * sizeof(float4), err, err_len));
+    ST(ensure(et, B_TREDGE, ne1 * sizeof(int), err, err_len));
+    ST(ensure(et, B_EIOTA, ne1 * sizeof(int), err, err_len));
+    CU(et_graph_fill(s, nl, BUF(double, B_POS), BUF(int64_t, B_COFF), BUF(int, B_CIDX), cl2, cu2,
+                     BUF(int, B_ROWOFF), BUF(int, B_ESRC), BUF(int, B_EDST), BUF(float4, B_EGEO)),
+       "graph fill");
+
+    /* transpose index: edges grouped by sender (stable radix sort: deterministic) */
+    size_t sort_bytes = 0;
+    int *keys_out = BUF(int, B_TRKEY);
+    /* the sorted keys are not needed; reuse B_EDST-sized scratch: B_GW holds them for now */
+    int *sorted_keys = (int *)et->buf[B_GW].p;
+    CU(cub::DeviceRadixSort::SortPairs(NULL, sort_bytes, BUF(int, B_ESRC), sorted_keys,
+                                       BUF(int, B_EIOTA), BUF(int, B_TREDGE), ne, 0, bits_for(n), s),
+       "cub sort size");
+    ST(ensure(et, B_CUB, sort_bytes > scan_bytes ? sort_bytes : scan_bytes, err, err_len));
+    CU(et_iota(s, ne, BUF(int, B_EIOTA)), "iota");
+    if (ne > 0)
+        CU(cub::DeviceRadixSort::SortPairs(et->buf[B_CUB].p, sort_bytes, BUF(int, B_ESRC),
+                                           sorted_keys, BUF(int, B_EIOTA), BUF(int, B_TREDGE), ne,
+                                           0, bits_for(n), s), "cub sort");
+    CU(cudaMemsetAsync(keys_out, 0, (n1 + 1) * sizeof(int), s), "memset");
+    CU(et_count_by(s, ne, BUF(int, B_ESRC), keys_out), "transpose counts");
+    CU(cub::DeviceScan::ExclusiveSum(et->buf[B_CUB].p, scan_bytes, keys_out, BUF(int, B_TROFF),
+                                     n + 1, s), "cub scan");
+
+    /* feature buffers */
+    const size_t nF = n1 * F, nlF = nl1 * F;
+    ST(ensure(et, B_XS, (size_t)(L + 1) * nF * sizeof(float), err, err_len));
+    ST(ensure(et, B_VECS, (size_t)(L + 1) * 3 * nF * sizeof(float), err, err_len));
+    ST(ensure(et, B_O12, (size_t)L * 2 * nlF * sizeof(float), err, err_len));
+    ST(ensure(et, B_H, nF * sizeof(float), err, err_len));
+    ST(ensure(et, B_QKV, 5 * nF * sizeof(float), err, err_len));
+    ST(ensure(et, B_P, 9 * nF * sizeof(float), err, err_len));
+    ST(ensure(et, B_VDOT, nF * sizeof(float), err, err_len));
+    ST(ensure(et, B_X, nlF * sizeof(float), err, err_len));
+    ST(ensure(et, B_V, 3 * nlF * sizeof(float), err, err_len));
+    ST(ensure(et, B_O, 3 * nlF * sizeof(float), err, err_len));
+    ST(ensure(et, B_GX0, nF * sizeof(float), err, err_len));
+    ST(ensure(et, B_GX1, nF * sizeof(float), err, err_len));
+    ST(ensure(et, B_GV0, 3 * nF * sizeof(float), err, err_len));
+    ST(ensure(et, B_GV1, 3 * nF * sizeof(float), err, err_len));
+    ST(ensure(et, B_GQKV, 5 * nF * sizeof(float), err, err_len));
+    ST(ensure(et, B_GH, nF * sizeof(float), err, err_len));
+    ST(ensure(et, B_CAT, 2 * nlF * sizeof(float), err, err_len));
+    ST(ensure(et, B_EA, nl1 * sizeof(double), err, err_len));
+    ST(ensure(et, B_F, n1 * 3 * sizeof(double), err, err_len));
+    ST(ensure(et, B_AV, n1 * 6 * sizeof(double), err, err_len));
+    const int n_part = 2 * et->num_sms;
+    ST(ensure(et, B_PART, ((size_t)7 * n_part + 8) * sizeof(double), err, err_len));
+
+    et_edge_common c;
+    memset(&c, 0, sizeof(c));
+    c.n_local = nl;
+    c.n_total = n;
+    c.row_off = BUF(int, B_ROWOFF);
+    c.e_src = BUF(int, B_ESRC);
+    c.e_dst = BUF(int, B_EDST);
+    c.e_geo = BUF(float4, B_EGEO);
+    c.tr_off = BUF(int, B_TROFF);
+    c.tr_edge = BUF(int, B_TREDGE);
+    c.K = K;
+    c.rbf = m->rbf;
+    c.cl = m->cl;
+    c.cu = m->cu;
+    c.alpha = m->alpha;
+    c.rbf_a = m->rbf_a;
+    c.rbf_b = m->rbf_b;
+    c.rbf_coeff = m->rbf_coeff;
+    c.act = m->act;
+    c.attn_act = m->attn_act;
+    c.use_dk = m->use_dk;
+    c.use_dv = m->use_dv;
+    c.vc = m->vc;
+    c.H = m->H;
+    c.D = m->D;
+    c.F = F;
+    const int grid_l = (nl + ET_WARPS - 1) / ET_WARPS, grid_n = (n + ET_WARPS - 1) / ET_WARPS;
+
+    xch_ctx xc = {ex, builtin ? BUF(int, B_GOWN) : NULL, nl, ng, F};
+    float *XS = BUF(float, B_XS), *VECS = BUF(float, B_VECS), *O12 = BUF(float, B_O12);
+    float *Hb = BUF(float, B_H), *QKV = BUF(float, B_QKV), *P = BUF(float, B_P);
+    float *VD = BUF(float, B_VDOT), *Xb = BUF(float, B_X), *Vb = BUF(float, B_V);
+    float *Ob = BUF(float, B_O), *GQKV = BUF(float, B_GQKV), *GH = BUF(float, B_GH);
+    float *GX[2] = {BUF(float, B_GX0), BUF(float, B_GX1)};
+    float *GV[2] = {BUF(float, B_GV0), BUF(float, B_GV1)};
+    float4 *GW = BUF(float4, B_GW);
+
+    /* embedding (+ neighbour embedding) of owned atoms, then ghosts from their owners */
+    mark(et, ST_EMBED);
+    CU(cudaMemsetAsync(XS, 0, nF * sizeof(float), s), "memset");
+    if (m->ne) {
+        float *CAT = BUF(float, B_CAT);
+        CU(et_embed_cat(s, nl, F, BUF(int, B_Z), m->emb, CAT), "embedding");
+        CU(et_ne_forward(s, CPL, grid_l, &c, m->ne_wt, m->ne_b, m->ne_emb, BUF(int, B_Z), CAT),
+           "neighbour embedding");
+        BL(gemm_awt(h, nl, F, 2 * F, CAT, m->ne_comb_w, 0.f, XS), "combine");
+        CU(et_add_bias(s, nl, F, XS, m->ne_comb_b), "combine bias");
+    } else {
+        CU(et_embed_plain(s, nl, F, BUF(int, B_Z), m->emb, XS), "embedding");
+    }
+    mark(et, ST_XCH);
+    ST(exchange(et, &xc, 0, XS, NULL, err, err_len));
+
+    /* node work of layer l from its stored input: h, q/k/v (+bias), P and vdot */
+    auto node_fwd = [&](int l) -> ds4sci_status {
+        const et_dlayer *dl = &m->layers[l];
+        float *x = XS + (size_t)l * nF, *vec = VECS + (size_t)l * 3 * nF;
+        CU(et_layernorm(s, n, F, x, dl->ln_w, dl->ln_b, Hb), "layernorm");
+        BL(gemm_awt(h, n, 5 * F, F, Hb, dl->qkv_w, 0.f, QKV), "q/k/v");
+        if (l > 0)
+            BL(gemm_awt(h, 3 * n, 3 * F, F, vec, dl->vec_w, 0.f, P), "vec_proj");
+        CU(et_node_pre(s, n, F, QKV, dl->qkv_b, l > 0 ? P : NULL, VD), "q/k/v bias, vdot");
+        return DS4SCI_OK;
+    };
+
+    for (int l = 0; l < L; l++) {
+        const et_dlayer *dl = &m->layers[l];
+        float *x = XS + (size_t)l * nF, *vec = VECS + (size_t)l * 3 * nF;
+        if (l > 0) {
+            mark(et, ST_XCH);
+            ST(exchange(et, &xc, 0, x, vec, err, err_len));
+        }
+        mark(et, ST_NODE_FWD);
+        ST(node_fwd(l));
+        mark(et, ST_EDGE_FWD);
+        et_edge_layer el;
+        memset(&el, 0, sizeof(el));
+        el.filt_wt = dl->filt_wt;
+        el.filt_b = dl->filt_b;
+        el.qkv = QKV;
+        el.vec = l > 0 ? vec : NULL;
+        el.X = Xb;
+        el.V = Vb;
+        CU(et_edge_forward(s, CPL, grid_l, &c, &el), "edge forward");
+        mark(et, ST_NODE_FWD);
+        BL(gemm_awt(h, nl, 3 * F, F, Xb, dl->o_w, 0.f, Ob), "o_proj");
+        float *xn = XS + (size_t)(l + 1) * nF, *vn = VECS + (size_t)(l + 1) * 3 * nF;
+        CU(et_node_update(s, nl, F, x, l > 0 ? vec : NULL, Ob, dl->o_b, l > 0 ? P : NULL,
+                          l > 0 ? VD : NULL, Xb, Vb, xn, vn, O12 + (size_t)l * 2 * nlF),
+           "update");
+        /* ghost rows of the next input come from the exchange; keep them defined */
+        CU(et_zero_rows(s, nl, ng, F, xn), "zero ghost rows");
+        CU(et_zero_rows(s, nl, ng, 3 * F, vn), "zero ghost rows");
+    }
+
+    /* head: energies and dE/d(x_L, vec_L) of owned atoms */
+    mark(et, ST_HEAD);
+    int cur = 0;
+    CU(cudaMemsetAsync(GX[cur], 0, nF * sizeof(float), s), "memset");
+    CU(cudaMemsetAsync(GV[cur], 0, 3 * nF * sizeof(float), s), "memset");
+    CU(cudaMemsetAsync(GW, 0, ne1 * sizeof(float4), s), "memset");
+    CU(et_head(s, nl, m, BUF(int, B_Z), XS + (size_t)L * nF, VECS + (size_t)L * 3 * nF,
+               BUF(double, B_EA), GX[cur], GV[cur]), "head");
+
+    /* backward through the layers */
+    for (int l = L - 1; l >= 0; l--) {
+        const et_dlayer *dl = &m->layers[l];
+        float *x = XS + (size_t)l * nF, *vec = VECS + (size_t)l * 3 * nF;
+        float *gxo = GX[cur], *gvo = GV[cur], *gxi = GX[1 - cur], *gvi = GV[1 - cur];
+        mark(et, ST_NODE_BWD);
+        ST(node_fwd(l));
+        CU(et_node_bwd(s, nl, F, gxo, gvo, O12 + (size_t)l * 2 * nlF, l > 0 ? P : NULL,
+                       l > 0 ? VD : NULL, Ob), "update backward");
+        BL(gemm_ab(h, nl, F, 3 * F, Ob, dl->o_w, F, 0.f, Xb), "o_proj backward");
+        CU(cudaMemcpyAsync(gxi, gxo, nF * sizeof(float), cudaMemcpyDeviceToDevice, s), "copy");
+        CU(cudaMemcpyAsync(gvi, gvo, 3 * nF * sizeof(float), cudaMemcpyDeviceToDevice, s), "copy");
+        if (l > 0)
+            BL(gemm_ab(h, 3 * nl, F, 3 * F, P, dl->vec_w, F, 1.f, gvi), "vec_proj backward");
+        et_edge_layer el;
+        memset(&el, 0, sizeof(el));
+        el.filt_wt = dl->filt_wt;
+        el.filt_b = dl->filt_b;
+        el.qkv = QKV;
+        el.vec = l > 0 ? vec : NULL;
+        el.gX = Xb;
+        el.gV = gvo;
+        el.gqkv = GQKV;
+        el.gvec = gvi;
+        el.gw = GW;
+        mark(et, ST_EDGE_RECV);
+        CU(et_edge_backward_recv(s, CPL, grid_l, &c, &el), "edge backward (receivers)");
+        mark(et, ST_EDGE_SEND);
+        CU(et_edge_backward_send(s, CPL, grid_n, &c, &el), "edge backward (senders)");
+        mark(et, ST_NODE_BWD);
+        BL(gemm_ab(h, n, F, 5 * F, GQKV, dl->qkv_w, F, 0.f, GH), "q/k/v backward");
+        CU(et_layernorm_bwd(s, n, F, x, dl->ln_w, GH, gxi), "layernorm backward");
+        cur = 1 - cur;
+        mark(et, ST_XCH);
+        if (l > 0)
+            ST(exchange(et, &xc, 1, GX[cur], GV[cur], err, err_len));
+        else if (m->ne)
+            ST(exchange(et, &xc, 1, GX[cur], NULL, err, err_len));
+    }
+
+    /* neighbour embedding backward: g_m = g_x0 C[:, F:2F] */
+    mark(et, ST_FORCES);
+    if (m->ne) {
+        BL(gemm_ab(h, nl, F, F, GX[cur], m->ne_comb_w + F, 2 * F, 0.f, GH), "combine backward");
+        CU(et_ne_backward(s, CPL, grid_l, &c, m->ne_wt, m->ne_b, m->ne_emb, BUF(int, B_Z), GH, GW),
+           "neighbour embedding backward");
+    }
+    double *part = BUF(double, B_PART);
+    CU(et_forces(s, nl, n, c.row_off, c.tr_off, c.tr_edge, c.e_geo, GW, BUF(double, B_F),
+                 res->atom_virial ? BUF(double, B_AV) : NULL, n_part, part), "forces");
+    CU(et_sum_energy(s, nl, BUF(double, B_EA), n_part, part), "energy");
+    CU(et_reduce_parts(s, n_part, part, part + 7 * n_part), "totals");
+
+    mark(et, ST_OUTPUT);
+    CU(cudaMemcpyAsync(et->h_red, part + 7 * n_part, 7 * sizeof(double), cudaMemcpyDeviceToHost, s),
+       "download totals");
+    if (res->forces && n > 0)
+        CU(cudaMemcpyAsync(res->forces, BUF(double, B_F), (size_t)n * 3 * sizeof(double),
+                           cudaMemcpyDeviceToHost, s), "download forces");
+    if (res->atom_virial && n > 0)
+        CU(cudaMemcpyAsync(res->atom_virial, BUF(double, B_AV), (size_t)n * 6 * sizeof(double),
+                           cudaMemcpyDeviceToHost, s), "download atom virials");
+    if (res->atom_energy && nl > 0)
+        CU(cudaMemcpyAsync(res->atom_energy, BUF(double, B_EA), (size_t)nl * sizeof(double),
+                           cudaMemcpyDeviceToHost, s), "download atom energies");
+    mark(et, ST_OUTPUT);
+    CU(cudaStreamSynchronize(s), "compute");
+    res->energy = et->h_red[0];
+    for (int k = 0; k < 6; k++)
+        res->virial[k] = et->h_red[1 + k];
+
+    if (et->profile_path) {
+        for (int i = 1; i < et->n_ev; i++) {
+            float ms = 0.f;
+            cudaEventElapsedTime(&ms, et->ev[i - 1], et->ev[i]);
+            et->stage_ms[et->ev_stage[i - 1]] += ms;
+        }
+        et->profile_calls++;
+        size_t fr = 0, tot = 0;
+        if (cudaMemGetInfo(&fr, &tot) == cudaSuccess && tot - fr > et->peak_used)
+            et->peak_used = tot - fr;
+        et->last_n = n;
+        et->last_ne = ne;
+    }
+    return DS4SCI_OK;
+}
+
+extern "C" ds4sci_status ds4sci_cuda_et_compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
+                                                const ds4sci_exchange *ex, int builtin,
+                                                ds4sci_result *res, char *err, size_t err_len)
+{
+    if (!et || !sys || !res)
+        return fail(err, err_len, DS4SCI_ERR_ARG, "ds4sci_cuda_et_compute: NULL argument");
+    if (sys->n_local < 0 || sys->n_ghost < 0)
+        return fail(err, err_len, DS4SCI_ERR_ARG, "ds4sci_cuda_et_compute: negative atom count");
+    if (builtin && sys->n_ghost > 0 && !sys->ghost_owner)
+        return fail(err, err_len, DS4SCI_ERR_ARG,
+                    "ds4sci_cuda_et_compute: built-in ghosts need system->ghost_owner");
+    if (!builtin && (!ex || !ex->forward || !ex->reverse))
+        return fail(err, err_len, DS4SCI_ERR_ARG, "ds4sci_cuda_et_compute: exchange is NULL");
+    cudaError_t e = cudaSetDevice(et->device);
+    if (e != cudaSuccess)
+        return cu_fail(e, "cudaSetDevice", err, err_len);
+    ds4sci_status st = compute(et, sys, ex, builtin, res, err, err_len);
+    if (st != DS4SCI_OK) {
+        /* leave the stream idle and the error state clear for the next call */
+        cudaStreamSynchronize(et->stream);
+        cudaGetLastError();
+    }
+    return st;
+}

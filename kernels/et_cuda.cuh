@@ -1,0 +1,265 @@
+/*
+ * et_cuda.cuh - shared, private definitions of the CUDA ET backend (kernels/ only): the
+ * device copy of the weights, the workspace, the parameter structs of the kernels, and small
+ * device helpers. The orchestration is in et_cuda.cu; each kernel family has its own .cu file
+ * with one launcher per kernel declared here.
+ *
+ * Precision: every activation and weight is fp32; energies, virials and forces are summed in
+ * fp64. Scalar physics (cutoff, radial basis, activations) comes from gnn/et_math.h.
+ *
+ * Layouts (row-major, one row per atom; n = n_total = n_local + n_ghost, nl = n_local):
+ *   x     [n][F]        scalar features
+ *   vec   [n][3][F]     vector features, Cartesian axis in the middle
+ *   qkv   [n][5F]       q (F) | k (F) | v (3F, head-interleaved as TorchMD-Net's v_proj)
+ *   P     [n][3][3F]    vec_proj output: P1 | P2 | P3 per component
+ * Edges (receiver-major CSR over owned receivers, self-loop first in every row):
+ *   e_src [ne], e_geo [ne] float4 (w_x, w_y, w_z, r) with w = r_src - r_dst, r = |w|.
+ */
+#ifndef DS4SCI_ET_CUDA_CUH
+#define DS4SCI_ET_CUDA_CUH
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "ds4sci.h"
+#include "et_desc.h"
+#include "et_math.h"
+
+#define ET_WARPS 4                 /* warps per block of the warp-per-atom kernels */
+#define ET_EDGE_CHUNK 4            /* edges whose filters are evaluated together */
+#define ET_MAX_K 64                /* largest num_rbf the edge kernels take */
+
+/* ---- device weights of one attention layer (fp32) ----------------------------------------- */
+typedef struct et_dlayer {
+    float *ln_w, *ln_b;   /* [F], [F] */
+    float *qkv_w;         /* [5F][F]: q_proj | k_proj | v_proj rows */
+    float *qkv_b;         /* [5F] */
+    float *o_w, *o_b;     /* [3F][F], [3F] */
+    float *vec_w;         /* [3F][F] */
+    float *filt_wt;       /* [K][4][32][CPL] filters, transposed and lane-major: part 0 dk,
+                             parts 1..3 dv (value, gate 1, gate 2); see filter_channel() */
+    float *filt_b;        /* [4][32][CPL] */
+} et_dlayer;
+
+/* ---- device weights of the whole model -------------------------------------------------- */
+typedef struct et_dmodel {
+    int F, H, D, K, L, CPL, max_z;
+    int act, attn_act, rbf, use_dk, use_dv, ne, vc;
+    float cl, cu, alpha, std_scale;
+    float *rbf_a, *rbf_b;   /* [K]: expnorm means, betas; gauss offsets, (unused) */
+    float rbf_coeff;
+    float *emb;             /* [max_z][F] */
+    float *ne_emb;          /* [max_z][F] */
+    float *ne_wt, *ne_b;    /* distance_proj transposed [K][F], bias [F] */
+    float *ne_comb_w, *ne_comb_b; /* combine [F][2F], [F] */
+    et_dlayer *layers;      /* host array [L] of device pointers */
+    float *on_w, *on_b;     /* out_norm [F], [F] */
+    /* head: for each matrix M [out][in], M (original) and Mt [in][out] */
+    float *h0_w1, *h0_w1t, *h0_w2, *h0_w2t, *h0_l1, *h0_l1t, *h0_l1b, *h0_l2, *h0_l2t, *h0_l2b;
+    float *h1_w1, *h1_w1t, *h1_l1, *h1_l1t, *h1_l1b, *h1_l2, *h1_l2t, *h1_l2b;
+    double *atomref;        /* [max_z] (zeros when disabled) */
+} et_dmodel;
+
+/* ---- kernel parameter blocks ------------------------------------------------------------- */
+
+/* Common edge-kernel inputs. */
+typedef struct et_edge_common {
+    int n_local, n_total;
+    const int *row_off;      /* [nl + 1] CSR offsets (self-loop first in each row) */
+    const int *e_src;        /* [ne] sender of each edge */
+    const int *e_dst;        /* [ne] receiver of each edge */
+    const float4 *e_geo;     /* [ne] (w, r) */
+    const int *tr_off;       /* [n + 1] transpose offsets: edges whose sender is atom a */
+    const int *tr_edge;      /* [ne] edge ids grouped by sender */
+    int K, rbf;              /* num_rbf, et_rbf */
+    float cl, cu, alpha;
+    const float *rbf_a, *rbf_b; /* [K] */
+    float rbf_coeff;
+    int act, attn_act, use_dk, use_dv, vc, H, D;
+    int F;                   /* hidden channels */
+} et_edge_common;
+
+/* One attention layer's edge pass. */
+typedef struct et_edge_layer {
+    const float *filt_wt, *filt_b; /* see et_dlayer */
+    const float *qkv;        /* [n][5F] */
+    const float *vec;        /* [n][3][F] layer input vectors (NULL in layer 0: zeros) */
+    float *X;                /* [nl][F] out (forward) */
+    float *V;                /* [nl][3][F] out (forward) */
+    const float *gX;         /* [nl][F] dE/dX (backward) */
+    const float *gV;         /* [nl][3][F] dE/dV (backward) = dE/dvec_out */
+    float *gqkv;             /* [n][5F] out (backward): g_q (receiver pass), g_k, g_v (sender) */
+    float *gvec;             /* [n][3][F] in/out (backward, sender pass): += vec gradient */
+    float4 *gw;              /* [ne] in/out (backward, receiver pass): += dE/dw_e */
+} et_edge_layer;
+
+/* ---- workspace --------------------------------------------------------------------------- */
+typedef struct et_buf {
+    void *p;
+    size_t cap;     /* bytes */
+} et_buf;
+
+enum {
+    B_POS, B_Z, B_COFF, B_CIDX, B_GOWN, B_ROWCNT, B_ROWOFF, B_ESRC, B_EDST, B_EGEO,
+    B_TROFF, B_TREDGE, B_TRKEY, B_TRKEY2, B_EIOTA, B_CUB,
+    B_XS, B_VECS, B_O12, B_H, B_QKV, B_P, B_VDOT, B_X, B_V, B_O,
+    B_GX0, B_GX1, B_GV0, B_GV1, B_GQKV, B_GW, B_GH, B_CAT, B_EA, B_F, B_AV, B_PART,
+    B_XCH, B_COUNT
+};
+
+/* Profile stages (DS4SCI_CUDA_PROFILE). */
+enum {
+    ST_INPUT, ST_EMBED, ST_NODE_FWD, ST_EDGE_FWD, ST_XCH, ST_HEAD, ST_NODE_BWD, ST_EDGE_RECV,
+    ST_EDGE_SEND, ST_FORCES, ST_OUTPUT, ET_NSTAGES
+};
+#define ET_MAX_EVENTS 256
+
+typedef struct ds4sci_cuda_et {
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    et_dmodel m;
+    et_buf buf[B_COUNT];
+    int *h_scalars;          /* pinned: edge count read-back */
+    double *h_red;           /* pinned [8] energy + virial */
+    double *h_xch;           /* pinned [n][4F] host exchange staging */
+    size_t h_xch_cap;        /* doubles */
+    size_t dev_bytes;        /* bytes held in buf[] */
+    int num_sms;
+    /* optional profile (DS4SCI_CUDA_PROFILE=<file>): per-stage event times */
+    char *profile_path;
+    cudaEvent_t ev[ET_MAX_EVENTS];
+    int ev_stage[ET_MAX_EVENTS];
+    int n_ev;
+    double stage_ms[ET_NSTAGES];
+    long profile_calls;
+    size_t peak_used;        /* max of (total - free) device memory after a call */
+    long long last_n, last_ne;
+} ds4sci_cuda_et;
+
+/* ---- error helpers ----------------------------------------------------------------------- */
+#define ET_LAUNCH_CHECK() cudaGetLastError()
+
+/* ---- device helpers ---------------------------------------------------------------------- */
+#ifdef __CUDACC__
+static __device__ __forceinline__ float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Sum over the `width` consecutive lanes that share a head (width a power of two). */
+static __device__ __forceinline__ float group_sum(float v, int width)
+{
+    for (int o = width >> 1; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+static __device__ __forceinline__ float act_f(int a, float x, float *d)
+{
+    return et_activate_grad_f((et_act)a, x, d);
+}
+
+/*
+ * Radial basis function k of an edge of length r: expnorm with the cosine envelope of lower
+ * cutoff 0, or gauss. df (non-NULL) gets its derivative in r.
+ */
+static __device__ __forceinline__ float rbf_k(const et_edge_common &c, float r, float ak, float bk,
+                                              float *df)
+{
+    if (c.rbf == ET_RBF_EXPNORM) {
+        float dphi;
+        float phi = et_cutoff_f(r, 0.0f, c.cu, &dphi);
+        float u = expf(c.alpha * (c.cl - r));
+        return et_expnorm_k_f(u, phi, dphi, c.alpha, ak, bk, df);
+    }
+    float x = r - ak;
+    float v = expf(c.rbf_coeff * (x * x));
+    if (df)
+        *df = v * 2.0f * c.rbf_coeff * x;
+    return v;
+}
+#endif
+
+/*
+ * Flat index into a [3F]-wide, head-interleaved value row of the channel that lane `lane`
+ * holds as its j-th scalar channel f = lane * CPL + j, for part p (0 value, 1 gate 1, 2 gate 2).
+ */
+#define ET_VIDX(f, p, D) (((f) / (D)) * 3 * (D) + (p) * (D) + ((f) % (D)))
+
+/* ---- launchers (each returns cudaGetLastError after its launches) --------------------------- */
+#ifdef __cplusplus
+extern "C" {
+#endif
+/* graph.cu */
+cudaError_t et_graph_count(cudaStream_t s, int nl, const double *pos, const int64_t *coff,
+                           const int *cidx, double cl2, double cu2, int *row_cnt);
+cudaError_t et_graph_fill(cudaStream_t s, int nl, const double *pos, const int64_t *coff,
+                          const int *cidx, double cl2, double cu2, const int *row_off, int *e_src,
+                          int *e_dst, float4 *e_geo);
+cudaError_t et_iota(cudaStream_t s, int n, int *out);
+cudaError_t et_count_by(cudaStream_t s, int ne, const int *key, int *cnt);
+
+/* node.cu */
+cudaError_t et_layernorm(cudaStream_t s, int n, int F, const float *x, const float *w,
+                         const float *b, float *y);
+cudaError_t et_layernorm_bwd(cudaStream_t s, int n, int F, const float *x, const float *w,
+                             const float *gy, float *gx);
+cudaError_t et_node_pre(cudaStream_t s, int n, int F, float *qkv, const float *qkv_b,
+                        const float *P, float *vdot);
+cudaError_t et_node_update(cudaStream_t s, int nl, int F, const float *x, const float *vec,
+                           const float *o, const float *o_b, const float *P, const float *vdot,
+                           const float *X, const float *V, float *x_next, float *vec_next,
+                           float *o12);
+cudaError_t et_node_bwd(cudaStream_t s, int nl, int F, const float *gx, const float *gvec,
+                        const float *o12, float *P, const float *vdot, float *go);
+cudaError_t et_add_bias(cudaStream_t s, int n, int w, float *y, const float *b);
+cudaError_t et_embed_cat(cudaStream_t s, int nl, int F, const int *z, const float *emb,
+                         float *cat);
+cudaError_t et_embed_plain(cudaStream_t s, int nl, int F, const int *z, const float *emb,
+                           float *x);
+cudaError_t et_ghost_gather(cudaStream_t s, int nl, int ng, int w, const int *owner, float *a);
+cudaError_t et_ghost_fold(cudaStream_t s, int nl, int ng, int w, const int *owner, float *a);
+cudaError_t et_pack(cudaStream_t s, int row0, int rows, int F, const float *x, const float *vec,
+                    double *out);
+cudaError_t et_unpack(cudaStream_t s, int row0, int rows, int F, const double *in, float *x,
+                      float *vec, int add);
+cudaError_t et_zero_rows(cudaStream_t s, int row0, int rows, int w, float *a);
+
+/* edge_fwd.cu */
+cudaError_t et_edge_forward(cudaStream_t s, int CPL, int grid, const et_edge_common *c,
+                            const et_edge_layer *l);
+cudaError_t et_ne_forward(cudaStream_t s, int CPL, int grid, const et_edge_common *c,
+                          const float *ne_wt, const float *ne_b, const float *ne_emb,
+                          const int *z, float *cat);
+int et_edge_smem(int CPL, int K, int part_count);
+
+/* edge_bwd.cu */
+cudaError_t et_edge_backward_recv(cudaStream_t s, int CPL, int grid, const et_edge_common *c,
+                                  const et_edge_layer *l);
+cudaError_t et_edge_backward_send(cudaStream_t s, int CPL, int grid, const et_edge_common *c,
+                                  const et_edge_layer *l);
+cudaError_t et_ne_backward(cudaStream_t s, int CPL, int grid, const et_edge_common *c,
+                           const float *ne_wt, const float *ne_b, const float *ne_emb,
+                           const int *z, const float *gm, float4 *gw);
+
+/* head.cu */
+cudaError_t et_head(cudaStream_t s, int nl, const et_dmodel *m, const int *z, const float *x,
+                    const float *vec, double *atom_e, float *gx, float *gvec);
+
+/* forces.cu */
+cudaError_t et_forces(cudaStream_t s, int nl, int n, const int *row_off, const int *tr_off,
+                      const int *tr_edge, const float4 *e_geo, const float4 *gw,
+                      double *forces, double *atom_virial, int n_part, double *part);
+cudaError_t et_sum_energy(cudaStream_t s, int nl, const double *atom_e, int n_part,
+                          double *part);
+cudaError_t et_reduce_parts(cudaStream_t s, int n_part, const double *part, double *out7);
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DS4SCI_ET_CUDA_CUH */

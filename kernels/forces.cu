@@ -1,0 +1,126 @@
+/*
+ * forces.cu - from the accumulated edge gradients g_w = dE/dw_e (w_e = r_s - r_t) to forces
+ * F_t += g_w, F_s -= g_w (ghost rows included, not folded), per-atom virial (each edge term
+ * -w (x) g_w split half to each end) and the fp64 totals. No atomics: every atom walks its
+ * receiver row and its transpose (sender) list; totals reduce in a fixed order.
+ */
+#include "et_cuda.cuh"
+
+#define RED_THREADS 256
+
+/* Block-wide fp64 sum of NV values per thread into out[blockIdx.x * NV + k]. */
+template <int NV>
+static __device__ void block_sum(double (&v)[NV], double *out)
+{
+    __shared__ double s[RED_THREADS / 32][NV];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int k = 0; k < NV; k++) {
+        double x = v[k];
+        for (int o = 16; o > 0; o >>= 1)
+            x += __shfl_xor_sync(0xffffffffu, x, o);
+        if (lane == 0)
+            s[warp][k] = x;
+    }
+    __syncthreads();
+    if (threadIdx.x < NV) {
+        double x = 0.0;
+        for (int w = 0; w < RED_THREADS / 32; w++)
+            x += s[w][threadIdx.x];
+        out[blockIdx.x * NV + threadIdx.x] = x;
+    }
+}
+
+static __global__ void __launch_bounds__(RED_THREADS)
+    k_forces(int nl, int n, const int *__restrict__ row_off, const int *__restrict__ tr_off,
+             const int *__restrict__ tr_edge, const float4 *__restrict__ geo,
+             const float4 *__restrict__ gw, double *__restrict__ forces,
+             double *__restrict__ atom_virial, double *__restrict__ part)
+{
+    double v[6] = {0, 0, 0, 0, 0, 0};
+    for (int a = blockIdx.x * blockDim.x + threadIdx.x; a < n; a += gridDim.x * blockDim.x) {
+        double f[3] = {0, 0, 0}, av[6] = {0, 0, 0, 0, 0, 0};
+        for (int pass = 0; pass < 2; pass++) {
+            int lo, hi;
+            if (pass == 0) {
+                if (a >= nl)
+                    continue;
+                lo = row_off[a];
+                hi = row_off[a + 1];
+            } else {
+                lo = tr_off[a];
+                hi = tr_off[a + 1];
+            }
+            const double sign = pass == 0 ? 1.0 : -1.0;
+            for (int i = lo; i < hi; i++) {
+                const int e = pass == 0 ? i : tr_edge[i];
+                const float4 g = gw[e], w = geo[e];
+                f[0] += sign * g.x;
+                f[1] += sign * g.y;
+                f[2] += sign * g.z;
+                av[0] -= 0.5 * w.x * g.x;
+                av[1] -= 0.5 * w.y * g.y;
+                av[2] -= 0.5 * w.z * g.z;
+                av[3] -= 0.5 * w.x * g.y;
+                av[4] -= 0.5 * w.x * g.z;
+                av[5] -= 0.5 * w.y * g.z;
+            }
+        }
+        if (forces)
+            for (int c = 0; c < 3; c++)
+                forces[(size_t)a * 3 + c] = f[c];
+        if (atom_virial)
+            for (int c = 0; c < 6; c++)
+                atom_virial[(size_t)a * 6 + c] = av[c];
+        for (int c = 0; c < 6; c++)
+            v[c] += av[c];
+    }
+    block_sum<6>(v, part);
+}
+
+static __global__ void __launch_bounds__(RED_THREADS)
+    k_sum_energy(int nl, const double *__restrict__ e, double *__restrict__ part)
+{
+    double v[1] = {0.0};
+    for (int a = blockIdx.x * blockDim.x + threadIdx.x; a < nl; a += gridDim.x * blockDim.x)
+        v[0] += e[a];
+    block_sum<1>(v, part);
+}
+
+/* out7[0] = sum of part[0][0..n_part), out7[1 + k] = sum of part[1 + ...] (see layout below). */
+static __global__ void __launch_bounds__(RED_THREADS)
+    k_reduce_parts(int n_part, const double *__restrict__ part, double *__restrict__ out7)
+{
+    /* part layout: [n_part] energy partials, then [n_part][6] virial partials */
+    double v[7] = {0, 0, 0, 0, 0, 0, 0};
+    for (int i = threadIdx.x; i < n_part; i += blockDim.x) {
+        v[0] += part[i];
+        for (int c = 0; c < 6; c++)
+            v[1 + c] += part[n_part + (size_t)i * 6 + c];
+    }
+    block_sum<7>(v, out7);
+}
+
+extern "C" cudaError_t et_forces(cudaStream_t s, int nl, int n, const int *row_off,
+                                 const int *tr_off, const int *tr_edge, const float4 *e_geo,
+                                 const float4 *gw, double *forces, double *atom_virial,
+                                 int n_part, double *part)
+{
+    k_forces<<<n_part, RED_THREADS, 0, s>>>(nl, n, row_off, tr_off, tr_edge, e_geo, gw, forces,
+                                            atom_virial, part + n_part);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t et_sum_energy(cudaStream_t s, int nl, const double *atom_e, int n_part,
+                                     double *part)
+{
+    k_sum_energy<<<n_part, RED_THREADS, 0, s>>>(nl, atom_e, part);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t et_reduce_parts(cudaStream_t s, int n_part, const double *part,
+                                       double *out7)
+{
+    k_reduce_parts<<<1, RED_THREADS, 0, s>>>(n_part, part, out7);
+    return cudaGetLastError();
+}

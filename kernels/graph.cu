@@ -1,0 +1,123 @@
+/*
+ * graph.cu - the edge list on the GPU: the caller's candidate neighbours (CSR by owned
+ * receiver, may hold a skin) filtered to cl^2 <= d^2 < cu^2, with the self-loop first in each
+ * row, in the caller's candidate order (deterministic). Geometry in fp64, stored as fp32.
+ */
+#include "et_cuda.cuh"
+
+/* One warp per owned receiver: row_cnt[i] = 1 (self-loop) + kept candidates. */
+static __global__ void k_graph_count(int nl, const double *__restrict__ pos,
+                                     const int64_t *__restrict__ coff,
+                                     const int *__restrict__ cidx, double cl2, double cu2,
+                                     int *__restrict__ row_cnt)
+{
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (warp >= nl)
+        return;
+    double px = pos[3 * warp], py = pos[3 * warp + 1], pz = pos[3 * warp + 2];
+    int cnt = 0;
+    for (int64_t c = coff[warp] + lane; c < coff[warp + 1]; c += 32) {
+        int j = cidx[c];
+        double dx = pos[3 * j] - px, dy = pos[3 * j + 1] - py, dz = pos[3 * j + 2] - pz;
+        double d2 = dx * dx + dy * dy + dz * dz;
+        cnt += (d2 >= cl2 && d2 < cu2);
+    }
+    for (int o = 16; o > 0; o >>= 1)
+        cnt += __shfl_xor_sync(0xffffffffu, cnt, o);
+    if (lane == 0)
+        row_cnt[warp] = cnt + 1;
+}
+
+/* One warp per owned receiver: write the self-loop, then the kept candidates in order. */
+static __global__ void k_graph_fill(int nl, const double *__restrict__ pos,
+                                    const int64_t *__restrict__ coff, const int *__restrict__ cidx,
+                                    double cl2, double cu2, const int *__restrict__ row_off,
+                                    int *__restrict__ e_src, int *__restrict__ e_dst,
+                                    float4 *__restrict__ e_geo)
+{
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (warp >= nl)
+        return;
+    int t = warp;
+    double px = pos[3 * t], py = pos[3 * t + 1], pz = pos[3 * t + 2];
+    int out = row_off[t];
+    if (lane == 0) {
+        e_src[out] = t;
+        e_dst[out] = t;
+        e_geo[out] = make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    out++;
+    int64_t c0 = coff[t], c1 = coff[t + 1];
+    for (int64_t base = c0; base < c1; base += 32) {
+        int64_t c = base + lane;
+        bool keep = false;
+        int j = 0;
+        double dx = 0, dy = 0, dz = 0, d2 = 0;
+        if (c < c1) {
+            j = cidx[c];
+            dx = pos[3 * j] - px;
+            dy = pos[3 * j + 1] - py;
+            dz = pos[3 * j + 2] - pz;
+            d2 = dx * dx + dy * dy + dz * dz;
+            keep = d2 >= cl2 && d2 < cu2;
+        }
+        unsigned mask = __ballot_sync(0xffffffffu, keep);
+        if (keep) {
+            int slot = out + __popc(mask & ((1u << lane) - 1u));
+            e_src[slot] = j;
+            e_dst[slot] = t;
+            e_geo[slot] = make_float4((float)dx, (float)dy, (float)dz, (float)sqrt(d2));
+        }
+        out += __popc(mask);
+    }
+}
+
+static __global__ void k_iota(int n, int *out)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        out[i] = i;
+}
+
+static __global__ void k_count_by(int ne, const int *__restrict__ key, int *cnt)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < ne)
+        atomicAdd(&cnt[key[i]], 1); /* integer counts: the result is order-independent */
+}
+
+static int blocks_for(long long n, int per) { return (int)((n + per - 1) / per); }
+
+extern "C" cudaError_t et_graph_count(cudaStream_t s, int nl, const double *pos,
+                                      const int64_t *coff, const int *cidx, double cl2, double cu2,
+                                      int *row_cnt)
+{
+    if (nl > 0)
+        k_graph_count<<<blocks_for((long long)nl * 32, 256), 256, 0, s>>>(nl, pos, coff, cidx, cl2,
+                                                                         cu2, row_cnt);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t et_graph_fill(cudaStream_t s, int nl, const double *pos,
+                                     const int64_t *coff, const int *cidx, double cl2, double cu2,
+                                     const int *row_off, int *e_src, int *e_dst, float4 *e_geo)
+{
+    if (nl > 0)
+        k_graph_fill<<<blocks_for((long long)nl * 32, 256), 256, 0, s>>>(
+            nl, pos, coff, cidx, cl2, cu2, row_off, e_src, e_dst, e_geo);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t et_iota(cudaStream_t s, int n, int *out)
+{
+    if (n > 0)
+        k_iota<<<blocks_for(n, 256), 256, 0, s>>>(n, out);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t et_count_by(cudaStream_t s, int ne, const int *key, int *cnt)
+{
+    if (ne > 0)
+        k_count_by<<<blocks_for(ne, 256), 256, 0, s>>>(ne, key, cnt);
+    return cudaGetLastError();
+}

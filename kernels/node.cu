@@ -1,0 +1,344 @@
+/*
+ * node.cu - per-atom work of the ET layers that is not a GEMM: LayerNorm and its backward,
+ * biases, vdot, the residual updates and their backward, the embeddings, and ghost rows
+ * (built-in gather/fold on the GPU, packing for a host exchange). ET_SPEC.md section 4.
+ */
+#include "et_cuda.cuh"
+
+static int nblk(long long n, int per) { return (int)((n + per - 1) / per); }
+
+/* y = LayerNorm(x) (biased variance, eps 1e-5), one warp per row. */
+static __global__ void k_layernorm(int n, int F, const float *__restrict__ x,
+                                   const float *__restrict__ w, const float *__restrict__ b,
+                                   float *__restrict__ y)
+{
+    int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (row >= n)
+        return;
+    const float *xr = x + (size_t)row * F;
+    float s = 0.f;
+    for (int f = lane; f < F; f += 32)
+        s += xr[f];
+    float mu = warp_sum(s) / F;
+    float v = 0.f;
+    for (int f = lane; f < F; f += 32) {
+        float d = xr[f] - mu;
+        v += d * d;
+    }
+    float rs = rsqrtf(warp_sum(v) / F + 1e-5f);
+    for (int f = lane; f < F; f += 32)
+        y[(size_t)row * F + f] = (xr[f] - mu) * rs * w[f] + b[f];
+}
+
+/* gx += LayerNorm backward: rs (gh - mean(gh) - xh mean(gh xh)), gh = w gy. */
+static __global__ void k_layernorm_bwd(int n, int F, const float *__restrict__ x,
+                                       const float *__restrict__ w, const float *__restrict__ gy,
+                                       float *__restrict__ gx)
+{
+    int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (row >= n)
+        return;
+    const float *xr = x + (size_t)row * F;
+    const float *gr = gy + (size_t)row * F;
+    float s = 0.f;
+    for (int f = lane; f < F; f += 32)
+        s += xr[f];
+    float mu = warp_sum(s) / F;
+    float v = 0.f;
+    for (int f = lane; f < F; f += 32) {
+        float d = xr[f] - mu;
+        v += d * d;
+    }
+    float rs = rsqrtf(warp_sum(v) / F + 1e-5f);
+    float m1 = 0.f, m2 = 0.f;
+    for (int f = lane; f < F; f += 32) {
+        float gh = w[f] * gr[f];
+        m1 += gh;
+        m2 += gh * (xr[f] - mu) * rs;
+    }
+    m1 = warp_sum(m1) / F;
+    m2 = warp_sum(m2) / F;
+    for (int f = lane; f < F; f += 32) {
+        float xh = (xr[f] - mu) * rs;
+        gx[(size_t)row * F + f] += rs * (w[f] * gr[f] - m1 - xh * m2);
+    }
+}
+
+/* y[i][j] += b[j], y [n][w]. */
+static __global__ void k_add_bias(long long total, int w, float *__restrict__ y,
+                                  const float *__restrict__ b)
+{
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < total)
+        y[i] += b[i % w];
+}
+
+/* vdot[i][f] = sum_c P1[i][c][f] P2[i][c][f], P [n][3][3F]. */
+static __global__ void k_vdot(int n, int F, const float *__restrict__ P, float *__restrict__ vdot)
+{
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n * F)
+        return;
+    long long a = i / F;
+    int f = (int)(i % F);
+    const float *p = P + a * 9 * F;
+    float s = 0.f;
+    for (int c = 0; c < 3; c++)
+        s += p[c * 3 * F + f] * p[c * 3 * F + F + f];
+    vdot[i] = s;
+}
+
+/*
+ * Residual update of owned atoms (o without bias on input):
+ *   o1, o2, o3 = o + b_o; x' = x + vdot o2 + o3; vec'[c] = vec[c] + P3[c] o1 + V[c];
+ *   o12 keeps (o1, o2) for the backward. vec, P, vdot NULL mean zeros (layer 0).
+ */
+static __global__ void k_node_update(int nl, int F, const float *__restrict__ x,
+                                     const float *__restrict__ vec, const float *__restrict__ o,
+                                     const float *__restrict__ ob, const float *__restrict__ P,
+                                     const float *__restrict__ vdot, const float *__restrict__ X,
+                                     const float *__restrict__ V, float *__restrict__ xn,
+                                     float *__restrict__ vn, float *__restrict__ o12)
+{
+    (void)X;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)nl * F)
+        return;
+    long long t = i / F;
+    int f = (int)(i % F);
+    const float *orow = o + t * 3 * F;
+    float o1 = orow[f] + ob[f], o2 = orow[F + f] + ob[F + f], o3 = orow[2 * F + f] + ob[2 * F + f];
+    float vd = vdot ? vdot[i] : 0.f;
+    xn[i] = x[i] + vd * o2 + o3;
+    for (int c = 0; c < 3; c++) {
+        long long vi = (t * 3 + c) * F + f;
+        float p3 = P ? P[(t * 3 + c) * 3 * F + 2 * F + f] : 0.f;
+        float v0 = vec ? vec[vi] : 0.f;
+        vn[vi] = v0 + p3 * o1 + V[vi];
+    }
+    o12[t * 2 * F + f] = o1;
+    o12[t * 2 * F + F + f] = o2;
+}
+
+/*
+ * Backward of the update for owned atoms, given gx = dE/dx', gvec = dE/dvec':
+ *   g_o1 = sum_c gvec[c] P3[c]; g_o2 = gx vdot; g_o3 = gx -> go [nl][3F];
+ *   g_P1 = gx o2 P2, g_P2 = gx o2 P1, g_P3 = gvec o1 -> written over P (P NULL: layer 0).
+ */
+static __global__ void k_node_bwd(int nl, int F, const float *__restrict__ gx,
+                                  const float *__restrict__ gvec, const float *__restrict__ o12,
+                                  float *__restrict__ P, const float *__restrict__ vdot,
+                                  float *__restrict__ go)
+{
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)nl * F)
+        return;
+    long long t = i / F;
+    int f = (int)(i % F);
+    float o1 = o12[t * 2 * F + f], o2 = o12[t * 2 * F + F + f];
+    float g = gx[i];
+    float go1 = 0.f;
+    if (P) {
+        float gvd = g * o2;
+        for (int c = 0; c < 3; c++) {
+            float *p = P + (t * 3 + c) * 3 * F;
+            float gv = gvec[(t * 3 + c) * F + f];
+            float p1 = p[f], p2 = p[F + f], p3 = p[2 * F + f];
+            go1 += gv * p3;
+            p[f] = gvd * p2;
+            p[F + f] = gvd * p1;
+            p[2 * F + f] = gv * o1;
+        }
+    }
+    go[t * 3 * F + f] = go1;
+    go[t * 3 * F + F + f] = vdot ? g * vdot[i] : 0.f;
+    go[t * 3 * F + 2 * F + f] = g;
+}
+
+/* cat[t][0:F] = emb[z_t] (the neighbour embedding fills cat[t][F:2F]). */
+static __global__ void k_embed(int nl, int F, int ld, const int *__restrict__ z,
+                               const float *__restrict__ emb, float *__restrict__ out)
+{
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)nl * F)
+        return;
+    long long t = i / F;
+    int f = (int)(i % F);
+    out[t * ld + f] = emb[(size_t)z[t] * F + f];
+}
+
+/* Built-in exchange: ghost rows = owner rows; and the adjoint (add ghost rows into owners). */
+static __global__ void k_ghost_gather(int nl, int ng, int w, const int *__restrict__ owner,
+                                      float *a)
+{
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)ng * w)
+        return;
+    long long g = i / w;
+    int j = (int)(i % w);
+    a[(nl + g) * w + j] = a[(long long)owner[g] * w + j];
+}
+
+static __global__ void k_ghost_fold(int nl, int ng, int w, const int *__restrict__ owner, float *a)
+{
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)ng * w)
+        return;
+    long long g = i / w;
+    int j = (int)(i % w);
+    float v = a[(nl + g) * w + j];
+    a[(nl + g) * w + j] = 0.f;
+    if (v != 0.f)
+        atomicAdd(&a[(long long)owner[g] * w + j], v);
+}
+
+/* Host exchange rows: out[r] = (x[row0 + r], vec[row0 + r]) as doubles (width F or 4F). */
+static __global__ void k_pack(int row0, int rows, int F, const float *__restrict__ x,
+                              const float *__restrict__ vec, double *__restrict__ out)
+{
+    int w = vec ? 4 * F : F;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)rows * w)
+        return;
+    long long r = i / w;
+    int j = (int)(i % w);
+    long long a = row0 + r;
+    out[i] = j < F ? (double)x[a * F + j] : (double)vec[a * 3 * F + (j - F)];
+}
+
+static __global__ void k_unpack(int row0, int rows, int F, const double *__restrict__ in,
+                                float *__restrict__ x, float *__restrict__ vec, int add)
+{
+    int w = vec ? 4 * F : F;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)rows * w)
+        return;
+    long long r = i / w;
+    int j = (int)(i % w);
+    long long a = row0 + r;
+    float *d = j < F ? &x[a * F + j] : &vec[a * 3 * F + (j - F)];
+    *d = add ? *d + (float)in[i] : (float)in[i];
+}
+
+static __global__ void k_zero_rows(long long total, float *a)
+{
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < total)
+        a[i] = 0.f;
+}
+
+/* ---- launchers ------------------------------------------------------------------------- */
+#define WARP_GRID(n) nblk((long long)(n) * 32, 32 * ET_WARPS), 32 * ET_WARPS
+
+extern "C" cudaError_t et_layernorm(cudaStream_t s, int n, int F, const float *x, const float *w,
+                                    const float *b, float *y)
+{
+    if (n > 0)
+        k_layernorm<<<WARP_GRID(n), 0, s>>>(n, F, x, w, b, y);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t et_layernorm_bwd(cudaStream_t s, int n, int F, const float *x,
+                                        const float *w, const float *gy, float *gx)
+{
+    if (n > 0)
+        k_layernorm_bwd<<<WARP_GRID(n), 0, s>>>(n, F, x, w, gy, gx);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t et_add_bias(cudaStream_t s, int n, int w, float *y, const float *b)
+{
+    long long total = (long long)n * w;
+    if (total > 0)
+        k_add_bias<<<nblk(total, 256), 256, 0, s>>>(total, w, y, b);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t et_node_pre(cudaStream_t s, int n, int F, float *qkv, const float *qkv_b,
+                                   const float *P, float *vdot)
+{
+    cudaError_t e = et_add_bias(s, n, 5 * F, qkv, qkv_b);
+    if (e != cudaSuccess)
+        return e;
+    if (P && n > 0)
+        k_vdot<<<nblk((long long)n * F, 256), 256, 0, s>>>(n, F, P, vdot);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t et_node_update(cudaStream_t s, int nl, int F, const float *x,
+                                      const float *vec, const float *o, const float *o_b,
+                                      const float *P, const float *vdot, const float *X,
+                                      const float *V, float *x_next, float *vec_next, float *o12)
+{
+    if (nl > 0)
+        k_node_update<<<nblk((long long)nl * F, 256), 256, 0, s>>>(nl, F, x, vec, o, o_b, P, vdot,
+                                                                   X, V, x_next, vec_next, o12);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t et_node_bwd(cudaStream_t s, int nl, int F, const float *gx,
+                                   const float *gvec, const float *o12, float *P,
+                                   const float *vdot, float *go)
+{
+    if (nl > 0)
+        k_node_bwd<<<nblk((long long)nl * F, 256), 256, 0, s>>>(nl, F, gx, gvec, o12, P, vdot, go);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t et_embed_cat(cudaStream_t s, int nl, int F, const int *z, const float *emb,
+                                    float *cat)
+{
+    if (nl > 0)
+        k_embed<<<nblk((long long)nl * F, 256), 256, 0, s>>>(nl, F, 2 * F, z, emb, cat);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t et_embed_plain(cudaStream_t s, int nl, int F, const int *z,
+                                      const float *emb, float *x)
+{
+    if (nl > 0)
+        k_embed<<<nblk((long long)nl * F, 256), 256, 0, s>>>(nl, F, F, z, emb, x);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t et_ghost_gather(cudaStream_t s, int nl, int ng, int w, const int *owner,
+                                       float *a)
+{
+    if (ng > 0)
+        k_ghost_gather<<<nblk((long long)ng * w, 256), 256, 0, s>>>(nl, ng, w, owner, a);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t et_ghost_fold(cudaStream_t s, int nl, int ng, int w, const int *owner,
+                                     float *a)
+{
+    if (ng > 0)
+        k_ghost_fold<<<nblk((long long)ng * w, 256), 256, 0, s>>>(nl, ng, w, owner, a);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t et_pack(cudaStream_t s, int row0, int rows, int F, const float *x,
+                               const float *vec, double *out)
+{
+    long long total = (long long)rows * (vec ? 4 * F : F);
+    if (total > 0)
+        k_pack<<<nblk(total, 256), 256, 0, s>>>(row0, rows, F, x, vec, out);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t et_unpack(cudaStream_t s, int row0, int rows, int F, const double *in,
+                                 float *x, float *vec, int add)
+{
+    long long total = (long long)rows * (vec ? 4 * F : F);
+    if (total > 0)
+        k_unpack<<<nblk(total, 256), 256, 0, s>>>(row0, rows, F, in, x, vec, add);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t et_zero_rows(cudaStream_t s, int row0, int rows, int w, float *a)
+{
+    long long total = (long long)rows * w;
+    if (total > 0)
+        k_zero_rows<<<nblk(total, 256), 256, 0, s>>>(total, a + (long long)row0 * w);
+    return cudaGetLastError();
+}
