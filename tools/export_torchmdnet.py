@@ -14,6 +14,7 @@ Example:
 """
 import argparse
 import json
+import re
 import struct
 import sys
 
@@ -38,6 +39,9 @@ def parse_elements(text):
         if not sep or not sym.strip() or not z.strip().isdigit():
             raise ExportError(f"--elements: '{item}' is not SYMBOL:Z (e.g. H:1)")
         sym = sym.strip()
+        if not re.fullmatch(r"[A-Za-z0-9_+-]{1,15}", sym):
+            raise ExportError(f"--elements: symbol '{sym}' must be 1-15 characters of "
+                              "A-Z a-z 0-9 _ - +")
         if sym in elements:
             raise ExportError(f"--elements: {sym} given twice")
         elements[sym] = int(z)
@@ -167,6 +171,12 @@ def export(ckpt, out, elements, units, name, description="", dtype=None, enable_
     except KeyError as e:
         raise ExportError(f"{ckpt}: checkpoint lacks hyperparameter {e} (not a TorchMD-Net "
                           "checkpoint?)") from e
+    except RuntimeError as e:
+        if re.search(r"vec[12]?_proj\.bias", str(e)):
+            raise ExportError(f"{ckpt}: vector-feature biases (vec_proj.bias / vec1_proj.bias) "
+                              "mark a TorchMD-Net model from before 0.2.1 (2022), whose ET math "
+                              "ds4sci does not implement") from e
+        raise ExportError(f"{ckpt}: TorchMD-Net could not load it: {e}") from e
     if not hasattr(model, "representation_model"):
         raise ExportError(f"{ckpt}: loaded a {type(model).__name__}, expected one TorchMD_Net "
                           "model (ensembles are not supported)")
