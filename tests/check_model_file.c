@@ -468,6 +468,32 @@ START_TEST(test_memory_load_names_and_api_edges) {
 }
 END_TEST
 
+START_TEST(test_random_potential_matches_model_card) {
+    /* potentials/random-et-HO.md: F64 L3 K16 H4, cutoff 4, vector_cutoff on, H and O, A/eV */
+    ds4sci_model *m = NULL;
+    char err[512];
+    ck_assert_msg(ds4sci_model_load(DS4SCI_TEST_DATA "/../potentials/random-et-HO.safetensors", &m,
+                                    err, sizeof err) == DS4SCI_OK,
+                  "%s", err);
+    const ds4sci_model_info *info = ds4sci_model_get_info(m);
+    ck_assert_int_eq(info->hidden_channels, 64);
+    ck_assert_int_eq(info->num_layers, 3);
+    ck_assert_int_eq(info->num_rbf, 16);
+    ck_assert_int_eq(info->num_heads, 4);
+    ck_assert_double_eq(info->cutoff_upper, 4.0);
+    ck_assert_double_eq(info->cutoff_lower, 0.0);
+    ck_assert_int_eq(info->vector_cutoff, 1);
+    ck_assert_ptr_null(info->warning);
+    ck_assert_int_eq(info->n_elements, 2);
+    ck_assert_int_eq(ds4sci_model_element_z(m, "H"), 1);
+    ck_assert_int_eq(ds4sci_model_element_z(m, "O"), 8);
+    ck_assert_str_eq(info->length_unit, "angstrom");
+    ck_assert_str_eq(info->energy_unit, "eV");
+    ck_assert_ptr_nonnull(strstr(info->description, "RANDOM WEIGHTS"));
+    ds4sci_model_free(m);
+}
+END_TEST
+
 /* ---- bad files ------------------------------------------------------------------------------ */
 
 START_TEST(test_missing_file) {
@@ -817,6 +843,7 @@ static Suite *model_file_suite(void) {
     tcase_add_test(good, test_distance_influence_and_activations);
     tcase_add_test(good, test_scalar_shape_one_accepted_and_ignored_tensors);
     tcase_add_test(good, test_memory_load_names_and_api_edges);
+    tcase_add_test(good, test_random_potential_matches_model_card);
     suite_add_tcase(s, good);
 
     TCase *bad = tcase_create("bad");
