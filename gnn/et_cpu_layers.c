@@ -124,6 +124,29 @@ static void layernorm_bwd_acc(double *gx, const double *x, double mu, double rs,
         gx[i] += rs * (gamma[i] * gy[i] - m1 - (x[i] - mu) * rs * m2);
 }
 
+/* x[i] <- act(x[i]) for i < n, with act'(x[i]) in dy[i] when dy is non-NULL; one loop per
+   activation so the scalar function inlines. */
+static void activate_vec(et_act a, double *x, double *dy, int n)
+{
+    double d;
+#define ACT_LOOP(fn)                                                                               \
+    for (int i = 0; i < n; i++) {                                                              \
+        x[i] = fn(x[i], &d);                                                                   \
+        if (dy)                                                                                \
+            dy[i] = d;                                                                         \
+    }                                                                                          \
+    break;
+    switch (a) {
+    case ET_ACT_SSP: ACT_LOOP(et_ssp_grad)
+    case ET_ACT_TANH: ACT_LOOP(et_tanh_grad)
+    case ET_ACT_SIGMOID: ACT_LOOP(et_sigmoid_grad)
+    case ET_ACT_MISH: ACT_LOOP(et_mish_grad)
+    case ET_ACT_SILU:
+    default: ACT_LOOP(et_silu_grad)
+    }
+#undef ACT_LOOP
+}
+
 /* Edge filters of one layer: dk = act(W_dk f + b) [F], dv = act(W_dv f + b) [3F], with their
    activation derivatives at the pre-activation when dkg / dvg are non-NULL. */
 static void edge_filters(const et_desc *d, const et_layer *ly, const struct cpu_wt *wt,
@@ -132,13 +155,11 @@ static void edge_filters(const et_desc *d, const et_layer *ly, const struct cpu_
     const int F = d->F, K = d->K;
     if (d->dist_influence & ET_DI_KEYS) {
         lin_t(dk, wt->dk, ly->dk_b, f, F, K);
-        for (int i = 0; i < F; i++)
-            dk[i] = et_activate_grad(d->act, dk[i], dkg ? &dkg[i] : NULL);
+        activate_vec(d->act, dk, dkg, F);
     }
     if (d->dist_influence & ET_DI_VALUES) {
         lin_t(dv, wt->dv, ly->dv_b, f, 3 * F, K);
-        for (int i = 0; i < 3 * F; i++)
-            dv[i] = et_activate_grad(d->act, dv[i], dvg ? &dvg[i] : NULL);
+        activate_vec(d->act, dv, dvg, 3 * F);
     }
 }
 

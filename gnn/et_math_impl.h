@@ -30,37 +30,66 @@ static inline DS4SCI_HD ET_T ET_FN(et_softplus)(ET_T x)
     return ET_FN(et_softplus_raw)(x);
 }
 
+/* Each activation at x, with its derivative in *dy (never NULL). */
+static inline DS4SCI_HD ET_T ET_FN(et_ssp_grad)(ET_T x, ET_T *dy)
+{
+    /* softplus(x) - float32(ln 2); derivative sigma(x), 1 above the threshold */
+    *dy = x > ET_K(ET_SOFTPLUS_THRESHOLD) ? ET_K(1) : ET_FN(et_sigmoid)(x);
+    return ET_FN(et_softplus)(x) - ET_K(ET_SSP_SHIFT);
+}
+
+static inline DS4SCI_HD ET_T ET_FN(et_silu_grad)(ET_T x, ET_T *dy)
+{
+    /* x sigma(x); derivative sigma (1 + x (1 - sigma)) */
+    ET_T s = ET_FN(et_sigmoid)(x);
+    *dy = s * (ET_K(1) + x * (ET_K(1) - s));
+    return x * s;
+}
+
+static inline DS4SCI_HD ET_T ET_FN(et_tanh_grad)(ET_T x, ET_T *dy)
+{
+    ET_T y = ET_TANH(x);
+    *dy = ET_K(1) - y * y;
+    return y;
+}
+
+static inline DS4SCI_HD ET_T ET_FN(et_sigmoid_grad)(ET_T x, ET_T *dy)
+{
+    ET_T y = ET_FN(et_sigmoid)(x);
+    *dy = y * (ET_K(1) - y);
+    return y;
+}
+
+static inline DS4SCI_HD ET_T ET_FN(et_mish_grad)(ET_T x, ET_T *dy)
+{
+    /* x tanh(sp(x)); derivative tanh(sp) + x sigma (1 - tanh(sp)^2) */
+    ET_T t = ET_TANH(ET_FN(et_softplus_raw)(x));
+    ET_T s = ET_FN(et_sigmoid)(x);
+    *dy = t + x * s * (ET_K(1) - t * t);
+    return x * t;
+}
+
 /* Activation `a` at x; its derivative in *dy when dy is non-NULL. */
 static inline DS4SCI_HD ET_T ET_FN(et_activate_grad)(et_act a, ET_T x, ET_T *dy)
 {
     ET_T y, d;
     switch (a) {
-    case ET_ACT_SSP: /* softplus(x) - float32(ln 2); derivative sigma(x) (1 above threshold) */
-        y = ET_FN(et_softplus)(x) - ET_K(ET_SSP_SHIFT);
-        d = x > ET_K(ET_SOFTPLUS_THRESHOLD) ? ET_K(1) : ET_FN(et_sigmoid)(x);
+    case ET_ACT_SSP:
+        y = ET_FN(et_ssp_grad)(x, &d);
         break;
     case ET_ACT_TANH:
-        y = ET_TANH(x);
-        d = ET_K(1) - y * y;
+        y = ET_FN(et_tanh_grad)(x, &d);
         break;
     case ET_ACT_SIGMOID:
-        y = ET_FN(et_sigmoid)(x);
-        d = y * (ET_K(1) - y);
+        y = ET_FN(et_sigmoid_grad)(x, &d);
         break;
-    case ET_ACT_MISH: { /* x tanh(sp(x)); d = tanh(sp) + x sigma (1 - tanh(sp)^2) */
-        ET_T t = ET_TANH(ET_FN(et_softplus_raw)(x));
-        ET_T s = ET_FN(et_sigmoid)(x);
-        y = x * t;
-        d = t + x * s * (ET_K(1) - t * t);
+    case ET_ACT_MISH:
+        y = ET_FN(et_mish_grad)(x, &d);
         break;
-    }
     case ET_ACT_SILU:
-    default: { /* x sigma(x); d = sigma (1 + x (1 - sigma)) */
-        ET_T s = ET_FN(et_sigmoid)(x);
-        y = x * s;
-        d = s * (ET_K(1) + x * (ET_K(1) - s));
+    default:
+        y = ET_FN(et_silu_grad)(x, &d);
         break;
-    }
     }
     if (dy)
         *dy = d;
