@@ -350,6 +350,40 @@ START_TEST(isolated_atom_and_atom_without_neighbours)
 }
 END_TEST
 
+START_TEST(pair_at_exactly_the_cutoffs)
+{
+    /* TorchMD-Net keeps pairs with cl^2 <= d^2 < cu^2: a pair at exactly cu does not
+       interact (E = sum of isolated atoms), one just inside does; a pair at exactly cl > 0 is
+       kept (with c(cl) = 0 its scalar message vanishes but, without vector_cutoff, its
+       vector message does not, so the energy differs from two isolated atoms). */
+    tu_opts o;
+    tu_opts_default(&o);
+    o.vector_cutoff = 0;
+    o.cutoff_lower = 1.5;
+    o.cutoff_upper = 4.0;
+    et_desc *d = tu_desc_new(&o);
+    ds4sci_ctx *ctx = tu_ctx_cpu(d, 1);
+    int32_t z[2] = {1, 2};
+    double p1[3] = {0, 0, 0};
+    const double e_iso = cluster_ef(ctx, p1, &z[0], 1, 5.0, NULL, NULL) +
+                         cluster_ef(ctx, p1, &z[1], 1, 5.0, NULL, NULL);
+    double pos[6] = {0, 0, 0, 4.0, 0, 0};
+    double e = cluster_ef(ctx, pos, z, 2, 5.0, NULL, NULL);
+    ck_assert_msg(e == e_iso, "pair at exactly cu interacts: %.17g vs %.17g", e, e_iso);
+    pos[3] = nextafter(4.0, 0.0);
+    e = cluster_ef(ctx, pos, z, 2, 5.0, NULL, NULL);
+    ck_assert_msg(fabs(e - e_iso) > 1e-6, "pair just inside cu does not interact");
+    pos[3] = 1.5;
+    e = cluster_ef(ctx, pos, z, 2, 5.0, NULL, NULL);
+    ck_assert_msg(fabs(e - e_iso) > 1e-6, "pair at exactly cl is dropped");
+    pos[3] = nextafter(1.5, 0.0);
+    e = cluster_ef(ctx, pos, z, 2, 5.0, NULL, NULL);
+    ck_assert_msg(e == e_iso, "pair just below cl interacts: %.17g vs %.17g", e, e_iso);
+    ds4sci_ctx_free(ctx);
+    tu_desc_free(d);
+}
+END_TEST
+
 START_TEST(results_independent_of_thread_count)
 {
     tu_opts o;
@@ -826,6 +860,7 @@ static Suite *et_cpu_suite(void)
     tcase_set_timeout(ts, 120);
     tcase_add_loop_test(ts, invariant_to_translation_rotation_permutation, 0, 6);
     tcase_add_loop_test(ts, isolated_atom_and_atom_without_neighbours, 0, TU_N_COMBOS);
+    tcase_add_test(ts, pair_at_exactly_the_cutoffs);
     suite_add_tcase(s, ts);
 
     TCase *tw = tcase_create("workspace");
