@@ -338,6 +338,12 @@ static int builtin_reverse(void *user, double *data, int32_t width)
     return 0;
 }
 
+int ds4sci_exchange_is_builtin(const ds4sci_exchange *exchange)
+{
+    return exchange && exchange->forward == builtin_forward &&
+           exchange->reverse == builtin_reverse;
+}
+
 ds4sci_status ds4sci_compute(ds4sci_ctx *ctx, const ds4sci_system *system,
                              const ds4sci_exchange *exchange, ds4sci_result *result)
 {

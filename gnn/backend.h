@@ -70,6 +70,13 @@ int ds4sci_backend_cuda_available(void);
 ds4sci_status ds4sci_ctx_create_desc(const et_desc *desc, const ds4sci_options *options,
                                      ds4sci_ctx **ctx, char *err, size_t err_len);
 
+/*
+ * 1 if `exchange` is api.c's built-in single-process exchange (driven by
+ * system->ghost_owner). A backend may then refresh and fold ghosts itself (e.g. without
+ * leaving the GPU) instead of calling it, provided the results are the same.
+ */
+int ds4sci_exchange_is_builtin(const ds4sci_exchange *exchange);
+
 /* The backend state of a context (for backend introspection in tests, e.g. et_cpu.h). */
 void *ds4sci_ctx_backend_state(const ds4sci_ctx *ctx);
 
