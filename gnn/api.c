@@ -9,6 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "backend.h"
 #include "ds4sci.h"
@@ -24,6 +27,7 @@ struct ds4sci_ctx {
     void *state;
     unsigned char *z_ok;       /* [max_z] 1 if z is an element of the model */
     char elements[256];        /* "H C N O" for messages */
+    int n_threads;             /* OpenMP threads for validation (options.n_threads or default) */
     char err[1024];
 };
 
@@ -135,6 +139,11 @@ static ds4sci_status ctx_create(const ds4sci_model *model, const et_desc *desc,
     }
     ctx->model = model;
     ctx->desc = desc;
+    ctx->n_threads = opt.n_threads > 0 ? opt.n_threads : 1;
+#ifdef _OPENMP
+    if (opt.n_threads <= 0)
+        ctx->n_threads = omp_get_max_threads();
+#endif
     ctx->backend = be;
     ctx->z_ok = z_ok;
     if (model) {
@@ -288,8 +297,28 @@ static ds4sci_status validate(ds4sci_ctx *ctx, const ds4sci_system *sys,
                         "atom %lld: z = %d is not an element of the model (z in: %s)",
                         (long long)i, (int)z, ctx->elements);
     }
+    /* Pairs: the costly check (every candidate), so in parallel to find the first bad
+       receiver, then serially within it for the message (deterministic either way). */
     const double min2 = DS4SCI_MIN_PAIR_DIST * DS4SCI_MIN_PAIR_DIST;
+    int64_t first_bad = nl;
+#pragma omp parallel for schedule(static) reduction(min : first_bad) num_threads(ctx->n_threads)
     for (int64_t i = 0; i < nl; i++) {
+        const double *pi = sys->pos + 3 * i;
+        for (int64_t k = sys->nbr_offset[i]; k < sys->nbr_offset[i + 1]; k++) {
+            const int32_t j = sys->nbr_index[k];
+            if (j < 0 || j >= n || j == i) {
+                first_bad = i < first_bad ? i : first_bad;
+                break;
+            }
+            const double *pj = sys->pos + 3 * (int64_t)j;
+            const double dx = pj[0] - pi[0], dy = pj[1] - pi[1], dz = pj[2] - pi[2];
+            if (dx * dx + dy * dy + dz * dz < min2) {
+                first_bad = i < first_bad ? i : first_bad;
+                break;
+            }
+        }
+    }
+    for (int64_t i = first_bad; i < nl && i <= first_bad; i++) {
         const double *pi = sys->pos + 3 * i;
         for (int64_t k = sys->nbr_offset[i]; k < sys->nbr_offset[i + 1]; k++) {
             const int32_t j = sys->nbr_index[k];
