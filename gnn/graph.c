@@ -161,6 +161,93 @@ static int inv3(const double m[9], double r[9])
     return 1;
 }
 
+/* Cell-sorted candidates and the search parameters. */
+typedef struct scan {
+    double *cpos;              /* [n][3] positions as given, in cell order */
+    int32_t *cshift;           /* [n][3] wrap shifts S, in cell order */
+    const int32_t *catom;      /* [n] atom at each cell-order slot */
+    const int64_t *cell_start; /* [n_cells + 1] */
+    int ncell[3], reach[3], periodic;
+    double *cwrap;             /* [n][3] wrapped positions p - S B, in cell order */
+    double B[9], cut2, cut2_loose;
+} scan;
+
+/*
+ * Neighbours of the atom at cell-order slot q (in cell `cell`): every (j, M) with
+ * |p_j + M B - p_i| < cutoff other than (i, 0). Counts them when out is NULL; otherwise
+ * writes their indices (j, or the ghost for (j, M), created in b on first sight) to out.
+ * Returns the count, or -1 when a ghost cannot be allocated.
+ */
+static int64_t scan_atom(const scan *sc, int32_t q, int32_t cell, builder *b, int32_t n_atoms,
+                         int32_t *out)
+{
+    const int32_t i = sc->catom[q];
+    const double *pi = sc->cpos + 3 * (size_t)q;
+    const int32_t *si = sc->cshift + 3 * (size_t)q;
+    const double *wi = sc->cwrap + 3 * (size_t)q;
+    const int *nc = sc->ncell;
+    const int c0 = cell % nc[0], c1 = (cell / nc[0]) % nc[1], c2 = cell / (nc[0] * nc[1]);
+    int64_t count = 0;
+    for (int d2 = -sc->reach[2]; d2 <= sc->reach[2]; d2++) {
+        for (int d1 = -sc->reach[1]; d1 <= sc->reach[1]; d1++) {
+            for (int d0 = -sc->reach[0]; d0 <= sc->reach[0]; d0++) {
+                const int a[3] = {c0 + d0, c1 + d1, c2 + d2};
+                int cl[3], L[3], skip = 0;
+                for (int k = 0; k < 3; k++) {
+                    int r = a[k] % nc[k];
+                    if (r < 0)
+                        r += nc[k];
+                    cl[k] = r;
+                    L[k] = (a[k] - r) / nc[k];
+                    if (!sc->periodic && L[k] != 0)
+                        skip = 1;
+                }
+                if (skip)
+                    continue;
+                const size_t cc = ((size_t)cl[2] * nc[1] + cl[1]) * nc[0] + cl[0];
+                const double *B = sc->B;
+                double off[3]; /* L B */
+                for (int c = 0; c < 3; c++)
+                    off[c] = L[0] * B[c] + L[1] * B[3 + c] + L[2] * B[6 + c];
+                for (int64_t t = sc->cell_start[cc]; t < sc->cell_start[cc + 1]; t++) {
+                    /* cheap test in the wrapped frame, exact one below */
+                    const double *wj = sc->cwrap + 3 * (size_t)t;
+                    const double ex = wj[0] + off[0] - wi[0], ey = wj[1] + off[1] - wi[1],
+                                 ez = wj[2] + off[2] - wi[2];
+                    if (ex * ex + ey * ey + ez * ez >= sc->cut2_loose)
+                        continue;
+                    const int32_t j = sc->catom[t];
+                    const int32_t *sj = sc->cshift + 3 * (size_t)t;
+                    ghost_key key;
+                    key.j = j;
+                    int zero = 1;
+                    for (int k = 0; k < 3; k++) {
+                        key.m[k] = L[k] - sj[k] + si[k];
+                        zero &= key.m[k] == 0;
+                    }
+                    if (zero && j == i)
+                        continue;
+                    const double *pj0 = sc->cpos + 3 * (size_t)t;
+                    double pj[3];
+                    for (int c = 0; c < 3; c++)
+                        pj[c] = pj0[c] + (key.m[0] * B[c] + key.m[1] * B[3 + c] + key.m[2] * B[6 + c]);
+                    const double dx = pj[0] - pi[0], dy = pj[1] - pi[1], dz = pj[2] - pi[2];
+                    if (dx * dx + dy * dy + dz * dz >= sc->cut2)
+                        continue;
+                    if (out) {
+                        int64_t idx = zero ? j : ghost_get(b, n_atoms, &key, pj);
+                        if (idx < 0)
+                            return -1;
+                        out[count] = (int32_t)idx;
+                    }
+                    count++;
+                }
+            }
+        }
+    }
+    return count;
+}
+
 ds4sci_status ds4sci_graph_build(const double *pos, const int32_t *z, int32_t n_atoms,
                                  const double *box, double cutoff, ds4sci_graph **graph,
                                  ds4sci_system *system, char *err, size_t err_len)
@@ -256,6 +343,8 @@ ds4sci_status ds4sci_graph_build(const double *pos, const int32_t *z, int32_t n_
     int64_t *offset = (int64_t *)malloc(sizeof(int64_t) * ((size_t)n_atoms + 1));
     builder b;
     memset(&b, 0, sizeof(b));
+    scan sc;
+    memset(&sc, 0, sizeof(sc));
     ds4sci_status status = DS4SCI_ERR_NOMEM;
     if (!g || !shift || !cell_of || !cell_start || !cell_atoms || !offset)
         goto done;
@@ -291,58 +380,47 @@ ds4sci_status ds4sci_graph_build(const double *pos, const int32_t *z, int32_t n_
         free(fill);
     }
 
-    const double cut2 = cutoff * cutoff;
+    /* Candidates in cell order, contiguous per cell (positions, wrap shifts, atom ids), and
+       receivers visited in cell order too: neighbouring receivers share cells, so the
+       search stays in cache for large systems. */
+    sc.cpos = (double *)malloc(sizeof(double) * 3 * ((size_t)n_atoms + 1));
+    sc.cshift = (int32_t *)malloc(sizeof(int32_t) * 3 * ((size_t)n_atoms + 1));
+    sc.cwrap = (double *)malloc(sizeof(double) * 3 * ((size_t)n_atoms + 1));
+    sc.catom = cell_atoms;
+    sc.cell_start = cell_start;
+    if (!sc.cpos || !sc.cshift || !sc.cwrap)
+        goto done;
+    for (int32_t q = 0; q < n_atoms; q++) {
+        const int32_t i = cell_atoms[q];
+        const int32_t *S = shift + 3 * (size_t)i;
+        memcpy(sc.cpos + 3 * (size_t)q, pos + 3 * (size_t)i, sizeof(double) * 3);
+        memcpy(sc.cshift + 3 * (size_t)q, S, sizeof(int32_t) * 3);
+        for (int c = 0; c < 3; c++)
+            sc.cwrap[3 * (size_t)q + c] =
+                pos[3 * (size_t)i + c] - (S[0] * B[c] + S[1] * B[3 + c] + S[2] * B[6 + c]);
+    }
+    memcpy(sc.ncell, ncell, sizeof(ncell));
+    memcpy(sc.reach, reach, sizeof(reach));
+    memcpy(sc.B, B, sizeof(B));
+    sc.periodic = periodic;
+    sc.cut2 = cutoff * cutoff;
+    sc.cut2_loose = sc.cut2 * (1.0 + 1e-9) + 1e-12;
+
+    /* count (parallel, read-only), offsets in atom order, then fill (serial: ghosts are
+       numbered in the order they are first met, receivers in cell order) */
+#pragma omp parallel for schedule(dynamic, 256)
+    for (int32_t q = 0; q < n_atoms; q++)
+        offset[cell_atoms[q] + 1] = scan_atom(&sc, q, cell_of[cell_atoms[q]], NULL, n_atoms, NULL);
     offset[0] = 0;
-    for (int32_t i = 0; i < n_atoms; i++) {
-        const double *pi = pos + 3 * (size_t)i;
-        const int32_t ci = cell_of[i];
-        const int c0 = ci % ncell[0], c1 = (ci / ncell[0]) % ncell[1], c2 = ci / (ncell[0] * ncell[1]);
-        for (int d2 = -reach[2]; d2 <= reach[2]; d2++) {
-            for (int d1 = -reach[1]; d1 <= reach[1]; d1++) {
-                for (int d0 = -reach[0]; d0 <= reach[0]; d0++) {
-                    const int a[3] = {c0 + d0, c1 + d1, c2 + d2};
-                    int cell[3], L[3];
-                    int skip = 0;
-                    for (int k = 0; k < 3; k++) {
-                        int q = a[k] % ncell[k];
-                        if (q < 0)
-                            q += ncell[k];
-                        cell[k] = q;
-                        L[k] = (a[k] - q) / ncell[k];
-                        if (!periodic && L[k] != 0)
-                            skip = 1;
-                    }
-                    if (skip)
-                        continue;
-                    const size_t cc = ((size_t)cell[2] * ncell[1] + cell[1]) * ncell[0] + cell[0];
-                    for (int64_t s = cell_start[cc]; s < cell_start[cc + 1]; s++) {
-                        const int32_t j = cell_atoms[s];
-                        ghost_key key;
-                        key.j = j;
-                        int zero = 1;
-                        for (int k = 0; k < 3; k++) {
-                            key.m[k] = L[k] - shift[3 * j + k] + shift[3 * i + k];
-                            zero &= key.m[k] == 0;
-                        }
-                        if (zero && j == i)
-                            continue;
-                        double pj[3];
-                        for (int c = 0; c < 3; c++)
-                            pj[c] = pos[3 * (size_t)j + c] +
-                                    (key.m[0] * B[c] + key.m[1] * B[3 + c] + key.m[2] * B[6 + c]);
-                        const double dx = pj[0] - pi[0], dy = pj[1] - pi[1], dz = pj[2] - pi[2];
-                        if (dx * dx + dy * dy + dz * dz >= cut2)
-                            continue;
-                        int64_t idx = zero ? j : ghost_get(&b, n_atoms, &key, pj);
-                        if (idx < 0 || !grow((void **)&b.nbr, &b.cap_nbr, b.n_nbr + 1,
-                                             sizeof(int32_t)))
-                            goto done;
-                        b.nbr[b.n_nbr++] = (int32_t)idx;
-                    }
-                }
-            }
-        }
-        offset[i + 1] = (int64_t)b.n_nbr;
+    for (int32_t i = 0; i < n_atoms; i++)
+        offset[i + 1] += offset[i];
+    b.n_nbr = (size_t)offset[n_atoms];
+    if (!grow((void **)&b.nbr, &b.cap_nbr, b.n_nbr + 1, sizeof(int32_t)))
+        goto done;
+    for (int32_t q = 0; q < n_atoms; q++) {
+        const int32_t i = cell_atoms[q];
+        if (scan_atom(&sc, q, cell_of[i], &b, n_atoms, b.nbr + offset[i]) < 0)
+            goto done;
     }
 
     {
@@ -387,6 +465,9 @@ done:
                 (int)n_atoms, b.n_nbr);
     ds4sci_graph_free(g);
     builder_free(&b);
+    free(sc.cpos);
+    free(sc.cshift);
+    free(sc.cwrap);
     free(shift);
     free(cell_of);
     free(cell_start);
