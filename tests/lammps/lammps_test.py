@@ -8,7 +8,7 @@ other MPI rank counts and processor grids, and LAMMPS's error messages for bad i
 
 Standard library only. Usage:
   lammps_test.py --lmp LMP --plugin PLUGIN.so --golden DIR --workdir DIR [--mpiexec MPIRUN] CASE
-Cases: golden:<name> (one golden JSON), ranks, fd, nve, restart, errors.
+Cases: golden:<name> (one golden JSON), ranks, fd, nve, units, restart, errors.
 """
 import argparse
 import json
@@ -446,6 +446,35 @@ def case_nve(lmp, args):
 
 
 # ----------------------------------------------------------------------------------------------
+# units: a model in eV under LAMMPS units real (kcal/mol): energies and forces converted
+# ----------------------------------------------------------------------------------------------
+
+# 1 eV in kcal/mol from the exact SI constants (e, N_A) and the thermochemical calorie.
+KCAL_MOL_PER_EV = 1.602176634e-19 * 6.02214076e23 / 4184.0
+
+
+def case_units(lmp, args):
+    model, _, system = small_golden(args, "box_orthorhombic")
+    data = lmp.path("orth.data")
+    elements = write_data(data, system["z"], system["pos"], system["box"])
+    script = (header(data, model, elements).replace("units metal", "units real") +
+              "thermo_modify format float %.17g\n"
+              "dump f all custom 1 real.dump id fx fy fz\n"
+              "dump_modify f sort id format float %.17g\nrun 0\n"
+              'print "RESULT pe $(pe:%.17g)"\n')
+    _, out = lmp.run("units_real", script)
+    check("energies converted from the model's eV to kcal/mol" in out,
+          "units real: the log does not say that energies are converted")
+    pe = results(out)["pe"][0]
+    want = system["energy_f64"] * KCAL_MOL_PER_EV
+    check(rel_err(pe, want) < 1e-10, "units real: pe %.17g kcal/mol, expected %.17g" % (pe, want))
+    ref_f = {i + 1: [c * KCAL_MOL_PER_EV for c in f] for i, f in enumerate(system["forces_f64"])}
+    ferr = max_force_err(read_dump(lmp.path("real.dump")), ref_f)
+    check(ferr < 1e-10, "units real: forces differ from golden x %.6f by %.2e" % (KCAL_MOL_PER_EV, ferr))
+    print("ok units real: pe %.12g kcal/mol = golden %.12g eV x %.8f" % (pe, system["energy_f64"], KCAL_MOL_PER_EV))
+
+
+# ----------------------------------------------------------------------------------------------
 # restart: write_restart / read_restart + pair_style again continues the same trajectory
 # ----------------------------------------------------------------------------------------------
 
@@ -555,7 +584,7 @@ def main():
             case_golden(lmp, args, args.case.split(":", 1)[1])
         else:
             {"ranks": case_ranks, "fd": case_fd, "nve": case_nve, "restart": case_restart,
-             "errors": case_errors}[args.case](lmp, args)
+             "units": case_units, "errors": case_errors}[args.case](lmp, args)
     except Failure as e:
         print("FAIL %s: %s" % (args.case, e))
         return 1
