@@ -61,21 +61,24 @@ void tu_opts_default(tu_opts *o)
 
 void tu_opts_combo(tu_opts *o, int idx)
 {
+    /* bits of idx: every combination of rbf x neighbour embedding x distance_influence x
+       vector_cutoff x (cutoff_lower = 0 or > 0); activations: all 25 (act, attn_act) pairs
+       appear for idx < 25, each value about 13 times in each role overall. */
     tu_opts_default(o);
     o->seed = 1000 + (uint64_t)idx;
-    o->rbf = (idx % 2) ? ET_RBF_GAUSS : ET_RBF_EXPNORM;
-    o->neighbor_embedding = (idx / 2) % 2 == 0;
-    o->dist_influence = (idx + idx / 4) % 4; /* 0 none, 1 keys, 2 values, 3 both */
+    o->rbf = (idx & 1) ? ET_RBF_GAUSS : ET_RBF_EXPNORM;
+    o->neighbor_embedding = (idx >> 1) & 1;
+    o->dist_influence = (idx >> 2) & 3; /* 0 none, 1 keys, 2 values, 3 both */
+    o->vector_cutoff = (idx >> 4) & 1;
+    o->cutoff_lower = ((idx >> 5) & 1) ? 0.7 : 0.0;
     o->act = (et_act)(idx % 5);
-    o->attn_act = (et_act)((idx / 5 + idx) % 5);
-    o->vector_cutoff = (idx / 3) % 2 == 0;
-    o->cutoff_lower = (idx % 3 == 1) ? 0.7 : 0.0;
-    o->atomref = (idx % 4) == 3;
-    if (idx % 6 == 5) {
+    o->attn_act = (et_act)((idx / 5) % 5);
+    o->atomref = idx % 3 == 0;
+    if (idx % 7 == 3) {
         o->std = 1.7;
         o->mean = -3.25;
     }
-    if (idx % 8 == 7) {
+    if (idx % 9 == 4) {
         o->F = 24;
         o->H = 3;
         o->L = 3;

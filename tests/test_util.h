@@ -37,9 +37,11 @@ typedef struct tu_opts {
 } tu_opts;
 void tu_opts_default(tu_opts *o);
 
-/* One option combination from an index (covers every value of every option and many
-   pairs as idx runs over 0 .. TU_N_COMBOS-1), on top of tu_opts_default. */
-#define TU_N_COMBOS 24
+/* One option combination from an index, on top of tu_opts_default: as idx runs over
+   0 .. TU_N_COMBOS-1, every combination of rbf, neighbour embedding, distance_influence,
+   vector_cutoff and cutoff_lower (0 or > 0), with all activation pairs, Atomref, std/mean
+   and a second model shape spread over them. */
+#define TU_N_COMBOS 64
 void tu_opts_combo(tu_opts *o, int idx);
 const char *tu_opts_describe(const tu_opts *o, char *buf, size_t len);
 
