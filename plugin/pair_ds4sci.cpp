@@ -54,6 +54,14 @@ bool lammps_units(const char *style, std::string &length, std::string &energy)
   return false;
 }
 
+// "H C N O": the model's element symbols, for messages.
+std::string element_list(const ds4sci_model_info *info)
+{
+  std::string list;
+  for (int i = 0; i < info->n_elements; i++) list += std::string(i ? " " : "") + info->element_symbols[i];
+  return list;
+}
+
 // Non-null pointer for an empty array: the core rejects NULL for required arrays.
 template <typename T> T *data_or_dummy(std::vector<T> &v)
 {
@@ -187,18 +195,15 @@ void PairDS4SCI::settings(int narg, char **arg)
   comm_forward = comm_reverse = 4 * info->hidden_channels;
 
   if (comm->me == 0) {
-    std::string elements;
-    for (int i = 0; i < info->n_elements; i++)
-      elements += std::string(i ? " " : "") + info->element_symbols[i];
-    std::string msg = "pair_style ds4sci: model " + std::string(info->path);
-    if (info->name[0]) msg += " (" + std::string(info->name) + ")";
-    msg += "\n  elements " + elements + ", cutoff " + std::to_string(info->cutoff_upper) + " " +
-        info->length_unit + ", F " + std::to_string(info->hidden_channels) + ", layers " +
-        std::to_string(info->num_layers) + ", backend " + ds4sci_ctx_backend_name(ctx) + "\n";
+    utils::logmesg(lmp,
+                   "pair_style ds4sci: model {} ({})\n  elements {}, cutoff {} {}, F {}, layers {}, "
+                   "backend {}\n",
+                   info->path, info->name, element_list(info), info->cutoff_upper,
+                   info->length_unit, info->hidden_channels, info->num_layers,
+                   ds4sci_ctx_backend_name(ctx));
     if (energy_scale != 1.0)
-      msg += "  energies converted from the model's " + std::string(info->energy_unit) + " to " +
-          energy + " (x " + std::to_string(energy_scale) + ")\n";
-    utils::logmesg(lmp, msg);
+      utils::logmesg(lmp, "  energies converted from the model's {} to {} (x {:.10g})\n",
+                     info->energy_unit, energy, energy_scale);
     if (info->warning) error->warning(FLERR, std::string("pair_style ds4sci: ") + info->warning);
   }
 }
@@ -230,14 +235,10 @@ void PairDS4SCI::coeff(int narg, char **arg)
     const char *symbol = arg[t + 1];
     if (strcmp(symbol, "NULL") == 0) continue;
     type_z[t] = ds4sci_model_element_z(model, symbol);
-    if (type_z[t] < 0) {
-      std::string elements;
-      for (int i = 0; i < info->n_elements; i++)
-        elements += std::string(i ? " " : "") + info->element_symbols[i];
+    if (type_z[t] < 0)
       error->all(FLERR, "pair_coeff: element " + std::string(symbol) + " (atom type " +
                             std::to_string(t) + ") is not in the model " + info->path +
-                            ", which has " + elements);
-    }
+                            ", which has " + element_list(info));
   }
   // Every type pair is "set": NULL types are checked against the atoms in init_style.
   for (int i = 1; i <= ntypes; i++)
@@ -348,9 +349,16 @@ void PairDS4SCI::compute(int eflag, int vflag)
   }
 
   const ds4sci_status status = ds4sci_compute(ctx, &system, &exchange, &result);
-  if (status != DS4SCI_OK)
+  if (status != DS4SCI_OK) {
+    // The core numbers atoms locally (owned, then ghosts); name the LAMMPS atom too.
+    std::string where;
+    for (int i = 0; i < nall && where.empty(); i++)
+      if (!std::isfinite(atom->x[i][0]) || !std::isfinite(atom->x[i][1]) ||
+          !std::isfinite(atom->x[i][2]))
+        where = " (LAMMPS atom ID " + std::to_string(atom->tag[i]) + " has a non-finite position)";
     error->one(FLERR, std::string("pair_style ds4sci: ") + ds4sci_status_name(status) + ": " +
-                          ds4sci_ctx_error(ctx));
+                          ds4sci_ctx_error(ctx) + where);
+  }
 
   // Forces on owned atoms and ghosts; LAMMPS's reverse comm (newton on) folds the ghosts.
   const double s = energy_scale;

@@ -543,7 +543,7 @@ def case_errors(lmp, args):
         ("nan_position", script(post="neigh_modify every 1000 delay 0 check no\n"
                                 "variable bad atom 1e308*10-1e308*10\n"
                                 "set atom 1 vx v_bad\ntimestep 0.001\nfix 1 all nve\nrun 2\n"),
-         "DS4SCI_ERR_INPUT"),
+         "LAMMPS atom ID 1 has a non-finite position"),
     ]
     if not shutil.which("nvidia-smi") or subprocess.run(
             ["nvidia-smi", "-L"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode:
