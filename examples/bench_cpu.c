@@ -21,8 +21,7 @@
 
 #include "ds4sci.h"
 
-static double now(void)
-{
+static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
@@ -30,8 +29,7 @@ static double now(void)
 
 static uint64_t rng_state = 12345;
 
-static double uniform(void)
-{
+static double uniform(void) {
     uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
@@ -39,20 +37,17 @@ static double uniform(void)
     return (double)(z >> 11) * (1.0 / 9007199254740992.0);
 }
 
-static double normal(void)
-{
+static double normal(void) {
     double u1 = uniform(), u2 = uniform();
     return sqrt(-2.0 * log(u1 > 1e-300 ? u1 : 1e-300)) * cos(2.0 * 3.14159265358979323846 * u2);
 }
 
-static int cmp_double(const void *a, const void *b)
-{
+static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     const char *path = argc > 1 ? argv[1] : "tests/golden/typical.safetensors";
     const int n = argc > 2 ? atoi(argv[2]) : 1000;
     const int steps = argc > 3 ? atoi(argv[3]) : 5;
@@ -121,7 +116,8 @@ int main(int argc, char **argv)
             times[s] = dt;
     }
     qsort(times, (size_t)steps, sizeof(double), cmp_double);
-    const double med = steps % 2 ? times[steps / 2] : 0.5 * (times[steps / 2 - 1] + times[steps / 2]);
+    const double med =
+        steps % 2 ? times[steps / 2] : 0.5 * (times[steps / 2 - 1] + times[steps / 2]);
     int threads = 1;
 #ifdef _OPENMP
     threads = omp_get_max_threads();

@@ -25,31 +25,39 @@ struct ds4sci_ctx {
     const et_desc *desc;
     const ds4sci_backend_i *backend;
     void *state;
-    unsigned char *z_ok;       /* [max_z] 1 if z is an element of the model */
-    char elements[256];        /* "H C N O" for messages */
-    int n_threads;             /* OpenMP threads for validation (options.n_threads or default) */
+    unsigned char *z_ok; /* [max_z] 1 if z is an element of the model */
+    char elements[256];  /* "H C N O" for messages */
+    int n_threads;       /* OpenMP threads for validation (options.n_threads or default) */
     char err[1024];
 };
 
-const char *ds4sci_status_name(ds4sci_status status)
-{
+const char *ds4sci_status_name(ds4sci_status status) {
     switch (status) {
-    case DS4SCI_OK: return "DS4SCI_OK";
-    case DS4SCI_ERR_ARG: return "DS4SCI_ERR_ARG";
-    case DS4SCI_ERR_IO: return "DS4SCI_ERR_IO";
-    case DS4SCI_ERR_FORMAT: return "DS4SCI_ERR_FORMAT";
-    case DS4SCI_ERR_UNSUPPORTED: return "DS4SCI_ERR_UNSUPPORTED";
-    case DS4SCI_ERR_NOMEM: return "DS4SCI_ERR_NOMEM";
-    case DS4SCI_ERR_INPUT: return "DS4SCI_ERR_INPUT";
-    case DS4SCI_ERR_EXCHANGE: return "DS4SCI_ERR_EXCHANGE";
-    case DS4SCI_ERR_DEVICE: return "DS4SCI_ERR_DEVICE";
-    case DS4SCI_ERR_DEVICE_NOMEM: return "DS4SCI_ERR_DEVICE_NOMEM";
+    case DS4SCI_OK:
+        return "DS4SCI_OK";
+    case DS4SCI_ERR_ARG:
+        return "DS4SCI_ERR_ARG";
+    case DS4SCI_ERR_IO:
+        return "DS4SCI_ERR_IO";
+    case DS4SCI_ERR_FORMAT:
+        return "DS4SCI_ERR_FORMAT";
+    case DS4SCI_ERR_UNSUPPORTED:
+        return "DS4SCI_ERR_UNSUPPORTED";
+    case DS4SCI_ERR_NOMEM:
+        return "DS4SCI_ERR_NOMEM";
+    case DS4SCI_ERR_INPUT:
+        return "DS4SCI_ERR_INPUT";
+    case DS4SCI_ERR_EXCHANGE:
+        return "DS4SCI_ERR_EXCHANGE";
+    case DS4SCI_ERR_DEVICE:
+        return "DS4SCI_ERR_DEVICE";
+    case DS4SCI_ERR_DEVICE_NOMEM:
+        return "DS4SCI_ERR_DEVICE_NOMEM";
     }
     return "DS4SCI_ERR_UNKNOWN";
 }
 
-void ds4sci_options_init(ds4sci_options *options)
-{
+void ds4sci_options_init(ds4sci_options *options) {
     if (!options)
         return;
     memset(options, 0, sizeof(*options));
@@ -58,8 +66,7 @@ void ds4sci_options_init(ds4sci_options *options)
     options->n_threads = 0;
 }
 
-int ds4sci_cuda_available(void)
-{
+int ds4sci_cuda_available(void) {
 #ifdef DS4SCI_HAVE_CUDA
     return ds4sci_backend_cuda_available();
 #else
@@ -67,8 +74,7 @@ int ds4sci_cuda_available(void)
 #endif
 }
 
-static void set_err(char *err, size_t err_len, const char *fmt, ...)
-{
+static void set_err(char *err, size_t err_len, const char *fmt, ...) {
     if (!err || err_len == 0)
         return;
     va_list ap;
@@ -77,9 +83,8 @@ static void set_err(char *err, size_t err_len, const char *fmt, ...)
     va_end(ap);
 }
 
-static ds4sci_status pick_backend(const ds4sci_options *opt, const ds4sci_backend_i **be,
-                                  char *err, size_t err_len)
-{
+static ds4sci_status pick_backend(const ds4sci_options *opt, const ds4sci_backend_i **be, char *err,
+                                  size_t err_len) {
     switch (opt->device) {
     case DS4SCI_DEVICE_CPU:
         *be = &ds4sci_backend_cpu;
@@ -113,8 +118,7 @@ static ds4sci_status pick_backend(const ds4sci_options *opt, const ds4sci_backen
    [0, max_z) is accepted). */
 static ds4sci_status ctx_create(const ds4sci_model *model, const et_desc *desc,
                                 const ds4sci_options *options, ds4sci_ctx **out, char *err,
-                                size_t err_len)
-{
+                                size_t err_len) {
     ds4sci_options opt;
     if (options)
         opt = *options;
@@ -175,8 +179,7 @@ static ds4sci_status ctx_create(const ds4sci_model *model, const et_desc *desc,
 }
 
 ds4sci_status ds4sci_ctx_create(const ds4sci_model *model, const ds4sci_options *options,
-                                ds4sci_ctx **ctx, char *err, size_t err_len)
-{
+                                ds4sci_ctx **ctx, char *err, size_t err_len) {
     if (err && err_len)
         err[0] = '\0';
     if (!ctx) {
@@ -192,8 +195,7 @@ ds4sci_status ds4sci_ctx_create(const ds4sci_model *model, const ds4sci_options 
 }
 
 ds4sci_status ds4sci_ctx_create_desc(const et_desc *desc, const ds4sci_options *options,
-                                     ds4sci_ctx **ctx, char *err, size_t err_len)
-{
+                                     ds4sci_ctx **ctx, char *err, size_t err_len) {
     if (err && err_len)
         err[0] = '\0';
     if (!ctx || !desc) {
@@ -204,8 +206,7 @@ ds4sci_status ds4sci_ctx_create_desc(const et_desc *desc, const ds4sci_options *
     return ctx_create(NULL, desc, options, ctx, err, err_len);
 }
 
-void ds4sci_ctx_free(ds4sci_ctx *ctx)
-{
+void ds4sci_ctx_free(ds4sci_ctx *ctx) {
     if (!ctx)
         return;
     ctx->backend->destroy(ctx->state);
@@ -213,30 +214,25 @@ void ds4sci_ctx_free(ds4sci_ctx *ctx)
     free(ctx);
 }
 
-ds4sci_device ds4sci_ctx_device(const ds4sci_ctx *ctx)
-{
+ds4sci_device ds4sci_ctx_device(const ds4sci_ctx *ctx) {
     return ctx ? ctx->backend->device : DS4SCI_DEVICE_CPU;
 }
 
-const char *ds4sci_ctx_backend_name(const ds4sci_ctx *ctx)
-{
+const char *ds4sci_ctx_backend_name(const ds4sci_ctx *ctx) {
     return ctx ? ctx->backend->name : "";
 }
 
-const char *ds4sci_ctx_error(const ds4sci_ctx *ctx)
-{
+const char *ds4sci_ctx_error(const ds4sci_ctx *ctx) {
     return ctx ? ctx->err : "";
 }
 
-void *ds4sci_ctx_backend_state(const ds4sci_ctx *ctx)
-{
+void *ds4sci_ctx_backend_state(const ds4sci_ctx *ctx) {
     return ctx ? ctx->state : NULL;
 }
 
 /* ---- validation --------------------------------------------------------------------------- */
 
-static ds4sci_status fail(ds4sci_ctx *ctx, ds4sci_status s, const char *fmt, ...)
-{
+static ds4sci_status fail(ds4sci_ctx *ctx, ds4sci_status s, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(ctx->err, sizeof(ctx->err), fmt, ap);
@@ -245,8 +241,7 @@ static ds4sci_status fail(ds4sci_ctx *ctx, ds4sci_status s, const char *fmt, ...
 }
 
 static ds4sci_status validate(ds4sci_ctx *ctx, const ds4sci_system *sys,
-                              const ds4sci_exchange *exchange)
-{
+                              const ds4sci_exchange *exchange) {
     const int64_t nl = sys->n_local, ng = sys->n_ghost, n = nl + ng;
     if (nl < 0 || ng < 0)
         return fail(ctx, DS4SCI_ERR_ARG, "system: n_local = %lld, n_ghost = %lld: expected >= 0",
@@ -258,30 +253,34 @@ static ds4sci_status validate(ds4sci_ctx *ctx, const ds4sci_system *sys,
         return fail(ctx, DS4SCI_ERR_ARG, "system: %s is NULL for %lld atoms",
                     sys->pos ? "z" : "pos", (long long)n);
     if (!sys->nbr_offset)
-        return fail(ctx, DS4SCI_ERR_ARG, "system: nbr_offset is NULL (needs n_local + 1 = %lld "
-                                         "entries)", (long long)(nl + 1));
+        return fail(ctx, DS4SCI_ERR_ARG,
+                    "system: nbr_offset is NULL (needs n_local + 1 = %lld "
+                    "entries)",
+                    (long long)(nl + 1));
     if (sys->nbr_offset[0] != 0)
         return fail(ctx, DS4SCI_ERR_INPUT, "system: nbr_offset[0] = %lld, expected 0",
                     (long long)sys->nbr_offset[0]);
     for (int64_t i = 0; i < nl; i++)
         if (sys->nbr_offset[i + 1] < sys->nbr_offset[i])
             return fail(ctx, DS4SCI_ERR_INPUT,
-                        "system: nbr_offset decreases at atom %lld (%lld then %lld)",
-                        (long long)i, (long long)sys->nbr_offset[i],
-                        (long long)sys->nbr_offset[i + 1]);
+                        "system: nbr_offset decreases at atom %lld (%lld then %lld)", (long long)i,
+                        (long long)sys->nbr_offset[i], (long long)sys->nbr_offset[i + 1]);
     if (sys->nbr_offset[nl] > 0 && !sys->nbr_index)
         return fail(ctx, DS4SCI_ERR_ARG, "system: nbr_index is NULL for %lld neighbours",
                     (long long)sys->nbr_offset[nl]);
     if (!exchange) {
         if (ng > 0 && !sys->ghost_owner)
-            return fail(ctx, DS4SCI_ERR_ARG, "system: ghost_owner is NULL for %lld ghosts and no "
-                                             "exchange was given", (long long)ng);
+            return fail(ctx, DS4SCI_ERR_ARG,
+                        "system: ghost_owner is NULL for %lld ghosts and no "
+                        "exchange was given",
+                        (long long)ng);
         for (int64_t g = 0; g < ng; g++)
             if (sys->ghost_owner[g] < 0 || sys->ghost_owner[g] >= nl)
                 return fail(ctx, DS4SCI_ERR_INPUT,
                             "ghost %lld (atom %lld): ghost_owner = %d, expected an owned atom in "
-                            "[0, %lld)", (long long)g, (long long)(nl + g),
-                            (int)sys->ghost_owner[g], (long long)nl);
+                            "[0, %lld)",
+                            (long long)g, (long long)(nl + g), (int)sys->ghost_owner[g],
+                            (long long)nl);
     } else if (!exchange->forward || !exchange->reverse) {
         return fail(ctx, DS4SCI_ERR_ARG, "exchange: %s callback is NULL",
                     exchange->forward ? "reverse" : "forward");
@@ -294,8 +293,8 @@ static ds4sci_status validate(ds4sci_ctx *ctx, const ds4sci_system *sys,
         const int32_t z = sys->z[i];
         if (z < 0 || z >= ctx->desc->max_z || !ctx->z_ok[z])
             return fail(ctx, DS4SCI_ERR_INPUT,
-                        "atom %lld: z = %d is not an element of the model (z in: %s)",
-                        (long long)i, (int)z, ctx->elements);
+                        "atom %lld: z = %d is not an element of the model (z in: %s)", (long long)i,
+                        (int)z, ctx->elements);
     }
     /* Pairs: the costly check (every candidate), so in parallel to find the first bad
        receiver, then serially within it for the message (deterministic either way). */
@@ -325,15 +324,15 @@ static ds4sci_status validate(ds4sci_ctx *ctx, const ds4sci_system *sys,
             if (j < 0 || j >= n || j == i)
                 return fail(ctx, DS4SCI_ERR_INPUT,
                             "atom %lld: neighbour %lld is atom %d, expected an atom in [0, %lld) "
-                            "other than itself", (long long)i, (long long)(k - sys->nbr_offset[i]),
-                            (int)j, (long long)n);
+                            "other than itself",
+                            (long long)i, (long long)(k - sys->nbr_offset[i]), (int)j,
+                            (long long)n);
             const double *pj = sys->pos + 3 * (int64_t)j;
             const double dx = pj[0] - pi[0], dy = pj[1] - pi[1], dz = pj[2] - pi[2];
             const double d2 = dx * dx + dy * dy + dz * dz;
             if (d2 < min2)
-                return fail(ctx, DS4SCI_ERR_INPUT,
-                            "atoms %lld and %d overlap: distance %g < %g", (long long)i, (int)j,
-                            sqrt(d2), DS4SCI_MIN_PAIR_DIST);
+                return fail(ctx, DS4SCI_ERR_INPUT, "atoms %lld and %d overlap: distance %g < %g",
+                            (long long)i, (int)j, sqrt(d2), DS4SCI_MIN_PAIR_DIST);
         }
     }
     return DS4SCI_OK;
@@ -346,8 +345,7 @@ typedef struct builtin_exchange {
     const int32_t *owner;
 } builtin_exchange;
 
-static int builtin_forward(void *user, double *data, int32_t width)
-{
+static int builtin_forward(void *user, double *data, int32_t width) {
     const builtin_exchange *b = (const builtin_exchange *)user;
     for (int32_t g = 0; g < b->n_ghost; g++)
         memcpy(data + ((size_t)b->n_local + g) * width, data + (size_t)b->owner[g] * width,
@@ -355,8 +353,7 @@ static int builtin_forward(void *user, double *data, int32_t width)
     return 0;
 }
 
-static int builtin_reverse(void *user, double *data, int32_t width)
-{
+static int builtin_reverse(void *user, double *data, int32_t width) {
     const builtin_exchange *b = (const builtin_exchange *)user;
     for (int32_t g = 0; g < b->n_ghost; g++) {
         const double *src = data + ((size_t)b->n_local + g) * width;
@@ -367,15 +364,12 @@ static int builtin_reverse(void *user, double *data, int32_t width)
     return 0;
 }
 
-int ds4sci_exchange_is_builtin(const ds4sci_exchange *exchange)
-{
-    return exchange && exchange->forward == builtin_forward &&
-           exchange->reverse == builtin_reverse;
+int ds4sci_exchange_is_builtin(const ds4sci_exchange *exchange) {
+    return exchange && exchange->forward == builtin_forward && exchange->reverse == builtin_reverse;
 }
 
 ds4sci_status ds4sci_compute(ds4sci_ctx *ctx, const ds4sci_system *system,
-                             const ds4sci_exchange *exchange, ds4sci_result *result)
-{
+                             const ds4sci_exchange *exchange, ds4sci_result *result) {
     if (!ctx)
         return DS4SCI_ERR_ARG;
     ctx->err[0] = '\0';
@@ -396,8 +390,7 @@ ds4sci_status ds4sci_compute(ds4sci_ctx *ctx, const ds4sci_system *system,
 }
 
 void ds4sci_fold_ghosts(double *data, int32_t width, int32_t n_local, int32_t n_ghost,
-                        const int32_t *ghost_owner)
-{
+                        const int32_t *ghost_owner) {
     if (!data || !ghost_owner || width <= 0 || n_local < 0 || n_ghost <= 0)
         return;
     for (int32_t g = 0; g < n_ghost; g++) {

@@ -41,8 +41,8 @@
 #include "et_desc.h"
 
 typedef struct ds4sci_backend_i {
-    const char *name;      /* "cpu", "cuda" */
-    ds4sci_device device;  /* DS4SCI_DEVICE_CPU or DS4SCI_DEVICE_CUDA (never AUTO) */
+    const char *name;     /* "cpu", "cuda" */
+    ds4sci_device device; /* DS4SCI_DEVICE_CPU or DS4SCI_DEVICE_CUDA (never AUTO) */
 
     ds4sci_status (*create)(const et_desc *desc, const ds4sci_options *options, void **state,
                             char *err, size_t err_len);

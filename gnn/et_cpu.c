@@ -22,8 +22,7 @@
 
 /* ---- workspace ------------------------------------------------------------------------------ */
 
-static ds4sci_status grow_atoms(cpu_state *st, size_t n, char *err, size_t err_len)
-{
+static ds4sci_status grow_atoms(cpu_state *st, size_t n, char *err, size_t err_len) {
     if (n <= st->cap_atoms && st->xv)
         return DS4SCI_OK;
     const et_desc *d = st->d;
@@ -34,13 +33,13 @@ static ds4sci_status grow_atoms(cpu_state *st, size_t n, char *err, size_t err_l
     if (cap < 16)
         cap = 16;
 #define FREE_ARR(name, type, per) free(st->name), st->name = NULL;
-#define ALLOC_ARR(name, type, per)                                                              \
-    st->name = (type *)malloc(sizeof(type) * (per) * (cap + 1));                               \
-    if (!st->name) {                                                                           \
+#define ALLOC_ARR(name, type, per)                                                                 \
+    st->name = (type *)malloc(sizeof(type) * (per) * (cap + 1));                                   \
+    if (!st->name) {                                                                               \
         snprintf(err, err_len, "cpu backend: cannot allocate %zu bytes for " #name " (%zu atoms)", \
-                 sizeof(type) * (per) * (cap + 1), cap);                                       \
-        st->cap_atoms = 0;                                                                     \
-        return DS4SCI_ERR_NOMEM;                                                               \
+                 sizeof(type) * (per) * (cap + 1), cap);                                           \
+        st->cap_atoms = 0;                                                                         \
+        return DS4SCI_ERR_NOMEM;                                                                   \
     }
     CPU_ATOM_ARRAYS(FREE_ARR)
     CPU_ATOM_ARRAYS(ALLOC_ARR)
@@ -51,8 +50,7 @@ static ds4sci_status grow_atoms(cpu_state *st, size_t n, char *err, size_t err_l
     return DS4SCI_OK;
 }
 
-static ds4sci_status grow_edges(cpu_state *st, size_t n, char *err, size_t err_len)
-{
+static ds4sci_status grow_edges(cpu_state *st, size_t n, char *err, size_t err_len) {
     if (n <= st->cap_edges && st->e_src)
         return DS4SCI_OK;
     const et_desc *d = st->d;
@@ -63,13 +61,13 @@ static ds4sci_status grow_edges(cpu_state *st, size_t n, char *err, size_t err_l
     if (cap < 64)
         cap = 64;
 #define FREE_ARR(name, type, per) free(st->name), st->name = NULL;
-#define ALLOC_ARR(name, type, per)                                                              \
-    st->name = (type *)malloc(sizeof(type) * (per) * cap);                                     \
-    if (!st->name) {                                                                           \
+#define ALLOC_ARR(name, type, per)                                                                 \
+    st->name = (type *)malloc(sizeof(type) * (per)*cap);                                           \
+    if (!st->name) {                                                                               \
         snprintf(err, err_len, "cpu backend: cannot allocate %zu bytes for " #name " (%zu edges)", \
-                 sizeof(type) * (per) * cap, cap);                                             \
-        st->cap_edges = 0;                                                                     \
-        return DS4SCI_ERR_NOMEM;                                                               \
+                 sizeof(type) * (per)*cap, cap);                                                   \
+        st->cap_edges = 0;                                                                         \
+        return DS4SCI_ERR_NOMEM;                                                                   \
     }
     CPU_EDGE_ARRAYS(FREE_ARR)
     CPU_EDGE_ARRAYS(ALLOC_ARR)
@@ -80,8 +78,7 @@ static ds4sci_status grow_edges(cpu_state *st, size_t n, char *err, size_t err_l
     return DS4SCI_OK;
 }
 
-static void cpu_destroy(void *state)
-{
+static void cpu_destroy(void *state) {
     cpu_state *st = (cpu_state *)state;
     if (!st)
         return;
@@ -95,8 +92,7 @@ static void cpu_destroy(void *state)
     free(st);
 }
 
-size_t ds4sci_cpu_workspace_bytes(const void *state)
-{
+size_t ds4sci_cpu_workspace_bytes(const void *state) {
     const cpu_state *st = (const cpu_state *)state;
     if (!st)
         return 0;
@@ -114,27 +110,23 @@ size_t ds4sci_cpu_workspace_bytes(const void *state)
            sizeof(double) * st->scratch_per_thread * (size_t)st->n_threads;
 }
 
-int64_t ds4sci_cpu_workspace_allocs(const void *state)
-{
+int64_t ds4sci_cpu_workspace_allocs(const void *state) {
     return state ? ((const cpu_state *)state)->n_allocs : 0;
 }
 
-int ds4sci_cpu_threads(const void *state)
-{
+int ds4sci_cpu_threads(const void *state) {
     return state ? ((const cpu_state *)state)->n_threads : 0;
 }
 
 /* Wt[i][o] = W[o][i]; returns the next free slot of the pool. */
-static double *transpose(double *Wt, const double *W, int n_out, int n_in)
-{
+static double *transpose(double *Wt, const double *W, int n_out, int n_in) {
     for (int o = 0; o < n_out; o++)
         for (int i = 0; i < n_in; i++)
             Wt[(size_t)i * n_out + o] = W[(size_t)o * n_in + i];
     return Wt + (size_t)n_out * n_in;
 }
 
-static int make_transposed(cpu_state *st)
-{
+static int make_transposed(cpu_state *st) {
     const et_desc *d = st->d;
     const size_t F = (size_t)d->F, K = (size_t)d->K, L = (size_t)d->L;
     const size_t per_layer = 11 * F * F + 4 * F * K;
@@ -165,8 +157,7 @@ static int make_transposed(cpu_state *st)
 }
 
 static ds4sci_status cpu_create(const et_desc *d, const ds4sci_options *options, void **state,
-                                char *err, size_t err_len)
-{
+                                char *err, size_t err_len) {
     *state = NULL;
     cpu_state *st = (cpu_state *)calloc(1, sizeof(*st));
     if (!st) {
@@ -203,8 +194,7 @@ static ds4sci_status cpu_create(const et_desc *d, const ds4sci_options *options,
 /* ---- edges --------------------------------------------------------------------------------- */
 
 /* w = r_s - r_t and its squared norm. */
-static double pair_vec(const double *pos, int32_t s, int32_t t, double w[3])
-{
+static double pair_vec(const double *pos, int32_t s, int32_t t, double w[3]) {
     const double *ps = pos + 3 * (size_t)s, *pt = pos + 3 * (size_t)t;
     w[0] = ps[0] - pt[0];
     w[1] = ps[1] - pt[1];
@@ -212,8 +202,7 @@ static double pair_vec(const double *pos, int32_t s, int32_t t, double w[3])
     return w[0] * w[0] + w[1] * w[1] + w[2] * w[2];
 }
 
-static void edge_rbf(const et_desc *d, double r, double *f, double *df)
-{
+static void edge_rbf(const et_desc *d, double r, double *f, double *df) {
     if (d->rbf == ET_RBF_GAUSS)
         et_rbf_gauss(r, d->rbf_offset, d->rbf_coeff, d->K, f, df);
     else
@@ -227,8 +216,7 @@ static void edge_rbf(const et_desc *d, double r, double *f, double *df)
  * Then the transpose index: for each atom a, the edges whose sender is a, in edge order.
  */
 static ds4sci_status build_edges(cpu_state *st, const ds4sci_system *sys, int64_t *n_edges,
-                                 char *err, size_t err_len)
-{
+                                 char *err, size_t err_len) {
     const et_desc *d = st->d;
     const int32_t nl = sys->n_local, n = sys->n_local + sys->n_ghost;
     const double cl = d->cutoff_lower, cu = d->cutoff_upper;
@@ -306,8 +294,7 @@ static ds4sci_status build_edges(cpu_state *st, const ds4sci_system *sys, int64_
 /* ---- exchange ------------------------------------------------------------------------------ */
 
 static ds4sci_status xch(const ds4sci_exchange *ex, int reverse, double *data, int32_t width,
-                         char *err, size_t err_len)
-{
+                         char *err, size_t err_len) {
     int rc = reverse ? ex->reverse(ex->user, data, width) : ex->forward(ex->user, data, width);
     if (rc != 0) {
         snprintf(err, err_len, "ghost exchange %s (width %d) returned %d",
@@ -318,8 +305,7 @@ static ds4sci_status xch(const ds4sci_exchange *ex, int reverse, double *data, i
 }
 
 /* Edge gradients dE/dw, forces, virials and energies into the result. */
-static void outputs(cpu_state *st, const ds4sci_system *sys, ds4sci_result *res)
-{
+static void outputs(cpu_state *st, const ds4sci_system *sys, ds4sci_result *res) {
     const et_desc *d = st->d;
     const int K = d->K;
     const int32_t nl = sys->n_local, n = sys->n_local + sys->n_ghost;
@@ -407,8 +393,7 @@ static void outputs(cpu_state *st, const ds4sci_system *sys, ds4sci_result *res)
 /* ---- driver -------------------------------------------------------------------------------- */
 
 static ds4sci_status cpu_compute(void *state, const ds4sci_system *sys, const ds4sci_exchange *ex,
-                                 ds4sci_result *res, char *err, size_t err_len)
-{
+                                 ds4sci_result *res, char *err, size_t err_len) {
     cpu_state *st = (cpu_state *)state;
     const et_desc *d = st->d;
     const int F = d->F, L = d->L;

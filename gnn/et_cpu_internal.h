@@ -60,43 +60,41 @@ typedef struct cpu_state {
        forward products run as contiguous axpy's (same summation order as the dot form). */
     struct cpu_wt {
         double *q, *k, *v, *o, *vec, *dk, *dv;
-    } *wt;                         /* [L] */
-    double *ne_dp_t, *ne_comb_t;   /* neighbour embedding distance_proj, combine */
+    } * wt;                      /* [L] */
+    double *ne_dp_t, *ne_comb_t; /* neighbour embedding distance_proj, combine */
     double *wpool;
 } cpu_state;
 
-#define CPU_ATOM_ARRAYS(X)                                                                     \
-    X(xv, double, (size_t)(L + 1) * 4 * F)                                                     \
-    X(qkv, double, (size_t)L * 5 * F)                                                          \
-    X(lns, double, (size_t)L * 2)                                                              \
-    X(o12, double, (size_t)L * 2 * F)                                                          \
-    X(g, double, (size_t)4 * F)                                                                \
-    X(g2, double, (size_t)4 * F)                                                               \
-    X(gagg, double, (size_t)4 * F)                                                             \
-    X(gqkv, double, (size_t)5 * F)                                                             \
-    X(tmpf, double, (size_t)F)                                                                 \
-    X(eatom, double, 1)                                                                        \
-    X(eg, double, 1)                                                                           \
-    X(recv_off, int64_t, 1)                                                                    \
-    X(send_off, int64_t, 1)                                                                    \
+#define CPU_ATOM_ARRAYS(X)                                                                         \
+    X(xv, double, (size_t)(L + 1) * 4 * F)                                                         \
+    X(qkv, double, (size_t)L * 5 * F)                                                              \
+    X(lns, double, (size_t)L * 2)                                                                  \
+    X(o12, double, (size_t)L * 2 * F)                                                              \
+    X(g, double, (size_t)4 * F)                                                                    \
+    X(g2, double, (size_t)4 * F)                                                                   \
+    X(gagg, double, (size_t)4 * F)                                                                 \
+    X(gqkv, double, (size_t)5 * F)                                                                 \
+    X(tmpf, double, (size_t)F)                                                                     \
+    X(eatom, double, 1)                                                                            \
+    X(eg, double, 1)                                                                               \
+    X(recv_off, int64_t, 1)                                                                        \
+    X(send_off, int64_t, 1)                                                                        \
     X(send_cur, int64_t, 1)
 
-#define CPU_EDGE_ARRAYS(X)                                                                     \
-    X(e_src, int32_t, 1)                                                                       \
-    X(e_dst, int32_t, 1)                                                                       \
-    X(send_edge, int64_t, 1)                                                                   \
-    X(e_geo, double, GEO_N)                                                                    \
-    X(e_f, double, (size_t)K)                                                                  \
-    X(e_df, double, (size_t)K)                                                                 \
-    X(e_gf, double, (size_t)K)                                                                 \
-    X(e_gg, double, GG_N)                                                                      \
-    X(e_gw, double, 3)                                                                         \
-    X(e_a, double, (size_t)H)                                                                  \
+#define CPU_EDGE_ARRAYS(X)                                                                         \
+    X(e_src, int32_t, 1)                                                                           \
+    X(e_dst, int32_t, 1)                                                                           \
+    X(send_edge, int64_t, 1)                                                                       \
+    X(e_geo, double, GEO_N)                                                                        \
+    X(e_f, double, (size_t)K)                                                                      \
+    X(e_df, double, (size_t)K)                                                                     \
+    X(e_gf, double, (size_t)K)                                                                     \
+    X(e_gg, double, GG_N)                                                                          \
+    X(e_gw, double, 3)                                                                             \
+    X(e_a, double, (size_t)H)                                                                      \
     X(e_gap, double, (size_t)H)
 
-
-static inline int et_cpu_thread_id(void)
-{
+static inline int et_cpu_thread_id(void) {
 #ifdef _OPENMP
     return omp_get_thread_num();
 #else

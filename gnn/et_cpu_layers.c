@@ -17,8 +17,7 @@
 
 /* y[o] = b[o] + sum_i W[o][i] x[i]; W is [n_out][n_in] (b may be NULL). Eight rows at a
    time for independent accumulation chains; each row is still summed in order of i. */
-static void lin(double *y, const double *W, const double *b, const double *x, int n_out, int n_in)
-{
+static void lin(double *y, const double *W, const double *b, const double *x, int n_out, int n_in) {
     int o = 0;
     for (; o + 8 <= n_out; o += 8) {
         const double *w = W + (size_t)o * n_in;
@@ -44,8 +43,7 @@ static void lin(double *y, const double *W, const double *b, const double *x, in
    lin(), in order of i, then the bias. Four inputs per sweep over y (same order of
    additions), vectorised over outputs. */
 static void lin_t(double *restrict y, const double *restrict Wt, const double *restrict b,
-                  const double *restrict x, int n_out, int n_in)
-{
+                  const double *restrict x, int n_out, int n_in) {
     memset(y, 0, sizeof(double) * (size_t)n_out);
     int i = 0;
     for (; i + 4 <= n_in; i += 4) {
@@ -70,12 +68,10 @@ static void lin_t(double *restrict y, const double *restrict Wt, const double *r
 
 /* gx[i] += sum_o gy[o] W[o][i] (input gradient of lin), in order of o. */
 static void lin_t_acc(double *restrict gx, const double *restrict W, const double *restrict gy,
-                      int n_out, int n_in)
-{
+                      int n_out, int n_in) {
     int o = 0;
     for (; o + 4 <= n_out; o += 4) {
-        const double *w0 = W + (size_t)o * n_in, *w1 = w0 + n_in, *w2 = w1 + n_in,
-                     *w3 = w2 + n_in;
+        const double *w0 = W + (size_t)o * n_in, *w1 = w0 + n_in, *w2 = w1 + n_in, *w3 = w2 + n_in;
         const double g0 = gy[o], g1 = gy[o + 1], g2 = gy[o + 2], g3 = gy[o + 3];
 #pragma omp simd
         for (int i = 0; i < n_in; i++)
@@ -92,8 +88,7 @@ static void lin_t_acc(double *restrict gx, const double *restrict W, const doubl
 
 /* PyTorch LayerNorm (eps 1e-5, biased variance): y = gamma (x - mu) rs + beta. */
 static void layernorm(double *y, const double *x, const double *gamma, const double *beta, int n,
-                      double *mu_out, double *rs_out)
-{
+                      double *mu_out, double *rs_out) {
     double mu = 0.0, var = 0.0;
     for (int i = 0; i < n; i++)
         mu += x[i];
@@ -110,8 +105,7 @@ static void layernorm(double *y, const double *x, const double *gamma, const dou
 
 /* gx += LayerNorm input gradient: rs (gh - mean(gh) - xh mean(gh xh)), gh = gamma gy. */
 static void layernorm_bwd_acc(double *gx, const double *x, double mu, double rs,
-                              const double *gamma, const double *gy, int n)
-{
+                              const double *gamma, const double *gy, int n) {
     double m1 = 0.0, m2 = 0.0;
     for (int i = 0; i < n; i++) {
         double gh = gamma[i] * gy[i];
@@ -126,23 +120,27 @@ static void layernorm_bwd_acc(double *gx, const double *x, double mu, double rs,
 
 /* x[i] <- act(x[i]) for i < n, with act'(x[i]) in dy[i] when dy is non-NULL; one loop per
    activation so the scalar function inlines. */
-static void activate_vec(et_act a, double *x, double *dy, int n)
-{
+static void activate_vec(et_act a, double *x, double *dy, int n) {
     double d;
 #define ACT_LOOP(fn)                                                                               \
-    for (int i = 0; i < n; i++) {                                                              \
-        x[i] = fn(x[i], &d);                                                                   \
-        if (dy)                                                                                \
-            dy[i] = d;                                                                         \
-    }                                                                                          \
+    for (int i = 0; i < n; i++) {                                                                  \
+        x[i] = fn(x[i], &d);                                                                       \
+        if (dy)                                                                                    \
+            dy[i] = d;                                                                             \
+    }                                                                                              \
     break;
     switch (a) {
-    case ET_ACT_SSP: ACT_LOOP(et_ssp_grad)
-    case ET_ACT_TANH: ACT_LOOP(et_tanh_grad)
-    case ET_ACT_SIGMOID: ACT_LOOP(et_sigmoid_grad)
-    case ET_ACT_MISH: ACT_LOOP(et_mish_grad)
+    case ET_ACT_SSP:
+        ACT_LOOP(et_ssp_grad)
+    case ET_ACT_TANH:
+        ACT_LOOP(et_tanh_grad)
+    case ET_ACT_SIGMOID:
+        ACT_LOOP(et_sigmoid_grad)
+    case ET_ACT_MISH:
+        ACT_LOOP(et_mish_grad)
     case ET_ACT_SILU:
-    default: ACT_LOOP(et_silu_grad)
+    default:
+        ACT_LOOP(et_silu_grad)
     }
 #undef ACT_LOOP
 }
@@ -150,8 +148,7 @@ static void activate_vec(et_act a, double *x, double *dy, int n)
 /* Edge filters of one layer: dk = act(W_dk f + b) [F], dv = act(W_dv f + b) [3F], with their
    activation derivatives at the pre-activation when dkg / dvg are non-NULL. */
 static void edge_filters(const et_desc *d, const et_layer *ly, const struct cpu_wt *wt,
-                         const double *f, double *dk, double *dkg, double *dv, double *dvg)
-{
+                         const double *f, double *dk, double *dkg, double *dv, double *dvg) {
     const int F = d->F, K = d->K;
     if (d->dist_influence & ET_DI_KEYS) {
         lin_t(dk, wt->dk, ly->dk_b, f, F, K);
@@ -165,8 +162,7 @@ static void edge_filters(const et_desc *d, const et_layer *ly, const struct cpu_
 
 /* vec_proj of one atom: P[c][0:3F] = W_vp vec[c], c = 0..2; vdot = sum_c P1[c] P2[c]. */
 static void vec_proj(const et_desc *d, const struct cpu_wt *wt, const double *vec, double *P,
-                     double *vdot)
-{
+                     double *vdot) {
     const int F = d->F;
     for (int c = 0; c < 3; c++)
         lin_t(P + (size_t)c * 3 * F, wt->vec, NULL, vec + (size_t)c * F, 3 * F, F);
@@ -181,8 +177,7 @@ static void vec_proj(const et_desc *d, const struct cpu_wt *wt, const double *ve
 /* ---- forward --------------------------------------------------------------------------------- */
 
 /* Layer-0 x into tmpf: E[z] (+ NeighborEmbedding for owned atoms, ET_SPEC section 3). */
-void et_cpu_embed_forward(cpu_state *st, const ds4sci_system *sys)
-{
+void et_cpu_embed_forward(cpu_state *st, const ds4sci_system *sys) {
     const et_desc *d = st->d;
     const int F = d->F, K = d->K;
     const int32_t nl = sys->n_local, n = sys->n_local + sys->n_ghost;
@@ -190,8 +185,8 @@ void et_cpu_embed_forward(cpu_state *st, const ds4sci_system *sys)
 #pragma omp parallel num_threads(st->n_threads)
     {
         double *sc = st->scratch + st->scratch_per_thread * (size_t)et_cpu_thread_id();
-        double *cat = sc;         /* [2F] (x0, m) */
-        double *wf = sc + 2 * F;  /* [F] distance_proj(f) */
+        double *cat = sc;        /* [2F] (x0, m) */
+        double *wf = sc + 2 * F; /* [F] distance_proj(f) */
 #pragma omp for schedule(dynamic, 16)
         for (int32_t t = 0; t < n; t++) {
             const double *x0 = d->emb + (size_t)sys->z[t] * F;
@@ -217,8 +212,7 @@ void et_cpu_embed_forward(cpu_state *st, const ds4sci_system *sys)
 
 /* Attention layer l (ET_SPEC section 4): node work for all atoms, messages into owned atoms,
    residual update of owned rows of layer l+1's input. */
-void et_cpu_layer_forward(cpu_state *st, const ds4sci_system *sys, int l)
-{
+void et_cpu_layer_forward(cpu_state *st, const ds4sci_system *sys, int l) {
     const et_desc *d = st->d;
     const et_layer *ly = &d->layers[l];
     const struct cpu_wt *wt = &st->wt[l];
@@ -304,17 +298,16 @@ void et_cpu_layer_forward(cpu_state *st, const ds4sci_system *sys, int l)
 /* ---- output head: forward and backward per atom (ET_SPEC section 5 and 6) ----------------- */
 
 typedef struct geb_tape {
-    double *u;    /* [3][in]  vec1_proj(v) */
-    double *nrm;  /* [in]     |u| over c */
-    double *w;    /* [3][out] vec2_proj(v) */
-    double *cat;  /* [2 in]   (x, |u|) */
-    double *ya;   /* [in]     pre-activation of update_net.layers.0 */
-    double *yg;   /* [in]     act'(ya) */
-    double *y;    /* [2 out]  update_net output (s, gate) */
+    double *u;   /* [3][in]  vec1_proj(v) */
+    double *nrm; /* [in]     |u| over c */
+    double *w;   /* [3][out] vec2_proj(v) */
+    double *cat; /* [2 in]   (x, |u|) */
+    double *ya;  /* [in]     pre-activation of update_net.layers.0 */
+    double *yg;  /* [in]     act'(ya) */
+    double *y;   /* [2 out]  update_net output (s, gate) */
 } geb_tape;
 
-static double *geb_tape_init(geb_tape *t, int in, int out, double *sp)
-{
+static double *geb_tape_init(geb_tape *t, int in, int out, double *sp) {
     t->u = sp, sp += 3 * in;
     t->nrm = sp, sp += in;
     t->w = sp, sp += 3 * out;
@@ -327,9 +320,8 @@ static double *geb_tape_init(geb_tape *t, int in, int out, double *sp)
 
 /* GatedEquivariantBlock forward: x' (out, act applied if scalar_activation) and v' (3 x out,
    NULL if not needed). */
-static void geb_forward(const et_geb *g, et_act act, const double *x, const double *v,
-                        geb_tape *t, double *xo, double *vo)
-{
+static void geb_forward(const et_geb *g, et_act act, const double *x, const double *v, geb_tape *t,
+                        double *xo, double *vo) {
     const int in = g->in, out = g->out;
     for (int c = 0; c < 3; c++) {
         lin(t->u + c * in, g->vec1_w, NULL, v + c * in, in, in);
@@ -361,8 +353,7 @@ static void geb_forward(const et_geb *g, et_act act, const double *x, const doub
 /* GatedEquivariantBlock backward: from g_xo [out] and g_vo [3][out] (NULL: zero) to
    g_x [in] and g_v [3][in] (overwritten). gy is scratch [2 out + in]. */
 static void geb_backward(const et_geb *g, et_act act, const geb_tape *t, const double *g_xo,
-                         const double *g_vo, double *g_x, double *g_v, double *gy)
-{
+                         const double *g_vo, double *g_x, double *g_v, double *gy) {
     const int in = g->in, out = g->out;
     double *gya = gy + 2 * out;
     for (int o = 0; o < out; o++) {
@@ -413,8 +404,7 @@ static void geb_backward(const et_geb *g, et_act act, const geb_tape *t, const d
 
 /* out_norm, head, per-atom output e_i and dE/d(x, vec) of the last layer's output (seeded with
    std, the factor on e_i), for owned atoms. */
-void et_cpu_head(cpu_state *st, const ds4sci_system *sys)
-{
+void et_cpu_head(cpu_state *st, const ds4sci_system *sys) {
     const et_desc *d = st->d;
     const int F = d->F, F2 = d->head[0].out, L = d->L;
     const int32_t nl = sys->n_local, n = sys->n_local + sys->n_ghost;
@@ -457,8 +447,7 @@ void et_cpu_head(cpu_state *st, const ds4sci_system *sys)
  * ghost copies contributed as senders; the caller folds them into their owners), and the
  * per-edge accumulators e_gf, e_gg.
  */
-void et_cpu_layer_backward(cpu_state *st, const ds4sci_system *sys, int l)
-{
+void et_cpu_layer_backward(cpu_state *st, const ds4sci_system *sys, int l) {
     const et_desc *d = st->d;
     const et_layer *ly = &d->layers[l];
     const struct cpu_wt *wt = &st->wt[l];
@@ -658,8 +647,8 @@ void et_cpu_layer_backward(cpu_state *st, const ds4sci_system *sys, int l)
                 lin_t_acc(gh, ly->q_w, gqkv, F, F);
                 lin_t_acc(gh, ly->k_w, gqkv + F, F, F);
                 lin_t_acc(gh, ly->v_w, gqkv + 2 * F, 3 * F, F);
-                layernorm_bwd_acc(g2, xv + (size_t)as * F4, lns[2 * as], lns[2 * as + 1],
-                                  ly->ln_w, gh, F);
+                layernorm_bwd_acc(g2, xv + (size_t)as * F4, lns[2 * as], lns[2 * as + 1], ly->ln_w,
+                                  gh, F);
             }
         }
     }
@@ -667,8 +656,7 @@ void et_cpu_layer_backward(cpu_state *st, const ds4sci_system *sys, int l)
 
 /* NeighborEmbedding backward for owned receivers, from gx0 = dE/dx (layer-0 input, [n][F],
    owned rows folded): per-edge dE/df and dE/dc. */
-void et_cpu_embed_backward(cpu_state *st, const ds4sci_system *sys, const double *gx0)
-{
+void et_cpu_embed_backward(cpu_state *st, const ds4sci_system *sys, const double *gx0) {
     const et_desc *d = st->d;
     const int F = d->F, K = d->K;
     const int32_t nl = sys->n_local;

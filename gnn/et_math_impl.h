@@ -8,8 +8,7 @@
 /* ---- activations ------------------------------------------------------------------------- */
 
 /* sigma(x) = 1 / (1 + e^-x), without overflow for either sign. */
-static inline DS4SCI_HD ET_T ET_FN(et_sigmoid)(ET_T x)
-{
+static inline DS4SCI_HD ET_T ET_FN(et_sigmoid)(ET_T x) {
     if (x >= ET_K(0))
         return ET_K(1) / (ET_K(1) + ET_EXP(-x));
     ET_T e = ET_EXP(x);
@@ -17,51 +16,44 @@ static inline DS4SCI_HD ET_T ET_FN(et_sigmoid)(ET_T x)
 }
 
 /* log(1 + e^x) without overflow (no threshold: nn.Mish uses it this way). */
-static inline DS4SCI_HD ET_T ET_FN(et_softplus_raw)(ET_T x)
-{
+static inline DS4SCI_HD ET_T ET_FN(et_softplus_raw)(ET_T x) {
     return (x > ET_K(0) ? x : ET_K(0)) + ET_LOG1P(ET_EXP(-ET_FABS(x)));
 }
 
 /* PyTorch F.softplus (beta 1, threshold 20): x above the threshold. */
-static inline DS4SCI_HD ET_T ET_FN(et_softplus)(ET_T x)
-{
+static inline DS4SCI_HD ET_T ET_FN(et_softplus)(ET_T x) {
     if (x > ET_K(ET_SOFTPLUS_THRESHOLD))
         return x;
     return ET_FN(et_softplus_raw)(x);
 }
 
 /* Each activation at x, with its derivative in *dy (never NULL). */
-static inline DS4SCI_HD ET_T ET_FN(et_ssp_grad)(ET_T x, ET_T *dy)
-{
+static inline DS4SCI_HD ET_T ET_FN(et_ssp_grad)(ET_T x, ET_T *dy) {
     /* softplus(x) - float32(ln 2); derivative sigma(x), 1 above the threshold */
     *dy = x > ET_K(ET_SOFTPLUS_THRESHOLD) ? ET_K(1) : ET_FN(et_sigmoid)(x);
     return ET_FN(et_softplus)(x) - ET_K(ET_SSP_SHIFT);
 }
 
-static inline DS4SCI_HD ET_T ET_FN(et_silu_grad)(ET_T x, ET_T *dy)
-{
+static inline DS4SCI_HD ET_T ET_FN(et_silu_grad)(ET_T x, ET_T *dy) {
     /* x sigma(x); derivative sigma (1 + x (1 - sigma)) */
     ET_T s = ET_FN(et_sigmoid)(x);
     *dy = s * (ET_K(1) + x * (ET_K(1) - s));
     return x * s;
 }
 
-static inline DS4SCI_HD ET_T ET_FN(et_tanh_grad)(ET_T x, ET_T *dy)
-{
+static inline DS4SCI_HD ET_T ET_FN(et_tanh_grad)(ET_T x, ET_T *dy) {
     ET_T y = ET_TANH(x);
     *dy = ET_K(1) - y * y;
     return y;
 }
 
-static inline DS4SCI_HD ET_T ET_FN(et_sigmoid_grad)(ET_T x, ET_T *dy)
-{
+static inline DS4SCI_HD ET_T ET_FN(et_sigmoid_grad)(ET_T x, ET_T *dy) {
     ET_T y = ET_FN(et_sigmoid)(x);
     *dy = y * (ET_K(1) - y);
     return y;
 }
 
-static inline DS4SCI_HD ET_T ET_FN(et_mish_grad)(ET_T x, ET_T *dy)
-{
+static inline DS4SCI_HD ET_T ET_FN(et_mish_grad)(ET_T x, ET_T *dy) {
     /* x tanh(sp(x)); derivative tanh(sp) + x sigma (1 - tanh(sp)^2) */
     ET_T t = ET_TANH(ET_FN(et_softplus_raw)(x));
     ET_T s = ET_FN(et_sigmoid)(x);
@@ -70,8 +62,7 @@ static inline DS4SCI_HD ET_T ET_FN(et_mish_grad)(ET_T x, ET_T *dy)
 }
 
 /* Activation `a` at x; its derivative in *dy when dy is non-NULL. */
-static inline DS4SCI_HD ET_T ET_FN(et_activate_grad)(et_act a, ET_T x, ET_T *dy)
-{
+static inline DS4SCI_HD ET_T ET_FN(et_activate_grad)(et_act a, ET_T x, ET_T *dy) {
     ET_T y, d;
     switch (a) {
     case ET_ACT_SSP:
@@ -97,8 +88,7 @@ static inline DS4SCI_HD ET_T ET_FN(et_activate_grad)(et_act a, ET_T x, ET_T *dy)
 }
 
 /* Activation `a` at x. */
-static inline DS4SCI_HD ET_T ET_FN(et_activate)(et_act a, ET_T x)
-{
+static inline DS4SCI_HD ET_T ET_FN(et_activate)(et_act a, ET_T x) {
     return ET_FN(et_activate_grad)(a, x, (ET_T *)0);
 }
 
@@ -111,8 +101,7 @@ static inline DS4SCI_HD ET_T ET_FN(et_activate)(et_act a, ET_T x)
  *   cl = 0: 0.5 (cos(r pi / cu) + 1) for r < cu, else 0 (c(0) = 1).
  * Operation order as in TorchMD-Net.
  */
-static inline DS4SCI_HD ET_T ET_FN(et_cutoff)(ET_T r, ET_T cl, ET_T cu, ET_T *dc)
-{
+static inline DS4SCI_HD ET_T ET_FN(et_cutoff)(ET_T r, ET_T cl, ET_T cu, ET_T *dc) {
     const ET_T pi = ET_K(ET_PI);
     if (cl > ET_K(0)) {
         if (r > cl && r < cu) {
@@ -141,8 +130,7 @@ static inline DS4SCI_HD ET_T ET_FN(et_cutoff)(ET_T r, ET_T cl, ET_T cu, ET_T *dc
  * gets f'_k(r) = G (phi' + phi 2 beta alpha u (u - mu)), G = exp(-beta (u - mu)^2).
  */
 static inline DS4SCI_HD ET_T ET_FN(et_expnorm_k)(ET_T u, ET_T phi, ET_T dphi, ET_T alpha, ET_T mu,
-                                                 ET_T beta, ET_T *df)
-{
+                                                 ET_T beta, ET_T *df) {
     ET_T du = u - mu;
     ET_T g = ET_EXP(-beta * (du * du));
     if (df)
@@ -157,8 +145,7 @@ static inline DS4SCI_HD ET_T ET_FN(et_expnorm_k)(ET_T u, ET_T phi, ET_T dphi, ET
  */
 static inline DS4SCI_HD void ET_FN(et_rbf_expnorm)(ET_T r, ET_T cl, ET_T cu, ET_T alpha,
                                                    const ET_T *means, const ET_T *betas, int K,
-                                                   ET_T *f, ET_T *df)
-{
+                                                   ET_T *f, ET_T *df) {
     ET_T dphi;
     ET_T phi = ET_FN(et_cutoff)(r, ET_K(0), cu, &dphi);
     ET_T u = ET_EXP(alpha * (cl - r));
@@ -175,8 +162,7 @@ static inline DS4SCI_HD void ET_FN(et_rbf_expnorm)(ET_T r, ET_T cl, ET_T cu, ET_
  * (r - offset[k]) when df is non-NULL.
  */
 static inline DS4SCI_HD void ET_FN(et_rbf_gauss)(ET_T r, const ET_T *offset, ET_T coeff, int K,
-                                                 ET_T *f, ET_T *df)
-{
+                                                 ET_T *f, ET_T *df) {
     for (int k = 0; k < K; k++) {
         ET_T x = r - offset[k];
         ET_T v = ET_EXP(coeff * (x * x));

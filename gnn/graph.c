@@ -20,15 +20,14 @@
 
 struct ds4sci_graph {
     int32_t n_local, n_ghost;
-    double *pos;         /* [n_total][3] */
-    int32_t *z;          /* [n_total] */
-    int64_t *nbr_offset; /* [n_local + 1] */
-    int32_t *nbr_index;  /* [n_pairs] */
-    int32_t *ghost_owner;/* [n_ghost] */
+    double *pos;          /* [n_total][3] */
+    int32_t *z;           /* [n_total] */
+    int64_t *nbr_offset;  /* [n_local + 1] */
+    int32_t *nbr_index;   /* [n_pairs] */
+    int32_t *ghost_owner; /* [n_ghost] */
 };
 
-static void set_err(char *err, size_t err_len, const char *fmt, ...)
-{
+static void set_err(char *err, size_t err_len, const char *fmt, ...) {
     if (!err || err_len == 0)
         return;
     va_list ap;
@@ -38,8 +37,7 @@ static void set_err(char *err, size_t err_len, const char *fmt, ...)
 }
 
 /* Growable arrays; return 0 on allocation failure. */
-static int grow(void **p, size_t *cap, size_t need, size_t elem)
-{
+static int grow(void **p, size_t *cap, size_t need, size_t elem) {
     if (need <= *cap)
         return 1;
     size_t c = *cap ? *cap : 64;
@@ -59,12 +57,11 @@ typedef struct ghost_key {
 } ghost_key;
 
 typedef struct ghost_map {
-    int32_t *slot;   /* [cap] ghost index + 1, 0 = empty */
-    size_t cap;      /* power of two */
+    int32_t *slot; /* [cap] ghost index + 1, 0 = empty */
+    size_t cap;    /* power of two */
 } ghost_map;
 
-static size_t key_hash(const ghost_key *k)
-{
+static size_t key_hash(const ghost_key *k) {
     uint64_t h = (uint64_t)(uint32_t)k->j * 0x9E3779B97F4A7C15ull;
     for (int c = 0; c < 3; c++)
         h = (h ^ (uint64_t)(uint32_t)(k->m[c] + 4096)) * 0xBF58476D1CE4E5B9ull;
@@ -75,15 +72,14 @@ typedef struct builder {
     ghost_map map;
     ghost_key *keys; /* [n_ghost] */
     size_t cap_keys;
-    double *gpos;    /* [n_ghost][3] */
+    double *gpos; /* [n_ghost][3] */
     size_t cap_gpos;
     int32_t n_ghost;
     int32_t *nbr;
     size_t cap_nbr, n_nbr;
 } builder;
 
-static int map_rehash(builder *b, size_t cap)
-{
+static int map_rehash(builder *b, size_t cap) {
     int32_t *slot = (int32_t *)calloc(cap, sizeof(int32_t));
     if (!slot)
         return 0;
@@ -100,9 +96,9 @@ static int map_rehash(builder *b, size_t cap)
 }
 
 /* Index (n_local + g) of the ghost for key k at position p, created if new; -1 on NOMEM. */
-static int64_t ghost_get(builder *b, int32_t n_local, const ghost_key *k, const double p[3])
-{
-    if ((size_t)(b->n_ghost + 1) * 2 > b->map.cap && !map_rehash(b, b->map.cap ? b->map.cap * 2 : 1024))
+static int64_t ghost_get(builder *b, int32_t n_local, const ghost_key *k, const double p[3]) {
+    if ((size_t)(b->n_ghost + 1) * 2 > b->map.cap &&
+        !map_rehash(b, b->map.cap ? b->map.cap * 2 : 1024))
         return -1;
     size_t h = key_hash(k) & (b->map.cap - 1);
     while (b->map.slot[h]) {
@@ -122,16 +118,14 @@ static int64_t ghost_get(builder *b, int32_t n_local, const ghost_key *k, const 
     return (int64_t)n_local + b->n_ghost - 1;
 }
 
-static void builder_free(builder *b)
-{
+static void builder_free(builder *b) {
     free(b->map.slot);
     free(b->keys);
     free(b->gpos);
     free(b->nbr);
 }
 
-void ds4sci_graph_free(ds4sci_graph *g)
-{
+void ds4sci_graph_free(ds4sci_graph *g) {
     if (!g)
         return;
     free(g->pos);
@@ -143,8 +137,7 @@ void ds4sci_graph_free(ds4sci_graph *g)
 }
 
 /* Inverse of a 3x3 matrix (row-major); returns 0 if singular. */
-static int inv3(const double m[9], double r[9])
-{
+static int inv3(const double m[9], double r[9]) {
     double det = m[0] * (m[4] * m[8] - m[5] * m[7]) - m[1] * (m[3] * m[8] - m[5] * m[6]) +
                  m[2] * (m[3] * m[7] - m[4] * m[6]);
     if (!(fabs(det) > 0.0) || !isfinite(det))
@@ -168,7 +161,7 @@ typedef struct scan {
     const int32_t *catom;      /* [n] atom at each cell-order slot */
     const int64_t *cell_start; /* [n_cells + 1] */
     int ncell[3], reach[3], periodic;
-    double *cwrap;             /* [n][3] wrapped positions p - S B, in cell order */
+    double *cwrap; /* [n][3] wrapped positions p - S B, in cell order */
     double B[9], cut2, cut2_loose;
 } scan;
 
@@ -179,8 +172,7 @@ typedef struct scan {
  * Returns the count, or -1 when a ghost cannot be allocated.
  */
 static int64_t scan_atom(const scan *sc, int32_t q, int32_t cell, builder *b, int32_t n_atoms,
-                         int32_t *out)
-{
+                         int32_t *out) {
     const int32_t i = sc->catom[q];
     const double *pi = sc->cpos + 3 * (size_t)q;
     const int32_t *si = sc->cshift + 3 * (size_t)q;
@@ -230,7 +222,8 @@ static int64_t scan_atom(const scan *sc, int32_t q, int32_t cell, builder *b, in
                     const double *pj0 = sc->cpos + 3 * (size_t)t;
                     double pj[3];
                     for (int c = 0; c < 3; c++)
-                        pj[c] = pj0[c] + (key.m[0] * B[c] + key.m[1] * B[3 + c] + key.m[2] * B[6 + c]);
+                        pj[c] =
+                            pj0[c] + (key.m[0] * B[c] + key.m[1] * B[3 + c] + key.m[2] * B[6 + c]);
                     const double dx = pj[0] - pi[0], dy = pj[1] - pi[1], dz = pj[2] - pi[2];
                     if (dx * dx + dy * dy + dz * dz >= sc->cut2)
                         continue;
@@ -250,8 +243,7 @@ static int64_t scan_atom(const scan *sc, int32_t q, int32_t cell, builder *b, in
 
 ds4sci_status ds4sci_graph_build(const double *pos, const int32_t *z, int32_t n_atoms,
                                  const double *box, double cutoff, ds4sci_graph **graph,
-                                 ds4sci_system *system, char *err, size_t err_len)
-{
+                                 ds4sci_system *system, char *err, size_t err_len) {
     if (err && err_len)
         err[0] = '\0';
     if (!graph || !system) {

@@ -38,8 +38,7 @@ typedef struct fixture {
 } fixture;
 
 static void fixture_init(fixture *f, const tu_opts *o, int n_atoms, double side, int periodic,
-                         uint64_t seed)
-{
+                         uint64_t seed) {
     memset(f, 0, sizeof(*f));
     f->o = *o;
     f->d = tu_desc_new(o);
@@ -65,8 +64,7 @@ static void fixture_init(fixture *f, const tu_opts *o, int n_atoms, double side,
         ck_assert_msg(attempt < 100, "fixture: cannot place %d atoms", n_atoms);
         tu_random_atoms(&r, n_atoms, side, 1.0, periodic, o->max_z, pos, z);
         ds4sci_status st = ds4sci_graph_build(pos, z, n_atoms, periodic ? f->box : NULL,
-                                              o->cutoff_upper + 0.5, &f->g, &s, err,
-                                              sizeof(err));
+                                              o->cutoff_upper + 0.5, &f->g, &s, err, sizeof(err));
         ck_assert_msg(st == DS4SCI_OK, "graph: %s", err);
         double min2 = INFINITY, min_gap = INFINITY;
         for (int32_t i = 0; i < s.n_local; i++)
@@ -90,8 +88,7 @@ static void fixture_init(fixture *f, const tu_opts *o, int n_atoms, double side,
     free(z);
 }
 
-static void fixture_free(fixture *f)
-{
+static void fixture_free(fixture *f) {
     tu_system_free(&f->sys);
     ds4sci_graph_free(f->g);
     ds4sci_ctx_free(f->ctx);
@@ -99,8 +96,7 @@ static void fixture_free(fixture *f)
 }
 
 /* Forces and energies of the fixture, ghosts folded into owners. */
-static double compute_folded(fixture *f, tu_result *res)
-{
+static double compute_folded(fixture *f, tu_result *res) {
     tu_result_alloc(res, &f->sys.s);
     ds4sci_status s = ds4sci_compute(f->ctx, &f->sys.s, NULL, &res->r);
     ck_assert_msg(s == DS4SCI_OK, "compute: %s", ds4sci_ctx_error(f->ctx));
@@ -109,8 +105,7 @@ static double compute_folded(fixture *f, tu_result *res)
 }
 
 /* dE/dx of owned atom i (and its ghost copies) along c, five-point stencil. */
-static double fd_derivative(fixture *f, int32_t i, int c)
-{
+static double fd_derivative(fixture *f, int32_t i, int c) {
     const double h = FD_STEP, at[4] = {1, -1, 2, -2};
     double e[4];
     for (int k = 0; k < 4; k++) {
@@ -121,8 +116,7 @@ static double fd_derivative(fixture *f, int32_t i, int c)
     return (8.0 * (e[0] - e[1]) - (e[2] - e[3])) / (12.0 * h);
 }
 
-static void check_fd_forces(fixture *f, const char *what)
-{
+static void check_fd_forces(fixture *f, const char *what) {
     char desc[256];
     tu_result res;
     compute_folded(f, &res);
@@ -141,8 +135,7 @@ static void check_fd_forces(fixture *f, const char *what)
     tu_result_free(&res);
 }
 
-START_TEST(forces_are_minus_energy_gradient_cluster)
-{
+START_TEST(forces_are_minus_energy_gradient_cluster) {
     tu_opts o;
     tu_opts_combo(&o, _i);
     fixture f;
@@ -152,8 +145,7 @@ START_TEST(forces_are_minus_energy_gradient_cluster)
 }
 END_TEST
 
-START_TEST(forces_are_minus_energy_gradient_periodic)
-{
+START_TEST(forces_are_minus_energy_gradient_periodic) {
     tu_opts o;
     tu_opts_combo(&o, _i);
     fixture f;
@@ -163,12 +155,10 @@ START_TEST(forces_are_minus_energy_gradient_periodic)
 }
 END_TEST
 
-
 /* ---- virial ------------------------------------------------------------------------------ */
 
 /* Positions of every row (owned and ghost) of f->sys set to base (I + eps). */
-static void apply_strain(fixture *f, const double *base, const double eps[9])
-{
+static void apply_strain(fixture *f, const double *base, const double eps[9]) {
     const int32_t n = f->sys.s.n_local + f->sys.s.n_ghost;
     for (int32_t i = 0; i < n; i++)
         for (int b = 0; b < 3; b++) {
@@ -179,8 +169,7 @@ static void apply_strain(fixture *f, const double *base, const double eps[9])
         }
 }
 
-START_TEST(virial_is_strain_derivative)
-{
+START_TEST(virial_is_strain_derivative) {
     /* W_ab = sum_e w_a f_b = -dE/d eps_ab for r_b -> r_b + r_a eps_ab (all atoms, box too). */
     tu_opts o;
     tu_opts_combo(&o, _i * 13);
@@ -228,14 +217,12 @@ END_TEST
 /* ---- symmetries and sums ----------------------------------------------------------------- */
 
 /* Energy and folded forces of n atoms in open boundaries. */
-static double cluster_ef(ds4sci_ctx *ctx, const double *pos, const int32_t *z, int n,
-                         double cutoff, double *forces, double *atom_energy)
-{
+static double cluster_ef(ds4sci_ctx *ctx, const double *pos, const int32_t *z, int n, double cutoff,
+                         double *forces, double *atom_energy) {
     ds4sci_graph *g = NULL;
     ds4sci_system s;
     char err[256];
-    ck_assert(ds4sci_graph_build(pos, z, n, NULL, cutoff, &g, &s, err, sizeof(err)) ==
-              DS4SCI_OK);
+    ck_assert(ds4sci_graph_build(pos, z, n, NULL, cutoff, &g, &s, err, sizeof(err)) == DS4SCI_OK);
     tu_result res;
     tu_result_alloc(&res, &s);
     ds4sci_status st = ds4sci_compute(ctx, &s, NULL, &res.r);
@@ -256,8 +243,7 @@ static double cluster_ef(ds4sci_ctx *ctx, const double *pos, const int32_t *z, i
     return e;
 }
 
-START_TEST(invariant_to_translation_rotation_permutation)
-{
+START_TEST(invariant_to_translation_rotation_permutation) {
     tu_opts o;
     tu_opts_combo(&o, _i * 11 + 1);
     et_desc *d = tu_desc_new(&o);
@@ -310,10 +296,10 @@ START_TEST(invariant_to_translation_rotation_permutation)
     ck_assert_msg(fabs(e1 - e0) <= tol_e, "rotation: E %.17g vs %.17g", e1, e0);
     for (int i = 0; i < n; i++)
         for (int a = 0; a < 3; a++) {
-            double rf = R[3 * a] * f0[3 * i] + R[3 * a + 1] * f0[3 * i + 1] +
-                        R[3 * a + 2] * f0[3 * i + 2];
-            ck_assert_msg(fabs(rf - f1[3 * i + a]) <= tol_f, "rotation: force %d.%d %g vs %g", i,
-                          a, f1[3 * i + a], rf);
+            double rf =
+                R[3 * a] * f0[3 * i] + R[3 * a + 1] * f0[3 * i + 1] + R[3 * a + 2] * f0[3 * i + 2];
+            ck_assert_msg(fabs(rf - f1[3 * i + a]) <= tol_f, "rotation: force %d.%d %g vs %g", i, a,
+                          f1[3 * i + a], rf);
         }
     /* permutation */
     int perm[16];
@@ -338,8 +324,7 @@ START_TEST(invariant_to_translation_rotation_permutation)
 }
 END_TEST
 
-START_TEST(isolated_atom_and_atom_without_neighbours)
-{
+START_TEST(isolated_atom_and_atom_without_neighbours) {
     /* An atom beyond the cutoff of everything contributes exactly its isolated-atom energy
        and feels no force; the rest is unchanged (its vec features are 0: the head's
        zero-norm convention must not produce NaN). */
@@ -374,8 +359,7 @@ START_TEST(isolated_atom_and_atom_without_neighbours)
 }
 END_TEST
 
-START_TEST(pair_at_exactly_the_cutoffs)
-{
+START_TEST(pair_at_exactly_the_cutoffs) {
     /* TorchMD-Net keeps pairs with cl^2 <= d^2 < cu^2: a pair at exactly cu does not
        interact (E = sum of isolated atoms), one just inside does; a pair at exactly cl > 0 is
        kept (with c(cl) = 0 its scalar message vanishes but, without vector_cutoff, its
@@ -408,8 +392,7 @@ START_TEST(pair_at_exactly_the_cutoffs)
 }
 END_TEST
 
-START_TEST(results_independent_of_thread_count)
-{
+START_TEST(results_independent_of_thread_count) {
     tu_opts o;
     tu_opts_combo(&o, 3);
     fixture f;
@@ -433,8 +416,7 @@ START_TEST(results_independent_of_thread_count)
 }
 END_TEST
 
-START_TEST(workspace_is_not_reallocated_per_call)
-{
+START_TEST(workspace_is_not_reallocated_per_call) {
     tu_opts o;
     tu_opts_default(&o);
     fixture f;
@@ -484,8 +466,7 @@ typedef struct world {
     int32_t *proc_of, *local_of; /* [n global atoms] */
 } world;
 
-static int dom_forward(void *user, double *data, int32_t width)
-{
+static int dom_forward(void *user, double *data, int32_t width) {
     domain *d = user;
     world *w = d->w;
     d->data = data;
@@ -503,8 +484,7 @@ static int dom_forward(void *user, double *data, int32_t width)
     return rc;
 }
 
-static int dom_reverse(void *user, double *data, int32_t width)
-{
+static int dom_reverse(void *user, double *data, int32_t width) {
     domain *d = user;
     world *w = d->w;
     d->data = data;
@@ -528,8 +508,7 @@ static int dom_reverse(void *user, double *data, int32_t width)
     return rc;
 }
 
-static void *dom_run(void *arg)
-{
+static void *dom_run(void *arg) {
     domain *d = arg;
     ds4sci_exchange ex = {dom_forward, dom_reverse, d};
     d->status = ds4sci_compute(d->ctx, &d->s, &ex, &d->res.r);
@@ -537,8 +516,7 @@ static void *dom_run(void *arg)
 }
 
 /* Build domain p from the one-process system g (n global atoms). */
-static void domain_build(world *w, int p, const ds4sci_system *g)
-{
+static void domain_build(world *w, int p, const ds4sci_system *g) {
     domain *d = &w->dom[p];
     const int32_t n = g->n_local, nt = g->n_local + g->n_ghost;
     d->w = w;
@@ -599,8 +577,7 @@ static void domain_build(world *w, int p, const ds4sci_system *g)
     free(entity);
 }
 
-static void domain_free(domain *d)
-{
+static void domain_free(domain *d) {
     free(d->global);
     free(d->nbr_offset);
     free(d->nbr_index);
@@ -612,8 +589,7 @@ static void domain_free(domain *d)
 }
 
 /* Runs the two domains; returns 1 if both succeeded. */
-static int world_run(world *w, const et_desc *desc)
-{
+static int world_run(world *w, const et_desc *desc) {
     pthread_t th[2];
     pthread_barrier_init(&w->bar, NULL, 2);
     for (int p = 0; p < 2; p++) {
@@ -627,8 +603,7 @@ static int world_run(world *w, const et_desc *desc)
     return w->dom[0].status == DS4SCI_OK && w->dom[1].status == DS4SCI_OK;
 }
 
-static void check_two_domains(int combo, int all_to_first)
-{
+static void check_two_domains(int combo, int all_to_first) {
     tu_opts o;
     tu_opts_combo(&o, combo);
     fixture f;
@@ -697,32 +672,27 @@ static void check_two_domains(int combo, int all_to_first)
     fixture_free(&f);
 }
 
-START_TEST(user_exchange_two_domains_match_one_process)
-{
+START_TEST(user_exchange_two_domains_match_one_process) {
     check_two_domains(_i * 7 + 1, 0);
 }
 END_TEST
 
-START_TEST(empty_domain_makes_matching_exchange_calls)
-{
+START_TEST(empty_domain_makes_matching_exchange_calls) {
     check_two_domains(_i * 17 + 2, 1);
 }
 END_TEST
 
-static int fail_forward(void *user, double *data, int32_t width)
-{
+static int fail_forward(void *user, double *data, int32_t width) {
     (void)user, (void)data, (void)width;
     return 7;
 }
 
-static int noop_exchange(void *user, double *data, int32_t width)
-{
+static int noop_exchange(void *user, double *data, int32_t width) {
     (void)user, (void)data, (void)width;
     return 0;
 }
 
-START_TEST(exchange_failure_is_reported)
-{
+START_TEST(exchange_failure_is_reported) {
     tu_opts o;
     tu_opts_default(&o);
     fixture f;
@@ -739,8 +709,7 @@ END_TEST
 /* ---- input validation -------------------------------------------------------------------- */
 
 static void expect_status(fixture *f, const ds4sci_system *s, ds4sci_status want,
-                          const char *needle)
-{
+                          const char *needle) {
     ds4sci_result r;
     memset(&r, 0, sizeof(r));
     ds4sci_status got = ds4sci_compute(f->ctx, s, NULL, &r);
@@ -751,8 +720,7 @@ static void expect_status(fixture *f, const ds4sci_system *s, ds4sci_status want
                       ds4sci_ctx_error(f->ctx), needle);
 }
 
-START_TEST(bad_input_is_refused_with_a_message)
-{
+START_TEST(bad_input_is_refused_with_a_message) {
     tu_opts o;
     tu_opts_default(&o);
     fixture f;
@@ -816,8 +784,7 @@ START_TEST(bad_input_is_refused_with_a_message)
 }
 END_TEST
 
-START_TEST(bad_ghost_owner_is_refused)
-{
+START_TEST(bad_ghost_owner_is_refused) {
     tu_opts o;
     tu_opts_default(&o);
     fixture f;
@@ -832,8 +799,7 @@ START_TEST(bad_ghost_owner_is_refused)
 }
 END_TEST
 
-START_TEST(empty_system_and_context_api)
-{
+START_TEST(empty_system_and_context_api) {
     tu_opts o;
     tu_opts_default(&o);
     et_desc *d = tu_desc_new(&o);
@@ -870,8 +836,7 @@ START_TEST(empty_system_and_context_api)
 }
 END_TEST
 
-static Suite *et_cpu_suite(void)
-{
+static Suite *et_cpu_suite(void) {
     Suite *s = suite_create("et_cpu");
     TCase *tc = tcase_create("gradients");
     tcase_set_timeout(tc, 120);
@@ -908,8 +873,7 @@ static Suite *et_cpu_suite(void)
     return s;
 }
 
-int main(void)
-{
+int main(void) {
     SRunner *sr = srunner_create(et_cpu_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

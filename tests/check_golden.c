@@ -26,13 +26,11 @@
 static char *golden_files[MAX_FILES];
 static int n_golden;
 
-static int name_cmp(const void *a, const void *b)
-{
+static int name_cmp(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static void find_golden_files(void)
-{
+static void find_golden_files(void) {
     DIR *dir = opendir(GOLDEN_DIR);
     if (!dir)
         return;
@@ -46,8 +44,7 @@ static void find_golden_files(void)
     qsort(golden_files, (size_t)n_golden, sizeof(char *), name_cmp);
 }
 
-static char *read_text(const char *path)
-{
+static char *read_text(const char *path) {
     FILE *f = fopen(path, "rb");
     if (!f)
         return NULL;
@@ -66,12 +63,10 @@ static char *read_text(const char *path)
 }
 
 /* Flatten a JSON array of numbers or of arrays of numbers into out[n]; returns the count. */
-static size_t json_doubles(const cJSON *a, double *out, size_t cap)
-{
+static size_t json_doubles(const cJSON *a, double *out, size_t cap) {
     size_t n = 0;
     const cJSON *it;
-    cJSON_ArrayForEach(it, a)
-    {
+    cJSON_ArrayForEach(it, a) {
         if (cJSON_IsArray(it)) {
             n += json_doubles(it, out ? out + n : NULL, cap > n ? cap - n : 0);
         } else {
@@ -84,8 +79,7 @@ static size_t json_doubles(const cJSON *a, double *out, size_t cap)
     return n;
 }
 
-static double *json_alloc_doubles(const cJSON *a, size_t want, const char *what, const char *sys)
-{
+static double *json_alloc_doubles(const cJSON *a, size_t want, const char *what, const char *sys) {
     ck_assert_msg(a && cJSON_IsArray(a), "golden %s: %s missing", sys, what);
     size_t n = json_doubles(a, NULL, 0);
     ck_assert_msg(n == want, "golden %s: %s has %zu numbers, expected %zu", sys, what, n, want);
@@ -95,8 +89,7 @@ static double *json_alloc_doubles(const cJSON *a, size_t want, const char *what,
 }
 
 static void check_system(const ds4sci_model *model, ds4sci_ctx *ctx, const cJSON *js,
-                         const char *file, double *max_rel, int *n_forces_checked)
-{
+                         const char *file, double *max_rel, int *n_forces_checked) {
     const ds4sci_model_info *info = ds4sci_model_get_info(model);
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(js, "name");
     char sys_name[256];
@@ -130,8 +123,8 @@ static void check_system(const ds4sci_model *model, ds4sci_ctx *ctx, const cJSON
     tu_result res;
     tu_result_alloc(&res, &s);
     st = ds4sci_compute(ctx, &s, NULL, &res.r);
-    ck_assert_msg(st == DS4SCI_OK, "golden %s: compute: %s: %s", sys_name,
-                  ds4sci_status_name(st), ds4sci_ctx_error(ctx));
+    ck_assert_msg(st == DS4SCI_OK, "golden %s: compute: %s: %s", sys_name, ds4sci_status_name(st),
+                  ds4sci_ctx_error(ctx));
     ds4sci_fold_ghosts(res.r.forces, 3, s.n_local, s.n_ghost, s.ghost_owner);
 
     const double e = res.r.energy + info->energy_shift, e_ref = ej->valuedouble;
@@ -175,8 +168,7 @@ static void check_system(const ds4sci_model *model, ds4sci_ctx *ctx, const cJSON
     free(w_ref);
 }
 
-START_TEST(cpu_matches_torchmdnet_float64)
-{
+START_TEST(cpu_matches_torchmdnet_float64) {
     const char *file = golden_files[_i];
     char path[1024];
     snprintf(path, sizeof(path), "%s/%s", GOLDEN_DIR, file);
@@ -210,8 +202,8 @@ START_TEST(cpu_matches_torchmdnet_float64)
     const cJSON *sys;
     cJSON_ArrayForEach(sys, systems) check_system(model, ctx, sys, file, &max_rel, &n_forces);
     ck_assert_msg(n_forces > 0, "golden %s: no system with non-zero forces (vacuous)", path);
-    printf("golden %-28s %d systems, max relative error %.2e\n", file,
-           cJSON_GetArraySize(systems), max_rel);
+    printf("golden %-28s %d systems, max relative error %.2e\n", file, cJSON_GetArraySize(systems),
+           max_rel);
 
     ds4sci_ctx_free(ctx);
     ds4sci_model_free(model);
@@ -220,14 +212,12 @@ START_TEST(cpu_matches_torchmdnet_float64)
 }
 END_TEST
 
-START_TEST(no_golden_data_yet)
-{
+START_TEST(no_golden_data_yet) {
     printf("check_golden: no %s/*.json yet; nothing to compare (skipped)\n", GOLDEN_DIR);
 }
 END_TEST
 
-int main(void)
-{
+int main(void) {
     find_golden_files();
     Suite *s = suite_create("golden");
     TCase *tc = tcase_create("torchmdnet");

@@ -17,8 +17,7 @@ typedef struct pair_key {
     int32_t j, m[3];
 } pair_key;
 
-static int key_cmp(const void *a, const void *b)
-{
+static int key_cmp(const void *a, const void *b) {
     const pair_key *x = a, *y = b;
     if (x->j != y->j)
         return x->j < y->j ? -1 : 1;
@@ -28,8 +27,7 @@ static int key_cmp(const void *a, const void *b)
     return 0;
 }
 
-static void inv3(const double m[9], double r[9])
-{
+static void inv3(const double m[9], double r[9]) {
     double det = m[0] * (m[4] * m[8] - m[5] * m[7]) - m[1] * (m[3] * m[8] - m[5] * m[6]) +
                  m[2] * (m[3] * m[7] - m[4] * m[6]);
     r[0] = (m[4] * m[8] - m[5] * m[7]) / det;
@@ -44,8 +42,7 @@ static void inv3(const double m[9], double r[9])
 }
 
 /* Image shift M of a graph atom (owned: 0; ghost: from its position and owner's). */
-static void image_of(const ds4sci_system *s, const double *Bi, int32_t a, pair_key *k)
-{
+static void image_of(const ds4sci_system *s, const double *Bi, int32_t a, pair_key *k) {
     if (a < s->n_local) {
         k->j = a;
         k->m[0] = k->m[1] = k->m[2] = 0;
@@ -59,15 +56,13 @@ static void image_of(const ds4sci_system *s, const double *Bi, int32_t a, pair_k
     for (int q = 0; q < 3; q++) {
         double f = d[0] * Bi[q] + d[1] * Bi[3 + q] + d[2] * Bi[6 + q];
         k->m[q] = (int32_t)lround(f);
-        ck_assert_msg(fabs(f - k->m[q]) < 1e-9, "ghost %d is not a lattice image of atom %d", a,
-                      j);
+        ck_assert_msg(fabs(f - k->m[q]) < 1e-9, "ghost %d is not a lattice image of atom %d", a, j);
     }
     ck_assert_int_eq(s->z[a], s->z[j]);
 }
 
-static void check_against_brute_force(const double *pos, const int32_t *z, int n,
-                                      const double *box, double cutoff)
-{
+static void check_against_brute_force(const double *pos, const int32_t *z, int n, const double *box,
+                                      double cutoff) {
     ds4sci_graph *g = NULL;
     ds4sci_system s;
     char err[256];
@@ -129,8 +124,9 @@ static void check_against_brute_force(const double *pos, const int32_t *z, int n
         for (size_t k = 0; k < nw; k++) {
             ck_assert_msg(key_cmp(&want[k], &got[k]) == 0,
                           "atom %d: neighbour %zu differs: want atom %d image (%d %d %d), got atom "
-                          "%d image (%d %d %d)", i, k, want[k].j, want[k].m[0], want[k].m[1],
-                          want[k].m[2], got[k].j, got[k].m[0], got[k].m[1], got[k].m[2]);
+                          "%d image (%d %d %d)",
+                          i, k, want[k].j, want[k].m[0], want[k].m[1], want[k].m[2], got[k].j,
+                          got[k].m[0], got[k].m[1], got[k].m[2]);
             if (k > 0)
                 ck_assert_msg(key_cmp(&got[k - 1], &got[k]) != 0, "atom %d: duplicate neighbour",
                               i);
@@ -152,8 +148,7 @@ static void check_against_brute_force(const double *pos, const int32_t *z, int n
 }
 
 static void random_case(int idx, int periodic, int triclinic, double side, double cutoff, int n,
-                        double spread)
-{
+                        double spread) {
     tu_rng r = {4242 + (uint64_t)idx};
     double *pos = malloc(sizeof(double) * 3 * n);
     int32_t *z = malloc(sizeof(int32_t) * n);
@@ -173,41 +168,35 @@ static void random_case(int idx, int periodic, int triclinic, double side, doubl
     free(z);
 }
 
-START_TEST(orthorhombic_box_matches_brute_force)
-{
+START_TEST(orthorhombic_box_matches_brute_force) {
     random_case(_i, 1, 0, 12.0, 4.0, 150, 0.0);
 }
 END_TEST
 
-START_TEST(triclinic_box_matches_brute_force)
-{
+START_TEST(triclinic_box_matches_brute_force) {
     random_case(_i, 1, 1, 12.0, 4.0, 150, 0.0);
 }
 END_TEST
 
-START_TEST(small_box_several_images_match_brute_force)
-{
+START_TEST(small_box_several_images_match_brute_force) {
     /* box edges below 2 cutoffs (and below one cutoff): an atom sees several images of
        another, and images of itself */
     random_case(_i, 1, _i % 2, _i < 2 ? 6.0 : 3.0, 4.0, 10, 0.0);
 }
 END_TEST
 
-START_TEST(unwrapped_positions_match_brute_force)
-{
+START_TEST(unwrapped_positions_match_brute_force) {
     /* positions up to half a box outside: owned atoms keep them, ghosts follow */
     random_case(_i, 1, 1, 9.0, 3.5, 60, 0.5);
 }
 END_TEST
 
-START_TEST(open_boundaries_match_brute_force)
-{
+START_TEST(open_boundaries_match_brute_force) {
     random_case(_i, 0, 0, 15.0, 4.0, 200, 0.0);
 }
 END_TEST
 
-START_TEST(empty_and_single_atom)
-{
+START_TEST(empty_and_single_atom) {
     double box[9] = {5, 0, 0, 0, 5, 0, 0, 0, 5};
     double pos[3] = {1, 1, 1};
     int32_t z[1] = {1};
@@ -217,8 +206,7 @@ START_TEST(empty_and_single_atom)
 }
 END_TEST
 
-START_TEST(bad_arguments_are_refused)
-{
+START_TEST(bad_arguments_are_refused) {
     ds4sci_graph *g = NULL;
     ds4sci_system s;
     char err[256];
@@ -240,8 +228,7 @@ START_TEST(bad_arguments_are_refused)
 }
 END_TEST
 
-static Suite *graph_suite(void)
-{
+static Suite *graph_suite(void) {
     Suite *s = suite_create("graph");
     TCase *tc = tcase_create("brute_force");
     tcase_set_timeout(tc, 120);
@@ -256,8 +243,7 @@ static Suite *graph_suite(void)
     return s;
 }
 
-int main(void)
-{
+int main(void) {
     SRunner *sr = srunner_create(graph_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

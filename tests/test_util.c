@@ -10,34 +10,29 @@
 #include "backend.h"
 #include "test_util.h"
 
-uint64_t tu_next(tu_rng *r)
-{
+uint64_t tu_next(tu_rng *r) {
     uint64_t z = (r->s += 0x9E3779B97F4A7C15ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
 }
 
-double tu_uniform(tu_rng *r)
-{
+double tu_uniform(tu_rng *r) {
     return (double)(tu_next(r) >> 11) * (1.0 / 9007199254740992.0);
 }
 
-double tu_range(tu_rng *r, double lo, double hi)
-{
+double tu_range(tu_rng *r, double lo, double hi) {
     return lo + (hi - lo) * tu_uniform(r);
 }
 
-double tu_normal(tu_rng *r)
-{
+double tu_normal(tu_rng *r) {
     double u1 = tu_uniform(r), u2 = tu_uniform(r);
     if (u1 < 1e-300)
         u1 = 1e-300;
     return sqrt(-2.0 * log(u1)) * cos(2.0 * 3.14159265358979323846 * u2);
 }
 
-void tu_opts_default(tu_opts *o)
-{
+void tu_opts_default(tu_opts *o) {
     memset(o, 0, sizeof(*o));
     o->F = 16;
     o->H = 4;
@@ -59,8 +54,7 @@ void tu_opts_default(tu_opts *o)
     o->seed = 1234;
 }
 
-void tu_opts_combo(tu_opts *o, int idx)
-{
+void tu_opts_combo(tu_opts *o, int idx) {
     /* bits of idx: every combination of rbf x neighbour embedding x distance_influence x
        vector_cutoff x (cutoff_lower = 0 or > 0); activations: all 25 (act, attn_act) pairs
        appear for idx < 25, each value about 13 times in each role overall. */
@@ -86,8 +80,7 @@ void tu_opts_combo(tu_opts *o, int idx)
     }
 }
 
-const char *tu_opts_describe(const tu_opts *o, char *buf, size_t len)
-{
+const char *tu_opts_describe(const tu_opts *o, char *buf, size_t len) {
     static const char *acts[] = {"ssp", "silu", "tanh", "sigmoid", "mish"};
     static const char *dis[] = {"none", "keys", "values", "both"};
     snprintf(buf, len,
@@ -110,8 +103,7 @@ typedef struct tu_desc_owner {
     double scale;
 } tu_desc_owner;
 
-static double *carve(tu_desc_owner *w, size_t n)
-{
+static double *carve(tu_desc_owner *w, size_t n) {
     ck_assert_msg(w->used + n <= w->cap, "test_util: description pool too small");
     double *p = w->pool + w->used;
     w->used += n;
@@ -119,8 +111,7 @@ static double *carve(tu_desc_owner *w, size_t n)
 }
 
 /* Linear(in -> out) weight, variance ~ scale^2 / in. */
-static const double *rand_w(tu_desc_owner *w, int out, int in)
-{
+static const double *rand_w(tu_desc_owner *w, int out, int in) {
     double *p = carve(w, (size_t)out * in);
     double s = w->scale * sqrt(3.0 / in);
     for (size_t i = 0; i < (size_t)out * in; i++)
@@ -128,24 +119,21 @@ static const double *rand_w(tu_desc_owner *w, int out, int in)
     return p;
 }
 
-static const double *rand_b(tu_desc_owner *w, int n, double amp)
-{
+static const double *rand_b(tu_desc_owner *w, int n, double amp) {
     double *p = carve(w, (size_t)n);
     for (int i = 0; i < n; i++)
         p[i] = tu_range(&w->rng, -amp, amp) * w->scale;
     return p;
 }
 
-static const double *rand_gamma(tu_desc_owner *w, int n)
-{
+static const double *rand_gamma(tu_desc_owner *w, int n) {
     double *p = carve(w, (size_t)n);
     for (int i = 0; i < n; i++)
         p[i] = 1.0 + tu_range(&w->rng, -0.3, 0.3);
     return p;
 }
 
-et_desc *tu_desc_new(const tu_opts *o)
-{
+et_desc *tu_desc_new(const tu_opts *o) {
     const int F = o->F, K = o->K, L = o->L, Z = o->max_z, F2 = o->F / 2;
     tu_desc_owner *w = (tu_desc_owner *)calloc(1, sizeof(*w));
     ck_assert_ptr_nonnull(w);
@@ -178,8 +166,8 @@ et_desc *tu_desc_new(const tu_opts *o)
         double start = exp(o->cutoff_lower - o->cutoff_upper);
         double *means = carve(w, (size_t)K), *betas = carve(w, (size_t)K);
         for (int k = 0; k < K; k++) {
-            means[k] = start + (1.0 - start) * k / (K > 1 ? K - 1 : 1) +
-                       tu_range(&w->rng, -0.02, 0.02);
+            means[k] =
+                start + (1.0 - start) * k / (K > 1 ? K - 1 : 1) + tu_range(&w->rng, -0.02, 0.02);
             betas[k] = pow(2.0 / K * (1.0 - start), -2.0) * (1.0 + tu_range(&w->rng, -0.1, 0.1));
         }
         d->rbf_means = means;
@@ -187,8 +175,8 @@ et_desc *tu_desc_new(const tu_opts *o)
     } else {
         double *off = carve(w, (size_t)K);
         for (int k = 0; k < K; k++)
-            off[k] = o->cutoff_lower +
-                     (o->cutoff_upper - o->cutoff_lower) * k / (K > 1 ? K - 1 : 1);
+            off[k] =
+                o->cutoff_lower + (o->cutoff_upper - o->cutoff_lower) * k / (K > 1 ? K - 1 : 1);
         d->rbf_offset = off;
         double delta = K > 1 ? off[1] - off[0] : 1.0;
         d->rbf_coeff = -0.5 / (delta * delta);
@@ -256,8 +244,7 @@ et_desc *tu_desc_new(const tu_opts *o)
     return d;
 }
 
-void tu_desc_free(et_desc *d)
-{
+void tu_desc_free(et_desc *d) {
     if (!d)
         return;
     tu_desc_owner *w = (tu_desc_owner *)d;
@@ -269,8 +256,7 @@ void tu_desc_free(et_desc *d)
 /* ---- atoms, systems, results ------------------------------------------------------------- */
 
 void tu_random_atoms(tu_rng *r, int n, double side, double min_dist, int periodic, int max_z,
-                     double *pos, int32_t *z)
-{
+                     double *pos, int32_t *z) {
     for (int i = 0; i < n; i++) {
         int tries = 0;
         for (;;) {
@@ -295,8 +281,7 @@ void tu_random_atoms(tu_rng *r, int n, double side, double min_dist, int periodi
     }
 }
 
-void tu_result_alloc(tu_result *t, const ds4sci_system *sys)
-{
+void tu_result_alloc(tu_result *t, const ds4sci_system *sys) {
     memset(t, 0, sizeof(*t));
     t->n_local = sys->n_local;
     t->n_total = sys->n_local + sys->n_ghost;
@@ -306,16 +291,14 @@ void tu_result_alloc(tu_result *t, const ds4sci_system *sys)
     ck_assert(t->r.atom_energy && t->r.forces && t->r.atom_virial);
 }
 
-void tu_result_free(tu_result *t)
-{
+void tu_result_free(tu_result *t) {
     free(t->r.atom_energy);
     free(t->r.forces);
     free(t->r.atom_virial);
     memset(t, 0, sizeof(*t));
 }
 
-ds4sci_ctx *tu_ctx_cpu(const et_desc *d, int n_threads)
-{
+ds4sci_ctx *tu_ctx_cpu(const et_desc *d, int n_threads) {
     ds4sci_options opt;
     ds4sci_options_init(&opt);
     opt.device = DS4SCI_DEVICE_CPU;
@@ -327,8 +310,7 @@ ds4sci_ctx *tu_ctx_cpu(const et_desc *d, int n_threads)
     return ctx;
 }
 
-double tu_energy(ds4sci_ctx *ctx, const ds4sci_system *sys)
-{
+double tu_energy(ds4sci_ctx *ctx, const ds4sci_system *sys) {
     ds4sci_result r;
     memset(&r, 0, sizeof(r));
     ds4sci_status s = ds4sci_compute(ctx, sys, NULL, &r);
@@ -337,8 +319,7 @@ double tu_energy(ds4sci_ctx *ctx, const ds4sci_system *sys)
     return r.energy;
 }
 
-void tu_system_copy(tu_system *t, const ds4sci_system *src)
-{
+void tu_system_copy(tu_system *t, const ds4sci_system *src) {
     const size_t nl = (size_t)src->n_local, n = nl + (size_t)src->n_ghost;
     const size_t np = (size_t)src->nbr_offset[nl];
     memset(t, 0, sizeof(*t));
@@ -363,8 +344,7 @@ void tu_system_copy(tu_system *t, const ds4sci_system *src)
     t->s.ghost_owner = t->ghost_owner;
 }
 
-void tu_system_free(tu_system *t)
-{
+void tu_system_free(tu_system *t) {
     free(t->pos);
     free(t->z);
     free(t->nbr_offset);
@@ -373,16 +353,14 @@ void tu_system_free(tu_system *t)
     memset(t, 0, sizeof(*t));
 }
 
-void tu_system_displace(tu_system *t, int32_t i, int c, double delta)
-{
+void tu_system_displace(tu_system *t, int32_t i, int c, double delta) {
     t->pos[3 * (size_t)i + c] += delta;
     for (int32_t g = 0; g < t->s.n_ghost; g++)
         if (t->ghost_owner[g] == i)
             t->pos[3 * ((size_t)t->s.n_local + g) + c] += delta;
 }
 
-double tu_max_abs_diff(const double *a, const double *b, size_t n)
-{
+double tu_max_abs_diff(const double *a, const double *b, size_t n) {
     double m = 0.0;
     for (size_t i = 0; i < n; i++) {
         double d = fabs(a[i] - b[i]);
@@ -392,8 +370,7 @@ double tu_max_abs_diff(const double *a, const double *b, size_t n)
     return m;
 }
 
-double tu_rms(const double *a, size_t n)
-{
+double tu_rms(const double *a, size_t n) {
     double s = 0.0;
     for (size_t i = 0; i < n; i++)
         s += a[i] * a[i];

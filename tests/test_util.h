@@ -16,7 +16,7 @@ typedef struct tu_rng {
     uint64_t s;
 } tu_rng;
 uint64_t tu_next(tu_rng *r);
-double tu_uniform(tu_rng *r);           /* [0, 1) */
+double tu_uniform(tu_rng *r); /* [0, 1) */
 double tu_range(tu_rng *r, double lo, double hi);
 double tu_normal(tu_rng *r);
 
