@@ -203,6 +203,15 @@ ds4sci_status ds4sci_ctx_create_desc(const et_desc *desc, const ds4sci_options *
         return DS4SCI_ERR_ARG;
     }
     *ctx = NULL;
+    if (desc->F <= 0 || desc->H <= 0 || desc->F % desc->H != 0 || desc->D != desc->F / desc->H ||
+        desc->K <= 0 || desc->L <= 0 || desc->max_z <= 0 || !desc->layers) {
+        set_err(err, err_len,
+                "ds4sci_ctx_create_desc: inconsistent description (F %d, H %d, D %d, K %d, L %d, "
+                "max_z %d)",
+                (int)desc->F, (int)desc->H, (int)desc->D, (int)desc->K, (int)desc->L,
+                (int)desc->max_z);
+        return DS4SCI_ERR_ARG;
+    }
     return ctx_create(NULL, desc, options, ctx, err, err_len);
 }
 
