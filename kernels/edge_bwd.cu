@@ -21,7 +21,7 @@ template <int CPL> struct edge_vals {
     float a, da, A, sv;
 };
 
-template <int CPL, int NPRE>
+template <int CPL, int NPRE, bool SILU>
 static __device__ __forceinline__ void edge_eval(const et_edge_common &c, const float (&pre)[NPRE][CPL],
                                                  const float (&q)[CPL], const float (&kk)[CPL],
                                                  const float (&vv)[3][CPL], float cc, int G,
@@ -31,7 +31,7 @@ static __device__ __forceinline__ void edge_eval(const et_edge_common &c, const 
 #pragma unroll
     for (int j = 0; j < CPL; j++) {
         if (c.use_dk) {
-            ev.dk[j] = act_f(c.act, pre[0][j], &ev.ddk[j]);
+            ev.dk[j] = actv<SILU>(c.act, pre[0][j], &ev.ddk[j]);
         } else {
             ev.dk[j] = 1.f;
             ev.ddk[j] = 0.f;
@@ -39,7 +39,7 @@ static __device__ __forceinline__ void edge_eval(const et_edge_common &c, const 
         part = fmaf(q[j] * kk[j], ev.dk[j], part);
     }
     const float apre = group_sum(part, G);
-    ev.a = act_f(c.attn_act, apre, &ev.da);
+    ev.a = actv<SILU>(c.attn_act, apre, &ev.da);
     ev.A = c.vc ? ev.a : ev.a * cc;
     ev.sv = c.vc ? cc : 1.f;
 #pragma unroll
@@ -47,7 +47,7 @@ static __device__ __forceinline__ void edge_eval(const et_edge_common &c, const 
 #pragma unroll
         for (int p = 0; p < 3; p++) {
             if (c.use_dv) {
-                ev.dv[p][j] = act_f(c.act, pre[1 + p][j], &ev.ddv[p][j]);
+                ev.dv[p][j] = actv<SILU>(c.act, pre[1 + p][j], &ev.ddv[p][j]);
             } else {
                 ev.dv[p][j] = 1.f;
                 ev.ddv[p][j] = 0.f;
@@ -59,7 +59,7 @@ static __device__ __forceinline__ void edge_eval(const et_edge_common &c, const 
     }
 }
 
-template <int CPL>
+template <int CPL, bool SILU>
 static __global__ void __launch_bounds__(32 * ET_WARPS)
     k_edge_bwd_recv(const et_edge_common c, const et_edge_layer l)
 {
@@ -140,7 +140,7 @@ static __global__ void __launch_bounds__(32 * ET_WARPS)
                     for (int j = 0; j < CPL; j++)
                         pe[p][j] = pre[i][p][j];
                 edge_vals<CPL> ev;
-                edge_eval<CPL, 4>(c, pe, q, kk, vv, cc, G, ev);
+                edge_eval<CPL, 4, SILU>(c, pe, q, kk, vv, cc, G, ev);
 
                 float gA_part = 0.f;
 #pragma unroll
@@ -196,7 +196,7 @@ static __global__ void __launch_bounds__(32 * ET_WARPS)
     }
 }
 
-template <int CPL>
+template <int CPL, bool SILU>
 static __global__ void __launch_bounds__(32 * ET_WARPS)
     k_edge_bwd_send(const et_edge_common c, const et_edge_layer l)
 {
@@ -276,7 +276,7 @@ static __global__ void __launch_bounds__(32 * ET_WARPS)
                 for (int cx = 0; cx < 3; cx++)
                     ldg_vec<CPL>(l.gV + ((size_t)t * 3 + cx) * F + f0, gV[cx]);
                 edge_vals<CPL> ev;
-                edge_eval<CPL, 4>(c, pre[i], q, kk, vv, cc, G, ev);
+                edge_eval<CPL, 4, SILU>(c, pre[i], q, kk, vv, cc, G, ev);
                 float gA_part = 0.f;
 #pragma unroll
                 for (int j = 0; j < CPL; j++)
@@ -403,14 +403,17 @@ template <int CPL>
 static cudaError_t launch_recv(cudaStream_t s, int grid, const et_edge_common *c,
                                const et_edge_layer *l)
 {
+    const bool silu = c->act == ET_ACT_SILU && c->attn_act == ET_ACT_SILU;
+    void (*kern)(const et_edge_common, const et_edge_layer) =
+        silu ? k_edge_bwd_recv<CPL, true> : k_edge_bwd_recv<CPL, false>;
     size_t smem = edge_smem_bytes(c->F, c->K, 4, 1);
-    cudaError_t e = cudaFuncSetAttribute(k_edge_bwd_recv<CPL>,
+    cudaError_t e = cudaFuncSetAttribute(kern,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess)
         return e;
-    if ((e = persistent_grid(k_edge_bwd_recv<CPL>, smem, &grid)) != cudaSuccess)
+    if ((e = persistent_grid(kern, smem, &grid)) != cudaSuccess)
         return e;
-    k_edge_bwd_recv<CPL><<<grid, 32 * ET_WARPS, smem, s>>>(*c, *l);
+    kern<<<grid, 32 * ET_WARPS, smem, s>>>(*c, *l);
     return cudaGetLastError();
 }
 
@@ -418,14 +421,17 @@ template <int CPL>
 static cudaError_t launch_send(cudaStream_t s, int grid, const et_edge_common *c,
                                const et_edge_layer *l)
 {
+    const bool silu = c->act == ET_ACT_SILU && c->attn_act == ET_ACT_SILU;
+    void (*kern)(const et_edge_common, const et_edge_layer) =
+        silu ? k_edge_bwd_send<CPL, true> : k_edge_bwd_send<CPL, false>;
     size_t smem = edge_smem_bytes(c->F, c->K, 4, 0);
-    cudaError_t e = cudaFuncSetAttribute(k_edge_bwd_send<CPL>,
+    cudaError_t e = cudaFuncSetAttribute(kern,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess)
         return e;
-    if ((e = persistent_grid(k_edge_bwd_send<CPL>, smem, &grid)) != cudaSuccess)
+    if ((e = persistent_grid(kern, smem, &grid)) != cudaSuccess)
         return e;
-    k_edge_bwd_send<CPL><<<grid, 32 * ET_WARPS, smem, s>>>(*c, *l);
+    kern<<<grid, 32 * ET_WARPS, smem, s>>>(*c, *l);
     return cudaGetLastError();
 }
 

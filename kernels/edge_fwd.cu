@@ -12,7 +12,7 @@
  */
 #include "edge_common.cuh"
 
-template <int CPL>
+template <int CPL, bool SILU>
 static __global__ void __launch_bounds__(32 * ET_WARPS)
     k_edge_fwd(const et_edge_common c, const et_edge_layer l)
 {
@@ -81,19 +81,19 @@ static __global__ void __launch_bounds__(32 * ET_WARPS)
                 float part = 0.f;
 #pragma unroll
                 for (int j = 0; j < CPL; j++) {
-                    float dk = c.use_dk ? act_f(c.act, pre[i][0][j], nullptr) : 1.f;
+                    float dk = c.use_dk ? actv<SILU>(c.act, pre[i][0][j], nullptr) : 1.f;
                     part = fmaf(q[j] * kk[j], dk, part);
                 }
-                const float a = act_f(c.attn_act, group_sum(part, G), nullptr);
+                const float a = actv<SILU>(c.attn_act, group_sum(part, G), nullptr);
                 const float A = c.vc ? a : a * cc;
                 const float sv = c.vc ? cc : 1.f;
 #pragma unroll
                 for (int j = 0; j < CPL; j++) {
                     float dv0 = 1.f, dv1 = 1.f, dv2 = 1.f;
                     if (c.use_dv) {
-                        dv0 = act_f(c.act, pre[i][1][j], nullptr);
-                        dv1 = act_f(c.act, pre[i][2][j], nullptr);
-                        dv2 = act_f(c.act, pre[i][3][j], nullptr);
+                        dv0 = actv<SILU>(c.act, pre[i][1][j], nullptr);
+                        dv1 = actv<SILU>(c.act, pre[i][2][j], nullptr);
+                        dv2 = actv<SILU>(c.act, pre[i][3][j], nullptr);
                     }
                     const float xt = vv[0][j] * dv0 * sv;
                     const float g1 = vv[1][j] * dv1 * sv;
@@ -179,14 +179,17 @@ template <int CPL>
 static cudaError_t launch_fwd(cudaStream_t s, int grid, const et_edge_common *c,
                               const et_edge_layer *l)
 {
+    const bool silu = c->act == ET_ACT_SILU && c->attn_act == ET_ACT_SILU;
+    void (*kern)(const et_edge_common, const et_edge_layer) =
+        silu ? k_edge_fwd<CPL, true> : k_edge_fwd<CPL, false>;
     size_t smem = edge_smem_bytes(c->F, c->K, 4, 0);
-    cudaError_t e = cudaFuncSetAttribute(k_edge_fwd<CPL>,
+    cudaError_t e = cudaFuncSetAttribute(kern,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (e != cudaSuccess)
         return e;
-    if ((e = persistent_grid(k_edge_fwd<CPL>, smem, &grid)) != cudaSuccess)
+    if ((e = persistent_grid(kern, smem, &grid)) != cudaSuccess)
         return e;
-    k_edge_fwd<CPL><<<grid, 32 * ET_WARPS, smem, s>>>(*c, *l);
+    kern<<<grid, 32 * ET_WARPS, smem, s>>>(*c, *l);
     return cudaGetLastError();
 }
 

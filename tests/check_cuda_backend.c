@@ -57,7 +57,17 @@ static void compare(const tu_result *g, const tu_result *c, const char *what)
     const ds4sci_result *a = &g->r, *b = &c->r;
     const double de = fabs(a->energy - b->energy) / fmax(fabs(b->energy), 1e-12);
     const double df = rel_rms(a->forces, b->forces, (size_t)c->n_total * 3);
-    const double dv = rel_rms(a->virial, b->virial, 6);
+    /* the total virial is a sum of per-atom terms of both signs; its fp32 rounding scales with
+       the size of those terms, so the error is measured against the per-atom virials' norm
+       when that is larger than the total's */
+    double vnum = 0.0, vden = 0.0, avn = 0.0;
+    for (int k = 0; k < 6; k++) {
+        vnum += (a->virial[k] - b->virial[k]) * (a->virial[k] - b->virial[k]);
+        vden += b->virial[k] * b->virial[k];
+    }
+    for (size_t k = 0; k < (size_t)c->n_total * 6; k++)
+        avn += b->atom_virial[k] * b->atom_virial[k];
+    const double dv = sqrt(vnum) / fmax(sqrt(vden), sqrt(avn));
     const double dae = rel_rms(a->atom_energy, b->atom_energy, (size_t)c->n_local);
     const double dav = rel_rms(a->atom_virial, b->atom_virial, (size_t)c->n_total * 6);
     ck_assert_msg(isfinite(a->energy) && de < TOL_E, "%s: energy %.12g vs %.12g (rel %.3g)", what,
@@ -265,12 +275,13 @@ START_TEST(test_golden_matches_torchmdnet_f64)
     for (const char *p = strstr(sys_start, "\"name\""); p; p = strstr(p + 1, "\"name\"")) {
         const char *next = strstr(p + 1, "\"name\"");
         enum { CAP = 3 * 4096 };
-        static double pos[CAP], zd[CAP], fref[CAP], box[9], vref[6];
+        static double pos[CAP], zd[CAP], fref[CAP], f32[CAP], box[9], vref[6];
         int n3 = json_numbers(p, next, "pos", pos, CAP);
         int n = json_numbers(p, next, "z", zd, CAP);
         int nb = json_numbers(p, next, "box", box, 9);
         int nf = json_numbers(p, next, "forces_f64", fref, CAP);
         int nv = json_numbers(p, next, "virial_f64", vref, 6);
+        int nf32 = json_numbers(p, next, "forces_f32", f32, CAP);
         double eref;
         int ne = json_numbers(p, next, "energy_f64", &eref, 1);
         ck_assert_msg(n > 0 && n3 == 3 * n && nf == 3 * n && ne == 1 && n <= 4096,

@@ -24,7 +24,7 @@ mkdir -p "$OUT"
 DEPS=${DEPS:-$ROOT/.gpudeps}
 JOBS=${JOBS:-$(nproc)}
 STEPS=${BENCH_STEPS:-10}
-BUILD=${BUILD:-$ROOT/build-gpu}
+BUILD=${BUILD:-$ROOT/build-cuda-device}
 
 if [ -d "$DEPS" ]; then
     export PKG_CONFIG_PATH="$DEPS/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
@@ -73,7 +73,7 @@ fi
 summary=()
 if [ "$MODE" = all ] || [ "$MODE" = test ]; then
     start=$(date +%s)
-    ( cd "$ROOT/tests" && timeout 420 "$BIN_TEST" ) > "$OUT/test.log" 2>&1
+    ( cd "$ROOT/tests" && timeout ${TEST_TIMEOUT:-420} "$BIN_TEST" ) > "$OUT/test.log" 2>&1
     rc=$?
     summary+=("tests: rc=$rc ($(( $(date +%s) - start )) s): $(grep -E '^[0-9]+%' "$OUT/test.log" | tail -1)")
 fi
@@ -91,7 +91,7 @@ if [ "$MODE" = all ] || [ "$MODE" = sanitize ]; then
 fi
 if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
     start=$(date +%s)
-    timeout 400 "$BIN_BENCH" "$ROOT/tests/golden/typical.safetensors" "$STEPS" $SIZES \
+    timeout ${BENCH_TIMEOUT:-400} "$BIN_BENCH" "$ROOT/tests/golden/typical.safetensors" "$STEPS" $SIZES \
         > "$OUT/bench.log" 2>&1
     rc=$?
     summary+=("bench: rc=$rc ($(( $(date +%s) - start )) s)")
