@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Compare the shipped ET silicon potential with its teacher (Stillinger-Weber) from the runs of
+examples/si_npt.in and examples/si_nve.in, print the numbers and draw the plots.
+
+Inputs (prefixes as given to the examples with -var out / -log):
+  --npt-et PREFIX --npt-sw PREFIX   PREFIX.avg (lattice constant, density, T, P) and PREFIX.rdf
+  --nve-et LOG [--nve-sw LOG]       LAMMPS logs of si_nve.in (thermo column v_de)
+Outputs: --plot-rdf docs/si_model_rdf.png, --plot-nve docs/si_model_nve.png, and the numbers on
+stdout (also as JSON with --json).
+
+NVE drift: least-squares slope of the total energy per atom against time over the NVE run,
+in eV/atom/ns, plus the largest excursion from the starting energy.
+Needs numpy and matplotlib.
+"""
+import argparse
+import json
+
+import numpy as np
+
+
+def read_avg(prefix):
+    rows = [l.split() for l in open(prefix + ".avg") if not l.startswith("#")]
+    a, rho, t, p = (float(v) for v in rows[-1][1:5])
+    return dict(lattice_constant_A=a, density_g_cm3=rho, temperature_K=t, pressure_bar=p)
+
+
+def read_rdf(prefix):
+    lines = [l.split() for l in open(prefix + ".rdf") if not l.startswith("#")]
+    n = int(lines[0][1])  # "TimeStep Number-of-rows" header of the (single) average
+    block = lines[-n:]  # last (only) average
+    r = np.array([float(b[1]) for b in block])
+    g = np.array([float(b[2]) for b in block])
+    return r, g
+
+
+def read_nve(log):
+    """(time ps, de eV/atom) of the thermo block holding v_de."""
+    t, de, cols = [], [], None
+    for line in open(log):
+        s = line.split()
+        if s and s[0] == "Step":
+            cols = s if "v_de" in s else None
+            continue
+        if cols and len(s) == len(cols):
+            try:
+                vals = [float(v) for v in s]
+            except ValueError:
+                cols = None
+                continue
+            t.append(vals[cols.index("Time")])
+            de.append(vals[cols.index("v_de")])
+        elif cols and s[:1] == ["Loop"]:
+            cols = None
+    t = np.array(t) - t[0]
+    return t, np.array(de)
+
+
+def drift(t, de):
+    slope = np.polyfit(t, de, 1)[0]  # eV/atom/ps
+    return dict(duration_ps=float(t[-1]), drift_eV_per_atom_per_ns=float(slope * 1e3),
+                max_excursion_eV_per_atom=float(np.abs(de).max()),
+                final_change_eV_per_atom=float(de[-1]))
+
+
+def first_peak(r, g):
+    i = int(np.argmax(g))
+    # parabola through the three bins around the maximum
+    if 0 < i < len(g) - 1:
+        y0, y1, y2 = g[i - 1:i + 2]
+        h = r[1] - r[0]
+        den = y0 - 2 * y1 + y2
+        return float(r[i] + (0.5 * h * (y0 - y2) / den if den else 0.0)), float(g[i])
+    return float(r[i]), float(g[i])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--npt-et")
+    ap.add_argument("--npt-sw")
+    ap.add_argument("--nve-et")
+    ap.add_argument("--nve-sw")
+    ap.add_argument("--plot-rdf")
+    ap.add_argument("--plot-nve")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = {}
+    if args.npt_et and args.npt_sw:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key, prefix, style in (("sw", args.npt_sw, "k-"), ("et", args.npt_et, "r--")):
+            s = read_avg(prefix)
+            r, g = read_rdf(prefix)
+            s["rdf_first_peak_A"], s["rdf_first_peak_height"] = first_peak(r, g)
+            out["npt_" + key] = s
+            label = ("Stillinger-Weber (teacher)" if key == "sw" else "ET si-sw-et (ds4sci)")
+            ax.plot(r, g, style, label=f"{label}: a = {s['lattice_constant_A']:.4f} A")
+        d = out["npt_et"]["lattice_constant_A"] / out["npt_sw"]["lattice_constant_A"] - 1
+        out["lattice_constant_rel_diff"] = d
+        r, g_sw = read_rdf(args.npt_sw)
+        _, g_et = read_rdf(args.npt_et)
+        out["rdf_l1_diff"] = float(np.sum(np.abs(g_et - g_sw)) * (r[1] - r[0]))
+        ax.set_xlabel("r (A)")
+        ax.set_ylabel("g(r)")
+        ax.set_title(f"Si diamond, NPT 0 bar, {out['npt_sw']['temperature_K']:.0f} K")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        if args.plot_rdf:
+            fig.savefig(args.plot_rdf, dpi=120)
+    if args.nve_et:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key, log, style in (("et", args.nve_et, "r-"), ("sw", args.nve_sw, "k-")):
+            if not log:
+                continue
+            t, de = read_nve(log)
+            out["nve_" + key] = drift(t, de)
+            label = "ET si-sw-et (ds4sci)" if key == "et" else "Stillinger-Weber (teacher)"
+            ax.plot(t, de * 1e3, style, lw=0.8,
+                    label=f"{label}: {out['nve_' + key]['drift_eV_per_atom_per_ns']:.2e} eV/atom/ns")
+        ax.set_xlabel("t (ps)")
+        ax.set_ylabel("E_tot(t) - E_tot(0) (meV/atom)")
+        ax.set_title("Si, 216 atoms, NVE, 1 fs")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        if args.plot_nve:
+            fig.savefig(args.plot_nve, dpi=120)
+    print(json.dumps(out, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
