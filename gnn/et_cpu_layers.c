@@ -231,6 +231,10 @@ void et_cpu_layer_forward(cpu_state *st, const ds4sci_system *sys, int l) {
         double *sc = st->scratch + st->scratch_per_thread * (size_t)et_cpu_thread_id();
 #pragma omp for schedule(static)
         for (int32_t i = 0; i < n; i++) {
+            /* ghosts that send on no kept edge (beyond the cutoff: the caller's skin) are
+               never read; their rows stay unset here and are skipped in the backward */
+            if (i >= nl && st->send_off[i + 1] == st->send_off[i])
+                continue;
             double *h = sc;
             double *qi = qkv + (size_t)i * F5;
             layernorm(h, xv + (size_t)i * F4, ly->ln_w, ly->ln_b, F, &lns[2 * i], &lns[2 * i + 1]);
@@ -600,6 +604,8 @@ void et_cpu_layer_backward(cpu_state *st, const ds4sci_system *sys, int l) {
             double *gh = gvec + 3 * F;
 #pragma omp for schedule(dynamic, 8)
             for (int32_t as = 0; as < n; as++) {
+                if (as >= nl && st->send_off[as + 1] == st->send_off[as])
+                    continue; /* unused ghost: its g2 row stays zero */
                 const double *vs = qkv + (size_t)as * F5 + 2 * F;
                 const double *vecs = xv + (size_t)as * F4 + F;
                 double *gqkv = st->gqkv + (size_t)as * F5;
