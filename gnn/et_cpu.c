@@ -87,6 +87,7 @@ static void cpu_destroy(void *state) {
     CPU_EDGE_ARRAYS(FREE_ARR)
 #undef FREE_ARR
     free(st->scratch);
+    free(st->e_filt);
     free(st->wt);
     free(st->wpool);
     free(st);
@@ -107,6 +108,7 @@ size_t ds4sci_cpu_workspace_bytes(const void *state) {
     size_t atoms = st->xv ? st->cap_atoms + 1 : 0;
     size_t edges = st->e_src ? st->cap_edges : 0;
     return per_atom * atoms + per_edge * edges +
+           sizeof(double) * 4 * (size_t)F * (st->e_filt ? st->cap_filt : 0) +
            sizeof(double) * st->scratch_per_thread * (size_t)st->n_threads;
 }
 
@@ -392,6 +394,29 @@ static void outputs(cpu_state *st, const ds4sci_system *sys, ds4sci_result *res)
 
 /* ---- driver -------------------------------------------------------------------------------- */
 
+/* Use the filter cache when E edges fit in its budget and it can be (re)allocated; never
+   an error otherwise (the backward then recomputes the filters). */
+static void reserve_filter_cache(cpu_state *st, size_t E) {
+    const size_t per_edge = sizeof(double) * 4 * (size_t)st->d->F;
+    const size_t max_edges = ET_CPU_FILTER_CACHE_BYTES / per_edge;
+    st->use_filt = 0;
+    if (E > max_edges)
+        return;
+    if (E > st->cap_filt || !st->e_filt) {
+        size_t cap = st->cap_filt + st->cap_filt / 2;
+        cap = cap < E ? E : cap;
+        cap = cap < 64 ? 64 : cap;
+        cap = cap > max_edges ? max_edges : cap;
+        free(st->e_filt);
+        st->e_filt = (double *)malloc(per_edge * cap);
+        st->cap_filt = st->e_filt ? cap : 0;
+        st->n_allocs++;
+        if (!st->e_filt)
+            return;
+    }
+    st->use_filt = 1;
+}
+
 static ds4sci_status cpu_compute(void *state, const ds4sci_system *sys, const ds4sci_exchange *ex,
                                  ds4sci_result *res, char *err, size_t err_len) {
     cpu_state *st = (cpu_state *)state;
@@ -406,6 +431,7 @@ static ds4sci_status cpu_compute(void *state, const ds4sci_system *sys, const ds
         return s;
     if ((s = build_edges(st, sys, &E, err, err_len)) != DS4SCI_OK)
         return s;
+    reserve_filter_cache(st, (size_t)E);
 
     /* forward */
     et_cpu_embed_forward(st, sys);

@@ -20,6 +20,9 @@ enum { GEO_W = 0, GEO_R = 3, GEO_D = 4, GEO_C = 7, GEO_DC = 8, GEO_N = 9 };
 /* Per-edge geometric gradient accumulators: dE/dc, dE/dd (3). */
 enum { GG_C = 0, GG_D = 1, GG_N = 4 };
 
+/* Upper bound of the optional per-edge filter cache (see cpu_state.e_filt). */
+#define ET_CPU_FILTER_CACHE_BYTES ((size_t)256 << 20)
+
 typedef struct cpu_state {
     const et_desc *d;
     int n_threads;
@@ -55,6 +58,13 @@ typedef struct cpu_state {
     double *e_a, *e_gap;    /* [E][H] attention weight A and dE/da_pre of the current layer */
 
     double *scratch; /* [n_threads][scratch_per_thread] */
+
+    /* dk, dv of the current layer per edge ([E][4F]), written by the backward's receiver
+       pass and read by its sender pass instead of recomputing them, when E 4F doubles fit
+       in ET_CPU_FILTER_CACHE_BYTES (else both passes compute them: same values) */
+    double *e_filt;
+    size_t cap_filt; /* edges */
+    int use_filt;
 
     /* Transposed copies ([in][out]) of the weights applied per atom and per edge, so the
        forward products run as contiguous axpy's (same summation order as the dot form). */

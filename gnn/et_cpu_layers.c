@@ -527,6 +527,13 @@ void et_cpu_layer_backward(cpu_state *st, const ds4sci_system *sys, int l) {
                     const double c = geo[GEO_C], *dir = geo + GEO_D;
                     double *eA = st->e_a + (size_t)e * H, *egap = st->e_gap + (size_t)e * H;
                     edge_filters(d, ly, wt, st->e_f + (size_t)e * K, dk, dkg, dv, dvg);
+                    if (st->use_filt) {
+                        double *cache = st->e_filt + (size_t)e * 4 * F;
+                        if (has_dk)
+                            memcpy(cache, dk, sizeof(double) * F);
+                        if (has_dv)
+                            memcpy(cache + F, dv, sizeof(double) * 3 * F);
+                    }
                     for (int hh = 0; hh < H; hh++) {
                         double s_ = 0.0;
                         for (int dd = 0; dd < D; dd++) {
@@ -600,8 +607,8 @@ void et_cpu_layer_backward(cpu_state *st, const ds4sci_system *sys, int l) {
            the vec message part of dE/dvec_in over the edges this atom sends on, then
            q/k/v projections and LayerNorm back to dE/dx_in. */
         {
-            double *dk = sc, *dv = dk + F, *gk = dv + 3 * F, *gv = gk + F, *gvec = gv + 3 * F;
-            double *gh = gvec + 3 * F;
+            double *dk_buf = sc, *dv_buf = dk_buf + F, *gk = dv_buf + 3 * F, *gv = gk + F;
+            double *gvec = gv + 3 * F, *gh = gvec + 3 * F;
 #pragma omp for schedule(dynamic, 8)
             for (int32_t as = 0; as < n; as++) {
                 if (as >= nl && st->send_off[as + 1] == st->send_off[as])
@@ -619,7 +626,14 @@ void et_cpu_layer_backward(cpu_state *st, const ds4sci_system *sys, int l) {
                     const double *gX = st->gagg + (size_t)t * F4, *gV = gX + F;
                     const double c = geo[GEO_C], *dir = geo + GEO_D;
                     const double *eA = st->e_a + (size_t)e * H, *egap = st->e_gap + (size_t)e * H;
-                    edge_filters(d, ly, wt, st->e_f + (size_t)e * K, dk, NULL, dv, NULL);
+                    const double *dk = dk_buf, *dv = dv_buf;
+                    if (st->use_filt) {
+                        dk = st->e_filt + (size_t)e * 4 * F;
+                        dv = dk + F;
+                    } else {
+                        edge_filters(d, ly, wt, st->e_f + (size_t)e * K, dk_buf, NULL, dv_buf,
+                                     NULL);
+                    }
                     for (int hh = 0; hh < H; hh++) {
                         for (int dd = 0; dd < D; dd++) {
                             const int f = hh * D + dd, jx = hh * 3 * D + dd;
