@@ -408,19 +408,20 @@ static const char *const buf_names[B_COUNT] = {
     "dE/dqkv", "dE/dw", "dE/dh", "embedding concat", "atom energies", "forces", "atom virials",
     "partial sums", "exchange staging"};
 
-/* Make buf[i] hold at least `bytes`; grows by 1.25x, never shrinks, keeps no contents. */
+/* Make buf[i] hold at least `bytes`; never shrinks, keeps no contents. */
 static ds4sci_status ensure(ds4sci_cuda_et *et, int i, size_t bytes, char *err, size_t err_len)
 {
     et_buf *b = &et->buf[i];
     if (bytes <= b->cap)
         return DS4SCI_OK;
+    /* the first allocation is exact; a buffer that has to grow gets 25% headroom */
+    size_t want = b->cap > 0 ? bytes + bytes / 4 : bytes;
     cudaFree(b->p);
     et->dev_bytes -= b->cap;
     b->p = NULL;
     b->cap = 0;
-    size_t want = bytes + bytes / 4;
     cudaError_t e = cudaMalloc(&b->p, want);
-    if (e != cudaSuccess) {
+    if (e != cudaSuccess && want > bytes) {
         cudaGetLastError();
         want = bytes;
         e = cudaMalloc(&b->p, want);
@@ -662,7 +663,7 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
     /* feature buffers */
     const size_t nF = n1 * F, nlF = nl1 * F;
     ST(ensure(et, B_XS, (size_t)(L + 1) * nF * sizeof(float), err, err_len));
-    ST(ensure(et, B_VECS, (size_t)(L + 1) * 3 * nF * sizeof(float), err, err_len));
+    ST(ensure(et, B_VECS, (size_t)L * 3 * nF * sizeof(float), err, err_len)); /* vec_0 = 0 */
     ST(ensure(et, B_O12, (size_t)L * 2 * nlF * sizeof(float), err, err_len));
     ST(ensure(et, B_H, nF * sizeof(float), err, err_len));
     ST(ensure(et, B_QKV, 5 * nF * sizeof(float), err, err_len));
@@ -714,6 +715,8 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
 
     xch_ctx xc = {ex, builtin ? BUF(int, B_GOWN) : NULL, nl, ng, F};
     float *XS = BUF(float, B_XS), *VECS = BUF(float, B_VECS), *O12 = BUF(float, B_O12);
+    /* input vectors of layer l (1 <= l <= L; layer 0's are zero and not stored) */
+    auto vecs = [&](int l) -> float * { return l > 0 ? VECS + (size_t)(l - 1) * 3 * nF : NULL; };
     float *Hb = BUF(float, B_H), *QKV = BUF(float, B_QKV), *P = BUF(float, B_P);
     float *VD = BUF(float, B_VDOT), *Xb = BUF(float, B_X), *Vb = BUF(float, B_V);
     float *Ob = BUF(float, B_O), *GQKV = BUF(float, B_GQKV), *GH = BUF(float, B_GH);
@@ -740,7 +743,7 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
     /* node work of layer l from its stored input: h, q/k/v (+bias), P and vdot */
     auto node_fwd = [&](int l) -> ds4sci_status {
         const et_dlayer *dl = &m->layers[l];
-        float *x = XS + (size_t)l * nF, *vec = VECS + (size_t)l * 3 * nF;
+        float *x = XS + (size_t)l * nF, *vec = vecs(l);
         CU(et_layernorm(s, n, F, x, dl->ln_w, dl->ln_b, Hb), "layernorm");
         BL(gemm_awt(h, n, 5 * F, F, Hb, dl->qkv_w, 0.f, QKV), "q/k/v");
         if (l > 0)
@@ -751,7 +754,7 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
 
     for (int l = 0; l < L; l++) {
         const et_dlayer *dl = &m->layers[l];
-        float *x = XS + (size_t)l * nF, *vec = VECS + (size_t)l * 3 * nF;
+        float *x = XS + (size_t)l * nF, *vec = vecs(l);
         if (l > 0) {
             mark(et, ST_XCH);
             ST(exchange(et, &xc, 0, x, vec, err, err_len));
@@ -770,7 +773,7 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
         CU(et_edge_forward(s, CPL, grid_l, &c, &el), "edge forward");
         mark(et, ST_NODE_FWD);
         BL(gemm_awt(h, nl, 3 * F, F, Xb, dl->o_w, 0.f, Ob), "o_proj");
-        float *xn = XS + (size_t)(l + 1) * nF, *vn = VECS + (size_t)(l + 1) * 3 * nF;
+        float *xn = XS + (size_t)(l + 1) * nF, *vn = vecs(l + 1);
         CU(et_node_update(s, nl, F, x, l > 0 ? vec : NULL, Ob, dl->o_b, l > 0 ? P : NULL,
                           l > 0 ? VD : NULL, Xb, Vb, xn, vn, O12 + (size_t)l * 2 * nlF),
            "update");
@@ -785,13 +788,13 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
     CU(cudaMemsetAsync(GX[cur], 0, nF * sizeof(float), s), "memset");
     CU(cudaMemsetAsync(GV[cur], 0, 3 * nF * sizeof(float), s), "memset");
     CU(cudaMemsetAsync(GW, 0, ne1 * sizeof(float4), s), "memset");
-    CU(et_head(s, nl, m, BUF(int, B_Z), XS + (size_t)L * nF, VECS + (size_t)L * 3 * nF,
+    CU(et_head(s, nl, m, BUF(int, B_Z), XS + (size_t)L * nF, vecs(L),
                BUF(double, B_EA), GX[cur], GV[cur]), "head");
 
     /* backward through the layers */
     for (int l = L - 1; l >= 0; l--) {
         const et_dlayer *dl = &m->layers[l];
-        float *x = XS + (size_t)l * nF, *vec = VECS + (size_t)l * 3 * nF;
+        float *x = XS + (size_t)l * nF, *vec = vecs(l);
         float *gxo = GX[cur], *gvo = GV[cur], *gxi = GX[1 - cur], *gvi = GV[1 - cur];
         mark(et, ST_NODE_BWD);
         ST(node_fwd(l));
