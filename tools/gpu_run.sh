@@ -7,7 +7,7 @@
 # Environment:
 #   OUT            folder for logs (default ./gpu-out)
 #   DEPS           folder with check/cJSON headers, libs and .pc files when the machine lacks
-#                  them (default ./.gpudeps if it exists)
+#                  them (default ./.gpudeps if it exists; see docs/gpu.md "Running it")
 #   PREBUILT       folder with prebuilt check_cuda_backend and bench_gpu (skip the build)
 #   PREBUILT_ROOT  the source root they were built in (their test-data path); linked to here
 #   BENCH_STEPS    timed steps per size (default 10)
@@ -42,7 +42,7 @@ fi
 BIN=""
 if [ -n "${PREBUILT:-}" ] && [ -x "$PREBUILT/check_cuda_backend" ]; then
     BIN=$PREBUILT
-    if ! "$BIN/bench_gpu" > /dev/null 2>&1; then
+    if ldd "$BIN/bench_gpu" "$BIN/check_cuda_backend" | grep -q "not found"; then
         echo "prebuilt binaries do not run here; building" | tee -a "$OUT/env.log"
         BIN=""
     fi
