@@ -116,6 +116,11 @@ int64_t ds4sci_cpu_workspace_allocs(const void *state) {
     return state ? ((const cpu_state *)state)->n_allocs : 0;
 }
 
+void ds4sci_cpu_set_filter_cache(void *state, int enabled) {
+    if (state)
+        ((cpu_state *)state)->filt_disabled = !enabled;
+}
+
 int ds4sci_cpu_threads(const void *state) {
     return state ? ((const cpu_state *)state)->n_threads : 0;
 }
@@ -400,7 +405,7 @@ static void reserve_filter_cache(cpu_state *st, size_t E) {
     const size_t per_edge = sizeof(double) * 4 * (size_t)st->d->F;
     const size_t max_edges = ET_CPU_FILTER_CACHE_BYTES / per_edge;
     st->use_filt = 0;
-    if (E > max_edges)
+    if (E > max_edges || st->filt_disabled)
         return;
     if (E > st->cap_filt || !st->e_filt) {
         size_t cap = st->cap_filt + st->cap_filt / 2;

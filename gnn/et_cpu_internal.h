@@ -65,6 +65,7 @@ typedef struct cpu_state {
     double *e_filt;
     size_t cap_filt; /* edges */
     int use_filt;
+    int filt_disabled; /* ds4sci_cpu_set_filter_cache(state, 0) */
 
     /* Transposed copies ([in][out]) of the weights applied per atom and per edge, so the
        forward products run as contiguous axpy's (same summation order as the dot form). */

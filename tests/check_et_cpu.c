@@ -416,6 +416,24 @@ START_TEST(results_independent_of_thread_count) {
 }
 END_TEST
 
+START_TEST(filter_cache_does_not_change_results) {
+    tu_opts o;
+    tu_opts_combo(&o, _i * 9 + 4);
+    fixture f;
+    fixture_init(&f, &o, 16, 6.0, 1, 950 + _i);
+    tu_result a, b;
+    compute_folded(&f, &a);
+    ds4sci_cpu_set_filter_cache(ds4sci_ctx_backend_state(f.ctx), 0);
+    compute_folded(&f, &b);
+    ck_assert(a.r.energy == b.r.energy);
+    ck_assert(memcmp(a.r.forces, b.r.forces, sizeof(double) * 3 * f.sys.s.n_local) == 0);
+    ck_assert(memcmp(a.r.virial, b.r.virial, sizeof(a.r.virial)) == 0);
+    tu_result_free(&a);
+    tu_result_free(&b);
+    fixture_free(&f);
+}
+END_TEST
+
 START_TEST(workspace_is_not_reallocated_per_call) {
     tu_opts o;
     tu_opts_default(&o);
@@ -856,6 +874,7 @@ static Suite *et_cpu_suite(void) {
     tcase_set_timeout(tw, 120);
     tcase_add_test(tw, results_independent_of_thread_count);
     tcase_add_test(tw, workspace_is_not_reallocated_per_call);
+    tcase_add_loop_test(tw, filter_cache_does_not_change_results, 0, 7);
     suite_add_tcase(s, tw);
 
     TCase *tx = tcase_create("exchange");
