@@ -571,7 +571,7 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
     const int nl = sys->n_local, ng = sys->n_ghost;
     const long long n_ll = (long long)nl + ng;
     const int64_t nc = nl > 0 ? sys->nbr_offset[nl] : 0;
-    if (n_ll > INT32_MAX / 16 || nc > INT32_MAX)
+    if (n_ll > INT32_MAX / 16 || nc + nl > INT32_MAX)
         return fail(err, err_len, DS4SCI_ERR_UNSUPPORTED,
                     "cuda backend: %lld atoms, %lld candidate pairs: more than this build "
                     "indexes with 32-bit integers",
