@@ -127,6 +127,12 @@ static void check_fd_forces(fixture *f, const char *what) {
             fd[3 * i + c] = -fd_derivative(f, i, c);
         }
     double rms = tu_rms(fd, 3 * (size_t)n);
+    for (int c = 0; c < 3; c++) { /* folded forces sum to zero (translation invariance) */
+        double sum = 0.0;
+        for (int32_t i = 0; i < n; i++)
+            sum += res.r.forces[3 * i + c];
+        ck_assert_msg(fabs(sum) <= 1e-12 * n * rms, "%s: sum of forces[%d] = %g", what, c, sum);
+    }
     double err = tu_max_abs_diff(fd, res.r.forces, 3 * (size_t)n);
     ck_assert_msg(rms > 1e-6, "%s: forces vanish (rms %g) - test would be vacuous", what, rms);
     ck_assert_msg(err <= FD_TOL * rms, "%s [%s]: max |F - F_fd| = %g, rms force %g", what,
