@@ -188,8 +188,9 @@ void PairDS4SCI::settings(int narg, char **arg)
                           info->energy_unit + "'");
   energy_scale = model_ev / energy_unit_in_ev(energy);
 
+  // error->one: a GPU may be usable on some ranks and not others (error->all would wait for all).
   if (ds4sci_ctx_create(model, &options, &ctx, err, sizeof(err)) != DS4SCI_OK)
-    error->all(FLERR, std::string("pair_style ds4sci: cannot create context: ") + err);
+    error->one(FLERR, std::string("pair_style ds4sci: cannot create context: ") + err);
 
   // The core exchanges rows of at most 4 F doubles (scalar + vector features).
   comm_forward = comm_reverse = 4 * info->hidden_channels;
