@@ -6,8 +6,7 @@
  * system->ghost_owner). When that exchange is the built-in one, ghosts are gathered from their
  * owners and folded back on the GPU, without leaving it; otherwise the caller's exchange is
  * called with host arrays, in the sequence of backend.h. The built-in one is recognised by
- * api.c's ds4sci_exchange_is_builtin when this build has it, else by the contract of
- * ds4sci_system: ghost_owner is non-NULL only when no exchange is passed to ds4sci_compute.
+ * api.c's ds4sci_exchange_is_builtin.
  */
 #ifdef DS4SCI_HAVE_CUDA
 
@@ -15,9 +14,6 @@
 
 #include "backend.h"
 #include "../kernels/ds4sci_kernels.h"
-
-/* Defined by api.c when it can tell its built-in exchange apart (weak: optional). */
-extern int ds4sci_exchange_is_builtin(const ds4sci_exchange *exchange) __attribute__((weak));
 
 int ds4sci_backend_cuda_available(void)
 {
@@ -37,10 +33,8 @@ static ds4sci_status cuda_compute(void *state, const ds4sci_system *system,
                                   const ds4sci_exchange *exchange, ds4sci_result *result,
                                   char *err, size_t err_len)
 {
-    int builtin = ds4sci_exchange_is_builtin ? ds4sci_exchange_is_builtin(exchange)
-                                             : system->ghost_owner != NULL;
-    if (system->n_ghost > 0 && !system->ghost_owner)
-        builtin = 0;
+    int builtin = ds4sci_exchange_is_builtin(exchange) &&
+                  (system->n_ghost == 0 || system->ghost_owner != NULL);
     return ds4sci_cuda_et_compute((ds4sci_cuda_et *)state, system, exchange, builtin, result, err,
                                   err_len);
 }
