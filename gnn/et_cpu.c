@@ -108,7 +108,7 @@ size_t ds4sci_cpu_workspace_bytes(const void *state) {
     size_t atoms = st->xv ? st->cap_atoms + 1 : 0;
     size_t edges = st->e_src ? st->cap_edges : 0;
     return per_atom * atoms + per_edge * edges +
-           sizeof(double) * 4 * (size_t)F * (st->e_filt ? st->cap_filt : 0) +
+           sizeof(double) * 8 * (size_t)F * (st->e_filt ? st->cap_filt : 0) +
            sizeof(double) * st->scratch_per_thread * (size_t)st->n_threads;
 }
 
@@ -116,9 +116,9 @@ int64_t ds4sci_cpu_workspace_allocs(const void *state) {
     return state ? ((const cpu_state *)state)->n_allocs : 0;
 }
 
-void ds4sci_cpu_set_filter_cache(void *state, int enabled) {
+void ds4sci_cpu_set_filter_cache(void *state, int level) {
     if (state)
-        ((cpu_state *)state)->filt_disabled = !enabled;
+        ((cpu_state *)state)->filt_max = level < 0 ? 0 : level > 2 ? 2 : level;
 }
 
 int ds4sci_cpu_threads(const void *state) {
@@ -172,6 +172,7 @@ static ds4sci_status cpu_create(const et_desc *d, const ds4sci_options *options,
         return DS4SCI_ERR_NOMEM;
     }
     st->d = d;
+    st->filt_max = 2;
 #ifdef _OPENMP
     st->n_threads = options && options->n_threads > 0 ? options->n_threads : omp_get_max_threads();
 #else
@@ -399,27 +400,32 @@ static void outputs(cpu_state *st, const ds4sci_system *sys, ds4sci_result *res)
 
 /* ---- driver -------------------------------------------------------------------------------- */
 
-/* Use the filter cache when E edges fit in its budget and it can be (re)allocated; never
-   an error otherwise (the backward then recomputes the filters). */
+/* Pick the filter cache mode for E edges (see cpu_state.e_filt) and size it; never an
+   error (without memory the passes recompute the filters). */
 static void reserve_filter_cache(cpu_state *st, size_t E) {
-    const size_t per_edge = sizeof(double) * 4 * (size_t)st->d->F;
-    const size_t max_edges = ET_CPU_FILTER_CACHE_BYTES / per_edge;
-    st->use_filt = 0;
-    if (E > max_edges || st->filt_disabled)
+    const size_t rec = sizeof(double) * 8 * (size_t)st->d->F;
+    const size_t max_rec = ET_CPU_FILTER_CACHE_BYTES / rec;
+    const size_t L = (size_t)st->d->L;
+    st->filt_mode = 0;
+    int mode = st->filt_max >= 2 && E * L <= max_rec ? 2
+               : st->filt_max >= 1 && E <= max_rec   ? 1
+                                                     : 0;
+    if (mode == 0)
         return;
-    if (E > st->cap_filt || !st->e_filt) {
+    const size_t need = mode == 2 ? E * L : E;
+    if (need > st->cap_filt || !st->e_filt) {
         size_t cap = st->cap_filt + st->cap_filt / 2;
-        cap = cap < E ? E : cap;
+        cap = cap < need ? need : cap;
         cap = cap < 64 ? 64 : cap;
-        cap = cap > max_edges ? max_edges : cap;
+        cap = cap > max_rec ? max_rec : cap;
         free(st->e_filt);
-        st->e_filt = (double *)malloc(per_edge * cap);
+        st->e_filt = (double *)malloc(rec * cap);
         st->cap_filt = st->e_filt ? cap : 0;
         st->n_allocs++;
         if (!st->e_filt)
             return;
     }
-    st->use_filt = 1;
+    st->filt_mode = mode;
 }
 
 static ds4sci_status cpu_compute(void *state, const ds4sci_system *sys, const ds4sci_exchange *ex,
@@ -436,6 +442,7 @@ static ds4sci_status cpu_compute(void *state, const ds4sci_system *sys, const ds
         return s;
     if ((s = build_edges(st, sys, &E, err, err_len)) != DS4SCI_OK)
         return s;
+    st->n_edges = E;
     reserve_filter_cache(st, (size_t)E);
 
     /* forward */

@@ -16,9 +16,10 @@ size_t ds4sci_cpu_workspace_bytes(const void *state);
    geometrically with the atom and edge counts and is never allocated per call once sized. */
 int64_t ds4sci_cpu_workspace_allocs(const void *state);
 
-/* Allow (1, the default) or forbid (0) the backward's per-edge filter cache; both give
-   identical results (tests compare them). */
-void ds4sci_cpu_set_filter_cache(void *state, int enabled);
+/* Largest edge-filter cache allowed: 2 (default) every layer's filters when they fit,
+   1 only the current layer's for the backward, 0 none (recompute). All give identical
+   results (tests compare them); the cache is bounded (256 MB) whatever the level. */
+void ds4sci_cpu_set_filter_cache(void *state, int level);
 
 /* OpenMP threads a compute() uses (1 without OpenMP). */
 int ds4sci_cpu_threads(const void *state);

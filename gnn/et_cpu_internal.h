@@ -59,13 +59,15 @@ typedef struct cpu_state {
 
     double *scratch; /* [n_threads][scratch_per_thread] */
 
-    /* dk, dv of the current layer per edge ([E][4F]), written by the backward's receiver
-       pass and read by its sender pass instead of recomputing them, when E 4F doubles fit
-       in ET_CPU_FILTER_CACHE_BYTES (else both passes compute them: same values) */
+    /* Edge filter cache, records of 8F doubles: dk (F), dv (3F), act'(dk pre) (F),
+       act'(dv pre) (3F). filt_mode 2: every layer's filters ([L][E] records), computed once
+       in the forward; 1: the current layer's values ([E]), from the backward's receiver
+       pass to its sender pass; 0: none, each pass recomputes them. The largest mode that
+       fits in ET_CPU_FILTER_CACHE_BYTES and filt_max is used; all give the same numbers. */
     double *e_filt;
-    size_t cap_filt; /* edges */
-    int use_filt;
-    int filt_disabled; /* ds4sci_cpu_set_filter_cache(state, 0) */
+    size_t cap_filt; /* records */
+    int filt_mode, filt_max;
+    int64_t n_edges; /* E of the current call */
 
     /* Transposed copies ([in][out]) of the weights applied per atom and per edge, so the
        forward products run as contiguous axpy's (same summation order as the dot form). */

@@ -160,6 +160,14 @@ static void edge_filters(const et_desc *d, const et_layer *ly, const struct cpu_
     }
 }
 
+/* Cache record of edge e in layer l: dk [F], dv [3F], dk' [F], dv' [3F]. */
+static double *filt_rec(const cpu_state *st, int l, int64_t e) {
+    const size_t F8 = 8 * (size_t)st->d->F;
+    const size_t slot =
+        st->filt_mode == 2 ? (size_t)l * (size_t)st->n_edges + (size_t)e : (size_t)e;
+    return st->e_filt + slot * F8;
+}
+
 /* vec_proj of one atom: P[c][0:3F] = W_vp vec[c], c = 0..2; vdot = sum_c P1[c] P2[c]. */
 static void vec_proj(const et_desc *d, const struct cpu_wt *wt, const double *vec, double *P,
                      double *vdot) {
@@ -243,7 +251,8 @@ void et_cpu_layer_forward(cpu_state *st, const ds4sci_system *sys, int l) {
             lin_t(qi + 2 * F, wt->v, ly->v_b, h, 3 * F, F);
         }
 
-        double *dk = sc, *dv = dk + F, *vt = dv + 3 * F, *X = vt + 3 * F, *V = X + F;
+        double *dk_buf = sc, *dv_buf = dk_buf + F, *vt = dv_buf + 3 * F, *X = vt + 3 * F,
+               *V = X + F;
         double *P = V + 3 * F, *vdot = P + 9 * F, *o = vdot + F, *A = o + 3 * F;
 #pragma omp for schedule(dynamic, 8)
         for (int32_t t = 0; t < nl; t++) {
@@ -256,7 +265,16 @@ void et_cpu_layer_forward(cpu_state *st, const ds4sci_system *sys, int l) {
                 const double *ks = qkv + (size_t)s * F5 + F, *vs = ks + F;
                 const double *vecs = xv + (size_t)s * F4 + F;
                 const double c = geo[GEO_C];
-                edge_filters(d, ly, wt, st->e_f + (size_t)e * K, dk, NULL, dv, NULL);
+                const double *dk = dk_buf, *dv = dv_buf;
+                if (st->filt_mode == 2) { /* computed once here, reused by the backward */
+                    double *r = filt_rec(st, l, e);
+                    edge_filters(d, ly, wt, st->e_f + (size_t)e * K, r, r + 4 * F, r + F,
+                                 r + 5 * F);
+                    dk = r;
+                    dv = r + F;
+                } else {
+                    edge_filters(d, ly, wt, st->e_f + (size_t)e * K, dk_buf, NULL, dv_buf, NULL);
+                }
                 for (int hh = 0; hh < H; hh++) {
                     double ap = 0.0;
                     for (int dd = 0; dd < D; dd++) {
@@ -511,8 +529,9 @@ void et_cpu_layer_backward(cpu_state *st, const ds4sci_system *sys, int l) {
         /* B. receiver pass, owned atoms: dE/dq and the per-edge geometry gradients; keeps
            A and dE/da_pre per edge for the sender pass. */
         {
-            double *dk = sc, *dkg = dk + F, *dv = dkg + F, *dvg = dv + 3 * F;
-            double *vt = dvg + 3 * F, *gvt = vt + 3 * F, *gdk = gvt + 3 * F, *gdv = gdk + F;
+            double *dk_buf = sc, *dkg_buf = dk_buf + F, *dv_buf = dkg_buf + F;
+            double *dvg_buf = dv_buf + 3 * F;
+            double *vt = dvg_buf + 3 * F, *gvt = vt + 3 * F, *gdk = gvt + 3 * F, *gdv = gdk + F;
             double *gq = gdv + 3 * F, *ap = gq + F, *a = ap + H, *ag = a + H, *gA = ag + H;
 #pragma omp for schedule(dynamic, 8)
             for (int32_t t = 0; t < nl; t++) {
@@ -526,13 +545,20 @@ void et_cpu_layer_backward(cpu_state *st, const ds4sci_system *sys, int l) {
                     const double *vecs = xv + (size_t)s * F4 + F;
                     const double c = geo[GEO_C], *dir = geo + GEO_D;
                     double *eA = st->e_a + (size_t)e * H, *egap = st->e_gap + (size_t)e * H;
-                    edge_filters(d, ly, wt, st->e_f + (size_t)e * K, dk, dkg, dv, dvg);
-                    if (st->use_filt) {
-                        double *cache = st->e_filt + (size_t)e * 4 * F;
-                        if (has_dk)
-                            memcpy(cache, dk, sizeof(double) * F);
-                        if (has_dv)
-                            memcpy(cache + F, dv, sizeof(double) * 3 * F);
+                    const double *dk = dk_buf, *dkg = dkg_buf, *dv = dv_buf, *dvg = dvg_buf;
+                    if (st->filt_mode == 2) {
+                        const double *r = filt_rec(st, l, e);
+                        dk = r, dv = r + F, dkg = r + 4 * F, dvg = r + 5 * F;
+                    } else {
+                        edge_filters(d, ly, wt, st->e_f + (size_t)e * K, dk_buf, dkg_buf, dv_buf,
+                                     dvg_buf);
+                        if (st->filt_mode == 1) { /* for the sender pass */
+                            double *r = filt_rec(st, l, e);
+                            if (has_dk)
+                                memcpy(r, dk_buf, sizeof(double) * F);
+                            if (has_dv)
+                                memcpy(r + F, dv_buf, sizeof(double) * 3 * F);
+                        }
                     }
                     for (int hh = 0; hh < H; hh++) {
                         double s_ = 0.0;
@@ -627,8 +653,8 @@ void et_cpu_layer_backward(cpu_state *st, const ds4sci_system *sys, int l) {
                     const double c = geo[GEO_C], *dir = geo + GEO_D;
                     const double *eA = st->e_a + (size_t)e * H, *egap = st->e_gap + (size_t)e * H;
                     const double *dk = dk_buf, *dv = dv_buf;
-                    if (st->use_filt) {
-                        dk = st->e_filt + (size_t)e * 4 * F;
+                    if (st->filt_mode != 0) {
+                        dk = filt_rec(st, l, e);
                         dv = dk + F;
                     } else {
                         edge_filters(d, ly, wt, st->e_f + (size_t)e * K, dk_buf, NULL, dv_buf,
