@@ -87,4 +87,26 @@ void tu_system_displace(tu_system *t, int32_t i, int c, double delta);
 double tu_max_abs_diff(const double *a, const double *b, size_t n);
 double tu_rms(const double *a, size_t n);
 
+/* A random cluster (open boundaries) or periodic cube, graph built with a skin so the
+   candidate list stays valid for finite-difference displacements. */
+typedef struct tu_fixture {
+    tu_opts o;
+    et_desc *d;
+    ds4sci_ctx *ctx;
+    ds4sci_graph *g;
+    tu_system sys;
+    double box[9];
+    int periodic;
+} tu_fixture;
+
+/* Random atoms (min distance 1, none within 1e-3 of a cutoff, pairs >= 0.9 apart in the
+   tilted periodic box) with a random model of options o on a 1-thread CPU context; the
+   graph has a 0.5 skin so finite-difference moves keep it valid. periodic: a triclinic
+   box of edge `side`. */
+void tu_fixture_init(tu_fixture *f, const tu_opts *o, int n_atoms, double side, int periodic,
+                     uint64_t seed);
+void tu_fixture_free(tu_fixture *f);
+/* Compute into res (allocated here) and fold ghost forces into owners; returns the energy. */
+double tu_fixture_compute(tu_fixture *f, tu_result *res);
+
 #endif /* DS4SCI_TEST_UTIL_H */
