@@ -351,6 +351,14 @@ ds4sci_status ds4sci_graph_build(const double *pos, const int32_t *z, int32_t n_
         int cidx[3];
         for (int k = 0; k < 3; k++) {
             double s = periodic ? floor(f[k]) : 0.0;
+            if (fabs(s) > 1e6) { /* image shifts are int32 and ghost keys small integers */
+                set_err(err, err_len,
+                        "ds4sci_graph_build: atom %d lies %g box lengths outside the box "
+                        "(at most 1e6 allowed)",
+                        (int)i, s);
+                status = DS4SCI_ERR_INPUT;
+                goto done;
+            }
             shift[3 * i + k] = (int32_t)s;
             double fk = f[k] - s;
             int ci = (int)floor(fk * ncell[k]);
@@ -452,7 +460,7 @@ ds4sci_status ds4sci_graph_build(const double *pos, const int32_t *z, int32_t n_
     status = DS4SCI_OK;
 
 done:
-    if (status != DS4SCI_OK)
+    if (status == DS4SCI_ERR_NOMEM)
         set_err(err, err_len, "ds4sci_graph_build: out of memory (%d atoms, %zu pairs so far)",
                 (int)n_atoms, b.n_nbr);
     ds4sci_graph_free(g);

@@ -224,6 +224,11 @@ START_TEST(bad_arguments_are_refused) {
                      DS4SCI_ERR_ARG);
     ck_assert_int_eq(ds4sci_graph_build(pos, NULL, 2, NULL, 3.0, &g, &s, err, sizeof(err)),
                      DS4SCI_ERR_ARG);
+    double far[6] = {0, 0, 0, 1e9, 0, 0};
+    double box[9] = {5, 0, 0, 0, 5, 0, 0, 0, 5};
+    ck_assert_int_eq(ds4sci_graph_build(far, z, 2, box, 3.0, &g, &s, err, sizeof(err)),
+                     DS4SCI_ERR_INPUT);
+    ck_assert_ptr_nonnull(strstr(err, "atom 1"));
     ds4sci_graph_free(NULL);
 }
 END_TEST
