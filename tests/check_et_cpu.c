@@ -318,6 +318,34 @@ START_TEST(pair_at_exactly_the_cutoffs) {
 }
 END_TEST
 
+START_TEST(vector_cutoff_energy_is_continuous_at_both_cutoffs) {
+    /* ET_SPEC section 10: with vector_cutoff every message carries c(r), which vanishes
+       with its derivative at cl and cu, so a pair entering or leaving the list changes the
+       energy by O(delta^2) only (here delta = 1e-6: at most ~1e-10 in these units). */
+    tu_opts o;
+    tu_opts_combo(&o, 16 + 32 + 3 * _i); /* vector_cutoff on, cutoff_lower 0.7 */
+    ck_assert(o.vector_cutoff && o.cutoff_lower > 0.0);
+    et_desc *d = tu_desc_new(&o);
+    ds4sci_ctx *ctx = tu_ctx_cpu(d, 1);
+    int32_t z[2] = {1, 2};
+    double p1[3] = {0, 0, 0};
+    const double e_iso = cluster_ef(ctx, p1, &z[0], 1, 5.0, NULL, NULL) +
+                         cluster_ef(ctx, p1, &z[1], 1, 5.0, NULL, NULL);
+    const double at[2] = {o.cutoff_upper - 1e-6, o.cutoff_lower + 1e-6};
+    for (int k = 0; k < 2; k++) {
+        double pos[6] = {0, 0, 0, at[k], 0, 0};
+        const double e = cluster_ef(ctx, pos, z, 2, 5.0, NULL, NULL);
+        ck_assert_msg(fabs(e - e_iso) <= 1e-10 * fmax(1.0, fabs(e_iso)),
+                      "pair at %.7f: E %.17g, isolated atoms %.17g", at[k], e, e_iso);
+    }
+    /* and a pair well inside does interact (the test is not vacuous) */
+    double pos[6] = {0, 0, 0, 0.5 * (o.cutoff_lower + o.cutoff_upper), 0, 0};
+    ck_assert(fabs(cluster_ef(ctx, pos, z, 2, 5.0, NULL, NULL) - e_iso) > 1e-6);
+    ds4sci_ctx_free(ctx);
+    tu_desc_free(d);
+}
+END_TEST
+
 START_TEST(results_independent_of_thread_count) {
     tu_opts o;
     tu_opts_combo(&o, 3);
@@ -396,6 +424,7 @@ static Suite *et_cpu_suite(void) {
     tcase_add_loop_test(ts, invariant_to_translation_rotation_permutation, 0, 6);
     tcase_add_loop_test(ts, isolated_atom_and_atom_without_neighbours, 0, TU_N_COMBOS);
     tcase_add_test(ts, pair_at_exactly_the_cutoffs);
+    tcase_add_loop_test(ts, vector_cutoff_energy_is_continuous_at_both_cutoffs, 0, 5);
     suite_add_tcase(s, ts);
 
     TCase *tw = tcase_create("workspace");
