@@ -109,8 +109,7 @@ size_t ds4sci_cpu_workspace_bytes(const void *state) {
 #undef ADD_EDGE
     size_t atoms = st->xv ? st->cap_atoms + 1 : 0;
     size_t edges = st->e_src ? st->cap_edges : 0;
-    return per_atom * atoms + per_edge * edges +
-           sizeof(double) * 8 * (size_t)F * (st->e_filt ? st->cap_filt : 0) +
+    return per_atom * atoms + per_edge * edges + sizeof(double) * (st->e_filt ? st->cap_filt : 0) +
            sizeof(double) * st->scratch_per_thread * (size_t)st->n_threads;
 }
 
@@ -403,25 +402,24 @@ static void outputs(cpu_state *st, const ds4sci_system *sys, ds4sci_result *res)
 /* ---- driver -------------------------------------------------------------------------------- */
 
 /* Pick the filter cache mode for E edges (see cpu_state.e_filt) and size it; never an
-   error (without memory the passes recompute the filters). */
+   error (without memory the passes recompute the filters). Mode 2 keeps records of 8F
+   doubles (values and derivatives) for every layer, mode 1 records of 4F (values). */
 static void reserve_filter_cache(cpu_state *st, size_t E) {
-    const size_t rec = sizeof(double) * 8 * (size_t)st->d->F;
-    const size_t max_rec = ET_CPU_FILTER_CACHE_BYTES / rec;
-    const size_t L = (size_t)st->d->L;
+    const size_t F = (size_t)st->d->F, L = (size_t)st->d->L;
+    const size_t max_doubles = ET_CPU_FILTER_CACHE_BYTES / sizeof(double);
     st->filt_mode = 0;
-    int mode = st->filt_max >= 2 && E * L <= max_rec ? 2
-               : st->filt_max >= 1 && E <= max_rec   ? 1
-                                                     : 0;
+    int mode = st->filt_max >= 2 && E * L * 8 * F <= max_doubles ? 2
+               : st->filt_max >= 1 && E * 4 * F <= max_doubles   ? 1
+                                                                 : 0;
     if (mode == 0)
         return;
-    const size_t need = mode == 2 ? E * L : E;
+    const size_t need = mode == 2 ? E * L * 8 * F : E * 4 * F;
     if (need > st->cap_filt || !st->e_filt) {
         size_t cap = st->cap_filt + st->cap_filt / 2;
         cap = cap < need ? need : cap;
-        cap = cap < 64 ? 64 : cap;
-        cap = cap > max_rec ? max_rec : cap;
+        cap = cap > max_doubles ? max_doubles : cap;
         free(st->e_filt);
-        st->e_filt = (double *)malloc(rec * cap);
+        st->e_filt = (double *)malloc(sizeof(double) * cap);
         st->cap_filt = st->e_filt ? cap : 0;
         st->n_allocs++;
         if (!st->e_filt)

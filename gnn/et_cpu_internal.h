@@ -59,13 +59,13 @@ typedef struct cpu_state {
 
     double *scratch; /* [n_threads][scratch_per_thread] */
 
-    /* Edge filter cache, records of 8F doubles: dk (F), dv (3F), act'(dk pre) (F),
-       act'(dv pre) (3F). filt_mode 2: every layer's filters ([L][E] records), computed once
-       in the forward; 1: the current layer's values ([E]), from the backward's receiver
-       pass to its sender pass; 0: none, each pass recomputes them. The largest mode that
+    /* Edge filter cache. filt_mode 2: every layer's filters, [L][E] records of 8F doubles:
+       dk (F), dv (3F), act'(dk pre) (F), act'(dv pre) (3F), computed once in the forward;
+       1: the current layer's values, [E] records of 4F (dk, dv), from the backward's
+       receiver pass to its sender pass; 0: none, each pass recomputes them. The largest mode that
        fits in ET_CPU_FILTER_CACHE_BYTES and filt_max is used; all give the same numbers. */
     double *e_filt;
-    size_t cap_filt; /* records */
+    size_t cap_filt; /* doubles */
     int filt_mode, filt_max;
     int64_t n_edges; /* E of the current call */
 

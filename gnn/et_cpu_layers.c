@@ -160,12 +160,12 @@ static void edge_filters(const et_desc *d, const et_layer *ly, const struct cpu_
     }
 }
 
-/* Cache record of edge e in layer l: dk [F], dv [3F], dk' [F], dv' [3F]. */
+/* Cache record of edge e in layer l: dk [F], dv [3F] (then, in mode 2, dk' [F], dv' [3F]). */
 static double *filt_rec(const cpu_state *st, int l, int64_t e) {
-    const size_t F8 = 8 * (size_t)st->d->F;
-    const size_t slot =
-        st->filt_mode == 2 ? (size_t)l * (size_t)st->n_edges + (size_t)e : (size_t)e;
-    return st->e_filt + slot * F8;
+    const size_t F = (size_t)st->d->F;
+    if (st->filt_mode == 2)
+        return st->e_filt + ((size_t)l * (size_t)st->n_edges + (size_t)e) * 8 * F;
+    return st->e_filt + (size_t)e * 4 * F;
 }
 
 /* vec_proj of one atom: P[c][0:3F] = W_vp vec[c], c = 0..2; vdot = sum_c P1[c] P2[c]. */
