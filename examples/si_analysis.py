@@ -34,10 +34,12 @@ def read_rdf(prefix):
 
 
 def read_nve(log):
-    """(time ps, de eV/atom) of the thermo block holding v_de."""
-    t, de, cols = [], [], None
+    """(time ps, de eV/atom, atoms) of the thermo block holding v_de."""
+    t, de, cols, atoms = [], [], None, 0
     for line in open(log):
         s = line.split()
+        if s[:2] == ["Loop", "time"] and "atoms" in s:
+            atoms = int(s[s.index("atoms") - 1])
         if s and s[0] == "Step":
             cols = s if "v_de" in s else None
             continue
@@ -52,12 +54,15 @@ def read_nve(log):
         elif cols and s[:1] == ["Loop"]:
             cols = None
     t = np.array(t) - t[0]
-    return t, np.array(de)
+    return t, np.array(de), atoms
 
 
 def drift(t, de):
-    slope = np.polyfit(t, de, 1)[0]  # eV/atom/ps
+    """Least-squares slope; its standard error assumes independent residuals (they are not
+    quite: read it as the resolution of a run this long, not as a confidence interval)."""
+    (slope, icpt), cov = np.polyfit(t, de, 1, cov=True)  # eV/atom/ps
     return dict(duration_ps=float(t[-1]), drift_eV_per_atom_per_ns=float(slope * 1e3),
+                drift_stderr_eV_per_atom_per_ns=float(np.sqrt(cov[0, 0]) * 1e3),
                 max_excursion_eV_per_atom=float(np.abs(de).max()),
                 final_change_eV_per_atom=float(de[-1]))
 
@@ -115,14 +120,15 @@ def main():
         for key, log, style in (("et", args.nve_et, "r-"), ("sw", args.nve_sw, "k-")):
             if not log:
                 continue
-            t, de = read_nve(log)
+            t, de, atoms = read_nve(log)
             out["nve_" + key] = drift(t, de)
+            out["nve_" + key]["atoms"] = atoms
             label = "ET si-sw-et (ds4sci)" if key == "et" else "Stillinger-Weber (teacher)"
             ax.plot(t, de * 1e3, style, lw=0.8,
                     label=f"{label}: {out['nve_' + key]['drift_eV_per_atom_per_ns']:.2e} eV/atom/ns")
         ax.set_xlabel("t (ps)")
         ax.set_ylabel("E_tot(t) - E_tot(0) (meV/atom)")
-        ax.set_title("Si, 216 atoms, NVE, 1 fs")
+        ax.set_title(f"Si, {out['nve_et']['atoms']} atoms, NVE, 1 fs, after 2 ps at 600 K")
         ax.legend(fontsize=8)
         fig.tight_layout()
         if args.plot_nve:

@@ -98,7 +98,11 @@ def lmp_cmd(args, lmp):
 
 def case_teacher(args, wd):
     sw = find_sw_file(args)
-    teacher = [shutil.which(args.teacher_lmp) or args.teacher_lmp]
+    found = shutil.which(args.teacher_lmp)
+    if not found:
+        raise Failure(f"teacher lmp '{args.teacher_lmp}' not found (Debian: apt-get install "
+                      "lammps; or pass --teacher-lmp an lmp with pair_style sw)")
+    teacher = [found]
     model_lmp = lmp_cmd(args, os.path.abspath(args.lmp))
     plugin_lines = [f"plugin load {os.path.abspath(args.plugin)}",
                     f"pair_style ds4sci {os.path.abspath(args.model)} device cpu",
