@@ -16,6 +16,16 @@ if(LAMMPS_BINARY AND TARGET ds4sciplugin)
                      --mpiexec ${MPIEXEC_EXECUTABLE} ${case})
     set_tests_properties(${name} PROPERTIES LABELS lammps TIMEOUT 600)
   endforeach()
+
+  # The shipped Si potential against its teacher, Stillinger-Weber, run by our own lmp (built with
+  # MANYBODY) with Si.sw from the same LAMMPS tree: no Debian lammps package needed.
+  if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/lammps/si_tests.cmake)
+    set(DS4SCI_TEACHER_LMP ${LAMMPS_BINARY} CACHE STRING
+        "lmp with pair_style sw used as the teacher by the si_* tests")
+    include(${CMAKE_CURRENT_SOURCE_DIR}/lammps/si_tests.cmake)
+    set_property(TEST lammps_si_teacher lammps_si_nve APPEND PROPERTY
+                 ENVIRONMENT LAMMPS_SOURCE_DIR=${LAMMPS_SOURCE_DIR})
+  endif()
 elseif(LAMMPS_BINARY)
   message(WARNING "LAMMPS_BINARY is set but LAMMPS_SOURCE_DIR is not: the plugin and the LAMMPS "
                   "tests are not built")
