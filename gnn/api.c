@@ -15,6 +15,7 @@
 
 #include "backend.h"
 #include "ds4sci.h"
+#include "err.h"
 #include "model_internal.h"
 
 /* Pairs closer than this (length units) are overlapping atoms: an input error. */
@@ -74,15 +75,6 @@ int ds4sci_cuda_available(void) {
 #endif
 }
 
-static void set_err(char *err, size_t err_len, const char *fmt, ...) {
-    if (!err || err_len == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, err_len, fmt, ap);
-    va_end(ap);
-}
-
 static ds4sci_status pick_backend(const ds4sci_options *opt, const ds4sci_backend_i **be, char *err,
                                   size_t err_len) {
     switch (opt->device) {
@@ -99,18 +91,18 @@ static ds4sci_status pick_backend(const ds4sci_options *opt, const ds4sci_backen
     case DS4SCI_DEVICE_CUDA:
 #ifdef DS4SCI_HAVE_CUDA
         if (!ds4sci_backend_cuda_available()) {
-            set_err(err, err_len, "device CUDA requested: no usable CUDA device");
+            ds4sci_errf(err, err_len, "device CUDA requested: no usable CUDA device");
             return DS4SCI_ERR_DEVICE;
         }
         *be = &ds4sci_backend_cuda;
         return DS4SCI_OK;
 #else
-        set_err(err, err_len, "device CUDA requested: ds4sci was built without CUDA");
+        ds4sci_errf(err, err_len, "device CUDA requested: ds4sci was built without CUDA");
         return DS4SCI_ERR_DEVICE;
 #endif
     }
-    set_err(err, err_len, "options.device = %d: expected DS4SCI_DEVICE_AUTO, _CPU or _CUDA",
-            (int)opt->device);
+    ds4sci_errf(err, err_len, "options.device = %d: expected DS4SCI_DEVICE_AUTO, _CPU or _CUDA",
+                (int)opt->device);
     return DS4SCI_ERR_ARG;
 }
 
@@ -125,7 +117,7 @@ static ds4sci_status ctx_create(const ds4sci_model *model, const et_desc *desc,
     else
         ds4sci_options_init(&opt);
     if (opt.n_threads < 0) {
-        set_err(err, err_len, "options.n_threads = %d: expected >= 0", (int)opt.n_threads);
+        ds4sci_errf(err, err_len, "options.n_threads = %d: expected >= 0", (int)opt.n_threads);
         return DS4SCI_ERR_ARG;
     }
     const ds4sci_backend_i *be = NULL;
@@ -138,7 +130,7 @@ static ds4sci_status ctx_create(const ds4sci_model *model, const et_desc *desc,
     if (!ctx || !z_ok) {
         free(ctx);
         free(z_ok);
-        set_err(err, err_len, "cannot allocate a context");
+        ds4sci_errf(err, err_len, "cannot allocate a context");
         return DS4SCI_ERR_NOMEM;
     }
     ctx->model = model;
@@ -169,7 +161,7 @@ static ds4sci_status ctx_create(const ds4sci_model *model, const et_desc *desc,
     char berr[512] = "";
     s = be->create(desc, &opt, &ctx->state, berr, sizeof(berr));
     if (s != DS4SCI_OK) {
-        set_err(err, err_len, "%s backend: %s", be->name, berr);
+        ds4sci_errf(err, err_len, "%s backend: %s", be->name, berr);
         free(z_ok);
         free(ctx);
         return s;
@@ -183,12 +175,12 @@ ds4sci_status ds4sci_ctx_create(const ds4sci_model *model, const ds4sci_options 
     if (err && err_len)
         err[0] = '\0';
     if (!ctx) {
-        set_err(err, err_len, "ds4sci_ctx_create: ctx is NULL");
+        ds4sci_errf(err, err_len, "ds4sci_ctx_create: ctx is NULL");
         return DS4SCI_ERR_ARG;
     }
     *ctx = NULL;
     if (!model) {
-        set_err(err, err_len, "ds4sci_ctx_create: model is NULL");
+        ds4sci_errf(err, err_len, "ds4sci_ctx_create: model is NULL");
         return DS4SCI_ERR_ARG;
     }
     return ctx_create(model, ds4sci_model_desc(model), options, ctx, err, err_len);
@@ -199,17 +191,17 @@ ds4sci_status ds4sci_ctx_create_desc(const et_desc *desc, const ds4sci_options *
     if (err && err_len)
         err[0] = '\0';
     if (!ctx || !desc) {
-        set_err(err, err_len, "ds4sci_ctx_create_desc: %s is NULL", ctx ? "desc" : "ctx");
+        ds4sci_errf(err, err_len, "ds4sci_ctx_create_desc: %s is NULL", ctx ? "desc" : "ctx");
         return DS4SCI_ERR_ARG;
     }
     *ctx = NULL;
     if (desc->F <= 0 || desc->H <= 0 || desc->F % desc->H != 0 || desc->D != desc->F / desc->H ||
         desc->K <= 0 || desc->L <= 0 || desc->max_z <= 0 || !desc->layers) {
-        set_err(err, err_len,
-                "ds4sci_ctx_create_desc: inconsistent description (F %d, H %d, D %d, K %d, L %d, "
-                "max_z %d)",
-                (int)desc->F, (int)desc->H, (int)desc->D, (int)desc->K, (int)desc->L,
-                (int)desc->max_z);
+        ds4sci_errf(
+            err, err_len,
+            "ds4sci_ctx_create_desc: inconsistent description (F %d, H %d, D %d, K %d, L %d, "
+            "max_z %d)",
+            (int)desc->F, (int)desc->H, (int)desc->D, (int)desc->K, (int)desc->L, (int)desc->max_z);
         return DS4SCI_ERR_ARG;
     }
     return ctx_create(NULL, desc, options, ctx, err, err_len);

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "ds4sci.h"
+#include "err.h"
 
 struct ds4sci_graph {
     int32_t n_local, n_ghost;
@@ -26,15 +27,6 @@ struct ds4sci_graph {
     int32_t *nbr_index;   /* [n_pairs] */
     int32_t *ghost_owner; /* [n_ghost] */
 };
-
-static void set_err(char *err, size_t err_len, const char *fmt, ...) {
-    if (!err || err_len == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, err_len, fmt, ap);
-    va_end(ap);
-}
 
 /* Growable arrays; return 0 on allocation failure. */
 static int grow(void **p, size_t *cap, size_t need, size_t elem) {
@@ -247,24 +239,25 @@ ds4sci_status ds4sci_graph_build(const double *pos, const int32_t *z, int32_t n_
     if (err && err_len)
         err[0] = '\0';
     if (!graph || !system) {
-        set_err(err, err_len, "ds4sci_graph_build: %s is NULL", graph ? "system" : "graph");
+        ds4sci_errf(err, err_len, "ds4sci_graph_build: %s is NULL", graph ? "system" : "graph");
         return DS4SCI_ERR_ARG;
     }
     *graph = NULL;
     memset(system, 0, sizeof(*system));
     if (n_atoms < 0 || (n_atoms > 0 && (!pos || !z))) {
-        set_err(err, err_len, "ds4sci_graph_build: n_atoms = %d with pos %s, z %s", (int)n_atoms,
-                pos ? "set" : "NULL", z ? "set" : "NULL");
+        ds4sci_errf(err, err_len, "ds4sci_graph_build: n_atoms = %d with pos %s, z %s",
+                    (int)n_atoms, pos ? "set" : "NULL", z ? "set" : "NULL");
         return DS4SCI_ERR_ARG;
     }
     if (!(cutoff > 0.0) || !isfinite(cutoff)) {
-        set_err(err, err_len, "ds4sci_graph_build: cutoff = %g, expected a positive number",
-                cutoff);
+        ds4sci_errf(err, err_len, "ds4sci_graph_build: cutoff = %g, expected a positive number",
+                    cutoff);
         return DS4SCI_ERR_ARG;
     }
     for (int32_t i = 0; i < n_atoms; i++)
         if (!isfinite(pos[3 * i]) || !isfinite(pos[3 * i + 1]) || !isfinite(pos[3 * i + 2])) {
-            set_err(err, err_len, "ds4sci_graph_build: atom %d has a non-finite position", (int)i);
+            ds4sci_errf(err, err_len, "ds4sci_graph_build: atom %d has a non-finite position",
+                        (int)i);
             return DS4SCI_ERR_INPUT;
         }
 
@@ -276,11 +269,11 @@ ds4sci_status ds4sci_graph_build(const double *pos, const int32_t *z, int32_t n_
         memcpy(B, box, sizeof(B));
         if (B[1] != 0.0 || B[2] != 0.0 || B[5] != 0.0 || !(B[0] > 0.0) || !(B[4] > 0.0) ||
             !(B[8] > 0.0)) {
-            set_err(err, err_len,
-                    "ds4sci_graph_build: box rows a, b, c must be in LAMMPS reduced form "
-                    "(a_y = a_z = b_z = 0, a_x, b_y, c_z > 0); got a = (%g, %g, %g), b = (%g, "
-                    "%g, %g), c = (%g, %g, %g)",
-                    B[0], B[1], B[2], B[3], B[4], B[5], B[6], B[7], B[8]);
+            ds4sci_errf(err, err_len,
+                        "ds4sci_graph_build: box rows a, b, c must be in LAMMPS reduced form "
+                        "(a_y = a_z = b_z = 0, a_x, b_y, c_z > 0); got a = (%g, %g, %g), b = (%g, "
+                        "%g, %g), c = (%g, %g, %g)",
+                        B[0], B[1], B[2], B[3], B[4], B[5], B[6], B[7], B[8]);
             return DS4SCI_ERR_ARG;
         }
     } else {
@@ -300,7 +293,7 @@ ds4sci_status ds4sci_graph_build(const double *pos, const int32_t *z, int32_t n_
         }
     }
     if (!inv3(B, Bi)) {
-        set_err(err, err_len, "ds4sci_graph_build: singular box");
+        ds4sci_errf(err, err_len, "ds4sci_graph_build: singular box");
         return DS4SCI_ERR_ARG;
     }
 
@@ -352,10 +345,10 @@ ds4sci_status ds4sci_graph_build(const double *pos, const int32_t *z, int32_t n_
         for (int k = 0; k < 3; k++) {
             double s = periodic ? floor(f[k]) : 0.0;
             if (fabs(s) > 1e6) { /* image shifts are int32 and ghost keys small integers */
-                set_err(err, err_len,
-                        "ds4sci_graph_build: atom %d lies %g box lengths outside the box "
-                        "(at most 1e6 allowed)",
-                        (int)i, s);
+                ds4sci_errf(err, err_len,
+                            "ds4sci_graph_build: atom %d lies %g box lengths outside the box "
+                            "(at most 1e6 allowed)",
+                            (int)i, s);
                 status = DS4SCI_ERR_INPUT;
                 goto done;
             }
@@ -461,8 +454,8 @@ ds4sci_status ds4sci_graph_build(const double *pos, const int32_t *z, int32_t n_
 
 done:
     if (status == DS4SCI_ERR_NOMEM)
-        set_err(err, err_len, "ds4sci_graph_build: out of memory (%d atoms, %zu pairs so far)",
-                (int)n_atoms, b.n_nbr);
+        ds4sci_errf(err, err_len, "ds4sci_graph_build: out of memory (%d atoms, %zu pairs so far)",
+                    (int)n_atoms, b.n_nbr);
     ds4sci_graph_free(g);
     builder_free(&b);
     free(sc.cpos);

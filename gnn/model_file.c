@@ -15,6 +15,7 @@
 #include <cjson/cJSON.h>
 
 #include "ds4sci.h"
+#include "err.h"
 #include "et_desc.h"
 #include "model_internal.h"
 #include "safetensors.h"
@@ -39,16 +40,6 @@ struct ds4sci_model {
     char **element_symbols; /* [n_elements] */
     int32_t *element_z;     /* [n_elements] */
 };
-
-static ds4sci_status fail(char *err, size_t err_len, ds4sci_status status, const char *fmt, ...) {
-    if (err && err_len > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, err_len, fmt, ap);
-        va_end(ap);
-    }
-    return status;
-}
 
 static char *dup_str(const char *s) {
     size_t n = strlen(s) + 1;
@@ -101,8 +92,9 @@ static const cJSON *cfg_get(const cfg_ctx *c, const char *key, const char *expec
                             ds4sci_status *st) {
     const cJSON *item = cJSON_GetObjectItemCaseSensitive(c->cfg, key);
     if (!item)
-        *st = fail(c->err, c->err_len, DS4SCI_ERR_FORMAT,
-                   "%s: ds4sci.config: missing key \"%s\" (expected %s)", c->fname, key, expected);
+        *st = ds4sci_fail(c->err, c->err_len, DS4SCI_ERR_FORMAT,
+                          "%s: ds4sci.config: missing key \"%s\" (expected %s)", c->fname, key,
+                          expected);
     return item;
 }
 
@@ -117,12 +109,12 @@ static ds4sci_status cfg_int(const cfg_ctx *c, const char *key, int32_t lo, int3
     if (!cJSON_IsNumber(item) || !(item->valuedouble >= lo && item->valuedouble <= hi) ||
         item->valuedouble != (double)(int32_t)item->valuedouble) {
         if (cJSON_IsNumber(item))
-            return fail(c->err, c->err_len, DS4SCI_ERR_FORMAT,
-                        "%s: ds4sci.config: \"%s\" is %.17g, expected %s", c->fname, key,
-                        item->valuedouble, expected);
-        return fail(c->err, c->err_len, DS4SCI_ERR_FORMAT,
-                    "%s: ds4sci.config: \"%s\" is %s, expected %s", c->fname, key,
-                    json_type_name(item), expected);
+            return ds4sci_fail(c->err, c->err_len, DS4SCI_ERR_FORMAT,
+                               "%s: ds4sci.config: \"%s\" is %.17g, expected %s", c->fname, key,
+                               item->valuedouble, expected);
+        return ds4sci_fail(c->err, c->err_len, DS4SCI_ERR_FORMAT,
+                           "%s: ds4sci.config: \"%s\" is %s, expected %s", c->fname, key,
+                           json_type_name(item), expected);
     }
     *out = (int32_t)item->valuedouble;
     return DS4SCI_OK;
@@ -134,9 +126,9 @@ static ds4sci_status cfg_num(const cfg_ctx *c, const char *key, double *out) {
     if (!item)
         return st;
     if (!cJSON_IsNumber(item) || !isfinite(item->valuedouble))
-        return fail(c->err, c->err_len, DS4SCI_ERR_FORMAT,
-                    "%s: ds4sci.config: \"%s\" is %s, expected a finite number", c->fname, key,
-                    json_type_name(item));
+        return ds4sci_fail(c->err, c->err_len, DS4SCI_ERR_FORMAT,
+                           "%s: ds4sci.config: \"%s\" is %s, expected a finite number", c->fname,
+                           key, json_type_name(item));
     *out = item->valuedouble;
     return DS4SCI_OK;
 }
@@ -147,9 +139,9 @@ static ds4sci_status cfg_bool(const cfg_ctx *c, const char *key, int32_t *out) {
     if (!item)
         return st;
     if (!cJSON_IsBool(item))
-        return fail(c->err, c->err_len, DS4SCI_ERR_FORMAT,
-                    "%s: ds4sci.config: \"%s\" is %s, expected true or false", c->fname, key,
-                    json_type_name(item));
+        return ds4sci_fail(c->err, c->err_len, DS4SCI_ERR_FORMAT,
+                           "%s: ds4sci.config: \"%s\" is %s, expected true or false", c->fname, key,
+                           json_type_name(item));
     *out = cJSON_IsTrue(item) ? 1 : 0;
     return DS4SCI_OK;
 }
@@ -167,18 +159,18 @@ static ds4sci_status cfg_enum(const cfg_ctx *c, const char *key, const char *con
     if (!item)
         return st;
     if (!cJSON_IsString(item))
-        return fail(c->err, c->err_len, DS4SCI_ERR_FORMAT,
-                    "%s: ds4sci.config: \"%s\" is %s, expected %s", c->fname, key,
-                    json_type_name(item), expected);
+        return ds4sci_fail(c->err, c->err_len, DS4SCI_ERR_FORMAT,
+                           "%s: ds4sci.config: \"%s\" is %s, expected %s", c->fname, key,
+                           json_type_name(item), expected);
     for (int i = 0; i < n; i++) {
         if (strcmp(item->valuestring, names[i]) == 0) {
             *out = values[i];
             return DS4SCI_OK;
         }
     }
-    return fail(c->err, c->err_len, DS4SCI_ERR_UNSUPPORTED,
-                "%s: ds4sci.config: \"%s\" is \"%.64s\", this build supports %s", c->fname, key,
-                item->valuestring, expected);
+    return ds4sci_fail(c->err, c->err_len, DS4SCI_ERR_UNSUPPORTED,
+                       "%s: ds4sci.config: \"%s\" is \"%.64s\", this build supports %s", c->fname,
+                       key, item->valuestring, expected);
 }
 
 static ds4sci_status cfg_opt_string(const cfg_ctx *c, const char *key, const char **out) {
@@ -187,9 +179,9 @@ static ds4sci_status cfg_opt_string(const cfg_ctx *c, const char *key, const cha
     if (!item)
         return DS4SCI_OK;
     if (!cJSON_IsString(item))
-        return fail(c->err, c->err_len, DS4SCI_ERR_FORMAT,
-                    "%s: ds4sci.config: \"%s\" is %s, expected a string", c->fname, key,
-                    json_type_name(item));
+        return ds4sci_fail(c->err, c->err_len, DS4SCI_ERR_FORMAT,
+                           "%s: ds4sci.config: \"%s\" is %s, expected a string", c->fname, key,
+                           json_type_name(item));
     *out = item->valuestring;
     return DS4SCI_OK;
 }
@@ -232,17 +224,18 @@ static ds4sci_status parse_config(const cJSON *cfg, const char *fname, model_con
 
     const char *dup = NULL;
     if (ds4sci_json_has_duplicate_key(cfg, &dup))
-        return fail(err, err_len, DS4SCI_ERR_FORMAT, "%s: ds4sci.config: key \"%s\" repeated",
-                    fname, dup);
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                           "%s: ds4sci.config: key \"%s\" repeated", fname, dup);
     for (const cJSON *k = cfg->child; k; k = k->next) {
         size_t i = 0, n = sizeof known_keys / sizeof known_keys[0];
         while (i < n && strcmp(k->string, known_keys[i]) != 0)
             i++;
         if (i == n)
-            return fail(err, err_len, DS4SCI_ERR_UNSUPPORTED,
-                        "%s: ds4sci.config: unknown key \"%.64s\" (an option this build does not "
-                        "implement, or a newer format; see docs/model_format.md)",
-                        fname, k->string);
+            return ds4sci_fail(
+                err, err_len, DS4SCI_ERR_UNSUPPORTED,
+                "%s: ds4sci.config: unknown key \"%.64s\" (an option this build does not "
+                "implement, or a newer format; see docs/model_format.md)",
+                fname, k->string);
     }
 
     static const char *const model_names[] = {"equivariant-transformer"};
@@ -260,9 +253,9 @@ static ds4sci_status parse_config(const cJSON *cfg, const char *fname, model_con
         (st = cfg_int(&c, "max_z", 1, MAX_Z, &mc->max_z)))
         return st;
     if (mc->F % mc->H != 0)
-        return fail(err, err_len, DS4SCI_ERR_FORMAT,
-                    "%s: ds4sci.config: num_heads %d does not divide hidden_channels %d", fname,
-                    mc->H, mc->F);
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                           "%s: ds4sci.config: num_heads %d does not divide hidden_channels %d",
+                           fname, mc->H, mc->F);
     mc->max_num_neighbors = 0;
     if (cJSON_GetObjectItemCaseSensitive(cfg, "max_num_neighbors") &&
         (st = cfg_int(&c, "max_num_neighbors", 1, INT32_MAX, &mc->max_num_neighbors)))
@@ -297,10 +290,10 @@ static ds4sci_status parse_config(const cJSON *cfg, const char *fname, model_con
         (st = cfg_num(&c, "cutoff_upper", &mc->cutoff_upper)))
         return st;
     if (!(mc->cutoff_lower >= 0.0 && mc->cutoff_upper > mc->cutoff_lower))
-        return fail(err, err_len, DS4SCI_ERR_FORMAT,
-                    "%s: ds4sci.config: cutoff_lower %.17g, cutoff_upper %.17g: expected "
-                    "0 <= cutoff_lower < cutoff_upper",
-                    fname, mc->cutoff_lower, mc->cutoff_upper);
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                           "%s: ds4sci.config: cutoff_lower %.17g, cutoff_upper %.17g: expected "
+                           "0 <= cutoff_lower < cutoff_upper",
+                           fname, mc->cutoff_lower, mc->cutoff_upper);
 
     /* prior_model: null or "Atomref"; atomref_enable required with Atomref. */
     ds4sci_status st_missing = DS4SCI_OK;
@@ -312,14 +305,15 @@ static ds4sci_status parse_config(const cJSON *cfg, const char *fname, model_con
     } else if (cJSON_IsString(prior) && strcmp(prior->valuestring, "Atomref") == 0) {
         mc->prior_atomref = 1;
     } else if (cJSON_IsString(prior)) {
-        return fail(err, err_len, DS4SCI_ERR_UNSUPPORTED,
-                    "%s: ds4sci.config: \"prior_model\" is \"%.64s\", this build supports null "
-                    "or \"Atomref\"",
-                    fname, prior->valuestring);
+        return ds4sci_fail(
+            err, err_len, DS4SCI_ERR_UNSUPPORTED,
+            "%s: ds4sci.config: \"prior_model\" is \"%.64s\", this build supports null "
+            "or \"Atomref\"",
+            fname, prior->valuestring);
     } else {
-        return fail(err, err_len, DS4SCI_ERR_FORMAT,
-                    "%s: ds4sci.config: \"prior_model\" is %s, expected null or \"Atomref\"", fname,
-                    json_type_name(prior));
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                           "%s: ds4sci.config: \"prior_model\" is %s, expected null or \"Atomref\"",
+                           fname, json_type_name(prior));
     }
     mc->atomref_enable = 0;
     if (mc->prior_atomref) {
@@ -329,10 +323,11 @@ static ds4sci_status parse_config(const cJSON *cfg, const char *fname, model_con
         if ((st = cfg_bool(&c, "atomref_enable", &mc->atomref_enable)))
             return st;
         if (mc->atomref_enable)
-            return fail(err, err_len, DS4SCI_ERR_FORMAT,
-                        "%s: ds4sci.config: \"atomref_enable\" is true but \"prior_model\" is "
-                        "null",
-                        fname);
+            return ds4sci_fail(
+                err, err_len, DS4SCI_ERR_FORMAT,
+                "%s: ds4sci.config: \"atomref_enable\" is true but \"prior_model\" is "
+                "null",
+                fname);
     }
 
     /* elements: {"H": 1, ...}, at least one, 0 <= z < max_z, symbols short and plain */
@@ -340,13 +335,14 @@ static ds4sci_status parse_config(const cJSON *cfg, const char *fname, model_con
     if (!mc->elements)
         return st_missing;
     if (!cJSON_IsObject(mc->elements) || !mc->elements->child)
-        return fail(err, err_len, DS4SCI_ERR_FORMAT,
-                    "%s: ds4sci.config: \"elements\" is %s, expected a non-empty object "
-                    "{\"H\": 1, ...}",
-                    fname, cJSON_IsObject(mc->elements) ? "empty" : json_type_name(mc->elements));
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                           "%s: ds4sci.config: \"elements\" is %s, expected a non-empty object "
+                           "{\"H\": 1, ...}",
+                           fname,
+                           cJSON_IsObject(mc->elements) ? "empty" : json_type_name(mc->elements));
     if (ds4sci_json_has_duplicate_key(mc->elements, &dup))
-        return fail(err, err_len, DS4SCI_ERR_FORMAT, "%s: ds4sci.config: element \"%s\" repeated",
-                    fname, dup);
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                           "%s: ds4sci.config: element \"%s\" repeated", fname, dup);
     for (const cJSON *e = mc->elements->child; e; e = e->next) {
         size_t len = strlen(e->string);
         int ok = len >= 1 && len <= MAX_ELEMENT_SYMBOL;
@@ -356,21 +352,23 @@ static ds4sci_status parse_config(const cJSON *cfg, const char *fname, model_con
                  ch == '_' || ch == '-' || ch == '+';
         }
         if (!ok)
-            return fail(err, err_len, DS4SCI_ERR_FORMAT,
-                        "%s: ds4sci.config: element symbol \"%.32s\": expected 1-%d characters "
-                        "from A-Z a-z 0-9 _ - +",
-                        fname, e->string, MAX_ELEMENT_SYMBOL);
+            return ds4sci_fail(
+                err, err_len, DS4SCI_ERR_FORMAT,
+                "%s: ds4sci.config: element symbol \"%.32s\": expected 1-%d characters "
+                "from A-Z a-z 0-9 _ - +",
+                fname, e->string, MAX_ELEMENT_SYMBOL);
         if (!cJSON_IsNumber(e) || !(e->valuedouble >= 0 && e->valuedouble < mc->max_z) ||
             e->valuedouble != (double)(int32_t)e->valuedouble) {
             if (cJSON_IsNumber(e))
-                return fail(err, err_len, DS4SCI_ERR_FORMAT,
-                            "%s: ds4sci.config: element %s has z = %.17g, expected an integer "
-                            "0 <= z < max_z = %d",
-                            fname, e->string, e->valuedouble, mc->max_z);
-            return fail(err, err_len, DS4SCI_ERR_FORMAT,
-                        "%s: ds4sci.config: element %s is %s, expected an integer z (its "
-                        "embedding row)",
-                        fname, e->string, json_type_name(e));
+                return ds4sci_fail(
+                    err, err_len, DS4SCI_ERR_FORMAT,
+                    "%s: ds4sci.config: element %s has z = %.17g, expected an integer "
+                    "0 <= z < max_z = %d",
+                    fname, e->string, e->valuedouble, mc->max_z);
+            return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                               "%s: ds4sci.config: element %s is %s, expected an integer z (its "
+                               "embedding row)",
+                               fname, e->string, json_type_name(e));
         }
     }
 
@@ -379,20 +377,20 @@ static ds4sci_status parse_config(const cJSON *cfg, const char *fname, model_con
     if (!mc->units)
         return st_missing;
     if (!cJSON_IsObject(mc->units))
-        return fail(err, err_len, DS4SCI_ERR_FORMAT,
-                    "%s: ds4sci.config: \"units\" is %s, expected an object {\"length\": "
-                    "\"angstrom\", \"energy\": \"eV\"}",
-                    fname, json_type_name(mc->units));
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                           "%s: ds4sci.config: \"units\" is %s, expected an object {\"length\": "
+                           "\"angstrom\", \"energy\": \"eV\"}",
+                           fname, json_type_name(mc->units));
     static const char *const length_units[] = {"angstrom", "nm", "bohr"};
     static const char *const energy_units[] = {"eV", "kcal/mol", "kJ/mol", "hartree"};
     static const int32_t idx[] = {0, 1, 2, 3};
     cfg_ctx cu = {mc->units, fname, err, err_len};
     for (const cJSON *k = mc->units->child; k; k = k->next)
         if (strcmp(k->string, "length") != 0 && strcmp(k->string, "energy") != 0)
-            return fail(err, err_len, DS4SCI_ERR_FORMAT,
-                        "%s: ds4sci.config: units: unknown key \"%.64s\" (expected length, "
-                        "energy)",
-                        fname, k->string);
+            return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                               "%s: ds4sci.config: units: unknown key \"%.64s\" (expected length, "
+                               "energy)",
+                               fname, k->string);
     if ((st = cfg_enum(&cu, "length", length_units, idx, 3, &dummy)) ||
         (st = cfg_enum(&cu, "energy", energy_units, idx, 4, &dummy)))
         return st;
@@ -586,16 +584,17 @@ static ds4sci_status load_tensors(ds4sci_model *m, const model_config *mc, ds4sc
                                   const char *fname, char *err, size_t err_len) {
     for (int32_t i = 0; i < sf->n_tensors; i++)
         if (pre_021_tensor(sf->tensors[i].name))
-            return fail(err, err_len, DS4SCI_ERR_UNSUPPORTED,
-                        "%s: tensor %s: a bias on vector features means a TorchMD-Net model from "
-                        "before 0.2.1 (2022), whose ET math this build does not implement; "
-                        "retrain with TorchMD-Net >= 0.2.1",
-                        fname, sf->tensors[i].name);
+            return ds4sci_fail(
+                err, err_len, DS4SCI_ERR_UNSUPPORTED,
+                "%s: tensor %s: a bias on vector features means a TorchMD-Net model from "
+                "before 0.2.1 (2022), whose ET math this build does not implement; "
+                "retrain with TorchMD-Net >= 0.2.1",
+                fname, sf->tensors[i].name);
 
     want_list w = {0};
     if (build_wants(m, mc, &w) != 0) {
         free(w.items);
-        return fail(err, err_len, DS4SCI_ERR_NOMEM, "%s: out of memory", fname);
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_NOMEM, "%s: out of memory", fname);
     }
 
     /* Check everything before converting anything. */
@@ -612,22 +611,24 @@ static ds4sci_status load_tensors(ds4sci_model *m, const model_config *mc, ds4sc
                 snprintf(expect, sizeof expect, "[] or [1]");
             else
                 shape_str(expect, sizeof expect, it->ndim, it->shape);
-            st = fail(err, err_len, DS4SCI_ERR_FORMAT,
-                      "%s: tensor %s: missing (expected shape %s, dtype F32 or F64)", fname,
-                      it->name, expect);
+            st = ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                             "%s: tensor %s: missing (expected shape %s, dtype F32 or F64)", fname,
+                             it->name, expect);
             break;
         }
         t->used = 1;
         if (strcmp(t->dtype, "F32") != 0 && strcmp(t->dtype, "F64") != 0) {
-            st = fail(err, err_len, DS4SCI_ERR_FORMAT,
-                      "%s: tensor %s: dtype %s, expected F32 or F64", fname, it->name, t->dtype);
+            st = ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                             "%s: tensor %s: dtype %s, expected F32 or F64", fname, it->name,
+                             t->dtype);
             break;
         }
         shape_str(got, sizeof got, t->ndim, t->shape);
         if (it->ndim < 0) {
             if (!(t->ndim == 0 || (t->ndim == 1 && t->shape[0] == 1)))
-                st = fail(err, err_len, DS4SCI_ERR_FORMAT,
-                          "%s: tensor %s: shape %s, expected [] or [1]", fname, it->name, got);
+                st = ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                                 "%s: tensor %s: shape %s, expected [] or [1]", fname, it->name,
+                                 got);
             continue;
         }
         int ok = t->ndim == it->ndim;
@@ -635,8 +636,8 @@ static ds4sci_status load_tensors(ds4sci_model *m, const model_config *mc, ds4sc
             ok = t->shape[k] == it->shape[k];
         if (!ok) {
             shape_str(expect, sizeof expect, it->ndim, it->shape);
-            st = fail(err, err_len, DS4SCI_ERR_FORMAT, "%s: tensor %s: shape %s, expected %s",
-                      fname, it->name, got, expect);
+            st = ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                             "%s: tensor %s: shape %s, expected %s", fname, it->name, got, expect);
             break;
         }
         total += t->numel;
@@ -644,14 +645,14 @@ static ds4sci_status load_tensors(ds4sci_model *m, const model_config *mc, ds4sc
     for (int32_t i = 0; i < sf->n_tensors && st == DS4SCI_OK; i++) {
         const ds4sci_st_tensor *t = &sf->tensors[i];
         if (!t->used && !ignored_tensor(t->name, mc))
-            st = fail(err, err_len, DS4SCI_ERR_FORMAT, "%s: tensor %s: unexpected%s", fname,
-                      t->name, unknown_tensor_hint(t->name, mc));
+            st = ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT, "%s: tensor %s: unexpected%s", fname,
+                             t->name, unknown_tensor_hint(t->name, mc));
     }
     if (st == DS4SCI_OK && total > 0) {
         m->storage = malloc((size_t)total * sizeof(double));
         if (!m->storage)
-            st = fail(err, err_len, DS4SCI_ERR_NOMEM, "%s: out of memory for %lld float64 weights",
-                      fname, (long long)total);
+            st = ds4sci_fail(err, err_len, DS4SCI_ERR_NOMEM,
+                             "%s: out of memory for %lld float64 weights", fname, (long long)total);
     }
 
     /* Convert. Scalars default to std = 1, mean = 0 when absent (set by the caller). */
@@ -665,19 +666,19 @@ static ds4sci_status load_tensors(ds4sci_model *m, const model_config *mc, ds4sc
             double v;
             ds4sci_st_to_f64(t, &v);
             if (!isfinite(v))
-                st = fail(err, err_len, DS4SCI_ERR_FORMAT,
-                          "%s: tensor %s: value %g, expected "
-                          "a finite number",
-                          fname, it->name, v);
+                st = ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                                 "%s: tensor %s: value %g, expected "
+                                 "a finite number",
+                                 fname, it->name, v);
             *it->dst_scalar = v;
             continue;
         }
         ds4sci_st_to_f64(t, next);
         for (int64_t k = 0; k < t->numel; k++) {
             if (!isfinite(next[k])) {
-                st = fail(err, err_len, DS4SCI_ERR_FORMAT,
-                          "%s: tensor %s: element %lld is %g, expected finite weights", fname,
-                          it->name, (long long)k, next[k]);
+                st = ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                                 "%s: tensor %s: element %lld is %g, expected finite weights",
+                                 fname, it->name, (long long)k, next[k]);
                 break;
             }
         }
@@ -724,12 +725,12 @@ static ds4sci_status fill_info(ds4sci_model *m, const model_config *mc, const ch
     m->element_z = calloc((size_t)n, sizeof *m->element_z);
     if (!m->path || !m->name || !m->description || !m->length_unit || !m->energy_unit ||
         !m->element_symbols || !m->element_z)
-        return fail(err, err_len, DS4SCI_ERR_NOMEM, "%s: out of memory", fname);
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_NOMEM, "%s: out of memory", fname);
     for (const cJSON *e = mc->elements->child; e; e = e->next) {
         int32_t i = info->n_elements;
         m->element_symbols[i] = dup_str(e->string);
         if (!m->element_symbols[i])
-            return fail(err, err_len, DS4SCI_ERR_NOMEM, "%s: out of memory", fname);
+            return ds4sci_fail(err, err_len, DS4SCI_ERR_NOMEM, "%s: out of memory", fname);
         m->element_z[i] = (int32_t)e->valuedouble;
         info->n_elements++;
     }
@@ -778,34 +779,36 @@ static ds4sci_status load_buffer(const unsigned char *buf, size_t size, const ch
         sf.metadata ? cJSON_GetObjectItemCaseSensitive(sf.metadata, "ds4sci.config") : NULL;
     model_config mc;
     if (!fmt) {
-        st = fail(err, err_len, DS4SCI_ERR_FORMAT,
-                  "%s: not a ds4sci model file: __metadata__ has no \"ds4sci.format\" (convert "
-                  "TorchMD-Net checkpoints with tools/export_torchmdnet.py)",
-                  fname);
+        st = ds4sci_fail(
+            err, err_len, DS4SCI_ERR_FORMAT,
+            "%s: not a ds4sci model file: __metadata__ has no \"ds4sci.format\" (convert "
+            "TorchMD-Net checkpoints with tools/export_torchmdnet.py)",
+            fname);
         goto done;
     }
     if (strcmp(fmt->valuestring, MODEL_FORMAT_VERSION) != 0) {
-        st = fail(err, err_len, DS4SCI_ERR_UNSUPPORTED,
-                  "%s: ds4sci.format is \"%.16s\", this build reads format \"%s\"", fname,
-                  fmt->valuestring, MODEL_FORMAT_VERSION);
+        st = ds4sci_fail(err, err_len, DS4SCI_ERR_UNSUPPORTED,
+                         "%s: ds4sci.format is \"%.16s\", this build reads format \"%s\"", fname,
+                         fmt->valuestring, MODEL_FORMAT_VERSION);
         goto done;
     }
     if (!cfg_text) {
-        st = fail(err, err_len, DS4SCI_ERR_FORMAT,
-                  "%s: __metadata__ has no \"ds4sci.config\" (the hyperparameters)", fname);
+        st = ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                         "%s: __metadata__ has no \"ds4sci.config\" (the hyperparameters)", fname);
         goto done;
     }
     const char *cfg_end = NULL;
     cfg = cJSON_ParseWithOpts(cfg_text->valuestring, &cfg_end, 1);
     if (!cfg) {
-        st = fail(err, err_len, DS4SCI_ERR_FORMAT,
-                  "%s: ds4sci.config is not valid JSON (error near character %ld)", fname,
-                  cfg_end ? (long)(cfg_end - cfg_text->valuestring) : -1L);
+        st = ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                         "%s: ds4sci.config is not valid JSON (error near character %ld)", fname,
+                         cfg_end ? (long)(cfg_end - cfg_text->valuestring) : -1L);
         goto done;
     }
     if (!cJSON_IsObject(cfg)) {
-        st = fail(err, err_len, DS4SCI_ERR_FORMAT,
-                  "%s: ds4sci.config is %s, expected a JSON object", fname, json_type_name(cfg));
+        st = ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                         "%s: ds4sci.config is %s, expected a JSON object", fname,
+                         json_type_name(cfg));
         goto done;
     }
     if ((st = parse_config(cfg, fname, &mc, err, err_len)) != DS4SCI_OK)
@@ -815,7 +818,7 @@ static ds4sci_status load_buffer(const unsigned char *buf, size_t size, const ch
     if (m)
         m->layers = calloc((size_t)mc.L, sizeof *m->layers);
     if (!m || !m->layers) {
-        st = fail(err, err_len, DS4SCI_ERR_NOMEM, "%s: out of memory", fname);
+        st = ds4sci_fail(err, err_len, DS4SCI_ERR_NOMEM, "%s: out of memory", fname);
         goto done;
     }
     et_desc *d = &m->desc;
@@ -864,10 +867,10 @@ ds4sci_status ds4sci_model_load_memory(const void *data, size_t size, const char
     if (err && err_len > 0)
         err[0] = '\0';
     if (!model)
-        return fail(err, err_len, DS4SCI_ERR_ARG, "ds4sci_model_load_memory: model is NULL");
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_ARG, "ds4sci_model_load_memory: model is NULL");
     *model = NULL;
     if (!data && size > 0)
-        return fail(err, err_len, DS4SCI_ERR_ARG, "ds4sci_model_load_memory: data is NULL");
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_ARG, "ds4sci_model_load_memory: data is NULL");
     return load_buffer(data, size, name ? name : "<memory>", "<memory>", model, err, err_len);
 }
 
@@ -875,13 +878,14 @@ ds4sci_status ds4sci_model_load(const char *path, ds4sci_model **model, char *er
     if (err && err_len > 0)
         err[0] = '\0';
     if (!model)
-        return fail(err, err_len, DS4SCI_ERR_ARG, "ds4sci_model_load: model is NULL");
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_ARG, "ds4sci_model_load: model is NULL");
     *model = NULL;
     if (!path)
-        return fail(err, err_len, DS4SCI_ERR_ARG, "ds4sci_model_load: path is NULL");
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_ARG, "ds4sci_model_load: path is NULL");
     FILE *f = fopen(path, "rb");
     if (!f)
-        return fail(err, err_len, DS4SCI_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_IO, "%s: cannot open: %s", path,
+                           strerror(errno));
     /* Read whole, growing the buffer: works for pipes and needs no size query. */
     size_t cap = 1 << 20, size = 0;
     unsigned char *buf = malloc(cap);
@@ -900,9 +904,10 @@ ds4sci_status ds4sci_model_load(const char *path, ds4sci_model **model, char *er
         cap *= 2;
     }
     if (!buf)
-        st = fail(err, err_len, DS4SCI_ERR_NOMEM, "%s: out of memory reading the file", path);
+        st =
+            ds4sci_fail(err, err_len, DS4SCI_ERR_NOMEM, "%s: out of memory reading the file", path);
     else if (ferror(f))
-        st = fail(err, err_len, DS4SCI_ERR_IO, "%s: read error after %zu bytes", path, size);
+        st = ds4sci_fail(err, err_len, DS4SCI_ERR_IO, "%s: read error after %zu bytes", path, size);
     fclose(f);
     if (st == DS4SCI_OK)
         st = load_buffer(buf, size, path, path, model, err, err_len);

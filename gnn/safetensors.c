@@ -2,22 +2,12 @@
  * safetensors.c - strict safetensors reader; see safetensors.h for the layout and the checks.
  */
 #include "safetensors.h"
+#include "err.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static ds4sci_status st_fail(char *err, size_t err_len, ds4sci_status status, const char *fmt,
-                             ...) {
-    if (err && err_len > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, err_len, fmt, ap);
-        va_end(ap);
-    }
-    return status;
-}
 
 /* Bytes per element of every dtype the safetensors format defines; 0 for an unknown name. */
 static int32_t dtype_size(const char *dtype) {
@@ -102,34 +92,35 @@ static ds4sci_status parse_entry(const cJSON *entry, const unsigned char *data, 
                                  size_t err_len) {
     const char *name = entry->string;
     if (!cJSON_IsObject(entry))
-        return st_fail(err, err_len, DS4SCI_ERR_FORMAT,
-                       "%s: tensor %s: header entry is not an object {dtype, shape, data_offsets}",
-                       fname, name);
+        return ds4sci_fail(
+            err, err_len, DS4SCI_ERR_FORMAT,
+            "%s: tensor %s: header entry is not an object {dtype, shape, data_offsets}", fname,
+            name);
     const char *dup = NULL;
     if (ds4sci_json_has_duplicate_key(entry, &dup))
-        return st_fail(err, err_len, DS4SCI_ERR_FORMAT, "%s: tensor %s: key \"%s\" repeated", fname,
-                       name, dup);
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT, "%s: tensor %s: key \"%s\" repeated",
+                           fname, name, dup);
     const cJSON *dtype = cJSON_GetObjectItemCaseSensitive(entry, "dtype");
     const cJSON *shape = cJSON_GetObjectItemCaseSensitive(entry, "shape");
     const cJSON *offs = cJSON_GetObjectItemCaseSensitive(entry, "data_offsets");
     if (!cJSON_IsString(dtype))
-        return st_fail(err, err_len, DS4SCI_ERR_FORMAT,
-                       "%s: tensor %s: \"dtype\" missing or not a string", fname, name);
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                           "%s: tensor %s: \"dtype\" missing or not a string", fname, name);
     t->name = name;
     t->dtype = dtype->valuestring;
     t->dtype_size = dtype_size(t->dtype);
     if (t->dtype_size == 0)
-        return st_fail(err, err_len, DS4SCI_ERR_FORMAT,
-                       "%s: tensor %s: unknown dtype \"%.32s\" (not a safetensors dtype)", fname,
-                       name, t->dtype);
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                           "%s: tensor %s: unknown dtype \"%.32s\" (not a safetensors dtype)",
+                           fname, name, t->dtype);
     if (!cJSON_IsArray(shape))
-        return st_fail(err, err_len, DS4SCI_ERR_FORMAT,
-                       "%s: tensor %s: \"shape\" missing or not an array", fname, name);
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                           "%s: tensor %s: \"shape\" missing or not an array", fname, name);
     int n_dim = cJSON_GetArraySize(shape);
     if (n_dim > DS4SCI_ST_MAX_NDIM)
-        return st_fail(err, err_len, DS4SCI_ERR_FORMAT,
-                       "%s: tensor %s: %d dimensions, at most %d supported", fname, name, n_dim,
-                       DS4SCI_ST_MAX_NDIM);
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                           "%s: tensor %s: %d dimensions, at most %d supported", fname, name, n_dim,
+                           DS4SCI_ST_MAX_NDIM);
     t->ndim = n_dim;
     /* numel * dtype_size must fit the data buffer: stop multiplying before it can overflow */
     int64_t numel = 1;
@@ -137,9 +128,9 @@ static ds4sci_status parse_entry(const cJSON *entry, const unsigned char *data, 
     for (const cJSON *c = shape->child; c; c = c->next, d++) {
         int64_t v;
         if (json_to_u53(c, &v) != 0)
-            return st_fail(err, err_len, DS4SCI_ERR_FORMAT,
-                           "%s: tensor %s: shape[%d] is not a non-negative integer", fname, name,
-                           d);
+            return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                               "%s: tensor %s: shape[%d] is not a non-negative integer", fname,
+                               name, d);
         t->shape[d] = v;
         if (v == 0)
             has_zero = 1;
@@ -151,29 +142,32 @@ static ds4sci_status parse_entry(const cJSON *entry, const unsigned char *data, 
     if (has_zero)
         numel = 0;
     else if (too_big)
-        return st_fail(err, err_len, DS4SCI_ERR_FORMAT,
-                       "%s: tensor %s: shape has more elements than the %llu-byte data buffer",
-                       fname, name, (unsigned long long)data_len);
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                           "%s: tensor %s: shape has more elements than the %llu-byte data buffer",
+                           fname, name, (unsigned long long)data_len);
     t->numel = numel;
     if (!cJSON_IsArray(offs) || cJSON_GetArraySize(offs) != 2)
-        return st_fail(err, err_len, DS4SCI_ERR_FORMAT,
-                       "%s: tensor %s: \"data_offsets\" missing or not [begin, end]", fname, name);
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                           "%s: tensor %s: \"data_offsets\" missing or not [begin, end]", fname,
+                           name);
     int64_t begin, end;
     if (json_to_u53(offs->child, &begin) != 0 || json_to_u53(offs->child->next, &end) != 0)
-        return st_fail(err, err_len, DS4SCI_ERR_FORMAT,
-                       "%s: tensor %s: data_offsets are not non-negative integers", fname, name);
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                           "%s: tensor %s: data_offsets are not non-negative integers", fname,
+                           name);
     if (begin > end || (uint64_t)end > data_len)
-        return st_fail(err, err_len, DS4SCI_ERR_FORMAT,
-                       "%s: tensor %s: data_offsets [%lld, %lld] outside the data buffer of %llu "
-                       "bytes (file truncated?)",
-                       fname, name, (long long)begin, (long long)end, (unsigned long long)data_len);
+        return ds4sci_fail(
+            err, err_len, DS4SCI_ERR_FORMAT,
+            "%s: tensor %s: data_offsets [%lld, %lld] outside the data buffer of %llu "
+            "bytes (file truncated?)",
+            fname, name, (long long)begin, (long long)end, (unsigned long long)data_len);
     if (t->numel * t->dtype_size != end - begin)
-        return st_fail(err, err_len, DS4SCI_ERR_FORMAT,
-                       "%s: tensor %s: %lld elements of dtype %s need %lld bytes, data_offsets "
-                       "[%lld, %lld] hold %lld",
-                       fname, name, (long long)t->numel, t->dtype,
-                       (long long)(t->numel * t->dtype_size), (long long)begin, (long long)end,
-                       (long long)(end - begin));
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                           "%s: tensor %s: %lld elements of dtype %s need %lld bytes, data_offsets "
+                           "[%lld, %lld] hold %lld",
+                           fname, name, (long long)t->numel, t->dtype,
+                           (long long)(t->numel * t->dtype_size), (long long)begin, (long long)end,
+                           (long long)(end - begin));
     t->data = data + begin;
     t->used = 0;
     return DS4SCI_OK;
@@ -183,32 +177,34 @@ ds4sci_status ds4sci_st_parse(const unsigned char *buf, size_t size, const char 
                               ds4sci_st_file *file, char *err, size_t err_len) {
     memset(file, 0, sizeof *file);
     if (!buf || size < 8)
-        return st_fail(err, err_len, DS4SCI_ERR_FORMAT,
-                       "%s: %zu bytes, too short for a safetensors file (8-byte header length "
-                       "+ JSON header)",
-                       fname, size);
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                           "%s: %zu bytes, too short for a safetensors file (8-byte header length "
+                           "+ JSON header)",
+                           fname, size);
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--)
         hlen = (hlen << 8) | buf[i];
     if (hlen > DS4SCI_ST_MAX_HEADER)
-        return st_fail(err, err_len, DS4SCI_ERR_FORMAT,
-                       "%s: header length %llu bytes exceeds the limit of %u (not a safetensors "
-                       "file, or corrupted)",
-                       fname, (unsigned long long)hlen, DS4SCI_ST_MAX_HEADER);
+        return ds4sci_fail(
+            err, err_len, DS4SCI_ERR_FORMAT,
+            "%s: header length %llu bytes exceeds the limit of %u (not a safetensors "
+            "file, or corrupted)",
+            fname, (unsigned long long)hlen, DS4SCI_ST_MAX_HEADER);
     if (hlen < 2 || hlen > size - 8)
-        return st_fail(err, err_len, DS4SCI_ERR_FORMAT,
-                       "%s: header length %llu bytes, but the file has %zu bytes after the "
-                       "8-byte length (truncated?)",
-                       fname, (unsigned long long)hlen, size - 8);
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                           "%s: header length %llu bytes, but the file has %zu bytes after the "
+                           "8-byte length (truncated?)",
+                           fname, (unsigned long long)hlen, size - 8);
     if (buf[8] != '{')
-        return st_fail(err, err_len, DS4SCI_ERR_FORMAT,
-                       "%s: header does not start with '{' (not a safetensors file)", fname);
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                           "%s: header does not start with '{' (not a safetensors file)", fname);
 
     /* cJSON needs a NUL-terminated string; the header may not contain a NUL itself. */
     char *text = malloc((size_t)hlen + 1);
     if (!text)
-        return st_fail(err, err_len, DS4SCI_ERR_NOMEM, "%s: out of memory for a %llu-byte header",
-                       fname, (unsigned long long)hlen);
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_NOMEM,
+                           "%s: out of memory for a %llu-byte header", fname,
+                           (unsigned long long)hlen);
     memcpy(text, buf + 8, (size_t)hlen);
     text[hlen] = '\0';
     const char *end = NULL;
@@ -216,31 +212,32 @@ ds4sci_status ds4sci_st_parse(const unsigned char *buf, size_t size, const char 
     if (!header) {
         size_t at = end ? (size_t)(end - text) : 0;
         free(text);
-        return st_fail(err, err_len, DS4SCI_ERR_FORMAT,
-                       "%s: header is not valid JSON (error near byte %zu of %llu)", fname, at,
-                       (unsigned long long)hlen);
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                           "%s: header is not valid JSON (error near byte %zu of %llu)", fname, at,
+                           (unsigned long long)hlen);
     }
     for (const char *p = end; p < text + hlen; p++) {
         if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t') {
             size_t at = (size_t)(p - text);
             free(text);
             cJSON_Delete(header);
-            return st_fail(err, err_len, DS4SCI_ERR_FORMAT,
-                           "%s: header has bytes after the JSON object (at byte %zu of %llu)",
-                           fname, at, (unsigned long long)hlen);
+            return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                               "%s: header has bytes after the JSON object (at byte %zu of %llu)",
+                               fname, at, (unsigned long long)hlen);
         }
     }
     free(text);
     if (!cJSON_IsObject(header)) {
         cJSON_Delete(header);
-        return st_fail(err, err_len, DS4SCI_ERR_FORMAT, "%s: header is not a JSON object", fname);
+        return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT, "%s: header is not a JSON object",
+                           fname);
     }
     file->header = header;
 
     const char *dup = NULL;
     if (ds4sci_json_has_duplicate_key(header, &dup)) {
-        ds4sci_status failed =
-            st_fail(err, err_len, DS4SCI_ERR_FORMAT, "%s: header key \"%s\" repeated", fname, dup);
+        ds4sci_status failed = ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                                           "%s: header key \"%s\" repeated", fname, dup);
         ds4sci_st_free(file);
         return failed;
     }
@@ -254,8 +251,8 @@ ds4sci_status ds4sci_st_parse(const unsigned char *buf, size_t size, const char 
     if (n > 0) {
         file->tensors = calloc((size_t)n, sizeof *file->tensors);
         if (!file->tensors) {
-            ds4sci_status failed = st_fail(err, err_len, DS4SCI_ERR_NOMEM,
-                                           "%s: out of memory for %d tensors", fname, n);
+            ds4sci_status failed = ds4sci_fail(err, err_len, DS4SCI_ERR_NOMEM,
+                                               "%s: out of memory for %d tensors", fname, n);
             ds4sci_st_free(file);
             return failed;
         }
@@ -264,25 +261,26 @@ ds4sci_status ds4sci_st_parse(const unsigned char *buf, size_t size, const char 
     for (const cJSON *c = header->child; c; c = c->next) {
         if (strcmp(c->string, "__metadata__") == 0) {
             if (!cJSON_IsObject(c)) {
-                ds4sci_status failed = st_fail(err, err_len, DS4SCI_ERR_FORMAT,
-                                               "%s: __metadata__ is not a JSON object", fname);
+                ds4sci_status failed = ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                                                   "%s: __metadata__ is not a JSON object", fname);
                 ds4sci_st_free(file);
                 return failed;
             }
             for (const cJSON *m = c->child; m; m = m->next) {
                 if (!cJSON_IsString(m)) {
                     ds4sci_status failed =
-                        st_fail(err, err_len, DS4SCI_ERR_FORMAT,
-                                "%s: __metadata__ value \"%s\" is not a string (safetensors "
-                                "metadata maps strings to strings)",
-                                fname, m->string);
+                        ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                                    "%s: __metadata__ value \"%s\" is not a string (safetensors "
+                                    "metadata maps strings to strings)",
+                                    fname, m->string);
                     ds4sci_st_free(file);
                     return failed;
                 }
             }
             if (ds4sci_json_has_duplicate_key(c, &dup)) {
-                ds4sci_status failed = st_fail(err, err_len, DS4SCI_ERR_FORMAT,
-                                               "%s: __metadata__ key \"%s\" repeated", fname, dup);
+                ds4sci_status failed =
+                    ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                                "%s: __metadata__ key \"%s\" repeated", fname, dup);
                 ds4sci_st_free(file);
                 return failed;
             }
@@ -303,7 +301,7 @@ ds4sci_status ds4sci_st_parse(const unsigned char *buf, size_t size, const char 
         ds4sci_st_tensor **by_off = malloc((size_t)file->n_tensors * sizeof *by_off);
         if (!by_off) {
             ds4sci_status failed =
-                st_fail(err, err_len, DS4SCI_ERR_NOMEM, "%s: out of memory", fname);
+                ds4sci_fail(err, err_len, DS4SCI_ERR_NOMEM, "%s: out of memory", fname);
             ds4sci_st_free(file);
             return failed;
         }
@@ -317,9 +315,9 @@ ds4sci_status ds4sci_st_parse(const unsigned char *buf, size_t size, const char 
             if (nbytes == 0)
                 continue;
             if (prev && t->data < prev->data + prev->numel * prev->dtype_size) {
-                status = st_fail(err, err_len, DS4SCI_ERR_FORMAT,
-                                 "%s: tensors %s and %s overlap in the data buffer", fname,
-                                 prev->name, t->name);
+                status = ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                                     "%s: tensors %s and %s overlap in the data buffer", fname,
+                                     prev->name, t->name);
                 break;
             }
             prev = t;
