@@ -335,6 +335,8 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
     if (st != DS4SCI_OK)
         goto out;
     {
+        const char *eu = getenv("DS4SCI_CUDA_EDGE");
+        et->edge_unfused = eu && strcmp(eu, "unfused") == 0;
         const char *pp = getenv("DS4SCI_CUDA_PROFILE");
         if (pp && *pp) {
             et->profile_path = strdup(pp);
@@ -382,6 +384,8 @@ extern "C" void ds4sci_cuda_et_free(ds4sci_cuda_et *et)
     }
     for (int i = 0; i < B_COUNT; i++)
         cudaFree(et->buf[i].p);
+    if (et->edge_unfused)
+        et_unfused_release();
     free_weights(&et->m);
     if (et->blas)
         cublasDestroy(et->blas);
@@ -770,7 +774,10 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
         el.vec = l > 0 ? vec : NULL;
         el.X = Xb;
         el.V = Vb;
-        CU(et_edge_forward(s, CPL, grid_l, &c, &el), "edge forward");
+        if (et->edge_unfused)
+            CU(et_edge_forward_unfused(s, &c, &el), "edge forward (unfused)");
+        else
+            CU(et_edge_forward(s, CPL, grid_l, &c, &el), "edge forward");
         mark(et, ST_NODE_FWD);
         BL(gemm_awt(h, nl, 3 * F, F, Xb, dl->o_w, 0.f, Ob), "o_proj");
         float *xn = XS + (size_t)(l + 1) * nF, *vn = vecs(l + 1);
@@ -817,9 +824,13 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
         el.gvec = gvi;
         el.gw = GW;
         mark(et, ST_EDGE_RECV);
-        CU(et_edge_backward_recv(s, CPL, grid_l, &c, &el), "edge backward (receivers)");
-        mark(et, ST_EDGE_SEND);
-        CU(et_edge_backward_send(s, CPL, grid_n, &c, &el), "edge backward (senders)");
+        if (et->edge_unfused) {
+            CU(et_edge_backward_unfused(s, &c, &el), "edge backward (unfused)");
+        } else {
+            CU(et_edge_backward_recv(s, CPL, grid_l, &c, &el), "edge backward (receivers)");
+            mark(et, ST_EDGE_SEND);
+            CU(et_edge_backward_send(s, CPL, grid_n, &c, &el), "edge backward (senders)");
+        }
         mark(et, ST_NODE_BWD);
         BL(gemm_ab(h, n, F, 5 * F, GQKV, dl->qkv_w, F, 0.f, GH), "q/k/v backward");
         CU(et_layernorm_bwd(s, n, F, x, dl->ln_w, GH, gxi), "layernorm backward");

@@ -136,6 +136,8 @@ typedef struct ds4sci_cuda_et {
     double stage_ms[ET_NSTAGES];
     long profile_calls;
     size_t peak_used;        /* max of (total - free) device memory after a call */
+    int edge_unfused;        /* DS4SCI_CUDA_EDGE=unfused: the unfused baseline edge path
+                                (edge_unfused.cu) instead of the fused kernels */
     long long last_n, last_ne;
 } ds4sci_cuda_et;
 
@@ -246,6 +248,17 @@ cudaError_t et_edge_backward_send(cudaStream_t s, int CPL, int grid, const et_ed
 cudaError_t et_ne_backward(cudaStream_t s, int CPL, int grid, const et_edge_common *c,
                            const float *ne_wt, const float *ne_b, const float *ne_emb,
                            const int *z, const float *gm, float4 *gw);
+
+/* edge_unfused.cu: the unfused baseline (benchmark only; DS4SCI_CUDA_EDGE=unfused). Same
+ * inputs and outputs as the fused launchers above; per-edge tensors are materialised in
+ * global memory (scratch owned by edge_unfused.cu) and aggregated with cuSPARSE.
+ * et_edge_backward_unfused does the work of both fused backward passes (receivers and
+ * senders). et_unfused_release frees its scratch. */
+cudaError_t et_edge_forward_unfused(cudaStream_t s, const et_edge_common *c,
+                                    const et_edge_layer *l);
+cudaError_t et_edge_backward_unfused(cudaStream_t s, const et_edge_common *c,
+                                     const et_edge_layer *l);
+void et_unfused_release(void);
 
 /* head.cu */
 cudaError_t et_head(cudaStream_t s, int nl, const et_dmodel *m, const int *z, const float *x,
