@@ -19,9 +19,17 @@
 
 #include <mpi.h>
 
+#include <dirent.h>
+
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <string>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 using namespace LAMMPS_NS;
 
@@ -62,6 +70,36 @@ std::string element_list(const ds4sci_model_info *info)
   return list;
 }
 
+// Threads of the plugin's per-atom loops (types, neighbour CSR, ghost owners, results): the
+// pair style's `threads`, else OpenMP's default (OMP_NUM_THREADS).
+int loop_threads(int n_threads)
+{
+#if defined(_OPENMP)
+  return n_threads > 0 ? n_threads : omp_get_max_threads();
+#else
+  (void)n_threads;
+  return 1;
+#endif
+}
+
+// GPUs this process may use: CUDA_VISIBLE_DEVICES's entries when it is set, else the NVIDIA
+// driver's list (/proc/driver/nvidia/gpus); 0 when neither says. Only picks the default
+// device_id (node rank modulo this count); the core checks the device it is given.
+int visible_gpu_count()
+{
+  if (const char *v = getenv("CUDA_VISIBLE_DEVICES")) {
+    if (!*v) return 0;
+    return 1 + (int)std::count(v, v + strlen(v), ',');
+  }
+  int n = 0;
+  if (DIR *d = opendir("/proc/driver/nvidia/gpus")) {
+    while (const struct dirent *e = readdir(d))
+      if (e->d_name[0] != '.') n++;
+    closedir(d);
+  }
+  return n;
+}
+
 // Non-null pointer for an empty array: the core rejects NULL for required arrays.
 template <typename T> T *data_or_dummy(std::vector<T> &v)
 {
@@ -74,8 +112,8 @@ template <typename T> T *data_or_dummy(std::vector<T> &v)
 /* ---------------------------------------------------------------------- */
 
 PairDS4SCI::PairDS4SCI(LAMMPS *lmp) :
-    Pair(lmp), model(nullptr), ctx(nullptr), energy_scale(1.0), comm_data(nullptr),
-    comm_width(0)
+    Pair(lmp), model(nullptr), ctx(nullptr), energy_scale(1.0), exchange_lammps(false),
+    n_threads(0), t_exchange(0.0), comm_data(nullptr), comm_width(0)
 {
   single_enable = 0;
   restartinfo = 0;    // after read_restart, pair_style and pair_coeff are given again
@@ -84,11 +122,15 @@ PairDS4SCI::PairDS4SCI(LAMMPS *lmp) :
   centroidstressflag = CENTROID_NOTAVAIL;
   comm_forward = 0;
   comm_reverse = 0;
+  // compute pair ds4sci: timers, see pair_ds4sci.h
+  nextra = 5;
+  pvector = new double[nextra]();
 }
 
 PairDS4SCI::~PairDS4SCI()
 {
   release();
+  delete[] pvector;
   if (allocated) {
     memory->destroy(setflag);
     memory->destroy(cutsq);
@@ -105,6 +147,7 @@ void PairDS4SCI::release()
 
 /* ----------------------------------------------------------------------
    pair_style ds4sci <model> [device auto|cpu|cuda] [device_id N] [threads N]
+                     [exchange auto|lammps]
 ------------------------------------------------------------------------- */
 
 void PairDS4SCI::settings(int narg, char **arg)
@@ -113,11 +156,15 @@ void PairDS4SCI::settings(int narg, char **arg)
     error->all(FLERR,
                "Illegal pair_style ds4sci command: expected "
                "pair_style ds4sci <model.safetensors> [device auto|cpu|cuda] [device_id N] "
-               "[threads N]");
+               "[threads N] [exchange auto|lammps]");
 
   ds4sci_options options;
   ds4sci_options_init(&options);
   bool device_id_given = false;
+  exchange_lammps = false;
+  // LAMMPS keeps this instance when pair_style ds4sci is given again: timers restart.
+  for (int k = 0; k < nextra; k++) pvector[k] = 0.0;
+  t_exchange = 0.0;
   for (int iarg = 1; iarg < narg; iarg += 2) {
     const std::string key = arg[iarg];
     if (iarg + 1 >= narg)
@@ -142,18 +189,32 @@ void PairDS4SCI::settings(int narg, char **arg)
       options.n_threads = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
       if (options.n_threads < 0)
         error->all(FLERR, "Illegal pair_style ds4sci command: threads must be >= 0");
+    } else if (key == "exchange") {
+      if (value == "auto")
+        exchange_lammps = false;
+      else if (value == "lammps")
+        exchange_lammps = true;
+      else
+        error->all(FLERR, "Illegal pair_style ds4sci command: exchange '" + value +
+                              "', expected auto or lammps");
     } else {
       error->all(FLERR, "Illegal pair_style ds4sci command: unknown keyword '" + key +
-                            "', expected device, device_id or threads");
+                            "', expected device, device_id, threads or exchange");
     }
   }
 
-  // One rank per GPU: by default, rank r of a node uses the node's GPU r.
+  n_threads = options.n_threads;
+
+  // By default rank r of a node uses the node's GPU r modulo the GPUs it sees (one rank per GPU
+  // is the intended layout; more ranks than GPUs share them round-robin).
+  int n_gpus = 0;
   if (!device_id_given) {
     MPI_Comm node;
     MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
     MPI_Comm_rank(node, &options.device_id);
     MPI_Comm_free(&node);
+    n_gpus = visible_gpu_count();
+    if (n_gpus > 0) options.device_id %= n_gpus;
   }
 
   if (options.device == DS4SCI_DEVICE_CUDA && !ds4sci_cuda_available())
@@ -202,6 +263,12 @@ void PairDS4SCI::settings(int narg, char **arg)
                    info->path, info->name, element_list(info), info->cutoff_upper,
                    info->length_unit, info->hidden_channels, info->num_layers,
                    ds4sci_ctx_backend_name(ctx));
+    if (ds4sci_ctx_device(ctx) == DS4SCI_DEVICE_CUDA)
+      utils::logmesg(lmp, "  rank 0 on GPU {}{}; ghost exchange {}\n", options.device_id,
+                     device_id_given ? " (device_id)"
+                                     : " (node rank modulo " + std::to_string(n_gpus) + " GPUs)",
+                     exchange_lammps ? "through LAMMPS (exchange lammps)"
+                                     : "on the device with one rank, else through LAMMPS");
     if (energy_scale != 1.0)
       utils::logmesg(lmp, "  energies converted from the model's {} to {} (x {:.10g})\n",
                      info->energy_unit, energy, energy_scale);
@@ -285,22 +352,66 @@ double PairDS4SCI::init_one(int, int)
 void PairDS4SCI::check_types_mapped(int nall)
 {
   const int *type = atom->type;
+  const int32_t *tz = type_z.data();
+  int32_t *zout = z.data();
+  const int nt = loop_threads(n_threads);
+  int first_bad = nall;
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(min : first_bad)
+#endif
   for (int i = 0; i < nall; i++) {
-    const int32_t zi = type_z[type[i]];
-    if (zi < 0)
-      error->one(FLERR, "pair_style ds4sci: atom " + std::to_string(atom->tag[i]) +
-                            " has type " + std::to_string(type[i]) +
-                            ", which pair_coeff maps to NULL");
-    z[i] = zi;
+    zout[i] = tz[type[i]];
+    if (zout[i] < 0) first_bad = std::min(first_bad, i);
   }
+  (void)nt;
+  if (first_bad < nall)
+    error->one(FLERR, "pair_style ds4sci: atom " + std::to_string(atom->tag[first_bad]) +
+                          " has type " + std::to_string(type[first_bad]) +
+                          ", which pair_coeff maps to NULL");
+}
+
+/* ----------------------------------------------------------------------
+   ghost_owner for the core's built-in exchange: with one rank every ghost is a periodic image
+   of an owned atom with the same ID. False if some ghost has no owned atom (then LAMMPS's
+   communication is used).
+------------------------------------------------------------------------- */
+
+bool PairDS4SCI::build_ghost_owner(int nlocal, int nghost)
+{
+  ghost_owner.resize(nghost);
+  if (nghost == 0) return true;
+  const tagint *tag = atom->tag;
+  tagint max_tag = 0;
+  for (int i = 0; i < nlocal; i++) max_tag = std::max(max_tag, tag[i]);
+  local_of_tag.assign((size_t)max_tag + 1, -1);
+  for (int i = 0; i < nlocal; i++)
+    if (tag[i] >= 0) local_of_tag[tag[i]] = i;
+  const int32_t *local = local_of_tag.data();
+  int32_t *owner = ghost_owner.data();
+  const int nt = loop_threads(n_threads);
+  int missing = 0;
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(+ : missing)
+#endif
+  for (int g = 0; g < nghost; g++) {
+    const tagint t = tag[nlocal + g];
+    owner[g] = (t >= 0 && t <= max_tag) ? local[t] : -1;
+    if (owner[g] < 0) missing++;
+  }
+  (void)nt;
+  return missing == 0;
 }
 
 void PairDS4SCI::compute(int eflag, int vflag)
 {
   ev_init(eflag, vflag);
+  const double t_start = MPI_Wtime();
 
   const int nlocal = atom->nlocal;
-  const int nall = nlocal + atom->nghost;
+  const int nghost = atom->nghost;
+  const int nall = nlocal + nghost;
+  const int nt = loop_threads(n_threads);
+  (void)nt;
 
   z.resize(nall);
   check_types_mapped(nall);
@@ -314,12 +425,23 @@ void PairDS4SCI::compute(int eflag, int vflag)
   for (int ii = 0; ii < inum; ii++) nbr_offset[ilist[ii] + 1] = numneigh[ilist[ii]];
   for (int i = 0; i < nlocal; i++) nbr_offset[i + 1] += nbr_offset[i];
   nbr_index.resize(nbr_offset[nlocal]);
-  for (int ii = 0; ii < inum; ii++) {
-    const int i = ilist[ii];
-    const int *jlist = firstneigh[i];
-    int32_t *out = nbr_index.data() + nbr_offset[i];
-    for (int jj = 0; jj < numneigh[i]; jj++) out[jj] = jlist[jj] & NEIGHMASK;
+  {
+    const int64_t *offset = nbr_offset.data();
+    int32_t *index = nbr_index.data();
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(nt) schedule(static)
+#endif
+    for (int ii = 0; ii < inum; ii++) {
+      const int i = ilist[ii];
+      const int *jlist = firstneigh[i];
+      int32_t *out = index + offset[i];
+      for (int jj = 0; jj < numneigh[i]; jj++) out[jj] = jlist[jj] & NEIGHMASK;
+    }
   }
+
+  // One rank: the core's built-in exchange (ghost owners) instead of LAMMPS's communication.
+  const bool builtin =
+      !exchange_lammps && comm->nprocs == 1 && build_ghost_owner(nlocal, nghost);
 
   forces.resize(3 * (size_t)nall);
 
@@ -330,7 +452,7 @@ void PairDS4SCI::compute(int eflag, int vflag)
   system.z = data_or_dummy(z);
   system.nbr_offset = nbr_offset.data();
   system.nbr_index = data_or_dummy(nbr_index);
-  system.ghost_owner = nullptr;
+  system.ghost_owner = builtin ? data_or_dummy(ghost_owner) : nullptr;
 
   ds4sci_exchange exchange;
   exchange.forward = exchange_forward;
@@ -349,7 +471,9 @@ void PairDS4SCI::compute(int eflag, int vflag)
     result.atom_virial = data_or_dummy(atom_virial);
   }
 
-  const ds4sci_status status = ds4sci_compute(ctx, &system, &exchange, &result);
+  const double t_input = MPI_Wtime();
+  const ds4sci_status status = ds4sci_compute(ctx, &system, builtin ? nullptr : &exchange, &result);
+  const double t_core = MPI_Wtime();
   if (status != DS4SCI_OK) {
     // The core numbers atoms locally (owned, then ghosts); name the LAMMPS atom too.
     std::string where;
@@ -363,11 +487,17 @@ void PairDS4SCI::compute(int eflag, int vflag)
 
   // Forces on owned atoms and ghosts; LAMMPS's reverse comm (newton on) folds the ghosts.
   const double s = energy_scale;
-  double **f = atom->f;
-  for (int i = 0; i < nall; i++) {
-    f[i][0] += s * forces[3 * i + 0];
-    f[i][1] += s * forces[3 * i + 1];
-    f[i][2] += s * forces[3 * i + 2];
+  {
+    double **f = atom->f;
+    const double *fc = forces.data();
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(nt) schedule(static)
+#endif
+    for (int i = 0; i < nall; i++) {
+      f[i][0] += s * fc[3 * i + 0];
+      f[i][1] += s * fc[3 * i + 1];
+      f[i][2] += s * fc[3 * i + 2];
+    }
   }
 
   if (eflag_global) {
@@ -379,11 +509,23 @@ void PairDS4SCI::compute(int eflag, int vflag)
     for (int i = 0; i < nlocal; i++) eatom[i] += s * atom_energy[i];
   if (vflag_global && !vflag_fdotr)
     for (int k = 0; k < 6; k++) virial[k] += s * result.virial[k];
-  if (vflag_atom)
+  if (vflag_atom) {
+    const double *va = atom_virial.data();
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(nt) schedule(static)
+#endif
     for (int i = 0; i < nall; i++)
-      for (int k = 0; k < 6; k++) vatom[i][k] += s * atom_virial[6 * i + k];
+      for (int k = 0; k < 6; k++) vatom[i][k] += s * va[6 * i + k];
+  }
 
   if (vflag_fdotr) virial_fdotr_compute();
+
+  const double t_end = MPI_Wtime();
+  pvector[0] += 1.0;
+  pvector[1] += t_input - t_start;
+  pvector[2] += t_core - t_input;
+  pvector[3] = t_exchange;
+  pvector[4] += t_end - t_core;
 }
 
 /* ----------------------------------------------------------------------
@@ -394,10 +536,12 @@ int PairDS4SCI::exchange_forward(void *self, double *data, int32_t width)
 {
   auto *pair = static_cast<PairDS4SCI *>(self);
   if (width < 0 || width > pair->comm_forward) return 1;
+  const double t0 = MPI_Wtime();
   pair->comm_data = data;
   pair->comm_width = width;
   ds4sci_compat::forward_comm(pair->comm, pair);
   pair->comm_data = nullptr;
+  pair->t_exchange += MPI_Wtime() - t0;
   return 0;
 }
 
@@ -405,17 +549,27 @@ int PairDS4SCI::exchange_reverse(void *self, double *data, int32_t width)
 {
   auto *pair = static_cast<PairDS4SCI *>(self);
   if (width < 0 || width > pair->comm_reverse) return 1;
+  const double t0 = MPI_Wtime();
   pair->comm_data = data;
   pair->comm_width = width;
   ds4sci_compat::reverse_comm(pair->comm, pair);
   pair->comm_data = nullptr;
+  pair->t_exchange += MPI_Wtime() - t0;
   return 0;
 }
 
+// Rows are independent within one swap (a swap sends each atom once): threaded copies.
 int PairDS4SCI::pack_forward_comm(int n, int *list, double *buf, int, int *)
 {
   const int w = comm_width;
-  for (int i = 0; i < n; i++) memcpy(buf + (size_t)i * w, comm_data + (size_t)list[i] * w, w * sizeof(double));
+  const double *data = comm_data;
+  const int nt = loop_threads(n_threads);
+  (void)nt;
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(nt) schedule(static) if (n > 4096)
+#endif
+  for (int i = 0; i < n; i++)
+    memcpy(buf + (size_t)i * w, data + (size_t)list[i] * w, w * sizeof(double));
   return n * w;
 }
 
@@ -435,8 +589,14 @@ int PairDS4SCI::pack_reverse_comm(int n, int first, double *buf)
 void PairDS4SCI::unpack_reverse_comm(int n, int *list, double *buf)
 {
   const int w = comm_width;
+  double *data = comm_data;
+  const int nt = loop_threads(n_threads);
+  (void)nt;
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(nt) schedule(static) if (n > 4096)
+#endif
   for (int i = 0; i < n; i++) {
-    double *row = comm_data + (size_t)list[i] * w;
+    double *row = data + (size_t)list[i] * w;
     const double *in = buf + (size_t)i * w;
     for (int k = 0; k < w; k++) row[k] += in[k];
   }

@@ -2,11 +2,20 @@
    pair_style ds4sci: TorchMD-Net's Equivariant Transformer through the ds4sci C core.
 
    pair_style ds4sci <model.safetensors> [device auto|cpu|cuda] [device_id N] [threads N]
+                     [exchange auto|lammps]
    pair_coeff * * <element or NULL per atom type>
 
    The plugin is the only code here that knows LAMMPS: it hands the core the owned atoms, the
    ghosts and a full neighbour list, runs LAMMPS's forward/reverse communication when the core
    exchanges ghost feature rows between layers, and tallies forces, energy and virials.
+   With one MPI rank (every ghost a periodic image of an owned atom) and `exchange auto`, it
+   passes each ghost's owner instead, and the core refreshes ghosts itself (on the GPU with
+   device cuda, without copying feature rows through host memory).
+
+   compute pair ds4sci gives cumulative timers of this rank's plugin (summed over ranks):
+   [1] compute calls, [2] s building the core's input (types, CSR, ghost owners), [3] s in
+   ds4sci_compute, [4] s of [3] inside LAMMPS's forward/reverse communication of feature rows,
+   [5] s adding results into LAMMPS's arrays.
 ------------------------------------------------------------------------- */
 
 #ifndef LMP_PAIR_DS4SCI_H
@@ -53,6 +62,11 @@ class PairDS4SCI : public Pair {
   std::vector<double> forces;        // [nall][3]
   std::vector<double> atom_energy;   // [nlocal]
   std::vector<double> atom_virial;   // [nall][6]
+  std::vector<int32_t> ghost_owner;  // [nghost] with the built-in exchange
+  std::vector<int32_t> local_of_tag; // [max tag + 1] owned index of each atom ID (1 rank)
+  bool exchange_lammps;              // exchange lammps: always LAMMPS's communication
+  int n_threads;                     // OpenMP threads of the plugin's loops (0: default)
+  double t_exchange;                 // seconds in the exchange callbacks (pvector[3])
 
   // The array being exchanged by the core's current forward/reverse call.
   double *comm_data;   // [nall][comm_width]
@@ -60,6 +74,7 @@ class PairDS4SCI : public Pair {
 
   void release();
   void check_types_mapped(int nall);
+  bool build_ghost_owner(int nlocal, int nghost);
   static int exchange_forward(void *self, double *data, int32_t width);
   static int exchange_reverse(void *self, double *data, int32_t width);
 };

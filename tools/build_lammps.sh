@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # tools/build_lammps.sh [bookworm|trixie] [prefix]
+# tools/build_lammps.sh prune <suite> <dest>
+# tools/build_lammps.sh tree <tree> <prefix>
 #
 # Builds a real LAMMPS with the PLUGIN package (plus MANYBODY, so Stillinger-Weber and Tersoff
 # reference potentials run in the same binary) from Debian's `lammps` source package:
@@ -13,18 +15,46 @@
 # The source download uses a private apt state in the cache folder (deb-src entries for both
 # suites in <cache>/apt/sources.list.d/ds4sci-src.sources), so the system's apt lists are not
 # touched and no root is needed. A second run with everything present costs seconds.
+#
+# prune: copy only what the cmake build with PLUGIN + MANYBODY needs (cmake/, src/*.cpp, src/*.h,
+# src/fmt, src/PLUGIN, src/MANYBODY, src/Purge.list, potentials/Si.sw, LICENSE, README; about 10 MB) of the
+# suite's tree into <dest>, for machines without network (the GPU machine; docs/lammps_gpu.md).
+# tree: build that (pruned or full) tree into <prefix> without fetching anything.
 set -euo pipefail
 
-suite=${1:-bookworm}
-case "$suite" in
-    bookworm | trixie) ;;
-    *)
-        echo "usage: $0 [bookworm|trixie] [prefix]" >&2
-        exit 2
-        ;;
-esac
+usage() {
+    echo "usage: $0 [bookworm|trixie] [prefix] | prune <suite> <dest> | tree <tree> <prefix>" >&2
+    exit 2
+}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-prefix=${2:-$root/build-lammps/$suite}
+given_tree=""
+case "${1:-bookworm}" in
+    prune)
+        [ $# -eq 3 ] || usage
+        src=${DS4SCI_LAMMPS_CACHE:-$root/.lammps}/$2/tree
+        [ -f "$src/src/PLUGIN/plugin.cpp" ] || { echo "error: no $src (run $0 $2 first)" >&2; exit 1; }
+        rm -rf "$3"
+        mkdir -p "$3/src" "$3/potentials"
+        cp -r "$src/cmake" "$3/"
+        cp "$src"/src/*.cpp "$src"/src/*.h "$src/src/Purge.list" "$3/src/"
+        cp -r "$src/src/PLUGIN" "$src/src/MANYBODY" "$src/src/fmt" "$3/src/"
+        cp "$src/potentials/Si.sw" "$3/potentials/"
+        cp "$src/LICENSE" "$src/README" "$3/"
+        echo "build_lammps: pruned $src into $3 ($(du -sh "$3" | cut -f1))"
+        exit 0
+        ;;
+    tree)
+        [ $# -eq 3 ] || usage
+        given_tree=$(cd "$2" && pwd)
+        suite=tree
+        prefix=$3
+        ;;
+    bookworm | trixie)
+        suite=${1:-bookworm}
+        prefix=${2:-$root/build-lammps/$suite}
+        ;;
+    *) usage ;;
+esac
 mkdir -p "$prefix"
 prefix=$(cd "$prefix" && pwd)
 cache=${DS4SCI_LAMMPS_CACHE:-$root/.lammps}
@@ -73,8 +103,11 @@ EOF
     mv "$cache/$suite/tree.tmp" "$cache/$suite/tree"
 }
 
-tree=$cache/$suite/tree
-[ -f "$tree/cmake/CMakeLists.txt" ] || fetch_source
+tree=${given_tree:-$cache/$suite/tree}
+if [ ! -f "$tree/cmake/CMakeLists.txt" ]; then
+    [ -z "$given_tree" ] || { echo "error: $tree has no cmake/CMakeLists.txt" >&2; exit 1; }
+    fetch_source
+fi
 [ -f "$tree/src/PLUGIN/plugin.cpp" ] || { echo "error: $tree has no src/PLUGIN" >&2; exit 1; }
 
 # ---- configure and build ---------------------------------------------------------------------

@@ -8,7 +8,10 @@ other MPI rank counts and processor grids, and LAMMPS's error messages for bad i
 
 Standard library only. Usage:
   lammps_test.py --lmp LMP --plugin PLUGIN.so --golden DIR --workdir DIR [--mpiexec MPIRUN] CASE
-Cases: golden:<name> (one golden JSON), ranks, fd, nve, units, restart, errors.
+Cases: golden:<name> (one golden JSON), ranks, fd, nve, units, restart, errors;
+GPU cases (exit 77 = skipped when no GPU is usable): gpu_golden:<name>, gpu_box, gpu_oom.
+--device-under-test cpu runs the gpu_golden/gpu_box comparisons with device cpu (exchange auto)
+against the reference (device cpu, exchange lammps), to check the cases themselves without a GPU.
 """
 import argparse
 import json
@@ -139,7 +142,7 @@ def open_box(pos, cutoff):
     return shifted, [[size[0], 0, 0], [0, size[1], 0], [0, 0, size[2]]]
 
 
-def header(data, model, elements, extra=""):
+def header(data, model, elements, extra="", device="cpu"):
     return """units metal
 atom_style atomic
 atom_modify map array
@@ -147,10 +150,10 @@ boundary p p p
 %s
 read_data %s
 plugin load ${plugin}
-pair_style ds4sci %s device cpu
+pair_style ds4sci %s device %s
 pair_coeff * * %s
 neighbor 1.0 bin
-""" % (extra, data, model, " ".join(elements))
+""" % (extra, data, model, device, " ".join(elements))
 
 
 # Thermo that keeps the global and per-atom sums current at every output step, and prints them.
@@ -568,6 +571,209 @@ def case_errors(lmp, args):
         print("ok %s: %s" % (name, line.strip()))
 
 
+# ----------------------------------------------------------------------------------------------
+# gpu_*: device cuda against device cpu (float64) in the same LAMMPS input: energy, forces,
+# virial (pressure), per-atom energy (pe/atom) and per-atom virial (stress/atom). Bounds (BRIEF):
+# energy 1e-5 relative, forces 1e-4 relative RMS; virials and per-atom virials 1e-4 relative RMS
+# (against the larger of the total's norm and the per-atom virials' norm: a total can be much
+# smaller than its terms); per-atom energies 1e-5 relative RMS.
+# ----------------------------------------------------------------------------------------------
+
+SKIP = 77
+GPU_E_TOL = 1e-5
+GPU_F_TOL = 1e-4
+GPU_V_TOL = 1e-4
+
+
+class Skip(Exception):
+    pass
+
+
+def gpu_usable(lmp, args):
+    """Skip (exit 77) without a GPU or without the CUDA backend in this plugin."""
+    if args.device_under_test != "cuda":
+        return
+    if not shutil.which("nvidia-smi") or subprocess.run(
+            ["nvidia-smi", "-L"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode:
+        raise Skip("no GPU (nvidia-smi -L fails)")
+
+
+# Per-atom columns dumped by the gpu cases: forces, pe/atom, stress/atom (virial part).
+PER_ATOM = "fx fy fz c_peatom " + " ".join("c_satom[%d]" % k for k in range(1, 7))
+
+
+def section(tag, model, elements, device, style_extra=""):
+    """(Re)define the pair style and evaluate: RESULT <tag>_... lines and <tag>.dump."""
+    return ("pair_style ds4sci %s device %s %s\npair_coeff * * %s\n"
+            % (model, device, style_extra, " ".join(elements)) +
+            "dump d all custom 1 %s.dump id %s\n" % (tag, PER_ATOM) +
+            "dump_modify d sort id format float %.17g\nrun 0\nundump d\n" +
+            PRINT.replace("RESULT ", "RESULT %s_" % tag))
+
+
+def section_results(lmp, res, tag):
+    vol = res[tag + "_vol"][0]
+    return {"pe": res[tag + "_pe"][0], "vol": vol, "vir_p": res[tag + "_vir"],
+            "virial": [p * vol / NKTV2P_METAL for p in res[tag + "_vir"]],
+            "sums": res[tag + "_sums"], "atoms": read_dump(lmp.path(tag + ".dump"))}
+
+
+def rms(values):
+    return math.sqrt(sum(v * v for v in values) / max(len(values), 1))
+
+
+def compare(name, got, ref, f_tol=GPU_F_TOL):
+    """got vs ref (section_results): the bounds above; returns the measured errors."""
+    ids = sorted(ref["atoms"])
+    check(sorted(got["atoms"]) == ids, "%s: atom IDs differ" % name)
+    n = len(ids)
+    # per-atom energies and |pe| (a near-zero total is judged against its terms)
+    e_ref = [ref["atoms"][i][3] for i in ids]
+    e_got = [got["atoms"][i][3] for i in ids]
+    e_scale = max(abs(ref["pe"]), 1e-12)
+    if abs(ref["pe"]) < 1e-3 * sum(abs(e) for e in e_ref):
+        e_scale = sum(abs(e) for e in e_ref)
+    err = {"energy": abs(got["pe"] - ref["pe"]) / e_scale}
+    f_ref = [c for i in ids for c in ref["atoms"][i][0:3]]
+    f_got = [c for i in ids for c in got["atoms"][i][0:3]]
+    err["forces"] = rms([a - b for a, b in zip(f_got, f_ref)]) / max(rms(f_ref), 1e-300)
+    err["atom_energy"] = rms([a - b for a, b in zip(e_got, e_ref)]) / max(rms(e_ref), 1e-300)
+    s_ref = [c for i in ids for c in ref["atoms"][i][4:10]]
+    s_got = [c for i in ids for c in got["atoms"][i][4:10]]
+    s_norm = math.sqrt(sum(v * v for v in s_ref))
+    err["atom_virial"] = (math.sqrt(sum((a - b) ** 2 for a, b in zip(s_got, s_ref))) /
+                          max(s_norm, 1e-300))
+    # global virial in pressure*volume units, same scale as stress/atom
+    w_ref = [p * ref["vol"] for p in ref["vir_p"]]
+    w_got = [p * got["vol"] for p in got["vir_p"]]
+    w_scale = max(math.sqrt(sum(v * v for v in w_ref)), s_norm, 1e-300)
+    err["virial"] = math.sqrt(sum((a - b) ** 2 for a, b in zip(w_got, w_ref))) / w_scale
+    # the device's own consistency: sum of stress/atom = -V * virial pressure
+    err["sum_rule"] = max(abs(got["sums"][1 + k] + got["vir_p"][k] * got["vol"])
+                          for k in range(6)) / w_scale
+    bounds = {"energy": GPU_E_TOL, "forces": f_tol, "atom_energy": GPU_E_TOL,
+              "atom_virial": GPU_V_TOL, "virial": GPU_V_TOL, "sum_rule": GPU_V_TOL}
+    for key, bound in bounds.items():
+        check(err[key] < bound, "%s: %s error %.2e > bound %.1e (pe %.12g vs %.12g; %s)"
+              % (name, key, err[key], bound, got["pe"], ref["pe"], describe(err)))
+    return err
+
+
+def describe(err):
+    return ", ".join("%s %.1e" % (k, v) for k, v in err.items())
+
+
+def device_under_test(args):
+    # with cpu: the built-in exchange (auto) against LAMMPS's (the reference's exchange lammps)
+    return args.device_under_test
+
+
+def case_gpu_golden(lmp, args, which):
+    gpu_usable(lmp, args)
+    golden = json.load(open(os.path.join(args.golden, which + ".json")))
+    model = os.path.join(args.golden, golden["model"])
+    cutoff = golden["config"]["cutoff_upper"]
+    dev = device_under_test(args)
+    for system in golden["systems"]:
+        name = system["name"]
+        pos, box = system["pos"], system["box"]
+        if box is None:
+            pos, box = open_box(pos, cutoff)
+        data = lmp.path(name + ".data")
+        elements = write_data(data, system["z"], pos, box)
+        # TorchMD-Net's own float32 force error on this system: a pair on the cutoff bump of
+        # cutoff_lower can exceed 1e-4 in any float32 code (docs/gpu.md); the bound is then
+        # twice TorchMD-Net's.
+        ref64 = [c for f in system["forces_f64"] for c in f]
+        ref32 = [c for f in system["forces_f32"] for c in f]
+        tm32 = rms([a - b for a, b in zip(ref32, ref64)]) / max(rms(ref64), 1e-300)
+        f_tol = max(GPU_F_TOL, 2.0 * tm32)
+        script = (header(data, model, elements).split("plugin load")[0] +
+                  "plugin load ${plugin}\nneighbor 1.0 bin\n" + EVAL +
+                  section(name + "_cpu", model, elements, "cpu", "exchange lammps") +
+                  section(name + "_dev", model, elements, dev) +
+                  "pair_modify nofdotr\n" +
+                  section(name + "_devnf", model, elements, dev))
+        _, out = lmp.run(name, script)
+        res = results(out)
+        ref = section_results(lmp, res, name + "_cpu")
+        check(rel_err(ref["pe"], system["energy_f64"]) < 1e-10,
+              "%s: the cpu reference is not TorchMD-Net's float64 energy" % name)
+        for tag in ("_dev", "_devnf"):
+            err = compare(name + tag, section_results(lmp, res, name + tag), ref, f_tol)
+            print("ok %s %s/%s%s vs cpu: %s%s" % (dev, which, name, tag, describe(err),
+                  " (force bound %.1e: TorchMD-Net float32 %.1e)" % (f_tol, tm32)
+                  if f_tol > GPU_F_TOL else ""))
+
+
+def si_box_data(path, n, seed=4711):
+    """Diamond silicon data file, n^3 cells (8 n^3 atoms), each position jittered by up to
+    0.1 A per component (Python's random with a fixed seed: the same file for any rank count)."""
+    import random
+    rng = random.Random(seed)
+    a = 5.431
+    basis = [(0, 0, 0), (0, .5, .5), (.5, 0, .5), (.5, .5, 0),
+             (.25, .25, .25), (.25, .75, .75), (.75, .25, .75), (.75, .75, .25)]
+    pos = [[(c + b[k]) * a + rng.uniform(-0.1, 0.1) for k, c in enumerate((ix, iy, iz))]
+           for ix in range(n) for iy in range(n) for iz in range(n) for b in basis]
+    box = [[n * a, 0, 0], [0, n * a, 0], [0, 0, n * a]]
+    return write_data(path, [14] * len(pos), pos, box)
+
+
+def case_gpu_box(lmp, args):
+    """~10k atoms (Si potential, 11^3 diamond cells = 10,648 atoms, jittered): device vs cpu on
+    1 rank, device on 2 ranks (one GPU shared) and device with exchange lammps on 1 rank."""
+    gpu_usable(lmp, args)
+    model = os.path.abspath(args.si_model)
+    n = args.box_cells
+    dev = device_under_test(args)
+    threads = "threads %d" % args.cpu_threads if args.cpu_threads else ""
+    runs = [("box_cpu", 1, "cpu", "exchange lammps " + threads),
+            ("box_dev_np1", 1, dev, ""),
+            ("box_dev_np1_lammps", 1, dev, "exchange lammps"),
+            ("box_dev_np2", 2, dev, "")]
+    data = lmp.path("si_box.data")
+    si_box_data(data, n)
+    res = {}
+    for tag, nprocs, device, extra in runs:
+        grid = "processors 2 1 1\n" if nprocs == 2 else ""
+        script = (header(data, model, ["Si"], grid).split("plugin load")[0] +
+                  "plugin load ${plugin}\nneighbor 1.0 bin\n" + EVAL +
+                  section(tag, model, ["Si"], device, extra))
+        _, out = lmp.run(tag, script, nprocs, timeout=600)
+        res[tag] = section_results(lmp, results(out), tag)
+    ref = res["box_cpu"]
+    print("box: %d atoms, pe %.12g eV (cpu)" % (len(ref["atoms"]), ref["pe"]))
+    for tag, nprocs, _, extra in runs[1:]:
+        err = compare(tag, res[tag], ref)
+        print("ok %s %s (%d rank%s%s) vs cpu: %s" % (dev, tag, nprocs, "s" if nprocs > 1 else "",
+              ", " + extra if extra else "", describe(err)))
+
+
+def case_gpu_oom(lmp, args):
+    """More atoms than the GPU holds (the reference-size model, 0.1 atoms/A^3): a clean LAMMPS
+    error naming DS4SCI_ERR_DEVICE_NOMEM, not a crash."""
+    gpu_usable(lmp, args)
+    if args.device_under_test != "cuda":
+        raise Skip("gpu_oom needs device cuda")
+    golden = json.load(open(os.path.join(args.golden, "typical.json")))
+    model = os.path.join(args.golden, golden["model"])
+    n = args.oom_cells
+    script = ("units metal\natom_style atomic\nboundary p p p\n"
+              "lattice sc 2.1544346900318838\nregion box block 0 %d 0 %d 0 %d\n"
+              "create_box 1 box\ncreate_atoms 1 box\nmass 1 15.999\n"
+              "displace_atoms all random 0.3 0.3 0.3 12345 units box\n"
+              "plugin load ${plugin}\npair_style ds4sci %s device cuda\npair_coeff * * O\n"
+              "neighbor 1.0 bin\nrun 0\n" % (n, n, n, model))
+    rc, out = lmp.run("oom", script, 1, expect_ok=False, timeout=600)
+    check(rc != 0 and rc < 128, "oom: %d^3 atoms: lmp status %d, expected a clean error:\n%s"
+          % (n, rc, tail(out)))
+    check("ERROR" in out and "DS4SCI_ERR_DEVICE_NOMEM" in out,
+          "oom: expected an ERROR naming DS4SCI_ERR_DEVICE_NOMEM, got:\n%s" % tail(out))
+    line = next(l for l in out.splitlines() if "ERROR" in l)
+    print("ok oom (%d atoms): %s" % (n ** 3, line.strip()))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--lmp", required=True)
@@ -575,6 +781,11 @@ def main():
     ap.add_argument("--golden", required=True)
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--mpiexec", default="")
+    ap.add_argument("--device-under-test", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--si-model", default="", help="Si potential for gpu_box")
+    ap.add_argument("--box-cells", type=int, default=11, help="gpu_box: diamond cells per side")
+    ap.add_argument("--cpu-threads", type=int, default=0, help="gpu_box: threads of the cpu run")
+    ap.add_argument("--oom-cells", type=int, default=159, help="gpu_oom: sc cells per side")
     ap.add_argument("case")
     args = ap.parse_args()
     args.golden = os.path.abspath(args.golden)
@@ -582,9 +793,15 @@ def main():
     try:
         if args.case.startswith("golden:"):
             case_golden(lmp, args, args.case.split(":", 1)[1])
+        elif args.case.startswith("gpu_golden:"):
+            case_gpu_golden(lmp, args, args.case.split(":", 1)[1])
         else:
             {"ranks": case_ranks, "fd": case_fd, "nve": case_nve, "restart": case_restart,
-             "units": case_units, "errors": case_errors}[args.case](lmp, args)
+             "units": case_units, "errors": case_errors, "gpu_box": case_gpu_box,
+             "gpu_oom": case_gpu_oom}[args.case](lmp, args)
+    except Skip as e:
+        print("SKIP %s: %s" % (args.case, e))
+        return SKIP
     except Failure as e:
         print("FAIL %s: %s" % (args.case, e))
         return 1

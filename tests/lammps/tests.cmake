@@ -17,6 +17,24 @@ if(LAMMPS_BINARY AND TARGET ds4sciplugin)
     set_tests_properties(${name} PROPERTIES LABELS lammps TIMEOUT 600)
   endforeach()
 
+  # device cuda against device cpu through LAMMPS (label "gpu"; exit 77 = skipped without a GPU,
+  # so CI without one stays green): golden configurations, a 10,648-atom periodic Si box on 1 and
+  # 2 ranks sharing one GPU, and out-of-memory. tools/gpu_lammps.sh runs the same commands.
+  set(ds4sci_lammps_gpu_cases gpu_golden:small gpu_golden:typical gpu_golden:lower_atomref gpu_box
+      gpu_oom)
+  foreach(case ${ds4sci_lammps_gpu_cases})
+    string(REPLACE ":" "_" name "lammps_${case}")
+    add_test(NAME ${name}
+             COMMAND Python3::Interpreter ${CMAKE_CURRENT_SOURCE_DIR}/lammps/lammps_test.py
+                     --lmp ${LAMMPS_BINARY} --plugin $<TARGET_FILE:ds4sciplugin>
+                     --golden ${CMAKE_CURRENT_SOURCE_DIR}/golden
+                     --si-model ${PROJECT_SOURCE_DIR}/potentials/si-sw-et.safetensors
+                     --cpu-threads 8
+                     --workdir ${CMAKE_CURRENT_BINARY_DIR}/lammps/${name}
+                     --mpiexec ${MPIEXEC_EXECUTABLE} ${case})
+    set_tests_properties(${name} PROPERTIES LABELS "lammps;gpu" SKIP_RETURN_CODE 77 TIMEOUT 900)
+  endforeach()
+
   # The shipped Si potential against its teacher, Stillinger-Weber, run by our own lmp (built with
   # MANYBODY) with Si.sw from the same LAMMPS tree: no Debian lammps package needed.
   if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/lammps/si_tests.cmake)

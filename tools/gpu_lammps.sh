@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# tools/gpu_lammps.sh - LAMMPS + pair_style ds4sci on the GPU machine, in one call: device cuda
+# against device cpu (tests/lammps/lammps_test.py gpu_* cases), the 1M-atom NVE benchmarks
+# (examples/bench_lammps_gpu.in), out-of-memory, and examples/si_nve.in at two timesteps.
+# Run from the repository root:
+#
+#   tools/gpu_lammps.sh [all|test|bench|nve]
+#
+# The machine has no LAMMPS and no network. Binaries built here (tools/gpu_lammps.sh pack) travel
+# in .lammps-gpu/ (listed in .git/info/exclude; carry it and .gpudeps):
+#   .lammps-gpu/bin/{lmp,liblammps.so.0,ds4sciplugin.so}   LAMMPS 29 Sep 2021 (PLUGIN, MANYBODY),
+#                                                           the plugin with -DDS4SCI_CUDA=ON
+#   .lammps-gpu/tree/                                       pruned LAMMPS source (build_lammps.sh
+#                                                           prune): rebuilt there if the binaries
+#                                                           do not load (then the plugin too)
+#   .lammps-gpu/COMMIT                                      the commit the binaries were built at
+# Environment: OUT (logs, default ./gpu-out), DEADLINE (seconds after start by which the
+# background si_nve runs are stopped, default 280), SI_NVE (1: run them), BENCH_SI / BENCH_REF
+# (bench sizes "n steps steps2"; empty: skip), OOM_CELLS (gpu_oom lattice, 0: skip).
+set -u -o pipefail
+MODE=${1:-all}
+ROOT=$(pwd)
+OUT=${OUT:-$ROOT/gpu-out}
+mkdir -p "$OUT"
+PACK=$ROOT/.lammps-gpu
+T0=$(date +%s)
+DEADLINE=${DEADLINE:-280}
+JOBS=${JOBS:-$(nproc)}
+since() { echo $(( $(date +%s) - T0 )); }
+
+if [ "$MODE" = pack ]; then
+    # On the development machine: binaries and the pruned tree into .lammps-gpu/.
+    # PLUGIN (a CUDA build of ds4sciplugin.so), LMPBUILD (the LAMMPS build folder).
+    rm -rf "$PACK" && mkdir -p "$PACK/bin"
+    cp "${LMPBUILD:?}/lmp" "$LMPBUILD/liblammps.so.0" "${PLUGIN:?}" "$PACK/bin/"
+    strip --strip-unneeded "$PACK/bin/liblammps.so.0" "$PACK/bin/ds4sciplugin.so"
+    bash "$ROOT/tools/build_lammps.sh" prune "${SUITE:-bookworm}" "$PACK/tree"
+    git -C "$ROOT" rev-parse HEAD > "$PACK/COMMIT"
+    git -C "$ROOT" status --short -- plugin tests/lammps examples/bench_lammps_gpu.in >> "$PACK/COMMIT"
+    du -sh "$PACK"
+    exit 0
+fi
+
+export LD_LIBRARY_PATH="$PACK/bin:$ROOT/.gpudeps/lib:/usr/local/cuda/lib64:/usr/local/cuda/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export PKG_CONFIG_PATH="$ROOT/.gpudeps/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+{
+    date -u
+    cat "$PACK/COMMIT" 2>/dev/null
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+    mpirun --version | head -1
+    nproc
+    free -g | head -2
+} > "$OUT/env.log" 2>&1
+
+LMP=$PACK/bin/lmp
+PLUGIN=$PACK/bin/ds4sciplugin.so
+if ldd "$LMP" "$PLUGIN" 2>&1 | grep -q "not found"; then
+    echo "carried binaries do not load here: building LAMMPS and the plugin" | tee -a "$OUT/env.log"
+    ldd "$LMP" "$PLUGIN" >> "$OUT/env.log" 2>&1
+    ( DS4SCI_JOBS=$JOBS bash tools/build_lammps.sh tree "$PACK/tree" "$ROOT/build-l-device" &&
+      cmake -S "$ROOT" -B "$ROOT/build-l-device/ds4sci" -DDS4SCI_CUDA=ON -DCMAKE_BUILD_TYPE=Release \
+          -DLAMMPS_SOURCE_DIR="$PACK/tree/src" &&
+      cmake --build "$ROOT/build-l-device/ds4sci" -j "$JOBS" --target ds4sciplugin ) \
+        > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1; }
+    LMP=$ROOT/build-l-device/build/lmp
+    PLUGIN=$ROOT/build-l-device/ds4sci/plugin/ds4sciplugin.so
+    echo "built in $(since) s" >> "$OUT/env.log"
+fi
+MPI=$(command -v mpirun)
+TEST="python3 tests/lammps/lammps_test.py --lmp $LMP --plugin $PLUGIN --golden tests/golden
+      --mpiexec $MPI --si-model potentials/si-sw-et.safetensors"
+
+# ---- si_nve at 1 fs and 0.5 fs (216 atoms), in the background; paused during the benchmarks ----
+nve_pids=()
+if { [ "$MODE" = all ] || [ "$MODE" = nve ]; } && [ "${SI_NVE:-1}" = 1 ]; then
+    for run in "0.001 10000" "0.0005 20000"; do
+        set -- $run
+        OMP_NUM_THREADS=1 stdbuf -oL "$LMP" -in examples/si_nve.in -var plugin "$PLUGIN" \
+            -var device cuda -var n 3 -var dt "$1" -var steps "$2" -log none \
+            > "$OUT/si_nve_dt$1.log" 2>&1 &
+        nve_pids+=($!)
+    done
+    echo "si_nve started at $(since) s: ${nve_pids[*]}" >> "$OUT/env.log"
+fi
+nve_signal() { for p in "${nve_pids[@]}"; do kill "-$1" "$p" 2>/dev/null; done; }
+
+summary=()
+if [ "$MODE" = all ] || [ "$MODE" = test ]; then
+    start=$(date +%s)
+    pids=()
+    for g in small typical lower_atomref; do
+        $TEST --workdir "$ROOT/build-l-device/t_$g" "gpu_golden:$g" > "$OUT/test_gpu_golden_$g.log" 2>&1 &
+        pids+=($!)
+    done
+    $TEST --workdir "$ROOT/build-l-device/t_box" --cpu-threads 8 gpu_box > "$OUT/test_gpu_box.log" 2>&1
+    summary+=("gpu_box: rc=$? ($(( $(date +%s) - start )) s)")
+    i=0
+    for g in small typical lower_atomref; do
+        wait "${pids[$i]}"
+        summary+=("gpu_golden:$g: rc=$?")
+        i=$((i + 1))
+    done
+    summary+=("tests done at $(since) s")
+fi
+
+if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
+    nve_signal STOP
+    nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv -lms 500 \
+        > "$OUT/bench_gpumem.log" 2>&1 &
+    smi=$!
+    for b in "si ${BENCH_SI-50 30 10}" "ref ${BENCH_REF-100 3 2}"; do
+        set -- $b
+        [ $# -eq 4 ] || continue
+        start=$(date +%s)
+        OMP_NUM_THREADS=16 timeout 200 "$LMP" -in examples/bench_lammps_gpu.in -var plugin "$PLUGIN" \
+            -var system "$1" -var n "$2" -var steps "$3" -var steps2 "$4" -var threads 16 \
+            -log "$OUT/bench_$1.log" > /dev/null 2>&1
+        summary+=("bench $1 n=$2: rc=$? ($(( $(date +%s) - start )) s)")
+    done
+    kill "$smi" 2>/dev/null
+    if [ "${OOM_CELLS-159}" != 0 ]; then
+        start=$(date +%s)
+        OMP_NUM_THREADS=16 $TEST --workdir "$ROOT/build-l-device/t_oom" --oom-cells "${OOM_CELLS-159}" \
+            gpu_oom > "$OUT/test_gpu_oom.log" 2>&1
+        summary+=("gpu_oom: rc=$? ($(( $(date +%s) - start )) s)")
+        cp "$ROOT/build-l-device/t_oom/oom.out" "$OUT/" 2>/dev/null
+    fi
+    nve_signal CONT
+fi
+
+if [ "${#nve_pids[@]}" -gt 0 ]; then
+    for p in "${nve_pids[@]}"; do
+        while kill -0 "$p" 2>/dev/null && [ "$(since)" -lt "$DEADLINE" ]; do sleep 2; done
+    done
+    nve_signal TERM
+    summary+=("si_nve stopped/finished at $(since) s")
+fi
+
+echo "==== tests"
+tail -n 4 "$OUT"/test_gpu_*.log
+echo "==== bench"
+for f in "$OUT"/bench_si.log "$OUT"/bench_ref.log; do
+    [ -f "$f" ] && grep -E "^ +[0-9]+ |^Loop|^Pair|^Neigh|^Comm|^Modify|^Other|ERROR" "$f"
+done
+echo "==== si_nve"
+for f in "$OUT"/si_nve_*.log; do [ -f "$f" ] && tail -n 3 "$f"; done
+echo "==== summary"
+for s in "${summary[@]}"; do echo "$s"; done
+echo "total $(since) s"
