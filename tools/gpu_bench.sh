@@ -9,9 +9,10 @@
 #   tools/gpu_bench.sh [sizes ...]        default sizes: 1000 10000 27000 100000 1000000
 #
 # Environment (all optional):
-#   OUT        folder for the logs and the table (default ./gpu-bench-out); written there:
-#              env.log, fused.log, unfused.log, torchmdnet.log (+ torchmdnet_bench.json),
-#              fused_large.log, table.md
+#   OUT        folder for the logs and the table (default ./gpu-bench-out); written there
+#              (at most 8 files, what the GPU machine's tool brings back): env.log, fused.log,
+#              unfused.log, torchmdnet.log, torchmdnet_bench.json, fused_large.log (with LARGE),
+#              table.md, build.log (only when it builds)
 #   MODEL      model file (default tests/golden/typical.safetensors: the BRIEF reference model
 #              F128 L6 K32 H8, 5 A, vector_cutoff, neighbour embedding, random weights)
 #   STEPS      timed steps per size after 2 warm-ups (default 3; the median is reported)
@@ -113,7 +114,7 @@ PY=${PYTHON:-python3}
 if ! "$PY" -c "import torchmdnet" 2>/dev/null; then
     if ls "$WHEELS"/torchmd_net-*.whl > /dev/null 2>&1; then
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-            --target /tmp/site "$WHEELS"/*.whl > "$OUT/pip.log" 2>&1
+            --target /tmp/site "$WHEELS"/*.whl >> "$OUT/env.log" 2>&1
         export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
     fi
 fi
@@ -122,7 +123,7 @@ run_phase torchmdnet "$TORCH_MAX" "$OUT/torchmdnet.log" \
     env OUT="$OUT" "$PY" "$ROOT/tools/bench_torchmdnet.py" "$MODEL" "$STEPS" $SIZES
 
 # ---- 4. larger sizes, fused only, while time is left ----
-: > "$OUT/fused_large.log"
+[ -n "$LARGE" ] && : > "$OUT/fused_large.log"
 for n in $LARGE; do
     t=$(left)
     if [ "$t" -lt 40 ]; then
@@ -139,7 +140,7 @@ for n in $LARGE; do
         break
     fi
 done
-cat "$OUT/fused_large.log"
+[ -n "$LARGE" ] && cat "$OUT/fused_large.log"
 
 # ---- table ----
 "$PY" - "$OUT" <<'EOF' > "$OUT/table.md" 2>&1
