@@ -14,53 +14,14 @@
  */
 #include "edge_common.cuh"
 
-/* Per-edge recomputation shared by both passes: filters, attention and value parts. */
-template <int CPL> struct edge_vals {
-    float dk[CPL], ddk[CPL], dv[3][CPL], ddv[3][CPL];
-    float xt[CPL], g1[CPL], g2[CPL];
-    float a, da, A, sv;
-};
-
-template <int CPL, int NPRE, bool SILU>
-static __device__ __forceinline__ void edge_eval(const et_edge_common &c, const float (&pre)[NPRE][CPL],
-                                                 const float (&q)[CPL], const float (&kk)[CPL],
-                                                 const float (&vv)[3][CPL], float cc, int G,
-                                                 edge_vals<CPL> &ev)
-{
-    float part = 0.f;
-#pragma unroll
-    for (int j = 0; j < CPL; j++) {
-        if (c.use_dk) {
-            ev.dk[j] = actv<SILU>(c.act, pre[0][j], &ev.ddk[j]);
-        } else {
-            ev.dk[j] = 1.f;
-            ev.ddk[j] = 0.f;
-        }
-        part = fmaf(q[j] * kk[j], ev.dk[j], part);
-    }
-    const float apre = group_sum(part, G);
-    ev.a = actv<SILU>(c.attn_act, apre, &ev.da);
-    ev.A = c.vc ? ev.a : ev.a * cc;
-    ev.sv = c.vc ? cc : 1.f;
-#pragma unroll
-    for (int j = 0; j < CPL; j++) {
-#pragma unroll
-        for (int p = 0; p < 3; p++) {
-            if (c.use_dv) {
-                ev.dv[p][j] = actv<SILU>(c.act, pre[1 + p][j], &ev.ddv[p][j]);
-            } else {
-                ev.dv[p][j] = 1.f;
-                ev.ddv[p][j] = 0.f;
-            }
-        }
-        ev.xt[j] = vv[0][j] * ev.dv[0][j] * ev.sv;
-        ev.g1[j] = vv[1][j] * ev.dv[1][j] * ev.sv;
-        ev.g2[j] = vv[2][j] * ev.dv[2][j] * ev.sv;
-    }
-}
-
+/*
+ * Both passes work on a chunk of E edges in two halves, so that only half of the filter
+ * pre-activations are live at a time (fewer registers, more warps per SM): first dk and the
+ * value filter (attention, scalar message), then the two gate filters (vector message). The
+ * RBF of the chunk is staged once and serves both halves.
+ */
 template <int CPL, bool SILU>
-static __global__ void __launch_bounds__(32 * ET_WARPS)
+static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL))
     k_edge_bwd_recv(const et_edge_common c, const et_edge_layer l)
 {
     constexpr int E = ET_EDGE_CHUNK;
@@ -79,8 +40,9 @@ static __global__ void __launch_bounds__(32 * ET_WARPS)
     const int D = c.D, G = D / CPL;
     const bool on = lane * CPL < F;
     const int f0 = on ? lane * CPL : 0;
+    const int wl = f0 / CPL;
     const int vx_off = 2 * F + ET_VIDX(f0, 0, D);
-    for (int t = blockIdx.x * ET_WARPS + warp; t < c.n_local; t += gridDim.x * ET_WARPS) {
+    for (int t = blockIdx.x * ET_EDGE_WARPS + warp; t < c.n_local; t += gridDim.x * ET_EDGE_WARPS) {
         float q[CPL], gX[CPL], gV[3][CPL], gq[CPL];
         ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
         ldg_vec<CPL>(l.gX + (size_t)t * F + f0, gX);
@@ -98,95 +60,147 @@ static __global__ void __launch_bounds__(32 * ET_WARPS)
         const int e0 = c.row_off[t], e1 = c.row_off[t + 1];
         for (int cb = e0; cb < e1; cb += E) {
             const int nv = min(E, e1 - cb);
-            float r[E];
+            /* per edge, carried from the first half to the second: sv, c'(r), and this
+               lane's part of dE/dr (filter backward of dk and the value filter, cutoff) */
+            float r[E], sv[E], dcs[E], grl[E];
 #pragma unroll
             for (int i = 0; i < E; i++)
                 r[i] = i < nv ? c.e_geo[cb + i].w : 0.f;
             stage_rbf<E>(c, r, nv, lane, s_rbf, s_drbf);
             __syncwarp();
-            float pre[E][4][CPL];
-            filter_pre<CPL, E, 4>(s_wt, s_b, s_rbf, c.K, F, f0 / CPL, pre);
+            {
+                float pre[E][2][CPL];
+                filter_pre<CPL, E, 2, 4, 0>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
 #pragma unroll
-            for (int i = 0; i < E; i++) {
-                if (i >= nv)
-                    break;
-                const int e = cb + i;
-                const int s = c.e_src[e];
-                const float4 g = c.e_geo[e];
-                const bool self = (s == t);
-                float dc;
-                const float cc = et_cutoff_f(g.w, c.cl, c.cu, &dc);
-                const float inv = self ? 0.f : 1.f / g.w;
-                const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
-                const float *srow = l.qkv + (size_t)s * 5 * F;
-                float kk[CPL], vv[3][CPL], vs[3][CPL];
-                ldg_vec<CPL>(srow + F + f0, kk);
+                for (int i = 0; i < E; i++) {
+                    if (i >= nv)
+                        break;
+                    const int s = c.e_src[cb + i];
+                    const bool self = (s == t);
+                    float dc;
+                    const float cc = et_cutoff_f(r[i], c.cl, c.cu, &dc);
+                    const float *srow = l.qkv + (size_t)s * 5 * F;
+                    float kk[CPL], vv[CPL];
+                    ldg_vec<CPL>(srow + F + f0, kk);
+                    ldg_vec<CPL>(srow + vx_off, vv);
+                    float dk[CPL], ddk[CPL], dv[CPL], ddv[CPL];
+                    float part = 0.f;
 #pragma unroll
-                for (int p = 0; p < 3; p++)
-                    ldg_vec<CPL>(srow + vx_off + p * D, vv[p]);
-#pragma unroll
-                for (int cx = 0; cx < 3; cx++) {
-                    if (l.vec)
-                        ldg_vec<CPL>(l.vec + ((size_t)s * 3 + cx) * F + f0, vs[cx]);
-                    else
-#pragma unroll
-                        for (int j = 0; j < CPL; j++)
-                            vs[cx][j] = 0.f;
-                }
-                float pe[4][CPL];
-#pragma unroll
-                for (int p = 0; p < 4; p++)
+                    for (int j = 0; j < CPL; j++) {
+                        if (c.use_dk) {
+                            dk[j] = actv<SILU>(c.act, pre[i][0][j], &ddk[j]);
+                        } else {
+                            dk[j] = 1.f;
+                            ddk[j] = 0.f;
+                        }
+                        if (c.use_dv) {
+                            dv[j] = actv<SILU>(c.act, pre[i][1][j], &ddv[j]);
+                        } else {
+                            dv[j] = 1.f;
+                            ddv[j] = 0.f;
+                        }
+                        part = fmaf(q[j] * kk[j], dk[j], part);
+                    }
+                    float da;
+                    const float a = actv<SILU>(c.attn_act, group_sum(part, G), &da);
+                    const float A = c.vc ? a : a * cc;
+                    sv[i] = c.vc ? cc : 1.f;
+                    dcs[i] = dc;
+                    float gA_part = 0.f;
 #pragma unroll
                     for (int j = 0; j < CPL; j++)
-                        pe[p][j] = pre[i][p][j];
-                edge_vals<CPL> ev;
-                edge_eval<CPL, 4, SILU>(c, pe, q, kk, vv, cc, G, ev);
-
-                float gA_part = 0.f;
+                        gA_part = fmaf(gX[j], vv[j] * dv[j] * sv[i], gA_part);
+                    const float gA = group_sum(gA_part, G);
+                    const float gapre = (c.vc ? gA : gA * cc) * da;
+                    float gc_part = c.vc ? 0.f : gA_part * a;
+                    float gpre[2][CPL];
 #pragma unroll
-                for (int j = 0; j < CPL; j++)
-                    gA_part = fmaf(gX[j], ev.xt[j], gA_part);
-                const float gA = group_sum(gA_part, G);
-                const float ga = c.vc ? gA : gA * cc;
-                const float gapre = ga * ev.da;
-                float gc_part = c.vc ? 0.f : gA_part * ev.a;
-                float gd_part[3] = {0.f, 0.f, 0.f};
-                float gpre[4][CPL];
+                    for (int j = 0; j < CPL; j++) {
+                        gq[j] = fmaf(gapre * kk[j], dk[j], gq[j]);
+                        gpre[0][j] = gapre * q[j] * kk[j] * ddk[j];
+                        /* g_v~ (x) v[s] is dE/d(dv) up to the factor sv */
+                        const float gvv = gX[j] * A * vv[j];
+                        if (c.vc)
+                            gc_part = fmaf(gvv, dv[j], gc_part);
+                        gpre[1][j] = gvv * sv[i] * ddv[j];
+                    }
+                    grl[i] = 0.f;
+                    if (self)
+                        continue; /* the self-loop has no geometry gradient */
+                    grl[i] = filter_back<CPL, E, 2, 4, 0>(s_wt, s_drbf, i, c.K, F, wl, lane, gpre,
+                                                          s_red) +
+                             gc_part * dc;
+                }
+            }
+            {
+                float pre[E][2][CPL];
+                filter_pre<CPL, E, 2, 4, 2>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
 #pragma unroll
-                for (int j = 0; j < CPL; j++) {
-                    gq[j] = fmaf(gapre * kk[j], ev.dk[j], gq[j]);
-                    const float gvt[3] = {
-                        gX[j] * ev.A,
-                        gV[0][j] * vs[0][j] + gV[1][j] * vs[1][j] + gV[2][j] * vs[2][j],
-                        gV[0][j] * dir[0] + gV[1][j] * dir[1] + gV[2][j] * dir[2]};
+                for (int i = 0; i < E; i++) {
+                    if (i >= nv)
+                        break;
+                    const int e = cb + i;
+                    const int s = c.e_src[e];
+                    if (s == t)
+                        continue; /* nothing of the self-loop's second half reaches g_q */
+                    const float4 g = c.e_geo[e];
+                    const float inv = 1.f / g.w;
+                    const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
+                    const float *srow = l.qkv + (size_t)s * 5 * F;
+                    float v1[CPL], v2[CPL], vs[3][CPL];
+                    ldg_vec<CPL>(srow + vx_off + D, v1);
+                    ldg_vec<CPL>(srow + vx_off + 2 * D, v2);
+#pragma unroll
+                    for (int cx = 0; cx < 3; cx++) {
+                        if (l.vec)
+                            ldg_vec<CPL>(l.vec + ((size_t)s * 3 + cx) * F + f0, vs[cx]);
+                        else
+#pragma unroll
+                            for (int j = 0; j < CPL; j++)
+                                vs[cx][j] = 0.f;
+                    }
+                    float gc_part = 0.f;
+                    float gd_part[3] = {0.f, 0.f, 0.f};
+                    float gpre[2][CPL];
+#pragma unroll
+                    for (int j = 0; j < CPL; j++) {
+                        float dv1 = 1.f, ddv1 = 0.f, dv2 = 1.f, ddv2 = 0.f;
+                        if (c.use_dv) {
+                            dv1 = actv<SILU>(c.act, pre[i][0][j], &ddv1);
+                            dv2 = actv<SILU>(c.act, pre[i][1][j], &ddv2);
+                        }
+                        const float g2 = v2[j] * dv2 * sv[i];
+#pragma unroll
+                        for (int cx = 0; cx < 3; cx++)
+                            gd_part[cx] = fmaf(gV[cx][j], g2, gd_part[cx]);
+                        const float gvv1 =
+                            (gV[0][j] * vs[0][j] + gV[1][j] * vs[1][j] + gV[2][j] * vs[2][j]) * v1[j];
+                        const float gvv2 =
+                            (gV[0][j] * dir[0] + gV[1][j] * dir[1] + gV[2][j] * dir[2]) * v2[j];
+                        if (c.vc) {
+                            gc_part = fmaf(gvv1, dv1, gc_part);
+                            gc_part = fmaf(gvv2, dv2, gc_part);
+                        }
+                        gpre[0][j] = gvv1 * sv[i] * ddv1;
+                        gpre[1][j] = gvv2 * sv[i] * ddv2;
+                    }
+                    float gr = grl[i] +
+                               filter_back<CPL, E, 2, 4, 2>(s_wt, s_drbf, i, c.K, F, wl, lane, gpre,
+                                                            s_red) +
+                               gc_part * dcs[i];
+                    gr = warp_sum(gr);
+                    float gd[3];
 #pragma unroll
                     for (int cx = 0; cx < 3; cx++)
-                        gd_part[cx] = fmaf(gV[cx][j], ev.g2[j], gd_part[cx]);
-                    gpre[0][j] = gapre * q[j] * kk[j] * ev.ddk[j];
-#pragma unroll
-                    for (int p = 0; p < 3; p++) {
-                        /* g_v~ (x) v[s] is dE/d(dv) up to the factor sv */
-                        const float gvv = gvt[p] * vv[p][j];
-                        if (c.vc)
-                            gc_part = fmaf(gvv, ev.dv[p][j], gc_part);
-                        gpre[1 + p][j] = gvv * ev.sv * ev.ddv[p][j];
+                        gd[cx] = warp_sum(gd_part[cx]);
+                    if (lane == 0) {
+                        const float dd = gd[0] * dir[0] + gd[1] * dir[1] + gd[2] * dir[2];
+                        float4 acc = l.gw[e];
+                        acc.x += (gd[0] - dir[0] * dd) * inv + gr * dir[0];
+                        acc.y += (gd[1] - dir[1] * dd) * inv + gr * dir[1];
+                        acc.z += (gd[2] - dir[2] * dd) * inv + gr * dir[2];
+                        l.gw[e] = acc;
                     }
-                }
-                if (self)
-                    continue; /* the self-loop has no geometry gradient */
-                float gr = filter_back<CPL, E, 4>(s_wt, s_drbf, i, c.K, F, f0 / CPL, lane, gpre, s_red);
-                gr = warp_sum(gr) + warp_sum(gc_part) * dc;
-                float gd[3];
-#pragma unroll
-                for (int cx = 0; cx < 3; cx++)
-                    gd[cx] = warp_sum(gd_part[cx]);
-                if (lane == 0) {
-                    const float dd = gd[0] * dir[0] + gd[1] * dir[1] + gd[2] * dir[2];
-                    float4 acc = l.gw[e];
-                    acc.x += (gd[0] - dir[0] * dd) * inv + gr * dir[0];
-                    acc.y += (gd[1] - dir[1] * dd) * inv + gr * dir[1];
-                    acc.z += (gd[2] - dir[2] * dd) * inv + gr * dir[2];
-                    l.gw[e] = acc;
                 }
             }
             __syncwarp();
@@ -197,7 +211,7 @@ static __global__ void __launch_bounds__(32 * ET_WARPS)
 }
 
 template <int CPL, bool SILU>
-static __global__ void __launch_bounds__(32 * ET_WARPS)
+static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL))
     k_edge_bwd_send(const et_edge_common c, const et_edge_layer l)
 {
     constexpr int E = ET_EDGE_CHUNK;
@@ -214,8 +228,9 @@ static __global__ void __launch_bounds__(32 * ET_WARPS)
     const int D = c.D, G = D / CPL;
     const bool on = lane * CPL < F;
     const int f0 = on ? lane * CPL : 0;
+    const int wl = f0 / CPL;
     const int vx_off = 2 * F + ET_VIDX(f0, 0, D);
-    for (int s = blockIdx.x * ET_WARPS + warp; s < c.n_total; s += gridDim.x * ET_WARPS) {
+    for (int s = blockIdx.x * ET_EDGE_WARPS + warp; s < c.n_total; s += gridDim.x * ET_EDGE_WARPS) {
         const float *srow = l.qkv + (size_t)s * 5 * F;
         float kk[CPL], vv[3][CPL], vs[3][CPL];
         ldg_vec<CPL>(srow + F + f0, kk);
@@ -246,7 +261,7 @@ static __global__ void __launch_bounds__(32 * ET_WARPS)
         for (int cb = e0; cb < e1; cb += E) {
             const int nv = min(E, e1 - cb);
             int eid[E];
-            float r[E];
+            float r[E], sv[E];
 #pragma unroll
             for (int i = 0; i < E; i++) {
                 eid[i] = i < nv ? c.tr_edge[cb + i] : 0;
@@ -254,47 +269,77 @@ static __global__ void __launch_bounds__(32 * ET_WARPS)
             }
             stage_rbf<E>(c, r, nv, lane, s_rbf, nullptr);
             __syncwarp();
-            float pre[E][4][CPL];
-            filter_pre<CPL, E, 4>(s_wt, s_b, s_rbf, c.K, F, f0 / CPL, pre);
-            __syncwarp();
+            {
+                float pre[E][2][CPL];
+                filter_pre<CPL, E, 2, 4, 0>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
 #pragma unroll
-            for (int i = 0; i < E; i++) {
-                if (i >= nv)
-                    break;
-                const int e = eid[i];
-                const int t = c.e_dst[e];
-                const float4 g = c.e_geo[e];
-                const bool self = (s == t);
-                const float cc = et_cutoff_f(g.w, c.cl, c.cu, nullptr);
-                const float inv = self ? 0.f : 1.f / g.w;
-                const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
-                float q[CPL], gX[CPL], gV[3][CPL];
-                ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
-                ldg_vec<CPL>(l.gX + (size_t)t * F + f0, gX);
-                zero_off<CPL>(on, gX);
+                for (int i = 0; i < E; i++) {
+                    if (i >= nv)
+                        break;
+                    const int t = c.e_dst[eid[i]];
+                    const float cc = et_cutoff_f(r[i], c.cl, c.cu, nullptr);
+                    float q[CPL], gX[CPL];
+                    ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
+                    ldg_vec<CPL>(l.gX + (size_t)t * F + f0, gX);
+                    zero_off<CPL>(on, gX);
+                    float dk[CPL], dv[CPL];
+                    float part = 0.f;
 #pragma unroll
-                for (int cx = 0; cx < 3; cx++)
-                    ldg_vec<CPL>(l.gV + ((size_t)t * 3 + cx) * F + f0, gV[cx]);
-                edge_vals<CPL> ev;
-                edge_eval<CPL, 4, SILU>(c, pre[i], q, kk, vv, cc, G, ev);
-                float gA_part = 0.f;
+                    for (int j = 0; j < CPL; j++) {
+                        dk[j] = c.use_dk ? actv<SILU>(c.act, pre[i][0][j], nullptr) : 1.f;
+                        dv[j] = c.use_dv ? actv<SILU>(c.act, pre[i][1][j], nullptr) : 1.f;
+                        part = fmaf(q[j] * kk[j], dk[j], part);
+                    }
+                    float da;
+                    const float a = actv<SILU>(c.attn_act, group_sum(part, G), &da);
+                    const float A = c.vc ? a : a * cc;
+                    sv[i] = c.vc ? cc : 1.f;
+                    float gA_part = 0.f;
 #pragma unroll
-                for (int j = 0; j < CPL; j++)
-                    gA_part = fmaf(gX[j], ev.xt[j], gA_part);
-                const float gA = group_sum(gA_part, G);
-                const float gapre = (c.vc ? gA : gA * cc) * ev.da;
+                    for (int j = 0; j < CPL; j++)
+                        gA_part = fmaf(gX[j], vv[0][j] * dv[j] * sv[i], gA_part);
+                    const float gA = group_sum(gA_part, G);
+                    const float gapre = (c.vc ? gA : gA * cc) * da;
 #pragma unroll
-                for (int j = 0; j < CPL; j++) {
-                    gk[j] = fmaf(gapre * q[j], ev.dk[j], gk[j]);
-                    const float gvt0 = gX[j] * ev.A;
-                    const float gvt1 = gV[0][j] * vs[0][j] + gV[1][j] * vs[1][j] + gV[2][j] * vs[2][j];
-                    const float gvt2 = gV[0][j] * dir[0] + gV[1][j] * dir[1] + gV[2][j] * dir[2];
-                    gv[0][j] = fmaf(gvt0 * ev.sv, ev.dv[0][j], gv[0][j]);
-                    gv[1][j] = fmaf(gvt1 * ev.sv, ev.dv[1][j], gv[1][j]);
-                    gv[2][j] = fmaf(gvt2 * ev.sv, ev.dv[2][j], gv[2][j]);
+                    for (int j = 0; j < CPL; j++) {
+                        gk[j] = fmaf(gapre * q[j], dk[j], gk[j]);
+                        gv[0][j] = fmaf(gX[j] * A * sv[i], dv[j], gv[0][j]);
+                    }
+                }
+            }
+            {
+                float pre[E][2][CPL];
+                filter_pre<CPL, E, 2, 4, 2>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
+                __syncwarp();
+#pragma unroll
+                for (int i = 0; i < E; i++) {
+                    if (i >= nv)
+                        break;
+                    const int e = eid[i];
+                    const int t = c.e_dst[e];
+                    const float4 g = c.e_geo[e];
+                    const float inv = s == t ? 0.f : 1.f / g.w;
+                    const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
+                    float gV[3][CPL];
 #pragma unroll
                     for (int cx = 0; cx < 3; cx++)
-                        gvec[cx][j] = fmaf(gV[cx][j], ev.g1[j], gvec[cx][j]);
+                        ldg_vec<CPL>(l.gV + ((size_t)t * 3 + cx) * F + f0, gV[cx]);
+#pragma unroll
+                    for (int j = 0; j < CPL; j++) {
+                        float dv1 = 1.f, dv2 = 1.f;
+                        if (c.use_dv) {
+                            dv1 = actv<SILU>(c.act, pre[i][0][j], nullptr);
+                            dv2 = actv<SILU>(c.act, pre[i][1][j], nullptr);
+                        }
+                        const float g1 = vv[1][j] * dv1 * sv[i];
+                        const float gvt1 = gV[0][j] * vs[0][j] + gV[1][j] * vs[1][j] + gV[2][j] * vs[2][j];
+                        const float gvt2 = gV[0][j] * dir[0] + gV[1][j] * dir[1] + gV[2][j] * dir[2];
+                        gv[1][j] = fmaf(gvt1 * sv[i], dv1, gv[1][j]);
+                        gv[2][j] = fmaf(gvt2 * sv[i], dv2, gv[2][j]);
+#pragma unroll
+                        for (int cx = 0; cx < 3; cx++)
+                            gvec[cx][j] = fmaf(gV[cx][j], g1, gvec[cx][j]);
+                    }
                 }
             }
         }
@@ -331,7 +376,7 @@ static __global__ void __launch_bounds__(32 * ET_WARPS)
  * gw[e] += (sum_k g_f_k f'_k + g_c c') d_e.
  */
 template <int CPL>
-static __global__ void __launch_bounds__(32 * ET_WARPS)
+static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS)
     k_ne_bwd(const et_edge_common c, const float *ne_wt, const float *ne_b, const float *ne_emb,
              const int *z, const float *gm, float4 *gw)
 {
@@ -349,7 +394,7 @@ static __global__ void __launch_bounds__(32 * ET_WARPS)
     __syncthreads();
     const bool on = lane * CPL < F;
     const int f0 = on ? lane * CPL : 0;
-    for (int t = blockIdx.x * ET_WARPS + warp; t < c.n_local; t += gridDim.x * ET_WARPS) {
+    for (int t = blockIdx.x * ET_EDGE_WARPS + warp; t < c.n_local; t += gridDim.x * ET_EDGE_WARPS) {
         float g[CPL];
         ldg_vec<CPL>(gm + (size_t)t * F + f0, g);
         zero_off<CPL>(on, g);
@@ -413,7 +458,7 @@ static cudaError_t launch_recv(cudaStream_t s, int grid, const et_edge_common *c
         return e;
     if ((e = persistent_grid(kern, smem, &grid)) != cudaSuccess)
         return e;
-    kern<<<grid, 32 * ET_WARPS, smem, s>>>(*c, *l);
+    kern<<<grid, 32 * ET_EDGE_WARPS, smem, s>>>(*c, *l);
     return cudaGetLastError();
 }
 
@@ -431,7 +476,7 @@ static cudaError_t launch_send(cudaStream_t s, int grid, const et_edge_common *c
         return e;
     if ((e = persistent_grid(kern, smem, &grid)) != cudaSuccess)
         return e;
-    kern<<<grid, 32 * ET_WARPS, smem, s>>>(*c, *l);
+    kern<<<grid, 32 * ET_EDGE_WARPS, smem, s>>>(*c, *l);
     return cudaGetLastError();
 }
 
@@ -447,7 +492,7 @@ static cudaError_t launch_ne_bwd(cudaStream_t s, int grid, const et_edge_common 
         return e;
     if ((e = persistent_grid(k_ne_bwd<CPL>, smem, &grid)) != cudaSuccess)
         return e;
-    k_ne_bwd<CPL><<<grid, 32 * ET_WARPS, smem, s>>>(*c, w, b, emb, z, gm, gw);
+    k_ne_bwd<CPL><<<grid, 32 * ET_EDGE_WARPS, smem, s>>>(*c, w, b, emb, z, gm, gw);
     return cudaGetLastError();
 }
 

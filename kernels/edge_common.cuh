@@ -66,11 +66,25 @@ static __device__ __noinline__ float2 act_any(int a, float x)
     return make_float2(y, d);
 }
 
+/*
+ * SiLU in the edge kernels: x s(x) with s = 1 / (1 + expf(-x)), the reciprocal by the hardware
+ * approximation (div.approx, 2 ulp; 1 + expf(-x) >= 1, and +inf gives s = 0) instead of the
+ * IEEE division, whose fix-up sequence and slow-path branch cost more than the exponential.
+ * The result differs from et_silu_grad_f by a few ulp.
+ */
+static __device__ __forceinline__ float silu_fast(float x, float *d)
+{
+    const float s = __fdividef(1.0f, 1.0f + expf(-x));
+    if (d)
+        *d = s * (1.0f + x * (1.0f - s));
+    return x * s;
+}
+
 template <bool SILU> static __device__ __forceinline__ float actv(int a, float x, float *d)
 {
     if constexpr (SILU) {
         (void)a;
-        return et_activate_grad_f(ET_ACT_SILU, x, d);
+        return silu_fast(x, d);
     } else {
         float2 r = act_any(a, x);
         if (d)
@@ -132,19 +146,21 @@ static __device__ __forceinline__ void stage_rbf(const et_edge_common &c, const 
 }
 
 /*
- * pre[i][p][j] = b_p[ch] + sum_k W_p[ch][k] f_k(r_i) for the lane's channels ch of parts
- * p < NP, for the E edges staged in s_rbf. Each weight read from shared memory is used E times.
+ * pre[i][p][j] = b_q[ch] + sum_k W_q[ch][k] f_k(r_i), q = P0 + p, for the lane's channels ch of
+ * parts P0 .. P0+NP-1 of filters stored with NPT parts per row k, for the E edges staged in
+ * s_rbf. Each weight read from shared memory is used E times.
  */
-template <int CPL, int E, int NP>
+template <int CPL, int E, int NP, int NPT = NP, int P0 = 0>
 static __device__ __forceinline__ void filter_pre(const float *s_wt, const float *s_b,
                                                   const float *s_rbf, int K, int F, int wl,
                                                   float (&pre)[E][NP][CPL])
 {
     const int lane = wl;
+    s_wt += P0 * F;
 #pragma unroll
     for (int p = 0; p < NP; p++) {
         float b[CPL];
-        ld_vec<CPL>(s_b + p * F + lane * CPL, b);
+        ld_vec<CPL>(s_b + (P0 + p) * F + lane * CPL, b);
 #pragma unroll
         for (int i = 0; i < E; i++)
 #pragma unroll
@@ -168,7 +184,7 @@ static __device__ __forceinline__ void filter_pre(const float *s_wt, const float
 #pragma unroll
         for (int p = 0; p < NP; p++) {
             float w[CPL];
-            ld_vec<CPL>(s_wt + (size_t)k * NP * F + p * F + lane * CPL, w);
+            ld_vec<CPL>(s_wt + (size_t)k * NPT * F + p * F + lane * CPL, w);
 #pragma unroll
             for (int i = 0; i < E; i++)
 #pragma unroll
@@ -179,21 +195,23 @@ static __device__ __forceinline__ void filter_pre(const float *s_wt, const float
 }
 
 /*
- * Filter backward for one edge: given gpre[p][j] = dE/dpre for the lane's channels, the lane
+ * Filter backward for one edge: given gpre[p][j] = dE/dpre for the lane's channels of parts
+ * P0 .. P0+NP-1 (rows of NPT parts), the lane
  * k < K ends with gf = dE/df_k = sum_ch gpre[ch] W[ch][k] (transpose through s_red[32][K+1]).
  * Returns sum over this lane's k of gf_k * s_drbf[k][i] (the caller sums it over the warp).
  */
-template <int CPL, int E, int NP>
+template <int CPL, int E, int NP, int NPT = NP, int P0 = 0>
 static __device__ __forceinline__ float filter_back(const float *s_wt, const float *s_drbf, int i,
                                                     int K, int F, int wl, int lane,
                                                     const float (&gpre)[NP][CPL], float *s_red)
 {
+    s_wt += P0 * F;
     for (int k = 0; k < K; k++) {
         float acc = 0.f;
 #pragma unroll
         for (int p = 0; p < NP; p++) {
             float w[CPL];
-            ld_vec<CPL>(s_wt + (size_t)k * NP * F + p * F + wl * CPL, w);
+            ld_vec<CPL>(s_wt + (size_t)k * NPT * F + p * F + wl * CPL, w);
 #pragma unroll
             for (int j = 0; j < CPL; j++)
                 acc = fmaf(gpre[p][j], w[j], acc);
@@ -212,6 +230,11 @@ static __device__ __forceinline__ float filter_back(const float *s_wt, const flo
     return gr;
 }
 
+/* Blocks per SM the layer edge kernels are compiled for (__launch_bounds__): two blocks of
+   ET_EDGE_WARPS warps cap the registers at 128 per thread; at CPL = 8 (F = 256) the filters
+   alone take 128 KB of shared memory, so one block fits anyway. */
+#define EDGE_MIN_BLOCKS(CPL) ((CPL) >= 8 ? 1 : 2)
+
 /* Cooperative copy of n floats (n % 4 == 0, both 16-byte aligned) into shared memory. */
 static __device__ __forceinline__ void block_copy(float *dst, const float *src, int n)
 {
@@ -225,7 +248,7 @@ static inline size_t edge_smem_bytes(int F, int K, int NP, int with_back)
 {
     size_t per_warp = 2 * (size_t)K * ET_EDGE_CHUNK + (with_back ? 32 * (size_t)(K + 1) : 0);
     per_warp = (per_warp + 3) / 4 * 4;
-    return 4 * ((size_t)K * NP * F + NP * F + ET_WARPS * per_warp);
+    return 4 * ((size_t)K * NP * F + NP * F + ET_EDGE_WARPS * per_warp);
 }
 
 static __device__ __forceinline__ float *warp_scratch(float *sm, int F, int K, int NP,
@@ -249,7 +272,7 @@ static cudaError_t persistent_grid(Kern kern, size_t smem, int *grid)
     if (e == cudaSuccess)
         e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
     if (e == cudaSuccess)
-        e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, 32 * ET_WARPS, smem);
+        e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, 32 * ET_EDGE_WARPS, smem);
     if (e != cudaSuccess)
         return e;
     if (per_sm < 1)

@@ -13,7 +13,7 @@
 #include "edge_common.cuh"
 
 template <int CPL, bool SILU>
-static __global__ void __launch_bounds__(32 * ET_WARPS)
+static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL))
     k_edge_fwd(const et_edge_common c, const et_edge_layer l)
 {
     constexpr int E = ET_EDGE_CHUNK;
@@ -30,8 +30,9 @@ static __global__ void __launch_bounds__(32 * ET_WARPS)
     const int D = c.D, G = D / CPL;
     const bool on = lane * CPL < F;
     const int f0 = on ? lane * CPL : 0;
+    const int wl = f0 / CPL;
     const int vx_off = 2 * F + ET_VIDX(f0, 0, D);
-    for (int t = blockIdx.x * ET_WARPS + warp; t < c.n_local; t += gridDim.x * ET_WARPS) {
+    for (int t = blockIdx.x * ET_EDGE_WARPS + warp; t < c.n_local; t += gridDim.x * ET_EDGE_WARPS) {
         float q[CPL], ax[CPL], av[3][CPL];
         ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
         zero_off<CPL>(on, q);
@@ -43,65 +44,83 @@ static __global__ void __launch_bounds__(32 * ET_WARPS)
         const int e0 = c.row_off[t], e1 = c.row_off[t + 1];
         for (int cb = e0; cb < e1; cb += E) {
             const int nv = min(E, e1 - cb);
-            float r[E];
+            float r[E], sv[E];
 #pragma unroll
             for (int i = 0; i < E; i++)
                 r[i] = i < nv ? c.e_geo[cb + i].w : 0.f;
             stage_rbf<E>(c, r, nv, lane, s_rbf, nullptr);
             __syncwarp();
-            float pre[E][4][CPL];
-            filter_pre<CPL, E, 4>(s_wt, s_b, s_rbf, c.K, F, f0 / CPL, pre);
-            __syncwarp();
+            /* Two halves, so that only half of the pre-activations are live at a time (fewer
+               registers, more warps per SM): first dk and the value filter (attention and the
+               scalar message), then the two gate filters (the vector message). */
+            {
+                float pre[E][2][CPL];
+                filter_pre<CPL, E, 2, 4, 0>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
 #pragma unroll
-            for (int i = 0; i < E; i++) {
-                if (i >= nv)
-                    break;
-                const int e = cb + i;
-                const int s = c.e_src[e];
-                const float4 g = c.e_geo[e];
-                const bool self = (s == t);
-                const float cc = et_cutoff_f(g.w, c.cl, c.cu, nullptr);
-                const float inv = self ? 0.f : 1.f / g.w;
-                const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
-                const float *srow = l.qkv + (size_t)s * 5 * F;
-                float kk[CPL], vv[3][CPL], vs[3][CPL];
-                ldg_vec<CPL>(srow + F + f0, kk);
+                for (int i = 0; i < E; i++) {
+                    if (i >= nv)
+                        break;
+                    const int s = c.e_src[cb + i];
+                    const float cc = et_cutoff_f(r[i], c.cl, c.cu, nullptr);
+                    const float *srow = l.qkv + (size_t)s * 5 * F;
+                    float kk[CPL], vv[CPL];
+                    ldg_vec<CPL>(srow + F + f0, kk);
+                    ldg_vec<CPL>(srow + vx_off, vv);
+                    float part = 0.f;
 #pragma unroll
-                for (int p = 0; p < 3; p++)
-                    ldg_vec<CPL>(srow + vx_off + p * D, vv[p]);
-#pragma unroll
-                for (int cx = 0; cx < 3; cx++) {
-                    if (l.vec)
-                        ldg_vec<CPL>(l.vec + ((size_t)s * 3 + cx) * F + f0, vs[cx]);
-                    else
-#pragma unroll
-                        for (int j = 0; j < CPL; j++)
-                            vs[cx][j] = 0.f;
-                }
-                float part = 0.f;
-#pragma unroll
-                for (int j = 0; j < CPL; j++) {
-                    float dk = c.use_dk ? actv<SILU>(c.act, pre[i][0][j], nullptr) : 1.f;
-                    part = fmaf(q[j] * kk[j], dk, part);
-                }
-                const float a = actv<SILU>(c.attn_act, group_sum(part, G), nullptr);
-                const float A = c.vc ? a : a * cc;
-                const float sv = c.vc ? cc : 1.f;
-#pragma unroll
-                for (int j = 0; j < CPL; j++) {
-                    float dv0 = 1.f, dv1 = 1.f, dv2 = 1.f;
-                    if (c.use_dv) {
-                        dv0 = actv<SILU>(c.act, pre[i][1][j], nullptr);
-                        dv1 = actv<SILU>(c.act, pre[i][2][j], nullptr);
-                        dv2 = actv<SILU>(c.act, pre[i][3][j], nullptr);
+                    for (int j = 0; j < CPL; j++) {
+                        float dk = c.use_dk ? actv<SILU>(c.act, pre[i][0][j], nullptr) : 1.f;
+                        part = fmaf(q[j] * kk[j], dk, part);
                     }
-                    const float xt = vv[0][j] * dv0 * sv;
-                    const float g1 = vv[1][j] * dv1 * sv;
-                    const float g2 = vv[2][j] * dv2 * sv;
-                    ax[j] = fmaf(xt, A, ax[j]);
+                    const float a = actv<SILU>(c.attn_act, group_sum(part, G), nullptr);
+                    sv[i] = c.vc ? cc : 1.f;
+                    const float A = (c.vc ? a : a * cc) * sv[i];
 #pragma unroll
-                    for (int cx = 0; cx < 3; cx++)
-                        av[cx][j] += vs[cx][j] * g1 + g2 * dir[cx];
+                    for (int j = 0; j < CPL; j++) {
+                        const float dv0 = c.use_dv ? actv<SILU>(c.act, pre[i][1][j], nullptr) : 1.f;
+                        ax[j] = fmaf(vv[j] * dv0, A, ax[j]);
+                    }
+                }
+            }
+            {
+                float pre[E][2][CPL];
+                filter_pre<CPL, E, 2, 4, 2>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
+                __syncwarp();
+#pragma unroll
+                for (int i = 0; i < E; i++) {
+                    if (i >= nv)
+                        break;
+                    const int e = cb + i;
+                    const int s = c.e_src[e];
+                    const float4 g = c.e_geo[e];
+                    const float inv = s == t ? 0.f : 1.f / g.w;
+                    const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
+                    const float *srow = l.qkv + (size_t)s * 5 * F;
+                    float v1[CPL], v2[CPL], vs[3][CPL];
+                    ldg_vec<CPL>(srow + vx_off + D, v1);
+                    ldg_vec<CPL>(srow + vx_off + 2 * D, v2);
+#pragma unroll
+                    for (int cx = 0; cx < 3; cx++) {
+                        if (l.vec)
+                            ldg_vec<CPL>(l.vec + ((size_t)s * 3 + cx) * F + f0, vs[cx]);
+                        else
+#pragma unroll
+                            for (int j = 0; j < CPL; j++)
+                                vs[cx][j] = 0.f;
+                    }
+#pragma unroll
+                    for (int j = 0; j < CPL; j++) {
+                        float dv1 = 1.f, dv2 = 1.f;
+                        if (c.use_dv) {
+                            dv1 = actv<SILU>(c.act, pre[i][0][j], nullptr);
+                            dv2 = actv<SILU>(c.act, pre[i][1][j], nullptr);
+                        }
+                        const float g1 = v1[j] * dv1 * sv[i];
+                        const float g2 = v2[j] * dv2 * sv[i];
+#pragma unroll
+                        for (int cx = 0; cx < 3; cx++)
+                            av[cx][j] += vs[cx][j] * g1 + g2 * dir[cx];
+                    }
                 }
             }
         }
@@ -119,7 +138,7 @@ static __global__ void __launch_bounds__(32 * ET_WARPS)
  *   m[t] = sum_e (A f_e + a) c(r_e) E_nb[z_s], written to cat[t][F:2F].
  */
 template <int CPL>
-static __global__ void __launch_bounds__(32 * ET_WARPS)
+static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS)
     k_ne_fwd(const et_edge_common c, const float *ne_wt, const float *ne_b, const float *ne_emb,
              const int *z, float *cat)
 {
@@ -135,7 +154,7 @@ static __global__ void __launch_bounds__(32 * ET_WARPS)
     __syncthreads();
     const bool on = lane * CPL < F;
     const int f0 = on ? lane * CPL : 0;
-    for (int t = blockIdx.x * ET_WARPS + warp; t < c.n_local; t += gridDim.x * ET_WARPS) {
+    for (int t = blockIdx.x * ET_EDGE_WARPS + warp; t < c.n_local; t += gridDim.x * ET_EDGE_WARPS) {
         float m[CPL];
 #pragma unroll
         for (int j = 0; j < CPL; j++)
@@ -189,7 +208,7 @@ static cudaError_t launch_fwd(cudaStream_t s, int grid, const et_edge_common *c,
         return e;
     if ((e = persistent_grid(kern, smem, &grid)) != cudaSuccess)
         return e;
-    kern<<<grid, 32 * ET_WARPS, smem, s>>>(*c, *l);
+    kern<<<grid, 32 * ET_EDGE_WARPS, smem, s>>>(*c, *l);
     return cudaGetLastError();
 }
 
@@ -204,7 +223,7 @@ static cudaError_t launch_ne(cudaStream_t s, int grid, const et_edge_common *c, 
         return e;
     if ((e = persistent_grid(k_ne_fwd<CPL>, smem, &grid)) != cudaSuccess)
         return e;
-    k_ne_fwd<CPL><<<grid, 32 * ET_WARPS, smem, s>>>(*c, w, b, emb, z, cat);
+    k_ne_fwd<CPL><<<grid, 32 * ET_EDGE_WARPS, smem, s>>>(*c, w, b, emb, z, cat);
     return cudaGetLastError();
 }
 

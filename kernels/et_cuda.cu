@@ -295,7 +295,7 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
     cudaDeviceProp prop;
     CU(cudaGetDeviceProperties(&prop, device_id), "cudaGetDeviceProperties");
     size_t smem_need = 4 * ((size_t)d->K * 4 * F + 4 * F +
-                            ET_WARPS * (2 * (size_t)d->K * ET_EDGE_CHUNK + 32 * (size_t)(d->K + 1) + 3));
+                            ET_EDGE_WARPS * (2 * (size_t)d->K * ET_EDGE_CHUNK + 32 * (size_t)(d->K + 1) + 3));
     if (smem_need > prop.sharedMemPerBlockOptin)
         return fail(err, err_len, DS4SCI_ERR_UNSUPPORTED,
                     "cuda backend: filters of hidden_channels %d, num_rbf %d need %zu bytes of "
@@ -715,7 +715,8 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
     c.H = m->H;
     c.D = m->D;
     c.F = F;
-    const int grid_l = (nl + ET_WARPS - 1) / ET_WARPS, grid_n = (n + ET_WARPS - 1) / ET_WARPS;
+    const int grid_l = (nl + ET_EDGE_WARPS - 1) / ET_EDGE_WARPS,
+              grid_n = (n + ET_EDGE_WARPS - 1) / ET_EDGE_WARPS;
 
     xch_ctx xc = {ex, builtin ? BUF(int, B_GOWN) : NULL, nl, ng, F};
     float *XS = BUF(float, B_XS), *VECS = BUF(float, B_VECS), *O12 = BUF(float, B_O12);

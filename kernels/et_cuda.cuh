@@ -28,6 +28,8 @@
 #include "et_math.h"
 
 #define ET_WARPS 4                 /* warps per block of the warp-per-atom kernels */
+#define ET_EDGE_WARPS 8            /* warps per block of the fused edge kernels (one copy of the
+                                      filters in shared memory per block) */
 #define ET_EDGE_CHUNK 4            /* edges whose filters are evaluated together */
 #define ET_MAX_K 64                /* largest num_rbf the edge kernels take */
 
