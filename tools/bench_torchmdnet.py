@@ -174,7 +174,7 @@ def main():
     model = model.to(dev).eval()
     element_z = list(cfg["elements"].values())
     # TorchMD-Net adds `mean` once per system; ds4sci's energy excludes it (energy_shift)
-    shift = float(np.asarray(tensors["mean"]).reshape(-1)[0]) if "mean" in tensors else 0.0
+    e_shift = float(np.asarray(tensors["mean"]).reshape(-1)[0]) if "mean" in tensors else 0.0
     print(json.dumps(dict(torchmdnet=torchmdnet.__version__, torch=torch.__version__,
                           model=cfg.get("name"), F=cfg["hidden_channels"], L=cfg["num_layers"],
                           K=cfg["num_rbf"], H=cfg["num_heads"], cutoff=cfg["cutoff_upper"],
@@ -221,7 +221,7 @@ def main():
             peak = torch.cuda.max_memory_allocated() if dev == "cuda" else 0
             rec.update(steps=steps, s_per_step=dt, atom_steps_per_s=n / dt, peak_bytes=peak,
                        bytes_per_atom=peak / n, device_used_bytes=used,
-                       energy=energy, energy_without_shift=energy - shift,
+                       energy=energy, energy_without_shift=energy - e_shift,
                        force_rms=float(f.detach().pow(2).mean().sqrt()))
         except torch.OutOfMemoryError as e:
             rec.update(oom=True, message=str(e).split("\n")[0][:200])

@@ -20,7 +20,7 @@
 #              bounded by `timeout` to what is left, and a phase with too little left is skipped
 #   FUSED_MAX, UNFUSED_MAX, TORCH_MAX   per-phase caps in seconds (default 110, 60, 60)
 #   LARGE      fused-only sizes tried after the rest, one process each, 1 timed step, while
-#              time is left (default "2000000 4000000"; "" to skip)
+#              time is left (default "2000000 3000000 4000000"; "" to skip)
 #   PREBUILT   folder holding a prebuilt bench_gpu (else it is built in $BUILD with cmake)
 #   BUILD      build folder when building here (default ./build-bench-device)
 #   DEPS       check/cJSON for machines without them (default ./.gpudeps; docs/gpu.md)
@@ -43,7 +43,7 @@ BUDGET_S=${BUDGET_S:-230}
 FUSED_MAX=${FUSED_MAX:-110}
 UNFUSED_MAX=${UNFUSED_MAX:-60}
 TORCH_MAX=${TORCH_MAX:-60}
-LARGE=${LARGE-"2000000 4000000"}
+LARGE=${LARGE-"2000000 3000000 4000000"}
 DEPS=${DEPS:-$ROOT/.gpudeps}
 WHEELS=${WHEELS:-$ROOT/.whl}
 BUILD=${BUILD:-$ROOT/build-bench-device}
