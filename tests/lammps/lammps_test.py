@@ -623,7 +623,10 @@ def rms(values):
 
 
 def compare(name, got, ref, f_tol=GPU_F_TOL):
-    """got vs ref (section_results): the bounds above; returns the measured errors."""
+    """got vs ref (section_results): the bounds above; returns the measured errors. f_tol, the
+    force bound, also bounds the virials when it is the larger: they are sums of the same pair
+    gradients (r (x) dE/dr), so a pair whose float32 gradient is ill-conditioned (the cutoff_lower
+    bump) moves them as much."""
     ids = sorted(ref["atoms"])
     check(sorted(got["atoms"]) == ids, "%s: atom IDs differ" % name)
     n = len(ids)
@@ -651,8 +654,9 @@ def compare(name, got, ref, f_tol=GPU_F_TOL):
     # the device's own consistency: sum of stress/atom = -V * virial pressure
     err["sum_rule"] = max(abs(got["sums"][1 + k] + got["vir_p"][k] * got["vol"])
                           for k in range(6)) / w_scale
+    v_tol = max(GPU_V_TOL, f_tol)
     bounds = {"energy": GPU_E_TOL, "forces": f_tol, "atom_energy": GPU_E_TOL,
-              "atom_virial": GPU_V_TOL, "virial": GPU_V_TOL, "sum_rule": GPU_V_TOL}
+              "atom_virial": v_tol, "virial": v_tol, "sum_rule": GPU_V_TOL}
     for key, bound in bounds.items():
         check(err[key] < bound, "%s: %s error %.2e > bound %.1e (pe %.12g vs %.12g; %s)"
               % (name, key, err[key], bound, got["pe"], ref["pe"], describe(err)))
