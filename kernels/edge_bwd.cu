@@ -25,6 +25,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
     k_edge_bwd_recv(const et_edge_common c, const et_edge_layer l)
 {
     constexpr int E = ET_EDGE_CHUNK;
+    static_assert(E == 4, "filter_back4 takes chunks of 4 edges");
     const int F = c.F;
     extern __shared__ float4 sm4[];
     float *sm = reinterpret_cast<float *>(sm4);
@@ -61,24 +62,29 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
         for (int cb = e0; cb < e1; cb += E) {
             const int nv = min(E, e1 - cb);
             /* per edge, carried from the first half to the second: sv, c'(r), and this
-               lane's part of dE/dr (filter backward of dk and the value filter, cutoff) */
+               lane's part of dE/dr (filter backward, cutoff) */
             float r[E], sv[E], dcs[E], grl[E];
 #pragma unroll
-            for (int i = 0; i < E; i++)
+            for (int i = 0; i < E; i++) {
                 r[i] = i < nv ? c.e_geo[cb + i].w : 0.f;
+                sv[i] = dcs[i] = grl[i] = 0.f;
+            }
             stage_rbf<E>(c, r, nv, lane, s_rbf, s_drbf);
             __syncwarp();
             {
-                float pre[E][2][CPL];
+                float pre[E][2][CPL], gp[E][2][CPL];
                 filter_pre<CPL, E, 2, 4, 0>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
 #pragma unroll
                 for (int i = 0; i < E; i++) {
+#pragma unroll
+                    for (int j = 0; j < CPL; j++)
+                        gp[i][0][j] = gp[i][1][j] = 0.f;
                     if (i >= nv)
-                        break;
+                        continue;
                     const int s = c.e_src[cb + i];
                     const bool self = (s == t);
                     float dc;
-                    const float cc = et_cutoff_f(r[i], c.cl, c.cu, &dc);
+                    const float cc = cutoff_pi(r[i], c.cl, c.cu, &dc);
                     const float *srow = l.qkv + (size_t)s * 5 * F;
                     float kk[CPL], vv[CPL];
                     ldg_vec<CPL>(srow + F + f0, kk);
@@ -113,32 +119,32 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                     const float gA = group_sum(gA_part, G);
                     const float gapre = (c.vc ? gA : gA * cc) * da;
                     float gc_part = c.vc ? 0.f : gA_part * a;
-                    float gpre[2][CPL];
 #pragma unroll
                     for (int j = 0; j < CPL; j++) {
                         gq[j] = fmaf(gapre * kk[j], dk[j], gq[j]);
-                        gpre[0][j] = gapre * q[j] * kk[j] * ddk[j];
                         /* g_v~ (x) v[s] is dE/d(dv) up to the factor sv */
                         const float gvv = gX[j] * A * vv[j];
                         if (c.vc)
                             gc_part = fmaf(gvv, dv[j], gc_part);
-                        gpre[1][j] = gvv * sv[i] * ddv[j];
+                        if (!self) { /* the self-loop has no geometry gradient */
+                            gp[i][0][j] = gapre * q[j] * kk[j] * ddk[j];
+                            gp[i][1][j] = gvv * sv[i] * ddv[j];
+                        }
                     }
-                    grl[i] = 0.f;
-                    if (self)
-                        continue; /* the self-loop has no geometry gradient */
-                    grl[i] = filter_back<CPL, E, 2, 4, 0>(s_wt, s_drbf, i, c.K, F, wl, lane, gpre,
-                                                          s_red) +
-                             gc_part * dc;
+                    grl[i] = self ? 0.f : gc_part * dc;
                 }
+                filter_back4<CPL, 2, 4, 0>(s_wt, s_drbf, c.K, F, wl, lane, gp, s_red, grl);
             }
             {
-                float pre[E][2][CPL];
+                float pre[E][2][CPL], gp[E][2][CPL];
                 filter_pre<CPL, E, 2, 4, 2>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
 #pragma unroll
                 for (int i = 0; i < E; i++) {
+#pragma unroll
+                    for (int j = 0; j < CPL; j++)
+                        gp[i][0][j] = gp[i][1][j] = 0.f;
                     if (i >= nv)
-                        break;
+                        continue;
                     const int e = cb + i;
                     const int s = c.e_src[e];
                     if (s == t)
@@ -161,7 +167,6 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                     }
                     float gc_part = 0.f;
                     float gd_part[3] = {0.f, 0.f, 0.f};
-                    float gpre[2][CPL];
 #pragma unroll
                     for (int j = 0; j < CPL; j++) {
                         float dv1 = 1.f, ddv1 = 0.f, dv2 = 1.f, ddv2 = 0.f;
@@ -181,14 +186,11 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                             gc_part = fmaf(gvv1, dv1, gc_part);
                             gc_part = fmaf(gvv2, dv2, gc_part);
                         }
-                        gpre[0][j] = gvv1 * sv[i] * ddv1;
-                        gpre[1][j] = gvv2 * sv[i] * ddv2;
+                        gp[i][0][j] = gvv1 * sv[i] * ddv1;
+                        gp[i][1][j] = gvv2 * sv[i] * ddv2;
                     }
-                    float gr = grl[i] +
-                               filter_back<CPL, E, 2, 4, 2>(s_wt, s_drbf, i, c.K, F, wl, lane, gpre,
-                                                            s_red) +
-                               gc_part * dcs[i];
-                    gr = warp_sum(gr);
+                    grl[i] += gc_part * dcs[i];
+                    /* the direction part of dE/dw_e now; the radial part after the filters */
                     float gd[3];
 #pragma unroll
                     for (int cx = 0; cx < 3; cx++)
@@ -196,11 +198,31 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                     if (lane == 0) {
                         const float dd = gd[0] * dir[0] + gd[1] * dir[1] + gd[2] * dir[2];
                         float4 acc = l.gw[e];
-                        acc.x += (gd[0] - dir[0] * dd) * inv + gr * dir[0];
-                        acc.y += (gd[1] - dir[1] * dd) * inv + gr * dir[1];
-                        acc.z += (gd[2] - dir[2] * dd) * inv + gr * dir[2];
+                        acc.x += (gd[0] - dir[0] * dd) * inv;
+                        acc.y += (gd[1] - dir[1] * dd) * inv;
+                        acc.z += (gd[2] - dir[2] * dd) * inv;
                         l.gw[e] = acc;
                     }
+                }
+                filter_back4<CPL, 2, 4, 2>(s_wt, s_drbf, c.K, F, wl, lane, gp, s_red, grl);
+            }
+            /* radial part: dE/dr_e (filters, RBF, cutoff) along the direction */
+#pragma unroll
+            for (int i = 0; i < E; i++) {
+                if (i >= nv)
+                    break;
+                const int e = cb + i;
+                const float gr = warp_sum(grl[i]);
+                if (c.e_src[e] == t)
+                    continue;
+                if (lane == 0) {
+                    const float4 g = c.e_geo[e];
+                    const float inv = 1.f / g.w;
+                    float4 acc = l.gw[e];
+                    acc.x += gr * g.x * inv;
+                    acc.y += gr * g.y * inv;
+                    acc.z += gr * g.z * inv;
+                    l.gw[e] = acc;
                 }
             }
             __syncwarp();
@@ -277,7 +299,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                     if (i >= nv)
                         break;
                     const int t = c.e_dst[eid[i]];
-                    const float cc = et_cutoff_f(r[i], c.cl, c.cu, nullptr);
+                    const float cc = cutoff_pi(r[i], c.cl, c.cu, nullptr);
                     float q[CPL], gX[CPL];
                     ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
                     ldg_vec<CPL>(l.gX + (size_t)t * F + f0, gX);

@@ -124,6 +124,57 @@ template <int CPL> static __device__ __forceinline__ void ldg_vec(const float *p
 }
 
 /*
+ * CosineCutoff(cl, cu) at r as et_cutoff_f (gnn/et_math.h), with cos/sin(pi x) from sincospif
+ * (argument reduction by an integer, no slow path) instead of cosf/sinf(pi x): differs from
+ * et_cutoff_f by the rounding of pi x (~1e-7 absolute). dc (non-NULL) gets dc/dr.
+ */
+static __device__ __forceinline__ float cutoff_pi(float r, float cl, float cu, float *dc)
+{
+    float x, scale;
+    if (cl > 0.f) {
+        if (!(r > cl && r < cu)) {
+            if (dc)
+                *dc = 0.f;
+            return 0.f;
+        }
+        x = 2.0f * (r - cl) / (cu - cl) + 1.0f;
+        scale = 2.0f * (float)ET_PI / (cu - cl);
+    } else {
+        if (!(r < cu)) {
+            if (dc)
+                *dc = 0.f;
+            return 0.f;
+        }
+        x = r / cu;
+        scale = (float)ET_PI / cu;
+    }
+    if (dc) {
+        float sn, cs;
+        sincospif(x, &sn, &cs);
+        *dc = -0.5f * scale * sn;
+        return 0.5f * (cs + 1.0f);
+    }
+    return 0.5f * (cospif(x) + 1.0f);
+}
+
+/* Radial basis function k at r (rbf_k of et_cuda.cuh with cutoff_pi as the envelope). */
+static __device__ __forceinline__ float rbf_k_pi(const et_edge_common &c, float r, float ak,
+                                                 float bk, float *df)
+{
+    if (c.rbf == ET_RBF_EXPNORM) {
+        float dphi = 0.f;
+        const float phi = cutoff_pi(r, 0.0f, c.cu, df ? &dphi : nullptr);
+        const float u = expf(c.alpha * (c.cl - r));
+        return et_expnorm_k_f(u, phi, dphi, c.alpha, ak, bk, df);
+    }
+    const float x = r - ak;
+    const float v = expf(c.rbf_coeff * (x * x));
+    if (df)
+        *df = v * 2.0f * c.rbf_coeff * x;
+    return v;
+}
+
+/*
  * Stage f_k(r_i) (and f'_k(r_i) when s_drbf is non-NULL) for the nv <= E edges of a chunk into
  * this warp's s_rbf[k][E] / s_drbf[k][E]; edges i >= nv get 0.
  */
@@ -137,7 +188,7 @@ static __device__ __forceinline__ void stage_rbf(const et_edge_common &c, const 
         for (int i = 0; i < E; i++) {
             float df = 0.f, f = 0.f;
             if (i < nv)
-                f = rbf_k(c, r[i], ak, bk, s_drbf ? &df : nullptr);
+                f = rbf_k_pi(c, r[i], ak, bk, s_drbf ? &df : nullptr);
             s_rbf[k * E + i] = f;
             if (s_drbf)
                 s_drbf[k * E + i] = df;
@@ -230,6 +281,66 @@ static __device__ __forceinline__ float filter_back(const float *s_wt, const flo
     return gr;
 }
 
+/*
+ * Filter backward for the 4 edges of a chunk at once (E = 4): given gp[i][p][j] = dE/dpre of
+ * edge i for the lane's channels of parts P0 .. P0+NP-1 (rows of NPT parts; zero for edges that
+ * have no geometry gradient), adds this lane's share of sum_k g_f_k(i) f'_k(r_i) to grl[i]
+ * (the caller sums grl[i] over the warp). Each weight read from shared memory serves the four
+ * edges. g_f_k(i) = sum_ch gp[i][ch] W[ch][k] is transposed through s_red in groups of 8 k:
+ * s_red[i][lane][8] (rows padded to 9 floats, edges 296 apart: conflict-free both ways), then
+ * lane l sums edge l/8, k = k0 + l%8 over the 32 lanes.
+ */
+#define ET_RED4_FLOATS (4 * 296)
+template <int CPL, int NP, int NPT, int P0>
+static __device__ __forceinline__ void filter_back4(const float *s_wt, const float *s_drbf, int K,
+                                                    int F, int wl, int lane,
+                                                    const float (&gp)[4][NP][CPL], float *s_red,
+                                                    float (&grl)[4])
+{
+    s_wt += P0 * F;
+    const int ri = lane >> 3, rk = lane & 7;
+    float mine = 0.f;
+    for (int k0 = 0; k0 < K; k0 += 8) {
+#pragma unroll
+        for (int kk = 0; kk < 8; kk++) {
+            const int k = k0 + kk;
+            float acc[4] = {0.f, 0.f, 0.f, 0.f};
+            if (k < K) {
+#pragma unroll
+                for (int p = 0; p < NP; p++) {
+                    float w[CPL];
+                    ld_vec<CPL>(s_wt + (size_t)k * NPT * F + p * F + wl * CPL, w);
+#pragma unroll
+                    for (int i = 0; i < 4; i++)
+#pragma unroll
+                        for (int j = 0; j < CPL; j++)
+                            acc[i] = fmaf(gp[i][p][j], w[j], acc[i]);
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                s_red[i * 296 + lane * 9 + kk] = acc[i];
+        }
+        __syncwarp();
+        float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+        const float *src = s_red + ri * 296 + rk;
+#pragma unroll
+        for (int l = 0; l < 32; l += 4) {
+            s0 += src[l * 9];
+            s1 += src[(l + 1) * 9];
+            s2 += src[(l + 2) * 9];
+            s3 += src[(l + 3) * 9];
+        }
+        const int k = k0 + rk;
+        if (k < K)
+            mine = fmaf((s0 + s1) + (s2 + s3), s_drbf[k * 4 + ri], mine);
+        __syncwarp();
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+        grl[i] += ri == i ? mine : 0.f;
+}
+
 /* Blocks per SM the layer edge kernels are compiled for (__launch_bounds__): two blocks of
    ET_EDGE_WARPS warps cap the registers at 128 per thread; at CPL = 8 (F = 256) the filters
    alone take 128 KB of shared memory, so one block fits anyway. */
@@ -246,7 +357,7 @@ static __device__ __forceinline__ void block_copy(float *dst, const float *src, 
    warp s_rbf [K][E], s_drbf [K][E], s_red [32][K+1] (rounded to 16 bytes). */
 static inline size_t edge_smem_bytes(int F, int K, int NP, int with_back)
 {
-    size_t per_warp = 2 * (size_t)K * ET_EDGE_CHUNK + (with_back ? 32 * (size_t)(K + 1) : 0);
+    size_t per_warp = 2 * (size_t)K * ET_EDGE_CHUNK + (with_back ? ET_RED_FLOATS(K) : 0);
     per_warp = (per_warp + 3) / 4 * 4;
     return 4 * ((size_t)K * NP * F + NP * F + ET_EDGE_WARPS * per_warp);
 }
@@ -254,7 +365,7 @@ static inline size_t edge_smem_bytes(int F, int K, int NP, int with_back)
 static __device__ __forceinline__ float *warp_scratch(float *sm, int F, int K, int NP,
                                                       int with_back, int warp)
 {
-    size_t per_warp = 2 * (size_t)K * ET_EDGE_CHUNK + (with_back ? 32 * (size_t)(K + 1) : 0);
+    size_t per_warp = 2 * (size_t)K * ET_EDGE_CHUNK + (with_back ? ET_RED_FLOATS(K) : 0);
     per_warp = (per_warp + 3) / 4 * 4;
     return sm + (size_t)K * NP * F + NP * F + warp * per_warp;
 }

@@ -61,7 +61,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                     if (i >= nv)
                         break;
                     const int s = c.e_src[cb + i];
-                    const float cc = et_cutoff_f(r[i], c.cl, c.cu, nullptr);
+                    const float cc = cutoff_pi(r[i], c.cl, c.cu, nullptr);
                     const float *srow = l.qkv + (size_t)s * 5 * F;
                     float kk[CPL], vv[CPL];
                     ldg_vec<CPL>(srow + F + f0, kk);
@@ -176,7 +176,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS)
                 if (i >= nv)
                     break;
                 const int s = c.e_src[cb + i];
-                const float cc = et_cutoff_f(r[i], c.cl, c.cu, nullptr);
+                const float cc = cutoff_pi(r[i], c.cl, c.cu, nullptr);
                 float en[CPL];
                 ldg_vec<CPL>(ne_emb + (size_t)z[s] * F + f0, en);
 #pragma unroll

@@ -295,7 +295,7 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
     cudaDeviceProp prop;
     CU(cudaGetDeviceProperties(&prop, device_id), "cudaGetDeviceProperties");
     size_t smem_need = 4 * ((size_t)d->K * 4 * F + 4 * F +
-                            ET_EDGE_WARPS * (2 * (size_t)d->K * ET_EDGE_CHUNK + 32 * (size_t)(d->K + 1) + 3));
+                            ET_EDGE_WARPS * (2 * (size_t)d->K * ET_EDGE_CHUNK + ET_RED_FLOATS(d->K) + 3));
     if (smem_need > prop.sharedMemPerBlockOptin)
         return fail(err, err_len, DS4SCI_ERR_UNSUPPORTED,
                     "cuda backend: filters of hidden_channels %d, num_rbf %d need %zu bytes of "

@@ -32,6 +32,9 @@
                                       filters in shared memory per block) */
 #define ET_EDGE_CHUNK 4            /* edges whose filters are evaluated together */
 #define ET_MAX_K 64                /* largest num_rbf the edge kernels take */
+/* floats of a warp's filter-backward transpose buffer: [32][K+1] (one edge) or [4][296]
+   (four edges, filter_back4) */
+#define ET_RED_FLOATS(K) (32 * (size_t)((K) + 1) > 4 * 296 ? 32 * (size_t)((K) + 1) : 4 * 296)
 
 /* ---- device weights of one attention layer (fp32) ----------------------------------------- */
 typedef struct et_dlayer {
