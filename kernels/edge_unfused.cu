@@ -602,10 +602,10 @@ cudaError_t spmm(int rows, int E, const int *off, const int *cols, const float *
     if (e == cudaSuccess)
         e = sp_err(a.create_dn(&Cd, rows, F, F, C, CUDA_R_32F, CUSPARSE_ORDER_ROW), "create C");
     if (e == cudaSuccess) {
-        /* CSR_ALG2 first (row-major operands, bit-wise reproducible: with the default
-           algorithm two calls on the same system differed in the 9th digit of the energy on
-           the H200, cuSPARSE 12 of CUDA 13.0); the default one if this cuSPARSE refuses it.
-           The one that worked is kept. */
+        /* CSR_ALG2 first (row-major operands, documented bit-wise reproducible); the default
+           one if this cuSPARSE refuses it. The one that worked is kept. (The unfused path's
+           energies still differ between calls on one system at the 3e-8 level with either
+           algorithm, on the H200: the cause is elsewhere; docs/gpu_bench.md.) */
         static const cusparseSpMMAlg_t algs[] = {CUSPARSE_SPMM_CSR_ALG2, CUSPARSE_SPMM_ALG_DEFAULT,
                                                  CUSPARSE_SPMM_CSR_ALG1};
         const float one = 1.f, zero = 0.f;
