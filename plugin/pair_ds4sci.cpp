@@ -113,7 +113,8 @@ template <typename T> T *data_or_dummy(std::vector<T> &v)
 
 PairDS4SCI::PairDS4SCI(LAMMPS *lmp) :
     Pair(lmp), model(nullptr), ctx(nullptr), energy_scale(1.0), exchange_lammps(false),
-    n_threads(0), t_exchange(0.0), comm_data(nullptr), comm_width(0)
+    n_threads(0), t_exchange(0.0), input_build(-1), input_nlocal(-1), input_nghost(-1),
+    input_builtin(false), comm_data(nullptr), comm_width(0)
 {
   single_enable = 0;
   restartinfo = 0;    // after read_restart, pair_style and pair_coeff are given again
@@ -165,6 +166,7 @@ void PairDS4SCI::settings(int narg, char **arg)
   // LAMMPS keeps this instance when pair_style ds4sci is given again: timers restart.
   for (int k = 0; k < nextra; k++) pvector[k] = 0.0;
   t_exchange = 0.0;
+  input_build = -1;
   for (int iarg = 1; iarg < narg; iarg += 2) {
     const std::string key = arg[iarg];
     if (iarg + 1 >= narg)
@@ -402,19 +404,15 @@ bool PairDS4SCI::build_ghost_owner(int nlocal, int nghost)
   return missing == 0;
 }
 
-void PairDS4SCI::compute(int eflag, int vflag)
-{
-  ev_init(eflag, vflag);
-  const double t_start = MPI_Wtime();
+/* ----------------------------------------------------------------------
+   the core's input from LAMMPS's neighbour list: candidate CSR (cutoff + skin, by receiver) and
+   ghost owners for the one-rank built-in exchange
+------------------------------------------------------------------------- */
 
-  const int nlocal = atom->nlocal;
-  const int nghost = atom->nghost;
-  const int nall = nlocal + nghost;
+void PairDS4SCI::build_input(int nlocal, int nghost)
+{
   const int nt = loop_threads(n_threads);
   (void)nt;
-
-  z.resize(nall);
-  check_types_mapped(nall);
 
   // Candidate neighbours (cutoff + skin) of each owned atom, CSR by receiver.
   const int inum = list->inum;
@@ -440,8 +438,32 @@ void PairDS4SCI::compute(int eflag, int vflag)
   }
 
   // One rank: the core's built-in exchange (ghost owners) instead of LAMMPS's communication.
-  const bool builtin =
-      !exchange_lammps && comm->nprocs == 1 && build_ghost_owner(nlocal, nghost);
+  input_builtin = !exchange_lammps && comm->nprocs == 1 && build_ghost_owner(nlocal, nghost);
+  input_build = neighbor->ncalls;
+  input_nlocal = nlocal;
+  input_nghost = nghost;
+}
+
+void PairDS4SCI::compute(int eflag, int vflag)
+{
+  ev_init(eflag, vflag);
+  const double t_start = MPI_Wtime();
+
+  const int nlocal = atom->nlocal;
+  const int nghost = atom->nghost;
+  const int nall = nlocal + nghost;
+  const int nt = loop_threads(n_threads);
+  (void)nt;
+
+  z.resize(nall);
+  check_types_mapped(nall);    // every step: a fix may change types without a new list
+
+  // Between neighbour-list builds atoms keep their order and neighbours: the CSR and ghost
+  // owners of the last build are reused (positions are read from atom->x every step).
+  const bool fresh = neighbor->ncalls != input_build || nlocal != input_nlocal ||
+      nghost != input_nghost;
+  if (fresh) build_input(nlocal, nghost);
+  const bool builtin = input_builtin;
 
   forces.resize(3 * (size_t)nall);
 

@@ -67,6 +67,11 @@ class PairDS4SCI : public Pair {
   bool exchange_lammps;              // exchange lammps: always LAMMPS's communication
   int n_threads;                     // OpenMP threads of the plugin's loops (0: default)
   double t_exchange;                 // seconds in the exchange callbacks (pvector[3])
+  // The core's input (z, CSR, ghost owners) depends only on the neighbour list and the atoms'
+  // order, which change together at a LAMMPS neighbour-list build: kept between builds.
+  bigint input_build;                // neighbor->ncalls when it was made, -1: none
+  int input_nlocal, input_nghost;
+  bool input_builtin;                // ghost owners valid: the built-in exchange is used
 
   // The array being exchanged by the core's current forward/reverse call.
   double *comm_data;   // [nall][comm_width]
@@ -75,6 +80,7 @@ class PairDS4SCI : public Pair {
   void release();
   void check_types_mapped(int nall);
   bool build_ghost_owner(int nlocal, int nghost);
+  void build_input(int nlocal, int nghost);
   static int exchange_forward(void *self, double *data, int32_t width);
   static int exchange_reverse(void *self, double *data, int32_t width);
 };
