@@ -17,7 +17,7 @@
 # touched and no root is needed. A second run with everything present costs seconds.
 #
 # prune: copy only what the cmake build with PLUGIN + MANYBODY needs (cmake/, src/*.cpp, src/*.h,
-# src/fmt, src/PLUGIN, src/MANYBODY, src/Purge.list, potentials/Si.sw, LICENSE, README; about 10 MB) of the
+# src/fmt, src/PLUGIN, src/MANYBODY, src/OPENMP, src/Purge.list, potentials/Si.sw, LICENSE, README; about 15 MB) of the
 # suite's tree into <dest>, for machines without network (the GPU machine; docs/lammps_gpu.md).
 # tree: build that (pruned or full) tree into <prefix> without fetching anything.
 set -euo pipefail
@@ -37,7 +37,7 @@ case "${1:-bookworm}" in
         mkdir -p "$3/src" "$3/potentials"
         cp -r "$src/cmake" "$3/"
         cp "$src"/src/*.cpp "$src"/src/*.h "$src/src/Purge.list" "$3/src/"
-        cp -r "$src/src/PLUGIN" "$src/src/MANYBODY" "$src/src/fmt" "$3/src/"
+        cp -r "$src/src/PLUGIN" "$src/src/MANYBODY" "$src/src/OPENMP" "$src/src/fmt" "$3/src/"
         cp "$src/potentials/Si.sw" "$3/potentials/"
         cp "$src/LICENSE" "$src/README" "$3/"
         echo "build_lammps: pruned $src into $3 ($(du -sh "$3" | cut -f1))"
@@ -116,6 +116,11 @@ cmake_args=(-S "$tree/cmake" -B "$prefix/build" -D CMAKE_BUILD_TYPE=Release
             -D PKG_PLUGIN=on -D PKG_MANYBODY=on
             -D BUILD_TOOLS=off -D WITH_JPEG=off -D WITH_PNG=off -D WITH_FFMPEG=off
             -D WITH_GZIP=off -D WITH_CURL=off)
+# DS4SCI_LAMMPS_OPENMP=1: also the OPENMP package, for `package omp N` (threaded neighbour-list
+# builds; docs/lammps_gpu.md). Off by default: CI's LAMMPS stays as it was.
+if [ "${DS4SCI_LAMMPS_OPENMP:-0}" = 1 ]; then
+    cmake_args+=(-D PKG_OPENMP=on)
+fi
 if grep -q "LAMMPS_EXCEPTIONS" "$tree/cmake/CMakeLists.txt"; then
     cmake_args+=(-D LAMMPS_EXCEPTIONS=on)
 fi
