@@ -2,7 +2,12 @@
 # gpu_run.sh - the one script that builds, tests and benchmarks the CUDA backend on the GPU
 # machine, in one call. Run from the repository root:
 #
-#   tools/gpu_run.sh [all|test|bench|sanitize] [bench sizes ...]
+#   tools/gpu_run.sh [all|test|bench|sanitize|profile] [bench sizes ...]
+#
+# profile (not part of all): ncu on layer 5's three fused edge kernels at 10,648 atoms
+# (launch stats, occupancy, warp states, schedulers, compute/memory workload) into
+# $OUT/ncu_details.txt, and the SASS opcode mix (share of executed instructions and of stall
+# samples per opcode, from the source counters) into $OUT/ncu_opmix.txt.
 #
 # Environment:
 #   OUT            folder for logs (default ./gpu-out)
@@ -95,6 +100,46 @@ if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
         > "$OUT/bench.log" 2>&1
     rc=$?
     summary+=("bench: rc=$rc ($(( $(date +%s) - start )) s)")
+fi
+if [ "$MODE" = profile ]; then
+    start=$(date +%s)
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    timeout ${PROFILE_TIMEOUT:-150} "$NCU" --clock-control none -k regex:k_edge --launch-skip 5 -c 3 \
+        --section LaunchStats --section Occupancy --section WarpStateStats --section SchedulerStats \
+        --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SpeedOfLight \
+        --section SourceCounters -o "$OUT/edge10k" -f \
+        "$BIN_BENCH" "$ROOT/tests/golden/typical.safetensors" 1 10000 > "$OUT/ncu_run.log" 2>&1
+    rc=$?
+    "$NCU" -i "$OUT/edge10k.ncu-rep" --page details --print-details all > "$OUT/ncu_details.txt" 2>&1
+    for k in k_edge_fwd k_edge_bwd_recv k_edge_bwd_send; do
+        echo "== $k"
+        "$NCU" -i "$OUT/edge10k.ncu-rep" -k $k --page source --csv --print-source sass 2>/dev/null |
+            python3 -c '
+import csv, sys, re, collections
+rows = list(csv.reader(sys.stdin))
+h = next(i for i, r in enumerate(rows) if "Source" in [c.strip() for c in r])
+hdr = rows[h]
+src = hdr.index("Source")
+ex = next(i for i, c in enumerate(hdr) if c.startswith("Instructions Executed"))
+st = next(i for i, c in enumerate(hdr) if c.startswith("Warp Stall Sampling (All"))
+num = lambda x: float(x.replace(",", "") or 0)
+e = collections.Counter(); s = collections.Counter()
+for r in rows[h + 1:]:
+    if r and r[0] in ("Kernel Name", "Address"):
+        break  # one block: the same kernel may be listed again
+    if len(r) <= max(src, ex, st):
+        continue
+    m = re.match(r"\s*(@!?U?P\w+\s+)?([A-Z0-9_]+)", r[src])
+    op = m.group(2) if m else "?"
+    e[op] += num(r[ex]); s[op] += num(r[st])
+te, ts = sum(e.values()) or 1, sum(s.values()) or 1
+print("executed %.4g warp instructions" % te)
+for op, v in e.most_common(20):
+    print("%-8s %5.1f%% of executed, %5.1f%% of stall samples" % (op, 100 * v / te, 100 * s[op] / ts))
+'
+    done > "$OUT/ncu_opmix.txt" 2>&1
+    rm -f "$OUT/edge10k.ncu-rep"
+    summary+=("profile: rc=$rc ($(( $(date +%s) - start )) s): $OUT/ncu_details.txt, $OUT/ncu_opmix.txt")
 fi
 echo "==== tail of test.log"
 tail -25 "$OUT/test.log" 2>/dev/null
