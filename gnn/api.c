@@ -75,6 +75,14 @@ int ds4sci_cuda_available(void) {
 #endif
 }
 
+int ds4sci_gpu_count(void) {
+#ifdef DS4SCI_HAVE_CUDA
+    return ds4sci_backend_cuda_device_count();
+#else
+    return 0;
+#endif
+}
+
 static ds4sci_status pick_backend(const ds4sci_options *opt, const ds4sci_backend_i **be, char *err,
                                   size_t err_len) {
     switch (opt->device) {

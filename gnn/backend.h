@@ -60,6 +60,7 @@ extern const ds4sci_backend_i ds4sci_backend_cpu;
 extern const ds4sci_backend_i ds4sci_backend_cuda;
 /* 1 if a CUDA device is usable (driver present, at least one device), else 0. */
 int ds4sci_backend_cuda_available(void);
+int ds4sci_backend_cuda_device_count(void);
 #endif
 
 /*

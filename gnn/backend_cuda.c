@@ -20,6 +20,12 @@ int ds4sci_backend_cuda_available(void)
     return ds4sci_cuda_device_count() > 0;
 }
 
+int ds4sci_backend_cuda_device_count(void)
+{
+    int n = ds4sci_cuda_device_count();
+    return n > 0 ? n : 0;
+}
+
 static ds4sci_status cuda_create(const et_desc *desc, const ds4sci_options *options, void **state,
                                  char *err, size_t err_len)
 {

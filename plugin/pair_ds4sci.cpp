@@ -19,7 +19,6 @@
 
 #include <mpi.h>
 
-#include <dirent.h>
 
 #include <algorithm>
 #include <cmath>
@@ -80,24 +79,6 @@ int loop_threads(int n_threads)
   (void)n_threads;
   return 1;
 #endif
-}
-
-// GPUs this process may use: CUDA_VISIBLE_DEVICES's entries when it is set, else the NVIDIA
-// driver's list (/proc/driver/nvidia/gpus); 0 when neither says. Only picks the default
-// device_id (node rank modulo this count); the core checks the device it is given.
-int visible_gpu_count()
-{
-  if (const char *v = getenv("CUDA_VISIBLE_DEVICES")) {
-    if (!*v) return 0;
-    return 1 + (int)std::count(v, v + strlen(v), ',');
-  }
-  int n = 0;
-  if (DIR *d = opendir("/proc/driver/nvidia/gpus")) {
-    while (const struct dirent *e = readdir(d))
-      if (e->d_name[0] != '.') n++;
-    closedir(d);
-  }
-  return n;
 }
 
 // Non-null pointer for an empty array: the core rejects NULL for required arrays.
@@ -215,7 +196,7 @@ void PairDS4SCI::settings(int narg, char **arg)
     MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
     MPI_Comm_rank(node, &options.device_id);
     MPI_Comm_free(&node);
-    n_gpus = visible_gpu_count();
+    n_gpus = ds4sci_gpu_count();  // CUDA's own count (honours CUDA_VISIBLE_DEVICES)
     if (n_gpus > 0) options.device_id %= n_gpus;
   }
 

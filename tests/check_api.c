@@ -403,6 +403,9 @@ START_TEST(empty_system_and_context_api) {
     char err[256];
     ctx = NULL;
     ds4sci_status st = ds4sci_ctx_create_desc(d, &opt, &ctx, err, sizeof(err));
+    /* the device count and availability agree; without CUDA both say none */
+    ck_assert_int_eq(ds4sci_gpu_count() > 0, ds4sci_cuda_available());
+    ck_assert_int_ge(ds4sci_gpu_count(), 0);
     if (!ds4sci_cuda_available()) {
         ck_assert_int_eq(st, DS4SCI_ERR_DEVICE);
         ck_assert_ptr_null(ctx);

@@ -196,6 +196,10 @@ const char *ds4sci_ctx_error(const ds4sci_ctx *ctx);
 /* 1 if this build has the CUDA backend and a device is usable, else 0. */
 int ds4sci_cuda_available(void);
 
+/* Number of CUDA devices this process can use (honours CUDA_VISIBLE_DEVICES); 0 when the
+ * build has no CUDA backend or no device is usable. Valid device_id values are 0..count-1. */
+int ds4sci_gpu_count(void);
+
 /*
  * Energy, forces and virials of the owned atoms. exchange NULL: the built-in exchange driven
  * by system->ghost_owner (required then). Checks the input first: non-finite positions, z not
