@@ -27,16 +27,9 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
     constexpr int E = ET_EDGE_CHUNK;
     static_assert(E == 4, "filter_back4 takes chunks of 4 edges");
     const int F = c.F;
-    extern __shared__ float4 sm4[];
-    float *sm = reinterpret_cast<float *>(sm4);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    float *s_wt = sm, *s_b = sm + (size_t)c.K * 4 * F;
-    float *s_rbf = warp_scratch(sm, F, c.K, 4, 1, warp);
-    float *s_drbf = s_rbf + c.K * E;
-    float *s_red = s_drbf + c.K * E;
-    block_copy(s_wt, l.filt_wt, c.K * 4 * F);
-    block_copy(s_b, l.filt_b, 4 * F);
-    __syncthreads();
+    const edge_smem sh = edge_smem_load(l.filt_wt, l.filt_b, F, c.K, 4, 1);
+    float *s_wt = sh.wt, *s_b = sh.b, *s_rbf = sh.rbf, *s_drbf = sh.drbf, *s_red = sh.red;
 
     const int D = c.D, G = D / CPL;
     const bool on = lane * CPL < F;
@@ -238,14 +231,9 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
 {
     constexpr int E = ET_EDGE_CHUNK;
     const int F = c.F;
-    extern __shared__ float4 sm4[];
-    float *sm = reinterpret_cast<float *>(sm4);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    float *s_wt = sm, *s_b = sm + (size_t)c.K * 4 * F;
-    float *s_rbf = warp_scratch(sm, F, c.K, 4, 0, warp);
-    block_copy(s_wt, l.filt_wt, c.K * 4 * F);
-    block_copy(s_b, l.filt_b, 4 * F);
-    __syncthreads();
+    const edge_smem sh = edge_smem_load(l.filt_wt, l.filt_b, F, c.K, 4, 0);
+    float *s_wt = sh.wt, *s_b = sh.b, *s_rbf = sh.rbf;
 
     const int D = c.D, G = D / CPL;
     const bool on = lane * CPL < F;
@@ -404,16 +392,9 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS)
 {
     constexpr int E = ET_EDGE_CHUNK;
     const int F = c.F;
-    extern __shared__ float4 sm4[];
-    float *sm = reinterpret_cast<float *>(sm4);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    float *s_wt = sm, *s_b = sm + (size_t)c.K * F;
-    float *s_rbf = warp_scratch(sm, F, c.K, 1, 1, warp);
-    float *s_drbf = s_rbf + c.K * E;
-    float *s_red = s_drbf + c.K * E;
-    block_copy(s_wt, ne_wt, c.K * F);
-    block_copy(s_b, ne_b, F);
-    __syncthreads();
+    const edge_smem sh = edge_smem_load(ne_wt, ne_b, F, c.K, 1, 1);
+    float *s_wt = sh.wt, *s_b = sh.b, *s_rbf = sh.rbf, *s_drbf = sh.drbf, *s_red = sh.red;
     const bool on = lane * CPL < F;
     const int f0 = on ? lane * CPL : 0;
     for (int t = blockIdx.x * ET_EDGE_WARPS + warp; t < c.n_local; t += gridDim.x * ET_EDGE_WARPS) {
@@ -471,17 +452,8 @@ static cudaError_t launch_recv(cudaStream_t s, int grid, const et_edge_common *c
                                const et_edge_layer *l)
 {
     const bool silu = c->act == ET_ACT_SILU && c->attn_act == ET_ACT_SILU;
-    void (*kern)(const et_edge_common, const et_edge_layer) =
-        silu ? k_edge_bwd_recv<CPL, true> : k_edge_bwd_recv<CPL, false>;
-    size_t smem = edge_smem_bytes(c->F, c->K, 4, 1);
-    cudaError_t e = cudaFuncSetAttribute(kern,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess)
-        return e;
-    if ((e = persistent_grid(kern, smem, &grid)) != cudaSuccess)
-        return e;
-    kern<<<grid, 32 * ET_EDGE_WARPS, smem, s>>>(*c, *l);
-    return cudaGetLastError();
+    return launch_persistent(silu ? k_edge_bwd_recv<CPL, true> : k_edge_bwd_recv<CPL, false>,
+                             edge_smem_bytes(c->F, c->K, 4, 1), grid, s, *c, *l);
 }
 
 template <int CPL>
@@ -489,17 +461,8 @@ static cudaError_t launch_send(cudaStream_t s, int grid, const et_edge_common *c
                                const et_edge_layer *l)
 {
     const bool silu = c->act == ET_ACT_SILU && c->attn_act == ET_ACT_SILU;
-    void (*kern)(const et_edge_common, const et_edge_layer) =
-        silu ? k_edge_bwd_send<CPL, true> : k_edge_bwd_send<CPL, false>;
-    size_t smem = edge_smem_bytes(c->F, c->K, 4, 0);
-    cudaError_t e = cudaFuncSetAttribute(kern,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess)
-        return e;
-    if ((e = persistent_grid(kern, smem, &grid)) != cudaSuccess)
-        return e;
-    kern<<<grid, 32 * ET_EDGE_WARPS, smem, s>>>(*c, *l);
-    return cudaGetLastError();
+    return launch_persistent(silu ? k_edge_bwd_send<CPL, true> : k_edge_bwd_send<CPL, false>,
+                             edge_smem_bytes(c->F, c->K, 4, 0), grid, s, *c, *l);
 }
 
 template <int CPL>
@@ -507,15 +470,8 @@ static cudaError_t launch_ne_bwd(cudaStream_t s, int grid, const et_edge_common 
                                  const float *w, const float *b, const float *emb, const int *z,
                                  const float *gm, float4 *gw)
 {
-    size_t smem = edge_smem_bytes(c->F, c->K, 1, 1);
-    cudaError_t e = cudaFuncSetAttribute(k_ne_bwd<CPL>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess)
-        return e;
-    if ((e = persistent_grid(k_ne_bwd<CPL>, smem, &grid)) != cudaSuccess)
-        return e;
-    k_ne_bwd<CPL><<<grid, 32 * ET_EDGE_WARPS, smem, s>>>(*c, w, b, emb, z, gm, gw);
-    return cudaGetLastError();
+    return launch_persistent(k_ne_bwd<CPL>, edge_smem_bytes(c->F, c->K, 1, 1), grid, s, *c,
+                             w, b, emb, z, gm, gw);
 }
 
 extern "C" cudaError_t et_edge_backward_recv(cudaStream_t s, int CPL, int grid,
@@ -523,13 +479,9 @@ extern "C" cudaError_t et_edge_backward_recv(cudaStream_t s, int CPL, int grid,
 {
     if (c->n_local == 0)
         return cudaSuccess;
-    switch (CPL) {
-    case 1: return launch_recv<1>(s, grid, c, l);
-    case 2: return launch_recv<2>(s, grid, c, l);
-    case 4: return launch_recv<4>(s, grid, c, l);
-    case 8: return launch_recv<8>(s, grid, c, l);
-    default: return cudaErrorInvalidValue;
-    }
+    return dispatch_cpl(CPL, [&](auto C) {
+        return launch_recv<decltype(C)::value>(s, grid, c, l);
+    });
 }
 
 extern "C" cudaError_t et_edge_backward_send(cudaStream_t s, int CPL, int grid,
@@ -537,13 +489,9 @@ extern "C" cudaError_t et_edge_backward_send(cudaStream_t s, int CPL, int grid,
 {
     if (c->n_total == 0)
         return cudaSuccess;
-    switch (CPL) {
-    case 1: return launch_send<1>(s, grid, c, l);
-    case 2: return launch_send<2>(s, grid, c, l);
-    case 4: return launch_send<4>(s, grid, c, l);
-    case 8: return launch_send<8>(s, grid, c, l);
-    default: return cudaErrorInvalidValue;
-    }
+    return dispatch_cpl(CPL, [&](auto C) {
+        return launch_send<decltype(C)::value>(s, grid, c, l);
+    });
 }
 
 extern "C" cudaError_t et_ne_backward(cudaStream_t s, int CPL, int grid, const et_edge_common *c,
@@ -552,11 +500,7 @@ extern "C" cudaError_t et_ne_backward(cudaStream_t s, int CPL, int grid, const e
 {
     if (c->n_local == 0)
         return cudaSuccess;
-    switch (CPL) {
-    case 1: return launch_ne_bwd<1>(s, grid, c, ne_wt, ne_b, ne_emb, z, gm, gw);
-    case 2: return launch_ne_bwd<2>(s, grid, c, ne_wt, ne_b, ne_emb, z, gm, gw);
-    case 4: return launch_ne_bwd<4>(s, grid, c, ne_wt, ne_b, ne_emb, z, gm, gw);
-    case 8: return launch_ne_bwd<8>(s, grid, c, ne_wt, ne_b, ne_emb, z, gm, gw);
-    default: return cudaErrorInvalidValue;
-    }
+    return dispatch_cpl(CPL, [&](auto C) {
+        return launch_ne_bwd<decltype(C)::value>(s, grid, c, ne_wt, ne_b, ne_emb, z, gm, gw);
+    });
 }

@@ -16,6 +16,8 @@
 #ifndef DS4SCI_EDGE_COMMON_CUH
 #define DS4SCI_EDGE_COMMON_CUH
 
+#include <type_traits>
+
 #include "et_cuda.cuh"
 
 template <int CPL> static __device__ __forceinline__ void ld_vec(const float *p, float (&v)[CPL])
@@ -371,6 +373,33 @@ static __device__ __forceinline__ float *warp_scratch(float *sm, int F, int K, i
 }
 
 /*
+ * Start of every edge kernel: the block copies the NP filter parts (weights [K][NP*F], biases
+ * [NP*F]) into dynamic shared memory; each warp gets its scratch (s_rbf, and with with_back
+ * s_drbf and s_red; layout of edge_smem_bytes). Ends with __syncthreads().
+ */
+struct edge_smem {
+    float *wt, *b;            /* filter weights and biases in shared memory */
+    float *rbf, *drbf, *red;  /* this warp's scratch */
+};
+
+static __device__ __forceinline__ edge_smem edge_smem_load(const float *wt, const float *b, int F,
+                                                           int K, int NP, int with_back)
+{
+    extern __shared__ float4 sm4[];
+    float *sm = reinterpret_cast<float *>(sm4);
+    edge_smem m;
+    m.wt = sm;
+    m.b = sm + (size_t)K * NP * F;
+    m.rbf = warp_scratch(sm, F, K, NP, with_back, threadIdx.x >> 5);
+    m.drbf = m.rbf + K * ET_EDGE_CHUNK;
+    m.red = m.drbf + K * ET_EDGE_CHUNK;
+    block_copy(m.wt, wt, K * NP * F);
+    block_copy(m.b, b, NP * F);
+    __syncthreads();
+    return m;
+}
+
+/*
  * Grid of a persistent edge kernel: as many blocks as fit on the device at once (each block
  * loads the filter weights into shared memory once), but never more than *grid asks for when
  * *grid > 0 (the rows to cover).
@@ -393,6 +422,36 @@ static cudaError_t persistent_grid(Kern kern, size_t smem, int *grid)
         g = *grid;
     *grid = g;
     return cudaSuccess;
+}
+
+/* Launch a persistent edge kernel (grid: persistent_grid) with smem bytes of dynamic shared
+   memory, ET_EDGE_WARPS warps per block. */
+template <typename... P, typename... A>
+static cudaError_t launch_persistent(void (*kern)(P...), size_t smem, int grid, cudaStream_t s,
+                                     A... args)
+{
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)smem);
+    if (e != cudaSuccess)
+        return e;
+    if ((e = persistent_grid(kern, smem, &grid)) != cudaSuccess)
+        return e;
+    kern<<<grid, 32 * ET_EDGE_WARPS, smem, s>>>(args...);
+    return cudaGetLastError();
+}
+
+/* Calls launch(std::integral_constant<int, CPL>) for the channels-per-lane values the kernels
+   are instantiated for (F = 32 * CPL). */
+template <typename L>
+static cudaError_t dispatch_cpl(int CPL, L launch)
+{
+    switch (CPL) {
+    case 1: return launch(std::integral_constant<int, 1>());
+    case 2: return launch(std::integral_constant<int, 2>());
+    case 4: return launch(std::integral_constant<int, 4>());
+    case 8: return launch(std::integral_constant<int, 8>());
+    default: return cudaErrorInvalidValue;
+    }
 }
 
 #endif /* DS4SCI_EDGE_COMMON_CUH */

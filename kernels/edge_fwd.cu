@@ -18,14 +18,9 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
 {
     constexpr int E = ET_EDGE_CHUNK;
     const int F = c.F;
-    extern __shared__ float4 sm4[];
-    float *sm = reinterpret_cast<float *>(sm4);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    float *s_wt = sm, *s_b = sm + (size_t)c.K * 4 * F;
-    float *s_rbf = warp_scratch(sm, F, c.K, 4, 0, warp);
-    block_copy(s_wt, l.filt_wt, c.K * 4 * F);
-    block_copy(s_b, l.filt_b, 4 * F);
-    __syncthreads();
+    const edge_smem sh = edge_smem_load(l.filt_wt, l.filt_b, F, c.K, 4, 0);
+    float *s_wt = sh.wt, *s_b = sh.b, *s_rbf = sh.rbf;
 
     const int D = c.D, G = D / CPL;
     const bool on = lane * CPL < F;
@@ -144,14 +139,9 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS)
 {
     constexpr int E = ET_EDGE_CHUNK;
     const int F = c.F;
-    extern __shared__ float4 sm4[];
-    float *sm = reinterpret_cast<float *>(sm4);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    float *s_wt = sm, *s_b = sm + (size_t)c.K * F;
-    float *s_rbf = warp_scratch(sm, F, c.K, 1, 0, warp);
-    block_copy(s_wt, ne_wt, c.K * F);
-    block_copy(s_b, ne_b, F);
-    __syncthreads();
+    const edge_smem sh = edge_smem_load(ne_wt, ne_b, F, c.K, 1, 0);
+    float *s_wt = sh.wt, *s_b = sh.b, *s_rbf = sh.rbf;
     const bool on = lane * CPL < F;
     const int f0 = on ? lane * CPL : 0;
     for (int t = blockIdx.x * ET_EDGE_WARPS + warp; t < c.n_local; t += gridDim.x * ET_EDGE_WARPS) {
@@ -199,32 +189,16 @@ static cudaError_t launch_fwd(cudaStream_t s, int grid, const et_edge_common *c,
                               const et_edge_layer *l)
 {
     const bool silu = c->act == ET_ACT_SILU && c->attn_act == ET_ACT_SILU;
-    void (*kern)(const et_edge_common, const et_edge_layer) =
-        silu ? k_edge_fwd<CPL, true> : k_edge_fwd<CPL, false>;
-    size_t smem = edge_smem_bytes(c->F, c->K, 4, 0);
-    cudaError_t e = cudaFuncSetAttribute(kern,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess)
-        return e;
-    if ((e = persistent_grid(kern, smem, &grid)) != cudaSuccess)
-        return e;
-    kern<<<grid, 32 * ET_EDGE_WARPS, smem, s>>>(*c, *l);
-    return cudaGetLastError();
+    return launch_persistent(silu ? k_edge_fwd<CPL, true> : k_edge_fwd<CPL, false>,
+                             edge_smem_bytes(c->F, c->K, 4, 0), grid, s, *c, *l);
 }
 
 template <int CPL>
 static cudaError_t launch_ne(cudaStream_t s, int grid, const et_edge_common *c, const float *w,
                              const float *b, const float *emb, const int *z, float *cat)
 {
-    size_t smem = edge_smem_bytes(c->F, c->K, 1, 0);
-    cudaError_t e = cudaFuncSetAttribute(k_ne_fwd<CPL>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e != cudaSuccess)
-        return e;
-    if ((e = persistent_grid(k_ne_fwd<CPL>, smem, &grid)) != cudaSuccess)
-        return e;
-    k_ne_fwd<CPL><<<grid, 32 * ET_EDGE_WARPS, smem, s>>>(*c, w, b, emb, z, cat);
-    return cudaGetLastError();
+    return launch_persistent(k_ne_fwd<CPL>, edge_smem_bytes(c->F, c->K, 1, 0), grid, s, *c,
+                             w, b, emb, z, cat);
 }
 
 extern "C" cudaError_t et_edge_forward(cudaStream_t s, int CPL, int grid, const et_edge_common *c,
@@ -232,13 +206,9 @@ extern "C" cudaError_t et_edge_forward(cudaStream_t s, int CPL, int grid, const 
 {
     if (c->n_local == 0)
         return cudaSuccess;
-    switch (CPL) {
-    case 1: return launch_fwd<1>(s, grid, c, l);
-    case 2: return launch_fwd<2>(s, grid, c, l);
-    case 4: return launch_fwd<4>(s, grid, c, l);
-    case 8: return launch_fwd<8>(s, grid, c, l);
-    default: return cudaErrorInvalidValue;
-    }
+    return dispatch_cpl(CPL, [&](auto C) {
+        return launch_fwd<decltype(C)::value>(s, grid, c, l);
+    });
 }
 
 extern "C" cudaError_t et_ne_forward(cudaStream_t s, int CPL, int grid, const et_edge_common *c,
@@ -247,11 +217,7 @@ extern "C" cudaError_t et_ne_forward(cudaStream_t s, int CPL, int grid, const et
 {
     if (c->n_local == 0)
         return cudaSuccess;
-    switch (CPL) {
-    case 1: return launch_ne<1>(s, grid, c, ne_wt, ne_b, ne_emb, z, cat);
-    case 2: return launch_ne<2>(s, grid, c, ne_wt, ne_b, ne_emb, z, cat);
-    case 4: return launch_ne<4>(s, grid, c, ne_wt, ne_b, ne_emb, z, cat);
-    case 8: return launch_ne<8>(s, grid, c, ne_wt, ne_b, ne_emb, z, cat);
-    default: return cudaErrorInvalidValue;
-    }
+    return dispatch_cpl(CPL, [&](auto C) {
+        return launch_ne<decltype(C)::value>(s, grid, c, ne_wt, ne_b, ne_emb, z, cat);
+    });
 }
