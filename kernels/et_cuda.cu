@@ -404,13 +404,13 @@ extern "C" size_t ds4sci_cuda_et_device_bytes(const ds4sci_cuda_et *et)
 
 /* ---- workspace ----------------------------------------------------------------------------- */
 static const char *const buf_names[B_COUNT] = {
-    "positions", "atomic numbers", "neighbour offsets", "neighbour indices", "ghost owners",
+    "positions", "atomic numbers", "neighbour offsets", "ghost owners",
     "row counts", "row offsets", "edge senders", "edge receivers", "edge geometry",
-    "transpose offsets", "transpose edges", "transpose counts", "transpose keys", "edge ids",
-    "cub scratch", "layer inputs x", "layer inputs vec", "o1/o2 per layer", "LayerNorm output",
-    "q/k/v", "vec_proj output", "vdot", "X", "V", "o", "dE/dx", "dE/dx", "dE/dvec", "dE/dvec",
-    "dE/dqkv", "dE/dw", "dE/dh", "embedding concat", "atom energies", "forces", "atom virials",
-    "partial sums", "exchange staging"};
+    "transpose offsets", "transpose edges", "transpose counts", "cub scratch",
+    "layer inputs x", "layer inputs vec", "X per layer", "LayerNorm output, dE/dX, dE/dh",
+    "q/k/v", "vec_proj output, neighbour indices", "vdot", "o", "dE/dx", "dE/dx", "dE/dvec",
+    "dE/dvec", "dE/dqkv, sort scratch, embedding concat, V", "dE/dw", "atom energies", "forces",
+    "atom virials", "partial sums", "exchange staging"};
 
 /* Make buf[i] hold at least `bytes`; never shrinks, keeps no contents. */
 static ds4sci_status ensure(ds4sci_cuda_et *et, int i, size_t bytes, char *err, size_t err_len)
@@ -591,7 +591,12 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
     ST(ensure(et, B_POS, n1 * 3 * sizeof(double), err, err_len));
     ST(ensure(et, B_Z, n1 * sizeof(int), err, err_len));
     ST(ensure(et, B_COFF, (nl1 + 1) * sizeof(int64_t), err, err_len));
-    ST(ensure(et, B_CIDX, (nc > 0 ? nc : 1) * sizeof(int), err, err_len));
+    /* the caller's candidate indices are needed only until the edge list is filled: they
+       live in vec_proj's buffer, first written in layer 1 (same stream, so in order) */
+    const size_t p_bytes = 9 * n1 * (size_t)F * sizeof(float),
+                 cidx_bytes = (size_t)(nc > 0 ? nc : 1) * sizeof(int);
+    ST(ensure(et, B_P, p_bytes > cidx_bytes ? p_bytes : cidx_bytes, err, err_len));
+    int *cidx = BUF(int, B_P);
     if (builtin)
         ST(ensure(et, B_GOWN, (ng > 0 ? ng : 1) * sizeof(int), err, err_len));
     if (n > 0) {
@@ -604,7 +609,7 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
         CU(cudaMemcpyAsync(BUF(int64_t, B_COFF), sys->nbr_offset, (size_t)(nl + 1) * sizeof(int64_t),
                            cudaMemcpyHostToDevice, s), "upload neighbour offsets");
         if (nc > 0)
-            CU(cudaMemcpyAsync(BUF(int, B_CIDX), sys->nbr_index, (size_t)nc * sizeof(int),
+            CU(cudaMemcpyAsync(cidx, sys->nbr_index, (size_t)nc * sizeof(int),
                                cudaMemcpyHostToDevice, s), "upload neighbour indices");
     }
     if (builtin && ng > 0)
@@ -618,7 +623,7 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
     ST(ensure(et, B_TRKEY, (n1 + 1) * sizeof(int), err, err_len));
     ST(ensure(et, B_TROFF, (n1 + 1) * sizeof(int), err, err_len));
     CU(cudaMemsetAsync(BUF(int, B_ROWCNT), 0, (nl1 + 1) * sizeof(int), s), "memset");
-    CU(et_graph_count(s, nl, BUF(double, B_POS), BUF(int64_t, B_COFF), BUF(int, B_CIDX), cl2, cu2,
+    CU(et_graph_count(s, nl, BUF(double, B_POS), BUF(int64_t, B_COFF), cidx, cl2, cu2,
                       BUF(int, B_ROWCNT)), "graph count");
     size_t scan_bytes = 0, scan2_bytes = 0;
     CU(cub::DeviceScan::ExclusiveSum(NULL, scan_bytes, BUF(int, B_ROWCNT), BUF(int, B_ROWOFF),
@@ -640,25 +645,30 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
     ST(ensure(et, B_EGEO, ne1 * sizeof(float4), err, err_len));
     ST(ensure(et, B_GW, ne1 * sizeof(float4), err, err_len));
     ST(ensure(et, B_TREDGE, ne1 * sizeof(int), err, err_len));
-    ST(ensure(et, B_EIOTA, ne1 * sizeof(int), err, err_len));
-    CU(et_graph_fill(s, nl, BUF(double, B_POS), BUF(int64_t, B_COFF), BUF(int, B_CIDX), cl2, cu2,
+    CU(et_graph_fill(s, nl, BUF(double, B_POS), BUF(int64_t, B_COFF), cidx, cl2, cu2,
                      BUF(int, B_ROWOFF), BUF(int, B_ESRC), BUF(int, B_EDST), BUF(float4, B_EGEO)),
        "graph fill");
 
-    /* transpose index: edges grouped by sender (stable radix sort: deterministic) */
+    /* transpose index: edges grouped by sender (stable radix sort: deterministic). The edge
+       ids (values in) and the sort's scratch live in dE/dqkv's buffer (first written in the
+       backward); the sorted keys are not needed: B_GW holds them until it is zeroed. */
     size_t sort_bytes = 0;
     int *keys_out = BUF(int, B_TRKEY);
-    /* the sorted keys are not needed; reuse B_EDST-sized scratch: B_GW holds them for now */
     int *sorted_keys = (int *)et->buf[B_GW].p;
     CU(cub::DeviceRadixSort::SortPairs(NULL, sort_bytes, BUF(int, B_ESRC), sorted_keys,
-                                       BUF(int, B_EIOTA), BUF(int, B_TREDGE), ne, 0, bits_for(n), s),
-       "cub sort size");
-    ST(ensure(et, B_CUB, sort_bytes > scan_bytes ? sort_bytes : scan_bytes, err, err_len));
-    CU(et_iota(s, ne, BUF(int, B_EIOTA)), "iota");
+                                       (const int *)NULL, BUF(int, B_TREDGE), ne, 0, bits_for(n),
+                                       s), "cub sort size");
+    const size_t iota_bytes = (ne1 * sizeof(int) + 255) / 256 * 256; /* cub scratch 256-aligned */
+    const size_t gqkv_bytes = 5 * n1 * (size_t)F * sizeof(float);
+    ST(ensure(et, B_GQKV, iota_bytes + sort_bytes > gqkv_bytes ? iota_bytes + sort_bytes : gqkv_bytes,
+              err, err_len));
+    int *eiota = BUF(int, B_GQKV);
+    void *sort_tmp = (char *)et->buf[B_GQKV].p + iota_bytes;
+    CU(et_iota(s, ne, eiota), "iota");
     if (ne > 0)
-        CU(cub::DeviceRadixSort::SortPairs(et->buf[B_CUB].p, sort_bytes, BUF(int, B_ESRC),
-                                           sorted_keys, BUF(int, B_EIOTA), BUF(int, B_TREDGE), ne,
-                                           0, bits_for(n), s), "cub sort");
+        CU(cub::DeviceRadixSort::SortPairs(sort_tmp, sort_bytes, BUF(int, B_ESRC), sorted_keys,
+                                           eiota, BUF(int, B_TREDGE), ne, 0, bits_for(n), s),
+           "cub sort");
     CU(cudaMemsetAsync(keys_out, 0, (n1 + 1) * sizeof(int), s), "memset");
     CU(et_count_by(s, ne, BUF(int, B_ESRC), keys_out), "transpose counts");
     CU(cub::DeviceScan::ExclusiveSum(et->buf[B_CUB].p, scan_bytes, keys_out, BUF(int, B_TROFF),
@@ -668,21 +678,17 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
     const size_t nF = n1 * F, nlF = nl1 * F;
     ST(ensure(et, B_XS, (size_t)(L + 1) * nF * sizeof(float), err, err_len));
     ST(ensure(et, B_VECS, (size_t)L * 3 * nF * sizeof(float), err, err_len)); /* vec_0 = 0 */
-    ST(ensure(et, B_O12, (size_t)L * 2 * nlF * sizeof(float), err, err_len));
+    ST(ensure(et, B_XST, (size_t)L * nlF * sizeof(float), err, err_len)); /* X of each layer */
     ST(ensure(et, B_H, nF * sizeof(float), err, err_len));
     ST(ensure(et, B_QKV, 5 * nF * sizeof(float), err, err_len));
     ST(ensure(et, B_P, 9 * nF * sizeof(float), err, err_len));
     ST(ensure(et, B_VDOT, nF * sizeof(float), err, err_len));
-    ST(ensure(et, B_X, nlF * sizeof(float), err, err_len));
-    ST(ensure(et, B_V, 3 * nlF * sizeof(float), err, err_len));
     ST(ensure(et, B_O, 3 * nlF * sizeof(float), err, err_len));
     ST(ensure(et, B_GX0, nF * sizeof(float), err, err_len));
     ST(ensure(et, B_GX1, nF * sizeof(float), err, err_len));
     ST(ensure(et, B_GV0, 3 * nF * sizeof(float), err, err_len));
     ST(ensure(et, B_GV1, 3 * nF * sizeof(float), err, err_len));
-    ST(ensure(et, B_GQKV, 5 * nF * sizeof(float), err, err_len));
-    ST(ensure(et, B_GH, nF * sizeof(float), err, err_len));
-    ST(ensure(et, B_CAT, 2 * nlF * sizeof(float), err, err_len));
+    ST(ensure(et, B_GQKV, 5 * nF * sizeof(float), err, err_len)); /* >= 2 nlF (cat), 3 nlF (V) */
     ST(ensure(et, B_EA, nl1 * sizeof(double), err, err_len));
     ST(ensure(et, B_F, n1 * 3 * sizeof(double), err, err_len));
     ST(ensure(et, B_AV, n1 * 6 * sizeof(double), err, err_len));
@@ -719,12 +725,17 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
               grid_n = (n + ET_EDGE_WARPS - 1) / ET_EDGE_WARPS;
 
     xch_ctx xc = {ex, builtin ? BUF(int, B_GOWN) : NULL, nl, ng, F};
-    float *XS = BUF(float, B_XS), *VECS = BUF(float, B_VECS), *O12 = BUF(float, B_O12);
+    float *XS = BUF(float, B_XS), *VECS = BUF(float, B_VECS), *XST = BUF(float, B_XST);
     /* input vectors of layer l (1 <= l <= L; layer 0's are zero and not stored) */
     auto vecs = [&](int l) -> float * { return l > 0 ? VECS + (size_t)(l - 1) * 3 * nF : NULL; };
     float *Hb = BUF(float, B_H), *QKV = BUF(float, B_QKV), *P = BUF(float, B_P);
-    float *VD = BUF(float, B_VDOT), *Xb = BUF(float, B_X), *Vb = BUF(float, B_V);
-    float *Ob = BUF(float, B_O), *GQKV = BUF(float, B_GQKV), *GH = BUF(float, B_GH);
+    float *VD = BUF(float, B_VDOT), *Ob = BUF(float, B_O), *GQKV = BUF(float, B_GQKV);
+    /* shared allocations (lifetimes do not overlap, one stream):
+       - Hb: LayerNorm output (node_fwd, read by the q/k/v GEMM only), then in the backward
+         dE/dX (o_proj backward -> edge passes) and dE/dh (q/k/v backward -> LayerNorm backward);
+       - GQKV: the embedding concat (embedding), V (each forward layer: edge pass -> update),
+         dE/dqkv (backward); the graph build's sort scratch before all of these */
+    float *Vb = GQKV, *GXb = Hb, *GH = Hb;
     float *GX[2] = {BUF(float, B_GX0), BUF(float, B_GX1)};
     float *GV[2] = {BUF(float, B_GV0), BUF(float, B_GV1)};
     float4 *GW = BUF(float4, B_GW);
@@ -733,7 +744,7 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
     mark(et, ST_EMBED);
     CU(cudaMemsetAsync(XS, 0, nF * sizeof(float), s), "memset");
     if (m->ne) {
-        float *CAT = BUF(float, B_CAT);
+        float *CAT = GQKV; /* [nl][2F] */
         CU(et_embed_cat(s, nl, F, BUF(int, B_Z), m->emb, CAT), "embedding");
         CU(et_ne_forward(s, CPL, grid_l, &c, m->ne_wt, m->ne_b, m->ne_emb, BUF(int, B_Z), CAT),
            "neighbour embedding");
@@ -773,17 +784,17 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
         el.filt_b = dl->filt_b;
         el.qkv = QKV;
         el.vec = l > 0 ? vec : NULL;
-        el.X = Xb;
+        el.X = XST + (size_t)l * nlF; /* kept for the backward (o = W_o X recomputed there) */
         el.V = Vb;
         if (et->edge_unfused)
             CU(et_edge_forward_unfused(s, &c, &el), "edge forward (unfused)");
         else
             CU(et_edge_forward(s, CPL, grid_l, &c, &el), "edge forward");
         mark(et, ST_NODE_FWD);
-        BL(gemm_awt(h, nl, 3 * F, F, Xb, dl->o_w, 0.f, Ob), "o_proj");
+        BL(gemm_awt(h, nl, 3 * F, F, el.X, dl->o_w, 0.f, Ob), "o_proj");
         float *xn = XS + (size_t)(l + 1) * nF, *vn = vecs(l + 1);
         CU(et_node_update(s, nl, F, x, l > 0 ? vec : NULL, Ob, dl->o_b, l > 0 ? P : NULL,
-                          l > 0 ? VD : NULL, Xb, Vb, xn, vn, O12 + (size_t)l * 2 * nlF),
+                          l > 0 ? VD : NULL, Vb, xn, vn),
            "update");
         /* ghost rows of the next input come from the exchange; keep them defined */
         CU(et_zero_rows(s, nl, ng, F, xn), "zero ghost rows");
@@ -806,9 +817,11 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
         float *gxo = GX[cur], *gvo = GV[cur], *gxi = GX[1 - cur], *gvi = GV[1 - cur];
         mark(et, ST_NODE_BWD);
         ST(node_fwd(l));
-        CU(et_node_bwd(s, nl, F, gxo, gvo, O12 + (size_t)l * 2 * nlF, l > 0 ? P : NULL,
-                       l > 0 ? VD : NULL, Ob), "update backward");
-        BL(gemm_ab(h, nl, F, 3 * F, Ob, dl->o_w, F, 0.f, Xb), "o_proj backward");
+        /* o = W_o X from the stored X (the same GEMM as in the forward); dE/do over it */
+        BL(gemm_awt(h, nl, 3 * F, F, XST + (size_t)l * nlF, dl->o_w, 0.f, Ob), "o_proj (again)");
+        CU(et_node_bwd(s, nl, F, gxo, gvo, Ob, dl->o_b, l > 0 ? P : NULL, l > 0 ? VD : NULL),
+           "update backward");
+        BL(gemm_ab(h, nl, F, 3 * F, Ob, dl->o_w, F, 0.f, GXb), "o_proj backward");
         CU(cudaMemcpyAsync(gxi, gxo, nF * sizeof(float), cudaMemcpyDeviceToDevice, s), "copy");
         CU(cudaMemcpyAsync(gvi, gvo, 3 * nF * sizeof(float), cudaMemcpyDeviceToDevice, s), "copy");
         if (l > 0)
@@ -819,7 +832,7 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
         el.filt_b = dl->filt_b;
         el.qkv = QKV;
         el.vec = l > 0 ? vec : NULL;
-        el.gX = Xb;
+        el.gX = GXb;
         el.gV = gvo;
         el.gqkv = GQKV;
         el.gvec = gvi;

@@ -106,11 +106,15 @@ typedef struct et_buf {
     size_t cap;     /* bytes */
 } et_buf;
 
+/* Buffers whose lifetimes do not overlap share one allocation (et_cuda.cu, compute()):
+ * B_P also holds the caller's candidate indices (graph build only); B_GQKV also holds the
+ * sort's edge ids and cub scratch (graph build), the embedding concat (embedding) and V
+ * (forward); B_H also holds dE/dX and dE/dh (backward). */
 enum {
-    B_POS, B_Z, B_COFF, B_CIDX, B_GOWN, B_ROWCNT, B_ROWOFF, B_ESRC, B_EDST, B_EGEO,
-    B_TROFF, B_TREDGE, B_TRKEY, B_TRKEY2, B_EIOTA, B_CUB,
-    B_XS, B_VECS, B_O12, B_H, B_QKV, B_P, B_VDOT, B_X, B_V, B_O,
-    B_GX0, B_GX1, B_GV0, B_GV1, B_GQKV, B_GW, B_GH, B_CAT, B_EA, B_F, B_AV, B_PART,
+    B_POS, B_Z, B_COFF, B_GOWN, B_ROWCNT, B_ROWOFF, B_ESRC, B_EDST, B_EGEO,
+    B_TROFF, B_TREDGE, B_TRKEY, B_CUB,
+    B_XS, B_VECS, B_XST, B_H, B_QKV, B_P, B_VDOT, B_O,
+    B_GX0, B_GX1, B_GV0, B_GV1, B_GQKV, B_GW, B_EA, B_F, B_AV, B_PART,
     B_XCH, B_COUNT
 };
 
@@ -220,10 +224,9 @@ cudaError_t et_node_pre(cudaStream_t s, int n, int F, float *qkv, const float *q
                         const float *P, float *vdot);
 cudaError_t et_node_update(cudaStream_t s, int nl, int F, const float *x, const float *vec,
                            const float *o, const float *o_b, const float *P, const float *vdot,
-                           const float *X, const float *V, float *x_next, float *vec_next,
-                           float *o12);
+                           const float *V, float *x_next, float *vec_next);
 cudaError_t et_node_bwd(cudaStream_t s, int nl, int F, const float *gx, const float *gvec,
-                        const float *o12, float *P, const float *vdot, float *go);
+                        float *o, const float *o_b, float *P, const float *vdot);
 cudaError_t et_add_bias(cudaStream_t s, int n, int w, float *y, const float *b);
 cudaError_t et_embed_cat(cudaStream_t s, int nl, int F, const int *z, const float *emb,
                          float *cat);

@@ -90,17 +90,15 @@ static __global__ void k_vdot(int n, int F, const float *__restrict__ P, float *
 
 /*
  * Residual update of owned atoms (o without bias on input):
- *   o1, o2, o3 = o + b_o; x' = x + vdot o2 + o3; vec'[c] = vec[c] + P3[c] o1 + V[c];
- *   o12 keeps (o1, o2) for the backward. vec, P, vdot NULL mean zeros (layer 0).
+ *   o1, o2, o3 = o + b_o; x' = x + vdot o2 + o3; vec'[c] = vec[c] + P3[c] o1 + V[c].
+ * vec, P, vdot NULL mean zeros (layer 0). The backward recomputes o from the stored X.
  */
 static __global__ void k_node_update(int nl, int F, const float *__restrict__ x,
                                      const float *__restrict__ vec, const float *__restrict__ o,
                                      const float *__restrict__ ob, const float *__restrict__ P,
-                                     const float *__restrict__ vdot, const float *__restrict__ X,
-                                     const float *__restrict__ V, float *__restrict__ xn,
-                                     float *__restrict__ vn, float *__restrict__ o12)
+                                     const float *__restrict__ vdot, const float *__restrict__ V,
+                                     float *__restrict__ xn, float *__restrict__ vn)
 {
-    (void)X;
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)nl * F)
         return;
@@ -116,26 +114,28 @@ static __global__ void k_node_update(int nl, int F, const float *__restrict__ x,
         float v0 = vec ? vec[vi] : 0.f;
         vn[vi] = v0 + p3 * o1 + V[vi];
     }
-    o12[t * 2 * F + f] = o1;
-    o12[t * 2 * F + F + f] = o2;
 }
 
 /*
- * Backward of the update for owned atoms, given gx = dE/dx', gvec = dE/dvec':
- *   g_o1 = sum_c gvec[c] P3[c]; g_o2 = gx vdot; g_o3 = gx -> go [nl][3F];
+ * Backward of the update for owned atoms, given gx = dE/dx', gvec = dE/dvec' and o = W_o X
+ * recomputed from the stored X (without bias; o1 = o[0:F] + b, o2 = o[F:2F] + b):
+ *   g_o1 = sum_c gvec[c] P3[c]; g_o2 = gx vdot; g_o3 = gx -> written over o [nl][3F];
  *   g_P1 = gx o2 P2, g_P2 = gx o2 P1, g_P3 = gvec o1 -> written over P (P NULL: layer 0).
+ * Thread (t, f) reads o[t][f], o[t][F + f] before writing o[t][f], o[t][F + f], o[t][2F + f];
+ * no other thread touches these entries, so the update in place is safe.
  */
 static __global__ void k_node_bwd(int nl, int F, const float *__restrict__ gx,
-                                  const float *__restrict__ gvec, const float *__restrict__ o12,
-                                  float *__restrict__ P, const float *__restrict__ vdot,
-                                  float *__restrict__ go)
+                                  const float *__restrict__ gvec, float *o,
+                                  const float *__restrict__ ob, float *__restrict__ P,
+                                  const float *__restrict__ vdot)
 {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)nl * F)
         return;
     long long t = i / F;
     int f = (int)(i % F);
-    float o1 = o12[t * 2 * F + f], o2 = o12[t * 2 * F + F + f];
+    float *orow = o + t * 3 * F;
+    const float o1 = orow[f] + ob[f], o2 = orow[F + f] + ob[F + f];
     float g = gx[i];
     float go1 = 0.f;
     if (P) {
@@ -150,9 +150,9 @@ static __global__ void k_node_bwd(int nl, int F, const float *__restrict__ gx,
             p[2 * F + f] = gv * o1;
         }
     }
-    go[t * 3 * F + f] = go1;
-    go[t * 3 * F + F + f] = vdot ? g * vdot[i] : 0.f;
-    go[t * 3 * F + 2 * F + f] = g;
+    orow[f] = go1;
+    orow[F + f] = vdot ? g * vdot[i] : 0.f;
+    orow[2 * F + f] = g;
 }
 
 /* cat[t][0:F] = emb[z_t] (the neighbour embedding fills cat[t][F:2F]). */
@@ -267,21 +267,21 @@ extern "C" cudaError_t et_node_pre(cudaStream_t s, int n, int F, float *qkv, con
 
 extern "C" cudaError_t et_node_update(cudaStream_t s, int nl, int F, const float *x,
                                       const float *vec, const float *o, const float *o_b,
-                                      const float *P, const float *vdot, const float *X,
-                                      const float *V, float *x_next, float *vec_next, float *o12)
+                                      const float *P, const float *vdot, const float *V,
+                                      float *x_next, float *vec_next)
 {
     if (nl > 0)
         k_node_update<<<nblk((long long)nl * F, 256), 256, 0, s>>>(nl, F, x, vec, o, o_b, P, vdot,
-                                                                   X, V, x_next, vec_next, o12);
+                                                                   V, x_next, vec_next);
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t et_node_bwd(cudaStream_t s, int nl, int F, const float *gx,
-                                   const float *gvec, const float *o12, float *P,
-                                   const float *vdot, float *go)
+                                   const float *gvec, float *o, const float *o_b, float *P,
+                                   const float *vdot)
 {
     if (nl > 0)
-        k_node_bwd<<<nblk((long long)nl * F, 256), 256, 0, s>>>(nl, F, gx, gvec, o12, P, vdot, go);
+        k_node_bwd<<<nblk((long long)nl * F, 256), 256, 0, s>>>(nl, F, gx, gvec, o, o_b, P, vdot);
     return cudaGetLastError();
 }
 
