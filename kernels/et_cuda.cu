@@ -484,6 +484,65 @@ static cublasStatus_t gemm_ab(cublasHandle_t h, int M, int N, int K, const float
             return blas_fail(b_, what, err, err_len);                                              \
     } while (0)
 
+/* ---- head ---------------------------------------------------------------------------------- */
+/* The head's intermediates, [nl][width] each (width in units of F, Fh = F/2). */
+typedef struct head_ws {
+    float *cat0, *u0, *w0, *y1p0, *y1a0, *y20, *cat1, *v1, *u1, *y1p1; /* 2, 3, 1.5, 1, 1, 1, 1,
+                                                                           1.5, 1.5, 0.5 */
+    float *g1, *gcat1, *gu1, *gv1, *gy20, *gw0, *gy10, *gcat0, *gu0;   /* 0.5, 1, 1.5, 1.5, 1,
+                                                                           1.5, 1, 2, 3 */
+} head_ws;
+
+/*
+ * out_norm + EquivariantScalar head forward and backward over the nl owned atoms (head.cu has
+ * the math per step): batched SGEMMs, weights M [out][in] as uploaded (y = x M^T forward,
+ * g_x = g_y M backward), elementwise kernels between them. Writes atom_e [nl] (fp64), gx
+ * [nl][F] and gvec [nl][3][F] (owned rows only).
+ */
+static ds4sci_status head(ds4sci_cuda_et *et, int nl, const int *z, const float *x,
+                          const float *vec, const head_ws *w, double *atom_e, float *gx,
+                          float *gvec, char *err, size_t err_len)
+{
+    const et_dmodel *m = &et->m;
+    const int F = m->F, Fh = F / 2, act = m->act;
+    cudaStream_t s = et->stream;
+    cublasHandle_t h = et->blas;
+    if (nl <= 0)
+        return DS4SCI_OK;
+    /* block 0 (F -> F/2, scalar activation) */
+    BL(gemm_awt(h, 3 * nl, F, F, vec, m->h0_w1, 0.f, w->u0), "head vec1_proj");
+    BL(gemm_awt(h, 3 * nl, Fh, F, vec, m->h0_w2, 0.f, w->w0), "head vec2_proj");
+    CU(et_head_norm_in(s, nl, F, x, m->on_w, m->on_b, w->cat0), "head out_norm");
+    CU(et_head_vnorm(s, nl, F, w->u0, w->cat0 + F, 2 * F), "head norm");
+    BL(gemm_awt(h, nl, F, 2 * F, w->cat0, m->h0_l1, 0.f, w->y1p0), "head update_net 0");
+    CU(et_head_bias_act(s, nl, F, act, w->y1p0, m->h0_l1b, w->y1a0), "head activation");
+    BL(gemm_awt(h, nl, F, F, w->y1a0, m->h0_l2, 0.f, w->y20), "head update_net 2");
+    CU(et_head_gate0(s, nl, Fh, act, w->y20, m->h0_l2b, w->w0, w->cat1, w->v1), "head gate");
+    /* block 1 (F/2 -> 1, no scalar activation; only the scalar output matters) */
+    BL(gemm_awt(h, 3 * nl, Fh, Fh, w->v1, m->h1_w1, 0.f, w->u1), "head block 1 vec1_proj");
+    CU(et_head_vnorm(s, nl, Fh, w->u1, w->cat1 + Fh, F), "head block 1 norm");
+    BL(gemm_awt(h, nl, Fh, F, w->cat1, m->h1_l1, 0.f, w->y1p1), "head block 1 update_net 0");
+    CU(et_head_energy(s, nl, Fh, act, w->y1p1, m->h1_l1b, m->h1_l2, m->h1_l2b, m->std_scale,
+                      m->atomref, z, atom_e, w->g1), "head energy");
+    /* backward, g_y = (std, 0) */
+    BL(gemm_ab(h, nl, F, Fh, w->g1, m->h1_l1, F, 0.f, w->gcat1), "head block 1 backward");
+    CU(et_head_vnorm_bwd(s, nl, Fh, w->u1, w->cat1 + Fh, F, w->gcat1 + Fh, F, w->gu1),
+       "head block 1 norm backward");
+    BL(gemm_ab(h, 3 * nl, Fh, Fh, w->gu1, m->h1_w1, Fh, 0.f, w->gv1), "head block 1 vec backward");
+    CU(et_head_gate0_bwd(s, nl, Fh, act, w->y20, w->gcat1, w->gv1, w->w0, w->gy20, w->gw0),
+       "head gate backward");
+    BL(gemm_ab(h, nl, F, F, w->gy20, m->h0_l2, F, 0.f, w->gy10), "head update_net 2 backward");
+    CU(et_head_dact(s, nl, F, act, w->y1p0, w->gy10), "head activation backward");
+    BL(gemm_ab(h, nl, 2 * F, F, w->gy10, m->h0_l1, 2 * F, 0.f, w->gcat0),
+       "head update_net 0 backward");
+    CU(et_head_vnorm_bwd(s, nl, F, w->u0, w->cat0 + F, 2 * F, w->gcat0 + F, 2 * F, w->gu0),
+       "head norm backward");
+    BL(gemm_ab(h, 3 * nl, F, F, w->gu0, m->h0_w1, F, 0.f, gvec), "head vec1_proj backward");
+    BL(gemm_ab(h, 3 * nl, F, Fh, w->gw0, m->h0_w2, F, 1.f, gvec), "head vec2_proj backward");
+    CU(et_head_norm_out(s, nl, F, x, m->on_w, w->gcat0, gx), "head out_norm backward");
+    return DS4SCI_OK;
+}
+
 /* ---- exchange ------------------------------------------------------------------------------ */
 typedef struct xch_ctx {
     const ds4sci_exchange *ex;
@@ -807,8 +866,32 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
     CU(cudaMemsetAsync(GX[cur], 0, nF * sizeof(float), s), "memset");
     CU(cudaMemsetAsync(GV[cur], 0, 3 * nF * sizeof(float), s), "memset");
     CU(cudaMemsetAsync(GW, 0, ne1 * sizeof(float4), s), "memset");
-    CU(et_head(s, nl, m, BUF(int, B_Z), XS + (size_t)L * nF, vecs(L),
-               BUF(double, B_EA), GX[cur], GV[cur]), "head");
+    {
+        /* scratch: buffers of the layers that are dead until the backward writes them again
+           (P, q/k/v, dE/dqkv, dE/dvec [1], o, the LayerNorm output, vdot), nl rows each */
+        head_ws hw;
+        hw.u0 = P;                        /* P: 9 nF >= 3 + 3 + 2 + 1 nlF */
+        hw.gu0 = P + 3 * nlF;
+        hw.cat0 = P + 6 * nlF;
+        hw.y1p0 = P + 8 * nlF;
+        hw.w0 = QKV;                      /* q/k/v: 5 nF >= 1.5 x 3 + 0.5 nlF */
+        hw.v1 = QKV + 3 * nlF / 2;
+        hw.gw0 = QKV + 3 * nlF;
+        hw.y1p1 = QKV + 9 * nlF / 2;
+        hw.u1 = GQKV;                     /* dE/dqkv: 5 nF >= 1.5 x 3 + 0.5 nlF */
+        hw.gu1 = GQKV + 3 * nlF / 2;
+        hw.gv1 = GQKV + 3 * nlF;
+        hw.g1 = GQKV + 9 * nlF / 2;
+        hw.gcat0 = GV[1 - cur];           /* dE/dvec [1]: 3 nF >= 2 + 1 nlF */
+        hw.y1a0 = GV[1 - cur] + 2 * nlF;
+        hw.y20 = Ob;                      /* o: 3 nlF */
+        hw.cat1 = Ob + nlF;
+        hw.gcat1 = Ob + 2 * nlF;
+        hw.gy20 = Hb;                     /* LayerNorm output: nF */
+        hw.gy10 = VD;                     /* vdot: nF */
+        ST(head(et, nl, BUF(int, B_Z), XS + (size_t)L * nF, vecs(L), &hw, BUF(double, B_EA),
+                GX[cur], GV[cur], err, err_len));
+    }
 
     /* backward through the layers */
     for (int l = L - 1; l >= 0; l--) {

@@ -268,9 +268,25 @@ cudaError_t et_edge_backward_unfused(cudaStream_t s, const et_edge_common *c,
                                      const et_edge_layer *l);
 void et_unfused_release(void);
 
-/* head.cu */
-cudaError_t et_head(cudaStream_t s, int nl, const et_dmodel *m, const int *z, const float *x,
-                    const float *vec, double *atom_e, float *gx, float *gvec);
+/* head.cu: the head's elementwise and per-atom kernels; its SGEMMs are in et_cuda.cu */
+cudaError_t et_head_norm_in(cudaStream_t s, int nl, int F, const float *x, const float *w,
+                            const float *b, float *cat0);
+cudaError_t et_head_bias_act(cudaStream_t s, int rows, int w, int act, float *y, const float *b,
+                             float *a);
+cudaError_t et_head_vnorm(cudaStream_t s, int nl, int w, const float *u, float *nrm, int ldn);
+cudaError_t et_head_gate0(cudaStream_t s, int nl, int Fh, int act, float *y20, const float *b,
+                          const float *w0, float *cat1, float *v1);
+cudaError_t et_head_energy(cudaStream_t s, int nl, int Fh, int act, const float *y1p1,
+                           const float *b1, const float *l2, const float *b2, float std_scale,
+                           const double *atomref, const int *z, double *atom_e, float *g1);
+cudaError_t et_head_vnorm_bwd(cudaStream_t s, int nl, int w, const float *u, const float *nrm,
+                              int ldn, const float *gn, int ldg, float *gu);
+cudaError_t et_head_gate0_bwd(cudaStream_t s, int nl, int Fh, int act, const float *y20,
+                              const float *gcat1, const float *gv1, const float *w0, float *gy20,
+                              float *gw0);
+cudaError_t et_head_dact(cudaStream_t s, int rows, int w, int act, const float *y, float *g);
+cudaError_t et_head_norm_out(cudaStream_t s, int nl, int F, const float *x, const float *w,
+                             const float *gcat0, float *gx);
 
 /* forces.cu */
 cudaError_t et_forces(cudaStream_t s, int nl, int n, const int *row_off, const int *tr_off,
