@@ -403,14 +403,15 @@ extern "C" size_t ds4sci_cuda_et_device_bytes(const ds4sci_cuda_et *et)
 }
 
 /* ---- workspace ----------------------------------------------------------------------------- */
-static const char *const buf_names[B_COUNT] = {
+static const char *const buf_names[] = {
     "positions", "atomic numbers", "neighbour offsets", "ghost owners",
     "row counts", "row offsets", "edge senders", "edge receivers", "edge geometry",
     "transpose offsets", "transpose edges", "transpose counts", "cub scratch",
     "layer inputs x", "layer inputs vec", "X per layer", "LayerNorm output, dE/dX, dE/dh",
-    "q/k/v", "vec_proj output, neighbour indices", "vdot", "o", "dE/dx", "dE/dx", "dE/dvec",
+    "q/k/v", "vec_proj output, neighbour indices", "vdot", "o", "dE/dx", "dE/dvec",
     "dE/dvec", "dE/dqkv, sort scratch, embedding concat, V", "dE/dw", "atom energies", "forces",
     "atom virials", "partial sums", "exchange staging"};
+static_assert(sizeof(buf_names) / sizeof(buf_names[0]) == B_COUNT, "one name per buffer");
 
 /* Make buf[i] hold at least `bytes`; never shrinks, keeps no contents. */
 static ds4sci_status ensure(ds4sci_cuda_et *et, int i, size_t bytes, char *err, size_t err_len)
@@ -652,7 +653,7 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
     ST(ensure(et, B_COFF, (nl1 + 1) * sizeof(int64_t), err, err_len));
     /* the caller's candidate indices are needed only until the edge list is filled: they
        live in vec_proj's buffer, first written in layer 1 (same stream, so in order) */
-    const size_t p_bytes = 9 * n1 * (size_t)F * sizeof(float),
+    const size_t p_bytes = 9 * nl1 * (size_t)F * sizeof(float),
                  cidx_bytes = (size_t)(nc > 0 ? nc : 1) * sizeof(int);
     ST(ensure(et, B_P, p_bytes > cidx_bytes ? p_bytes : cidx_bytes, err, err_len));
     int *cidx = BUF(int, B_P);
@@ -740,11 +741,11 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
     ST(ensure(et, B_XST, (size_t)L * nlF * sizeof(float), err, err_len)); /* X of each layer */
     ST(ensure(et, B_H, nF * sizeof(float), err, err_len));
     ST(ensure(et, B_QKV, 5 * nF * sizeof(float), err, err_len));
-    ST(ensure(et, B_P, 9 * nF * sizeof(float), err, err_len));
-    ST(ensure(et, B_VDOT, nF * sizeof(float), err, err_len));
+    /* P and vdot: owned rows only (enough for the head's scratch too: 9 nlF and nlF) */
+    ST(ensure(et, B_P, 9 * nlF * sizeof(float), err, err_len));
+    ST(ensure(et, B_VDOT, nlF * sizeof(float), err, err_len));
     ST(ensure(et, B_O, 3 * nlF * sizeof(float), err, err_len));
     ST(ensure(et, B_GX0, nF * sizeof(float), err, err_len));
-    ST(ensure(et, B_GX1, nF * sizeof(float), err, err_len));
     ST(ensure(et, B_GV0, 3 * nF * sizeof(float), err, err_len));
     ST(ensure(et, B_GV1, 3 * nF * sizeof(float), err, err_len));
     ST(ensure(et, B_GQKV, 5 * nF * sizeof(float), err, err_len)); /* >= 2 nlF (cat), 3 nlF (V) */
@@ -795,7 +796,10 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
        - GQKV: the embedding concat (embedding), V (each forward layer: edge pass -> update),
          dE/dqkv (backward); the graph build's sort scratch before all of these */
     float *Vb = GQKV, *GXb = Hb, *GH = Hb;
-    float *GX[2] = {BUF(float, B_GX0), BUF(float, B_GX1)};
+    /* dE/dx is updated in place (only the update backward reads the incoming gradient, before
+       the LayerNorm backward adds into it); dE/dvec is double-buffered (the edge passes read
+       the incoming dE/dV while the sender pass adds into the outgoing one) */
+    float *GX[2] = {BUF(float, B_GX0), BUF(float, B_GX0)};
     float *GV[2] = {BUF(float, B_GV0), BUF(float, B_GV1)};
     float4 *GW = BUF(float4, B_GW);
 
@@ -822,8 +826,8 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
         CU(et_layernorm(s, n, F, x, dl->ln_w, dl->ln_b, Hb), "layernorm");
         BL(gemm_awt(h, n, 5 * F, F, Hb, dl->qkv_w, 0.f, QKV), "q/k/v");
         if (l > 0)
-            BL(gemm_awt(h, 3 * n, 3 * F, F, vec, dl->vec_w, 0.f, P), "vec_proj");
-        CU(et_node_pre(s, n, F, QKV, dl->qkv_b, l > 0 ? P : NULL, VD), "q/k/v bias, vdot");
+            BL(gemm_awt(h, 3 * nl, 3 * F, F, vec, dl->vec_w, 0.f, P), "vec_proj"); /* owned */
+        CU(et_node_pre(s, n, nl, F, QKV, dl->qkv_b, l > 0 ? P : NULL, VD), "q/k/v bias, vdot");
         return DS4SCI_OK;
     };
 
@@ -905,7 +909,8 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
         CU(et_node_bwd(s, nl, F, gxo, gvo, Ob, dl->o_b, l > 0 ? P : NULL, l > 0 ? VD : NULL),
            "update backward");
         BL(gemm_ab(h, nl, F, 3 * F, Ob, dl->o_w, F, 0.f, GXb), "o_proj backward");
-        CU(cudaMemcpyAsync(gxi, gxo, nF * sizeof(float), cudaMemcpyDeviceToDevice, s), "copy");
+        if (gxi != gxo)
+            CU(cudaMemcpyAsync(gxi, gxo, nF * sizeof(float), cudaMemcpyDeviceToDevice, s), "copy");
         CU(cudaMemcpyAsync(gvi, gvo, 3 * nF * sizeof(float), cudaMemcpyDeviceToDevice, s), "copy");
         if (l > 0)
             BL(gemm_ab(h, 3 * nl, F, 3 * F, P, dl->vec_w, F, 1.f, gvi), "vec_proj backward");

@@ -114,7 +114,7 @@ enum {
     B_POS, B_Z, B_COFF, B_GOWN, B_ROWCNT, B_ROWOFF, B_ESRC, B_EDST, B_EGEO,
     B_TROFF, B_TREDGE, B_TRKEY, B_CUB,
     B_XS, B_VECS, B_XST, B_H, B_QKV, B_P, B_VDOT, B_O,
-    B_GX0, B_GX1, B_GV0, B_GV1, B_GQKV, B_GW, B_EA, B_F, B_AV, B_PART,
+    B_GX0, B_GV0, B_GV1, B_GQKV, B_GW, B_EA, B_F, B_AV, B_PART,
     B_XCH, B_COUNT
 };
 
@@ -220,7 +220,7 @@ cudaError_t et_layernorm(cudaStream_t s, int n, int F, const float *x, const flo
                          const float *b, float *y);
 cudaError_t et_layernorm_bwd(cudaStream_t s, int n, int F, const float *x, const float *w,
                              const float *gy, float *gx);
-cudaError_t et_node_pre(cudaStream_t s, int n, int F, float *qkv, const float *qkv_b,
+cudaError_t et_node_pre(cudaStream_t s, int n, int nl, int F, float *qkv, const float *qkv_b,
                         const float *P, float *vdot);
 cudaError_t et_node_update(cudaStream_t s, int nl, int F, const float *x, const float *vec,
                            const float *o, const float *o_b, const float *P, const float *vdot,

@@ -254,14 +254,15 @@ extern "C" cudaError_t et_add_bias(cudaStream_t s, int n, int w, float *y, const
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t et_node_pre(cudaStream_t s, int n, int F, float *qkv, const float *qkv_b,
-                                   const float *P, float *vdot)
+/* q/k/v bias over all n rows; vdot (P given) over the nl owned rows, the only ones P holds. */
+extern "C" cudaError_t et_node_pre(cudaStream_t s, int n, int nl, int F, float *qkv,
+                                   const float *qkv_b, const float *P, float *vdot)
 {
     cudaError_t e = et_add_bias(s, n, 5 * F, qkv, qkv_b);
     if (e != cudaSuccess)
         return e;
-    if (P && n > 0)
-        k_vdot<<<nblk((long long)n * F, 256), 256, 0, s>>>(n, F, P, vdot);
+    if (P && nl > 0)
+        k_vdot<<<nblk((long long)nl * F, 256), 256, 0, s>>>(nl, F, P, vdot);
     return cudaGetLastError();
 }
 
