@@ -559,15 +559,10 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
     cudaStream_t s = et->stream;
     const int nl = xc->nl, ng = xc->ng, F = xc->F, n = nl + ng;
     if (xc->owner) {
-        if (!reverse) {
-            CU(et_ghost_gather(s, nl, ng, F, xc->owner, x), "ghost gather");
-            if (vec)
-                CU(et_ghost_gather(s, nl, ng, 3 * F, xc->owner, vec), "ghost gather");
-        } else {
-            CU(et_ghost_fold(s, nl, ng, F, xc->owner, x), "ghost fold");
-            if (vec)
-                CU(et_ghost_fold(s, nl, ng, 3 * F, xc->owner, vec), "ghost fold");
-        }
+        if (!reverse)
+            CU(et_ghost_gather(s, nl, ng, F, xc->owner, x, vec), "ghost gather");
+        else
+            CU(et_ghost_fold(s, nl, ng, F, xc->owner, x, vec), "ghost fold");
         return DS4SCI_OK;
     }
     const int w = vec ? 4 * F : F;
@@ -856,12 +851,10 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
         mark(et, ST_NODE_FWD);
         BL(gemm_awt(h, nl, 3 * F, F, el.X, dl->o_w, 0.f, Ob), "o_proj");
         float *xn = XS + (size_t)(l + 1) * nF, *vn = vecs(l + 1);
-        CU(et_node_update(s, nl, F, x, l > 0 ? vec : NULL, Ob, dl->o_b, l > 0 ? P : NULL,
+        /* ghost rows of the next input come from the exchange; the update zeroes them */
+        CU(et_node_update(s, n, nl, F, x, l > 0 ? vec : NULL, Ob, dl->o_b, l > 0 ? P : NULL,
                           l > 0 ? VD : NULL, Vb, xn, vn),
            "update");
-        /* ghost rows of the next input come from the exchange; keep them defined */
-        CU(et_zero_rows(s, nl, ng, F, xn), "zero ghost rows");
-        CU(et_zero_rows(s, nl, ng, 3 * F, vn), "zero ghost rows");
     }
 
     /* head: energies and dE/d(x_L, vec_L) of owned atoms */
@@ -906,12 +899,12 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
         ST(node_fwd(l));
         /* o = W_o X from the stored X (the same GEMM as in the forward); dE/do over it */
         BL(gemm_awt(h, nl, 3 * F, F, XST + (size_t)l * nlF, dl->o_w, 0.f, Ob), "o_proj (again)");
-        CU(et_node_bwd(s, nl, F, gxo, gvo, Ob, dl->o_b, l > 0 ? P : NULL, l > 0 ? VD : NULL),
-           "update backward");
+        /* also gvi = gvo (all n rows) */
+        CU(et_node_bwd(s, n, nl, F, gxo, gvo, gvi, Ob, dl->o_b, l > 0 ? P : NULL,
+                       l > 0 ? VD : NULL), "update backward");
         BL(gemm_ab(h, nl, F, 3 * F, Ob, dl->o_w, F, 0.f, GXb), "o_proj backward");
         if (gxi != gxo)
             CU(cudaMemcpyAsync(gxi, gxo, nF * sizeof(float), cudaMemcpyDeviceToDevice, s), "copy");
-        CU(cudaMemcpyAsync(gvi, gvo, 3 * nF * sizeof(float), cudaMemcpyDeviceToDevice, s), "copy");
         if (l > 0)
             BL(gemm_ab(h, 3 * nl, F, 3 * F, P, dl->vec_w, F, 1.f, gvi), "vec_proj backward");
         et_edge_layer el;

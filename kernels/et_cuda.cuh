@@ -222,18 +222,22 @@ cudaError_t et_layernorm_bwd(cudaStream_t s, int n, int F, const float *x, const
                              const float *gy, float *gx);
 cudaError_t et_node_pre(cudaStream_t s, int n, int nl, int F, float *qkv, const float *qkv_b,
                         const float *P, float *vdot);
-cudaError_t et_node_update(cudaStream_t s, int nl, int F, const float *x, const float *vec,
-                           const float *o, const float *o_b, const float *P, const float *vdot,
-                           const float *V, float *x_next, float *vec_next);
-cudaError_t et_node_bwd(cudaStream_t s, int nl, int F, const float *gx, const float *gvec,
-                        float *o, const float *o_b, float *P, const float *vdot);
+cudaError_t et_node_update(cudaStream_t s, int n, int nl, int F, const float *x,
+                           const float *vec, const float *o, const float *o_b, const float *P,
+                           const float *vdot, const float *V, float *x_next, float *vec_next);
+cudaError_t et_node_bwd(cudaStream_t s, int n, int nl, int F, const float *gx, const float *gvec,
+                        float *gvec_out, float *o, const float *o_b, float *P,
+                        const float *vdot);
 cudaError_t et_add_bias(cudaStream_t s, int n, int w, float *y, const float *b);
 cudaError_t et_embed_cat(cudaStream_t s, int nl, int F, const int *z, const float *emb,
                          float *cat);
 cudaError_t et_embed_plain(cudaStream_t s, int nl, int F, const int *z, const float *emb,
                            float *x);
-cudaError_t et_ghost_gather(cudaStream_t s, int nl, int ng, int w, const int *owner, float *a);
-cudaError_t et_ghost_fold(cudaStream_t s, int nl, int ng, int w, const int *owner, float *a);
+/* built-in exchange of x [n][F] and (vec non-NULL) vec [n][3F] in one launch */
+cudaError_t et_ghost_gather(cudaStream_t s, int nl, int ng, int F, const int *owner, float *x,
+                            float *vec);
+cudaError_t et_ghost_fold(cudaStream_t s, int nl, int ng, int F, const int *owner, float *x,
+                          float *vec);
 cudaError_t et_pack(cudaStream_t s, int row0, int rows, int F, const float *x, const float *vec,
                     double *out);
 cudaError_t et_unpack(cudaStream_t s, int row0, int rows, int F, const double *in, float *x,

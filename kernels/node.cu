@@ -73,37 +73,55 @@ static __global__ void k_add_bias(long long total, int w, float *__restrict__ y,
         y[i] += b[i % w];
 }
 
-/* vdot[i][f] = sum_c P1[i][c][f] P2[i][c][f], P [n][3][3F]. */
-static __global__ void k_vdot(int n, int F, const float *__restrict__ P, float *__restrict__ vdot)
+/*
+ * After the q/k/v SGEMM, one thread per (row a < n, channel f): the five q/k/v biases of
+ * channel f (qkv [n][5F]), and for owned rows with P given vdot[a][f] = sum_c P1[a][c][f]
+ * P2[a][c][f] (P [nl][3][3F], vdot [nl][F]).
+ */
+static __global__ void k_node_pre(int n, int nl, int F, float *__restrict__ qkv,
+                                  const float *__restrict__ qkv_b, const float *__restrict__ P,
+                                  float *__restrict__ vdot)
 {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)n * F)
         return;
     long long a = i / F;
     int f = (int)(i % F);
-    const float *p = P + a * 9 * F;
-    float s = 0.f;
-    for (int c = 0; c < 3; c++)
-        s += p[c * 3 * F + f] * p[c * 3 * F + F + f];
-    vdot[i] = s;
+    float *q = qkv + a * 5 * F;
+    for (int j = 0; j < 5; j++)
+        q[j * F + f] += qkv_b[j * F + f];
+    if (P && a < nl) {
+        const float *p = P + a * 9 * F;
+        float s = 0.f;
+        for (int c = 0; c < 3; c++)
+            s += p[c * 3 * F + f] * p[c * 3 * F + F + f];
+        vdot[i] = s;
+    }
 }
 
 /*
  * Residual update of owned atoms (o without bias on input):
  *   o1, o2, o3 = o + b_o; x' = x + vdot o2 + o3; vec'[c] = vec[c] + P3[c] o1 + V[c].
  * vec, P, vdot NULL mean zeros (layer 0). The backward recomputes o from the stored X.
+ * Rows nl <= t < n (ghosts, filled by the next exchange) of x' and vec' are set to zero.
  */
-static __global__ void k_node_update(int nl, int F, const float *__restrict__ x,
+static __global__ void k_node_update(int n, int nl, int F, const float *__restrict__ x,
                                      const float *__restrict__ vec, const float *__restrict__ o,
                                      const float *__restrict__ ob, const float *__restrict__ P,
                                      const float *__restrict__ vdot, const float *__restrict__ V,
                                      float *__restrict__ xn, float *__restrict__ vn)
 {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long long)nl * F)
+    if (i >= (long long)n * F)
         return;
     long long t = i / F;
     int f = (int)(i % F);
+    if (t >= nl) {
+        xn[i] = 0.f;
+        for (int c = 0; c < 3; c++)
+            vn[(t * 3 + c) * F + f] = 0.f;
+        return;
+    }
     const float *orow = o + t * 3 * F;
     float o1 = orow[f] + ob[f], o2 = orow[F + f] + ob[F + f], o3 = orow[2 * F + f] + ob[2 * F + f];
     float vd = vdot ? vdot[i] : 0.f;
@@ -123,17 +141,23 @@ static __global__ void k_node_update(int nl, int F, const float *__restrict__ x,
  *   g_P1 = gx o2 P2, g_P2 = gx o2 P1, g_P3 = gvec o1 -> written over P (P NULL: layer 0).
  * Thread (t, f) reads o[t][f], o[t][F + f] before writing o[t][f], o[t][F + f], o[t][2F + f];
  * no other thread touches these entries, so the update in place is safe.
+ * Also, for every row t < n: gvec_out[t][c][f] = gvec[t][c][f] (the outgoing dE/dvec starts
+ * as the incoming one; a different buffer).
  */
-static __global__ void k_node_bwd(int nl, int F, const float *__restrict__ gx,
-                                  const float *__restrict__ gvec, float *o,
-                                  const float *__restrict__ ob, float *__restrict__ P,
+static __global__ void k_node_bwd(int n, int nl, int F, const float *__restrict__ gx,
+                                  const float *__restrict__ gvec, float *__restrict__ gvec_out,
+                                  float *o, const float *__restrict__ ob, float *__restrict__ P,
                                   const float *__restrict__ vdot)
 {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long long)nl * F)
+    if (i >= (long long)n * F)
         return;
     long long t = i / F;
     int f = (int)(i % F);
+    for (int c = 0; c < 3; c++)
+        gvec_out[(t * 3 + c) * F + f] = gvec[(t * 3 + c) * F + f];
+    if (t >= nl)
+        return;
     float *orow = o + t * 3 * F;
     const float o1 = orow[f] + ob[f], o2 = orow[F + f] + ob[F + f];
     float g = gx[i];
@@ -167,29 +191,50 @@ static __global__ void k_embed(int nl, int F, int ld, const int *__restrict__ z,
     out[t * ld + f] = emb[(size_t)z[t] * F + f];
 }
 
-/* Built-in exchange: ghost rows = owner rows; and the adjoint (add ghost rows into owners). */
-static __global__ void k_ghost_gather(int nl, int ng, int w, const int *__restrict__ owner,
-                                      float *a)
+/*
+ * Built-in exchange: ghost rows = owner rows; and the adjoint (add ghost rows into owners,
+ * zero the ghost rows). One thread per (ghost g, column j < w), w = F (x only) or 4F (x and
+ * vec: j < F in x [n][F], else column j - F of vec [n][3F]).
+ */
+static __device__ __forceinline__ void ghost_pair(int nl, int F, int w, const int *owner,
+                                                  float *x, float *vec, long long i, float **dst,
+                                                  float **src)
 {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long long)ng * w)
-        return;
     long long g = i / w;
     int j = (int)(i % w);
-    a[(nl + g) * w + j] = a[(long long)owner[g] * w + j];
+    long long o = owner[g];
+    if (j < F) {
+        *dst = &x[(nl + g) * F + j];
+        *src = &x[o * F + j];
+    } else {
+        *dst = &vec[(nl + g) * 3 * F + (j - F)];
+        *src = &vec[o * 3 * F + (j - F)];
+    }
 }
 
-static __global__ void k_ghost_fold(int nl, int ng, int w, const int *__restrict__ owner, float *a)
+static __global__ void k_ghost_gather(int nl, int ng, int F, int w, const int *__restrict__ owner,
+                                      float *x, float *vec)
 {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)ng * w)
         return;
-    long long g = i / w;
-    int j = (int)(i % w);
-    float v = a[(nl + g) * w + j];
-    a[(nl + g) * w + j] = 0.f;
+    float *d, *sr;
+    ghost_pair(nl, F, w, owner, x, vec, i, &d, &sr);
+    *d = *sr;
+}
+
+static __global__ void k_ghost_fold(int nl, int ng, int F, int w, const int *__restrict__ owner,
+                                    float *x, float *vec)
+{
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)ng * w)
+        return;
+    float *d, *sr;
+    ghost_pair(nl, F, w, owner, x, vec, i, &d, &sr);
+    float v = *d;
+    *d = 0.f;
     if (v != 0.f)
-        atomicAdd(&a[(long long)owner[g] * w + j], v);
+        atomicAdd(sr, v);
 }
 
 /* Host exchange rows: out[r] = (x[row0 + r], vec[row0 + r]) as doubles (width F or 4F). */
@@ -255,34 +300,33 @@ extern "C" cudaError_t et_add_bias(cudaStream_t s, int n, int w, float *y, const
 }
 
 /* q/k/v bias over all n rows; vdot (P given) over the nl owned rows, the only ones P holds. */
+/* q/k/v bias over all n rows; vdot (P given) over the nl owned rows, the only ones P holds. */
 extern "C" cudaError_t et_node_pre(cudaStream_t s, int n, int nl, int F, float *qkv,
                                    const float *qkv_b, const float *P, float *vdot)
 {
-    cudaError_t e = et_add_bias(s, n, 5 * F, qkv, qkv_b);
-    if (e != cudaSuccess)
-        return e;
-    if (P && nl > 0)
-        k_vdot<<<nblk((long long)nl * F, 256), 256, 0, s>>>(nl, F, P, vdot);
+    if (n > 0)
+        k_node_pre<<<nblk((long long)n * F, 256), 256, 0, s>>>(n, nl, F, qkv, qkv_b, P, vdot);
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t et_node_update(cudaStream_t s, int nl, int F, const float *x,
+extern "C" cudaError_t et_node_update(cudaStream_t s, int n, int nl, int F, const float *x,
                                       const float *vec, const float *o, const float *o_b,
                                       const float *P, const float *vdot, const float *V,
                                       float *x_next, float *vec_next)
 {
-    if (nl > 0)
-        k_node_update<<<nblk((long long)nl * F, 256), 256, 0, s>>>(nl, F, x, vec, o, o_b, P, vdot,
-                                                                   V, x_next, vec_next);
+    if (n > 0)
+        k_node_update<<<nblk((long long)n * F, 256), 256, 0, s>>>(n, nl, F, x, vec, o, o_b, P,
+                                                                  vdot, V, x_next, vec_next);
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t et_node_bwd(cudaStream_t s, int nl, int F, const float *gx,
-                                   const float *gvec, float *o, const float *o_b, float *P,
-                                   const float *vdot)
+extern "C" cudaError_t et_node_bwd(cudaStream_t s, int n, int nl, int F, const float *gx,
+                                   const float *gvec, float *gvec_out, float *o, const float *o_b,
+                                   float *P, const float *vdot)
 {
-    if (nl > 0)
-        k_node_bwd<<<nblk((long long)nl * F, 256), 256, 0, s>>>(nl, F, gx, gvec, o, o_b, P, vdot);
+    if (n > 0)
+        k_node_bwd<<<nblk((long long)n * F, 256), 256, 0, s>>>(n, nl, F, gx, gvec, gvec_out, o,
+                                                               o_b, P, vdot);
     return cudaGetLastError();
 }
 
@@ -302,19 +346,21 @@ extern "C" cudaError_t et_embed_plain(cudaStream_t s, int nl, int F, const int *
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t et_ghost_gather(cudaStream_t s, int nl, int ng, int w, const int *owner,
-                                       float *a)
+extern "C" cudaError_t et_ghost_gather(cudaStream_t s, int nl, int ng, int F, const int *owner,
+                                       float *x, float *vec)
 {
+    const int w = vec ? 4 * F : F;
     if (ng > 0)
-        k_ghost_gather<<<nblk((long long)ng * w, 256), 256, 0, s>>>(nl, ng, w, owner, a);
+        k_ghost_gather<<<nblk((long long)ng * w, 256), 256, 0, s>>>(nl, ng, F, w, owner, x, vec);
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t et_ghost_fold(cudaStream_t s, int nl, int ng, int w, const int *owner,
-                                     float *a)
+extern "C" cudaError_t et_ghost_fold(cudaStream_t s, int nl, int ng, int F, const int *owner,
+                                     float *x, float *vec)
 {
+    const int w = vec ? 4 * F : F;
     if (ng > 0)
-        k_ghost_fold<<<nblk((long long)ng * w, 256), 256, 0, s>>>(nl, ng, w, owner, a);
+        k_ghost_fold<<<nblk((long long)ng * w, 256), 256, 0, s>>>(nl, ng, F, w, owner, x, vec);
     return cudaGetLastError();
 }
 
