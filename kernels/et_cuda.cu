@@ -337,6 +337,8 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
     {
         const char *eu = getenv("DS4SCI_CUDA_EDGE");
         et->edge_unfused = eu && strcmp(eu, "unfused") == 0;
+        const char *ck = getenv("DS4SCI_CUDA_CHECKPOINT");
+        et->checkpoint = !(ck && strcmp(ck, "0") == 0);
         const char *pp = getenv("DS4SCI_CUDA_PROFILE");
         if (pp && *pp) {
             et->profile_path = strdup(pp);
@@ -731,8 +733,42 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
 
     /* feature buffers */
     const size_t nF = n1 * F, nlF = nl1 * F;
-    ST(ensure(et, B_XS, (size_t)(L + 1) * nF * sizeof(float), err, err_len));
-    ST(ensure(et, B_VECS, (size_t)L * 3 * nF * sizeof(float), err, err_len)); /* vec_0 = 0 */
+    /* Layer inputs (x_k, vec_k), k = 0..L (k = L: the head's input; vec_0 = 0 is not stored).
+       With the built-in exchange (ghost rows re-gathered on the GPU exactly as in the forward)
+       and L >= 3, only the inputs k even and k = L - 1 are kept; each odd k < L - 1 and k = L
+       use one scratch slot, and the backward recomputes an odd input by running layer k - 1
+       forward again from the kept input k - 1 (DS4SCI_CUDA_CHECKPOINT=0: keep all). With a
+       caller exchange everything is kept: re-obtaining ghost rows would need extra exchange
+       calls, and backend.h fixes their sequence. */
+    const int ck = builtin && et->checkpoint && L >= 3;
+    auto kept = [&](int k) -> bool { return !ck || (k < L && (k == L - 1 || k % 2 == 0)); };
+    int nkx = 0, nkv = 0;
+    for (int k = 0; k <= L; k++)
+        if (kept(k)) {
+            nkx++;
+            if (k > 0)
+                nkv++;
+        }
+    /* slot of x_k (0 <= k <= L) and of vec_k (1 <= k <= L): kept ones in order, then scratch */
+    auto slot_x = [&](int k) -> int {
+        if (!kept(k))
+            return nkx;
+        int i = 0;
+        for (int j = 0; j < k; j++)
+            i += kept(j) ? 1 : 0;
+        return i;
+    };
+    auto slot_v = [&](int k) -> int {
+        if (!kept(k))
+            return nkv;
+        int i = 0;
+        for (int j = 1; j < k; j++)
+            i += kept(j) ? 1 : 0;
+        return i;
+    };
+    const int slots_x = ck ? nkx + 1 : L + 1, slots_v = ck ? nkv + 1 : L;
+    ST(ensure(et, B_XS, (size_t)slots_x * nF * sizeof(float), err, err_len));
+    ST(ensure(et, B_VECS, (size_t)slots_v * 3 * nF * sizeof(float), err, err_len));
     ST(ensure(et, B_XST, (size_t)L * nlF * sizeof(float), err, err_len)); /* X of each layer */
     ST(ensure(et, B_H, nF * sizeof(float), err, err_len));
     ST(ensure(et, B_QKV, 5 * nF * sizeof(float), err, err_len));
@@ -781,8 +817,9 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
 
     xch_ctx xc = {ex, builtin ? BUF(int, B_GOWN) : NULL, nl, ng, F};
     float *XS = BUF(float, B_XS), *VECS = BUF(float, B_VECS), *XST = BUF(float, B_XST);
-    /* input vectors of layer l (1 <= l <= L; layer 0's are zero and not stored) */
-    auto vecs = [&](int l) -> float * { return l > 0 ? VECS + (size_t)(l - 1) * 3 * nF : NULL; };
+    /* input of layer l: x_l, and vec_l for l >= 1 (layer 0's vectors are zero: NULL) */
+    auto xs = [&](int l) -> float * { return XS + (size_t)slot_x(l) * nF; };
+    auto vecs = [&](int l) -> float * { return l > 0 ? VECS + (size_t)slot_v(l) * 3 * nF : NULL; };
     float *Hb = BUF(float, B_H), *QKV = BUF(float, B_QKV), *P = BUF(float, B_P);
     float *VD = BUF(float, B_VDOT), *Ob = BUF(float, B_O), *GQKV = BUF(float, B_GQKV);
     /* shared allocations (lifetimes do not overlap, one stream):
@@ -800,24 +837,24 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
 
     /* embedding (+ neighbour embedding) of owned atoms, then ghosts from their owners */
     mark(et, ST_EMBED);
-    CU(cudaMemsetAsync(XS, 0, nF * sizeof(float), s), "memset");
+    CU(cudaMemsetAsync(xs(0), 0, nF * sizeof(float), s), "memset");
     if (m->ne) {
         float *CAT = GQKV; /* [nl][2F] */
         CU(et_embed_cat(s, nl, F, BUF(int, B_Z), m->emb, CAT), "embedding");
         CU(et_ne_forward(s, CPL, grid_l, &c, m->ne_wt, m->ne_b, m->ne_emb, BUF(int, B_Z), CAT),
            "neighbour embedding");
-        BL(gemm_awt(h, nl, F, 2 * F, CAT, m->ne_comb_w, 0.f, XS), "combine");
-        CU(et_add_bias(s, nl, F, XS, m->ne_comb_b), "combine bias");
+        BL(gemm_awt(h, nl, F, 2 * F, CAT, m->ne_comb_w, 0.f, xs(0)), "combine");
+        CU(et_add_bias(s, nl, F, xs(0), m->ne_comb_b), "combine bias");
     } else {
-        CU(et_embed_plain(s, nl, F, BUF(int, B_Z), m->emb, XS), "embedding");
+        CU(et_embed_plain(s, nl, F, BUF(int, B_Z), m->emb, xs(0)), "embedding");
     }
     mark(et, ST_XCH);
-    ST(exchange(et, &xc, 0, XS, NULL, err, err_len));
+    ST(exchange(et, &xc, 0, xs(0), NULL, err, err_len));
 
     /* node work of layer l from its stored input: h, q/k/v (+bias), P and vdot */
     auto node_fwd = [&](int l) -> ds4sci_status {
         const et_dlayer *dl = &m->layers[l];
-        float *x = XS + (size_t)l * nF, *vec = vecs(l);
+        float *x = xs(l), *vec = vecs(l);
         CU(et_layernorm(s, n, F, x, dl->ln_w, dl->ln_b, Hb), "layernorm");
         BL(gemm_awt(h, n, 5 * F, F, Hb, dl->qkv_w, 0.f, QKV), "q/k/v");
         if (l > 0)
@@ -826,13 +863,11 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
         return DS4SCI_OK;
     };
 
-    for (int l = 0; l < L; l++) {
+    /* layer l forward from its input (ghost rows filled): node work, edge pass (X into Xout),
+       o_proj and the update into input l + 1 (its ghost rows zeroed) */
+    auto fwd_layer = [&](int l, float *Xout) -> ds4sci_status {
         const et_dlayer *dl = &m->layers[l];
-        float *x = XS + (size_t)l * nF, *vec = vecs(l);
-        if (l > 0) {
-            mark(et, ST_XCH);
-            ST(exchange(et, &xc, 0, x, vec, err, err_len));
-        }
+        float *x = xs(l), *vec = vecs(l);
         mark(et, ST_NODE_FWD);
         ST(node_fwd(l));
         mark(et, ST_EDGE_FWD);
@@ -842,19 +877,28 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
         el.filt_b = dl->filt_b;
         el.qkv = QKV;
         el.vec = l > 0 ? vec : NULL;
-        el.X = XST + (size_t)l * nlF; /* kept for the backward (o = W_o X recomputed there) */
+        el.X = Xout;
         el.V = Vb;
         if (et->edge_unfused)
             CU(et_edge_forward_unfused(s, &c, &el), "edge forward (unfused)");
         else
             CU(et_edge_forward(s, CPL, grid_l, &c, &el), "edge forward");
         mark(et, ST_NODE_FWD);
-        BL(gemm_awt(h, nl, 3 * F, F, el.X, dl->o_w, 0.f, Ob), "o_proj");
-        float *xn = XS + (size_t)(l + 1) * nF, *vn = vecs(l + 1);
+        BL(gemm_awt(h, nl, 3 * F, F, Xout, dl->o_w, 0.f, Ob), "o_proj");
         /* ghost rows of the next input come from the exchange; the update zeroes them */
         CU(et_node_update(s, n, nl, F, x, l > 0 ? vec : NULL, Ob, dl->o_b, l > 0 ? P : NULL,
-                          l > 0 ? VD : NULL, Vb, xn, vn),
+                          l > 0 ? VD : NULL, Vb, xs(l + 1), vecs(l + 1)),
            "update");
+        return DS4SCI_OK;
+    };
+
+    for (int l = 0; l < L; l++) {
+        if (l > 0) {
+            mark(et, ST_XCH);
+            ST(exchange(et, &xc, 0, xs(l), vecs(l), err, err_len));
+        }
+        /* X kept for the backward (o = W_o X recomputed there) */
+        ST(fwd_layer(l, XST + (size_t)l * nlF));
     }
 
     /* head: energies and dE/d(x_L, vec_L) of owned atoms */
@@ -886,14 +930,23 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
         hw.gcat1 = Ob + 2 * nlF;
         hw.gy20 = Hb;                     /* LayerNorm output: nF */
         hw.gy10 = VD;                     /* vdot: nF */
-        ST(head(et, nl, BUF(int, B_Z), XS + (size_t)L * nF, vecs(L), &hw, BUF(double, B_EA),
+        ST(head(et, nl, BUF(int, B_Z), xs(L), vecs(L), &hw, BUF(double, B_EA),
                 GX[cur], GV[cur], err, err_len));
     }
 
     /* backward through the layers */
     for (int l = L - 1; l >= 0; l--) {
         const et_dlayer *dl = &m->layers[l];
-        float *x = XS + (size_t)l * nF, *vec = vecs(l);
+        if (!kept(l)) {
+            /* input l (odd, l < L - 1) again: layer l - 1 forward from the kept input l - 1 (its
+               ghost rows are still those of the forward; X into the LayerNorm buffer, free
+               here, so XST keeps the forward's), then its ghost rows by the built-in gather,
+               as in the forward */
+            ST(fwd_layer(l - 1, Hb));
+            mark(et, ST_XCH);
+            ST(exchange(et, &xc, 0, xs(l), vecs(l), err, err_len));
+        }
+        float *x = xs(l), *vec = vecs(l);
         float *gxo = GX[cur], *gvo = GV[cur], *gxi = GX[1 - cur], *gvi = GV[1 - cur];
         mark(et, ST_NODE_BWD);
         ST(node_fwd(l));

@@ -147,6 +147,8 @@ typedef struct ds4sci_cuda_et {
     size_t peak_used;        /* max of (total - free) device memory after a call */
     int edge_unfused;        /* DS4SCI_CUDA_EDGE=unfused: the unfused baseline edge path
                                 (edge_unfused.cu) instead of the fused kernels */
+    int checkpoint;          /* keep every other layer input with the built-in exchange
+                                (default; DS4SCI_CUDA_CHECKPOINT=0: keep all) */
     long long last_n, last_ne;
 } ds4sci_cuda_et;
 
