@@ -293,6 +293,25 @@ static ds4sci_status validate(ds4sci_ctx *ctx, const ds4sci_system *sys,
     } else if (!exchange->forward || !exchange->reverse) {
         return fail(ctx, DS4SCI_ERR_ARG, "exchange: %s callback is NULL",
                     exchange->forward ? "reverse" : "forward");
+    } else if (exchange->n_send_rows < 0 || (exchange->n_send_rows > 0 && !exchange->send_rows)) {
+        return fail(ctx, DS4SCI_ERR_ARG, "exchange: n_send_rows = %d with send_rows %s",
+                    (int)exchange->n_send_rows, exchange->send_rows ? "set" : "NULL");
+    } else if (exchange->n_send_rows > 0) {
+        unsigned char *seen = (unsigned char *)calloc((size_t)nl, 1);
+        if (!seen)
+            return fail(ctx, DS4SCI_ERR_NOMEM, "exchange: cannot check send_rows (out of memory)");
+        for (int32_t k = 0; k < exchange->n_send_rows; k++) {
+            const int32_t r = exchange->send_rows[k];
+            if (r < 0 || r >= nl || seen[r]) {
+                free(seen);
+                return fail(ctx, DS4SCI_ERR_INPUT,
+                            "exchange: send_rows[%d] = %d, expected an owned atom in [0, %lld) "
+                            "not listed before",
+                            (int)k, (int)r, (long long)nl);
+            }
+            seen[r] = 1;
+        }
+        free(seen);
     }
     for (int64_t i = 0; i < n; i++) {
         const double *p = sys->pos + 3 * i;
@@ -389,7 +408,7 @@ ds4sci_status ds4sci_compute(ds4sci_ctx *ctx, const ds4sci_system *system,
     if (s != DS4SCI_OK)
         return s;
     builtin_exchange bi = {system->n_local, system->n_ghost, system->ghost_owner};
-    ds4sci_exchange builtin = {builtin_forward, builtin_reverse, &bi};
+    ds4sci_exchange builtin = {builtin_forward, builtin_reverse, &bi, NULL, 0};
     char berr[sizeof(ctx->err) - 32] = "";
     s = ctx->backend->compute(ctx->state, system, exchange ? exchange : &builtin, result, berr,
                               sizeof(berr));

@@ -551,6 +551,7 @@ typedef struct xch_ctx {
     const ds4sci_exchange *ex;
     const int *owner; /* device ghost owners when built-in, else NULL */
     int nl, ng, F;
+    const int *send_dev; /* the caller's send_rows hint on the device, NULL: none */
 } xch_ctx;
 
 /* forward: ghost rows of (x[, vec]) from their owners; reverse: ghost rows added into owners,
@@ -568,7 +569,12 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
         return DS4SCI_OK;
     }
     const int w = vec ? 4 * F : F;
-    const size_t need = (size_t)(n > 0 ? n : 1) * w;
+    /* with the caller's send_rows hint only those owned rows travel, packed: on the device in
+       dx[0, nr w) (nr <= nl, clear of the ghost rows at dx + nl w), on the host in the
+       staging area after the n rows of hx */
+    const int32_t *rows = xc->send_dev ? xc->ex->send_rows : NULL;
+    const int nr = rows ? xc->ex->n_send_rows : 0;
+    const size_t need = (size_t)(n > 0 ? n : 1) * w + (size_t)nr * w;
     ST(ensure(et, B_XCH, need * sizeof(double), err, err_len));
     if (et->h_xch_cap < need) {
         cudaFreeHost(et->h_xch);
@@ -577,8 +583,16 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
         CU(cudaMallocHost((void **)&et->h_xch, need * sizeof(double)), "cudaMallocHost (exchange)");
         et->h_xch_cap = need;
     }
-    double *dx = BUF(double, B_XCH), *hx = et->h_xch;
-    if (!reverse) {
+    double *dx = BUF(double, B_XCH), *hx = et->h_xch, *hp = et->h_xch + (size_t)n * w;
+    if (!reverse && rows) {
+        CU(et_pack_rows(s, xc->send_dev, nr, F, x, vec, dx), "exchange pack (send rows)");
+        CU(cudaMemcpyAsync(hp, dx, (size_t)nr * w * sizeof(double), cudaMemcpyDeviceToHost, s),
+           "exchange copy");
+        CU(cudaStreamSynchronize(s), "exchange sync");
+        for (int k = 0; k < nr; k++)
+            memcpy(hx + (size_t)rows[k] * w, hp + (size_t)k * w, (size_t)w * sizeof(double));
+        memset(hx + (size_t)nl * w, 0, (size_t)ng * w * sizeof(double));
+    } else if (!reverse) {
         CU(et_pack(s, 0, nl, F, x, vec, dx), "exchange pack");
         CU(cudaMemcpyAsync(hx, dx, (size_t)nl * w * sizeof(double), cudaMemcpyDeviceToHost, s),
            "exchange copy");
@@ -590,7 +604,11 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
                            (size_t)ng * w * sizeof(double), cudaMemcpyDeviceToHost, s),
            "exchange copy");
         CU(cudaStreamSynchronize(s), "exchange sync");
-        memset(hx, 0, (size_t)nl * w * sizeof(double));
+        if (rows)
+            for (int k = 0; k < nr; k++)
+                memset(hx + (size_t)rows[k] * w, 0, (size_t)w * sizeof(double));
+        else
+            memset(hx, 0, (size_t)nl * w * sizeof(double));
     }
     int rc = reverse ? xc->ex->reverse(xc->ex->user, hx, w) : xc->ex->forward(xc->ex->user, hx, w);
     if (rc != 0)
@@ -602,9 +620,20 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
            "exchange copy");
         CU(et_unpack(s, nl, ng, F, dx + (size_t)nl * w, x, vec, 0), "exchange unpack");
     } else {
-        CU(cudaMemcpyAsync(dx, hx, (size_t)nl * w * sizeof(double), cudaMemcpyHostToDevice, s),
-           "exchange copy");
-        CU(et_unpack(s, 0, nl, F, dx, x, vec, 1), "exchange unpack");
+        if (rows) {
+            for (int k = 0; k < nr; k++)
+                memcpy(hp + (size_t)k * w, hx + (size_t)rows[k] * w, (size_t)w * sizeof(double));
+            CU(cudaMemcpyAsync(dx, hp, (size_t)nr * w * sizeof(double), cudaMemcpyHostToDevice,
+                               s),
+               "exchange copy");
+            CU(et_unpack_rows_add(s, xc->send_dev, nr, F, dx, x, vec),
+               "exchange unpack (send rows)");
+        } else {
+            CU(cudaMemcpyAsync(dx, hx, (size_t)nl * w * sizeof(double), cudaMemcpyHostToDevice,
+                               s),
+               "exchange copy");
+            CU(et_unpack(s, 0, nl, F, dx, x, vec, 1), "exchange unpack");
+        }
         CU(et_zero_rows(s, nl, ng, F, x), "zero ghost rows");
         if (vec)
             CU(et_zero_rows(s, nl, ng, 3 * F, vec), "zero ghost rows");
@@ -654,8 +683,12 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
                  cidx_bytes = (size_t)(nc > 0 ? nc : 1) * sizeof(int);
     ST(ensure(et, B_P, p_bytes > cidx_bytes ? p_bytes : cidx_bytes, err, err_len));
     int *cidx = BUF(int, B_P);
+    /* B_GOWN: the ghost owners (built-in exchange), or the caller's send_rows hint */
+    const int n_send = !builtin && ex && ex->send_rows ? ex->n_send_rows : 0;
     if (builtin)
         ST(ensure(et, B_GOWN, (ng > 0 ? ng : 1) * sizeof(int), err, err_len));
+    else if (n_send > 0)
+        ST(ensure(et, B_GOWN, (size_t)n_send * sizeof(int), err, err_len));
     if (n > 0) {
         CU(cudaMemcpyAsync(BUF(double, B_POS), sys->pos, (size_t)n * 3 * sizeof(double),
                            cudaMemcpyHostToDevice, s), "upload positions");
@@ -672,6 +705,9 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
     if (builtin && ng > 0)
         CU(cudaMemcpyAsync(BUF(int, B_GOWN), sys->ghost_owner, (size_t)ng * sizeof(int),
                            cudaMemcpyHostToDevice, s), "upload ghost owners");
+    if (n_send > 0)
+        CU(cudaMemcpyAsync(BUF(int, B_GOWN), ex->send_rows, (size_t)n_send * sizeof(int),
+                           cudaMemcpyHostToDevice, s), "upload send rows");
 
     /* edge list: count, scan, fill */
     const double cl2 = (double)m->cl * m->cl, cu2 = (double)m->cu * m->cu;
@@ -815,7 +851,8 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
     const int grid_l = (nl + ET_EDGE_WARPS - 1) / ET_EDGE_WARPS,
               grid_n = (n + ET_EDGE_WARPS - 1) / ET_EDGE_WARPS;
 
-    xch_ctx xc = {ex, builtin ? BUF(int, B_GOWN) : NULL, nl, ng, F};
+    xch_ctx xc = {ex, builtin ? BUF(int, B_GOWN) : NULL, nl, ng, F,
+                  n_send > 0 ? BUF(int, B_GOWN) : NULL};
     float *XS = BUF(float, B_XS), *VECS = BUF(float, B_VECS), *XST = BUF(float, B_XST);
     /* input of layer l: x_l, and vec_l for l >= 1 (layer 0's vectors are zero: NULL) */
     auto xs = [&](int l) -> float * { return XS + (size_t)slot_x(l) * nF; };

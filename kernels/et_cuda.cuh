@@ -246,6 +246,12 @@ cudaError_t et_unpack(cudaStream_t s, int row0, int rows, int F, const double *i
                       float *vec, int add);
 cudaError_t et_zero_rows(cudaStream_t s, int row0, int rows, int w, float *a);
 
+/* exchange.cu: listed rows (the caller's send_rows hint) packed for a host exchange */
+cudaError_t et_pack_rows(cudaStream_t s, const int *rows, int n, int F, const float *x,
+                         const float *vec, double *out);
+cudaError_t et_unpack_rows_add(cudaStream_t s, const int *rows, int n, int F, const double *in,
+                               float *x, float *vec);
+
 /* edge_fwd.cu */
 cudaError_t et_edge_forward(cudaStream_t s, int CPL, int grid, const et_edge_common *c,
                             const et_edge_layer *l);

@@ -95,7 +95,8 @@ template <typename T> T *data_or_dummy(std::vector<T> &v)
 PairDS4SCI::PairDS4SCI(LAMMPS *lmp) :
     Pair(lmp), model(nullptr), ctx(nullptr), energy_scale(1.0), exchange_lammps(false),
     n_threads(0), t_exchange(0.0), input_build(-1), input_nlocal(-1), input_nghost(-1),
-    input_builtin(false), comm_data(nullptr), comm_width(0)
+    input_builtin(false), send_recording(false), send_valid(false), comm_data(nullptr),
+    comm_width(0)
 {
   single_enable = 0;
   restartinfo = 0;    // after read_restart, pair_style and pair_coeff are given again
@@ -148,6 +149,7 @@ void PairDS4SCI::settings(int narg, char **arg)
   for (int k = 0; k < nextra; k++) pvector[k] = 0.0;
   t_exchange = 0.0;
   input_build = -1;
+  send_recording = send_valid = false;
   for (int iarg = 1; iarg < narg; iarg += 2) {
     const std::string key = arg[iarg];
     if (iarg + 1 >= narg)
@@ -423,6 +425,9 @@ void PairDS4SCI::build_input(int nlocal, int nghost)
   input_build = neighbor->ncalls;
   input_nlocal = nlocal;
   input_nghost = nghost;
+  send_valid = false;
+  send_recording = !input_builtin;
+  if (send_recording) send_mark.assign(nlocal, 0);
 }
 
 void PairDS4SCI::compute(int eflag, int vflag)
@@ -461,6 +466,8 @@ void PairDS4SCI::compute(int eflag, int vflag)
   exchange.forward = exchange_forward;
   exchange.reverse = exchange_reverse;
   exchange.user = this;
+  exchange.send_rows = send_valid ? data_or_dummy(send_rows) : nullptr;
+  exchange.n_send_rows = send_valid ? (int32_t)send_rows.size() : 0;
 
   ds4sci_result result;
   memset(&result, 0, sizeof(result));
@@ -486,6 +493,14 @@ void PairDS4SCI::compute(int eflag, int vflag)
         where = " (LAMMPS atom ID " + std::to_string(atom->tag[i]) + " has a non-finite position)";
     error->one(FLERR, std::string("pair_style ds4sci: ") + ds4sci_status_name(status) + ": " +
                           ds4sci_ctx_error(ctx) + where);
+  }
+
+  if (send_recording) {
+    send_rows.clear();
+    for (int i = 0; i < nlocal; i++)
+      if (send_mark[i]) send_rows.push_back(i);
+    send_recording = false;
+    send_valid = true;
   }
 
   // Forces on owned atoms and ghosts; LAMMPS's reverse comm (newton on) folds the ghosts.
@@ -573,6 +588,11 @@ int PairDS4SCI::pack_forward_comm(int n, int *list, double *buf, int, int *)
 #endif
   for (int i = 0; i < n; i++)
     memcpy(buf + (size_t)i * w, data + (size_t)list[i] * w, w * sizeof(double));
+  if (send_recording) {
+    const int nlocal = (int)send_mark.size();
+    for (int i = 0; i < n; i++)
+      if (list[i] < nlocal) send_mark[list[i]] = 1;
+  }
   return n * w;
 }
 

@@ -72,6 +72,12 @@ class PairDS4SCI : public Pair {
   bigint input_build;                // neighbor->ncalls when it was made, -1: none
   int input_nlocal, input_nghost;
   bool input_builtin;                // ghost owners valid: the built-in exchange is used
+  // Owned rows LAMMPS's forward communication reads (its send lists), recorded by
+  // pack_forward_comm during the first call after a neighbour-list build and passed to the
+  // core as the exchange's send_rows hint from the next call on (same lists until a rebuild).
+  std::vector<unsigned char> send_mark;  // [nlocal] while recording
+  std::vector<int32_t> send_rows;
+  bool send_recording, send_valid;
 
   // The array being exchanged by the core's current forward/reverse call.
   double *comm_data;   // [nall][comm_width]

@@ -32,6 +32,8 @@ typedef struct domain {
     int32_t *z, *nbr_index, *gowner; /* gowner: global atom each ghost copies */
     int64_t *nbr_offset;
     int32_t *global; /* [n_local] global atom of each owned atom */
+    int32_t *send_rows, n_send; /* owned rows that some ghost copies (the exchange hint) */
+    int hint;                   /* pass send_rows to ds4sci_compute */
     double *data;    /* published buffer of the current exchange */
     int32_t width;
     int n_fwd, n_rev;
@@ -90,7 +92,11 @@ static int dom_reverse(void *user, double *data, int32_t width) {
 
 static void *dom_run(void *arg) {
     domain *d = arg;
-    ds4sci_exchange ex = {dom_forward, dom_reverse, d};
+    ds4sci_exchange ex = {dom_forward, dom_reverse, d, NULL, 0};
+    if (d->hint) {
+        ex.send_rows = d->send_rows;
+        ex.n_send_rows = d->n_send;
+    }
     d->status = ds4sci_compute(d->ctx, &d->s, &ex, &d->res.r);
     return NULL;
 }
@@ -157,7 +163,29 @@ static void domain_build(world *w, int p, const ds4sci_system *g) {
     free(entity);
 }
 
+/* The exchange hint of both domains: the owned rows that a ghost of either domain copies. */
+static void world_send_rows(world *w, int hint) {
+    for (int p = 0; p < 2; p++) {
+        domain *d = &w->dom[p];
+        d->hint = hint;
+        d->n_send = 0;
+        d->send_rows = malloc(sizeof(int32_t) * (d->s.n_local + 1));
+        unsigned char *mark = calloc((size_t)d->s.n_local + 1, 1);
+        for (int q = 0; q < 2; q++)
+            for (int32_t g = 0; g < w->dom[q].s.n_ghost; g++) {
+                const int32_t j = w->dom[q].gowner[g];
+                if (w->proc_of[j] == p)
+                    mark[w->local_of[j]] = 1;
+            }
+        for (int32_t i = 0; i < d->s.n_local; i++)
+            if (mark[i])
+                d->send_rows[d->n_send++] = i;
+        free(mark);
+    }
+}
+
 static void domain_free(domain *d) {
+    free(d->send_rows);
     free(d->global);
     free(d->nbr_offset);
     free(d->nbr_index);
@@ -183,7 +211,7 @@ static int world_run(world *w, const et_desc *desc) {
     return w->dom[0].status == DS4SCI_OK && w->dom[1].status == DS4SCI_OK;
 }
 
-static void check_two_domains(int combo, int all_to_first) {
+static void check_two_domains(int combo, int all_to_first, int hint) {
     tu_opts o;
     tu_opts_combo(&o, combo);
     tu_fixture f;
@@ -210,6 +238,9 @@ static void check_two_domains(int combo, int all_to_first) {
     ck_assert(all_to_first ? cnt[1] == 0 : cnt[0] > 0 && cnt[1] > 0);
     domain_build(&w, 0, g);
     domain_build(&w, 1, g);
+    world_send_rows(&w, hint);
+    if (hint && !all_to_first)
+        ck_assert(w.dom[0].n_send > 0 && w.dom[0].n_send <= w.dom[0].s.n_local);
     ck_assert_msg(world_run(&w, f.d), "domains: %s / %s", ds4sci_ctx_error(w.dom[0].ctx),
                   ds4sci_ctx_error(w.dom[1].ctx));
     ck_assert_int_eq(w.dom[0].n_fwd, w.dom[1].n_fwd);
@@ -253,12 +284,12 @@ static void check_two_domains(int combo, int all_to_first) {
 }
 
 START_TEST(user_exchange_two_domains_match_one_process) {
-    check_two_domains(_i * 7 + 1, 0);
+    check_two_domains(_i * 7 + 1, 0, _i % 2); /* odd loop indices pass the send_rows hint */
 }
 END_TEST
 
 START_TEST(empty_domain_makes_matching_exchange_calls) {
-    check_two_domains(_i * 17 + 2, 1);
+    check_two_domains(_i * 17 + 2, 1, 1);
 }
 END_TEST
 
@@ -277,11 +308,38 @@ START_TEST(exchange_failure_is_reported) {
     tu_opts_default(&o);
     tu_fixture f;
     tu_fixture_init(&f, &o, 8, 6.0, 1, 77);
-    ds4sci_exchange ex = {fail_forward, noop_exchange, NULL};
+    ds4sci_exchange ex = {fail_forward, noop_exchange, NULL, NULL, 0};
     ds4sci_result r;
     memset(&r, 0, sizeof(r));
     ck_assert_int_eq(ds4sci_compute(f.ctx, &f.sys.s, &ex, &r), DS4SCI_ERR_EXCHANGE);
     ck_assert_ptr_nonnull(strstr(ds4sci_ctx_error(f.ctx), "forward"));
+    tu_fixture_free(&f);
+}
+END_TEST
+
+START_TEST(bad_send_rows_hint_is_refused) {
+    tu_opts o;
+    tu_opts_default(&o);
+    tu_fixture f;
+    tu_fixture_init(&f, &o, 8, 6.0, 1, 78);
+    ds4sci_result r;
+    memset(&r, 0, sizeof(r));
+    const int32_t nl = f.sys.s.n_local;
+    int32_t out_of_range[2] = {0, nl};
+    int32_t repeated[2] = {1, 1};
+    ds4sci_exchange ex = {noop_exchange, noop_exchange, NULL, NULL, 0};
+    ex.send_rows = out_of_range;
+    ex.n_send_rows = 2;
+    ck_assert_int_eq(ds4sci_compute(f.ctx, &f.sys.s, &ex, &r), DS4SCI_ERR_INPUT);
+    ck_assert_ptr_nonnull(strstr(ds4sci_ctx_error(f.ctx), "send_rows[1]"));
+    ex.send_rows = repeated;
+    ck_assert_int_eq(ds4sci_compute(f.ctx, &f.sys.s, &ex, &r), DS4SCI_ERR_INPUT);
+    ck_assert_ptr_nonnull(strstr(ds4sci_ctx_error(f.ctx), "not listed before"));
+    ex.send_rows = NULL;
+    ck_assert_int_eq(ds4sci_compute(f.ctx, &f.sys.s, &ex, &r), DS4SCI_ERR_ARG);
+    ex.n_send_rows = -1;
+    ck_assert_int_eq(ds4sci_compute(f.ctx, &f.sys.s, &ex, &r), DS4SCI_ERR_ARG);
+    ck_assert_ptr_nonnull(strstr(ds4sci_ctx_error(f.ctx), "n_send_rows"));
     tu_fixture_free(&f);
 }
 END_TEST
@@ -426,6 +484,7 @@ static Suite *api_suite(void) {
     tcase_add_loop_test(tx, user_exchange_two_domains_match_one_process, 0, 8);
     tcase_add_loop_test(tx, empty_domain_makes_matching_exchange_calls, 0, 2);
     tcase_add_test(tx, exchange_failure_is_reported);
+    tcase_add_test(tx, bad_send_rows_hint_is_refused);
     suite_add_tcase(s, tx);
 
     TCase *tv = tcase_create("validation");

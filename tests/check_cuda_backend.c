@@ -389,7 +389,7 @@ START_TEST(test_caller_exchange_matches_builtin_and_sequence)
     ds4sci_graph *g = random_system(120, 0.06, 1, o.max_z, o.cutoff_upper, 5, &sys);
     ds4sci_ctx *gpu = ctx_cuda(d), *cpu = tu_ctx_cpu(d, 0);
     rec_exchange rx = {&sys, 0, {0}, {0}};
-    ds4sci_exchange ex = {rec_forward, rec_reverse, &rx};
+    ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, NULL, 0};
     ds4sci_system s2 = sys;
     s2.ghost_owner = NULL; /* the callbacks use rx.sys */
     tu_result a, b;
@@ -411,7 +411,7 @@ START_TEST(test_caller_exchange_matches_builtin_and_sequence)
     ck_assert_int_eq(rx.widths[2 * L - 1], F);
 
     /* a failing callback gives DS4SCI_ERR_EXCHANGE, and the context stays usable */
-    ds4sci_exchange bad = {fail_forward, rec_reverse, &rx};
+    ds4sci_exchange bad = {fail_forward, rec_reverse, &rx, NULL, 0};
     ds4sci_status st = ds4sci_compute(gpu, &s2, &bad, &a.r);
     ck_assert_int_eq(st, DS4SCI_ERR_EXCHANGE);
     tu_result c;
@@ -420,6 +420,49 @@ START_TEST(test_caller_exchange_matches_builtin_and_sequence)
     tu_result_free(&a);
     tu_result_free(&b);
     tu_result_free(&c);
+    ds4sci_ctx_free(gpu);
+    ds4sci_ctx_free(cpu);
+    ds4sci_graph_free(g);
+    tu_desc_free(d);
+}
+END_TEST
+
+/* The caller exchange with the send_rows hint (only the ghosts' owners travel between device
+   and host) gives the CPU's results; the box is large enough that ~1/5 of the owned rows are
+   not sent. */
+START_TEST(test_caller_exchange_with_send_rows_hint)
+{
+    tu_opts o;
+    tu_opts_default(&o);
+    o.F = 32;
+    o.H = 4;
+    o.L = 3;
+    et_desc *d = tu_desc_new(&o);
+    ds4sci_system sys;
+    ds4sci_graph *g = random_system(1000, 0.06, 1, o.max_z, o.cutoff_upper, 11, &sys);
+    ds4sci_ctx *gpu = ctx_cuda(d), *cpu = tu_ctx_cpu(d, 0);
+    unsigned char *mark = calloc((size_t)sys.n_local + 1, 1);
+    int32_t *rows = malloc(sizeof(int32_t) * ((size_t)sys.n_local + 1));
+    int32_t nr = 0;
+    for (int32_t q = 0; q < sys.n_ghost; q++)
+        mark[sys.ghost_owner[q]] = 1;
+    for (int32_t i = sys.n_local - 1; i >= 0; i--) /* any order: descending */
+        if (mark[i])
+            rows[nr++] = i;
+    ck_assert_msg(nr > 0 && nr < sys.n_local, "send rows %d of %d", nr, sys.n_local);
+    rec_exchange rx = {&sys, 0, {0}, {0}};
+    ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, rows, nr};
+    ds4sci_system s2 = sys;
+    s2.ghost_owner = NULL;
+    tu_result a, b;
+    run(gpu, &s2, &ex, &a);
+    run(cpu, &sys, NULL, &b);
+    compare(&a, &b, "caller exchange with send_rows vs CPU");
+    ck_assert_int_eq(rx.calls, 2 * o.L);
+    tu_result_free(&a);
+    tu_result_free(&b);
+    free(rows);
+    free(mark);
     ds4sci_ctx_free(gpu);
     ds4sci_ctx_free(cpu);
     ds4sci_graph_free(g);
@@ -444,7 +487,7 @@ START_TEST(test_empty_domain)
     sys.pos = pos0;
     sys.z = &z0;
     rec_exchange rx = {&sys, 0, {0}, {0}};
-    ds4sci_exchange ex = {rec_forward, rec_reverse, &rx};
+    ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, NULL, 0};
     ds4sci_result r;
     memset(&r, 0, sizeof(r));
     r.energy = 1.0;
@@ -526,6 +569,7 @@ static Suite *suite(void)
     TCase *tx = tcase_create("api");
     tcase_set_timeout(tx, 300);
     tcase_add_test(tx, test_caller_exchange_matches_builtin_and_sequence);
+    tcase_add_test(tx, test_caller_exchange_with_send_rows_hint);
     tcase_add_test(tx, test_empty_domain);
     tcase_add_test(tx, test_out_of_memory_is_reported);
     suite_add_tcase(s, tx);

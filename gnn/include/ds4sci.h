@@ -145,6 +145,14 @@ typedef struct ds4sci_exchange {
     int (*forward)(void *user, double *data, int32_t width);
     int (*reverse)(void *user, double *data, int32_t width);
     void *user;
+    /* Optional hint (NULL / 0: none): the owned rows forward() reads (the atoms other
+     * processes or periodic images need: LAMMPS's send lists), each in [0, n_local), any
+     * order, each at most once. With a hint, the other owned rows of `data` hold unspecified
+     * values during forward(), and reverse() must add only into these rows. A GPU backend
+     * then copies only these rows between device and host. Without a hint:
+     * {forward, reverse, user, NULL, 0}. */
+    const int32_t *send_rows;
+    int32_t n_send_rows;
 } ds4sci_exchange;
 
 /* Outputs. Set a pointer to NULL when not requested. Arrays are overwritten, not added to. */

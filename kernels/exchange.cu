@@ -1,0 +1,55 @@
+/*
+ * exchange.cu - packing of listed feature rows for a caller's ghost exchange with a send-rows
+ * hint (ds4sci_exchange.send_rows): only the owned rows that other processes need travel
+ * between device and host. Row layout as et_pack: x (F values) then vec (3F), as doubles.
+ */
+#include "et_cuda.cuh"
+
+static __global__ void k_pack_rows(const int *__restrict__ rows, int n, int F,
+                                   const float *__restrict__ x, const float *__restrict__ vec,
+                                   double *__restrict__ out)
+{
+    const int w = vec ? 4 * F : F;
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n * w)
+        return;
+    const long long a = rows[i / w];
+    const int j = (int)(i % w);
+    out[i] = j < F ? (double)x[a * F + j] : (double)vec[a * 3 * F + (j - F)];
+}
+
+static __global__ void k_unpack_rows_add(const int *__restrict__ rows, int n, int F,
+                                         const double *__restrict__ in, float *__restrict__ x,
+                                         float *__restrict__ vec)
+{
+    const int w = vec ? 4 * F : F;
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n * w)
+        return;
+    const long long a = rows[i / w];
+    const int j = (int)(i % w);
+    float *d = j < F ? &x[a * F + j] : &vec[a * 3 * F + (j - F)];
+    *d += (float)in[i];
+}
+
+static unsigned blocks_for(long long total) { return (unsigned)((total + 255) / 256); }
+
+/* out[k] = row rows[k] of (x[, vec]), k < n. */
+extern "C" cudaError_t et_pack_rows(cudaStream_t s, const int *rows, int n, int F, const float *x,
+                                    const float *vec, double *out)
+{
+    const long long total = (long long)n * (vec ? 4 * F : F);
+    if (total > 0)
+        k_pack_rows<<<blocks_for(total), 256, 0, s>>>(rows, n, F, x, vec, out);
+    return cudaGetLastError();
+}
+
+/* Row rows[k] of (x[, vec]) += in[k], k < n; rows must be distinct (no atomics). */
+extern "C" cudaError_t et_unpack_rows_add(cudaStream_t s, const int *rows, int n, int F,
+                                          const double *in, float *x, float *vec)
+{
+    const long long total = (long long)n * (vec ? 4 * F : F);
+    if (total > 0)
+        k_unpack_rows_add<<<blocks_for(total), 256, 0, s>>>(rows, n, F, in, x, vec);
+    return cudaGetLastError();
+}
