@@ -267,7 +267,7 @@ static ds4sci_status parse_config(const cJSON *cfg, const char *fname, model_con
     static const int32_t di_values[] = {ET_DI_KEYS | ET_DI_VALUES, ET_DI_KEYS, ET_DI_VALUES, 0};
     static const char *const reduce_names[] = {"add", "sum"};
     static const int32_t reduce_values[] = {0, 0};
-    int32_t rbf, act, attn_act;
+    int32_t rbf = 0, act = 0, attn_act = 0; /* set by cfg_enum on success */
     if ((st = cfg_enum(&c, "rbf_type", rbf_names, rbf_values, 2, &rbf)) ||
         (st = cfg_enum(&c, "activation", act_names, act_values, 6, &act)) ||
         (st = cfg_enum(&c, "attn_activation", act_names, act_values, 6, &attn_act)) ||
