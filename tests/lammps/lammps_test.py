@@ -611,6 +611,19 @@ def section(tag, model, elements, device, style_extra=""):
             PRINT.replace("RESULT ", "RESULT %s_" % tag))
 
 
+def section_md(tag, model, elements, device, style_extra="", steps=5):
+    """As section(), after `steps` NVE steps without a neighbour-list build (the plugin passes
+    the exchange's send_rows hint from the second call on; the first call records it):
+    RESULT <tag>_... lines and <tag>.dump of the last step."""
+    return ("pair_style ds4sci %s device %s %s\npair_coeff * * %s\n"
+            % (model, device, style_extra, " ".join(elements)) +
+            "velocity all create 600 4711 loop geom\nfix md all nve\n"
+            "neigh_modify every 1000 delay 0 check no\n" +
+            "dump d all custom %d %s.dump id %s\n" % (steps, tag, PER_ATOM) +
+            "dump_modify d sort id format float %%.17g\nrun %d\nundump d\nunfix md\n" % steps +
+            PRINT.replace("RESULT ", "RESULT %s_" % tag))
+
+
 def section_results(lmp, res, tag):
     vol = res[tag + "_vol"][0]
     return {"pe": res[tag + "_pe"][0], "vol": vol, "vir_p": res[tag + "_vir"],
@@ -738,20 +751,26 @@ def case_gpu_box(lmp, args):
             ("box_dev_np2", 2, dev, "")]
     data = lmp.path("si_box.data")
     si_box_data(data, n)
+    # 5 NVE steps from the same velocities: the 2-rank run's later calls use the send_rows
+    # exchange hint (only the rows LAMMPS sends move between device and host)
+    md_runs = [("md_cpu", 1, "cpu", "exchange lammps " + threads),
+               ("md_dev_np2", 2, dev, "")]
     res = {}
-    for tag, nprocs, device, extra in runs:
+    for tag, nprocs, device, extra in runs + md_runs:
         grid = "processors 2 1 1\n" if nprocs == 2 else ""
+        make = section_md if tag.startswith("md_") else section
         script = (header(data, model, ["Si"], grid).split("plugin load")[0] +
                   "plugin load ${plugin}\nneighbor 1.0 bin\n" + EVAL +
-                  section(tag, model, ["Si"], device, extra))
+                  make(tag, model, ["Si"], device, extra))
         _, out = lmp.run(tag, script, nprocs, timeout=600)
         res[tag] = section_results(lmp, results(out), tag)
-    ref = res["box_cpu"]
-    print("box: %d atoms, pe %.12g eV (cpu)" % (len(ref["atoms"]), ref["pe"]))
-    for tag, nprocs, _, extra in runs[1:]:
-        err = compare(tag, res[tag], ref)
-        print("ok %s %s (%d rank%s%s) vs cpu: %s" % (dev, tag, nprocs, "s" if nprocs > 1 else "",
-              ", " + extra if extra else "", describe(err)))
+    for ref_tag, group in (("box_cpu", runs[1:]), ("md_cpu", md_runs[1:])):
+        ref = res[ref_tag]
+        print("%s: %d atoms, pe %.12g eV (cpu)" % (ref_tag, len(ref["atoms"]), ref["pe"]))
+        for tag, nprocs, _, extra in group:
+            err = compare(tag, res[tag], ref)
+            print("ok %s %s (%d rank%s%s) vs cpu: %s" % (dev, tag, nprocs,
+                  "s" if nprocs > 1 else "", ", " + extra if extra else "", describe(err)))
 
 
 def case_gpu_oom(lmp, args):
