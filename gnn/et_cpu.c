@@ -38,7 +38,7 @@ static ds4sci_status grow_atoms(cpu_state *st, size_t n, char *err, size_t err_l
 #define ALLOC_ARR(name, type, per)                                                                 \
     st->name = (type *)malloc(sizeof(type) * (per) * (cap + 1));                                   \
     if (!st->name) {                                                                               \
-        snprintf(err, err_len, "cpu backend: cannot allocate %zu bytes for " #name " (%zu atoms)", \
+        snprintf(err, err_len, "cannot allocate %zu bytes for " #name " (%zu atoms)", \
                  sizeof(type) * (per) * (cap + 1), cap);                                           \
         st->cap_atoms = 0;                                                                         \
         return DS4SCI_ERR_NOMEM;                                                                   \
@@ -66,7 +66,7 @@ static ds4sci_status grow_edges(cpu_state *st, size_t n, char *err, size_t err_l
 #define ALLOC_ARR(name, type, per)                                                                 \
     st->name = (type *)malloc(sizeof(type) * (per)*cap);                                           \
     if (!st->name) {                                                                               \
-        snprintf(err, err_len, "cpu backend: cannot allocate %zu bytes for " #name " (%zu edges)", \
+        snprintf(err, err_len, "cannot allocate %zu bytes for " #name " (%zu edges)", \
                  sizeof(type) * (per)*cap, cap);                                                   \
         st->cap_edges = 0;                                                                         \
         return DS4SCI_ERR_NOMEM;                                                                   \
@@ -169,7 +169,7 @@ static ds4sci_status cpu_create(const et_desc *d, const ds4sci_options *options,
     *state = NULL;
     cpu_state *st = (cpu_state *)calloc(1, sizeof(*st));
     if (!st) {
-        snprintf(err, err_len, "cpu backend: cannot allocate its state");
+        snprintf(err, err_len, "cannot allocate its state");
         return DS4SCI_ERR_NOMEM;
     }
     st->d = d;
@@ -186,13 +186,13 @@ static ds4sci_status cpu_create(const et_desc *d, const ds4sci_options *options,
     st->scratch_per_thread = (size_t)64 * d->F + 4 * (size_t)d->K + 16 * (size_t)d->H + 64;
     st->scratch = (double *)malloc(sizeof(double) * st->scratch_per_thread * st->n_threads);
     if (!st->scratch) {
-        snprintf(err, err_len, "cpu backend: cannot allocate scratch for %d threads",
+        snprintf(err, err_len, "cannot allocate scratch for %d threads",
                  st->n_threads);
         free(st);
         return DS4SCI_ERR_NOMEM;
     }
     if (!make_transposed(st)) {
-        snprintf(err, err_len, "cpu backend: cannot allocate transposed weights");
+        snprintf(err, err_len, "cannot allocate transposed weights");
         cpu_destroy(st);
         return DS4SCI_ERR_NOMEM;
     }

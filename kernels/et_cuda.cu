@@ -75,7 +75,7 @@ static ds4sci_status up_d(ds4sci_cuda_et *et, float **dst, const double *src, in
     size_t n = (size_t)rows * cols;
     float *h = (float *)calloc(n ? n : 1, sizeof(float));
     if (!h)
-        return fail(err, err_len, DS4SCI_ERR_NOMEM, "cuda backend: host allocation failed");
+        return fail(err, err_len, DS4SCI_ERR_NOMEM, "host allocation failed");
     if (src)
         for (int r = 0; r < rows; r++)
             for (int c = 0; c < cols; c++)
@@ -95,7 +95,7 @@ static ds4sci_status up_filters(ds4sci_cuda_et *et, const et_desc *d, const et_l
     if (!w || !b) {
         free(w);
         free(b);
-        return fail(err, err_len, DS4SCI_ERR_NOMEM, "cuda backend: host allocation failed");
+        return fail(err, err_len, DS4SCI_ERR_NOMEM, "host allocation failed");
     }
     for (int p = 0; p < 4; p++)
         for (int lane = 0; lane < 32; lane++)
@@ -161,7 +161,7 @@ static ds4sci_status up_weights(ds4sci_cuda_et *et, const et_desc *d, char *err,
     }
     m->layers = (et_dlayer *)calloc((size_t)d->L, sizeof(et_dlayer));
     if (!m->layers)
-        return fail(err, err_len, DS4SCI_ERR_NOMEM, "cuda backend: host allocation failed");
+        return fail(err, err_len, DS4SCI_ERR_NOMEM, "host allocation failed");
     for (int l = 0; l < d->L; l++) {
         const et_layer *ly = &d->layers[l];
         et_dlayer *dl = &m->layers[l];
@@ -173,7 +173,7 @@ static ds4sci_status up_weights(ds4sci_cuda_et *et, const et_desc *d, char *err,
         if (!w || !b) {
             free(w);
             free(b);
-            return fail(err, err_len, DS4SCI_ERR_NOMEM, "cuda backend: host allocation failed");
+            return fail(err, err_len, DS4SCI_ERR_NOMEM, "host allocation failed");
         }
         memcpy(w, ly->q_w, sizeof(double) * F * F);
         memcpy(w + F * F, ly->k_w, sizeof(double) * F * F);
@@ -215,7 +215,7 @@ static ds4sci_status up_weights(ds4sci_cuda_et *et, const et_desc *d, char *err,
     ST(up_d(et, &m->h1_l2b, h1->up2_b, 1, 2, 0, err, err_len));
     double *ar = (double *)calloc((size_t)d->max_z, sizeof(double));
     if (!ar)
-        return fail(err, err_len, DS4SCI_ERR_NOMEM, "cuda backend: host allocation failed");
+        return fail(err, err_len, DS4SCI_ERR_NOMEM, "host allocation failed");
     if (d->atomref_enable && d->atomref)
         memcpy(ar, d->atomref, sizeof(double) * d->max_z);
     cudaError_t e = cudaMalloc((void **)&m->atomref, sizeof(double) * d->max_z);
@@ -278,19 +278,19 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
     if (!(F == 16 || F == 32 || F == 64 || F == 128 || F == 256) || d->D * d->H != F ||
         d->D % CPL != 0 || !is_pow2(d->D / CPL) || d->D / CPL > 32)
         return fail(err, err_len, DS4SCI_ERR_UNSUPPORTED,
-                    "cuda backend: hidden_channels %d with %d heads: expected hidden_channels "
+                    "hidden_channels %d with %d heads: expected hidden_channels "
                     "16, 32, 64, 128 or 256 and a head size that is a power-of-two multiple of "
                     "max(1, hidden_channels/32)",
                     F, d->H);
     if (d->K < 1 || d->K > ET_MAX_K)
         return fail(err, err_len, DS4SCI_ERR_UNSUPPORTED,
-                    "cuda backend: num_rbf %d: expected 1 to %d", d->K, ET_MAX_K);
+                    "num_rbf %d: expected 1 to %d", d->K, ET_MAX_K);
     int ndev = ds4sci_cuda_device_count();
     if (ndev == 0)
-        return fail(err, err_len, DS4SCI_ERR_DEVICE, "cuda backend: no usable CUDA device");
+        return fail(err, err_len, DS4SCI_ERR_DEVICE, "no usable CUDA device");
     if (device_id < 0 || device_id >= ndev)
         return fail(err, err_len, DS4SCI_ERR_DEVICE,
-                    "cuda backend: device_id %d: expected 0 to %d", device_id, ndev - 1);
+                    "device_id %d: expected 0 to %d", device_id, ndev - 1);
     CU(cudaSetDevice(device_id), "cudaSetDevice");
     cudaDeviceProp prop;
     CU(cudaGetDeviceProperties(&prop, device_id), "cudaGetDeviceProperties");
@@ -298,13 +298,13 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
                             ET_EDGE_WARPS * (2 * (size_t)d->K * ET_EDGE_CHUNK + ET_RED_FLOATS(d->K) + 3));
     if (smem_need > prop.sharedMemPerBlockOptin)
         return fail(err, err_len, DS4SCI_ERR_UNSUPPORTED,
-                    "cuda backend: filters of hidden_channels %d, num_rbf %d need %zu bytes of "
+                    "filters of hidden_channels %d, num_rbf %d need %zu bytes of "
                     "shared memory per block, the device allows %zu",
                     F, d->K, smem_need, (size_t)prop.sharedMemPerBlockOptin);
 
     ds4sci_cuda_et *et = (ds4sci_cuda_et *)calloc(1, sizeof(*et));
     if (!et)
-        return fail(err, err_len, DS4SCI_ERR_NOMEM, "cuda backend: host allocation failed");
+        return fail(err, err_len, DS4SCI_ERR_NOMEM, "host allocation failed");
     et->device = device_id;
     et->num_sms = prop.multiProcessorCount;
     ds4sci_status st = DS4SCI_OK;
@@ -439,7 +439,7 @@ static ds4sci_status ensure(ds4sci_cuda_et *et, int i, size_t bytes, char *err, 
         cudaMemGetInfo(&fr, &tot);
         b->p = NULL;
         return fail(err, err_len, DS4SCI_ERR_DEVICE_NOMEM,
-                    "cuda backend: out of GPU memory: cudaMalloc of %zu bytes (%s) failed with "
+                    "out of GPU memory: cudaMalloc of %zu bytes (%s) failed with "
                     "%zu bytes already held by this context, %zu of %zu bytes free on the device",
                     bytes, buf_names[i], et->dev_bytes, fr, tot);
     }
@@ -663,7 +663,7 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
     const int64_t nc = nl > 0 ? sys->nbr_offset[nl] : 0;
     if (n_ll > INT32_MAX / 16 || nc + nl > INT32_MAX)
         return fail(err, err_len, DS4SCI_ERR_UNSUPPORTED,
-                    "cuda backend: %lld atoms, %lld candidate pairs: more than this build "
+                    "%lld atoms, %lld candidate pairs: more than this build "
                     "indexes with 32-bit integers",
                     n_ll, (long long)nc);
     const int n = (int)n_ll;
