@@ -214,18 +214,27 @@ def max_force_err(forces, ref):
 # golden: run 0 energy, forces, virial equal TorchMD-Net float64, fdotr and explicit virial
 # ----------------------------------------------------------------------------------------------
 
-def case_golden(lmp, args, which):
+def golden_systems(lmp, args, which):
+    """The model file of golden set `which` and, per system, (system, data file, elements):
+    each system written as a LAMMPS data file (open boxes padded by the cutoff)."""
     golden = json.load(open(os.path.join(args.golden, which + ".json")))
     model = os.path.join(args.golden, golden["model"])
     cutoff = golden["config"]["cutoff_upper"]
-    tol = 1e-10
+    systems = []
     for system in golden["systems"]:
-        name = system["name"]
         pos, box = system["pos"], system["box"]
         if box is None:
             pos, box = open_box(pos, cutoff)
-        data = lmp.path(name + ".data")
-        elements = write_data(data, system["z"], pos, box)
+        data = lmp.path(system["name"] + ".data")
+        systems.append((system, data, write_data(data, system["z"], pos, box)))
+    return model, systems
+
+
+def case_golden(lmp, args, which):
+    model, systems = golden_systems(lmp, args, which)
+    tol = 1e-10
+    for system, data, elements in systems:
+        name = system["name"]
         ref_f = {i + 1: f for i, f in enumerate(system["forces_f64"])}
         for path in ("fdotr", "nofdotr"):
             extra = "pair_modify nofdotr\n" if path == "nofdotr" else ""
@@ -602,25 +611,17 @@ def gpu_usable(lmp, args):
 PER_ATOM = "fx fy fz c_peatom " + " ".join("c_satom[%d]" % k for k in range(1, 7))
 
 
-def section(tag, model, elements, device, style_extra=""):
-    """(Re)define the pair style and evaluate: RESULT <tag>_... lines and <tag>.dump."""
+def section(tag, model, elements, device, style_extra="", steps=0):
+    """(Re)define the pair style and evaluate: RESULT <tag>_... lines and <tag>.dump. steps > 0:
+    evaluate after that many NVE steps without a neighbour-list build (the plugin passes the
+    exchange's send_rows hint from the second call on; the first call records it)."""
+    md = ("velocity all create 600 4711 loop geom\nfix md all nve\n"
+          "neigh_modify every 1000 delay 0 check no\n") if steps else ""
     return ("pair_style ds4sci %s device %s %s\npair_coeff * * %s\n"
-            % (model, device, style_extra, " ".join(elements)) +
-            "dump d all custom 1 %s.dump id %s\n" % (tag, PER_ATOM) +
-            "dump_modify d sort id format float %.17g\nrun 0\nundump d\n" +
-            PRINT.replace("RESULT ", "RESULT %s_" % tag))
-
-
-def section_md(tag, model, elements, device, style_extra="", steps=5):
-    """As section(), after `steps` NVE steps without a neighbour-list build (the plugin passes
-    the exchange's send_rows hint from the second call on; the first call records it):
-    RESULT <tag>_... lines and <tag>.dump of the last step."""
-    return ("pair_style ds4sci %s device %s %s\npair_coeff * * %s\n"
-            % (model, device, style_extra, " ".join(elements)) +
-            "velocity all create 600 4711 loop geom\nfix md all nve\n"
-            "neigh_modify every 1000 delay 0 check no\n" +
-            "dump d all custom %d %s.dump id %s\n" % (steps, tag, PER_ATOM) +
-            "dump_modify d sort id format float %%.17g\nrun %d\nundump d\nunfix md\n" % steps +
+            % (model, device, style_extra, " ".join(elements)) + md +
+            "dump d all custom %d %s.dump id %s\n" % (max(steps, 1), tag, PER_ATOM) +
+            "dump_modify d sort id format float %%.17g\nrun %d\nundump d\n" % steps +
+            ("unfix md\n" if steps else "") +
             PRINT.replace("RESULT ", "RESULT %s_" % tag))
 
 
@@ -687,17 +688,10 @@ def device_under_test(args):
 
 def case_gpu_golden(lmp, args, which):
     gpu_usable(lmp, args)
-    golden = json.load(open(os.path.join(args.golden, which + ".json")))
-    model = os.path.join(args.golden, golden["model"])
-    cutoff = golden["config"]["cutoff_upper"]
+    model, systems = golden_systems(lmp, args, which)
     dev = device_under_test(args)
-    for system in golden["systems"]:
+    for system, data, elements in systems:
         name = system["name"]
-        pos, box = system["pos"], system["box"]
-        if box is None:
-            pos, box = open_box(pos, cutoff)
-        data = lmp.path(name + ".data")
-        elements = write_data(data, system["z"], pos, box)
         # TorchMD-Net's own float32 force error on this system: a pair on the cutoff bump of
         # cutoff_lower can exceed 1e-4 in any float32 code (docs/gpu.md); the bound is then
         # twice TorchMD-Net's.
@@ -758,10 +752,10 @@ def case_gpu_box(lmp, args):
     res = {}
     for tag, nprocs, device, extra in runs + md_runs:
         grid = "processors 2 1 1\n" if nprocs == 2 else ""
-        make = section_md if tag.startswith("md_") else section
+        steps = 5 if tag.startswith("md_") else 0
         script = (header(data, model, ["Si"], grid).split("plugin load")[0] +
                   "plugin load ${plugin}\nneighbor 1.0 bin\n" + EVAL +
-                  make(tag, model, ["Si"], device, extra))
+                  section(tag, model, ["Si"], device, extra, steps))
         _, out = lmp.run(tag, script, nprocs, timeout=600)
         res[tag] = section_results(lmp, results(out), tag)
     for ref_tag, group in (("box_cpu", runs[1:]), ("md_cpu", md_runs[1:])):
