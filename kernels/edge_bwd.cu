@@ -20,7 +20,7 @@
  * value filter (attention, scalar message), then the two gate filters (vector message). The
  * RBF of the chunk is staged once and serves both halves.
  */
-template <int CPL, bool SILU>
+template <int CPL, int SILU>
 static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL))
     k_edge_bwd_recv(const et_edge_common c, const et_edge_layer l)
 {
@@ -225,7 +225,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
     }
 }
 
-template <int CPL, bool SILU>
+template <int CPL, int SILU>
 static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL))
     k_edge_bwd_send(const et_edge_common c, const et_edge_layer l)
 {
@@ -451,8 +451,9 @@ template <int CPL>
 static cudaError_t launch_recv(cudaStream_t s, int grid, const et_edge_common *c,
                                const et_edge_layer *l)
 {
-    const bool silu = c->act == ET_ACT_SILU && c->attn_act == ET_ACT_SILU;
-    return launch_persistent(silu ? k_edge_bwd_recv<CPL, true> : k_edge_bwd_recv<CPL, false>,
+    return launch_persistent(by_act(c, k_edge_bwd_recv<CPL, ACT_ANY>,
+                                    k_edge_bwd_recv<CPL, ACT_SILU>,
+                                    k_edge_bwd_recv<CPL, ACT_SILU_FAST>),
                              edge_smem_bytes(c->F, c->K, 4, 1), grid, s, *c, *l);
 }
 
@@ -460,8 +461,9 @@ template <int CPL>
 static cudaError_t launch_send(cudaStream_t s, int grid, const et_edge_common *c,
                                const et_edge_layer *l)
 {
-    const bool silu = c->act == ET_ACT_SILU && c->attn_act == ET_ACT_SILU;
-    return launch_persistent(silu ? k_edge_bwd_send<CPL, true> : k_edge_bwd_send<CPL, false>,
+    return launch_persistent(by_act(c, k_edge_bwd_send<CPL, ACT_ANY>,
+                                    k_edge_bwd_send<CPL, ACT_SILU>,
+                                    k_edge_bwd_send<CPL, ACT_SILU_FAST>),
                              edge_smem_bytes(c->F, c->K, 4, 0), grid, s, *c, *l);
 }
 

@@ -72,27 +72,42 @@ static __device__ __noinline__ float2 act_any(int a, float x)
  * SiLU in the edge kernels: x s(x) with s = 1 / (1 + expf(-x)), the reciprocal by the hardware
  * approximation (div.approx, 2 ulp; 1 + expf(-x) >= 1, and +inf gives s = 0) instead of the
  * IEEE division, whose fix-up sequence and slow-path branch cost more than the exponential.
- * The result differs from et_silu_grad_f by a few ulp.
+ * The result differs from et_silu_grad_f by a few ulp. FAST (DS4SCI_CUDA_FASTEXP=1, opt-in):
+ * the exponential as __expf (ex2.approx of x log2(e): 2 instructions instead of ~8; its
+ * relative error grows as |x| 2^-22 from rounding x log2(e), so it is measured, not assumed).
  */
-static __device__ __forceinline__ float silu_fast(float x, float *d)
+template <bool FAST> static __device__ __forceinline__ float silu_fast(float x, float *d)
 {
-    const float s = __fdividef(1.0f, 1.0f + expf(-x));
+    const float s = __fdividef(1.0f, 1.0f + (FAST ? __expf(-x) : expf(-x)));
     if (d)
         *d = s * (1.0f + x * (1.0f - s));
     return x * s;
 }
 
-template <bool SILU> static __device__ __forceinline__ float actv(int a, float x, float *d)
+/* Activation of the edge kernels: SILU = ACT_ANY any activation (out of line), ACT_SILU SiLU
+   (both the filter and the attention activation), ACT_SILU_FAST SiLU with __expf. */
+enum { ACT_ANY = 0, ACT_SILU = 1, ACT_SILU_FAST = 2 };
+template <int SILU> static __device__ __forceinline__ float actv(int a, float x, float *d)
 {
-    if constexpr (SILU) {
+    if constexpr (SILU != ACT_ANY) {
         (void)a;
-        return silu_fast(x, d);
+        return silu_fast<SILU == ACT_SILU_FAST>(x, d);
     } else {
         float2 r = act_any(a, x);
         if (d)
             *d = r.y;
         return r.x;
     }
+}
+
+/* The instantiation of a kernel template a launch uses: by_act(c, k<.., ACT_ANY>,
+   k<.., ACT_SILU>, k<.., ACT_SILU_FAST>). */
+template <class Kern>
+static inline Kern by_act(const et_edge_common *c, Kern any, Kern silu, Kern fast)
+{
+    if (c->act != ET_ACT_SILU || c->attn_act != ET_ACT_SILU)
+        return any;
+    return c->fastexp ? fast : silu;
 }
 
 /* Zero a lane's channels when it is off (F < 32). */

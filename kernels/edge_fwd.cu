@@ -12,7 +12,7 @@
  */
 #include "edge_common.cuh"
 
-template <int CPL, bool SILU>
+template <int CPL, int SILU>
 static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL))
     k_edge_fwd(const et_edge_common c, const et_edge_layer l)
 {
@@ -188,8 +188,8 @@ template <int CPL>
 static cudaError_t launch_fwd(cudaStream_t s, int grid, const et_edge_common *c,
                               const et_edge_layer *l)
 {
-    const bool silu = c->act == ET_ACT_SILU && c->attn_act == ET_ACT_SILU;
-    return launch_persistent(silu ? k_edge_fwd<CPL, true> : k_edge_fwd<CPL, false>,
+    return launch_persistent(by_act(c, k_edge_fwd<CPL, ACT_ANY>, k_edge_fwd<CPL, ACT_SILU>,
+                                    k_edge_fwd<CPL, ACT_SILU_FAST>),
                              edge_smem_bytes(c->F, c->K, 4, 0), grid, s, *c, *l);
 }
 

@@ -339,6 +339,8 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
         et->edge_unfused = eu && strcmp(eu, "unfused") == 0;
         const char *ck = getenv("DS4SCI_CUDA_CHECKPOINT");
         et->checkpoint = !(ck && strcmp(ck, "0") == 0);
+        const char *fx = getenv("DS4SCI_CUDA_FASTEXP");
+        et->fastexp = fx && strcmp(fx, "1") == 0;
         const char *pp = getenv("DS4SCI_CUDA_PROFILE");
         if (pp && *pp) {
             et->profile_path = strdup(pp);
@@ -848,6 +850,7 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
     c.H = m->H;
     c.D = m->D;
     c.F = F;
+    c.fastexp = et->fastexp;
     const int grid_l = (nl + ET_EDGE_WARPS - 1) / ET_EDGE_WARPS,
               grid_n = (n + ET_EDGE_WARPS - 1) / ET_EDGE_WARPS;
 
