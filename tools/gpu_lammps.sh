@@ -16,7 +16,9 @@
 #   .lammps-gpu/COMMIT                                      the commit the binaries were built at
 # Environment: OUT (logs, default ./gpu-out), DEADLINE (seconds after start by which the
 # background si_nve runs are stopped, default 280), SI_NVE (1: run them), BENCH_SI / BENCH_REF
-# (bench sizes "n steps steps2"; empty: skip), OOM_CELLS (gpu_oom lattice, 0: skip).
+# (bench sizes "n steps steps2"; empty: skip), BENCH_NP (MPI ranks of the benchmarks, default 1;
+# one GPU per rank when the machine has as many), BENCH_TAG (suffix of the bench log names),
+# OOM_CELLS (gpu_oom lattice, 0: skip).
 set -u -o pipefail
 MODE=${1:-all}
 ROOT=$(pwd)
@@ -113,10 +115,14 @@ if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
         set -- $b
         [ $# -eq 4 ] || continue
         start=$(date +%s)
-        OMP_NUM_THREADS=16 timeout 200 "$LMP" -in examples/bench_lammps_gpu.in -var plugin "$PLUGIN" \
-            -var system "$1" -var n "$2" -var steps "$3" -var steps2 "$4" -var threads 16 \
-            -log "$OUT/bench_$1.log" > /dev/null 2>&1
-        summary+=("bench $1 n=$2: rc=$? ($(( $(date +%s) - start )) s)")
+        np=${BENCH_NP:-1}
+        th=$(( $(nproc) / np )); [ "$th" -gt 16 ] && th=16
+        launch=()
+        [ "$np" -gt 1 ] && launch=("$MPI" -np "$np" --bind-to none -x LD_LIBRARY_PATH -x OMP_NUM_THREADS)
+        OMP_NUM_THREADS=$th timeout 200 "${launch[@]}" "$LMP" -in examples/bench_lammps_gpu.in \
+            -var plugin "$PLUGIN" -var system "$1" -var n "$2" -var steps "$3" -var steps2 "$4" \
+            -var threads "$th" -log "$OUT/bench_$1${BENCH_TAG-}.log" > /dev/null 2>&1
+        summary+=("bench $1 n=$2 ranks=$np: rc=$? ($(( $(date +%s) - start )) s)")
     done
     kill "$smi" 2>/dev/null
     if [ "${OOM_CELLS-159}" != 0 ]; then
@@ -140,7 +146,7 @@ fi
 echo "==== tests"
 tail -n 4 "$OUT"/test_gpu_*.log
 echo "==== bench"
-for f in "$OUT"/bench_si.log "$OUT"/bench_ref.log; do
+for f in "$OUT"/bench_si*.log "$OUT"/bench_ref*.log; do
     [ -f "$f" ] && grep -E "^ +[0-9]+ |^Loop|^Pair|^Neigh|^Comm|^Modify|^Other|ERROR" "$f"
 done
 echo "==== si_nve"
