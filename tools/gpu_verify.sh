@@ -8,13 +8,20 @@
 #                                    (check_cuda_backend, bench_gpu) and .lammps-gpu/bin/ (lmp,
 #                                    liblammps.so.0, ds4sciplugin.so); about 8 minutes on 2 cores.
 #   tools/gpu_verify.sh run          there (device `run`, carry .gpufinal .lammps-gpu/bin .gpudeps):
-#                                    check_cuda_backend (golden, api, vs_cpu; vs_cpu also with
-#                                    DS4SCI_CUDA_CHECKPOINT=0; golden with DS4SCI_CUDA_EDGE=unfused),
-#                                    memcheck (golden), bench_gpu 1k..1M, LAMMPS gpu tests and the
-#                                    1M-atom LAMMPS benchmarks, then racecheck with what time is left.
+#                                    check_cuda_backend (golden, api, vs_cpu with their measured
+#                                    errors; vs_cpu also with DS4SCI_CUDA_CHECKPOINT=0; golden with
+#                                    DS4SCI_CUDA_EDGE=unfused; golden and vs_cpu with
+#                                    DS4SCI_CUDA_FASTEXP=1), memcheck (golden), bench_gpu 1k..1M
+#                                    (and 10k, 1M with FASTEXP), bench_filter_mma if built, LAMMPS
+#                                    gpu tests and the 1M-atom LAMMPS benchmarks (also on 2 ranks
+#                                    with one GPU each when there are two GPUs), racecheck.
+#   With two or more GPUs, racecheck and BG_CMD (a command, e.g. a long NVE run) run on the last
+#   GPU from the start while the rest runs on GPU 0 (the 2-rank LAMMPS runs use both, at the
+#   end, after the background jobs are stopped).
 #
-# Environment for run: OUT (files back; at most 8 are written), BUDGET (seconds, default 420),
-# SIZES (bench_gpu sizes, default "1000 10000 100000 1000000").
+# Environment for run: OUT (files back: summary.txt and logs.tgz), BUDGET (seconds, default
+# 420), SIZES (bench_gpu sizes, default "1000 10000 100000 1000000"), BG_CMD, BG_SECONDS
+# (when BG_CMD is stopped, default BUDGET - 150).
 # LAMMPS for pack: LMPBUILD (a LAMMPS build folder with lmp and liblammps.so.0 built with
 # PKG_PLUGIN, MANYBODY and OPENMP: DS4SCI_LAMMPS_OPENMP=1 tools/build_lammps.sh), LAMMPS_SOURCE_DIR.
 set -u -o pipefail
@@ -32,6 +39,10 @@ if [ "$MODE" = pack ]; then
     nice make -C "$W/build" -j "${JOBS:-2}" check_cuda_backend bench_gpu ds4sciplugin > /dev/null
     mkdir -p "$ROOT/.gpufinal" "$ROOT/.lammps-gpu/bin"
     cp "$W/build/tests/check_cuda_backend" "$W/build/examples/bench_gpu" "$ROOT/.gpufinal/"
+    rm -f "$ROOT/.gpufinal/bench_filter_mma"
+    if nice make -C "$W/build" -j "${JOBS:-2}" bench_filter_mma > /dev/null 2>&1; then
+        cp "$W/build/examples/bench_filter_mma" "$ROOT/.gpufinal/"
+    fi
     cp "$W/build/plugin/ds4sciplugin.so" "$LMPBUILD/lmp" "$LMPBUILD/liblammps.so.0" "$ROOT/.lammps-gpu/bin/"
     strip --strip-unneeded "$ROOT"/.gpufinal/check_cuda_backend "$ROOT"/.gpufinal/bench_gpu \
         "$ROOT"/.lammps-gpu/bin/ds4sciplugin.so "$ROOT"/.lammps-gpu/bin/liblammps.so.0
@@ -49,6 +60,8 @@ mkdir -p "$OUT"
 BUDGET=${BUDGET:-420}
 SIZES=${SIZES:-"1000 10000 100000 1000000"}
 B=$ROOT/.gpufinal
+LG=/tmp/gpu_verify_logs
+rm -rf "$LG"; mkdir -p "$LG"
 export LD_LIBRARY_PATH=$ROOT/.gpudeps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 # the test binary reads its data under the path it was built in
 BUILT=$(sed -n 2p "$B/COMMIT" 2>/dev/null)
@@ -58,44 +71,88 @@ T0=$(date +%s)
 S=$OUT/summary.txt
 t() { echo "$1 rc=$2 t=$(( $(date +%s) - T0 ))s" | tee -a "$S"; }
 left() { [ $(( $(date +%s) - T0 )) -lt "$1" ]; }
-{ date -u; cat "$B/COMMIT"; nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv; } >> "$S" 2>&1
+pack_logs() { tar czf "$OUT/logs.tgz" -C "$LG" . 2>/dev/null; }
+trap pack_logs EXIT
+{ date -u; cat "$B/COMMIT"; nvidia-smi --query-gpu=index,name,driver_version,clocks.sm --format=csv; } >> "$S" 2>&1
+NGPU=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU")
+bg=()
+if [ "$NGPU" -ge 2 ]; then
+    last=$((NGPU - 1))
+    (cd tests && CUDA_VISIBLE_DEVICES=$last CK_RUN_CASE=api timeout $((BUDGET - 60)) \
+        compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 9 \
+        "$B/check_cuda_backend"; echo "racecheck api rc=$? t=$(( $(date +%s) - T0 ))s") \
+        > "$LG/racecheck_api.log" 2>&1 &
+    bg+=($!)
+    if [ -n "${BG_CMD:-}" ]; then
+        (CUDA_VISIBLE_DEVICES=$last timeout "${BG_SECONDS:-$((BUDGET - 150))}" bash -c "$BG_CMD";
+         echo "BG_CMD rc=$? t=$(( $(date +%s) - T0 ))s") > "$LG/bg.log" 2>&1 &
+        bg+=($!)
+    fi
+    export CUDA_VISIBLE_DEVICES=0
+    echo "$NGPU GPUs: racecheck (api) and BG_CMD on GPU $last, the rest on GPU 0" >> "$S"
+fi
 
-T=$OUT/tests.log
+T=$LG/tests.log
 : > "$T"
-for c in golden api vs_cpu; do
-    echo "==== $c" >> "$T"
-    (cd tests && CK_RUN_CASE=$c timeout 150 "$B/check_cuda_backend") >> "$T" 2>&1; t "test_$c" $?
-done
-echo "==== vs_cpu, DS4SCI_CUDA_CHECKPOINT=0" >> "$T"
-(cd tests && DS4SCI_CUDA_CHECKPOINT=0 CK_RUN_CASE=vs_cpu timeout 100 "$B/check_cuda_backend") >> "$T" 2>&1
-t test_vs_cpu_nockpt $?
-echo "==== golden, DS4SCI_CUDA_EDGE=unfused" >> "$T"
-(cd tests && DS4SCI_CUDA_EDGE=unfused CK_RUN_CASE=golden timeout 60 "$B/check_cuda_backend") >> "$T" 2>&1
-t test_golden_unfused $?
+ck() {  # ck NAME TIMEOUT [VAR=VALUE ...]: one check_cuda_backend case with its errors reported
+    local name=$1 to=$2; shift 2
+    echo "==== $name" >> "$T"
+    (cd tests && env CK_REPORT=1 "$@" timeout "$to" "$B/check_cuda_backend") >> "$T" 2>&1
+    t "test_$name" $?
+}
+ck golden 60 CK_RUN_CASE=golden
+ck api 60 CK_RUN_CASE=api
+ck vs_cpu 150 CK_RUN_CASE=vs_cpu
+ck vs_cpu_nockpt 100 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_CHECKPOINT=0
+ck golden_unfused 60 CK_RUN_CASE=golden DS4SCI_CUDA_EDGE=unfused
+ck golden_fastexp 60 CK_RUN_CASE=golden DS4SCI_CUDA_FASTEXP=1
+ck vs_cpu_fastexp 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_FASTEXP=1
 (cd tests && CK_RUN_CASE=golden timeout 90 compute-sanitizer --tool memcheck --error-exitcode 9 \
-    "$B/check_cuda_backend") > "$OUT/memcheck.log" 2>&1
+    "$B/check_cuda_backend") > "$LG/memcheck.log" 2>&1
 t memcheck $?
 # shellcheck disable=SC2086
-timeout 150 "$B/bench_gpu" tests/golden/typical.safetensors 3 $SIZES > "$OUT/bench_gpu.log" 2>&1
+timeout 150 "$B/bench_gpu" tests/golden/typical.safetensors 3 $SIZES > "$LG/bench_gpu.log" 2>&1
 t bench_gpu $?
-L=/tmp/gpu_verify_lammps
+DS4SCI_CUDA_FASTEXP=1 timeout 60 "$B/bench_gpu" tests/golden/typical.safetensors 3 10000 1000000 \
+    > "$LG/bench_gpu_fastexp.log" 2>&1
+t bench_gpu_fastexp $?
+if [ -x "$B/bench_filter_mma" ]; then
+    timeout 90 "$B/bench_filter_mma" > "$LG/filter_mma.log" 2>&1
+    t bench_filter_mma $?
+fi
+L=$LG/lammps
+unset CUDA_VISIBLE_DEVICES   # the 2-rank LAMMPS tests use one GPU per rank when there are two
 OUT=$L SI_NVE=0 BENCH_SI="" BENCH_REF="" OOM_CELLS=0 timeout 200 bash tools/gpu_lammps.sh test \
-    > "$OUT/lammps.log" 2>&1
+    > "$LG/lammps.log" 2>&1
 t lammps_test $?
-if left $(( BUDGET - 130 )); then
+[ "$NGPU" -ge 2 ] && export CUDA_VISIBLE_DEVICES=0
+if left $(( BUDGET - 150 )); then
     OUT=$L SI_NVE=0 OOM_CELLS=0 BENCH_SI="50 20 10" BENCH_REF="100 3 2" timeout 120 \
-        bash tools/gpu_lammps.sh bench >> "$OUT/lammps.log" 2>&1
+        bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
     t lammps_bench $?
 fi
-tar czf "$OUT/lammps_logs.tgz" -C "$L" . 2>/dev/null
-rest=$(( BUDGET - ($(date +%s) - T0) - 10 ))
-if [ "$rest" -gt 30 ]; then
-    timeout "$rest" compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 9 \
-        "$B/bench_gpu" tests/golden/typical.safetensors 1 216 > "$OUT/racecheck.log" 2>&1
-    t "racecheck (${rest}s allowed)" $?
+for p in "${bg[@]}"; do   # background jobs end by their own timeouts; the 2-rank runs need GPU 1
+    while kill -0 "$p" 2>/dev/null && left $(( BUDGET - 90 )); do sleep 2; done
+    pkill -TERM -P "$p" 2>/dev/null; kill "$p" 2>/dev/null
+done
+if [ "$NGPU" -ge 2 ] && left $(( BUDGET - 80 )); then
+    unset CUDA_VISIBLE_DEVICES
+    OUT=$L SI_NVE=0 OOM_CELLS=0 BENCH_NP=2 BENCH_TAG=_2gpu BENCH_SI="50 20 10" BENCH_REF="" \
+        timeout 70 bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
+    t lammps_bench_2gpu $?
+fi
+if [ "$NGPU" -lt 2 ]; then
+    rest=$(( BUDGET - ($(date +%s) - T0) - 10 ))
+    if [ "$rest" -gt 30 ]; then
+        timeout "$rest" compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 9 \
+            "$B/bench_gpu" tests/golden/typical.safetensors 1 216 > "$LG/racecheck.log" 2>&1
+        t "racecheck (${rest}s allowed)" $?
+    fi
 fi
 echo "==== summary"; cat "$S"
 grep -hE "^====|^[0-9]+%|:F:|:E:" "$T"
-grep -h "ERROR SUMMARY" "$OUT/memcheck.log"
-grep -vE "^#" "$OUT/bench_gpu.log" | head -40
-tail -n 25 "$OUT/lammps.log"
+grep -h "ERROR SUMMARY" "$LG/memcheck.log"
+grep -vE "^#" "$LG/bench_gpu.log" | head -40
+grep -vE "^#" "$LG/bench_gpu_fastexp.log" | head -12
+tail -n 5 "$LG"/racecheck*.log 2>/dev/null
+tail -n 30 "$LG/lammps.log"
