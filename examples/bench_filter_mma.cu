@@ -46,6 +46,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -168,7 +169,9 @@ static __device__ __forceinline__ void split_tf32(float x, uint32_t &hi, uint32_
 }
 
 /* activations: 0 none, 1 SiLU as the edge kernels (silu_fast: expf + approximate reciprocal),
-   2 SiLU through tanh.approx (x/2 (1 + tanh(x/2)), one MUFU op, ~2^-11 relative) */
+   2 SiLU through tanh.approx (x/2 (1 + tanh(x/2)), one MUFU op, ~2^-11 relative),
+   3 SiLU with __expf (ex2.approx of x log2(e): 2 MUFU ops and 3 others; relative error
+     ~2 ulp + |x| 2^-24, fp32-level for the |x| < 10 filters produce) */
 template <int ACT> static __device__ __forceinline__ float act_d(float x, float *d)
 {
     if constexpr (ACT == 0) {
@@ -176,6 +179,10 @@ template <int ACT> static __device__ __forceinline__ float act_d(float x, float 
         return x;
     } else if constexpr (ACT == 1) {
         const float s = __fdividef(1.0f, 1.0f + expf(-x));
+        *d = s * (1.0f + x * (1.0f - s));
+        return x * s;
+    } else if constexpr (ACT == 3) {
+        const float s = __fdividef(1.0f, 1.0f + __expf(-x));
         *d = s * (1.0f + x * (1.0f - s));
         return x * s;
     } else {
@@ -248,7 +255,7 @@ static __device__ __forceinline__ float warp_sum(float x)
  * backward as filter_back4 (transpose of the 4 x 32 lane partial sums through s_red).
  */
 constexpr int FFMA_SCRATCH = 2 * KR * 4 + 4 * 296;
-template <int ACT, bool BWD>
+template <int ACT, bool BWD, bool SMP>
 static __global__ void __launch_bounds__(32 * WARPS, 1) k_ffma(const bench_params p)
 {
     float *img[3];
@@ -313,7 +320,7 @@ static __global__ void __launch_bounds__(32 * WARPS, 1) k_ffma(const bench_param
 #pragma unroll
                     for (int i = 0; i < 4; i++) {
                         const int e = cb + i;
-                        const bool smp = i < nv && e % p.stride == 0;
+                        const bool smp = SMP && i < nv && e % p.stride == 0;
 #pragma unroll
                         for (int j = 0; j < 4; j++) {
                             float d;
@@ -391,7 +398,7 @@ static __global__ void __launch_bounds__(32 * WARPS, 1) k_ffma(const bench_param
  * X3, TF32-rounded on the host otherwise), 4 n-tiles of k.
  */
 constexpr int M16_SCRATCH = KR * M16_RS + KR * M16_DS;
-template <bool X3, bool PRE, int ACT, bool BWD>
+template <bool X3, bool PRE, int ACT, bool BWD, bool SMP>
 static __global__ void __launch_bounds__(32 * WARPS, 1) k_m16(const bench_params p)
 {
     float *img[3];
@@ -434,8 +441,8 @@ static __global__ void __launch_bounds__(32 * WARPS, 1) k_m16(const bench_params
 #pragma unroll
                 for (int q = 0; q < 4; q++)
                     gacc[nk][q] = 0.f;
-            const bool smpA = g < nv && (cb + g) % p.stride == 0;
-            const bool smpB = g + 8 < nv && (cb + g + 8) % p.stride == 0;
+            const bool smpA = SMP && g < nv && (cb + g) % p.stride == 0;
+            const bool smpB = SMP && g + 8 < nv && (cb + g + 8) % p.stride == 0;
 #pragma unroll 2
             for (int j = 0; j < NC / 8; j++) {
                 const float4 bv = *reinterpret_cast<const float4 *>(s_bv + (j * 4 + t) * 4);
@@ -568,7 +575,7 @@ static __global__ void __launch_bounds__(32 * WARPS, 1) k_m16(const bench_params
  * (lo, X3); image 2 = {b, b, v, v} of channels 16m+g, 16m+g+8.
  */
 constexpr int N8_SCRATCH = KR * 8;
-template <bool X3, int ACT>
+template <bool X3, int ACT, bool SMP>
 static __global__ void __launch_bounds__(32 * WARPS, 1) k_n8(const bench_params p)
 {
     float *img[3];
@@ -599,8 +606,8 @@ static __global__ void __launch_bounds__(32 * WARPS, 1) k_n8(const bench_params 
                         bh[s][i] = cvt_tf32(x);
                 }
             float y0 = 0.f, y1 = 0.f; /* edges 2t, 2t+1 */
-            const bool smp0 = n8_c_edge(lane, 0) < nv && (cb + n8_c_edge(lane, 0)) % p.stride == 0;
-            const bool smp1 = n8_c_edge(lane, 1) < nv && (cb + n8_c_edge(lane, 1)) % p.stride == 0;
+            const bool smp0 = SMP && n8_c_edge(lane, 0) < nv && (cb + n8_c_edge(lane, 0)) % p.stride == 0;
+            const bool smp1 = SMP && n8_c_edge(lane, 1) < nv && (cb + n8_c_edge(lane, 1)) % p.stride == 0;
 #pragma unroll 2
             for (int m = 0; m < NC / 16; m++) {
                 const float4 bv = *reinterpret_cast<const float4 *>(s_bv + (m * 8 + g) * 4);
@@ -869,16 +876,16 @@ static std::vector<float> img_ffma_bv(const filter &fl)
 /* ---- the variants --------------------------------------------------------------------- */
 struct variant {
     const char *name;
-    const void *kern;
+    const void *kern[2]; /* timed (y, dy/dr only), and the one that also writes the samples */
     int kind;   /* 0 ffma, 1 m16, 2 n8 */
     int x3;     /* 3xTF32 */
     int pre;    /* weights split on the host */
-    int act;    /* 0 none, 1 SiLU, 2 SiLU via tanh.approx */
+    int act;    /* act_d's ACT: 0 none, 1 SiLU, 2 SiLU via tanh.approx, 3 SiLU via __expf */
     int bwd;
 };
-#define KF(A, B) (const void *)k_ffma<A, B>
-#define KM(X, P, A, B) (const void *)k_m16<X, P, A, B>
-#define KN(X, A) (const void *)k_n8<X, A>
+#define KF(A, B) {(const void *)k_ffma<A, B, false>, (const void *)k_ffma<A, B, true>}
+#define KM(X, P, A, B) {(const void *)k_m16<X, P, A, B, false>, (const void *)k_m16<X, P, A, B, true>}
+#define KN(X, A) {(const void *)k_n8<X, A, false>, (const void *)k_n8<X, A, true>}
 static const variant VARIANTS[] = {
     {"ffma silu", KF(1, false), 0, 0, 0, 1, 0},
     {"ffma none", KF(0, false), 0, 0, 0, 0, 0},
@@ -890,7 +897,13 @@ static const variant VARIANTS[] = {
     {"m16 tf32 tanh-silu", KM(false, true, 2, false), 1, 0, 1, 2, 0},
     {"n8 3xtf32 pre silu", KN(true, 1), 2, 1, 1, 1, 0},
     {"n8 tf32 silu", KN(false, 1), 2, 0, 1, 1, 0},
+    {"ffma fexp-silu", KF(3, false), 0, 0, 0, 3, 0},
+    {"m16 3xtf32 pre fexp-silu", KM(true, true, 3, false), 1, 1, 1, 3, 0},
+    {"m16 3xtf32 fly fexp-silu", KM(true, false, 3, false), 1, 1, 0, 3, 0},
+    {"m16 tf32 fexp-silu", KM(false, true, 3, false), 1, 0, 1, 3, 0},
     {"ffma silu +bwd", KF(1, true), 0, 0, 0, 1, 1},
+    {"ffma fexp-silu +bwd", KF(3, true), 0, 0, 0, 3, 1},
+    {"m16 3xtf32 fly fexp +bwd", KM(true, false, 3, true), 1, 1, 0, 3, 1},
     {"m16 3xtf32 fly silu +bwd", KM(true, false, 1, true), 1, 1, 0, 1, 1},
     {"m16 tf32 silu +bwd", KM(false, true, 1, true), 1, 0, 1, 1, 1},
 };
@@ -1364,7 +1377,7 @@ static int gpu_run(const filter &fl, int n_edges_req, int reps)
            fd_worst < 1e-6 ? "PASS" : "FAIL");
     int bad = fd_worst < 1e-6 ? 0 : 1;
 
-    std::vector<float> y_base[3], y(n_edges), dydr(n_edges), pre((size_t)N_SAMPLES * NC),
+    std::vector<float> y_base[4], y(n_edges), dydr(n_edges), pre((size_t)N_SAMPLES * NC),
         act((size_t)N_SAMPLES * NC);
     printf("%-26s %8s %8s %9s %4s %5s %6s %3s | %8s %8s %8s %8s %8s %8s\n", "variant", "ms",
            "ns/edge", "GFLOP/s", "regs", "spill", "smemKB", "w/S", "pre rms", "pre max", "act rms",
@@ -1398,10 +1411,11 @@ static int gpu_run(const filter &fl, int n_edges_req, int reps)
         p.act_s = d_act;
         p.stride = stride;
         cudaFuncAttributes fa;
-        CUDA_OK(cudaFuncGetAttributes(&fa, vt.kern));
-        CUDA_OK(cudaFuncSetAttribute(vt.kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CUDA_OK(cudaFuncGetAttributes(&fa, vt.kern[0]));
+        for (auto kf : vt.kern)
+            CUDA_OK(cudaFuncSetAttribute(kf, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         int per_sm = 0;
-        CUDA_OK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, vt.kern, 32 * WARPS, smem));
+        CUDA_OK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, vt.kern[0], 32 * WARPS, smem));
         if (per_sm < 1) {
             printf("%-26s does not fit (smem %zu B)\n", vt.name, smem);
             bad++;
@@ -1409,12 +1423,21 @@ static int gpu_run(const filter &fl, int n_edges_req, int reps)
         }
         const int grid = prop.multiProcessorCount * per_sm;
         void *args[] = {&p};
+        /* untimed run of the sampling twin: pre and act(pre) of the sampled edges (NaN first,
+           so that a sample not written shows) */
+        CUDA_OK(cudaMemset(d_pre, 0xff, sizeof(float) * pre.size()));
+        CUDA_OK(cudaMemset(d_act, 0xff, sizeof(float) * act.size()));
+        CUDA_OK(cudaLaunchKernel(vt.kern[1], grid, 32 * WARPS, args, smem, 0));
+        CUDA_OK(cudaDeviceSynchronize());
+        CUDA_OK(cudaMemcpy(pre.data(), d_pre, sizeof(float) * pre.size(), cudaMemcpyDeviceToHost));
+        CUDA_OK(cudaMemcpy(act.data(), d_act, sizeof(float) * act.size(), cudaMemcpyDeviceToHost));
+        /* timed runs of the kernel without sample stores; y and dy/dr of every edge checked */
         CUDA_OK(cudaMemset(d_y, 0xff, sizeof(float) * n_edges)); /* NaN: an edge not written shows */
         CUDA_OK(cudaMemset(d_dydr, 0xff, sizeof(float) * n_edges));
         std::vector<float> ms;
         for (int rep = 0; rep <= reps; rep++) {
             CUDA_OK(cudaEventRecord(ev0));
-            CUDA_OK(cudaLaunchKernel(vt.kern, grid, 32 * WARPS, args, smem, 0));
+            CUDA_OK(cudaLaunchKernel(vt.kern[0], grid, 32 * WARPS, args, smem, 0));
             CUDA_OK(cudaEventRecord(ev1));
             CUDA_OK(cudaEventSynchronize(ev1));
             CUDA_OK(cudaGetLastError());
@@ -1427,8 +1450,9 @@ static int gpu_run(const filter &fl, int n_edges_req, int reps)
         const double med = ms[ms.size() / 2];
         CUDA_OK(cudaMemcpy(y.data(), d_y, sizeof(float) * n_edges, cudaMemcpyDeviceToHost));
         CUDA_OK(cudaMemcpy(dydr.data(), d_dydr, sizeof(float) * n_edges, cudaMemcpyDeviceToHost));
-        CUDA_OK(cudaMemcpy(pre.data(), d_pre, sizeof(float) * pre.size(), cudaMemcpyDeviceToHost));
-        CUDA_OK(cudaMemcpy(act.data(), d_act, sizeof(float) * act.size(), cudaMemcpyDeviceToHost));
+        bool nan = false;
+        for (size_t i = 0; i < pre.size() && !nan; i++)
+            nan = !std::isfinite(pre[i]) || !std::isfinite(act[i]);
 
         /* errors against float64 on the samples */
         err_acc e_pre, e_act, e_d;
@@ -1446,19 +1470,17 @@ static int gpu_run(const filter &fl, int n_edges_req, int reps)
         /* y of every edge against the ffma variant of the same activation (NaN: not written) */
         const int ai = vt.act == 2 ? 1 : vt.act; /* tanh-SiLU against exact SiLU */
         double ymax = 0.0, yrms2 = 0.0;
-        bool nan = false;
         if (y_base[ai].empty() && vt.kind == 0) {
             y_base[ai] = y;
         } else if (!y_base[ai].empty()) {
             for (int e = 0; e < n_edges; e++) {
-                nan |= !(y[e] == y[e]);
                 ymax = std::max(ymax, (double)fabs(y[e] - y_base[ai][e]));
                 yrms2 += (double)y_base[ai][e] * y_base[ai][e];
             }
             ymax /= sqrt(yrms2 / n_edges);
         }
         for (int e = 0; e < n_edges && !nan; e++)
-            nan |= !(y[e] == y[e]) || (vt.bwd && !(dydr[e] == dydr[e]));
+            nan |= !std::isfinite(y[e]) || (vt.bwd && !std::isfinite(dydr[e]));
         const double flop = 2.0 * KR * NC * n_edges * (vt.bwd ? 2 : 1);
         /* pass bounds: fp32-level for ffma and 3xTF32 (~10x the fp32 rounding of a 33-term dot
            product), TF32-level (2^-11 = 4.9e-4 per rounding) otherwise; tanh.approx SiLU: 2^-10 */
@@ -1472,7 +1494,7 @@ static int gpu_run(const filter &fl, int n_edges_req, int reps)
         printf("%-26s %8.3f %8.3f %9.0f %4d %5d %6.1f %3d | %8.1e %8.1e %8.1e %8.1e %8.1e %8.1e %s\n",
                vt.name, med, med * 1e6 / n_edges, flop / (med * 1e-3) * 1e-9, fa.numRegs,
                (int)fa.localSizeBytes, smem / 1024.0, per_sm * WARPS, e_pre.rms(), e_pre.maxs, e_act.rms(), e_act.maxs, ymax,
-               vt.bwd ? e_d.rms() : 0.0, ok ? "PASS" : (nan ? "FAIL (edges not written)" : "FAIL"));
+               vt.bwd ? e_d.rms() : 0.0, ok ? "PASS" : (nan ? "FAIL (outputs not written)" : "FAIL"));
         (void)ref_y;
     }
     for (auto p : d_img)
