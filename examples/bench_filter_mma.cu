@@ -221,8 +221,10 @@ struct bench_params {
     int n_arr[3];         /* their lengths in floats (multiples of 4) */
     float *y;             /* [n_edges] y_e = sum_c v_c act(pre_ec) */
     float *dydr;          /* [n_edges] dy_e/dr_e (backward variants) */
-    float *pre_s, *act_s; /* [N_SAMPLES][NC] pre and act(pre) of edges e % stride == 0 */
-    int stride;
+    float *pre_s, *act_s; /* [N_SAMPLES][NC] pre and act(pre) of edges e % stride == 0
+                             (sampling twins only), at row e / stride */
+    float *f_s;           /* [N_SAMPLES][KR] their f_k(r) as the kernel evaluated them */
+    int stride;           /* >= ceil(n_edges / N_SAMPLES) */
 };
 
 /* Copies the images into shared memory; returns the start of this warp's scratch. */
@@ -275,6 +277,8 @@ static __global__ void __launch_bounds__(32 * WARPS, 1) k_ffma(const bench_param
                     float df = 0.f, f = 0.f;
                     if (i < nv)
                         f = rbf_dev(__ldg(p.r + cb + i), mu, beta, BWD ? &df : nullptr);
+                    if (SMP && i < nv && (cb + i) % p.stride == 0)
+                        p.f_s[(cb + i) / p.stride * KR + lane] = f;
                     s_rbf[lane * 4 + i] = f;
                     if (BWD)
                         s_drbf[lane * 4 + i] = df;
@@ -401,6 +405,7 @@ constexpr int M16_SCRATCH = KR * M16_RS + KR * M16_DS;
 template <bool X3, bool PRE, int ACT, bool BWD, bool SMP>
 static __global__ void __launch_bounds__(32 * WARPS, 1) k_m16(const bench_params p)
 {
+    static_assert(!(BWD && X3 && PRE), "image 1 holds either the lo weights or the backward weights");
     float *img[3];
     float *s_rbf = load_smem(p, img, M16_SCRATCH);
     float *s_drbf = s_rbf + KR * M16_RS;
@@ -417,6 +422,8 @@ static __global__ void __launch_bounds__(32 * WARPS, 1) k_m16(const bench_params
                     float df = 0.f, f = 0.f;
                     if (i < nv)
                         f = rbf_dev(__ldg(p.r + cb + i), mu, beta, BWD ? &df : nullptr);
+                    if (SMP && i < nv && (cb + i) % p.stride == 0)
+                        p.f_s[(cb + i) / p.stride * KR + lane] = f;
                     s_rbf[lane * M16_RS + i] = f;
                     if (BWD)
                         s_drbf[lane * M16_DS + i] = df;
@@ -445,6 +452,8 @@ static __global__ void __launch_bounds__(32 * WARPS, 1) k_m16(const bench_params
             const bool smpB = SMP && g + 8 < nv && (cb + g + 8) % p.stride == 0;
 #pragma unroll 2
             for (int j = 0; j < NC / 8; j++) {
+                if (SMP) /* the sample stores diverge; mma.sync.aligned wants the warp converged */
+                    __syncwarp();
                 const float4 bv = *reinterpret_cast<const float4 *>(s_bv + (j * 4 + t) * 4);
                 float c[4] = {bv.x, bv.y, bv.x, bv.y};
                 float wf[8], wl[8];
@@ -590,8 +599,12 @@ static __global__ void __launch_bounds__(32 * WARPS, 1) k_n8(const bench_params 
             {
                 const float mu = __ldg(p.mu + lane), beta = __ldg(p.beta + lane);
 #pragma unroll
-                for (int i = 0; i < 8; i++)
-                    s_rbf[lane * 8 + i] = i < nv ? rbf_dev(__ldg(p.r + cb + i), mu, beta, nullptr) : 0.f;
+                for (int i = 0; i < 8; i++) {
+                    const float f = i < nv ? rbf_dev(__ldg(p.r + cb + i), mu, beta, nullptr) : 0.f;
+                    if (SMP && i < nv && (cb + i) % p.stride == 0)
+                        p.f_s[(cb + i) / p.stride * KR + lane] = f;
+                    s_rbf[lane * 8 + i] = f;
+                }
             }
             __syncwarp();
             uint32_t bh[4][2], bl[4][2];
@@ -610,6 +623,8 @@ static __global__ void __launch_bounds__(32 * WARPS, 1) k_n8(const bench_params 
             const bool smp1 = SMP && n8_c_edge(lane, 1) < nv && (cb + n8_c_edge(lane, 1)) % p.stride == 0;
 #pragma unroll 2
             for (int m = 0; m < NC / 16; m++) {
+                if (SMP)
+                    __syncwarp();
                 const float4 bv = *reinterpret_cast<const float4 *>(s_bv + (m * 8 + g) * 4);
                 float c[4] = {bv.x, bv.x, bv.y, bv.y};
 #pragma unroll
@@ -1338,9 +1353,10 @@ static int gpu_run(const filter &fl, int n_edges_req, int reps)
     std::vector<float> r(n_edges);
     for (auto &x : r)
         x = (float)(0.5 + 4.5 * urand());
-    const int stride = n_edges / N_SAMPLES;
+    const int stride = (n_edges + N_SAMPLES - 1) / N_SAMPLES;
+    const int n_s = (n_edges + stride - 1) / stride; /* sampled edges: 0, stride, .. < n_edges */
 
-    float *d_r, *d_mu, *d_beta, *d_y, *d_dydr, *d_pre, *d_act, *d_img[3];
+    float *d_r, *d_mu, *d_beta, *d_y, *d_dydr, *d_pre, *d_act, *d_f, *d_img[3];
     int *d_row;
     CUDA_OK(cudaMalloc(&d_r, sizeof(float) * n_edges));
     CUDA_OK(cudaMalloc(&d_row, sizeof(int) * (n_rows + 1)));
@@ -1350,6 +1366,7 @@ static int gpu_run(const filter &fl, int n_edges_req, int reps)
     CUDA_OK(cudaMalloc(&d_dydr, sizeof(float) * n_edges));
     CUDA_OK(cudaMalloc(&d_pre, sizeof(float) * N_SAMPLES * NC));
     CUDA_OK(cudaMalloc(&d_act, sizeof(float) * N_SAMPLES * NC));
+    CUDA_OK(cudaMalloc(&d_f, sizeof(float) * N_SAMPLES * KR));
     for (auto &p : d_img)
         CUDA_OK(cudaMalloc(&p, sizeof(float) * NC * KR * 2));
     CUDA_OK(cudaMemcpy(d_r, r.data(), sizeof(float) * n_edges, cudaMemcpyHostToDevice));
@@ -1357,25 +1374,23 @@ static int gpu_run(const filter &fl, int n_edges_req, int reps)
     CUDA_OK(cudaMemcpy(d_mu, fl.mu.data(), sizeof(float) * KR, cudaMemcpyHostToDevice));
     CUDA_OK(cudaMemcpy(d_beta, fl.beta.data(), sizeof(float) * KR, cudaMemcpyHostToDevice));
 
-    /* float64 references of the sampled edges */
-    std::vector<double> ref_pre((size_t)N_SAMPLES * NC), ref_sc((size_t)N_SAMPLES * NC);
-    std::vector<double> ref_y[2], ref_d(N_SAMPLES), ref_fd(N_SAMPLES);
-    ref_y[0].resize(N_SAMPLES);
-    ref_y[1].resize(N_SAMPLES);
-    for (int s = 0; s < N_SAMPLES; s++) {
-        const double rr = r[(size_t)s * stride];
-        ref_y[1][s] = edge_ref(fl, rr, 1, 0, &ref_pre[(size_t)s * NC], &ref_sc[(size_t)s * NC], &ref_d[s]);
-        ref_y[0][s] = edge_ref(fl, rr, 0, 0, nullptr, nullptr, nullptr);
-        const double h = 1e-5;
-        ref_fd[s] = (edge_ref(fl, rr + h, 1, 0, nullptr, nullptr, nullptr) -
-                     edge_ref(fl, rr - h, 1, 0, nullptr, nullptr, nullptr)) / (2 * h);
-    }
+    /* float64 dy/dr of the sampled edges from r (end to end: includes the float32 basis), and
+       a central difference of the float64 y as a check of that derivative */
+    std::vector<double> ref_d(n_s);
     double fd_worst = 0.0;
-    for (int s = 0; s < N_SAMPLES; s++)
-        fd_worst = std::max(fd_worst, fabs(ref_fd[s] - ref_d[s]) / (fabs(ref_d[s]) + 1e-3));
-    printf("float64 dy/dr vs central difference (h = 1e-5 A): max err %.1e (%s)\n", fd_worst,
-           fd_worst < 1e-6 ? "PASS" : "FAIL");
+    for (int s = 0; s < n_s; s++) {
+        const double rr = r[(size_t)s * stride], h = 1e-5;
+        edge_ref(fl, rr, 1, 0, nullptr, nullptr, &ref_d[s]);
+        const double fd = (edge_ref(fl, rr + h, 1, 0, nullptr, nullptr, nullptr) -
+                           edge_ref(fl, rr - h, 1, 0, nullptr, nullptr, nullptr)) / (2 * h);
+        fd_worst = std::max(fd_worst, fabs(fd - ref_d[s]) / (fabs(ref_d[s]) + 1e-3));
+    }
+    printf("float64 dy/dr vs central difference (h = 1e-5 A), %d edges: max err %.1e (%s)\n", n_s,
+           fd_worst, fd_worst < 1e-6 ? "PASS" : "FAIL");
     int bad = fd_worst < 1e-6 ? 0 : 1;
+    std::vector<double> ref_pre((size_t)n_s * NC), ref_sc((size_t)n_s * NC);
+    std::vector<float> f_s((size_t)N_SAMPLES * KR);
+    bool rbf_printed = false;
 
     std::vector<float> y_base[4], y(n_edges), dydr(n_edges), pre((size_t)N_SAMPLES * NC),
         act((size_t)N_SAMPLES * NC);
@@ -1409,6 +1424,7 @@ static int gpu_run(const filter &fl, int n_edges_req, int reps)
         p.dydr = d_dydr;
         p.pre_s = d_pre;
         p.act_s = d_act;
+        p.f_s = d_f;
         p.stride = stride;
         cudaFuncAttributes fa;
         CUDA_OK(cudaFuncGetAttributes(&fa, vt.kern[0]));
@@ -1427,6 +1443,7 @@ static int gpu_run(const filter &fl, int n_edges_req, int reps)
            so that a sample not written shows) */
         CUDA_OK(cudaMemset(d_pre, 0xff, sizeof(float) * pre.size()));
         CUDA_OK(cudaMemset(d_act, 0xff, sizeof(float) * act.size()));
+        CUDA_OK(cudaMemset(d_f, 0xff, sizeof(float) * f_s.size()));
         CUDA_OK(cudaLaunchKernel(vt.kern[1], grid, 32 * WARPS, args, smem, 0));
         CUDA_OK(cudaDeviceSynchronize());
         CUDA_OK(cudaMemcpy(pre.data(), d_pre, sizeof(float) * pre.size(), cudaMemcpyDeviceToHost));
@@ -1450,13 +1467,46 @@ static int gpu_run(const filter &fl, int n_edges_req, int reps)
         const double med = ms[ms.size() / 2];
         CUDA_OK(cudaMemcpy(y.data(), d_y, sizeof(float) * n_edges, cudaMemcpyDeviceToHost));
         CUDA_OK(cudaMemcpy(dydr.data(), d_dydr, sizeof(float) * n_edges, cudaMemcpyDeviceToHost));
+        CUDA_OK(cudaMemcpy(f_s.data(), d_f, sizeof(float) * f_s.size(), cudaMemcpyDeviceToHost));
         bool nan = false;
-        for (size_t i = 0; i < pre.size() && !nan; i++)
+        for (size_t i = 0; i < (size_t)n_s * NC && !nan; i++)
             nan = !std::isfinite(pre[i]) || !std::isfinite(act[i]);
+        /* float64 pre from the kernel's own f (so that pre's error is the product's alone; the
+           float32 basis is compared with float64 once, below) */
+        for (int s = 0; s < n_s; s++) {
+            for (int k = 0; k < KR; k++)
+                nan |= !std::isfinite(f_s[(size_t)s * KR + k]);
+            for (int c = 0; c < NC; c++) {
+                double acc = fl.b[c], sa = fabs(fl.b[c]);
+                for (int k = 0; k < KR; k++) {
+                    const double t = (double)fl.w[k * NC + c] * f_s[(size_t)s * KR + k];
+                    acc += t;
+                    sa += fabs(t);
+                }
+                ref_pre[(size_t)s * NC + c] = acc;
+                ref_sc[(size_t)s * NC + c] = sa;
+            }
+        }
+        if (!rbf_printed) {
+            double fmax = 0.0, f2 = 0.0, fr2 = 0.0;
+            for (int s = 0; s < n_s; s++) {
+                double f[KR];
+                rbf_ref(fl, r[(size_t)s * stride], f, nullptr);
+                for (int k = 0; k < KR; k++) {
+                    const double d = f_s[(size_t)s * KR + k] - f[k];
+                    fmax = std::max(fmax, fabs(d));
+                    f2 += d * d;
+                    fr2 += f[k] * f[k];
+                }
+            }
+            printf("float32 basis f_k(r) on the GPU vs float64 (%s): RMS rel %.1e, max abs %.1e "
+                   "(common to all variants; not in the pre columns)\n", vt.name, sqrt(f2 / fr2), fmax);
+            rbf_printed = true;
+        }
 
         /* errors against float64 on the samples */
         err_acc e_pre, e_act, e_d;
-        for (int s = 0; s < N_SAMPLES; s++) {
+        for (int s = 0; s < n_s; s++) {
             for (int c = 0; c < NC; c++) {
                 const size_t o = (size_t)s * NC + c;
                 const double pr = ref_pre[o];
@@ -1482,8 +1532,10 @@ static int gpu_run(const filter &fl, int n_edges_req, int reps)
         for (int e = 0; e < n_edges && !nan; e++)
             nan |= !std::isfinite(y[e]) || (vt.bwd && !std::isfinite(dydr[e]));
         const double flop = 2.0 * KR * NC * n_edges * (vt.bwd ? 2 : 1);
-        /* pass bounds: fp32-level for ffma and 3xTF32 (~10x the fp32 rounding of a 33-term dot
-           product), TF32-level (2^-11 = 4.9e-4 per rounding) otherwise; tanh.approx SiLU: 2^-10 */
+        /* pass bounds on |d| / (|b| + sum |W f|): fp32-level for ffma and 3xTF32 (the worst-case
+           fp32 error of a 33-term dot product is 33 u = 2.0e-6; 3xTF32 adds ~2^-22 per product),
+           TF32 (each product's operands rounded to 2^-11: <= 9.8e-4 + fp32) otherwise; the
+           tanh.approx SiLU (~2^-11 relative in tanh) gets 2e-2 */
         const double lim_pre = vt.kind == 0 || vt.x3 ? 5e-6 : 2e-3;
         const double lim_act = vt.act == 2 ? 2e-2 : lim_pre;
         /* y of every edge against ffma, max |d| / rms(y): O(1) for an edge computed wrongly */
@@ -1495,7 +1547,6 @@ static int gpu_run(const filter &fl, int n_edges_req, int reps)
                vt.name, med, med * 1e6 / n_edges, flop / (med * 1e-3) * 1e-9, fa.numRegs,
                (int)fa.localSizeBytes, smem / 1024.0, per_sm * WARPS, e_pre.rms(), e_pre.maxs, e_act.rms(), e_act.maxs, ymax,
                vt.bwd ? e_d.rms() : 0.0, ok ? "PASS" : (nan ? "FAIL (outputs not written)" : "FAIL"));
-        (void)ref_y;
     }
     for (auto p : d_img)
         cudaFree(p);
@@ -1507,6 +1558,7 @@ static int gpu_run(const filter &fl, int n_edges_req, int reps)
     cudaFree(d_dydr);
     cudaFree(d_pre);
     cudaFree(d_act);
+    cudaFree(d_f);
     return bad;
 }
 
