@@ -905,6 +905,7 @@ static const variant VARIANTS[] = {
     {"ffma silu", KF(1, false), 0, 0, 0, 1, 0},
     {"ffma none", KF(0, false), 0, 0, 0, 0, 0},
     {"m16 3xtf32 pre silu", KM(true, true, 1, false), 1, 1, 1, 1, 0},
+    {"m16 3xtf32 pre none", KM(true, true, 0, false), 1, 1, 1, 0, 0},
     {"m16 3xtf32 fly silu", KM(true, false, 1, false), 1, 1, 0, 1, 0},
     {"m16 3xtf32 fly none", KM(true, false, 0, false), 1, 1, 0, 0, 0},
     {"m16 tf32 silu", KM(false, true, 1, false), 1, 0, 1, 1, 0},
