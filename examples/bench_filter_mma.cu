@@ -1429,12 +1429,16 @@ static int gpu_run(const filter &fl, int n_edges_req, int reps)
         p.stride = stride;
         cudaFuncAttributes fa;
         CUDA_OK(cudaFuncGetAttributes(&fa, vt.kern[0]));
+        /* a failing variant is reported and skipped (a sticky error fails the rest too) */
+        cudaError_t err = cudaSuccess;
         for (auto kf : vt.kern)
-            CUDA_OK(cudaFuncSetAttribute(kf, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+            if (err == cudaSuccess)
+                err = cudaFuncSetAttribute(kf, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         int per_sm = 0;
-        CUDA_OK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, vt.kern[0], 32 * WARPS, smem));
-        if (per_sm < 1) {
-            printf("%-26s does not fit (smem %zu B)\n", vt.name, smem);
+        if (err == cudaSuccess)
+            err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, vt.kern[0], 32 * WARPS, smem);
+        if (err != cudaSuccess || per_sm < 1) {
+            printf("%-26s FAIL: does not fit (smem %zu B): %s\n", vt.name, smem, cudaGetErrorString(err));
             bad++;
             continue;
         }
@@ -1445,24 +1449,38 @@ static int gpu_run(const filter &fl, int n_edges_req, int reps)
         CUDA_OK(cudaMemset(d_pre, 0xff, sizeof(float) * pre.size()));
         CUDA_OK(cudaMemset(d_act, 0xff, sizeof(float) * act.size()));
         CUDA_OK(cudaMemset(d_f, 0xff, sizeof(float) * f_s.size()));
-        CUDA_OK(cudaLaunchKernel(vt.kern[1], grid, 32 * WARPS, args, smem, 0));
-        CUDA_OK(cudaDeviceSynchronize());
+        err = cudaLaunchKernel(vt.kern[1], grid, 32 * WARPS, args, smem, 0);
+        if (err == cudaSuccess)
+            err = cudaDeviceSynchronize();
+        if (err != cudaSuccess) {
+            printf("%-26s FAIL: sampling kernel: %s\n", vt.name, cudaGetErrorString(err));
+            bad++;
+            cudaGetLastError();
+            continue;
+        }
         CUDA_OK(cudaMemcpy(pre.data(), d_pre, sizeof(float) * pre.size(), cudaMemcpyDeviceToHost));
         CUDA_OK(cudaMemcpy(act.data(), d_act, sizeof(float) * act.size(), cudaMemcpyDeviceToHost));
         /* timed runs of the kernel without sample stores; y and dy/dr of every edge checked */
         CUDA_OK(cudaMemset(d_y, 0xff, sizeof(float) * n_edges)); /* NaN: an edge not written shows */
         CUDA_OK(cudaMemset(d_dydr, 0xff, sizeof(float) * n_edges));
         std::vector<float> ms;
-        for (int rep = 0; rep <= reps; rep++) {
+        for (int rep = 0; rep <= reps && err == cudaSuccess; rep++) {
             CUDA_OK(cudaEventRecord(ev0));
-            CUDA_OK(cudaLaunchKernel(vt.kern[0], grid, 32 * WARPS, args, smem, 0));
+            err = cudaLaunchKernel(vt.kern[0], grid, 32 * WARPS, args, smem, 0);
             CUDA_OK(cudaEventRecord(ev1));
-            CUDA_OK(cudaEventSynchronize(ev1));
-            CUDA_OK(cudaGetLastError());
-            float t;
-            CUDA_OK(cudaEventElapsedTime(&t, ev0, ev1));
+            if (err == cudaSuccess)
+                err = cudaEventSynchronize(ev1);
+            float t = 0.f;
+            if (err == cudaSuccess)
+                err = cudaEventElapsedTime(&t, ev0, ev1);
             if (rep > 0) /* the first is the warm-up */
                 ms.push_back(t);
+        }
+        if (err != cudaSuccess) {
+            printf("%-26s FAIL: timed kernel: %s\n", vt.name, cudaGetErrorString(err));
+            bad++;
+            cudaGetLastError();
+            continue;
         }
         std::sort(ms.begin(), ms.end());
         const double med = ms[ms.size() / 2];
@@ -1565,6 +1583,7 @@ static int gpu_run(const filter &fl, int n_edges_req, int reps)
 
 int main(int argc, char **argv)
 {
+    setvbuf(stdout, nullptr, _IOLBF, 0); /* each line reaches a redirected log at once */
     bool cpu_only = false;
     int n_edges = 1 << 22, reps = 5, layer = 0;
     double rmin = 0.5;
