@@ -2,6 +2,9 @@
  * edge_bwd.cu - fused backward edge passes of an attention layer (ET_SPEC.md section 6), with
  * every per-edge quantity (RBF, filters, attention, messages) recomputed, never stored:
  *
+ * (With a row split S > 1, for few rows, S warps share a row, each its every S-th chunk, and
+ * the per-row sums go through et_split_sum: edge_split.cu.)
+ *
  *  receiver pass (one warp per owned receiver t, its CSR row):
  *    g_q[t] = sum_e g_apre k[s] dk, and per edge the geometry gradient
  *    dE/dw_e = (g_d - d (d . g_d)) / r + g_r d, g_r = sum_k g_f_k f'_k(r) + g_c c'(r),
@@ -20,9 +23,10 @@
  * value filter (attention, scalar message), then the two gate filters (vector message). The
  * RBF of the chunk is staged once and serves both halves.
  */
-template <int CPL, int SILU>
+template <int CPL, int SILU, bool SPLIT>
 static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL))
-    k_edge_bwd_recv(const et_edge_common c, const et_edge_layer l)
+    k_edge_bwd_recv(const et_edge_common c, const et_edge_layer l, const int nsplit,
+                    float *const part)
 {
     constexpr int E = ET_EDGE_CHUNK;
     static_assert(E == 4, "filter_back4 takes chunks of 4 edges");
@@ -36,7 +40,10 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
     const int f0 = on ? lane * CPL : 0;
     const int wl = f0 / CPL;
     const int vx_off = 2 * F + ET_VIDX(f0, 0, D);
-    for (int t = blockIdx.x * ET_EDGE_WARPS + warp; t < c.n_local; t += gridDim.x * ET_EDGE_WARPS) {
+    /* work item w = (part sp, receiver t), part-major; !SPLIT (S = 1): t = w, the whole row */
+    const int S = SPLIT ? nsplit : 1, rows = c.n_local, items = rows * S;
+    for (int w = blockIdx.x * ET_EDGE_WARPS + warp; w < items; w += gridDim.x * ET_EDGE_WARPS) {
+        const int sp = SPLIT ? w / rows : 0, t = SPLIT ? w - sp * rows : w;
         float q[CPL], gX[CPL], gV[3][CPL], gq[CPL];
         ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
         ldg_vec<CPL>(l.gX + (size_t)t * F + f0, gX);
@@ -52,7 +59,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
         for (int j = 0; j < CPL; j++)
             gq[j] = 0.f;
         const int e0 = c.row_off[t], e1 = c.row_off[t + 1];
-        for (int cb = e0; cb < e1; cb += E) {
+        for (int cb = e0 + sp * E; cb < e1; cb += S * E) {
             const int nv = min(E, e1 - cb);
             /* per edge, carried from the first half to the second: sv, c'(r), and this
                lane's part of dE/dr (filter backward, cutoff) */
@@ -220,14 +227,16 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
             }
             __syncwarp();
         }
-        if (on)
-            st_vec<CPL>(l.gqkv + (size_t)t * 5 * F + f0, gq);
+        if (on) /* SPLIT: the partial g_q of item (sp, t), summed by et_split_sum */
+            st_vec<CPL>((!SPLIT ? l.gqkv + (size_t)t * 5 * F
+                                : part + ((size_t)sp * rows + t) * F) + f0, gq);
     }
 }
 
-template <int CPL, int SILU>
+template <int CPL, int SILU, bool SPLIT>
 static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL))
-    k_edge_bwd_send(const et_edge_common c, const et_edge_layer l)
+    k_edge_bwd_send(const et_edge_common c, const et_edge_layer l, const int nsplit,
+                    float *const part)
 {
     constexpr int E = ET_EDGE_CHUNK;
     const int F = c.F;
@@ -240,7 +249,10 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
     const int f0 = on ? lane * CPL : 0;
     const int wl = f0 / CPL;
     const int vx_off = 2 * F + ET_VIDX(f0, 0, D);
-    for (int s = blockIdx.x * ET_EDGE_WARPS + warp; s < c.n_total; s += gridDim.x * ET_EDGE_WARPS) {
+    /* work item w = (part sp, sender s), part-major; !SPLIT (S = 1): s = w, the whole row */
+    const int S = SPLIT ? nsplit : 1, rows = c.n_total, items = rows * S;
+    for (int w = blockIdx.x * ET_EDGE_WARPS + warp; w < items; w += gridDim.x * ET_EDGE_WARPS) {
+        const int sp = SPLIT ? w / rows : 0, s = SPLIT ? w - sp * rows : w;
         const float *srow = l.qkv + (size_t)s * 5 * F;
         float kk[CPL], vv[3][CPL], vs[3][CPL];
         ldg_vec<CPL>(srow + F + f0, kk);
@@ -268,7 +280,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                 gv[p][j] = gvec[p][j] = 0.f;
         }
         const int e0 = c.tr_off[s], e1 = c.tr_off[s + 1];
-        for (int cb = e0; cb < e1; cb += E) {
+        for (int cb = e0 + sp * E; cb < e1; cb += S * E) {
             const int nv = min(E, e1 - cb);
             int eid[E];
             float r[E], sv[E];
@@ -356,12 +368,25 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
         if (!on)
             continue;
         float *grow = l.gqkv + (size_t)s * 5 * F;
-        if (s >= c.n_local) {
+        if (s >= c.n_local && sp == 0) {
             float zero[CPL];
 #pragma unroll
             for (int j = 0; j < CPL; j++)
                 zero[j] = 0.f;
             st_vec<CPL>(grow + f0, zero);
+        }
+        if (SPLIT) {
+            /* the partial row [g_k | g_v (gqkv's layout from F on) | g_vec] of item (sp, s),
+               summed by et_split_sum into gqkv[s][F:5F] (=) and gvec[s] (+=) */
+            float *pr = part + ((size_t)sp * rows + s) * 7 * F;
+            st_vec<CPL>(pr + f0, gk);
+#pragma unroll
+            for (int p = 0; p < 3; p++)
+                st_vec<CPL>(pr + (vx_off - F) + p * D, gv[p]);
+#pragma unroll
+            for (int cx = 0; cx < 3; cx++)
+                st_vec<CPL>(pr + (size_t)(4 + cx) * F + f0, gvec[cx]);
+            continue;
         }
         st_vec<CPL>(grow + F + f0, gk);
 #pragma unroll
@@ -448,23 +473,54 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS)
 }
 
 template <int CPL>
-static cudaError_t launch_recv(cudaStream_t s, int grid, const et_edge_common *c,
-                               const et_edge_layer *l)
+static cudaError_t launch_recv(cudaStream_t s, int grid, int S, float *part,
+                               const et_edge_common *c, const et_edge_layer *l)
 {
-    return launch_persistent(by_act(c, k_edge_bwd_recv<CPL, ACT_ANY>,
-                                    k_edge_bwd_recv<CPL, ACT_SILU>,
-                                    k_edge_bwd_recv<CPL, ACT_SILU_FAST>),
-                             edge_smem_bytes(c->F, c->K, 4, 1), grid, s, *c, *l);
+    cudaError_t e = launch_persistent(
+        S == 1 ? by_act(c, k_edge_bwd_recv<CPL, ACT_ANY, false>,
+                        k_edge_bwd_recv<CPL, ACT_SILU, false>,
+                        k_edge_bwd_recv<CPL, ACT_SILU_FAST, false>)
+               : by_act(c, k_edge_bwd_recv<CPL, ACT_ANY, true>,
+                        k_edge_bwd_recv<CPL, ACT_SILU, true>,
+                        k_edge_bwd_recv<CPL, ACT_SILU_FAST, true>),
+        edge_smem_bytes(c->F, c->K, 4, 1), split_grid(grid, c->n_local, S), s, *c, *l, S, part);
+    if (e != cudaSuccess || S == 1)
+        return e;
+    const int F = c->F;
+    return et_split_sum(s, S, c->n_local, part, l->gqkv, 5 * F, F, 0, NULL, 0, 0, 0);
 }
 
 template <int CPL>
-static cudaError_t launch_send(cudaStream_t s, int grid, const et_edge_common *c,
-                               const et_edge_layer *l)
+static cudaError_t launch_send(cudaStream_t s, int grid, int S, float *part,
+                               const et_edge_common *c, const et_edge_layer *l)
 {
-    return launch_persistent(by_act(c, k_edge_bwd_send<CPL, ACT_ANY>,
-                                    k_edge_bwd_send<CPL, ACT_SILU>,
-                                    k_edge_bwd_send<CPL, ACT_SILU_FAST>),
-                             edge_smem_bytes(c->F, c->K, 4, 0), grid, s, *c, *l);
+    cudaError_t e = launch_persistent(
+        S == 1 ? by_act(c, k_edge_bwd_send<CPL, ACT_ANY, false>,
+                        k_edge_bwd_send<CPL, ACT_SILU, false>,
+                        k_edge_bwd_send<CPL, ACT_SILU_FAST, false>)
+               : by_act(c, k_edge_bwd_send<CPL, ACT_ANY, true>,
+                        k_edge_bwd_send<CPL, ACT_SILU, true>,
+                        k_edge_bwd_send<CPL, ACT_SILU_FAST, true>),
+        edge_smem_bytes(c->F, c->K, 4, 0), split_grid(grid, c->n_total, S), s, *c, *l, S, part);
+    if (e != cudaSuccess || S == 1)
+        return e;
+    const int F = c->F;
+    return et_split_sum(s, S, c->n_total, part, l->gqkv + F, 5 * F, 4 * F, 0, l->gvec, 3 * F,
+                        3 * F, 1);
+}
+
+template <int CPL> static cudaError_t slots_bwd(const et_edge_common *c, int *recv, int *send)
+{
+    cudaError_t e = edge_slots(by_act(c, k_edge_bwd_recv<CPL, ACT_ANY, false>,
+                                      k_edge_bwd_recv<CPL, ACT_SILU, false>,
+                                      k_edge_bwd_recv<CPL, ACT_SILU_FAST, false>),
+                               edge_smem_bytes(c->F, c->K, 4, 1), recv);
+    if (e != cudaSuccess)
+        return e;
+    return edge_slots(by_act(c, k_edge_bwd_send<CPL, ACT_ANY, false>,
+                             k_edge_bwd_send<CPL, ACT_SILU, false>,
+                             k_edge_bwd_send<CPL, ACT_SILU_FAST, false>),
+                      edge_smem_bytes(c->F, c->K, 4, 0), send);
 }
 
 template <int CPL>
@@ -476,23 +532,37 @@ static cudaError_t launch_ne_bwd(cudaStream_t s, int grid, const et_edge_common 
                              w, b, emb, z, gm, gw);
 }
 
-extern "C" cudaError_t et_edge_backward_recv(cudaStream_t s, int CPL, int grid,
-                                             const et_edge_common *c, const et_edge_layer *l)
+extern "C" cudaError_t et_edge_backward_recv(cudaStream_t s, int CPL, int grid, int split,
+                                             float *part, const et_edge_common *c,
+                                             const et_edge_layer *l)
 {
     if (c->n_local == 0)
         return cudaSuccess;
+    if (split < 1 || (split > 1 && !part))
+        return cudaErrorInvalidValue;
     return dispatch_cpl(CPL, [&](auto C) {
-        return launch_recv<decltype(C)::value>(s, grid, c, l);
+        return launch_recv<decltype(C)::value>(s, grid, split, part, c, l);
     });
 }
 
-extern "C" cudaError_t et_edge_backward_send(cudaStream_t s, int CPL, int grid,
-                                             const et_edge_common *c, const et_edge_layer *l)
+extern "C" cudaError_t et_edge_backward_send(cudaStream_t s, int CPL, int grid, int split,
+                                             float *part, const et_edge_common *c,
+                                             const et_edge_layer *l)
 {
     if (c->n_total == 0)
         return cudaSuccess;
+    if (split < 1 || (split > 1 && !part))
+        return cudaErrorInvalidValue;
     return dispatch_cpl(CPL, [&](auto C) {
-        return launch_send<decltype(C)::value>(s, grid, c, l);
+        return launch_send<decltype(C)::value>(s, grid, split, part, c, l);
+    });
+}
+
+extern "C" cudaError_t et_edge_backward_slots(int CPL, const et_edge_common *c, int *recv_slots,
+                                              int *send_slots)
+{
+    return dispatch_cpl(CPL, [&](auto C) {
+        return slots_bwd<decltype(C)::value>(c, recv_slots, send_slots);
     });
 }
 

@@ -439,6 +439,27 @@ static cudaError_t persistent_grid(Kern kern, size_t smem, int *grid)
     return cudaSuccess;
 }
 
+/* Warps of a persistent edge kernel resident on the device at once (persistent_grid's full
+   grid times ET_EDGE_WARPS): the row split's measure of "few rows" (edge_split.cu). */
+template <typename... P>
+static cudaError_t edge_slots(void (*kern)(P...), size_t smem, int *slots)
+{
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)smem);
+    int g = 0;
+    if (e == cudaSuccess)
+        e = persistent_grid(kern, smem, &g);
+    *slots = e == cudaSuccess ? g * ET_EDGE_WARPS : 0;
+    return e;
+}
+
+/* Grid of a layer edge pass over `rows` rows split S ways: the caller's grid (one warp per row)
+   when S = 1, else one warp per (part, row) item (persistent_grid caps both). */
+static inline int split_grid(int grid, int rows, int S)
+{
+    return S > 1 ? (int)(((long long)rows * S + ET_EDGE_WARPS - 1) / ET_EDGE_WARPS) : grid;
+}
+
 /* Launch a persistent edge kernel (grid: persistent_grid) with smem bytes of dynamic shared
    memory, ET_EDGE_WARPS warps per block. */
 template <typename... P, typename... A>

@@ -2,7 +2,9 @@
  * edge_fwd.cu - fused forward edge pass of an attention layer, and of the neighbour embedding.
  * One warp per owned receiver t walks its CSR row (self-loop first) in chunks of E edges; the
  * RBF, the filters dk/dv, the attention and the messages live in registers and shared memory
- * only, and X[t], V[t] are accumulated in registers: no per-edge tensor, no atomics.
+ * only, and X[t], V[t] are accumulated in registers: no per-edge tensor, no atomics. With a
+ * row split S > 1 (few rows, et_edge_split) S warps share a row, each its every S-th chunk, and
+ * write partial X, V that et_split_sum adds up in a fixed order.
  *
  * Per edge e = (s -> t), head h (ET_SPEC.md section 4, steps 4-6):
  *   dk = act(W_dk f + b_dk), dv = act(W_dv f + b_dv)
@@ -12,9 +14,9 @@
  */
 #include "edge_common.cuh"
 
-template <int CPL, int SILU>
+template <int CPL, int SILU, bool SPLIT>
 static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL))
-    k_edge_fwd(const et_edge_common c, const et_edge_layer l)
+    k_edge_fwd(const et_edge_common c, const et_edge_layer l, const int nsplit, float *const part)
 {
     constexpr int E = ET_EDGE_CHUNK;
     const int F = c.F;
@@ -27,7 +29,10 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
     const int f0 = on ? lane * CPL : 0;
     const int wl = f0 / CPL;
     const int vx_off = 2 * F + ET_VIDX(f0, 0, D);
-    for (int t = blockIdx.x * ET_EDGE_WARPS + warp; t < c.n_local; t += gridDim.x * ET_EDGE_WARPS) {
+    /* work item w = (part sp, receiver t), part-major; !SPLIT (S = 1): t = w, the whole row */
+    const int S = SPLIT ? nsplit : 1, rows = c.n_local, items = rows * S;
+    for (int w = blockIdx.x * ET_EDGE_WARPS + warp; w < items; w += gridDim.x * ET_EDGE_WARPS) {
+        const int sp = SPLIT ? w / rows : 0, t = SPLIT ? w - sp * rows : w;
         float q[CPL], ax[CPL], av[3][CPL];
         ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
         zero_off<CPL>(on, q);
@@ -37,7 +42,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
             av[0][j] = av[1][j] = av[2][j] = 0.f;
         }
         const int e0 = c.row_off[t], e1 = c.row_off[t + 1];
-        for (int cb = e0; cb < e1; cb += E) {
+        for (int cb = e0 + sp * E; cb < e1; cb += S * E) {
             const int nv = min(E, e1 - cb);
             float r[E], sv[E];
 #pragma unroll
@@ -120,10 +125,13 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
             }
         }
         if (on) {
-            st_vec<CPL>(l.X + (size_t)t * F + f0, ax);
+            /* SPLIT: the partial row [X | V] of item (sp, t), summed by et_split_sum */
+            float *xo = !SPLIT ? l.X + (size_t)t * F : part + ((size_t)sp * rows + t) * 4 * F;
+            float *vo = !SPLIT ? l.V + (size_t)t * 3 * F : xo + F;
+            st_vec<CPL>(xo + f0, ax);
 #pragma unroll
             for (int cx = 0; cx < 3; cx++)
-                st_vec<CPL>(l.V + ((size_t)t * 3 + cx) * F + f0, av[cx]);
+                st_vec<CPL>(vo + (size_t)cx * F + f0, av[cx]);
         }
     }
 }
@@ -185,12 +193,26 @@ extern "C" int et_edge_smem(int CPL, int K, int part_count)
 }
 
 template <int CPL>
-static cudaError_t launch_fwd(cudaStream_t s, int grid, const et_edge_common *c,
-                              const et_edge_layer *l)
+static cudaError_t launch_fwd(cudaStream_t s, int grid, int S, float *part,
+                              const et_edge_common *c, const et_edge_layer *l)
 {
-    return launch_persistent(by_act(c, k_edge_fwd<CPL, ACT_ANY>, k_edge_fwd<CPL, ACT_SILU>,
-                                    k_edge_fwd<CPL, ACT_SILU_FAST>),
-                             edge_smem_bytes(c->F, c->K, 4, 0), grid, s, *c, *l);
+    cudaError_t e = launch_persistent(
+        S == 1 ? by_act(c, k_edge_fwd<CPL, ACT_ANY, false>, k_edge_fwd<CPL, ACT_SILU, false>,
+                        k_edge_fwd<CPL, ACT_SILU_FAST, false>)
+               : by_act(c, k_edge_fwd<CPL, ACT_ANY, true>, k_edge_fwd<CPL, ACT_SILU, true>,
+                        k_edge_fwd<CPL, ACT_SILU_FAST, true>),
+        edge_smem_bytes(c->F, c->K, 4, 0), split_grid(grid, c->n_local, S), s, *c, *l, S, part);
+    if (e != cudaSuccess || S == 1)
+        return e;
+    const int F = c->F;
+    return et_split_sum(s, S, c->n_local, part, l->X, F, F, 0, l->V, 3 * F, 3 * F, 0);
+}
+
+template <int CPL> static cudaError_t slots_fwd(const et_edge_common *c, int *slots)
+{
+    return edge_slots(by_act(c, k_edge_fwd<CPL, ACT_ANY, false>, k_edge_fwd<CPL, ACT_SILU, false>,
+                             k_edge_fwd<CPL, ACT_SILU_FAST, false>),
+                      edge_smem_bytes(c->F, c->K, 4, 0), slots);
 }
 
 template <int CPL>
@@ -201,14 +223,21 @@ static cudaError_t launch_ne(cudaStream_t s, int grid, const et_edge_common *c, 
                              w, b, emb, z, cat);
 }
 
-extern "C" cudaError_t et_edge_forward(cudaStream_t s, int CPL, int grid, const et_edge_common *c,
-                                       const et_edge_layer *l)
+extern "C" cudaError_t et_edge_forward(cudaStream_t s, int CPL, int grid, int split, float *part,
+                                       const et_edge_common *c, const et_edge_layer *l)
 {
     if (c->n_local == 0)
         return cudaSuccess;
+    if (split < 1 || (split > 1 && !part))
+        return cudaErrorInvalidValue;
     return dispatch_cpl(CPL, [&](auto C) {
-        return launch_fwd<decltype(C)::value>(s, grid, c, l);
+        return launch_fwd<decltype(C)::value>(s, grid, split, part, c, l);
     });
+}
+
+extern "C" cudaError_t et_edge_forward_slots(int CPL, const et_edge_common *c, int *slots)
+{
+    return dispatch_cpl(CPL, [&](auto C) { return slots_fwd<decltype(C)::value>(c, slots); });
 }
 
 extern "C" cudaError_t et_ne_forward(cudaStream_t s, int CPL, int grid, const et_edge_common *c,

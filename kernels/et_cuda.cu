@@ -341,6 +341,9 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
         et->checkpoint = !(ck && strcmp(ck, "0") == 0);
         const char *fx = getenv("DS4SCI_CUDA_FASTEXP");
         et->fastexp = fx && strcmp(fx, "1") == 0;
+        const char *sx = getenv("DS4SCI_CUDA_SPLIT"); /* 1, 2, 4, 8; anything else: per pass */
+        et->split_force = sx && (!strcmp(sx, "1") || !strcmp(sx, "2") || !strcmp(sx, "4") ||
+                                 !strcmp(sx, "8")) ? atoi(sx) : 0;
         const char *pp = getenv("DS4SCI_CUDA_PROFILE");
         if (pp && *pp) {
             et->profile_path = strdup(pp);
@@ -414,7 +417,7 @@ static const char *const buf_names[] = {
     "layer inputs x", "layer inputs vec", "X per layer", "LayerNorm output, dE/dX, dE/dh",
     "q/k/v", "vec_proj output, neighbour indices", "vdot", "o", "dE/dx", "dE/dvec",
     "dE/dvec", "dE/dqkv, sort scratch, embedding concat, V", "dE/dw", "atom energies", "forces",
-    "atom virials", "partial sums", "exchange staging"};
+    "atom virials", "partial sums", "row-split partial sums", "exchange staging"};
 static_assert(sizeof(buf_names) / sizeof(buf_names[0]) == B_COUNT, "one name per buffer");
 
 /* Make buf[i] hold at least `bytes`; never shrinks, keeps no contents. */
@@ -853,6 +856,13 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
     c.fastexp = et->fastexp;
     const int grid_l = (nl + ET_EDGE_WARPS - 1) / ET_EDGE_WARPS,
               grid_n = (n + ET_EDGE_WARPS - 1) / ET_EDGE_WARPS;
+    /* row split of the fused layer edge passes (few rows: S warps per row, partial sums) */
+    et_edge_split sp = {1, 1, 1, 0};
+    if (!et->edge_unfused)
+        CU(et_edge_split_plan(CPL, &c, et->split_force, &sp), "edge split plan");
+    if (sp.part_floats > 0)
+        ST(ensure(et, B_SPLIT, sp.part_floats * sizeof(float), err, err_len));
+    float *SPLIT = sp.part_floats > 0 ? BUF(float, B_SPLIT) : NULL;
 
     xch_ctx xc = {ex, builtin ? BUF(int, B_GOWN) : NULL, nl, ng, F,
                   n_send > 0 ? BUF(int, B_GOWN) : NULL};
@@ -922,7 +932,7 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
         if (et->edge_unfused)
             CU(et_edge_forward_unfused(s, &c, &el), "edge forward (unfused)");
         else
-            CU(et_edge_forward(s, CPL, grid_l, &c, &el), "edge forward");
+            CU(et_edge_forward(s, CPL, grid_l, sp.fwd, SPLIT, &c, &el), "edge forward");
         mark(et, ST_NODE_FWD);
         BL(gemm_awt(h, nl, 3 * F, F, Xout, dl->o_w, 0.f, Ob), "o_proj");
         /* ghost rows of the next input come from the exchange; the update zeroes them */
@@ -1015,9 +1025,11 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
         if (et->edge_unfused) {
             CU(et_edge_backward_unfused(s, &c, &el), "edge backward (unfused)");
         } else {
-            CU(et_edge_backward_recv(s, CPL, grid_l, &c, &el), "edge backward (receivers)");
+            CU(et_edge_backward_recv(s, CPL, grid_l, sp.recv, SPLIT, &c, &el),
+               "edge backward (receivers)");
             mark(et, ST_EDGE_SEND);
-            CU(et_edge_backward_send(s, CPL, grid_n, &c, &el), "edge backward (senders)");
+            CU(et_edge_backward_send(s, CPL, grid_n, sp.send, SPLIT, &c, &el),
+               "edge backward (senders)");
         }
         mark(et, ST_NODE_BWD);
         BL(gemm_ab(h, n, F, 5 * F, GQKV, dl->qkv_w, F, 0.f, GH), "q/k/v backward");

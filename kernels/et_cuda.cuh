@@ -116,7 +116,7 @@ enum {
     B_TROFF, B_TREDGE, B_TRKEY, B_CUB,
     B_XS, B_VECS, B_XST, B_H, B_QKV, B_P, B_VDOT, B_O,
     B_GX0, B_GV0, B_GV1, B_GQKV, B_GW, B_EA, B_F, B_AV, B_PART,
-    B_XCH, B_COUNT
+    B_SPLIT, B_XCH, B_COUNT
 };
 
 /* Profile stages (DS4SCI_CUDA_PROFILE). */
@@ -149,6 +149,8 @@ typedef struct ds4sci_cuda_et {
     int edge_unfused;        /* DS4SCI_CUDA_EDGE=unfused: the unfused baseline edge path
                                 (edge_unfused.cu) instead of the fused kernels */
     int fastexp;             /* DS4SCI_CUDA_FASTEXP=1: SiLU in the edge kernels with __expf */
+    int split_force;         /* DS4SCI_CUDA_SPLIT=1|2|4|8: row split factor of the fused
+                                layer edge kernels forced (0: chosen per pass, et_edge_split) */
     int checkpoint;          /* keep every other layer input with the built-in exchange
                                 (default; DS4SCI_CUDA_CHECKPOINT=0: keep all) */
     long long last_n, last_ne;
@@ -254,19 +256,45 @@ cudaError_t et_pack_rows(cudaStream_t s, const int *rows, int n, int F, const fl
 cudaError_t et_unpack_rows_add(cudaStream_t s, const int *rows, int n, int F, const double *in,
                                float *x, float *vec);
 
-/* edge_fwd.cu */
-cudaError_t et_edge_forward(cudaStream_t s, int CPL, int grid, const et_edge_common *c,
-                            const et_edge_layer *l);
+/*
+ * Row split of the fused layer edge kernels (edge_split.cu; docs/gpu.md "Row split for small
+ * systems"). With split S > 1 a pass runs S work items per row (receiver t, or sender s in the
+ * sender pass): item (p, t) walks the chunks e0 + p E, e0 + (p + S) E, ... of the row and
+ * writes its per-row sums to part[p][row][W] (W = 4F forward: X | V; F receivers: g_q; 7F
+ * senders: g_k | g_v in gqkv's layout | g_vec) instead of the outputs; then et_split_sum adds
+ * the S partials in the order p = 0 .. S-1 and stores ('=') or adds ('+=', g_vec) them where
+ * S = 1 writes. Deterministic; per-edge outputs (dE/dw) are unchanged. S = 1 runs the same code
+ * and order as without the split.
+ */
+typedef struct et_edge_split {
+    int fwd, recv, send;     /* split factors, each 1, 2, 4 or 8 */
+    size_t part_floats;      /* floats of part the largest of them needs (0 when all are 1) */
+} et_edge_split;
+/* Split factors for this model and system: force (1, 2, 4, 8) for every pass, or (0) per pass
+   the smallest S with rows x S >= 4 x the kernel's resident warps, at most 8 (1 from there up). */
+cudaError_t et_edge_split_plan(int CPL, const et_edge_common *c, int force, et_edge_split *sp);
+/* part [S][rows][w0 + w1] summed over p in order; column j < w0 goes to d0[row * ld0 + j],
+   column w0 + j to d1[row * ld1 + j]; add0 / add1: += instead of =. */
+cudaError_t et_split_sum(cudaStream_t s, int S, int rows, const float *part, float *d0, int ld0,
+                         int w0, int add0, float *d1, int ld1, int w1, int add1);
+
+/* edge_fwd.cu (split, part: see et_edge_split; part unused when split is 1) */
+cudaError_t et_edge_forward(cudaStream_t s, int CPL, int grid, int split, float *part,
+                            const et_edge_common *c, const et_edge_layer *l);
+/* resident warps of the forward kernel on this device (the row split's measure) */
+cudaError_t et_edge_forward_slots(int CPL, const et_edge_common *c, int *slots);
 cudaError_t et_ne_forward(cudaStream_t s, int CPL, int grid, const et_edge_common *c,
                           const float *ne_wt, const float *ne_b, const float *ne_emb,
                           const int *z, float *cat);
 int et_edge_smem(int CPL, int K, int part_count);
 
-/* edge_bwd.cu */
-cudaError_t et_edge_backward_recv(cudaStream_t s, int CPL, int grid, const et_edge_common *c,
-                                  const et_edge_layer *l);
-cudaError_t et_edge_backward_send(cudaStream_t s, int CPL, int grid, const et_edge_common *c,
-                                  const et_edge_layer *l);
+/* edge_bwd.cu (split, part: see et_edge_split) */
+cudaError_t et_edge_backward_recv(cudaStream_t s, int CPL, int grid, int split, float *part,
+                                  const et_edge_common *c, const et_edge_layer *l);
+cudaError_t et_edge_backward_send(cudaStream_t s, int CPL, int grid, int split, float *part,
+                                  const et_edge_common *c, const et_edge_layer *l);
+cudaError_t et_edge_backward_slots(int CPL, const et_edge_common *c, int *recv_slots,
+                                   int *send_slots);
 cudaError_t et_ne_backward(cudaStream_t s, int CPL, int grid, const et_edge_common *c,
                            const float *ne_wt, const float *ne_b, const float *ne_emb,
                            const int *z, const float *gm, float4 *gw);
