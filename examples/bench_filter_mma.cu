@@ -1403,6 +1403,7 @@ static bool load_model_filter(const char *path, int layer, filter *out, double *
         out->b = bk;
         out->b.insert(out->b.end(), bvv.begin(), bvv.end());
         out->v.resize(out->nc);
+        rng_s = 0x2545f4914f6cdd1dull; /* the same v whatever ran before */
         for (int c = 0; c < out->nc; c++) {
             for (int k = 0; k < KR; k++)
                 out->w[k * out->nc + c] = c < fk ? wk[c * KR + k] : wv[(c - fk) * KR + k];
