@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ds4sci_kernels.h"
 #include "et_cuda.cuh"
@@ -379,6 +380,12 @@ extern "C" void ds4sci_cuda_et_free(ds4sci_cuda_et *et)
             for (int s = 0; s < ET_NSTAGES; s++)
                 fprintf(f, "stage %s %.4f\n", stage_names[s],
                         et->profile_calls ? et->stage_ms[s] / et->profile_calls : 0.0);
+            if (et->xch_calls) /* caller exchange: where its host time goes, ms per step */
+                fprintf(f, "exchange_host calls/step %.1f d2h %.4f host_loops %.4f callback %.4f "
+                           "h2d %.4f\n",
+                        (double)et->xch_calls / (et->profile_calls ? et->profile_calls : 1),
+                        et->xch_ms[0] / et->profile_calls, et->xch_ms[1] / et->profile_calls,
+                        et->xch_ms[2] / et->profile_calls, et->xch_ms[3] / et->profile_calls);
             fprintf(f, "workspace_bytes %zu\n", et->dev_bytes);
             fprintf(f, "peak_device_used_bytes %zu\n", et->peak_used);
             fprintf(f, "atoms %lld edges %lld\n", et->last_n, et->last_ne);
@@ -552,6 +559,14 @@ static ds4sci_status head(ds4sci_cuda_et *et, int nl, const int *z, const float 
 }
 
 /* ---- exchange ------------------------------------------------------------------------------ */
+/* Host wall clock in ms (profile only). */
+static double wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
 typedef struct xch_ctx {
     const ds4sci_exchange *ex;
     const int *owner; /* device ghost owners when built-in, else NULL */
@@ -589,11 +604,22 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
         et->h_xch_cap = need;
     }
     double *dx = BUF(double, B_XCH), *hx = et->h_xch, *hp = et->h_xch + (size_t)n * w;
+    const int prof = et->profile_path != NULL;
+    double tm = prof ? wall_ms() : 0.0;
+    /* profile: add the wall time since the last mark to et->xch_ms[k] */
+    auto mark = [&](int k) {
+        if (prof) {
+            const double now = wall_ms();
+            et->xch_ms[k] += now - tm;
+            tm = now;
+        }
+    };
     if (!reverse && rows) {
         CU(et_pack_rows(s, xc->send_dev, nr, F, x, vec, dx), "exchange pack (send rows)");
         CU(cudaMemcpyAsync(hp, dx, (size_t)nr * w * sizeof(double), cudaMemcpyDeviceToHost, s),
            "exchange copy");
         CU(cudaStreamSynchronize(s), "exchange sync");
+        mark(0);
         for (int k = 0; k < nr; k++)
             memcpy(hx + (size_t)rows[k] * w, hp + (size_t)k * w, (size_t)w * sizeof(double));
         memset(hx + (size_t)nl * w, 0, (size_t)ng * w * sizeof(double));
@@ -602,6 +628,7 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
         CU(cudaMemcpyAsync(hx, dx, (size_t)nl * w * sizeof(double), cudaMemcpyDeviceToHost, s),
            "exchange copy");
         CU(cudaStreamSynchronize(s), "exchange sync");
+        mark(0);
         memset(hx + (size_t)nl * w, 0, (size_t)ng * w * sizeof(double));
     } else {
         CU(et_pack(s, nl, ng, F, x, vec, dx + (size_t)nl * w), "exchange pack");
@@ -609,13 +636,16 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
                            (size_t)ng * w * sizeof(double), cudaMemcpyDeviceToHost, s),
            "exchange copy");
         CU(cudaStreamSynchronize(s), "exchange sync");
+        mark(0);
         if (rows)
             for (int k = 0; k < nr; k++)
                 memset(hx + (size_t)rows[k] * w, 0, (size_t)w * sizeof(double));
         else
             memset(hx, 0, (size_t)nl * w * sizeof(double));
     }
+    mark(1);
     int rc = reverse ? xc->ex->reverse(xc->ex->user, hx, w) : xc->ex->forward(xc->ex->user, hx, w);
+    mark(2);
     if (rc != 0)
         return fail(err, err_len, DS4SCI_ERR_EXCHANGE, "ghost exchange %s (width %d) returned %d",
                     reverse ? "reverse" : "forward", w, rc);
@@ -645,6 +675,8 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
     }
     /* the host buffer is reused by the next exchange: wait until the copies have read it */
     CU(cudaStreamSynchronize(s), "exchange sync");
+    mark(3); /* (includes the reverse's host gather of the send rows) */
+    et->xch_calls++;
     return DS4SCI_OK;
 }
 

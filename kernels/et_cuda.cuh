@@ -144,6 +144,9 @@ typedef struct ds4sci_cuda_et {
     int ev_stage[ET_MAX_EVENTS];
     int n_ev;
     double stage_ms[ET_NSTAGES];
+    double xch_ms[4];        /* caller exchange, host wall time (profile only): device -> host
+                                (pack, copy, wait), host loops, the callback, host -> device */
+    long xch_calls;
     long profile_calls;
     size_t peak_used;        /* max of (total - free) device memory after a call */
     int edge_unfused;        /* DS4SCI_CUDA_EDGE=unfused: the unfused baseline edge path
