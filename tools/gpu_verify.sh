@@ -15,7 +15,7 @@
 #                                    (and 10k, 1M with FASTEXP), bench_filter_mma if built, LAMMPS
 #                                    gpu tests and the 1M-atom LAMMPS benchmarks (also on 2 ranks
 #                                    with one GPU each when there are two GPUs), racecheck.
-#   With two or more GPUs, racecheck and BG_CMD (a command, e.g. a long NVE run) run on the last
+#   With two or more GPUs, racecheck (check_cuda_backend case RACE_CASE, default golden) and BG_CMD (a command, e.g. a long NVE run) run on the last
 #   GPU from the start while the rest runs on GPU 0 (the 2-rank LAMMPS runs use both, at the
 #   end, after the background jobs are stopped).
 #
@@ -78,10 +78,11 @@ NGPU=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU")
 bg=()
 if [ "$NGPU" -ge 2 ]; then
     last=$((NGPU - 1))
-    (cd tests && CUDA_VISIBLE_DEVICES=$last CK_RUN_CASE=api timeout $((BUDGET - 60)) \
+    rc_case=${RACE_CASE:-golden}
+    (cd tests && CUDA_VISIBLE_DEVICES=$last CK_RUN_CASE=$rc_case timeout $((BUDGET - 60)) \
         compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 9 \
-        "$B/check_cuda_backend"; echo "racecheck api rc=$? t=$(( $(date +%s) - T0 ))s") \
-        > "$LG/racecheck_api.log" 2>&1 &
+        "$B/check_cuda_backend"; echo "racecheck $rc_case rc=$? t=$(( $(date +%s) - T0 ))s") \
+        > "$LG/racecheck_$rc_case.log" 2>&1 &
     bg+=($!)
     if [ -n "${BG_CMD:-}" ]; then
         (CUDA_VISIBLE_DEVICES=$last timeout "${BG_SECONDS:-$((BUDGET - 150))}" bash -c "$BG_CMD";
@@ -107,18 +108,37 @@ ck vs_cpu_nockpt 100 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_CHECKPOINT=0
 ck golden_unfused 60 CK_RUN_CASE=golden DS4SCI_CUDA_EDGE=unfused
 ck golden_fastexp 60 CK_RUN_CASE=golden DS4SCI_CUDA_FASTEXP=1
 ck vs_cpu_fastexp 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_FASTEXP=1
+# row split for small systems (edge_split.cu): S forced to 1 (the unsplit kernels) and to 2 (the
+# automatic rule picks 8 or 4 for these small cases and 1 for the 10k-atom one)
+ck golden_split1 60 CK_RUN_CASE=golden DS4SCI_CUDA_SPLIT=1
+ck golden_split2 60 CK_RUN_CASE=golden DS4SCI_CUDA_SPLIT=2
+ck vs_cpu_split2 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_SPLIT=2
 (cd tests && CK_RUN_CASE=golden timeout 90 compute-sanitizer --tool memcheck --error-exitcode 9 \
     "$B/check_cuda_backend") > "$LG/memcheck.log" 2>&1
 t memcheck $?
 # shellcheck disable=SC2086
 timeout 150 "$B/bench_gpu" tests/golden/typical.safetensors 3 $SIZES > "$LG/bench_gpu.log" 2>&1
 t bench_gpu $?
-DS4SCI_CUDA_FASTEXP=1 timeout 60 "$B/bench_gpu" tests/golden/typical.safetensors 3 10000 1000000 \
-    > "$LG/bench_gpu_fastexp.log" 2>&1
-t bench_gpu_fastexp $?
+if [ "${FASTEXP_BENCH:-1}" = 1 ]; then
+    DS4SCI_CUDA_FASTEXP=1 timeout 60 "$B/bench_gpu" tests/golden/typical.safetensors 3 10000 1000000 \
+        > "$LG/bench_gpu_fastexp.log" 2>&1
+    t bench_gpu_fastexp $?
+fi
+for S in ${SPLITS:-1 2 4 8}; do   # forced split factors at the sizes where the rule matters
+    DS4SCI_CUDA_SPLIT=$S timeout 60 "$B/bench_gpu" tests/golden/typical.safetensors 5 1000 10000 \
+        > "$LG/bench_gpu_split$S.log" 2>&1
+    t "bench_gpu_split$S" $?
+done
 if [ -x "$B/bench_filter_mma" ]; then
-    timeout 90 "$B/bench_filter_mma" > "$LG/filter_mma.log" 2>&1
-    t bench_filter_mma $?
+    timeout 90 "$B/bench_filter_mma" --model potentials/si-sw-et.safetensors --layer 1 --rmin 2.0 \
+        > "$LG/filter_mma.log" 2>&1
+    rc=$?
+    t bench_filter_mma $rc
+    if [ "$rc" != 0 ]; then   # where it failed, on a small run
+        timeout 60 compute-sanitizer --tool memcheck --print-limit 5 "$B/bench_filter_mma" \
+            --edges 65536 --reps 1 > "$LG/filter_mma_memcheck.log" 2>&1
+        t bench_filter_mma_memcheck $?
+    fi
 fi
 L=$LG/lammps
 unset CUDA_VISIBLE_DEVICES   # the 2-rank LAMMPS tests use one GPU per rank when there are two
@@ -126,19 +146,21 @@ OUT=$L SI_NVE=0 BENCH_SI="" BENCH_REF="" OOM_CELLS=0 timeout 200 bash tools/gpu_
     > "$LG/lammps.log" 2>&1
 t lammps_test $?
 [ "$NGPU" -ge 2 ] && export CUDA_VISIBLE_DEVICES=0
-if left $(( BUDGET - 150 )); then
-    OUT=$L SI_NVE=0 OOM_CELLS=0 BENCH_SI="50 20 10" BENCH_REF="100 3 2" timeout 120 \
+if left $(( BUDGET - ${LMP_BENCH_NEED:-150} )); then
+    OUT=$L SI_NVE=0 OOM_CELLS=0 BENCH_SI="${BENCH_SI-50 20 10}" BENCH_REF="${BENCH_REF-100 3 2}" \
+        DS4SCI_CUDA_PROFILE=$L/profile_1rank.txt timeout 120 \
         bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
     t lammps_bench $?
 fi
 for p in "${bg[@]}"; do   # background jobs end by their own timeouts; the 2-rank runs need GPU 1
-    while kill -0 "$p" 2>/dev/null && left $(( BUDGET - 90 )); do sleep 2; done
+    while kill -0 "$p" 2>/dev/null && left $(( BUDGET - ${NEED_2GPU:-90} )); do sleep 2; done
     pkill -TERM -P "$p" 2>/dev/null; kill "$p" 2>/dev/null
 done
-if [ "$NGPU" -ge 2 ] && left $(( BUDGET - 80 )); then
+if [ "$NGPU" -ge 2 ] && left $(( BUDGET - ${NEED_2GPU:-90} + 10 )); then
     unset CUDA_VISIBLE_DEVICES
     OUT=$L SI_NVE=0 OOM_CELLS=0 BENCH_NP=2 BENCH_TAG=_2gpu BENCH_SI="50 20 10" BENCH_REF="" \
-        timeout 70 bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
+        DS4SCI_CUDA_PROFILE=$L/profile_2gpu.txt timeout 70 \
+        bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
     t lammps_bench_2gpu $?
 fi
 if [ "$NGPU" -lt 2 ]; then
@@ -153,6 +175,9 @@ echo "==== summary"; cat "$S"
 grep -hE "^====|^[0-9]+%|:F:|:E:" "$T"
 grep -h "ERROR SUMMARY" "$LG/memcheck.log"
 grep -vE "^#" "$LG/bench_gpu.log" | head -40
-grep -vE "^#" "$LG/bench_gpu_fastexp.log" | head -12
+grep -vE "^#" "$LG/bench_gpu_fastexp.log" 2>/dev/null | head -12
+for S in ${SPLITS:-1 2 4 8}; do echo "split $S"; grep -E "^ +[0-9]+ " "$LG/bench_gpu_split$S.log"; done
+grep -E "^variant|PASS|FAIL|ALL|SOME" "$LG/filter_mma.log" 2>/dev/null | grep -v "^sim" | head -40
+cat "$L"/profile_*.txt 2>/dev/null
 tail -n 5 "$LG"/racecheck*.log 2>/dev/null
 tail -n 30 "$LG/lammps.log"
