@@ -340,8 +340,8 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
         et->edge_unfused = eu && strcmp(eu, "unfused") == 0;
         const char *ck = getenv("DS4SCI_CUDA_CHECKPOINT");
         et->checkpoint = !(ck && strcmp(ck, "0") == 0);
-        const char *fx = getenv("DS4SCI_CUDA_FASTEXP");
-        et->fastexp = fx && strcmp(fx, "1") == 0;
+        const char *fx = getenv("DS4SCI_CUDA_FASTEXP"); /* default on: see edge_common.cuh */
+        et->fastexp = !(fx && strcmp(fx, "0") == 0);
         const char *sx = getenv("DS4SCI_CUDA_SPLIT"); /* 1, 2, 4, 8; anything else: per pass */
         et->split_force = sx && (!strcmp(sx, "1") || !strcmp(sx, "2") || !strcmp(sx, "4") ||
                                  !strcmp(sx, "8")) ? atoi(sx) : 0;

@@ -84,7 +84,7 @@ typedef struct et_edge_common {
     float rbf_coeff;
     int act, attn_act, use_dk, use_dv, vc, H, D;
     int F;                   /* hidden channels */
-    int fastexp;             /* DS4SCI_CUDA_FASTEXP=1: SiLU's exponential by ex2.approx (opt-in) */
+    int fastexp;             /* SiLU's exponential by ex2.approx (DS4SCI_CUDA_FASTEXP=0: expf) */
 } et_edge_common;
 
 /* One attention layer's edge pass. */
@@ -151,7 +151,7 @@ typedef struct ds4sci_cuda_et {
     size_t peak_used;        /* max of (total - free) device memory after a call */
     int edge_unfused;        /* DS4SCI_CUDA_EDGE=unfused: the unfused baseline edge path
                                 (edge_unfused.cu) instead of the fused kernels */
-    int fastexp;             /* DS4SCI_CUDA_FASTEXP=1: SiLU in the edge kernels with __expf */
+    int fastexp;             /* SiLU in the edge kernels with __expf (default; FASTEXP=0: expf) */
     int split_force;         /* DS4SCI_CUDA_SPLIT=1|2|4|8: row split factor of the fused
                                 layer edge kernels forced (0: chosen per pass, et_edge_split) */
     int checkpoint;          /* keep every other layer input with the built-in exchange

@@ -11,8 +11,9 @@
 #                                    check_cuda_backend (golden, api, vs_cpu with their measured
 #                                    errors; vs_cpu also with DS4SCI_CUDA_CHECKPOINT=0; golden with
 #                                    DS4SCI_CUDA_EDGE=unfused; golden and vs_cpu with
-#                                    DS4SCI_CUDA_FASTEXP=1), memcheck (golden), bench_gpu 1k..1M
-#                                    (and 10k, 1M with FASTEXP), bench_filter_mma if built, LAMMPS
+#                                    DS4SCI_CUDA_FASTEXP=0 and with DS4SCI_CUDA_SPLIT=1 and 2),
+#                                    memcheck (golden), bench_gpu 1k..1M (and 10k, 1M with
+#                                    FASTEXP=0; 1k, 10k with each SPLIT), bench_filter_mma, LAMMPS
 #                                    gpu tests and the 1M-atom LAMMPS benchmarks (also on 2 ranks
 #                                    with one GPU each when there are two GPUs), racecheck.
 #   With two or more GPUs, racecheck (check_cuda_backend case RACE_CASE, default golden) and BG_CMD (a command, e.g. a long NVE run) run on the last
@@ -106,8 +107,8 @@ ck api 60 CK_RUN_CASE=api
 ck vs_cpu 150 CK_RUN_CASE=vs_cpu
 ck vs_cpu_nockpt 100 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_CHECKPOINT=0
 ck golden_unfused 60 CK_RUN_CASE=golden DS4SCI_CUDA_EDGE=unfused
-ck golden_fastexp 60 CK_RUN_CASE=golden DS4SCI_CUDA_FASTEXP=1
-ck vs_cpu_fastexp 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_FASTEXP=1
+ck golden_expf 60 CK_RUN_CASE=golden DS4SCI_CUDA_FASTEXP=0
+ck vs_cpu_expf 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_FASTEXP=0
 # row split for small systems (edge_split.cu): S forced to 1 (the unsplit kernels) and to 2 (the
 # automatic rule picks 8 or 4 for these small cases and 1 for the 10k-atom one)
 ck golden_split1 60 CK_RUN_CASE=golden DS4SCI_CUDA_SPLIT=1
@@ -119,10 +120,10 @@ t memcheck $?
 # shellcheck disable=SC2086
 timeout 150 "$B/bench_gpu" tests/golden/typical.safetensors 3 $SIZES > "$LG/bench_gpu.log" 2>&1
 t bench_gpu $?
-if [ "${FASTEXP_BENCH:-1}" = 1 ]; then
-    DS4SCI_CUDA_FASTEXP=1 timeout 60 "$B/bench_gpu" tests/golden/typical.safetensors 3 10000 1000000 \
-        > "$LG/bench_gpu_fastexp.log" 2>&1
-    t bench_gpu_fastexp $?
+if [ "${EXPF_BENCH:-1}" = 1 ]; then   # SiLU with expf (DS4SCI_CUDA_FASTEXP=0) side by side
+    DS4SCI_CUDA_FASTEXP=0 timeout 60 "$B/bench_gpu" tests/golden/typical.safetensors 3 10000 1000000 \
+        > "$LG/bench_gpu_expf.log" 2>&1
+    t bench_gpu_expf $?
 fi
 for S in ${SPLITS:-1 2 4 8}; do   # forced split factors at the sizes where the rule matters
     DS4SCI_CUDA_SPLIT=$S timeout 60 "$B/bench_gpu" tests/golden/typical.safetensors 5 1000 10000 \
@@ -175,7 +176,7 @@ echo "==== summary"; cat "$S"
 grep -hE "^====|^[0-9]+%|:F:|:E:" "$T"
 grep -h "ERROR SUMMARY" "$LG/memcheck.log"
 grep -vE "^#" "$LG/bench_gpu.log" | head -40
-grep -vE "^#" "$LG/bench_gpu_fastexp.log" 2>/dev/null | head -12
+grep -vE "^#" "$LG/bench_gpu_expf.log" 2>/dev/null | head -12
 for S in ${SPLITS:-1 2 4 8}; do echo "split $S"; grep -E "^ +[0-9]+ " "$LG/bench_gpu_split$S.log"; done
 grep -E "^variant|PASS|FAIL|ALL|SOME" "$LG/filter_mma.log" 2>/dev/null | grep -v "^sim" | head -40
 cat "$L"/profile_*.txt 2>/dev/null
