@@ -559,6 +559,27 @@ static ds4sci_status head(ds4sci_cuda_et *et, int nl, const int *z, const float 
 }
 
 /* ---- exchange ------------------------------------------------------------------------------ */
+/* Host copies of the caller exchange: rows of w doubles, threaded when OpenMP is on (the rows
+   are distinct: api.c rejects repeated send rows). dst[rows[k]] = src[k] (scatter), dst[k] =
+   src[rows[k]] (gather), or zero (src NULL) the listed rows, or with rows NULL rows 0 .. nr-1. */
+enum { ROWS_SCATTER, ROWS_GATHER, ROWS_ZERO };
+static void host_rows(int mode, const int32_t *rows, int nr, int w, const double *src, double *dst)
+{
+    const size_t bytes = (size_t)w * sizeof(double);
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) if ((size_t)nr * w > (1u << 18))
+#endif
+    for (int k = 0; k < nr; k++) {
+        const size_t r = rows ? (size_t)rows[k] : (size_t)k;
+        if (mode == ROWS_SCATTER)
+            memcpy(dst + r * w, src + (size_t)k * w, bytes);
+        else if (mode == ROWS_GATHER)
+            memcpy(dst + (size_t)k * w, src + r * w, bytes);
+        else
+            memset(dst + r * w, 0, bytes);
+    }
+}
+
 /* Host wall clock in ms (profile only). */
 static double wall_ms(void)
 {
@@ -620,16 +641,15 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
            "exchange copy");
         CU(cudaStreamSynchronize(s), "exchange sync");
         mark(0);
-        for (int k = 0; k < nr; k++)
-            memcpy(hx + (size_t)rows[k] * w, hp + (size_t)k * w, (size_t)w * sizeof(double));
-        memset(hx + (size_t)nl * w, 0, (size_t)ng * w * sizeof(double));
+        host_rows(ROWS_SCATTER, rows, nr, w, hp, hx);
+        host_rows(ROWS_ZERO, NULL, ng, w, NULL, hx + (size_t)nl * w);
     } else if (!reverse) {
         CU(et_pack(s, 0, nl, F, x, vec, dx), "exchange pack");
         CU(cudaMemcpyAsync(hx, dx, (size_t)nl * w * sizeof(double), cudaMemcpyDeviceToHost, s),
            "exchange copy");
         CU(cudaStreamSynchronize(s), "exchange sync");
         mark(0);
-        memset(hx + (size_t)nl * w, 0, (size_t)ng * w * sizeof(double));
+        host_rows(ROWS_ZERO, NULL, ng, w, NULL, hx + (size_t)nl * w);
     } else {
         CU(et_pack(s, nl, ng, F, x, vec, dx + (size_t)nl * w), "exchange pack");
         CU(cudaMemcpyAsync(hx + (size_t)nl * w, dx + (size_t)nl * w,
@@ -638,10 +658,9 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
         CU(cudaStreamSynchronize(s), "exchange sync");
         mark(0);
         if (rows)
-            for (int k = 0; k < nr; k++)
-                memset(hx + (size_t)rows[k] * w, 0, (size_t)w * sizeof(double));
+            host_rows(ROWS_ZERO, rows, nr, w, NULL, hx);
         else
-            memset(hx, 0, (size_t)nl * w * sizeof(double));
+            host_rows(ROWS_ZERO, NULL, nl, w, NULL, hx);
     }
     mark(1);
     int rc = reverse ? xc->ex->reverse(xc->ex->user, hx, w) : xc->ex->forward(xc->ex->user, hx, w);
@@ -656,8 +675,7 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
         CU(et_unpack(s, nl, ng, F, dx + (size_t)nl * w, x, vec, 0), "exchange unpack");
     } else {
         if (rows) {
-            for (int k = 0; k < nr; k++)
-                memcpy(hp + (size_t)k * w, hx + (size_t)rows[k] * w, (size_t)w * sizeof(double));
+            host_rows(ROWS_GATHER, rows, nr, w, hx, hp);
             CU(cudaMemcpyAsync(dx, hp, (size_t)nr * w * sizeof(double), cudaMemcpyHostToDevice,
                                s),
                "exchange copy");
