@@ -233,7 +233,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
     }
 }
 
-template <int CPL, int SILU, bool SPLIT>
+template <int CPL, int SILU, bool SPLIT, bool REST = false>
 static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL))
     k_edge_bwd_send(const et_edge_common c, const et_edge_layer l, const int nsplit,
                     float *const part)
@@ -253,6 +253,12 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
     const int S = SPLIT ? nsplit : 1, rows = c.n_total, items = rows * S;
     for (int w = blockIdx.x * ET_EDGE_WARPS + warp; w < items; w += gridDim.x * ET_EDGE_WARPS) {
         const int sp = SPLIT ? w / rows : 0, s = SPLIT ? w - sp * rows : w;
+        /* REST (after the merged pass, S = 1): only the edges it did not cover (tr_edge2);
+           an owned row without such edges is complete already */
+        const int e0 = c.tr_off[s], e1 = REST ? e0 + c.tr_cnt2[s] : c.tr_off[s + 1];
+        const int *const tr_edge = REST ? c.tr_edge2 : c.tr_edge;
+        if (REST && e1 == e0 && s < c.n_local)
+            continue;
         const float *srow = l.qkv + (size_t)s * 5 * F;
         float kk[CPL], vv[3][CPL], vs[3][CPL];
         ldg_vec<CPL>(srow + F + f0, kk);
@@ -279,14 +285,13 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
             for (int p = 0; p < 3; p++)
                 gv[p][j] = gvec[p][j] = 0.f;
         }
-        const int e0 = c.tr_off[s], e1 = c.tr_off[s + 1];
         for (int cb = e0 + sp * E; cb < e1; cb += S * E) {
             const int nv = min(E, e1 - cb);
             int eid[E];
             float r[E], sv[E];
 #pragma unroll
             for (int i = 0; i < E; i++) {
-                eid[i] = i < nv ? c.tr_edge[cb + i] : 0;
+                eid[i] = i < nv ? tr_edge[cb + i] : 0;
                 r[i] = i < nv ? c.e_geo[eid[i]].w : 0.f;
             }
             stage_rbf<E>(c, r, nv, lane, s_rbf, nullptr);
@@ -388,6 +393,20 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                 st_vec<CPL>(pr + (size_t)(4 + cx) * F + f0, gvec[cx]);
             continue;
         }
+        if (REST && s < c.n_local) { /* add to the merged pass's sums of the owned row */
+            float cur[CPL];
+            ld_vec<CPL>(grow + F + f0, cur);
+#pragma unroll
+            for (int j = 0; j < CPL; j++)
+                gk[j] += cur[j];
+#pragma unroll
+            for (int p = 0; p < 3; p++) {
+                ld_vec<CPL>(grow + vx_off + p * D, cur);
+#pragma unroll
+                for (int j = 0; j < CPL; j++)
+                    gv[p][j] += cur[j];
+            }
+        }
         st_vec<CPL>(grow + F + f0, gk);
 #pragma unroll
         for (int p = 0; p < 3; p++)
@@ -402,6 +421,475 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                 cur[j] += gvec[cx][j];
             st_vec<CPL>(gp, cur);
         }
+    }
+}
+
+/*
+ * Merged backward pass (DS4SCI_CUDA_MERGED=1; docs/gpu.md "Merged backward pass"): one warp per
+ * owned receiver t over its CSR row, as k_edge_bwd_recv, and for each edge e = (s -> t) with
+ * rev[e] >= 0 also the sender pass's work of the reverse edge e' = (t -> s) (receiver s,
+ * sender t), from the same filter evaluation: e and e' have the same r (graph.cu, k_edge_rev),
+ * so the same RBF, filters dk, dv, gates and cutoff; the direction of e' is -d. The self-loop
+ * is its own reverse (its sender work, direction 0, is done here too). The sender sums of t
+ * (g_k, g_v, g_vec) are accumulated over the row in shared memory (7 x 32 CPL floats per warp:
+ * the receiver pass is at 125 of 128 registers) and stored at the end of the row: gqkv[t] gets
+ * g_q | g_k | g_v (=), gvec[t] += g_vec. Every write goes to t's own rows or to gw[e] of t's
+ * row: no atomics, a fixed order (row order, then et_edge_backward_send adds the edges not
+ * covered, tr_edge2, in transpose order). The sender work of e' is the code of k_edge_bwd_send
+ * with (its s, its t) = (t, s); it runs after each half's filter backward, from the
+ * activations dk, dv (first half) and dv1, dv2 (second half) kept in place of the
+ * pre-activations, so that the gradients gp are no longer live.
+ *
+ * Blocks of up to ET_MERGED_WARPS warps, one block per SM (filters 4 K F floats + per warp the
+ * scratch of k_edge_bwd_recv and the accumulators: 214 KB at F = 128, K = 32, 16 warps), so
+ * 16 warps per SM as the receiver pass's two blocks of 8; registers capped at 128 alike.
+ */
+#define ET_MERGED_WARPS 16
+
+static __host__ __device__ inline size_t merged_warp_floats(int K, int CPL)
+{
+    size_t pw = 2 * (size_t)K * ET_EDGE_CHUNK + ET_RED_FLOATS(K);
+    pw = (pw + 3) / 4 * 4;
+    return pw + 7 * 32 * (size_t)CPL;
+}
+
+static inline size_t merged_smem_bytes(int F, int K, int CPL, int warps)
+{
+    return 4 * ((size_t)K * 4 * F + 4 * (size_t)F + (size_t)warps * merged_warp_floats(K, CPL));
+}
+
+template <int CPL, int SILU>
+static __global__ void __launch_bounds__(32 * ET_MERGED_WARPS, 1)
+    k_edge_bwd_merged(const et_edge_common c, const et_edge_layer l)
+{
+    constexpr int E = ET_EDGE_CHUNK;
+    constexpr int AW = 32 * CPL; /* stride of the accumulator parts (>= F; lane-major) */
+    static_assert(E == 4, "filter_back4 takes chunks of 4 edges");
+    const int F = c.F;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwb = blockDim.x >> 5;
+    extern __shared__ float4 sm4[];
+    float *sm = reinterpret_cast<float *>(sm4);
+    float *const s_wt = sm, *const s_b = sm + (size_t)c.K * 4 * F;
+    float *const s_rbf = s_b + 4 * F + (size_t)warp * merged_warp_floats(c.K, CPL);
+    float *const s_drbf = s_rbf + c.K * E, *const s_red = s_drbf + c.K * E;
+    /* this lane's accumulators: part p (0 g_k, 1..3 g_v value / gate 1 / gate 2, 4..6 g_vec
+       x, y, z) at acc[p * AW + j]; private to the lane (off lanes too: no sharing) */
+    float *const acc = s_rbf + merged_warp_floats(c.K, CPL) - 7 * AW + lane * CPL;
+    block_copy(s_wt, l.filt_wt, c.K * 4 * F);
+    block_copy(s_b, l.filt_b, 4 * F);
+    __syncthreads();
+
+    const int D = c.D, G = D / CPL;
+    const bool on = lane * CPL < F;
+    const int f0 = on ? lane * CPL : 0;
+    const int wl = f0 / CPL;
+    const int vx_off = 2 * F + ET_VIDX(f0, 0, D);
+    for (int t = blockIdx.x * nwb + warp; t < c.n_local; t += gridDim.x * nwb) {
+        float q[CPL], gX[CPL], gV[3][CPL], gq[CPL];
+        ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
+        ldg_vec<CPL>(l.gX + (size_t)t * F + f0, gX);
+#pragma unroll
+        for (int cx = 0; cx < 3; cx++)
+            ldg_vec<CPL>(l.gV + ((size_t)t * 3 + cx) * F + f0, gV[cx]);
+        zero_off<CPL>(on, q);
+        zero_off<CPL>(on, gX);
+#pragma unroll
+        for (int cx = 0; cx < 3; cx++)
+            zero_off<CPL>(on, gV[cx]);
+#pragma unroll
+        for (int j = 0; j < CPL; j++)
+            gq[j] = 0.f;
+        {
+            float zero[CPL];
+#pragma unroll
+            for (int j = 0; j < CPL; j++)
+                zero[j] = 0.f;
+#pragma unroll
+            for (int p = 0; p < 7; p++)
+                st_vec<CPL>(acc + p * AW, zero);
+        }
+        const float *const trow = l.qkv + (size_t)t * 5 * F; /* t as the sender of e' */
+        const int e0 = c.row_off[t], e1 = c.row_off[t + 1];
+        for (int cb = e0; cb < e1; cb += E) {
+            const int nv = min(E, e1 - cb);
+            /* per edge, carried from the first half to the second: sv, c'(r), and this
+               lane's part of dE/dr (filter backward, cutoff); c(r) and rev for the sender work */
+            float r[E], sv[E], dcs[E], grl[E], ccs[E];
+            int rv[E];
+#pragma unroll
+            for (int i = 0; i < E; i++) {
+                r[i] = i < nv ? c.e_geo[cb + i].w : 0.f;
+                rv[i] = i < nv ? c.rev[cb + i] : -1;
+                sv[i] = dcs[i] = grl[i] = ccs[i] = 0.f;
+            }
+            stage_rbf<E>(c, r, nv, lane, s_rbf, s_drbf);
+            __syncwarp();
+            {
+                /* pre[i][0 / 1] becomes dk / dv of edge i once its receiver work has read it */
+                float pre[E][2][CPL], gp[E][2][CPL];
+                filter_pre<CPL, E, 2, 4, 0>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
+#pragma unroll
+                for (int i = 0; i < E; i++) {
+#pragma unroll
+                    for (int j = 0; j < CPL; j++)
+                        gp[i][0][j] = gp[i][1][j] = 0.f;
+                    if (i >= nv)
+                        continue;
+                    const int s = c.e_src[cb + i];
+                    const bool self = (s == t);
+                    float dc;
+                    const float cc = cutoff_pi(r[i], c.cl, c.cu, &dc);
+                    const float *srow = l.qkv + (size_t)s * 5 * F;
+                    float kk[CPL], vv[CPL];
+                    ldg_vec<CPL>(srow + F + f0, kk);
+                    ldg_vec<CPL>(srow + vx_off, vv);
+                    float dk[CPL], ddk[CPL], dv[CPL], ddv[CPL];
+                    float part = 0.f;
+#pragma unroll
+                    for (int j = 0; j < CPL; j++) {
+                        if (c.use_dk) {
+                            dk[j] = actv<SILU>(c.act, pre[i][0][j], &ddk[j]);
+                        } else {
+                            dk[j] = 1.f;
+                            ddk[j] = 0.f;
+                        }
+                        if (c.use_dv) {
+                            dv[j] = actv<SILU>(c.act, pre[i][1][j], &ddv[j]);
+                        } else {
+                            dv[j] = 1.f;
+                            ddv[j] = 0.f;
+                        }
+                        pre[i][0][j] = dk[j];
+                        pre[i][1][j] = dv[j];
+                        part = fmaf(q[j] * kk[j], dk[j], part);
+                    }
+                    float da;
+                    const float a = actv<SILU>(c.attn_act, group_sum(part, G), &da);
+                    const float A = c.vc ? a : a * cc;
+                    sv[i] = c.vc ? cc : 1.f;
+                    dcs[i] = dc;
+                    ccs[i] = cc;
+                    float gA_part = 0.f;
+#pragma unroll
+                    for (int j = 0; j < CPL; j++)
+                        gA_part = fmaf(gX[j], vv[j] * dv[j] * sv[i], gA_part);
+                    const float gA = group_sum(gA_part, G);
+                    const float gapre = (c.vc ? gA : gA * cc) * da;
+                    float gc_part = c.vc ? 0.f : gA_part * a;
+#pragma unroll
+                    for (int j = 0; j < CPL; j++) {
+                        gq[j] = fmaf(gapre * kk[j], dk[j], gq[j]);
+                        /* g_v~ (x) v[s] is dE/d(dv) up to the factor sv */
+                        const float gvv = gX[j] * A * vv[j];
+                        if (c.vc)
+                            gc_part = fmaf(gvv, dv[j], gc_part);
+                        if (!self) { /* the self-loop has no geometry gradient */
+                            gp[i][0][j] = gapre * q[j] * kk[j] * ddk[j];
+                            gp[i][1][j] = gvv * sv[i] * ddv[j];
+                        }
+                    }
+                    grl[i] = self ? 0.f : gc_part * dc;
+                }
+                filter_back4<CPL, 2, 4, 0>(s_wt, s_drbf, c.K, F, wl, lane, gp, s_red, grl);
+                /* sender work of the reverse edges, first half (k_edge_bwd_send): g_k, g_v~ */
+                float ak[CPL], av[CPL], kt[CPL], vt[CPL];
+                ld_vec<CPL>(acc, ak);
+                ld_vec<CPL>(acc + AW, av);
+                ldg_vec<CPL>(trow + F + f0, kt);
+                ldg_vec<CPL>(trow + vx_off, vt);
+                zero_off<CPL>(on, kt);
+                zero_off<CPL>(on, vt);
+#pragma unroll
+                for (int i = 0; i < E; i++) {
+                    if (rv[i] < 0)
+                        continue;
+                    const int s = c.e_src[cb + i]; /* the receiver of e' */
+                    const float cc = ccs[i];
+                    float q2[CPL], gX2[CPL];
+                    ldg_vec<CPL>(l.qkv + (size_t)s * 5 * F + f0, q2);
+                    ldg_vec<CPL>(l.gX + (size_t)s * F + f0, gX2);
+                    zero_off<CPL>(on, gX2);
+                    float part = 0.f;
+#pragma unroll
+                    for (int j = 0; j < CPL; j++)
+                        part = fmaf(q2[j] * kt[j], pre[i][0][j], part);
+                    float da;
+                    const float a = actv<SILU>(c.attn_act, group_sum(part, G), &da);
+                    const float A = c.vc ? a : a * cc;
+                    float gA_part = 0.f;
+#pragma unroll
+                    for (int j = 0; j < CPL; j++)
+                        gA_part = fmaf(gX2[j], vt[j] * pre[i][1][j] * sv[i], gA_part);
+                    const float gA = group_sum(gA_part, G);
+                    const float gapre = (c.vc ? gA : gA * cc) * da;
+#pragma unroll
+                    for (int j = 0; j < CPL; j++) {
+                        ak[j] = fmaf(gapre * q2[j], pre[i][0][j], ak[j]);
+                        av[j] = fmaf(gX2[j] * A * sv[i], pre[i][1][j], av[j]);
+                    }
+                }
+                st_vec<CPL>(acc, ak);
+                st_vec<CPL>(acc + AW, av);
+            }
+            {
+                /* pre[i][0 / 1] becomes dv1 / dv2 of edge i (for the sender work) */
+                float pre[E][2][CPL], gp[E][2][CPL];
+                filter_pre<CPL, E, 2, 4, 2>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
+#pragma unroll
+                for (int i = 0; i < E; i++) {
+#pragma unroll
+                    for (int j = 0; j < CPL; j++)
+                        gp[i][0][j] = gp[i][1][j] = 0.f;
+                    if (i >= nv)
+                        continue;
+                    const int e = cb + i;
+                    const int s = c.e_src[e];
+                    if (s == t) { /* nothing of the self-loop's second half reaches g_q */
+                        if (rv[i] >= 0)
+#pragma unroll
+                            for (int j = 0; j < CPL; j++) {
+                                pre[i][0][j] = c.use_dv ? actv<SILU>(c.act, pre[i][0][j], nullptr)
+                                                        : 1.f;
+                                pre[i][1][j] = c.use_dv ? actv<SILU>(c.act, pre[i][1][j], nullptr)
+                                                        : 1.f;
+                            }
+                        continue;
+                    }
+                    const float4 g = c.e_geo[e];
+                    const float inv = 1.f / g.w;
+                    const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
+                    const float *srow = l.qkv + (size_t)s * 5 * F;
+                    float v1[CPL], v2[CPL], vs[3][CPL];
+                    ldg_vec<CPL>(srow + vx_off + D, v1);
+                    ldg_vec<CPL>(srow + vx_off + 2 * D, v2);
+#pragma unroll
+                    for (int cx = 0; cx < 3; cx++) {
+                        if (l.vec)
+                            ldg_vec<CPL>(l.vec + ((size_t)s * 3 + cx) * F + f0, vs[cx]);
+                        else
+#pragma unroll
+                            for (int j = 0; j < CPL; j++)
+                                vs[cx][j] = 0.f;
+                    }
+                    float gc_part = 0.f;
+                    float gd_part[3] = {0.f, 0.f, 0.f};
+#pragma unroll
+                    for (int j = 0; j < CPL; j++) {
+                        float dv1 = 1.f, ddv1 = 0.f, dv2 = 1.f, ddv2 = 0.f;
+                        if (c.use_dv) {
+                            dv1 = actv<SILU>(c.act, pre[i][0][j], &ddv1);
+                            dv2 = actv<SILU>(c.act, pre[i][1][j], &ddv2);
+                        }
+                        pre[i][0][j] = dv1;
+                        pre[i][1][j] = dv2;
+                        const float g2 = v2[j] * dv2 * sv[i];
+#pragma unroll
+                        for (int cx = 0; cx < 3; cx++)
+                            gd_part[cx] = fmaf(gV[cx][j], g2, gd_part[cx]);
+                        const float gvv1 =
+                            (gV[0][j] * vs[0][j] + gV[1][j] * vs[1][j] + gV[2][j] * vs[2][j]) * v1[j];
+                        const float gvv2 =
+                            (gV[0][j] * dir[0] + gV[1][j] * dir[1] + gV[2][j] * dir[2]) * v2[j];
+                        if (c.vc) {
+                            gc_part = fmaf(gvv1, dv1, gc_part);
+                            gc_part = fmaf(gvv2, dv2, gc_part);
+                        }
+                        gp[i][0][j] = gvv1 * sv[i] * ddv1;
+                        gp[i][1][j] = gvv2 * sv[i] * ddv2;
+                    }
+                    grl[i] += gc_part * dcs[i];
+                    /* the direction part of dE/dw_e now; the radial part after the filters */
+                    float gd[3];
+#pragma unroll
+                    for (int cx = 0; cx < 3; cx++)
+                        gd[cx] = warp_sum(gd_part[cx]);
+                    if (lane == 0) {
+                        const float dd = gd[0] * dir[0] + gd[1] * dir[1] + gd[2] * dir[2];
+                        float4 ga = l.gw[e];
+                        ga.x += (gd[0] - dir[0] * dd) * inv;
+                        ga.y += (gd[1] - dir[1] * dd) * inv;
+                        ga.z += (gd[2] - dir[2] * dd) * inv;
+                        l.gw[e] = ga;
+                    }
+                }
+                filter_back4<CPL, 2, 4, 2>(s_wt, s_drbf, c.K, F, wl, lane, gp, s_red, grl);
+                /* sender work of the reverse edges, second half: g_v gates, g_vec of t */
+#pragma unroll
+                for (int i = 0; i < E; i++) {
+                    if (rv[i] < 0)
+                        continue;
+                    const int e = cb + i;
+                    const int s = c.e_src[e]; /* the receiver of e' */
+                    float dir2[3] = {0.f, 0.f, 0.f}; /* direction of e': -d (0: self-loop) */
+                    if (s != t) {
+                        const float4 g = c.e_geo[e];
+                        const float inv = 1.f / g.w;
+                        dir2[0] = -(g.x * inv);
+                        dir2[1] = -(g.y * inv);
+                        dir2[2] = -(g.z * inv);
+                    }
+                    float gV2[3][CPL];
+#pragma unroll
+                    for (int cx = 0; cx < 3; cx++)
+                        ldg_vec<CPL>(l.gV + ((size_t)s * 3 + cx) * F + f0, gV2[cx]);
+                    /* g_v gate 1: (gV2 . vec[t]) dv1 sv; gate 2: (gV2 . dir2) dv2 sv */
+                    {
+                        float gvt1[CPL], a1[CPL], a2[CPL];
+#pragma unroll
+                        for (int j = 0; j < CPL; j++)
+                            gvt1[j] = 0.f;
+                        if (l.vec) {
+                            float vs[3][CPL];
+#pragma unroll
+                            for (int cx = 0; cx < 3; cx++)
+                                ldg_vec<CPL>(l.vec + ((size_t)t * 3 + cx) * F + f0, vs[cx]);
+#pragma unroll
+                            for (int j = 0; j < CPL; j++)
+                                gvt1[j] = gV2[0][j] * vs[0][j] + gV2[1][j] * vs[1][j] +
+                                          gV2[2][j] * vs[2][j];
+                        }
+                        ld_vec<CPL>(acc + 2 * AW, a1);
+                        ld_vec<CPL>(acc + 3 * AW, a2);
+#pragma unroll
+                        for (int j = 0; j < CPL; j++) {
+                            const float gvt2 =
+                                gV2[0][j] * dir2[0] + gV2[1][j] * dir2[1] + gV2[2][j] * dir2[2];
+                            a1[j] = fmaf(gvt1[j] * sv[i], pre[i][0][j], a1[j]);
+                            a2[j] = fmaf(gvt2 * sv[i], pre[i][1][j], a2[j]);
+                        }
+                        st_vec<CPL>(acc + 2 * AW, a1);
+                        st_vec<CPL>(acc + 3 * AW, a2);
+                    }
+                    /* g_vec[t] += gV2 g1, g1 = v1[t] dv1 sv */
+                    {
+                        float vt1[CPL];
+                        ldg_vec<CPL>(trow + vx_off + D, vt1);
+                        zero_off<CPL>(on, vt1);
+#pragma unroll
+                        for (int cx = 0; cx < 3; cx++) {
+                            float ag[CPL];
+                            ld_vec<CPL>(acc + (4 + cx) * AW, ag);
+#pragma unroll
+                            for (int j = 0; j < CPL; j++)
+                                ag[j] = fmaf(gV2[cx][j], vt1[j] * pre[i][0][j] * sv[i], ag[j]);
+                            st_vec<CPL>(acc + (4 + cx) * AW, ag);
+                        }
+                    }
+                }
+            }
+            /* radial part: dE/dr_e (filters, RBF, cutoff) along the direction */
+#pragma unroll
+            for (int i = 0; i < E; i++) {
+                if (i >= nv)
+                    break;
+                const int e = cb + i;
+                const float gr = warp_sum(grl[i]);
+                if (c.e_src[e] == t)
+                    continue;
+                if (lane == 0) {
+                    const float4 g = c.e_geo[e];
+                    const float inv = 1.f / g.w;
+                    float4 ga = l.gw[e];
+                    ga.x += gr * g.x * inv;
+                    ga.y += gr * g.y * inv;
+                    ga.z += gr * g.z * inv;
+                    l.gw[e] = ga;
+                }
+            }
+            __syncwarp();
+        }
+        if (!on)
+            continue;
+        float *grow = l.gqkv + (size_t)t * 5 * F;
+        float v[CPL];
+        st_vec<CPL>(grow + f0, gq);
+        ld_vec<CPL>(acc, v);
+        st_vec<CPL>(grow + F + f0, v);
+#pragma unroll
+        for (int p = 0; p < 3; p++) {
+            ld_vec<CPL>(acc + (1 + p) * AW, v);
+            st_vec<CPL>(grow + vx_off + p * D, v);
+        }
+#pragma unroll
+        for (int cx = 0; cx < 3; cx++) {
+            float *gp = l.gvec + ((size_t)t * 3 + cx) * F + f0;
+            float cur[CPL];
+            ld_vec<CPL>(gp, cur);
+            ld_vec<CPL>(acc + (4 + cx) * AW, v);
+#pragma unroll
+            for (int j = 0; j < CPL; j++)
+                cur[j] += v[j];
+            st_vec<CPL>(gp, cur);
+        }
+    }
+}
+
+/* Warps per block of the merged kernel (<= ET_MERGED_WARPS) whose shared memory fits a block on
+   this device; 0 when not even one does. smem (non-NULL) gets the bytes. */
+template <int CPL> static int merged_warps(const et_edge_common *c, size_t *smem)
+{
+    int dev, optin = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) !=
+            cudaSuccess)
+        return 0;
+    int w = ET_MERGED_WARPS;
+    while (w > 0 && merged_smem_bytes(c->F, c->K, CPL, w) > (size_t)optin)
+        w--;
+    if (smem)
+        *smem = merged_smem_bytes(c->F, c->K, CPL, w);
+    return w;
+}
+
+template <int CPL>
+static cudaError_t launch_merged(cudaStream_t s, const et_edge_common *c, const et_edge_layer *l)
+{
+    size_t smem = 0;
+    const int w = merged_warps<CPL>(c, &smem);
+    if (w < 1)
+        return cudaErrorInvalidConfiguration;
+    auto kern = by_act(c, k_edge_bwd_merged<CPL, ACT_ANY>, k_edge_bwd_merged<CPL, ACT_SILU>,
+                       k_edge_bwd_merged<CPL, ACT_SILU_FAST>);
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)smem);
+    int dev = 0, sms = 0, per_sm = 0;
+    if (e == cudaSuccess)
+        e = cudaGetDevice(&dev);
+    if (e == cudaSuccess)
+        e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    if (e == cudaSuccess)
+        e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, 32 * w, smem);
+    if (e != cudaSuccess)
+        return e;
+    if (per_sm < 1)
+        return cudaErrorInvalidConfiguration;
+    long long grid = (long long)sms * per_sm, need = ((long long)c->n_local + w - 1) / w;
+    if (need < grid)
+        grid = need;
+    kern<<<(int)grid, 32 * w, smem, s>>>(*c, *l);
+    return cudaGetLastError();
+}
+
+/* The sender pass after the merged pass: the edges it did not cover (S = 1). */
+template <int CPL>
+static cudaError_t launch_send_rest(cudaStream_t s, int grid, const et_edge_common *c,
+                                    const et_edge_layer *l)
+{
+    return launch_persistent(by_act(c, k_edge_bwd_send<CPL, ACT_ANY, false, true>,
+                                    k_edge_bwd_send<CPL, ACT_SILU, false, true>,
+                                    k_edge_bwd_send<CPL, ACT_SILU_FAST, false, true>),
+                             edge_smem_bytes(c->F, c->K, 4, 0), grid, s, *c, *l, 1,
+                             (float *)nullptr);
+}
+
+extern "C" int et_edge_merged_ok(int CPL, const et_edge_common *c)
+{
+    switch (CPL) {
+    case 1: return merged_warps<1>(c, nullptr) >= 1;
+    case 2: return merged_warps<2>(c, nullptr) >= 1;
+    case 4: return merged_warps<4>(c, nullptr) >= 1;
+    case 8: return merged_warps<8>(c, nullptr) >= 1;
+    default: return 0;
     }
 }
 
@@ -538,8 +1026,12 @@ extern "C" cudaError_t et_edge_backward_recv(cudaStream_t s, int CPL, int grid, 
 {
     if (c->n_local == 0)
         return cudaSuccess;
-    if (split < 1 || (split > 1 && !part))
+    if (split < 1 || (split > 1 && !part) || (c->rev && split != 1))
         return cudaErrorInvalidValue;
+    if (c->rev) /* merged pass: receivers and the reverse edges' sender work */
+        return dispatch_cpl(CPL, [&](auto C) {
+            return launch_merged<decltype(C)::value>(s, c, l);
+        });
     return dispatch_cpl(CPL, [&](auto C) {
         return launch_recv<decltype(C)::value>(s, grid, split, part, c, l);
     });
@@ -551,8 +1043,12 @@ extern "C" cudaError_t et_edge_backward_send(cudaStream_t s, int CPL, int grid, 
 {
     if (c->n_total == 0)
         return cudaSuccess;
-    if (split < 1 || (split > 1 && !part))
+    if (split < 1 || (split > 1 && !part) || (c->rev && split != 1))
         return cudaErrorInvalidValue;
+    if (c->rev) /* after the merged pass: only the edges it did not cover */
+        return dispatch_cpl(CPL, [&](auto C) {
+            return launch_send_rest<decltype(C)::value>(s, grid, c, l);
+        });
     return dispatch_cpl(CPL, [&](auto C) {
         return launch_send<decltype(C)::value>(s, grid, split, part, c, l);
     });

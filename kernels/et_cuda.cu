@@ -340,6 +340,8 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
         et->edge_unfused = eu && strcmp(eu, "unfused") == 0;
         const char *ck = getenv("DS4SCI_CUDA_CHECKPOINT");
         et->checkpoint = !(ck && strcmp(ck, "0") == 0);
+        const char *mg = getenv("DS4SCI_CUDA_MERGED"); /* opt-in: merged backward (edge_bwd.cu) */
+        et->merged = mg && strcmp(mg, "1") == 0;
         const char *fx = getenv("DS4SCI_CUDA_FASTEXP"); /* default on: see edge_common.cuh */
         et->fastexp = !(fx && strcmp(fx, "0") == 0);
         const char *sx = getenv("DS4SCI_CUDA_SPLIT"); /* 1, 2, 4, 8; anything else: per pass */
@@ -424,7 +426,8 @@ static const char *const buf_names[] = {
     "layer inputs x", "layer inputs vec", "X per layer", "LayerNorm output, dE/dX, dE/dh",
     "q/k/v", "vec_proj output, neighbour indices", "vdot", "o", "dE/dx", "dE/dvec",
     "dE/dvec", "dE/dqkv, sort scratch, embedding concat, V", "dE/dw", "atom energies", "forces",
-    "atom virials", "partial sums", "row-split partial sums", "exchange staging"};
+    "atom virials", "partial sums", "row-split partial sums", "exchange staging",
+    "reverse edges", "uncovered sender counts", "uncovered sender edges"};
 static_assert(sizeof(buf_names) / sizeof(buf_names[0]) == B_COUNT, "one name per buffer");
 
 /* Make buf[i] hold at least `bytes`; never shrinks, keeps no contents. */
@@ -913,6 +916,20 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
     if (sp.part_floats > 0)
         ST(ensure(et, B_SPLIT, sp.part_floats * sizeof(float), err, err_len));
     float *SPLIT = sp.part_floats > 0 ? BUF(float, B_SPLIT) : NULL;
+    /* merged backward (DS4SCI_CUDA_MERGED=1, row split 1 only): the reverse-edge map and the
+       sender edges it leaves to the sender pass, from this step's edge list */
+    if (et->merged && !et->edge_unfused && sp.recv == 1 && sp.send == 1 && ne > 0 &&
+        et_edge_merged_ok(CPL, &c)) {
+        ST(ensure(et, B_REV, ne1 * sizeof(int), err, err_len));
+        ST(ensure(et, B_TRCNT2, n1 * sizeof(int), err, err_len));
+        ST(ensure(et, B_TREDGE2, ne1 * sizeof(int), err, err_len));
+        CU(et_edge_rev(s, nl, n, ne, c.row_off, c.e_src, c.e_dst, c.e_geo, c.tr_off, c.tr_edge,
+                       BUF(int, B_REV), BUF(int, B_TRCNT2), BUF(int, B_TREDGE2)),
+           "reverse edges");
+        c.rev = BUF(int, B_REV);
+        c.tr_cnt2 = BUF(int, B_TRCNT2);
+        c.tr_edge2 = BUF(int, B_TREDGE2);
+    }
 
     xch_ctx xc = {ex, builtin ? BUF(int, B_GOWN) : NULL, nl, ng, F,
                   n_send > 0 ? BUF(int, B_GOWN) : NULL};

@@ -85,6 +85,11 @@ typedef struct et_edge_common {
     int act, attn_act, use_dk, use_dv, vc, H, D;
     int F;                   /* hidden channels */
     int fastexp;             /* SiLU's exponential by ex2.approx (DS4SCI_CUDA_FASTEXP=0: expf) */
+    /* merged backward (DS4SCI_CUDA_MERGED=1, row split 1 only; NULL otherwise): see edge_bwd.cu */
+    const int *rev;          /* [ne] rev[e] = the edge (t -> s) of e = (s -> t), -1 if none;
+                                the self-loop maps to itself (et_edge_rev) */
+    const int *tr_cnt2;      /* [n] edges of sender a with rev < 0 (not done by the merged pass) */
+    const int *tr_edge2;     /* [ne] those edges at tr_off[a] .. tr_off[a] + tr_cnt2[a] - 1 */
 } et_edge_common;
 
 /* One attention layer's edge pass. */
@@ -116,7 +121,7 @@ enum {
     B_TROFF, B_TREDGE, B_TRKEY, B_CUB,
     B_XS, B_VECS, B_XST, B_H, B_QKV, B_P, B_VDOT, B_O,
     B_GX0, B_GV0, B_GV1, B_GQKV, B_GW, B_EA, B_F, B_AV, B_PART,
-    B_SPLIT, B_XCH, B_COUNT
+    B_SPLIT, B_XCH, B_REV, B_TRCNT2, B_TREDGE2, B_COUNT
 };
 
 /* Profile stages (DS4SCI_CUDA_PROFILE). */
@@ -154,6 +159,8 @@ typedef struct ds4sci_cuda_et {
     int fastexp;             /* SiLU in the edge kernels with __expf (default; FASTEXP=0: expf) */
     int split_force;         /* DS4SCI_CUDA_SPLIT=1|2|4|8: row split factor of the fused
                                 layer edge kernels forced (0: chosen per pass, et_edge_split) */
+    int merged;              /* DS4SCI_CUDA_MERGED=1: merged receiver + sender backward pass
+                                (edge_bwd.cu, filters once per unordered pair; default off) */
     int checkpoint;          /* keep every other layer input with the built-in exchange
                                 (default; DS4SCI_CUDA_CHECKPOINT=0: keep all) */
     long long last_n, last_ne;
@@ -296,6 +303,16 @@ cudaError_t et_edge_backward_recv(cudaStream_t s, int CPL, int grid, int split, 
                                   const et_edge_common *c, const et_edge_layer *l);
 cudaError_t et_edge_backward_send(cudaStream_t s, int CPL, int grid, int split, float *part,
                                   const et_edge_common *c, const et_edge_layer *l);
+/* Merged backward (c->rev set; split 1): et_edge_backward_recv runs the merged pass (receiver
+   work of each owned row and sender work of the reverse edges), et_edge_backward_send only the
+   edges not covered (tr_cnt2 / tr_edge2), adding into owned rows. et_edge_merged_ok: 1 when the
+   merged kernel fits this model (shared memory), else 0 (then leave c->rev NULL). */
+int et_edge_merged_ok(int CPL, const et_edge_common *c);
+/* graph.cu: rev, tr_cnt2, tr_edge2 of et_edge_common from the edge list and transpose index */
+cudaError_t et_edge_rev(cudaStream_t s, int nl, int n, int ne, const int *row_off,
+                        const int *e_src, const int *e_dst, const float4 *e_geo,
+                        const int *tr_off, const int *tr_edge, int *rev, int *tr_cnt2,
+                        int *tr_edge2);
 cudaError_t et_edge_backward_slots(int CPL, const et_edge_common *c, int *recv_slots,
                                    int *send_slots);
 cudaError_t et_ne_backward(cudaStream_t s, int CPL, int grid, const et_edge_common *c,

@@ -121,3 +121,73 @@ extern "C" cudaError_t et_count_by(cudaStream_t s, int ne, const int *key, int *
         k_count_by<<<blocks_for(ne, 256), 256, 0, s>>>(ne, key, cnt);
     return cudaGetLastError();
 }
+
+/*
+ * Reverse-edge map of the merged backward (DS4SCI_CUDA_MERGED=1; edge_bwd.cu), one thread per
+ * edge e = (s -> t) in row t: rev[e] = e for the self-loop (first in its row); for s owned,
+ * s != t, rev[e] = e' = (t -> s) in row s when e is the first non-self edge of row t with
+ * sender s, e' the first non-self edge of row s with sender t, and w(e') = -w(e), r(e') = r(e)
+ * exactly (both are rounded from the same fp64 difference, negated: always true for owned
+ * pairs; checked anyway); -1 otherwise (ghost sender, duplicate candidates). The map is an
+ * involution (rev[rev[e]] = e), so an edge's sender work is done by the merged pass exactly
+ * when rev >= 0.
+ */
+static __global__ void k_edge_rev(int ne, int nl, const int *__restrict__ row_off,
+                                  const int *__restrict__ e_src, const int *__restrict__ e_dst,
+                                  const float4 *__restrict__ e_geo, int *__restrict__ rev)
+{
+    const int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= ne)
+        return;
+    const int t = e_dst[e], s = e_src[e], r0 = row_off[t];
+    int out = -1;
+    if (e == r0) {
+        out = e;
+    } else if (s != t && s < nl) {
+        bool first = true;
+        for (int k = r0 + 1; k < e && first; k++)
+            first = e_src[k] != s;
+        if (first) {
+            const int k1 = row_off[s + 1];
+            int k = row_off[s] + 1;
+            while (k < k1 && e_src[k] != t)
+                k++;
+            if (k < k1) {
+                const float4 g = e_geo[e], h = e_geo[k];
+                if (h.x == -g.x && h.y == -g.y && h.z == -g.z && h.w == g.w)
+                    out = k;
+            }
+        }
+    }
+    rev[e] = out;
+}
+
+/* One thread per atom a (owned or ghost): its transpose row's edges with rev < 0, in order. */
+static __global__ void k_tr_rest(int n, const int *__restrict__ tr_off,
+                                 const int *__restrict__ tr_edge, const int *__restrict__ rev,
+                                 int *__restrict__ tr_cnt2, int *__restrict__ tr_edge2)
+{
+    const int a = blockIdx.x * blockDim.x + threadIdx.x;
+    if (a >= n)
+        return;
+    const int k0 = tr_off[a], k1 = tr_off[a + 1];
+    int cnt = 0;
+    for (int k = k0; k < k1; k++) {
+        const int e = tr_edge[k];
+        if (rev[e] < 0)
+            tr_edge2[k0 + cnt++] = e;
+    }
+    tr_cnt2[a] = cnt;
+}
+
+extern "C" cudaError_t et_edge_rev(cudaStream_t s, int nl, int n, int ne, const int *row_off,
+                                   const int *e_src, const int *e_dst, const float4 *e_geo,
+                                   const int *tr_off, const int *tr_edge, int *rev, int *tr_cnt2,
+                                   int *tr_edge2)
+{
+    if (ne > 0)
+        k_edge_rev<<<blocks_for(ne, 256), 256, 0, s>>>(ne, nl, row_off, e_src, e_dst, e_geo, rev);
+    if (n > 0)
+        k_tr_rest<<<blocks_for(n, 256), 256, 0, s>>>(n, tr_off, tr_edge, rev, tr_cnt2, tr_edge2);
+    return cudaGetLastError();
+}
