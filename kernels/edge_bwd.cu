@@ -445,6 +445,9 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
  * 16 warps per SM as the receiver pass's two blocks of 8; registers capped at 128 alike.
  */
 #define ET_MERGED_WARPS 16
+/* at CPL = 8 (F = 256) blocks of at most 8 warps (the filters take 128 KB of shared memory
+   anyway), so that the kernel may use up to 255 registers as k_edge_bwd_recv does */
+#define MERGED_MAXW(CPL) ((CPL) >= 8 ? 8 : ET_MERGED_WARPS)
 
 static __host__ __device__ inline size_t merged_warp_floats(int K, int CPL)
 {
@@ -459,7 +462,7 @@ static inline size_t merged_smem_bytes(int F, int K, int CPL, int warps)
 }
 
 template <int CPL, int SILU>
-static __global__ void __launch_bounds__(32 * ET_MERGED_WARPS, 1)
+static __global__ void __launch_bounds__(32 * MERGED_MAXW(CPL), 1)
     k_edge_bwd_merged(const et_edge_common c, const et_edge_layer l)
 {
     constexpr int E = ET_EDGE_CHUNK;
@@ -513,14 +516,15 @@ static __global__ void __launch_bounds__(32 * ET_MERGED_WARPS, 1)
         for (int cb = e0; cb < e1; cb += E) {
             const int nv = min(E, e1 - cb);
             /* per edge, carried from the first half to the second: sv, c'(r), and this
-               lane's part of dE/dr (filter backward, cutoff); c(r) and rev for the sender work */
-            float r[E], sv[E], dcs[E], grl[E], ccs[E];
-            int rv[E];
+               lane's part of dE/dr (filter backward, cutoff); bit i of rm: edge i has a reverse
+               (its sender work is done here) */
+            float r[E], sv[E], dcs[E], grl[E];
+            unsigned rm = 0;
 #pragma unroll
             for (int i = 0; i < E; i++) {
                 r[i] = i < nv ? c.e_geo[cb + i].w : 0.f;
-                rv[i] = i < nv ? c.rev[cb + i] : -1;
-                sv[i] = dcs[i] = grl[i] = ccs[i] = 0.f;
+                rm |= (i < nv && c.rev[cb + i] >= 0) ? 1u << i : 0u;
+                sv[i] = dcs[i] = grl[i] = 0.f;
             }
             stage_rbf<E>(c, r, nv, lane, s_rbf, s_drbf);
             __syncwarp();
@@ -568,7 +572,6 @@ static __global__ void __launch_bounds__(32 * ET_MERGED_WARPS, 1)
                     const float A = c.vc ? a : a * cc;
                     sv[i] = c.vc ? cc : 1.f;
                     dcs[i] = dc;
-                    ccs[i] = cc;
                     float gA_part = 0.f;
 #pragma unroll
                     for (int j = 0; j < CPL; j++)
@@ -601,10 +604,11 @@ static __global__ void __launch_bounds__(32 * ET_MERGED_WARPS, 1)
                 zero_off<CPL>(on, vt);
 #pragma unroll
                 for (int i = 0; i < E; i++) {
-                    if (rv[i] < 0)
+                    if (!(rm >> i & 1u))
                         continue;
                     const int s = c.e_src[cb + i]; /* the receiver of e' */
-                    const float cc = ccs[i];
+                    /* c(r) as k_edge_bwd_send computes it (sv[i] is c(r) with vector_cutoff) */
+                    const float cc = c.vc ? sv[i] : cutoff_pi(r[i], c.cl, c.cu, nullptr);
                     float q2[CPL], gX2[CPL];
                     ldg_vec<CPL>(l.qkv + (size_t)s * 5 * F + f0, q2);
                     ldg_vec<CPL>(l.gX + (size_t)s * F + f0, gX2);
@@ -645,7 +649,7 @@ static __global__ void __launch_bounds__(32 * ET_MERGED_WARPS, 1)
                     const int e = cb + i;
                     const int s = c.e_src[e];
                     if (s == t) { /* nothing of the self-loop's second half reaches g_q */
-                        if (rv[i] >= 0)
+                        if (rm >> i & 1u)
 #pragma unroll
                             for (int j = 0; j < CPL; j++) {
                                 pre[i][0][j] = c.use_dv ? actv<SILU>(c.act, pre[i][0][j], nullptr)
@@ -716,7 +720,7 @@ static __global__ void __launch_bounds__(32 * ET_MERGED_WARPS, 1)
                 /* sender work of the reverse edges, second half: g_v gates, g_vec of t */
 #pragma unroll
                 for (int i = 0; i < E; i++) {
-                    if (rv[i] < 0)
+                    if (!(rm >> i & 1u))
                         continue;
                     const int e = cb + i;
                     const int s = c.e_src[e]; /* the receiver of e' */
@@ -833,7 +837,7 @@ template <int CPL> static int merged_warps(const et_edge_common *c, size_t *smem
         cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) !=
             cudaSuccess)
         return 0;
-    int w = ET_MERGED_WARPS;
+    int w = MERGED_MAXW(CPL);
     while (w > 0 && merged_smem_bytes(c->F, c->K, CPL, w) > (size_t)optin)
         w--;
     if (smem)
