@@ -436,9 +436,11 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
  * g_q | g_k | g_v (=), gvec[t] += g_vec. Every write goes to t's own rows or to gw[e] of t's
  * row: no atomics, a fixed order (row order, then et_edge_backward_send adds the edges not
  * covered, tr_edge2, in transpose order). The sender work of e' is the code of k_edge_bwd_send
- * with (its s, its t) = (t, s); it runs after each half's filter backward, from the
- * activations dk, dv (first half) and dv1, dv2 (second half) kept in place of the
- * pre-activations, so that the gradients gp are no longer live.
+ * with (its s, its t) = (t, s) (merged_send_first / merged_send_second), done for edge i right
+ * after its receiver work in each half, from the activations dk, dv (first half) and dv1, dv2
+ * (second half, kept in place of the pre-activations): done there, edge i's pre-activations
+ * are dead before the next edge's (doing it after the filter backward kept all four edges'
+ * activations live across it: 168 / 428 B of spills at CPL 4 instead of 60 / 216 B).
  *
  * Blocks of up to ET_MERGED_WARPS warps, one block per SM (filters 4 K F floats + per warp the
  * scratch of k_edge_bwd_recv and the accumulators: 214 KB at F = 128, K = 32, 16 warps), so
@@ -459,6 +461,110 @@ static __host__ __device__ inline size_t merged_warp_floats(int K, int CPL)
 static inline size_t merged_smem_bytes(int F, int K, int CPL, int warps)
 {
     return 4 * ((size_t)K * 4 * F + 4 * (size_t)F + (size_t)warps * merged_warp_floats(K, CPL));
+}
+
+/*
+ * The sender work of the reverse edge e' = (t -> s) of e = (s -> t) in the merged pass
+ * (k_edge_bwd_send's code with its (s, t) = (t, s)), from e's filter activations: first half
+ * (dk, dv: g_k, g_v value) and second half (dv1, dv2, direction dir2 = -d, 0 for the
+ * self-loop: g_v gates, g_vec), added to the lane's accumulators acc (parts AW apart).
+ */
+template <int CPL, int SILU>
+static __device__ __forceinline__ void merged_send_first(const et_edge_common &c,
+                                                         const et_edge_layer &l, const float *trow,
+                                                         int s, int f0, bool on, int G, int vx_off,
+                                                         float *acc, const float (&dk)[CPL],
+                                                         const float (&dv)[CPL], float sv, float cc)
+{
+    constexpr int AW = 32 * CPL;
+    const int F = c.F;
+    float kt[CPL], vt[CPL], q2[CPL], gX2[CPL];
+    ldg_vec<CPL>(trow + F + f0, kt);
+    ldg_vec<CPL>(trow + vx_off, vt);
+    zero_off<CPL>(on, kt);
+    zero_off<CPL>(on, vt);
+    ldg_vec<CPL>(l.qkv + (size_t)s * 5 * F + f0, q2);
+    ldg_vec<CPL>(l.gX + (size_t)s * F + f0, gX2);
+    zero_off<CPL>(on, gX2);
+    float part = 0.f;
+#pragma unroll
+    for (int j = 0; j < CPL; j++)
+        part = fmaf(q2[j] * kt[j], dk[j], part);
+    float da;
+    const float a = actv<SILU>(c.attn_act, group_sum(part, G), &da);
+    const float A = c.vc ? a : a * cc;
+    float gA_part = 0.f;
+#pragma unroll
+    for (int j = 0; j < CPL; j++)
+        gA_part = fmaf(gX2[j], vt[j] * dv[j] * sv, gA_part);
+    const float gA = group_sum(gA_part, G);
+    const float gapre = (c.vc ? gA : gA * cc) * da;
+    float ak[CPL], av[CPL];
+    ld_vec<CPL>(acc, ak);
+    ld_vec<CPL>(acc + AW, av);
+#pragma unroll
+    for (int j = 0; j < CPL; j++) {
+        ak[j] = fmaf(gapre * q2[j], dk[j], ak[j]);
+        av[j] = fmaf(gX2[j] * A * sv, dv[j], av[j]);
+    }
+    st_vec<CPL>(acc, ak);
+    st_vec<CPL>(acc + AW, av);
+}
+
+template <int CPL>
+static __device__ __forceinline__ void merged_send_second(const et_edge_common &c,
+                                                          const et_edge_layer &l,
+                                                          const float *trow, int t, int s, int f0,
+                                                          bool on, int vx_off, float *acc,
+                                                          const float (&dv1)[CPL],
+                                                          const float (&dv2)[CPL], float sv,
+                                                          const float (&dir2)[3])
+{
+    constexpr int AW = 32 * CPL;
+    const int F = c.F, D = c.D;
+    float gV2[3][CPL];
+#pragma unroll
+    for (int cx = 0; cx < 3; cx++)
+        ldg_vec<CPL>(l.gV + ((size_t)s * 3 + cx) * F + f0, gV2[cx]);
+    /* g_v gate 1: (gV2 . vec[t]) dv1 sv; gate 2: (gV2 . dir2) dv2 sv */
+    {
+        float gvt1[CPL], a1[CPL], a2[CPL];
+#pragma unroll
+        for (int j = 0; j < CPL; j++)
+            gvt1[j] = 0.f;
+        if (l.vec) {
+            float vs[3][CPL];
+#pragma unroll
+            for (int cx = 0; cx < 3; cx++)
+                ldg_vec<CPL>(l.vec + ((size_t)t * 3 + cx) * F + f0, vs[cx]);
+#pragma unroll
+            for (int j = 0; j < CPL; j++)
+                gvt1[j] = gV2[0][j] * vs[0][j] + gV2[1][j] * vs[1][j] + gV2[2][j] * vs[2][j];
+        }
+        ld_vec<CPL>(acc + 2 * AW, a1);
+        ld_vec<CPL>(acc + 3 * AW, a2);
+#pragma unroll
+        for (int j = 0; j < CPL; j++) {
+            const float gvt2 = gV2[0][j] * dir2[0] + gV2[1][j] * dir2[1] + gV2[2][j] * dir2[2];
+            a1[j] = fmaf(gvt1[j] * sv, dv1[j], a1[j]);
+            a2[j] = fmaf(gvt2 * sv, dv2[j], a2[j]);
+        }
+        st_vec<CPL>(acc + 2 * AW, a1);
+        st_vec<CPL>(acc + 3 * AW, a2);
+    }
+    /* g_vec[t] += gV2 g1, g1 = v1[t] dv1 sv */
+    float vt1[CPL];
+    ldg_vec<CPL>(trow + vx_off + D, vt1);
+    zero_off<CPL>(on, vt1);
+#pragma unroll
+    for (int cx = 0; cx < 3; cx++) {
+        float ag[CPL];
+        ld_vec<CPL>(acc + (4 + cx) * AW, ag);
+#pragma unroll
+        for (int j = 0; j < CPL; j++)
+            ag[j] = fmaf(gV2[cx][j], vt1[j] * dv1[j] * sv, ag[j]);
+        st_vec<CPL>(acc + (4 + cx) * AW, ag);
+    }
 }
 
 template <int CPL, int SILU>
@@ -529,7 +635,6 @@ static __global__ void __launch_bounds__(32 * MERGED_MAXW(CPL), 1)
             stage_rbf<E>(c, r, nv, lane, s_rbf, s_drbf);
             __syncwarp();
             {
-                /* pre[i][0 / 1] becomes dk / dv of edge i once its receiver work has read it */
                 float pre[E][2][CPL], gp[E][2][CPL];
                 filter_pre<CPL, E, 2, 4, 0>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
 #pragma unroll
@@ -563,8 +668,6 @@ static __global__ void __launch_bounds__(32 * MERGED_MAXW(CPL), 1)
                             dv[j] = 1.f;
                             ddv[j] = 0.f;
                         }
-                        pre[i][0][j] = dk[j];
-                        pre[i][1][j] = dv[j];
                         part = fmaf(q[j] * kk[j], dk[j], part);
                     }
                     float da;
@@ -592,48 +695,11 @@ static __global__ void __launch_bounds__(32 * MERGED_MAXW(CPL), 1)
                         }
                     }
                     grl[i] = self ? 0.f : gc_part * dc;
+                    if (rm >> i & 1u) /* the sender work of (t -> s), first half */
+                        merged_send_first<CPL, SILU>(c, l, trow, s, f0, on, G, vx_off, acc, dk,
+                                                     dv, sv[i], cc);
                 }
                 filter_back4<CPL, 2, 4, 0>(s_wt, s_drbf, c.K, F, wl, lane, gp, s_red, grl);
-                /* sender work of the reverse edges, first half (k_edge_bwd_send): g_k, g_v~ */
-                float ak[CPL], av[CPL], kt[CPL], vt[CPL];
-                ld_vec<CPL>(acc, ak);
-                ld_vec<CPL>(acc + AW, av);
-                ldg_vec<CPL>(trow + F + f0, kt);
-                ldg_vec<CPL>(trow + vx_off, vt);
-                zero_off<CPL>(on, kt);
-                zero_off<CPL>(on, vt);
-#pragma unroll
-                for (int i = 0; i < E; i++) {
-                    if (!(rm >> i & 1u))
-                        continue;
-                    const int s = c.e_src[cb + i]; /* the receiver of e' */
-                    /* c(r) as k_edge_bwd_send computes it (sv[i] is c(r) with vector_cutoff) */
-                    const float cc = c.vc ? sv[i] : cutoff_pi(r[i], c.cl, c.cu, nullptr);
-                    float q2[CPL], gX2[CPL];
-                    ldg_vec<CPL>(l.qkv + (size_t)s * 5 * F + f0, q2);
-                    ldg_vec<CPL>(l.gX + (size_t)s * F + f0, gX2);
-                    zero_off<CPL>(on, gX2);
-                    float part = 0.f;
-#pragma unroll
-                    for (int j = 0; j < CPL; j++)
-                        part = fmaf(q2[j] * kt[j], pre[i][0][j], part);
-                    float da;
-                    const float a = actv<SILU>(c.attn_act, group_sum(part, G), &da);
-                    const float A = c.vc ? a : a * cc;
-                    float gA_part = 0.f;
-#pragma unroll
-                    for (int j = 0; j < CPL; j++)
-                        gA_part = fmaf(gX2[j], vt[j] * pre[i][1][j] * sv[i], gA_part);
-                    const float gA = group_sum(gA_part, G);
-                    const float gapre = (c.vc ? gA : gA * cc) * da;
-#pragma unroll
-                    for (int j = 0; j < CPL; j++) {
-                        ak[j] = fmaf(gapre * q2[j], pre[i][0][j], ak[j]);
-                        av[j] = fmaf(gX2[j] * A * sv[i], pre[i][1][j], av[j]);
-                    }
-                }
-                st_vec<CPL>(acc, ak);
-                st_vec<CPL>(acc + AW, av);
             }
             {
                 /* pre[i][0 / 1] becomes dv1 / dv2 of edge i (for the sender work) */
@@ -649,7 +715,7 @@ static __global__ void __launch_bounds__(32 * MERGED_MAXW(CPL), 1)
                     const int e = cb + i;
                     const int s = c.e_src[e];
                     if (s == t) { /* nothing of the self-loop's second half reaches g_q */
-                        if (rm >> i & 1u)
+                        if (rm >> i & 1u) { /* its sender work: direction 0 */
 #pragma unroll
                             for (int j = 0; j < CPL; j++) {
                                 pre[i][0][j] = c.use_dv ? actv<SILU>(c.act, pre[i][0][j], nullptr)
@@ -657,6 +723,10 @@ static __global__ void __launch_bounds__(32 * MERGED_MAXW(CPL), 1)
                                 pre[i][1][j] = c.use_dv ? actv<SILU>(c.act, pre[i][1][j], nullptr)
                                                         : 1.f;
                             }
+                            const float dir0[3] = {0.f, 0.f, 0.f};
+                            merged_send_second<CPL>(c, l, trow, t, s, f0, on, vx_off, acc,
+                                                    pre[i][0], pre[i][1], sv[i], dir0);
+                        }
                         continue;
                     }
                     const float4 g = c.e_geo[e];
@@ -715,71 +785,13 @@ static __global__ void __launch_bounds__(32 * MERGED_MAXW(CPL), 1)
                         ga.z += (gd[2] - dir[2] * dd) * inv;
                         l.gw[e] = ga;
                     }
+                    if (rm >> i & 1u) { /* the sender work of (t -> s), second half: -d */
+                        const float dir2[3] = {-dir[0], -dir[1], -dir[2]};
+                        merged_send_second<CPL>(c, l, trow, t, s, f0, on, vx_off, acc,
+                                                pre[i][0], pre[i][1], sv[i], dir2);
+                    }
                 }
                 filter_back4<CPL, 2, 4, 2>(s_wt, s_drbf, c.K, F, wl, lane, gp, s_red, grl);
-                /* sender work of the reverse edges, second half: g_v gates, g_vec of t */
-#pragma unroll
-                for (int i = 0; i < E; i++) {
-                    if (!(rm >> i & 1u))
-                        continue;
-                    const int e = cb + i;
-                    const int s = c.e_src[e]; /* the receiver of e' */
-                    float dir2[3] = {0.f, 0.f, 0.f}; /* direction of e': -d (0: self-loop) */
-                    if (s != t) {
-                        const float4 g = c.e_geo[e];
-                        const float inv = 1.f / g.w;
-                        dir2[0] = -(g.x * inv);
-                        dir2[1] = -(g.y * inv);
-                        dir2[2] = -(g.z * inv);
-                    }
-                    float gV2[3][CPL];
-#pragma unroll
-                    for (int cx = 0; cx < 3; cx++)
-                        ldg_vec<CPL>(l.gV + ((size_t)s * 3 + cx) * F + f0, gV2[cx]);
-                    /* g_v gate 1: (gV2 . vec[t]) dv1 sv; gate 2: (gV2 . dir2) dv2 sv */
-                    {
-                        float gvt1[CPL], a1[CPL], a2[CPL];
-#pragma unroll
-                        for (int j = 0; j < CPL; j++)
-                            gvt1[j] = 0.f;
-                        if (l.vec) {
-                            float vs[3][CPL];
-#pragma unroll
-                            for (int cx = 0; cx < 3; cx++)
-                                ldg_vec<CPL>(l.vec + ((size_t)t * 3 + cx) * F + f0, vs[cx]);
-#pragma unroll
-                            for (int j = 0; j < CPL; j++)
-                                gvt1[j] = gV2[0][j] * vs[0][j] + gV2[1][j] * vs[1][j] +
-                                          gV2[2][j] * vs[2][j];
-                        }
-                        ld_vec<CPL>(acc + 2 * AW, a1);
-                        ld_vec<CPL>(acc + 3 * AW, a2);
-#pragma unroll
-                        for (int j = 0; j < CPL; j++) {
-                            const float gvt2 =
-                                gV2[0][j] * dir2[0] + gV2[1][j] * dir2[1] + gV2[2][j] * dir2[2];
-                            a1[j] = fmaf(gvt1[j] * sv[i], pre[i][0][j], a1[j]);
-                            a2[j] = fmaf(gvt2 * sv[i], pre[i][1][j], a2[j]);
-                        }
-                        st_vec<CPL>(acc + 2 * AW, a1);
-                        st_vec<CPL>(acc + 3 * AW, a2);
-                    }
-                    /* g_vec[t] += gV2 g1, g1 = v1[t] dv1 sv */
-                    {
-                        float vt1[CPL];
-                        ldg_vec<CPL>(trow + vx_off + D, vt1);
-                        zero_off<CPL>(on, vt1);
-#pragma unroll
-                        for (int cx = 0; cx < 3; cx++) {
-                            float ag[CPL];
-                            ld_vec<CPL>(acc + (4 + cx) * AW, ag);
-#pragma unroll
-                            for (int j = 0; j < CPL; j++)
-                                ag[j] = fmaf(gV2[cx][j], vt1[j] * pre[i][0][j] * sv[i], ag[j]);
-                            st_vec<CPL>(acc + (4 + cx) * AW, ag);
-                        }
-                    }
-                }
             }
             /* radial part: dE/dr_e (filters, RBF, cutoff) along the direction */
 #pragma unroll
