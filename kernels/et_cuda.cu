@@ -342,6 +342,8 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
         et->checkpoint = !(ck && strcmp(ck, "0") == 0);
         const char *fx = getenv("DS4SCI_CUDA_FASTEXP"); /* default on: see edge_common.cuh */
         et->fastexp = !(fx && strcmp(fx, "0") == 0);
+        const char *xf = getenv("DS4SCI_CUDA_XCH_F32");
+        et->xch_f32 = xf && strcmp(xf, "1") == 0;
         const char *sx = getenv("DS4SCI_CUDA_SPLIT"); /* 1, 2, 4, 8; anything else: per pass */
         et->split_force = sx && (!strcmp(sx, "1") || !strcmp(sx, "2") || !strcmp(sx, "4") ||
                                  !strcmp(sx, "8")) ? atoi(sx) : 0;
@@ -609,7 +611,11 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
             CU(et_ghost_fold(s, nl, ng, F, xc->owner, x, vec), "ghost fold");
         return DS4SCI_OK;
     }
-    const int w = vec ? 4 * F : F;
+    /* w doubles per row on the host; with DS4SCI_CUDA_XCH_F32 the forward exchange moves float
+       rows, two floats per double (F is even), so the caller copies half the bytes: forward
+       only copies rows, bit for bit (ds4sci.h), while reverse adds them */
+    const int pk = !reverse && et->xch_f32;
+    const int w = (vec ? 4 * F : F) / (pk ? 2 : 1);
     /* with the caller's send_rows hint only those owned rows travel, packed: on the device in
        dx[0, nr w) (nr <= nl, clear of the ghost rows at dx + nl w), on the host in the
        staging area after the n rows of hx */
@@ -636,7 +642,11 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
         }
     };
     if (!reverse && rows) {
-        CU(et_pack_rows(s, xc->send_dev, nr, F, x, vec, dx), "exchange pack (send rows)");
+        if (pk)
+            CU(et_pack_rows_f32(s, xc->send_dev, nr, F, x, vec, (float *)dx),
+               "exchange pack (send rows)");
+        else
+            CU(et_pack_rows(s, xc->send_dev, nr, F, x, vec, dx), "exchange pack (send rows)");
         CU(cudaMemcpyAsync(hp, dx, (size_t)nr * w * sizeof(double), cudaMemcpyDeviceToHost, s),
            "exchange copy");
         CU(cudaStreamSynchronize(s), "exchange sync");
@@ -644,7 +654,10 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
         host_rows(ROWS_SCATTER, rows, nr, w, hp, hx);
         host_rows(ROWS_ZERO, NULL, ng, w, NULL, hx + (size_t)nl * w);
     } else if (!reverse) {
-        CU(et_pack(s, 0, nl, F, x, vec, dx), "exchange pack");
+        if (pk)
+            CU(et_pack_f32(s, 0, nl, F, x, vec, (float *)dx), "exchange pack");
+        else
+            CU(et_pack(s, 0, nl, F, x, vec, dx), "exchange pack");
         CU(cudaMemcpyAsync(hx, dx, (size_t)nl * w * sizeof(double), cudaMemcpyDeviceToHost, s),
            "exchange copy");
         CU(cudaStreamSynchronize(s), "exchange sync");
@@ -672,7 +685,11 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
         CU(cudaMemcpyAsync(dx + (size_t)nl * w, hx + (size_t)nl * w,
                            (size_t)ng * w * sizeof(double), cudaMemcpyHostToDevice, s),
            "exchange copy");
-        CU(et_unpack(s, nl, ng, F, dx + (size_t)nl * w, x, vec, 0), "exchange unpack");
+        if (pk)
+            CU(et_unpack_f32(s, nl, ng, F, (const float *)(dx + (size_t)nl * w), x, vec),
+               "exchange unpack");
+        else
+            CU(et_unpack(s, nl, ng, F, dx + (size_t)nl * w, x, vec, 0), "exchange unpack");
     } else {
         if (rows) {
             host_rows(ROWS_GATHER, rows, nr, w, hx, hp);

@@ -151,6 +151,8 @@ typedef struct ds4sci_cuda_et {
     size_t peak_used;        /* max of (total - free) device memory after a call */
     int edge_unfused;        /* DS4SCI_CUDA_EDGE=unfused: the unfused baseline edge path
                                 (edge_unfused.cu) instead of the fused kernels */
+    int xch_f32;             /* DS4SCI_CUDA_XCH_F32=1: caller forward exchange of float rows
+                                packed two per double (width 2F / F/2 doubles; opt-in) */
     int fastexp;             /* SiLU in the edge kernels with __expf (default; FASTEXP=0: expf) */
     int split_force;         /* DS4SCI_CUDA_SPLIT=1|2|4|8: row split factor of the fused
                                 layer edge kernels forced (0: chosen per pass, et_edge_split) */
@@ -252,12 +254,19 @@ cudaError_t et_pack(cudaStream_t s, int row0, int rows, int F, const float *x, c
 cudaError_t et_unpack(cudaStream_t s, int row0, int rows, int F, const double *in, float *x,
                       float *vec, int add);
 cudaError_t et_zero_rows(cudaStream_t s, int row0, int rows, int w, float *a);
+/* the same rows as floats: the packed forward exchange (DS4SCI_CUDA_XCH_F32) */
+cudaError_t et_pack_f32(cudaStream_t s, int row0, int rows, int F, const float *x,
+                        const float *vec, float *out);
+cudaError_t et_unpack_f32(cudaStream_t s, int row0, int rows, int F, const float *in, float *x,
+                          float *vec);
 
 /* exchange.cu: listed rows (the caller's send_rows hint) packed for a host exchange */
 cudaError_t et_pack_rows(cudaStream_t s, const int *rows, int n, int F, const float *x,
                          const float *vec, double *out);
 cudaError_t et_unpack_rows_add(cudaStream_t s, const int *rows, int n, int F, const double *in,
                                float *x, float *vec);
+cudaError_t et_pack_rows_f32(cudaStream_t s, const int *rows, int n, int F, const float *x,
+                             const float *vec, float *out);
 
 /*
  * Row split of the fused layer edge kernels (edge_split.cu; docs/gpu.md "Row split for small

@@ -107,6 +107,7 @@ ck api 60 CK_RUN_CASE=api
 ck vs_cpu 150 CK_RUN_CASE=vs_cpu
 ck vs_cpu_nockpt 100 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_CHECKPOINT=0
 ck golden_unfused 60 CK_RUN_CASE=golden DS4SCI_CUDA_EDGE=unfused
+ck api_xchf32 60 CK_RUN_CASE=api DS4SCI_CUDA_XCH_F32=1
 ck golden_expf 60 CK_RUN_CASE=golden DS4SCI_CUDA_FASTEXP=0
 ck vs_cpu_expf 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_FASTEXP=0
 # row split for small systems (edge_split.cu): S forced to 1 (the unsplit kernels) and to 2 (the
@@ -163,6 +164,14 @@ if [ "$NGPU" -ge 2 ] && left $(( BUDGET - ${NEED_2GPU:-90} + 10 )); then
         DS4SCI_CUDA_PROFILE=$L/profile_2gpu.txt timeout 70 \
         bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
     t lammps_bench_2gpu $?
+    if [ "${XCH_F32_BENCH:-1}" = 1 ] && left $(( BUDGET - 45 )); then
+        # forward rows as packed floats: the same bits travel, so the thermo output must be
+        # identical to the run above
+        OUT=$L SI_NVE=0 OOM_CELLS=0 BENCH_NP=2 BENCH_TAG=_2gpu_xchf32 BENCH_SI="50 20 0" \
+            BENCH_REF="" DS4SCI_CUDA_XCH_F32=1 DS4SCI_CUDA_PROFILE=$L/profile_2gpu_xchf32.txt \
+            timeout 45 bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
+        t lammps_bench_2gpu_xchf32 $?
+    fi
 fi
 if [ "$NGPU" -lt 2 ]; then
     rest=$(( BUDGET - ($(date +%s) - T0) - 10 ))
