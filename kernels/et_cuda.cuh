@@ -159,6 +159,20 @@ typedef struct ds4sci_cuda_et {
     int checkpoint;          /* keep every other layer input with the built-in exchange
                                 (default; DS4SCI_CUDA_CHECKPOINT=0: keep all) */
     long long last_n, last_ne;
+    long long step_ne;       /* edge count (or its bound) of the current call */
+    /* CUDA graph of the step (DS4SCI_CUDA_GRAPH=1, built-in exchange only; docs/gpu.md "CUDA
+       graph of a step"): with it on, the edge buffers are sized by the candidate bound
+       nl + candidates, so no edge count is read back, and the device work from the edge list
+       to the totals is captured once and replayed while the key below is unchanged */
+    int graph;               /* on (off after any capture or instantiate failure) */
+    int capturing;           /* a capture is in progress: ensure() must not reallocate */
+    cudaGraphExec_t gexec;   /* the captured step (NULL: none) */
+    int gkey_valid;          /* gkey holds the key of the last successful call */
+    long long gkey[4 + 2 * B_COUNT]; /* n_local, n_ghost, candidates, virial requested, then
+                                        pointer and capacity of every buffer */
+    void *blas_ws;           /* cuBLAS workspace set on the handle (graph on: no allocation by
+                                cuBLAS during a capture) */
+    long graph_captures, graph_replays;
 } ds4sci_cuda_et;
 
 /* ---- error helpers ----------------------------------------------------------------------- */
