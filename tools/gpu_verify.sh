@@ -108,6 +108,11 @@ ck vs_cpu 150 CK_RUN_CASE=vs_cpu
 ck vs_cpu_nockpt 100 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_CHECKPOINT=0
 ck golden_unfused 60 CK_RUN_CASE=golden DS4SCI_CUDA_EDGE=unfused
 ck api_xchf32 60 CK_RUN_CASE=api DS4SCI_CUDA_XCH_F32=1
+# CUDA graph of a step (opt-in): each check calls compute twice or more on one context, the
+# second call captures and replays
+ck golden_graph 60 CK_RUN_CASE=golden DS4SCI_CUDA_GRAPH=1
+ck api_graph 60 CK_RUN_CASE=api DS4SCI_CUDA_GRAPH=1
+ck vs_cpu_graph 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_GRAPH=1
 ck golden_expf 60 CK_RUN_CASE=golden DS4SCI_CUDA_FASTEXP=0
 ck vs_cpu_expf 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_FASTEXP=0
 # row split for small systems (edge_split.cu): S forced to 1 (the unsplit kernels) and to 2 (the
@@ -125,6 +130,12 @@ if [ "${EXPF_BENCH:-1}" = 1 ]; then   # SiLU with expf (DS4SCI_CUDA_FASTEXP=0) s
     DS4SCI_CUDA_FASTEXP=0 timeout 60 "$B/bench_gpu" tests/golden/typical.safetensors 3 10000 1000000 \
         > "$LG/bench_gpu_expf.log" 2>&1
     t bench_gpu_expf $?
+fi
+if [ "${GRAPH_BENCH:-1}" = 1 ]; then   # CUDA graph replay side by side (no per-stage times then)
+    DS4SCI_CUDA_GRAPH=1 timeout 60 "$B/bench_gpu" tests/golden/typical.safetensors 5 1000 10000 \
+        > "$LG/bench_gpu_graph.log" 2>&1
+    t bench_gpu_graph $?
+    grep -h cuda_graph /tmp/ds4sci_bench_profile_*.txt >> "$LG/bench_gpu_graph.log" 2>/dev/null
 fi
 for S in ${SPLITS:-1 2 4 8}; do   # forced split factors at the sizes where the rule matters
     DS4SCI_CUDA_SPLIT=$S timeout 60 "$B/bench_gpu" tests/golden/typical.safetensors 5 1000 10000 \
@@ -187,6 +198,7 @@ grep -h "ERROR SUMMARY" "$LG/memcheck.log"
 grep -vE "^#" "$LG/bench_gpu.log" | head -40
 grep -vE "^#" "$LG/bench_gpu_expf.log" 2>/dev/null | head -12
 for S in ${SPLITS:-1 2 4 8}; do echo "split $S"; grep -E "^ +[0-9]+ " "$LG/bench_gpu_split$S.log"; done
+echo "graph"; grep -E "^ +[0-9]+ |cuda_graph" "$LG/bench_gpu_graph.log" 2>/dev/null
 grep -E "^variant|PASS|FAIL|ALL|SOME" "$LG/filter_mma.log" 2>/dev/null | grep -v "^sim" | head -40
 cat "$L"/profile_*.txt 2>/dev/null
 tail -n 5 "$LG"/racecheck*.log 2>/dev/null
