@@ -5,12 +5,15 @@ examples/si_npt.in and examples/si_nve.in, print the numbers and draw the plots.
 Inputs (prefixes as given to the examples with -var out / -log):
   --npt-et PREFIX --npt-sw PREFIX   PREFIX.avg (lattice constant, density, T, P) and PREFIX.rdf
   --nve-et LOG [--nve-sw LOG]       LAMMPS logs of si_nve.in (thermo column v_de)
+  --nve-logs LOG [LOG ...]          drift numbers only, no plots, no matplotlib (e.g. the logs of
+                                    tools/gpu_si_nve.sh, also when a run was stopped early): per log
+                                    the whole-run fit, max |dE|, and fits over WINDOW-ps blocks
 Outputs: --plot-rdf docs/si_model_rdf.png, --plot-nve docs/si_model_nve.png, and the numbers on
 stdout (also as JSON with --json).
 
 NVE drift: least-squares slope of the total energy per atom against time over the NVE run,
 in eV/atom/ns, plus the largest excursion from the starting energy.
-Needs numpy and matplotlib.
+Needs numpy (and matplotlib for the plots).
 """
 import argparse
 import json
@@ -67,6 +70,42 @@ def drift(t, de):
                 final_change_eV_per_atom=float(de[-1]))
 
 
+def windows(t, de, width):
+    """Fits over consecutive blocks of `width` ps (the last one only if at least half full)."""
+    out = []
+    start = 0.0
+    while start < t[-1]:
+        m = (t >= start) & (t < start + width)
+        if m.sum() >= 3 and t[m][-1] - t[m][0] >= width / 2:
+            slope = np.polyfit(t[m], de[m], 1)[0]
+            out.append(dict(t0_ps=start, mean_eV_per_atom=float(de[m].mean()),
+                            drift_eV_per_atom_per_ns=float(slope * 1e3)))
+        start += width
+    return out
+
+
+def nve_logs(logs, width):
+    out = {}
+    for log in logs:
+        t, de, atoms = read_nve(log)
+        if len(t) < 3:
+            out[log] = dict(error="fewer than 3 thermo lines of the NVE run")
+            print(f"{log}: {out[log]['error']}")
+            continue
+        d = drift(t, de)
+        d["atoms"] = atoms
+        d["thermo_lines"] = int(len(t))
+        d["windows"] = windows(t, de, width)
+        out[log] = d
+        w = d["windows"]
+        print(f"{log}: {atoms} atoms, {d['duration_ps']:.2f} ps of NVE; drift "
+              f"{d['drift_eV_per_atom_per_ns']:+.3e} +- {d['drift_stderr_eV_per_atom_per_ns']:.1e} "
+              f"eV/atom/ns, max |dE| {d['max_excursion_eV_per_atom']:.2e} eV/atom, final "
+              f"{d['final_change_eV_per_atom']:+.2e}; {width:g}-ps block means (eV/atom): "
+              + " ".join(f"{x['mean_eV_per_atom']:+.1e}" for x in w))
+    return out
+
+
 def first_peak(r, g):
     i = int(np.argmax(g))
     # parabola through the three bins around the maximum
@@ -86,8 +125,16 @@ def main():
     ap.add_argument("--nve-sw")
     ap.add_argument("--plot-rdf")
     ap.add_argument("--plot-nve")
+    ap.add_argument("--nve-logs", nargs="+")
+    ap.add_argument("--window", type=float, default=10.0, help="block length (ps) for --nve-logs")
     ap.add_argument("--json")
     args = ap.parse_args()
+    if args.nve_logs:
+        out = nve_logs(args.nve_logs, args.window)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(out, f, indent=1)
+        return
     import matplotlib
 
     matplotlib.use("Agg")

@@ -156,6 +156,8 @@ typedef struct ds4sci_cuda_et {
     size_t peak_used;        /* max of (total - free) device memory after a call */
     int edge_unfused;        /* DS4SCI_CUDA_EDGE=unfused: the unfused baseline edge path
                                 (edge_unfused.cu) instead of the fused kernels */
+    int xch_f32;             /* DS4SCI_CUDA_XCH_F32=1: caller forward exchange of float rows
+                                packed two per double (width 2F / F/2 doubles; opt-in) */
     int fastexp;             /* SiLU in the edge kernels with __expf (default; FASTEXP=0: expf) */
     int split_force;         /* DS4SCI_CUDA_SPLIT=1|2|4|8: row split factor of the fused
                                 layer edge kernels forced (0: chosen per pass, et_edge_split) */
@@ -164,6 +166,20 @@ typedef struct ds4sci_cuda_et {
     int checkpoint;          /* keep every other layer input with the built-in exchange
                                 (default; DS4SCI_CUDA_CHECKPOINT=0: keep all) */
     long long last_n, last_ne;
+    long long step_ne;       /* edge count (or its bound) of the current call */
+    /* CUDA graph of the step (DS4SCI_CUDA_GRAPH=1, built-in exchange only; docs/gpu.md "CUDA
+       graph of a step"): with it on, the edge buffers are sized by the candidate bound
+       nl + candidates, so no edge count is read back, and the device work from the edge list
+       to the totals is captured once and replayed while the key below is unchanged */
+    int graph;               /* on (off after any capture or instantiate failure) */
+    int capturing;           /* a capture is in progress: ensure() must not reallocate */
+    cudaGraphExec_t gexec;   /* the captured step (NULL: none) */
+    int gkey_valid;          /* gkey holds the key of the last successful call */
+    long long gkey[4 + 2 * B_COUNT]; /* n_local, n_ghost, candidates, virial requested, then
+                                        pointer and capacity of every buffer */
+    void *blas_ws;           /* cuBLAS workspace set on the handle (graph on: no allocation by
+                                cuBLAS during a capture) */
+    long graph_captures, graph_replays;
 } ds4sci_cuda_et;
 
 /* ---- error helpers ----------------------------------------------------------------------- */
@@ -259,12 +275,19 @@ cudaError_t et_pack(cudaStream_t s, int row0, int rows, int F, const float *x, c
 cudaError_t et_unpack(cudaStream_t s, int row0, int rows, int F, const double *in, float *x,
                       float *vec, int add);
 cudaError_t et_zero_rows(cudaStream_t s, int row0, int rows, int w, float *a);
+/* the same rows as floats: the packed forward exchange (DS4SCI_CUDA_XCH_F32) */
+cudaError_t et_pack_f32(cudaStream_t s, int row0, int rows, int F, const float *x,
+                        const float *vec, float *out);
+cudaError_t et_unpack_f32(cudaStream_t s, int row0, int rows, int F, const float *in, float *x,
+                          float *vec);
 
 /* exchange.cu: listed rows (the caller's send_rows hint) packed for a host exchange */
 cudaError_t et_pack_rows(cudaStream_t s, const int *rows, int n, int F, const float *x,
                          const float *vec, double *out);
 cudaError_t et_unpack_rows_add(cudaStream_t s, const int *rows, int n, int F, const double *in,
                                float *x, float *vec);
+cudaError_t et_pack_rows_f32(cudaStream_t s, const int *rows, int n, int F, const float *x,
+                             const float *vec, float *out);
 
 /*
  * Row split of the fused layer edge kernels (edge_split.cu; docs/gpu.md "Row split for small

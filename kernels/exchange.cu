@@ -1,13 +1,15 @@
 /*
  * exchange.cu - packing of listed feature rows for a caller's ghost exchange with a send-rows
  * hint (ds4sci_exchange.send_rows): only the owned rows that other processes need travel
- * between device and host. Row layout as et_pack: x (F values) then vec (3F), as doubles.
+ * between device and host. Row layout as et_pack: x (F values) then vec (3F), as doubles (or
+ * as floats for the packed forward exchange).
  */
 #include "et_cuda.cuh"
 
+template <class T>
 static __global__ void k_pack_rows(const int *__restrict__ rows, int n, int F,
                                    const float *__restrict__ x, const float *__restrict__ vec,
-                                   double *__restrict__ out)
+                                   T *__restrict__ out)
 {
     const int w = vec ? 4 * F : F;
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -15,7 +17,7 @@ static __global__ void k_pack_rows(const int *__restrict__ rows, int n, int F,
         return;
     const long long a = rows[i / w];
     const int j = (int)(i % w);
-    out[i] = j < F ? (double)x[a * F + j] : (double)vec[a * 3 * F + (j - F)];
+    out[i] = j < F ? (T)x[a * F + j] : (T)vec[a * 3 * F + (j - F)];
 }
 
 static __global__ void k_unpack_rows_add(const int *__restrict__ rows, int n, int F,
@@ -40,7 +42,17 @@ extern "C" cudaError_t et_pack_rows(cudaStream_t s, const int *rows, int n, int 
 {
     const long long total = (long long)n * (vec ? 4 * F : F);
     if (total > 0)
-        k_pack_rows<<<blocks_for(total), 256, 0, s>>>(rows, n, F, x, vec, out);
+        k_pack_rows<double><<<blocks_for(total), 256, 0, s>>>(rows, n, F, x, vec, out);
+    return cudaGetLastError();
+}
+
+/* The same as floats (the packed forward exchange, DS4SCI_CUDA_XCH_F32). */
+extern "C" cudaError_t et_pack_rows_f32(cudaStream_t s, const int *rows, int n, int F,
+                                        const float *x, const float *vec, float *out)
+{
+    const long long total = (long long)n * (vec ? 4 * F : F);
+    if (total > 0)
+        k_pack_rows<float><<<blocks_for(total), 256, 0, s>>>(rows, n, F, x, vec, out);
     return cudaGetLastError();
 }
 

@@ -130,7 +130,8 @@ extern "C" cudaError_t et_count_by(cudaStream_t s, int ne, const int *key, int *
  * exactly (both are rounded from the same fp64 difference, negated: always true for owned
  * pairs; checked anyway); -1 otherwise (ghost sender, duplicate candidates). The map is an
  * involution (rev[rev[e]] = e), so an edge's sender work is done by the merged pass exactly
- * when rev >= 0.
+ * when rev >= 0. ne may exceed the real edges row_off[nl] (CUDA graph mode: padded slots,
+ * whose senders sort past every atom in the transpose index): those get -1.
  */
 static __global__ void k_edge_rev(int ne, int nl, const int *__restrict__ row_off,
                                   const int *__restrict__ e_src, const int *__restrict__ e_dst,
@@ -139,6 +140,10 @@ static __global__ void k_edge_rev(int ne, int nl, const int *__restrict__ row_of
     const int e = blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= ne)
         return;
+    if (e >= row_off[nl]) { /* CUDA graph mode: padded slot past the real edges */
+        rev[e] = -1;
+        return;
+    }
     const int t = e_dst[e], s = e_src[e], r0 = row_off[t];
     int out = -1;
     if (e == r0) {

@@ -237,9 +237,11 @@ static __global__ void k_ghost_fold(int nl, int ng, int F, int w, const int *__r
         atomicAdd(sr, v);
 }
 
-/* Host exchange rows: out[r] = (x[row0 + r], vec[row0 + r]) as doubles (width F or 4F). */
+/* Host exchange rows: out[r] = (x[row0 + r], vec[row0 + r]) as doubles or floats (T), width F
+   or 4F. */
+template <class T>
 static __global__ void k_pack(int row0, int rows, int F, const float *__restrict__ x,
-                              const float *__restrict__ vec, double *__restrict__ out)
+                              const float *__restrict__ vec, T *__restrict__ out)
 {
     int w = vec ? 4 * F : F;
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -248,10 +250,11 @@ static __global__ void k_pack(int row0, int rows, int F, const float *__restrict
     long long r = i / w;
     int j = (int)(i % w);
     long long a = row0 + r;
-    out[i] = j < F ? (double)x[a * F + j] : (double)vec[a * 3 * F + (j - F)];
+    out[i] = j < F ? (T)x[a * F + j] : (T)vec[a * 3 * F + (j - F)];
 }
 
-static __global__ void k_unpack(int row0, int rows, int F, const double *__restrict__ in,
+template <class T>
+static __global__ void k_unpack(int row0, int rows, int F, const T *__restrict__ in,
                                 float *__restrict__ x, float *__restrict__ vec, int add)
 {
     int w = vec ? 4 * F : F;
@@ -369,7 +372,7 @@ extern "C" cudaError_t et_pack(cudaStream_t s, int row0, int rows, int F, const 
 {
     long long total = (long long)rows * (vec ? 4 * F : F);
     if (total > 0)
-        k_pack<<<nblk(total, 256), 256, 0, s>>>(row0, rows, F, x, vec, out);
+        k_pack<double><<<nblk(total, 256), 256, 0, s>>>(row0, rows, F, x, vec, out);
     return cudaGetLastError();
 }
 
@@ -378,7 +381,26 @@ extern "C" cudaError_t et_unpack(cudaStream_t s, int row0, int rows, int F, cons
 {
     long long total = (long long)rows * (vec ? 4 * F : F);
     if (total > 0)
-        k_unpack<<<nblk(total, 256), 256, 0, s>>>(row0, rows, F, in, x, vec, add);
+        k_unpack<double><<<nblk(total, 256), 256, 0, s>>>(row0, rows, F, in, x, vec, add);
+    return cudaGetLastError();
+}
+
+/* The same rows as floats (the packed forward exchange, DS4SCI_CUDA_XCH_F32). */
+extern "C" cudaError_t et_pack_f32(cudaStream_t s, int row0, int rows, int F, const float *x,
+                                   const float *vec, float *out)
+{
+    long long total = (long long)rows * (vec ? 4 * F : F);
+    if (total > 0)
+        k_pack<float><<<nblk(total, 256), 256, 0, s>>>(row0, rows, F, x, vec, out);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t et_unpack_f32(cudaStream_t s, int row0, int rows, int F, const float *in,
+                                     float *x, float *vec)
+{
+    long long total = (long long)rows * (vec ? 4 * F : F);
+    if (total > 0)
+        k_unpack<float><<<nblk(total, 256), 256, 0, s>>>(row0, rows, F, in, x, vec, 0);
     return cudaGetLastError();
 }
 

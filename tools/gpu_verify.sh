@@ -80,7 +80,7 @@ bg=()
 if [ "$NGPU" -ge 2 ]; then
     last=$((NGPU - 1))
     rc_case=${RACE_CASE:-golden}
-    (cd tests && CUDA_VISIBLE_DEVICES=$last CK_RUN_CASE=$rc_case timeout $((BUDGET - 60)) \
+    (cd tests && CUDA_VISIBLE_DEVICES=$last CK_RUN_CASE=$rc_case timeout "${BG_SECONDS:-$((BUDGET - 150))}" \
         compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 9 \
         "$B/check_cuda_backend"; echo "racecheck $rc_case rc=$? t=$(( $(date +%s) - T0 ))s") \
         > "$LG/racecheck_$rc_case.log" 2>&1 &
@@ -105,10 +105,18 @@ ck() {  # ck NAME TIMEOUT [VAR=VALUE ...]: one check_cuda_backend case with its 
 ck golden 60 CK_RUN_CASE=golden
 ck api 60 CK_RUN_CASE=api
 ck vs_cpu 150 CK_RUN_CASE=vs_cpu
-ck vs_cpu_nockpt 100 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_CHECKPOINT=0
-ck golden_unfused 60 CK_RUN_CASE=golden DS4SCI_CUDA_EDGE=unfused
+if [ "${FULL:-1}" = 1 ]; then   # variants unchanged since the last run can be left out (FULL=0)
+    ck vs_cpu_nockpt 100 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_CHECKPOINT=0
+    ck golden_unfused 60 CK_RUN_CASE=golden DS4SCI_CUDA_EDGE=unfused
+fi
+ck api_xchf32 60 CK_RUN_CASE=api DS4SCI_CUDA_XCH_F32=1
+# CUDA graph of a step (opt-in): each check calls compute twice or more on one context, the
+# second call captures and replays
+ck golden_graph 60 CK_RUN_CASE=golden DS4SCI_CUDA_GRAPH=1
+ck api_graph 60 CK_RUN_CASE=api DS4SCI_CUDA_GRAPH=1
+ck vs_cpu_graph 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_GRAPH=1
 ck golden_expf 60 CK_RUN_CASE=golden DS4SCI_CUDA_FASTEXP=0
-ck vs_cpu_expf 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_FASTEXP=0
+[ "${FULL:-1}" = 1 ] && ck vs_cpu_expf 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_FASTEXP=0
 # row split for small systems (edge_split.cu): S forced to 1 (the unsplit kernels) and to 2 (the
 # automatic rule picks 8 or 4 for these small cases and 1 for the 10k-atom one)
 ck golden_split1 60 CK_RUN_CASE=golden DS4SCI_CUDA_SPLIT=1
@@ -124,6 +132,12 @@ if [ "${EXPF_BENCH:-1}" = 1 ]; then   # SiLU with expf (DS4SCI_CUDA_FASTEXP=0) s
     DS4SCI_CUDA_FASTEXP=0 timeout 60 "$B/bench_gpu" tests/golden/typical.safetensors 3 10000 1000000 \
         > "$LG/bench_gpu_expf.log" 2>&1
     t bench_gpu_expf $?
+fi
+if [ "${GRAPH_BENCH:-1}" = 1 ]; then   # CUDA graph replay side by side (no per-stage times then)
+    DS4SCI_CUDA_GRAPH=1 timeout 60 "$B/bench_gpu" tests/golden/typical.safetensors 5 1000 10000 \
+        > "$LG/bench_gpu_graph.log" 2>&1
+    t bench_gpu_graph $?
+    grep -h cuda_graph /tmp/ds4sci_bench_profile_*.txt >> "$LG/bench_gpu_graph.log" 2>/dev/null
 fi
 for S in ${SPLITS:-1 2 4 8}; do   # forced split factors at the sizes where the rule matters
     DS4SCI_CUDA_SPLIT=$S timeout 60 "$B/bench_gpu" tests/golden/typical.safetensors 5 1000 10000 \
@@ -146,23 +160,31 @@ unset CUDA_VISIBLE_DEVICES   # the 2-rank LAMMPS tests use one GPU per rank when
 OUT=$L SI_NVE=0 BENCH_SI="" BENCH_REF="" OOM_CELLS=0 timeout 200 bash tools/gpu_lammps.sh test \
     > "$LG/lammps.log" 2>&1
 t lammps_test $?
-[ "$NGPU" -ge 2 ] && export CUDA_VISIBLE_DEVICES=0
-if left $(( BUDGET - ${LMP_BENCH_NEED:-150} )); then
-    OUT=$L SI_NVE=0 OOM_CELLS=0 BENCH_SI="${BENCH_SI-50 20 10}" BENCH_REF="${BENCH_REF-100 3 2}" \
-        DS4SCI_CUDA_PROFILE=$L/profile_1rank.txt timeout 120 \
-        bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
-    t lammps_bench $?
-fi
-for p in "${bg[@]}"; do   # background jobs end by their own timeouts; the 2-rank runs need GPU 1
-    while kill -0 "$p" 2>/dev/null && left $(( BUDGET - ${NEED_2GPU:-90} )); do sleep 2; done
+# the 2-rank benchmarks need GPU 1: stop the background jobs first (they run to BG_SECONDS)
+for p in "${bg[@]}"; do
+    while kill -0 "$p" 2>/dev/null && left "${BG_SECONDS:-$((BUDGET - 150))}"; do sleep 2; done
     pkill -TERM -P "$p" 2>/dev/null; kill "$p" 2>/dev/null
 done
-if [ "$NGPU" -ge 2 ] && left $(( BUDGET - ${NEED_2GPU:-90} + 10 )); then
-    unset CUDA_VISIBLE_DEVICES
+if [ "$NGPU" -ge 2 ] && left $(( BUDGET - 110 )); then
     OUT=$L SI_NVE=0 OOM_CELLS=0 BENCH_NP=2 BENCH_TAG=_2gpu BENCH_SI="50 20 10" BENCH_REF="" \
         DS4SCI_CUDA_PROFILE=$L/profile_2gpu.txt timeout 70 \
         bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
     t lammps_bench_2gpu $?
+    if [ "${XCH_F32_BENCH:-1}" = 1 ] && left $(( BUDGET - 80 )); then
+        # forward rows as packed floats: the same bits travel, so the thermo output must be
+        # identical to the run above
+        OUT=$L SI_NVE=0 OOM_CELLS=0 BENCH_NP=2 BENCH_TAG=_2gpu_xchf32 BENCH_SI="50 20 0" \
+            BENCH_REF="" DS4SCI_CUDA_XCH_F32=1 DS4SCI_CUDA_PROFILE=$L/profile_2gpu_xchf32.txt \
+            timeout 45 bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
+        t lammps_bench_2gpu_xchf32 $?
+    fi
+fi
+[ "$NGPU" -ge 2 ] && export CUDA_VISIBLE_DEVICES=0
+if left $(( BUDGET - ${LMP_BENCH_NEED:-50} )); then   # one rank, one GPU, device exchange
+    OUT=$L SI_NVE=0 OOM_CELLS=0 BENCH_SI="${BENCH_SI-50 20 10}" BENCH_REF="${BENCH_REF-100 3 2}" \
+        DS4SCI_CUDA_PROFILE=$L/profile_1rank.txt timeout $(( BUDGET - ($(date +%s) - T0) - 5 )) \
+        bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
+    t lammps_bench $?
 fi
 if [ "$NGPU" -lt 2 ]; then
     rest=$(( BUDGET - ($(date +%s) - T0) - 10 ))
@@ -178,6 +200,7 @@ grep -h "ERROR SUMMARY" "$LG/memcheck.log"
 grep -vE "^#" "$LG/bench_gpu.log" | head -40
 grep -vE "^#" "$LG/bench_gpu_expf.log" 2>/dev/null | head -12
 for S in ${SPLITS:-1 2 4 8}; do echo "split $S"; grep -E "^ +[0-9]+ " "$LG/bench_gpu_split$S.log"; done
+echo "graph"; grep -E "^ +[0-9]+ |cuda_graph" "$LG/bench_gpu_graph.log" 2>/dev/null
 grep -E "^variant|PASS|FAIL|ALL|SOME" "$LG/filter_mma.log" 2>/dev/null | grep -v "^sim" | head -40
 cat "$L"/profile_*.txt 2>/dev/null
 tail -n 5 "$LG"/racecheck*.log 2>/dev/null

@@ -135,7 +135,8 @@ typedef struct ds4sci_system {
 /*
  * Ghost exchange supplied by the caller (LAMMPS uses its forward/reverse communication).
  * `data` is a host array [n_total][width] of doubles, row-major, one row per atom.
- *   forward: overwrite each ghost row with its owner's row.
+ *   forward: overwrite each ghost row with its owner's row, as bytes (a backend may pack two
+ *            float values into one double: copy rows, do not interpret or convert them).
  *   reverse: add each ghost row into its owner's row (ghost rows may be left as they are).
  * Return 0 on success. The core calls forward and reverse the same number of times, with the
  * same widths, whatever n_local and n_ghost are (0 included), so collective communication
