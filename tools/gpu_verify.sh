@@ -115,6 +115,10 @@ ck api_xchf32 60 CK_RUN_CASE=api DS4SCI_CUDA_XCH_F32=1
 ck golden_graph 60 CK_RUN_CASE=golden DS4SCI_CUDA_GRAPH=1
 ck api_graph 60 CK_RUN_CASE=api DS4SCI_CUDA_GRAPH=1
 ck vs_cpu_graph 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_GRAPH=1
+# merged backward (opt-in; S = 1 forced so that the small cases reach it)
+ck golden_merged 60 CK_RUN_CASE=golden DS4SCI_CUDA_MERGED=1 DS4SCI_CUDA_SPLIT=1
+ck api_merged 60 CK_RUN_CASE=api DS4SCI_CUDA_MERGED=1 DS4SCI_CUDA_SPLIT=1
+ck vs_cpu_merged 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_MERGED=1 DS4SCI_CUDA_SPLIT=1
 ck golden_expf 60 CK_RUN_CASE=golden DS4SCI_CUDA_FASTEXP=0
 [ "${FULL:-1}" = 1 ] && ck vs_cpu_expf 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_FASTEXP=0
 # row split for small systems (edge_split.cu): S forced to 1 (the unsplit kernels) and to 2 (the
@@ -125,9 +129,18 @@ ck vs_cpu_split2 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_SPLIT=2
 (cd tests && CK_RUN_CASE=golden timeout 90 compute-sanitizer --tool memcheck --error-exitcode 9 \
     "$B/check_cuda_backend") > "$LG/memcheck.log" 2>&1
 t memcheck $?
+(cd tests && CK_RUN_CASE=golden DS4SCI_CUDA_MERGED=1 DS4SCI_CUDA_SPLIT=1 timeout 90 \
+    compute-sanitizer --tool memcheck --error-exitcode 9 "$B/check_cuda_backend") \
+    > "$LG/memcheck_merged.log" 2>&1
+t memcheck_merged $?
 # shellcheck disable=SC2086
 timeout 150 "$B/bench_gpu" tests/golden/typical.safetensors 3 $SIZES > "$LG/bench_gpu.log" 2>&1
 t bench_gpu $?
+if [ "${MERGED_BENCH:-1}" = 1 ]; then   # merged backward side by side
+    DS4SCI_CUDA_MERGED=1 timeout 90 "$B/bench_gpu" tests/golden/typical.safetensors 3 10000 100000 \
+        1000000 > "$LG/bench_gpu_merged.log" 2>&1
+    t bench_gpu_merged $?
+fi
 if [ "${EXPF_BENCH:-1}" = 1 ]; then   # SiLU with expf (DS4SCI_CUDA_FASTEXP=0) side by side
     DS4SCI_CUDA_FASTEXP=0 timeout 60 "$B/bench_gpu" tests/golden/typical.safetensors 3 10000 1000000 \
         > "$LG/bench_gpu_expf.log" 2>&1
@@ -196,10 +209,11 @@ if [ "$NGPU" -lt 2 ]; then
 fi
 echo "==== summary"; cat "$S"
 grep -hE "^====|^[0-9]+%|:F:|:E:" "$T"
-grep -h "ERROR SUMMARY" "$LG/memcheck.log"
+grep -h "ERROR SUMMARY" "$LG/memcheck.log" "$LG/memcheck_merged.log"
 grep -vE "^#" "$LG/bench_gpu.log" | head -40
 grep -vE "^#" "$LG/bench_gpu_expf.log" 2>/dev/null | head -12
 for S in ${SPLITS:-1 2 4 8}; do echo "split $S"; grep -E "^ +[0-9]+ " "$LG/bench_gpu_split$S.log"; done
+echo "merged"; grep -E "^ +[0-9]+ |per-stage" "$LG/bench_gpu_merged.log" 2>/dev/null
 echo "graph"; grep -E "^ +[0-9]+ |cuda_graph" "$LG/bench_gpu_graph.log" 2>/dev/null
 grep -E "^variant|PASS|FAIL|ALL|SOME" "$LG/filter_mma.log" 2>/dev/null | grep -v "^sim" | head -40
 cat "$L"/profile_*.txt 2>/dev/null
