@@ -325,6 +325,7 @@ void PairDS4SCI::init_style()
                           " which pair_coeff maps to NULL; every atom needs an element");
 
   ds4sci_compat::request_full_list(neighbor, this, instance_me);
+  input_build = -1;  // a new run: its setup builds the list again and may re-sort the atoms
 }
 
 double PairDS4SCI::init_one(int, int)
@@ -445,8 +446,11 @@ void PairDS4SCI::compute(int eflag, int vflag)
   check_types_mapped(nall);    // every step: a fix may change types without a new list
 
   // Between neighbour-list builds atoms keep their order and neighbours: the CSR and ghost
-  // owners of the last build are reused (positions are read from atom->x every step).
-  const bool fresh = neighbor->ncalls != input_build || nlocal != input_nlocal ||
+  // owners of the last build are reused (positions are read from atom->x every step). A build
+  // (every run's setup, a rerun frame, a rebuild during a run) sets neighbor->ago to 0 for that
+  // step; neighbor->ncalls is no key: each run's setup resets it to 0 after re-sorting the
+  // atoms, so two runs without rebuilds would look alike (tests/lammps case "runs").
+  const bool fresh = input_build < 0 || neighbor->ago == 0 || nlocal != input_nlocal ||
       nghost != input_nghost;
   if (fresh) build_input(nlocal, nghost);
   const bool builtin = input_builtin;

@@ -513,6 +513,67 @@ def case_restart(lmp, args):
 
 
 # ----------------------------------------------------------------------------------------------
+# runs: consecutive runs in one input. Each run's setup re-sorts the atoms and resets LAMMPS's
+# neighbour-build counter, also when the previous run never rebuilt its list: the plugin must not
+# reuse the neighbour CSR of the previous run (it did before this test: a stale CSR with
+# permuted atoms). A translation by a lattice vector relabels the same crystal, so the energy
+# must not change.
+# ----------------------------------------------------------------------------------------------
+
+SI_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "potentials",
+                        "si-sw-et.safetensors")
+
+
+def case_runs(lmp, args):
+    model = os.path.abspath(args.si_model or SI_MODEL)
+    script = """units metal
+atom_style atomic
+atom_modify map array sort 1 0.5
+boundary p p p
+lattice diamond 5.431
+region box block 0 2 0 2 0 2
+create_box 1 box
+create_atoms 1 box
+mass 1 28.0855
+displace_atoms all random 0.1 0.1 0.1 4821 units box
+plugin load ${plugin}
+pair_style ds4sci %s device cpu
+pair_coeff * * Si
+neighbor 1.0 bin
+thermo_style custom step pe
+thermo_modify format float %%.17g
+run 0
+print "RESULT pe0 $(pe:%%.17g)"
+velocity all create 300 7177 loop geom
+fix 1 all nve
+timestep 0.0005
+run 20
+print "RESULT pe1 $(pe:%%.17g)"
+displace_atoms all move 5.431 0 0 units box
+run 0
+print "RESULT pe2 $(pe:%%.17g)"
+run 0
+print "RESULT pe3 $(pe:%%.17g)"
+""" % model
+    for nprocs in (1, 2):
+        _, out = lmp.run("runs_np%d" % nprocs, script, nprocs)
+        res = results(out)
+        check(all("pe%d" % i in res for i in range(4)), "runs: expected 4 energies")
+        pe = [res["pe%d" % i][0] for i in range(4)]
+        builds = [int(w.split("=")[1]) for w in out.splitlines() if w.startswith("Neighbor list builds")]
+        check(builds and builds[1] == 0, "runs: the 20-step run rebuilt its list (%s): the case "
+              "needs a run without a rebuild" % builds)
+        # after the 20 steps: pe[1]; translated by a lattice vector (same crystal, atoms
+        # relabelled by the re-sort at setup): pe[2]; once more: pe[3]
+        for k in (2, 3):
+            check(rel_err(pe[k], pe[1]) < 1e-10,
+                  "runs (%d ranks): energy %.12g after a new run's setup, expected %.12g (the "
+                  "same configuration translated by a lattice vector)" % (nprocs, pe[k], pe[1]))
+        print("ok runs (%d ranks): %.12g eV before, %.12g and %.12g eV after translation by a "
+              "lattice vector and new run setups" % (nprocs, pe[1], pe[2], pe[3]))
+
+
+# ----------------------------------------------------------------------------------------------
 # errors: every bad input stops with its message
 # ----------------------------------------------------------------------------------------------
 
@@ -814,7 +875,7 @@ def main():
             case_gpu_golden(lmp, args, args.case.split(":", 1)[1])
         else:
             {"ranks": case_ranks, "fd": case_fd, "nve": case_nve, "restart": case_restart,
-             "units": case_units, "errors": case_errors, "gpu_box": case_gpu_box,
+             "units": case_units, "errors": case_errors, "runs": case_runs, "gpu_box": case_gpu_box,
              "gpu_oom": case_gpu_oom}[args.case](lmp, args)
     except Skip as e:
         print("SKIP %s: %s" % (args.case, e))

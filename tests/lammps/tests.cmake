@@ -5,7 +5,7 @@ if(LAMMPS_BINARY AND TARGET ds4sciplugin)
   find_package(Python3 REQUIRED COMPONENTS Interpreter)
   find_package(MPI REQUIRED COMPONENTS CXX)
   set(ds4sci_lammps_cases golden:small golden:typical golden:lower_atomref ranks fd nve units restart
-      errors)
+      errors runs)
   foreach(case ${ds4sci_lammps_cases})
     string(REPLACE ":" "_" name "lammps_${case}")
     add_test(NAME ${name}
