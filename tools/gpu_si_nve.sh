@@ -20,6 +20,7 @@
 #              1 fs; add "0.0005 200000" for the 0.5 fs control, which shares the GPU and slows
 #              both; docs/si_model.md has the expected speed)
 #   THERM      Langevin steps at 1 fs before NVE (default 2000)
+#   MODEL      model file (default potentials/si-sw-et.safetensors)
 #   LMP, PLUGIN  binaries (default .lammps-gpu/bin/lmp and ds4sciplugin.so)
 set -u -o pipefail
 ROOT=$(pwd)
@@ -35,11 +36,12 @@ PACK=$ROOT/.lammps-gpu
 LMP=${LMP:-$PACK/bin/lmp}
 PLUGIN=${PLUGIN:-$PACK/bin/ds4sciplugin.so}
 DEVICE=${DEVICE:-cuda}
+MODEL=${MODEL:-potentials/si-sw-et.safetensors}
 export LD_LIBRARY_PATH="$PACK/bin:$ROOT/.gpudeps/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 {
     echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); commit: $(git rev-parse HEAD 2>/dev/null)"
     echo "binaries: $(head -2 "$PACK/COMMIT" 2>/dev/null | tr '\n' ' ')"
-    echo "model: $(sha256sum potentials/si-sw-et.safetensors)"
+    echo "model: $(sha256sum "$MODEL")"
     echo "N=$N ($((8 * N * N * N)) atoms) RUNS=$RUNS THERM=$THERM DEADLINE=$DEADLINE device=$DEVICE"
     echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset}"
     nvidia-smi --query-gpu=index,name,memory.used,utilization.gpu --format=csv 2>&1
@@ -54,7 +56,7 @@ pids=()
 set -- $RUNS
 while [ $# -ge 2 ]; do
     OMP_NUM_THREADS=1 stdbuf -oL "$LMP" -in examples/si_nve.in -var plugin "$PLUGIN" \
-        -var device "$DEVICE" -var n "$N" -var therm "$THERM" -var dt "$1" -var steps "$2" \
+        -var device "$DEVICE" -var model "$MODEL" -var n "$N" -var therm "$THERM" -var dt "$1" -var steps "$2" \
         -log none > "$OUT/si_nve_dt$1.log" 2>&1 &
     pids+=($!)
     shift 2
