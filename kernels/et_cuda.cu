@@ -340,12 +340,18 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
         et->edge_unfused = eu && strcmp(eu, "unfused") == 0;
         const char *ck = getenv("DS4SCI_CUDA_CHECKPOINT");
         et->checkpoint = !(ck && strcmp(ck, "0") == 0);
-        const char *mg = getenv("DS4SCI_CUDA_MERGED"); /* opt-in: merged backward (edge_bwd.cu) */
-        et->merged = mg && strcmp(mg, "1") == 0;
+        /* merged backward (edge_bwd.cu), default on since measured on the H200 (docs/gpu.md
+           v7: same errors, 1M atoms 3.26 vs 3.44 s/step); DS4SCI_CUDA_MERGED=0: separate
+           receiver and sender passes */
+        const char *mg = getenv("DS4SCI_CUDA_MERGED");
+        et->merged = !(mg && strcmp(mg, "0") == 0);
         const char *fx = getenv("DS4SCI_CUDA_FASTEXP"); /* default on: see edge_common.cuh */
         et->fastexp = !(fx && strcmp(fx, "0") == 0);
+        /* forward caller exchange as packed floats, default on since measured (docs/gpu.md
+           v7: the same bits arrive; 2 GPUs 1M Si atoms 0.673 vs 0.780 s/step);
+           DS4SCI_CUDA_XCH_F32=0: rows of doubles */
         const char *xf = getenv("DS4SCI_CUDA_XCH_F32");
-        et->xch_f32 = xf && strcmp(xf, "1") == 0;
+        et->xch_f32 = !(xf && strcmp(xf, "0") == 0);
         const char *sx = getenv("DS4SCI_CUDA_SPLIT"); /* 1, 2, 4, 8; anything else: per pass */
         et->split_force = sx && (!strcmp(sx, "1") || !strcmp(sx, "2") || !strcmp(sx, "4") ||
                                  !strcmp(sx, "8")) ? atoi(sx) : 0;

@@ -156,8 +156,8 @@ typedef struct ds4sci_cuda_et {
     size_t peak_used;        /* max of (total - free) device memory after a call */
     int edge_unfused;        /* DS4SCI_CUDA_EDGE=unfused: the unfused baseline edge path
                                 (edge_unfused.cu) instead of the fused kernels */
-    int xch_f32;             /* DS4SCI_CUDA_XCH_F32=1: caller forward exchange of float rows
-                                packed two per double (width 2F / F/2 doubles; opt-in) */
+    int xch_f32;             /* caller forward exchange of float rows packed two per double
+                                (widths F/2, 2F); DS4SCI_CUDA_XCH_F32=0: doubles */
     int fastexp;             /* SiLU in the edge kernels with __expf (default; FASTEXP=0: expf) */
     int split_force;         /* DS4SCI_CUDA_SPLIT=1|2|4|8: row split factor of the fused
                                 layer edge kernels forced (0: chosen per pass, et_edge_split) */

@@ -464,9 +464,10 @@ START_TEST(test_caller_exchange_matches_builtin_and_sequence)
     run(cpu, &sys, NULL, &b);
     compare(&a, &b, "caller exchange vs CPU");
     /* forward F, forward 4F x (L-1), reverse 4F x (L-1), reverse F (neighbour embedding);
-       DS4SCI_CUDA_XCH_F32=1 packs the forward rows' floats two per double: half the widths */
+       the forward rows' floats travel packed two per double (half the widths) unless
+       DS4SCI_CUDA_XCH_F32=0 */
     const char *xf = getenv("DS4SCI_CUDA_XCH_F32");
-    const int F = o.F, L = o.L, fdiv = xf && strcmp(xf, "1") == 0 ? 2 : 1;
+    const int F = o.F, L = o.L, fdiv = xf && strcmp(xf, "0") == 0 ? 1 : 2;
     ck_assert_int_eq(rx.calls, 2 * L);
     ck_assert_int_eq(rx.dirs[0], 'f');
     ck_assert_int_eq(rx.widths[0], F / fdiv);

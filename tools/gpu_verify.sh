@@ -20,6 +20,8 @@
 #   GPU from the start while the rest runs on GPU 0 (the 2-rank LAMMPS runs use both, at the
 #   end, after the background jobs are stopped).
 #
+# VARIANTS=0 runs only the default paths' checks; FILTER=0 skips bench_filter_mma; EXPF_BENCH,
+# GRAPH_BENCH, MERGED_BENCH, XCH_F32_BENCH=0 skip those side-by-side runs; SPLITS="" the split ones.
 # Environment for run: OUT (files back: summary.txt and logs.tgz), BUDGET (seconds, default
 # 420), SIZES (bench_gpu sizes, default "1000 10000 100000 1000000"), BG_CMD, BG_SECONDS
 # (when BG_CMD is stopped, default BUDGET - 150).
@@ -105,41 +107,43 @@ ck() {  # ck NAME TIMEOUT [VAR=VALUE ...]: one check_cuda_backend case with its 
 ck golden 60 CK_RUN_CASE=golden
 ck api 60 CK_RUN_CASE=api
 ck vs_cpu 150 CK_RUN_CASE=vs_cpu
-if [ "${FULL:-1}" = 1 ]; then   # variants unchanged since the last run can be left out (FULL=0)
-    ck vs_cpu_nockpt 100 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_CHECKPOINT=0
-    ck golden_unfused 60 CK_RUN_CASE=golden DS4SCI_CUDA_EDGE=unfused
-fi
-ck api_xchf32 60 CK_RUN_CASE=api DS4SCI_CUDA_XCH_F32=1
-# CUDA graph of a step (opt-in): each check calls compute twice or more on one context, the
-# second call captures and replays
-ck golden_graph 60 CK_RUN_CASE=golden DS4SCI_CUDA_GRAPH=1
-ck api_graph 60 CK_RUN_CASE=api DS4SCI_CUDA_GRAPH=1
-ck vs_cpu_graph 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_GRAPH=1
-# merged backward (opt-in; S = 1 forced so that the small cases reach it)
-ck golden_merged 60 CK_RUN_CASE=golden DS4SCI_CUDA_MERGED=1 DS4SCI_CUDA_SPLIT=1
-ck api_merged 60 CK_RUN_CASE=api DS4SCI_CUDA_MERGED=1 DS4SCI_CUDA_SPLIT=1
-ck vs_cpu_merged 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_MERGED=1 DS4SCI_CUDA_SPLIT=1
-ck golden_expf 60 CK_RUN_CASE=golden DS4SCI_CUDA_FASTEXP=0
-[ "${FULL:-1}" = 1 ] && ck vs_cpu_expf 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_FASTEXP=0
-# row split for small systems (edge_split.cu): S forced to 1 (the unsplit kernels) and to 2 (the
-# automatic rule picks 8 or 4 for these small cases and 1 for the 10k-atom one)
+# the row split (edge_split.cu) takes every case of the suite (< 17k rows) below; S = 1 forced
+# runs the merged backward (default from 1 row per 8 warp slots up) on all of them
+ck vs_cpu_split1 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_SPLIT=1
 ck golden_split1 60 CK_RUN_CASE=golden DS4SCI_CUDA_SPLIT=1
-ck golden_split2 60 CK_RUN_CASE=golden DS4SCI_CUDA_SPLIT=2
-ck vs_cpu_split2 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_SPLIT=2
+if [ "${VARIANTS:-1}" = 1 ]; then   # VARIANTS=0: the defaults only
+    if [ "${FULL:-1}" = 1 ]; then   # variants unchanged since the last run can be left out (FULL=0)
+        ck vs_cpu_nockpt 100 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_CHECKPOINT=0
+        ck golden_unfused 60 CK_RUN_CASE=golden DS4SCI_CUDA_EDGE=unfused
+    fi
+    ck api_xch_f64 60 CK_RUN_CASE=api DS4SCI_CUDA_XCH_F32=0
+    # CUDA graph of a step (opt-in): each check calls compute twice or more on one context, the
+    # second call captures and replays
+    ck golden_graph 60 CK_RUN_CASE=golden DS4SCI_CUDA_GRAPH=1
+    ck api_graph 60 CK_RUN_CASE=api DS4SCI_CUDA_GRAPH=1
+    ck vs_cpu_graph 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_GRAPH=1
+    # separate receiver and sender passes (before the merged backward)
+    ck golden_unmerged 60 CK_RUN_CASE=golden DS4SCI_CUDA_MERGED=0 DS4SCI_CUDA_SPLIT=1
+    ck api_unmerged 60 CK_RUN_CASE=api DS4SCI_CUDA_MERGED=0 DS4SCI_CUDA_SPLIT=1
+    ck golden_expf 60 CK_RUN_CASE=golden DS4SCI_CUDA_FASTEXP=0
+    [ "${FULL:-1}" = 1 ] && ck vs_cpu_expf 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_FASTEXP=0
+    ck golden_split2 60 CK_RUN_CASE=golden DS4SCI_CUDA_SPLIT=2
+    ck vs_cpu_split2 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_SPLIT=2
+fi
 (cd tests && CK_RUN_CASE=golden timeout 90 compute-sanitizer --tool memcheck --error-exitcode 9 \
     "$B/check_cuda_backend") > "$LG/memcheck.log" 2>&1
 t memcheck $?
-(cd tests && CK_RUN_CASE=golden DS4SCI_CUDA_MERGED=1 DS4SCI_CUDA_SPLIT=1 timeout 90 \
+(cd tests && CK_RUN_CASE=golden DS4SCI_CUDA_SPLIT=1 timeout 90 \
     compute-sanitizer --tool memcheck --error-exitcode 9 "$B/check_cuda_backend") \
     > "$LG/memcheck_merged.log" 2>&1
 t memcheck_merged $?
 # shellcheck disable=SC2086
 timeout 150 "$B/bench_gpu" tests/golden/typical.safetensors 3 $SIZES > "$LG/bench_gpu.log" 2>&1
 t bench_gpu $?
-if [ "${MERGED_BENCH:-1}" = 1 ]; then   # merged backward side by side
-    DS4SCI_CUDA_MERGED=1 timeout 90 "$B/bench_gpu" tests/golden/typical.safetensors 3 10000 100000 \
-        1000000 > "$LG/bench_gpu_merged.log" 2>&1
-    t bench_gpu_merged $?
+if [ "${MERGED_BENCH:-1}" = 1 ]; then   # separate receiver/sender passes side by side
+    DS4SCI_CUDA_MERGED=0 timeout 90 "$B/bench_gpu" tests/golden/typical.safetensors 3 10000 100000 \
+        1000000 > "$LG/bench_gpu_unmerged.log" 2>&1
+    t bench_gpu_unmerged $?
 fi
 if [ "${EXPF_BENCH:-1}" = 1 ]; then   # SiLU with expf (DS4SCI_CUDA_FASTEXP=0) side by side
     DS4SCI_CUDA_FASTEXP=0 timeout 60 "$B/bench_gpu" tests/golden/typical.safetensors 3 10000 1000000 \
@@ -157,7 +161,7 @@ for S in ${SPLITS:-1 2 4 8}; do   # forced split factors at the sizes where the 
         > "$LG/bench_gpu_split$S.log" 2>&1
     t "bench_gpu_split$S" $?
 done
-if [ -x "$B/bench_filter_mma" ]; then
+if [ "${FILTER:-1}" = 1 ] && [ -x "$B/bench_filter_mma" ]; then
     timeout 90 "$B/bench_filter_mma" --model potentials/si-sw-et.safetensors --layer 1 --rmin 2.0 \
         > "$LG/filter_mma.log" 2>&1
     rc=$?
@@ -184,12 +188,12 @@ if [ "$NGPU" -ge 2 ] && left $(( BUDGET - 110 )); then
         bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
     t lammps_bench_2gpu $?
     if [ "${XCH_F32_BENCH:-1}" = 1 ] && left $(( BUDGET - 80 )); then
-        # forward rows as packed floats: the same bits travel, so the thermo output must be
-        # identical to the run above
-        OUT=$L SI_NVE=0 OOM_CELLS=0 BENCH_NP=2 BENCH_TAG=_2gpu_xchf32 BENCH_SI="50 20 0" \
-            BENCH_REF="" DS4SCI_CUDA_XCH_F32=1 DS4SCI_CUDA_PROFILE=$L/profile_2gpu_xchf32.txt \
+        # forward rows as doubles (before the packed floats): the same bits travel, so the
+        # thermo output must be identical to the run above
+        OUT=$L SI_NVE=0 OOM_CELLS=0 BENCH_NP=2 BENCH_TAG=_2gpu_xchf64 BENCH_SI="50 20 0" \
+            BENCH_REF="" DS4SCI_CUDA_XCH_F32=0 DS4SCI_CUDA_PROFILE=$L/profile_2gpu_xchf64.txt \
             timeout 45 bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
-        t lammps_bench_2gpu_xchf32 $?
+        t lammps_bench_2gpu_xchf64 $?
     fi
 fi
 [ "$NGPU" -ge 2 ] && export CUDA_VISIBLE_DEVICES=0
@@ -213,7 +217,7 @@ grep -h "ERROR SUMMARY" "$LG/memcheck.log" "$LG/memcheck_merged.log"
 grep -vE "^#" "$LG/bench_gpu.log" | head -40
 grep -vE "^#" "$LG/bench_gpu_expf.log" 2>/dev/null | head -12
 for S in ${SPLITS:-1 2 4 8}; do echo "split $S"; grep -E "^ +[0-9]+ " "$LG/bench_gpu_split$S.log"; done
-echo "merged"; grep -E "^ +[0-9]+ |per-stage" "$LG/bench_gpu_merged.log" 2>/dev/null
+echo "unmerged"; grep -E "^ +[0-9]+ |per-stage" "$LG/bench_gpu_unmerged.log" 2>/dev/null
 echo "graph"; grep -E "^ +[0-9]+ |cuda_graph" "$LG/bench_gpu_graph.log" 2>/dev/null
 grep -E "^variant|PASS|FAIL|ALL|SOME" "$LG/filter_mma.log" 2>/dev/null | grep -v "^sim" | head -40
 cat "$L"/profile_*.txt 2>/dev/null
