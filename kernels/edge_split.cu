@@ -18,20 +18,24 @@
 
 /*
  * Split factor of a pass over `rows` rows of a kernel with `slots` resident warps: force when
- * it is 1, 2, 4 or 8; else 4 below one row per slot, 2 below eight rows per slot, 1 from there
- * (large systems: the code and order as without the split). Measured on the H200 (docs/gpu.md
- * v7, reference model, 2,112 slots): 1,000 atoms S = 1/2/4/8 6.93/6.03/5.91/5.97 ms per step,
- * 10,648 atoms 44.9/42.1/42.8/43.8 ms.
+ * it is 1, 2, 4 or 8; else 1 from 4 x slots rows up (large systems: the code and order as
+ * without the split), below that the smallest S in 2, 4, 8 with rows x S >= 4 x slots (about
+ * four items per warp, so that rows of different lengths even out over a warp's items), at
+ * most 8. Measured on the H200 (docs/gpu.md v7, reference model, 2,112 slots; run-to-run
+ * spread ~5%): 1,000 atoms S = 1/2/4/8 6.93/6.03/5.91/5.97 ms per step; 10,648 atoms (S = 1
+ * by this rule) 44.9/42.1/42.8/43.8 ms in one run, 48.0/48.7/49.1/50.9 in another (with other
+ * work on the host): no S beats 1 there reliably.
  */
 static int split_factor(int rows, int slots, int force)
 {
     int S = 1;
-    if (force == 1 || force == 2 || force == 4 || force == 8)
+    if (force == 1 || force == 2 || force == 4 || force == 8) {
         S = force;
-    else if (rows > 0 && slots > 0 && rows < slots)
-        S = 4;
-    else if (rows > 0 && slots > 0 && (long long)rows < 8LL * slots)
+    } else if (rows > 0 && slots > 0 && (long long)rows < 4LL * slots) {
         S = 2;
+        while (S < 8 && (long long)rows * S < 4LL * slots)
+            S *= 2;
+    }
     /* the items w < rows x S are ints in the kernels */
     while (S > 1 && (long long)rows * S > INT_MAX)
         S /= 2;

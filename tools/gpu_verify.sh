@@ -107,8 +107,9 @@ ck() {  # ck NAME TIMEOUT [VAR=VALUE ...]: one check_cuda_backend case with its 
 ck golden 60 CK_RUN_CASE=golden
 ck api 60 CK_RUN_CASE=api
 ck vs_cpu 150 CK_RUN_CASE=vs_cpu
-# the row split (edge_split.cu) takes every case of the suite (< 17k rows) below; S = 1 forced
-# runs the merged backward (default from 1 row per 8 warp slots up) on all of them
+# the row split (edge_split.cu) takes the small cases of the suite (below 4 rows per warp slot;
+# the 10k-atom reference model runs S = 1 and the merged backward); S = 1 forced runs the merged
+# backward on all of them
 ck vs_cpu_split1 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_SPLIT=1
 ck golden_split1 60 CK_RUN_CASE=golden DS4SCI_CUDA_SPLIT=1
 if [ "${VARIANTS:-1}" = 1 ]; then   # VARIANTS=0: the defaults only
