@@ -29,7 +29,7 @@ Subcommands (run with /opt/tvenv/bin/python, from the repository root):
   md    DATA --steps S [--dt-fs DT] [--eps EPS] [--thermo K] --log X.txt
         Velocity Verlet in float64 with TorchMD-Net itself, from a LAMMPS write_data file
         (positions and velocities, metal units, one type of mass 28.0855): the counterfactual.
-        With --eps the head's norm |u| is replaced by sqrt(|u|^2 + EPS^2) (smooth at u = 0, the
+        With --eps (in the blocks of --eps-blocks) the head's norm |u| is replaced by sqrt(|u|^2 + EPS^2) (smooth at u = 0, the
         same elsewhere to O(EPS^2/|u|)); EPS = 0 is TorchMD-Net unchanged and must reproduce the
         LAMMPS run of the same data file step for step (a check of this integrator).
   logs  LOG [LOG ...]
@@ -104,7 +104,7 @@ class HeadProbe:
 def cmd_traj(a):
     model = load(a.ckpt)
     probe = HeadProbe(model)
-    frames = read_dump(a.dump)[::a.every]
+    frames = read_dump(a.dump)[a.first:a.last:a.every]
     n = frames[0][2].shape[0]
     z = torch.full((n,), 14, dtype=torch.long)
     E, N, S, U = [], [[] for _ in probe.blocks], [[] for _ in probe.blocks], [[] for _ in probe.blocks]
@@ -239,13 +239,18 @@ FTM2V = 1.0 / 1.0364269e-4     # eV/A / amu -> A/ps^2
 MASS = 28.0855
 
 
-def smooth_norm(eps):
-    """Replace GatedEquivariantBlock's |u| by sqrt(|u|^2 + eps^2) (eps = 0: unchanged)."""
+def smooth_norm(model, eps, blocks=(0, 1)):
+    """Replace GatedEquivariantBlock's |u| by sqrt(|u|^2 + eps^2) in the given head blocks
+    (eps = 0 or a block not listed: TorchMD-Net's own forward, unchanged)."""
     from torchmdnet.models import utils as U
+    orig = U.GatedEquivariantBlock.forward
 
     def forward(self, x, v):
+        e = getattr(self, "eps_smooth", 0.0)
+        if e <= 0:
+            return orig(self, x, v)
         u = self.vec1_proj(v)
-        vec1 = torch.sqrt((u * u).sum(dim=-2) + eps * eps)
+        vec1 = torch.sqrt((u * u).sum(dim=-2) + e * e)
         vec2 = self.vec2_proj(v)
         x = torch.cat([x, vec1], dim=-1)
         x, v = torch.split(self.update_net(x), self.out_channels, dim=-1)
@@ -253,8 +258,9 @@ def smooth_norm(eps):
         if self.act is not None:
             x = self.act(x)
         return x, v
-    if eps > 0:
-        U.GatedEquivariantBlock.forward = forward
+    U.GatedEquivariantBlock.forward = forward
+    for b in blocks:
+        model.output_model.output_network[b].eps_smooth = eps
 
 
 def read_data(path):
@@ -281,8 +287,8 @@ def read_data(path):
 
 
 def cmd_md(a):
-    smooth_norm(a.eps)
     model = load(a.ckpt)
+    smooth_norm(model, a.eps, [int(b) for b in a.eps_blocks.split(",")])
     box, x, v = read_data(a.data)
     n = len(x)
     z = torch.full((n,), 14, dtype=torch.long)
@@ -348,6 +354,8 @@ def main():
     t = sub.add_parser("traj")
     t.add_argument("dump")
     t.add_argument("--every", type=int, default=1)
+    t.add_argument("--first", type=int, default=0)
+    t.add_argument("--last", type=int, default=None)
     t.add_argument("--dt-fs", type=float, default=1.0)
     t.add_argument("--out")
     p = sub.add_parser("path")
@@ -363,6 +371,7 @@ def main():
     m.add_argument("--steps", type=int, default=2000)
     m.add_argument("--dt-fs", type=float, default=1.0)
     m.add_argument("--eps", type=float, default=0.0)
+    m.add_argument("--eps-blocks", default="0,1", help="head blocks to smooth, e.g. 1")
     m.add_argument("--thermo", type=int, default=1)
     m.add_argument("--log", required=True)
     g = sub.add_parser("logs")
