@@ -12,8 +12,8 @@ check of what the model is.
 
 Subcommands (run with /opt/tvenv/bin/python, from the repository root):
 
-  traj  DUMP [--every K] [--dt-fs DT] --out X.npz
-        Evaluates every K-th frame of a LAMMPS 'custom id type x y z' dump (positions every
+  traj  DUMP [--every K] [--first F] [--last L] [--dt-fs DT] --out X.npz
+        Evaluates every K-th frame (of frames F..L-1) of a LAMMPS 'custom id type x y z' dump (positions every
         DT fs): per frame, atom, head block and channel the norm |u_c| and the energy's slope
         a_c = dE/d|u_c| (= |dE/du_c|, autograd); prints the distribution of |u_c| relative to
         its channel's RMS, and the near misses: how often, per ps, a channel comes within a given
@@ -26,11 +26,11 @@ Subcommands (run with /opt/tvenv/bin/python, from the repository root):
         scaled so that s = 0.5 is the zero. Prints E, the first and second differences and where
         |u| of the tracked channel is smallest; a kink shows as a spike in the second difference
         of size ~ the jump in dE/ds times ds.
-  md    DATA --steps S [--dt-fs DT] [--eps EPS] [--thermo K] --log X.txt
+  md    DATA --steps S [--dt-fs DT] [--eps EPS] [--eps-blocks 0,1] [--thermo K] --log X.txt
         Velocity Verlet in float64 with TorchMD-Net itself, from a LAMMPS write_data file
         (positions and velocities, metal units, one type of mass 28.0855): the counterfactual.
-        With --eps (in the blocks of --eps-blocks) the head's norm |u| is replaced by sqrt(|u|^2 + EPS^2) (smooth at u = 0, the
-        same elsewhere to O(EPS^2/|u|)); EPS = 0 is TorchMD-Net unchanged and must reproduce the
+        With --eps the head's norm |u| (in the blocks of --eps-blocks) is replaced by
+        sqrt(|u|^2 + EPS^2), smooth at u = 0 and the same elsewhere to O(EPS^2/|u|); EPS = 0 is TorchMD-Net unchanged and must reproduce the
         LAMMPS run of the same data file step for step (a check of this integrator).
   logs  LOG [LOG ...]
         NVE logs of nve_diagnose.in (thermo: step time temp pe ke etotal v_de): RMS of v_de about
