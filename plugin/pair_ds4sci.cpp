@@ -94,7 +94,7 @@ template <typename T> T *data_or_dummy(std::vector<T> &v)
 
 PairDS4SCI::PairDS4SCI(LAMMPS *lmp) :
     Pair(lmp), model(nullptr), ctx(nullptr), energy_scale(1.0), exchange_lammps(false),
-    n_threads(0), t_exchange(0.0), input_build(-1), input_nlocal(-1), input_nghost(-1),
+    n_threads(0), t_exchange(0.0), input_valid(false), input_nlocal(-1), input_nghost(-1),
     input_builtin(false), send_recording(false), send_valid(false), comm_data(nullptr),
     comm_width(0)
 {
@@ -148,7 +148,7 @@ void PairDS4SCI::settings(int narg, char **arg)
   // LAMMPS keeps this instance when pair_style ds4sci is given again: timers restart.
   for (int k = 0; k < nextra; k++) pvector[k] = 0.0;
   t_exchange = 0.0;
-  input_build = -1;
+  input_valid = false;
   send_recording = send_valid = false;
   for (int iarg = 1; iarg < narg; iarg += 2) {
     const std::string key = arg[iarg];
@@ -325,7 +325,7 @@ void PairDS4SCI::init_style()
                           " which pair_coeff maps to NULL; every atom needs an element");
 
   ds4sci_compat::request_full_list(neighbor, this, instance_me);
-  input_build = -1;  // a new run: its setup builds the list again and may re-sort the atoms
+  input_valid = false;  // a new run: its setup builds the list again and may re-sort the atoms
 }
 
 double PairDS4SCI::init_one(int, int)
@@ -423,7 +423,7 @@ void PairDS4SCI::build_input(int nlocal, int nghost)
 
   // One rank: the core's built-in exchange (ghost owners) instead of LAMMPS's communication.
   input_builtin = !exchange_lammps && comm->nprocs == 1 && build_ghost_owner(nlocal, nghost);
-  input_build = neighbor->ncalls;
+  input_valid = true;
   input_nlocal = nlocal;
   input_nghost = nghost;
   send_valid = false;
@@ -450,7 +450,7 @@ void PairDS4SCI::compute(int eflag, int vflag)
   // (every run's setup, a rerun frame, a rebuild during a run) sets neighbor->ago to 0 for that
   // step; neighbor->ncalls is no key: each run's setup resets it to 0 after re-sorting the
   // atoms, so two runs without rebuilds would look alike (tests/lammps case "runs").
-  const bool fresh = input_build < 0 || neighbor->ago == 0 || nlocal != input_nlocal ||
+  const bool fresh = !input_valid || neighbor->ago == 0 || nlocal != input_nlocal ||
       nghost != input_nghost;
   if (fresh) build_input(nlocal, nghost);
   const bool builtin = input_builtin;

@@ -69,7 +69,7 @@ class PairDS4SCI : public Pair {
   double t_exchange;                 // seconds in the exchange callbacks (pvector[3])
   // The core's input (z, CSR, ghost owners) depends only on the neighbour list and the atoms'
   // order, which change together at a LAMMPS neighbour-list build: kept between builds.
-  bigint input_build;                // neighbor->ncalls when it was made, -1: none (new run)
+  bool input_valid;                  // made since the last run's init / pair_style
   int input_nlocal, input_nghost;
   bool input_builtin;                // ghost owners valid: the built-in exchange is used
   // Owned rows LAMMPS's forward communication reads (its send lists), recorded by
