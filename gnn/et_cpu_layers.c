@@ -342,20 +342,21 @@ static double *geb_tape_init(geb_tape *t, int in, int out, double *sp) {
 
 /* GatedEquivariantBlock forward: x' (out, act applied if scalar_activation) and v' (3 x out,
    NULL if not needed). */
-static void geb_forward(const et_geb *g, et_act act, const double *x, const double *v, geb_tape *t,
-                        double *xo, double *vo) {
+static void geb_forward(const et_geb *g, et_act act, double eps, const double *x, const double *v,
+                        geb_tape *t, double *xo, double *vo) {
     const int in = g->in, out = g->out;
     for (int c = 0; c < 3; c++) {
         lin(t->u + c * in, g->vec1_w, NULL, v + c * in, in, in);
         lin(t->w + c * out, g->vec2_w, NULL, v + c * in, out, in);
     }
     /* Zero-norm convention: |u| = 0 with zero gradient (TorchMD-Net masks all-zero blocks;
-       PyTorch's norm gradient is 0 at 0 elsewhere). */
+       PyTorch's norm gradient is 0 at 0 elsewhere). With head_vector_norm_eps the norm is
+       sqrt(|u|^2 + eps^2): smooth at u = 0, always > 0 (docs/model_format.md). */
     for (int j = 0; j < in; j++) {
         double s = 0.0;
         for (int c = 0; c < 3; c++)
             s += t->u[c * in + j] * t->u[c * in + j];
-        t->nrm[j] = sqrt(s);
+        t->nrm[j] = sqrt(s + eps * eps);
     }
     memcpy(t->cat, x, sizeof(double) * in);
     memcpy(t->cat + in, t->nrm, sizeof(double) * in);
@@ -447,8 +448,8 @@ void et_cpu_head(cpu_state *st, const ds4sci_system *sys) {
             const double *x = xv + (size_t)i * F4, *vec = x + F;
             double mu, rs;
             layernorm(xn, x, d->out_norm_w, d->out_norm_b, F, &mu, &rs);
-            geb_forward(&d->head[0], d->act, xn, vec, &t0, x1, v1);
-            geb_forward(&d->head[1], d->act, x1, v1, &t1, &e1, NULL);
+            geb_forward(&d->head[0], d->act, d->head_eps, xn, vec, &t0, x1, v1);
+            geb_forward(&d->head[1], d->act, d->head_eps, x1, v1, &t1, &e1, NULL);
             st->eatom[i] = e1;
             g_e = d->std;
             double *g = st->g + (size_t)i * F4;

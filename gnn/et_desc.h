@@ -82,6 +82,8 @@ typedef struct et_desc {
     const double *out_norm_w, *out_norm_b; /* out_norm [F], [F] */
 
     et_geb head[2];              /* output_network.0 (F -> F/2), output_network.1 (F/2 -> 1) */
+    double head_eps;             /* head_vector_norm_eps: both blocks use sqrt(|u|^2 + eps^2)
+                                    for |u|; 0 = TorchMD-Net's plain norm */
 
     /* standardisation and prior */
     double std;                  /* multiplies per-atom outputs (before atomref) */

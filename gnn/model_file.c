@@ -57,6 +57,7 @@ static char *dup_str(const char *s) {
 typedef struct model_config {
     int32_t F, L, K, H, max_z, max_num_neighbors;
     double cutoff_lower, cutoff_upper;
+    double head_eps; /* head_vector_norm_eps (0: TorchMD-Net's plain norm) */
     et_act act, attn_act;
     et_rbf rbf;
     int32_t dist_influence, neighbor_embedding, vector_cutoff, trainable_rbf;
@@ -201,6 +202,7 @@ static const char *const known_keys[] = {"model",
                                          "cutoff_lower",
                                          "cutoff_upper",
                                          "vector_cutoff",
+                                         "head_vector_norm_eps",
                                          "max_z",
                                          "max_num_neighbors",
                                          "reduce_op",
@@ -294,6 +296,18 @@ static ds4sci_status parse_config(const cJSON *cfg, const char *fname, model_con
                            "%s: ds4sci.config: cutoff_lower %.17g, cutoff_upper %.17g: expected "
                            "0 <= cutoff_lower < cutoff_upper",
                            fname, mc->cutoff_lower, mc->cutoff_upper);
+
+    /* head_vector_norm_eps: optional, >= 0 (ds4sci's smoothed head norm; 0 = TorchMD-Net). */
+    mc->head_eps = 0.0;
+    if (cJSON_GetObjectItemCaseSensitive(cfg, "head_vector_norm_eps")) {
+        if ((st = cfg_num(&c, "head_vector_norm_eps", &mc->head_eps)))
+            return st;
+        if (!(mc->head_eps >= 0.0))
+            return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
+                               "%s: ds4sci.config: head_vector_norm_eps %.17g: expected a "
+                               "number >= 0",
+                               fname, mc->head_eps);
+    }
 
     /* prior_model: null or "Atomref"; atomref_enable required with Atomref. */
     ds4sci_status st_missing = DS4SCI_OK;
@@ -844,6 +858,7 @@ static ds4sci_status load_buffer(const unsigned char *buf, size_t size, const ch
     d->head[1].in = mc.F / 2;
     d->head[1].out = 1;
     d->head[1].scalar_activation = 0;
+    d->head_eps = mc.head_eps;
     d->std = 1.0;
     d->mean = 0.0;
     d->atomref_enable = mc.atomref_enable;

@@ -144,6 +144,7 @@ static ds4sci_status up_weights(ds4sci_cuda_et *et, const et_desc *d, char *err,
     m->cu = (float)d->cutoff_upper;
     m->alpha = (float)d->alpha;
     m->std_scale = (float)d->std;
+    m->head_eps2 = (float)(d->head_eps * d->head_eps);
     m->rbf_coeff = (float)d->rbf_coeff;
     if (d->rbf == ET_RBF_EXPNORM) {
         ST(up_d(et, &m->rbf_a, d->rbf_means, 1, K, 0, err, err_len));
@@ -572,14 +573,14 @@ static ds4sci_status head(ds4sci_cuda_et *et, int nl, const int *z, const float 
     BL(gemm_awt(h, 3 * nl, F, F, vec, m->h0_w1, 0.f, w->u0), "head vec1_proj");
     BL(gemm_awt(h, 3 * nl, Fh, F, vec, m->h0_w2, 0.f, w->w0), "head vec2_proj");
     CU(et_head_norm_in(s, nl, F, x, m->on_w, m->on_b, w->cat0), "head out_norm");
-    CU(et_head_vnorm(s, nl, F, w->u0, w->cat0 + F, 2 * F), "head norm");
+    CU(et_head_vnorm(s, nl, F, w->u0, w->cat0 + F, 2 * F, m->head_eps2), "head norm");
     BL(gemm_awt(h, nl, F, 2 * F, w->cat0, m->h0_l1, 0.f, w->y1p0), "head update_net 0");
     CU(et_head_bias_act(s, nl, F, act, w->y1p0, m->h0_l1b, w->y1a0), "head activation");
     BL(gemm_awt(h, nl, F, F, w->y1a0, m->h0_l2, 0.f, w->y20), "head update_net 2");
     CU(et_head_gate0(s, nl, Fh, act, w->y20, m->h0_l2b, w->w0, w->cat1, w->v1), "head gate");
     /* block 1 (F/2 -> 1, no scalar activation; only the scalar output matters) */
     BL(gemm_awt(h, 3 * nl, Fh, Fh, w->v1, m->h1_w1, 0.f, w->u1), "head block 1 vec1_proj");
-    CU(et_head_vnorm(s, nl, Fh, w->u1, w->cat1 + Fh, F), "head block 1 norm");
+    CU(et_head_vnorm(s, nl, Fh, w->u1, w->cat1 + Fh, F, m->head_eps2), "head block 1 norm");
     BL(gemm_awt(h, nl, Fh, F, w->cat1, m->h1_l1, 0.f, w->y1p1), "head block 1 update_net 0");
     CU(et_head_energy(s, nl, Fh, act, w->y1p1, m->h1_l1b, m->h1_l2, m->h1_l2b, m->std_scale,
                       m->atomref, z, atom_e, w->g1), "head energy");

@@ -53,6 +53,7 @@ typedef struct et_dmodel {
     int F, H, D, K, L, CPL, max_z;
     int act, attn_act, rbf, use_dk, use_dv, ne, vc;
     float cl, cu, alpha, std_scale;
+    float head_eps2; /* head_vector_norm_eps^2 (0: TorchMD-Net's plain norm) */
     float *rbf_a, *rbf_b;   /* [K]: expnorm means, betas; gauss offsets, (unused) */
     float rbf_coeff;
     float *emb;             /* [max_z][F] */
@@ -358,7 +359,8 @@ cudaError_t et_head_norm_in(cudaStream_t s, int nl, int F, const float *x, const
                             const float *b, float *cat0);
 cudaError_t et_head_bias_act(cudaStream_t s, int rows, int w, int act, float *y, const float *b,
                              float *a);
-cudaError_t et_head_vnorm(cudaStream_t s, int nl, int w, const float *u, float *nrm, int ldn);
+cudaError_t et_head_vnorm(cudaStream_t s, int nl, int w, const float *u, float *nrm, int ldn,
+                          float eps2);
 cudaError_t et_head_gate0(cudaStream_t s, int nl, int Fh, int act, float *y20, const float *b,
                           const float *w0, float *cat1, float *v1);
 cudaError_t et_head_energy(cudaStream_t s, int nl, int Fh, int act, const float *y1p1,

@@ -59,9 +59,10 @@ static __global__ void k_bias_act(long long total, int w, int act, float *__rest
     a[i] = act_f(act, v, nullptr);
 }
 
-/* nrm[t * ldn + i] = |u[t][:, i]| over the Cartesian axis, u [nl][3][w]. */
+/* nrm[t * ldn + i] = sqrt(|u[t][:, i]|^2 + eps2) over the Cartesian axis, u [nl][3][w]
+   (eps2 = head_vector_norm_eps^2; 0: TorchMD-Net's plain norm). */
 static __global__ void k_vnorm(int nl, int w, const float *__restrict__ u, float *__restrict__ nrm,
-                               int ldn)
+                               int ldn, float eps2)
 {
     const long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= (long long)nl * w)
@@ -70,7 +71,7 @@ static __global__ void k_vnorm(int nl, int w, const float *__restrict__ u, float
     const int i = (int)(j % w);
     const float *ur = u + t * 3 * w;
     const float a = ur[i], b = ur[w + i], c = ur[2 * w + i];
-    nrm[t * ldn + i] = sqrtf(a * a + b * b + c * c);
+    nrm[t * ldn + i] = sqrtf(a * a + b * b + c * c + eps2);
 }
 
 /*
@@ -123,7 +124,8 @@ static __global__ void k_energy(int nl, int Fh, int act, const float *__restrict
 
 /*
  * gu[t][c][i] = gn[t * ldg + i] u[t][c][i] / n[t * ldn + i], 0 where n = 0 (PyTorch's
- * subgradient of the norm), u, gu [nl][3][w].
+ * subgradient of the norm), u, gu [nl][3][w]; n is the (smoothed) norm of k_vnorm, so the same
+ * formula is the gradient of sqrt(|u|^2 + eps^2) too.
  */
 static __global__ void k_vnorm_bwd(int nl, int w, const float *__restrict__ u,
                                    const float *__restrict__ nrm, int ldn,
@@ -232,10 +234,10 @@ extern "C" cudaError_t et_head_bias_act(cudaStream_t s, int rows, int w, int act
 }
 
 extern "C" cudaError_t et_head_vnorm(cudaStream_t s, int nl, int w, const float *u, float *nrm,
-                                     int ldn)
+                                     int ldn, float eps2)
 {
     if (nl > 0)
-        k_vnorm<<<nblk((long long)nl * w, 256), 256, 0, s>>>(nl, w, u, nrm, ldn);
+        k_vnorm<<<nblk((long long)nl * w, 256), 256, 0, s>>>(nl, w, u, nrm, ldn, eps2);
     return cudaGetLastError();
 }
 

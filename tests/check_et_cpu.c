@@ -346,6 +346,63 @@ START_TEST(vector_cutoff_energy_is_continuous_at_both_cutoffs) {
 }
 END_TEST
 
+/* Largest change of the dimer force F(r) between neighbouring points of a uniform scan of r
+   (n points); E at the middle of the range into *e_mid. */
+static double dimer_max_force_step(ds4sci_ctx *ctx, double r0, double r1, int n, double *e_mid) {
+    int32_t z[2] = {1, 2};
+    double f[6], prev = 0.0, jmax = 0.0;
+    for (int k = 0; k < n; k++) {
+        const double r = r0 + (r1 - r0) * k / (n - 1);
+        double pos[6] = {0, 0, 0, r, 0, 0};
+        const double e = cluster_ef(ctx, pos, z, 2, 5.0, f, NULL);
+        if (k == n / 2)
+            *e_mid = e;
+        if (k > 0)
+            jmax = fmax(jmax, fabs(f[3] - prev));
+        prev = f[3];
+    }
+    return jmax;
+}
+
+/* The same scan at step h and h/4: a smooth F changes by <= max|F'| h per step, so the ratio
+   of the two largest steps tends to 4; a jump of F is the largest step at any h: ratio ~1. */
+static double dimer_step_ratio(const tu_opts *o, double *e_mid) {
+    et_desc *d = tu_desc_new(o);
+    ds4sci_ctx *ctx = tu_ctx_cpu(d, 1);
+    const double r0 = o->cutoff_lower + 0.6, r1 = o->cutoff_upper - 0.2;
+    const double j1 = dimer_max_force_step(ctx, r0, r1, 1001, e_mid);
+    const double j4 = dimer_max_force_step(ctx, r0, r1, 4001, e_mid);
+    ds4sci_ctx_free(ctx);
+    tu_desc_free(d);
+    return j1 / j4;
+}
+
+START_TEST(head_norm_eps_removes_the_force_jump) {
+    /* The head's gated blocks take |u|, u = W1 vec (ET_SPEC 5). In a dimer every vector
+       feature is parallel to the bond, so each channel's u is a scalar function of r times
+       the bond direction and |u| has a kink wherever that function changes sign: the force
+       jumps there (TorchMD-Net's model, head_eps = 0). sqrt(|u|^2 + eps^2) is smooth: with
+       head_vector_norm_eps the force is continuous; and the energy is continuous in eps
+       (eps = 1e-7 is TorchMD-Net's model to ~eps^2 / |u|). */
+    tu_opts o;
+    tu_opts_default(&o);
+    o.cutoff_upper = 5.0;
+    double e0, e_small, e_eps;
+    const double r_plain = dimer_step_ratio(&o, &e0);
+    o.head_eps = 1e-7;
+    const double r_small = dimer_step_ratio(&o, &e_small);
+    o.head_eps = 0.3;
+    const double r_eps = dimer_step_ratio(&o, &e_eps);
+    ck_assert_msg(r_plain < 1.5, "no force jump with the plain norm (largest-step ratio %g at "
+                  "h / (h/4)): the scan does not cross u = 0, the test is vacuous", r_plain);
+    ck_assert_msg(r_small < 1.5, "head_eps 1e-7 should keep the jump (ratio %g)", r_small);
+    ck_assert_msg(r_eps > 3.0, "force still jumps with head_eps 0.3 (ratio %g)", r_eps);
+    ck_assert_msg(fabs(e_small - e0) <= 1e-9 * fabs(e0), "eps 1e-7: E %.17g vs %.17g", e_small,
+                  e0);
+    ck_assert_msg(fabs(e_eps - e0) > 1e-6 * fabs(e0), "eps 0.3 does not change E (%.17g)", e0);
+}
+END_TEST
+
 START_TEST(results_independent_of_thread_count) {
     tu_opts o;
     tu_opts_combo(&o, 3);
@@ -425,6 +482,7 @@ static Suite *et_cpu_suite(void) {
     tcase_add_loop_test(ts, isolated_atom_and_atom_without_neighbours, 0, TU_N_COMBOS);
     tcase_add_test(ts, pair_at_exactly_the_cutoffs);
     tcase_add_loop_test(ts, vector_cutoff_energy_is_continuous_at_both_cutoffs, 0, 5);
+    tcase_add_test(ts, head_norm_eps_removes_the_force_jump);
     suite_add_tcase(s, ts);
 
     TCase *tw = tcase_create("workspace");

@@ -704,6 +704,30 @@ START_TEST(test_unknown_option_values) {
                    "expected 0 <= cutoff_lower < cutoff_upper", NULL);
     config_refusal("cutoff_lower", cJSON_CreateString("0"), DS4SCI_ERR_FORMAT,
                    "\"cutoff_lower\" is a string, expected a finite number", NULL);
+    config_refusal("head_vector_norm_eps", cJSON_CreateNumber(-1e-3), DS4SCI_ERR_FORMAT,
+                   "head_vector_norm_eps -0.001", "expected a number >= 0");
+    config_refusal("head_vector_norm_eps", cJSON_CreateString("3e-3"), DS4SCI_ERR_FORMAT,
+                   "\"head_vector_norm_eps\" is a string, expected a finite number", NULL);
+    config_refusal("head_vector_norm_eps", cJSON_CreateNull(), DS4SCI_ERR_FORMAT,
+                   "\"head_vector_norm_eps\" is null, expected a finite number", NULL);
+}
+END_TEST
+
+/* The optional smoothed head norm: absent = 0 (TorchMD-Net's |u|); a value reaches the math. */
+START_TEST(test_head_vector_norm_eps_read) {
+    buffer b = read_all(SMALL);
+    ds4sci_model *m = load_ok(&b);
+    ck_assert(ds4sci_model_desc(m)->head_eps == 0.0);
+    ds4sci_model_free(m);
+    parts p = split(&b);
+    cJSON_AddItemToObject(p.config, "head_vector_norm_eps", cJSON_CreateNumber(0.0125));
+    buffer b2 = pack(&p, NULL, 0);
+    m = load_ok(&b2);
+    ck_assert(ds4sci_model_desc(m)->head_eps == 0.0125);
+    ds4sci_model_free(m);
+    free(b2.data);
+    parts_free(&p);
+    free(b.data);
 }
 END_TEST
 
@@ -838,6 +862,7 @@ static Suite *model_file_suite(void) {
     tcase_add_test(good, test_good_file_desc_complete_and_weights_equal_file_bytes);
     tcase_add_test(good, test_f64_file_gives_same_weights);
     tcase_add_test(good, test_atomref_std_mean_and_lower_cutoff);
+    tcase_add_test(good, test_head_vector_norm_eps_read);
     tcase_add_test(good, test_vector_cutoff_off_loads_with_warning);
     tcase_add_test(good, test_gauss_without_neighbor_embedding);
     tcase_add_test(good, test_distance_influence_and_activations);

@@ -72,6 +72,8 @@ void tu_opts_combo(tu_opts *o, int idx) {
         o->std = 1.7;
         o->mean = -3.25;
     }
+    if ((idx % 11) % 3 == 1) /* idx % 11 in {1, 4, 7, 10}: about a third of the combos */
+        o->head_eps = 0.3;
     if (idx % 9 == 4) {
         o->F = 24;
         o->H = 3;
@@ -85,10 +87,11 @@ const char *tu_opts_describe(const tu_opts *o, char *buf, size_t len) {
     static const char *dis[] = {"none", "keys", "values", "both"};
     snprintf(buf, len,
              "F%d H%d K%d L%d rbf=%s nbr_emb=%d di=%s act=%s attn=%s vc=%d cl=%g cu=%g "
-             "atomref=%d std=%g mean=%g",
+             "atomref=%d std=%g mean=%g head_eps=%g",
              o->F, o->H, o->K, o->L, o->rbf == ET_RBF_GAUSS ? "gauss" : "expnorm",
              o->neighbor_embedding, dis[o->dist_influence & 3], acts[o->act], acts[o->attn_act],
-             o->vector_cutoff, o->cutoff_lower, o->cutoff_upper, o->atomref, o->std, o->mean);
+             o->vector_cutoff, o->cutoff_lower, o->cutoff_upper, o->atomref, o->std, o->mean,
+             o->head_eps);
     return buf;
 }
 
@@ -238,6 +241,7 @@ et_desc *tu_desc_new(const tu_opts *o) {
     }
     d->std = o->std;
     d->mean = o->mean;
+    d->head_eps = o->head_eps;
     d->atomref_enable = o->atomref;
     if (o->atomref)
         d->atomref = rand_b(w, Z, 5.0);

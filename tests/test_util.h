@@ -32,6 +32,7 @@ typedef struct tu_opts {
     double cutoff_lower, cutoff_upper;
     int atomref;
     double std, mean;
+    double head_eps;     /* head_vector_norm_eps (default 0: TorchMD-Net's plain norm) */
     double weight_scale; /* multiplies every random weight (default 1) */
     uint64_t seed;
 } tu_opts;
@@ -39,8 +40,8 @@ void tu_opts_default(tu_opts *o);
 
 /* One option combination from an index, on top of tu_opts_default: as idx runs over
    0 .. TU_N_COMBOS-1, every combination of rbf, neighbour embedding, distance_influence,
-   vector_cutoff and cutoff_lower (0 or > 0), with all activation pairs, Atomref, std/mean
-   and a second model shape spread over them. */
+   vector_cutoff and cutoff_lower (0 or > 0), with all activation pairs, Atomref, std/mean,
+   the smoothed head norm (head_eps 0.3) and a second model shape spread over them. */
 #define TU_N_COMBOS 64
 void tu_opts_combo(tu_opts *o, int idx);
 const char *tu_opts_describe(const tu_opts *o, char *buf, size_t len);
