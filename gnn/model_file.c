@@ -764,6 +764,7 @@ static ds4sci_status fill_info(ds4sci_model *m, const model_config *mc, const ch
     info->num_rbf = mc->K;
     info->num_heads = mc->H;
     info->vector_cutoff = mc->vector_cutoff;
+    info->head_vector_norm_eps = mc->head_eps;
     info->warning = NULL;
     if (!mc->vector_cutoff)
         info->warning =

@@ -254,6 +254,11 @@ void PairDS4SCI::settings(int narg, char **arg)
                                      : " (node rank modulo " + std::to_string(n_gpus) + " GPUs)",
                      exchange_lammps ? "through LAMMPS (exchange lammps)"
                                      : "on the device with one rank, else through LAMMPS");
+    if (info->head_vector_norm_eps > 0.0)
+      utils::logmesg(lmp,
+                     "  head: smoothed vector norm sqrt(|u|^2 + eps^2), eps {} "
+                     "(head_vector_norm_eps; TorchMD-Net with the same patch)\n",
+                     info->head_vector_norm_eps);
     if (energy_scale != 1.0)
       utils::logmesg(lmp, "  energies converted from the model's {} to {} (x {:.10g})\n",
                      info->energy_unit, energy, energy_scale);

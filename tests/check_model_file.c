@@ -718,12 +718,14 @@ START_TEST(test_head_vector_norm_eps_read) {
     buffer b = read_all(SMALL);
     ds4sci_model *m = load_ok(&b);
     ck_assert(ds4sci_model_desc(m)->head_eps == 0.0);
+    ck_assert(ds4sci_model_get_info(m)->head_vector_norm_eps == 0.0);
     ds4sci_model_free(m);
     parts p = split(&b);
     cJSON_AddItemToObject(p.config, "head_vector_norm_eps", cJSON_CreateNumber(0.0125));
     buffer b2 = pack(&p, NULL, 0);
     m = load_ok(&b2);
     ck_assert(ds4sci_model_desc(m)->head_eps == 0.0125);
+    ck_assert(ds4sci_model_get_info(m)->head_vector_norm_eps == 0.0125);
     ds4sci_model_free(m);
     free(b2.data);
     parts_free(&p);

@@ -79,6 +79,8 @@ typedef struct ds4sci_model_info {
     int32_t vector_cutoff;       /* 1: energy is C1 at cutoff_upper; 0: it jumps (see warning) */
     const char *warning;         /* non-NULL when the model loads but has a known defect,
                                     e.g. vector_cutoff off: energy not continuous at the cutoff */
+    double head_vector_norm_eps; /* 0: TorchMD-Net's head; > 0: its gated blocks use the smoothed
+                                    norm sqrt(|u|^2 + eps^2) (docs/model_format.md) */
 } ds4sci_model_info;
 
 /*
