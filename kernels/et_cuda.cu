@@ -344,6 +344,10 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
         /* merged backward (edge_bwd.cu), default on since measured on the H200 (docs/gpu.md
            v7: same errors, 1M atoms 3.26 vs 3.44 s/step); DS4SCI_CUDA_MERGED=0: separate
            receiver and sender passes */
+        /* node work over chunks of owned rows: o and P (and the head's scratch) sized by one
+           chunk instead of all atoms (docs/gpu.md v8); DS4SCI_CUDA_NODE_CHUNK=<rows> */
+        const char *nc = getenv("DS4SCI_CUDA_NODE_CHUNK");
+        et->node_chunk = nc && atoi(nc) > 0 ? atoi(nc) : 65536;
         const char *mg = getenv("DS4SCI_CUDA_MERGED");
         et->merged = !(mg && strcmp(mg, "0") == 0);
         const char *fx = getenv("DS4SCI_CUDA_FASTEXP"); /* default on: see edge_common.cuh */
@@ -460,7 +464,8 @@ static const char *const buf_names[] = {
     "row counts", "row offsets", "edge senders", "edge receivers", "edge geometry",
     "transpose offsets", "transpose edges", "transpose counts", "cub scratch",
     "layer inputs x", "layer inputs vec", "X per layer", "LayerNorm output, dE/dX, dE/dh",
-    "q/k/v", "vec_proj output, neighbour indices", "vdot", "o", "dE/dx", "dE/dvec",
+    "q/k/v", "vec_proj output (one chunk), head scratch, neighbour indices", "o (one chunk)",
+    "dE/dx", "dE/dvec",
     "dE/dvec", "dE/dqkv, sort scratch, embedding concat, V", "dE/dw", "atom energies", "forces",
     "atom virials", "partial sums", "row-split partial sums", "exchange staging",
     "reverse edges", "uncovered sender counts", "uncovered sender edges"};
@@ -792,8 +797,10 @@ static ds4sci_status compute_input(ds4sci_cuda_et *et, const ds4sci_system *sys,
     ST(ensure(et, B_Z, n1 * sizeof(int), err, err_len));
     ST(ensure(et, B_COFF, (nl1 + 1) * sizeof(int64_t), err, err_len));
     /* the caller's candidate indices are needed only until the edge list is filled: they
-       live in vec_proj's buffer, first written in layer 1 (same stream, so in order) */
-    const size_t p_bytes = 9 * nl1 * (size_t)F * sizeof(float),
+       live in vec_proj's buffer, first written in layer 1 (same stream, so in order); that
+       buffer holds one chunk of owned rows: 9F floats of P, or 10F of the head's scratch */
+    const size_t chunk = (size_t)(nl1 < (size_t)et->node_chunk ? nl1 : (size_t)et->node_chunk);
+    const size_t p_bytes = 10 * chunk * (size_t)F * sizeof(float),
                  cidx_bytes = (size_t)(nc > 0 ? nc : 1) * sizeof(int);
     ST(ensure(et, B_P, p_bytes > cidx_bytes ? p_bytes : cidx_bytes, err, err_len));
     int *cidx = BUF(int, B_P);
@@ -982,10 +989,12 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     ST(ensure(et, B_XST, (size_t)L * nlF * sizeof(float), err, err_len)); /* X of each layer */
     ST(ensure(et, B_H, nF * sizeof(float), err, err_len));
     ST(ensure(et, B_QKV, 5 * nF * sizeof(float), err, err_len));
-    /* P and vdot: owned rows only (enough for the head's scratch too: 9 nlF and nlF) */
-    ST(ensure(et, B_P, 9 * nlF * sizeof(float), err, err_len));
-    ST(ensure(et, B_VDOT, nlF * sizeof(float), err, err_len));
-    ST(ensure(et, B_O, 3 * nlF * sizeof(float), err, err_len));
+    /* P and o: one chunk of owned rows (P's buffer, 10 chunk F, also holds the head's scratch;
+       vdot is recomputed from P where it is needed) */
+    const int CH = nl1 < (size_t)et->node_chunk ? (int)nl1 : et->node_chunk;
+    const size_t chF = (size_t)CH * F;
+    ST(ensure(et, B_P, 10 * chF * sizeof(float), err, err_len));
+    ST(ensure(et, B_O, 3 * chF * sizeof(float), err, err_len));
     ST(ensure(et, B_GX0, nF * sizeof(float), err, err_len));
     ST(ensure(et, B_GV0, 3 * nF * sizeof(float), err, err_len));
     ST(ensure(et, B_GV1, 3 * nF * sizeof(float), err, err_len));
@@ -1054,7 +1063,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     auto xs = [&](int l) -> float * { return XS + (size_t)slot_x(l) * nF; };
     auto vecs = [&](int l) -> float * { return l > 0 ? VECS + (size_t)slot_v(l) * 3 * nF : NULL; };
     float *Hb = BUF(float, B_H), *QKV = BUF(float, B_QKV), *P = BUF(float, B_P);
-    float *VD = BUF(float, B_VDOT), *Ob = BUF(float, B_O), *GQKV = BUF(float, B_GQKV);
+    float *Ob = BUF(float, B_O), *GQKV = BUF(float, B_GQKV);
     /* shared allocations (lifetimes do not overlap, one stream):
        - Hb: LayerNorm output (node_fwd, read by the q/k/v GEMM only), then in the backward
          dE/dX (o_proj backward -> edge passes) and dE/dh (q/k/v backward -> LayerNorm backward);
@@ -1084,17 +1093,18 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     mark(et, ST_XCH);
     ST(exchange(et, &xc, 0, xs(0), NULL, err, err_len));
 
-    /* node work of layer l from its stored input: h, q/k/v (+bias), P and vdot */
+    /* node work of layer l from its stored input: h, q/k/v (+bias) of all rows */
     auto node_fwd = [&](int l) -> ds4sci_status {
         const et_dlayer *dl = &m->layers[l];
-        float *x = xs(l), *vec = vecs(l);
+        float *x = xs(l);
         CU(et_layernorm(s, n, F, x, dl->ln_w, dl->ln_b, Hb), "layernorm");
         BL(gemm_awt(h, n, 5 * F, F, Hb, dl->qkv_w, 0.f, QKV), "q/k/v");
-        if (l > 0)
-            BL(gemm_awt(h, 3 * nl, 3 * F, F, vec, dl->vec_w, 0.f, P), "vec_proj"); /* owned */
-        CU(et_node_pre(s, n, nl, F, QKV, dl->qkv_b, l > 0 ? P : NULL, VD), "q/k/v bias, vdot");
+        CU(et_node_pre(s, n, F, QKV, dl->qkv_b), "q/k/v bias");
         return DS4SCI_OK;
     };
+    /* chunks of owned rows [a, a + c), a = 0, CH, 2 CH, ...; the last one also takes the
+       ghost rows (zeroed or copied by the update kernels, which never read o or P there) */
+    auto chunk_rows = [&](int a) -> int { return nl - a < CH ? nl - a : CH; };
 
     /* layer l forward from its input (ghost rows filled): node work, edge pass (X into Xout),
        o_proj and the update into input l + 1 (its ghost rows zeroed) */
@@ -1117,11 +1127,18 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         else
             CU(et_edge_forward(s, CPL, grid_l, sp.fwd, SPLIT, &c, &el), "edge forward");
         mark(et, ST_NODE_FWD);
-        BL(gemm_awt(h, nl, 3 * F, F, Xout, dl->o_w, 0.f, Ob), "o_proj");
-        /* ghost rows of the next input come from the exchange; the update zeroes them */
-        CU(et_node_update(s, n, nl, F, x, l > 0 ? vec : NULL, Ob, dl->o_b, l > 0 ? P : NULL,
-                          l > 0 ? VD : NULL, Vb, xs(l + 1), vecs(l + 1)),
-           "update");
+        float *xn = xs(l + 1), *vn = vecs(l + 1);
+        for (int a = 0; a < nl || (a == 0 && n > 0); a += CH) {
+            const int cr = chunk_rows(a), last = a + CH >= nl;
+            const size_t aF = (size_t)a * F;
+            if (l > 0)
+                BL(gemm_awt(h, 3 * cr, 3 * F, F, vec + 3 * aF, dl->vec_w, 0.f, P), "vec_proj");
+            BL(gemm_awt(h, cr, 3 * F, F, Xout + aF, dl->o_w, 0.f, Ob), "o_proj");
+            /* ghost rows of the next input come from the exchange; the update zeroes them */
+            CU(et_node_update(s, last ? n - a : cr, cr, F, x + aF, l > 0 ? vec + 3 * aF : NULL,
+                              Ob, dl->o_b, l > 0 ? P : NULL, Vb + 3 * aF, xn + aF, vn + 3 * aF),
+               "update");
+        }
         return DS4SCI_OK;
     };
 
@@ -1140,31 +1157,33 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     CU(cudaMemsetAsync(GX[cur], 0, nF * sizeof(float), s), "memset");
     CU(cudaMemsetAsync(GV[cur], 0, 3 * nF * sizeof(float), s), "memset");
     CU(cudaMemsetAsync(GW, 0, ne1 * sizeof(float4), s), "memset");
-    {
-        /* scratch: buffers of the layers that are dead until the backward writes them again
-           (P, q/k/v, dE/dqkv, dE/dvec [1], o, the LayerNorm output, vdot), nl rows each */
+    for (int a = 0; a < nl; a += CH) {
+        /* scratch, cF = c F for a chunk of c rows: P's buffer (10 CH F) and buffers of the
+           layers that are dead until the backward writes them again (q/k/v, dE/dqkv,
+           dE/dvec [1], o, the LayerNorm output) */
+        const size_t cF = (size_t)chunk_rows(a) * F, aF = (size_t)a * F;
         head_ws hw;
-        hw.u0 = P;                        /* P: 9 nF >= 3 + 3 + 2 + 1 nlF */
-        hw.gu0 = P + 3 * nlF;
-        hw.cat0 = P + 6 * nlF;
-        hw.y1p0 = P + 8 * nlF;
-        hw.w0 = QKV;                      /* q/k/v: 5 nF >= 1.5 x 3 + 0.5 nlF */
-        hw.v1 = QKV + 3 * nlF / 2;
-        hw.gw0 = QKV + 3 * nlF;
-        hw.y1p1 = QKV + 9 * nlF / 2;
-        hw.u1 = GQKV;                     /* dE/dqkv: 5 nF >= 1.5 x 3 + 0.5 nlF */
-        hw.gu1 = GQKV + 3 * nlF / 2;
-        hw.gv1 = GQKV + 3 * nlF;
-        hw.g1 = GQKV + 9 * nlF / 2;
-        hw.gcat0 = GV[1 - cur];           /* dE/dvec [1]: 3 nF >= 2 + 1 nlF */
-        hw.y1a0 = GV[1 - cur] + 2 * nlF;
-        hw.y20 = Ob;                      /* o: 3 nlF */
-        hw.cat1 = Ob + nlF;
-        hw.gcat1 = Ob + 2 * nlF;
-        hw.gy20 = Hb;                     /* LayerNorm output: nF */
-        hw.gy10 = VD;                     /* vdot: nF */
-        ST(head(et, nl, BUF(int, B_Z), xs(L), vecs(L), &hw, BUF(double, B_EA),
-                GX[cur], GV[cur], err, err_len));
+        hw.u0 = P;                        /* P: 10 cF = 3 + 3 + 2 + 1 + 1 cF */
+        hw.gu0 = P + 3 * cF;
+        hw.cat0 = P + 6 * cF;
+        hw.y1p0 = P + 8 * cF;
+        hw.gy10 = P + 9 * cF;
+        hw.w0 = QKV;                      /* q/k/v: 5 nF >= 1.5 x 3 + 0.5 cF */
+        hw.v1 = QKV + 3 * cF / 2;
+        hw.gw0 = QKV + 3 * cF;
+        hw.y1p1 = QKV + 9 * cF / 2;
+        hw.u1 = GQKV;                     /* dE/dqkv: 5 nF >= 1.5 x 3 + 0.5 cF */
+        hw.gu1 = GQKV + 3 * cF / 2;
+        hw.gv1 = GQKV + 3 * cF;
+        hw.g1 = GQKV + 9 * cF / 2;
+        hw.gcat0 = GV[1 - cur];           /* dE/dvec [1]: 3 nF >= 2 + 1 cF */
+        hw.y1a0 = GV[1 - cur] + 2 * cF;
+        hw.y20 = Ob;                      /* o: 3 cF */
+        hw.cat1 = Ob + cF;
+        hw.gcat1 = Ob + 2 * cF;
+        hw.gy20 = Hb;                     /* LayerNorm output: nF >= cF */
+        ST(head(et, chunk_rows(a), BUF(int, B_Z) + a, xs(L) + aF, vecs(L) + 3 * aF, &hw,
+                BUF(double, B_EA) + a, GX[cur] + aF, GV[cur] + 3 * aF, err, err_len));
     }
 
     /* backward through the layers */
@@ -1183,16 +1202,26 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         float *gxo = GX[cur], *gvo = GV[cur], *gxi = GX[1 - cur], *gvi = GV[1 - cur];
         mark(et, ST_NODE_BWD);
         ST(node_fwd(l));
-        /* o = W_o X from the stored X (the same GEMM as in the forward); dE/do over it */
-        BL(gemm_awt(h, nl, 3 * F, F, XST + (size_t)l * nlF, dl->o_w, 0.f, Ob), "o_proj (again)");
-        /* also gvi = gvo (all n rows) */
-        CU(et_node_bwd(s, n, nl, F, gxo, gvo, gvi, Ob, dl->o_b, l > 0 ? P : NULL,
-                       l > 0 ? VD : NULL), "update backward");
-        BL(gemm_ab(h, nl, F, 3 * F, Ob, dl->o_w, F, 0.f, GXb), "o_proj backward");
+        for (int a = 0; a < nl || (a == 0 && n > 0); a += CH) {
+            const int cr = chunk_rows(a), last = a + CH >= nl;
+            const size_t aF = (size_t)a * F;
+            /* P and o = W_o X from the stored input and X (the forward's GEMMs) */
+            if (l > 0)
+                BL(gemm_awt(h, 3 * cr, 3 * F, F, vec + 3 * aF, dl->vec_w, 0.f, P),
+                   "vec_proj (again)");
+            BL(gemm_awt(h, cr, 3 * F, F, XST + (size_t)l * nlF + aF, dl->o_w, 0.f, Ob),
+               "o_proj (again)");
+            /* dE/do over o, dE/dP over P; also gvi = gvo (the chunk's rows, the last chunk
+               also the ghost rows) */
+            CU(et_node_bwd(s, last ? n - a : cr, cr, F, gxo + aF, gvo + 3 * aF, gvi + 3 * aF, Ob,
+                           dl->o_b, l > 0 ? P : NULL), "update backward");
+            BL(gemm_ab(h, cr, F, 3 * F, Ob, dl->o_w, F, 0.f, GXb + aF), "o_proj backward");
+            if (l > 0)
+                BL(gemm_ab(h, 3 * cr, F, 3 * F, P, dl->vec_w, F, 1.f, gvi + 3 * aF),
+                   "vec_proj backward");
+        }
         if (gxi != gxo)
             CU(cudaMemcpyAsync(gxi, gxo, nF * sizeof(float), cudaMemcpyDeviceToDevice, s), "copy");
-        if (l > 0)
-            BL(gemm_ab(h, 3 * nl, F, 3 * F, P, dl->vec_w, F, 1.f, gvi), "vec_proj backward");
         et_edge_layer el;
         memset(&el, 0, sizeof(el));
         el.filt_wt = dl->filt_wt;

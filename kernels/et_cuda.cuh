@@ -120,7 +120,7 @@ typedef struct et_buf {
 enum {
     B_POS, B_Z, B_COFF, B_GOWN, B_ROWCNT, B_ROWOFF, B_ESRC, B_EDST, B_EGEO,
     B_TROFF, B_TREDGE, B_TRKEY, B_CUB,
-    B_XS, B_VECS, B_XST, B_H, B_QKV, B_P, B_VDOT, B_O,
+    B_XS, B_VECS, B_XST, B_H, B_QKV, B_P, B_O,
     B_GX0, B_GV0, B_GV1, B_GQKV, B_GW, B_EA, B_F, B_AV, B_PART,
     B_SPLIT, B_XCH, B_REV, B_TRCNT2, B_TREDGE2, B_COUNT
 };
@@ -166,6 +166,9 @@ typedef struct ds4sci_cuda_et {
                                 (edge_bwd.cu, filters once per unordered pair; default off) */
     int checkpoint;          /* keep every other layer input with the built-in exchange
                                 (default; DS4SCI_CUDA_CHECKPOINT=0: keep all) */
+    int node_chunk;          /* owned rows per chunk of the node work that needs o and P
+                                (update, its backward, the head): their buffers hold one
+                                chunk (DS4SCI_CUDA_NODE_CHUNK, default 65536) */
     long long last_n, last_ne;
     long long step_ne;       /* edge count (or its bound) of the current call */
     /* CUDA graph of the step (DS4SCI_CUDA_GRAPH=1, built-in exchange only; docs/gpu.md "CUDA
@@ -253,14 +256,12 @@ cudaError_t et_layernorm(cudaStream_t s, int n, int F, const float *x, const flo
                          const float *b, float *y);
 cudaError_t et_layernorm_bwd(cudaStream_t s, int n, int F, const float *x, const float *w,
                              const float *gy, float *gx);
-cudaError_t et_node_pre(cudaStream_t s, int n, int nl, int F, float *qkv, const float *qkv_b,
-                        const float *P, float *vdot);
+cudaError_t et_node_pre(cudaStream_t s, int n, int F, float *qkv, const float *qkv_b);
 cudaError_t et_node_update(cudaStream_t s, int n, int nl, int F, const float *x,
                            const float *vec, const float *o, const float *o_b, const float *P,
-                           const float *vdot, const float *V, float *x_next, float *vec_next);
+                           const float *V, float *x_next, float *vec_next);
 cudaError_t et_node_bwd(cudaStream_t s, int n, int nl, int F, const float *gx, const float *gvec,
-                        float *gvec_out, float *o, const float *o_b, float *P,
-                        const float *vdot);
+                        float *gvec_out, float *o, const float *o_b, float *P);
 cudaError_t et_add_bias(cudaStream_t s, int n, int w, float *y, const float *b);
 cudaError_t et_embed_cat(cudaStream_t s, int nl, int F, const int *z, const float *emb,
                          float *cat);

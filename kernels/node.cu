@@ -75,12 +75,10 @@ static __global__ void k_add_bias(long long total, int w, float *__restrict__ y,
 
 /*
  * After the q/k/v SGEMM, one thread per (row a < n, channel f): the five q/k/v biases of
- * channel f (qkv [n][5F]), and for owned rows with P given vdot[a][f] = sum_c P1[a][c][f]
- * P2[a][c][f] (P [nl][3][3F], vdot [nl][F]).
+ * channel f (qkv [n][5F]).
  */
-static __global__ void k_node_pre(int n, int nl, int F, float *__restrict__ qkv,
-                                  const float *__restrict__ qkv_b, const float *__restrict__ P,
-                                  float *__restrict__ vdot)
+static __global__ void k_node_pre(int n, int F, float *__restrict__ qkv,
+                                  const float *__restrict__ qkv_b)
 {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)n * F)
@@ -90,26 +88,31 @@ static __global__ void k_node_pre(int n, int nl, int F, float *__restrict__ qkv,
     float *q = qkv + a * 5 * F;
     for (int j = 0; j < 5; j++)
         q[j * F + f] += qkv_b[j * F + f];
-    if (P && a < nl) {
-        const float *p = P + a * 9 * F;
-        float s = 0.f;
-        for (int c = 0; c < 3; c++)
-            s += p[c * 3 * F + f] * p[c * 3 * F + F + f];
-        vdot[i] = s;
-    }
+}
+
+/* vdot[t][f] = sum_c P1[t][c][f] P2[t][c][f] (P [.][3][3F]), in the order of the CPU path. */
+static __device__ __forceinline__ float vdot_of(const float *__restrict__ P, long long t, int F,
+                                                int f)
+{
+    const float *p = P + t * 9 * F;
+    float s = 0.f;
+    for (int c = 0; c < 3; c++)
+        s += p[c * 3 * F + f] * p[c * 3 * F + F + f];
+    return s;
 }
 
 /*
  * Residual update of owned atoms (o without bias on input):
- *   o1, o2, o3 = o + b_o; x' = x + vdot o2 + o3; vec'[c] = vec[c] + P3[c] o1 + V[c].
- * vec, P, vdot NULL mean zeros (layer 0). The backward recomputes o from the stored X.
- * Rows nl <= t < n (ghosts, filled by the next exchange) of x' and vec' are set to zero.
+ *   o1, o2, o3 = o + b_o; x' = x + vdot o2 + o3; vec'[c] = vec[c] + P3[c] o1 + V[c],
+ * vdot from P (vdot_of). vec, P NULL mean zeros (layer 0). The backward recomputes o from the
+ * stored X. Rows nl <= t < n (ghosts, filled by the next exchange) of x' and vec' are set to
+ * zero. o and P have the nl owned rows only (the caller passes one chunk of rows at a time).
  */
 static __global__ void k_node_update(int n, int nl, int F, const float *__restrict__ x,
                                      const float *__restrict__ vec, const float *__restrict__ o,
                                      const float *__restrict__ ob, const float *__restrict__ P,
-                                     const float *__restrict__ vdot, const float *__restrict__ V,
-                                     float *__restrict__ xn, float *__restrict__ vn)
+                                     const float *__restrict__ V, float *__restrict__ xn,
+                                     float *__restrict__ vn)
 {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)n * F)
@@ -124,7 +127,7 @@ static __global__ void k_node_update(int n, int nl, int F, const float *__restri
     }
     const float *orow = o + t * 3 * F;
     float o1 = orow[f] + ob[f], o2 = orow[F + f] + ob[F + f], o3 = orow[2 * F + f] + ob[2 * F + f];
-    float vd = vdot ? vdot[i] : 0.f;
+    const float vd = P ? vdot_of(P, t, F, f) : 0.f;
     xn[i] = x[i] + vd * o2 + o3;
     for (int c = 0; c < 3; c++) {
         long long vi = (t * 3 + c) * F + f;
@@ -146,8 +149,7 @@ static __global__ void k_node_update(int n, int nl, int F, const float *__restri
  */
 static __global__ void k_node_bwd(int n, int nl, int F, const float *__restrict__ gx,
                                   const float *__restrict__ gvec, float *__restrict__ gvec_out,
-                                  float *o, const float *__restrict__ ob, float *__restrict__ P,
-                                  const float *__restrict__ vdot)
+                                  float *o, const float *__restrict__ ob, float *__restrict__ P)
 {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)n * F)
@@ -162,6 +164,7 @@ static __global__ void k_node_bwd(int n, int nl, int F, const float *__restrict_
     const float o1 = orow[f] + ob[f], o2 = orow[F + f] + ob[F + f];
     float g = gx[i];
     float go1 = 0.f;
+    const float vd = P ? vdot_of(P, t, F, f) : 0.f; /* before P is overwritten below */
     if (P) {
         float gvd = g * o2;
         for (int c = 0; c < 3; c++) {
@@ -175,7 +178,7 @@ static __global__ void k_node_bwd(int n, int nl, int F, const float *__restrict_
         }
     }
     orow[f] = go1;
-    orow[F + f] = vdot ? g * vdot[i] : 0.f;
+    orow[F + f] = P ? g * vd : 0.f;
     orow[2 * F + f] = g;
 }
 
@@ -302,34 +305,32 @@ extern "C" cudaError_t et_add_bias(cudaStream_t s, int n, int w, float *y, const
     return cudaGetLastError();
 }
 
-/* q/k/v bias over all n rows; vdot (P given) over the nl owned rows, the only ones P holds. */
-/* q/k/v bias over all n rows; vdot (P given) over the nl owned rows, the only ones P holds. */
-extern "C" cudaError_t et_node_pre(cudaStream_t s, int n, int nl, int F, float *qkv,
-                                   const float *qkv_b, const float *P, float *vdot)
+/* q/k/v bias over all n rows. */
+extern "C" cudaError_t et_node_pre(cudaStream_t s, int n, int F, float *qkv, const float *qkv_b)
 {
     if (n > 0)
-        k_node_pre<<<nblk((long long)n * F, 256), 256, 0, s>>>(n, nl, F, qkv, qkv_b, P, vdot);
+        k_node_pre<<<nblk((long long)n * F, 256), 256, 0, s>>>(n, F, qkv, qkv_b);
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t et_node_update(cudaStream_t s, int n, int nl, int F, const float *x,
                                       const float *vec, const float *o, const float *o_b,
-                                      const float *P, const float *vdot, const float *V,
-                                      float *x_next, float *vec_next)
+                                      const float *P, const float *V, float *x_next,
+                                      float *vec_next)
 {
     if (n > 0)
-        k_node_update<<<nblk((long long)n * F, 256), 256, 0, s>>>(n, nl, F, x, vec, o, o_b, P,
-                                                                  vdot, V, x_next, vec_next);
+        k_node_update<<<nblk((long long)n * F, 256), 256, 0, s>>>(n, nl, F, x, vec, o, o_b, P, V,
+                                                                  x_next, vec_next);
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t et_node_bwd(cudaStream_t s, int n, int nl, int F, const float *gx,
                                    const float *gvec, float *gvec_out, float *o, const float *o_b,
-                                   float *P, const float *vdot)
+                                   float *P)
 {
     if (n > 0)
         k_node_bwd<<<nblk((long long)n * F, 256), 256, 0, s>>>(n, nl, F, gx, gvec, gvec_out, o,
-                                                               o_b, P, vdot);
+                                                               o_b, P);
     return cudaGetLastError();
 }
 
