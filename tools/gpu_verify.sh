@@ -20,7 +20,8 @@
 #   GPU from the start while the rest runs on GPU 0 (the 2-rank LAMMPS runs use both, at the
 #   end, after the background jobs are stopped).
 #
-# VARIANTS=0 runs only the default paths' checks; FILTER=0 skips bench_filter_mma; EXPF_BENCH,
+# One GPU: BG_CMD runs beside everything from the start (switch the benchmarks off then);
+# RACE=0 skips the final racecheck. VARIANTS=0 runs only the default paths' checks; FILTER=0 skips bench_filter_mma; EXPF_BENCH,
 # GRAPH_BENCH, MERGED_BENCH, XCH_F32_BENCH=0 skip those side-by-side runs; SPLITS="" the split ones.
 # Environment for run: OUT (files back: summary.txt and logs.tgz), BUDGET (seconds, default
 # 420), SIZES (bench_gpu sizes, default "1000 10000 100000 1000000"), BG_CMD, BG_SECONDS
@@ -94,6 +95,13 @@ if [ "$NGPU" -ge 2 ]; then
     fi
     export CUDA_VISIBLE_DEVICES=0
     echo "$NGPU GPUs: racecheck (api) and BG_CMD on GPU $last, the rest on GPU 0" >> "$S"
+elif [ -n "${BG_CMD:-}" ]; then
+    # one GPU: BG_CMD shares it with everything below (set the bench knobs off: timings taken
+    # beside it mean nothing)
+    (timeout "${BG_SECONDS:-$((BUDGET - 150))}" bash -c "$BG_CMD";
+     echo "BG_CMD rc=$? t=$(( $(date +%s) - T0 ))s") > "$LG/bg.log" 2>&1 &
+    bg+=($!)
+    echo "1 GPU: BG_CMD shares it" >> "$S"
 fi
 
 T=$LG/tests.log
@@ -209,7 +217,7 @@ if left $(( BUDGET - ${LMP_BENCH_NEED:-50} )); then   # one rank, one GPU, devic
         bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
     t lammps_bench $?
 fi
-if [ "$NGPU" -lt 2 ]; then
+if [ "$NGPU" -lt 2 ] && [ "${RACE:-1}" = 1 ]; then
     rest=$(( BUDGET - ($(date +%s) - T0) - 10 ))
     if [ "$rest" -gt 30 ]; then
         timeout "$rest" compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 9 \
