@@ -8,17 +8,24 @@ read back from the instantiated modules (not only from the checkpoint's dict), s
 is what TorchMD-Net would run. The format is described in docs/model_format.md; the C loader
 (gnn/model_file.c) is the judge of a file, not this script.
 
+The optional key head_vector_norm_eps (the head's smoothed vector norm sqrt(|u|^2 + eps^2),
+tools/training/head_eps.py) is written only when eps > 0: from --head-vector-norm-eps, else from
+the checkpoint's hyper_parameters (tools/training/train.py records it there), else 0 (absent:
+TorchMD-Net's plain |u|, and the file is exactly what it was before the key existed).
+
 Example:
     python tools/export_torchmdnet.py epoch=99.ckpt water.safetensors \\
         --elements H:1,O:8 --units angstrom,eV --name water-et
 """
 import argparse
 import json
+import math
 import re
 import struct
 import sys
 
 FORMAT_VERSION = "1"
+HEAD_EPS_KEY = "head_vector_norm_eps"
 LENGTH_UNITS = ("angstrom", "nm", "bohr")
 ENERGY_UNITS = ("eV", "kcal/mol", "kJ/mol", "hartree")
 SUPPORTED_ACTIVATIONS = ("ssp", "silu", "tanh", "sigmoid", "swish", "mish")
@@ -60,6 +67,28 @@ def parse_units(text):
     if energy not in ENERGY_UNITS:
         raise ExportError(f"--units: energy unit '{energy}' not one of {', '.join(ENERGY_UNITS)}")
     return {"length": length, "energy": energy}
+
+
+def parse_head_eps(value, where):
+    """A head_vector_norm_eps value: a finite number >= 0."""
+    try:
+        eps = float(value)
+    except (TypeError, ValueError):
+        raise ExportError(f"{where}: {HEAD_EPS_KEY} '{value}' is not a number") from None
+    if not math.isfinite(eps) or eps < 0:
+        raise ExportError(f"{where}: {HEAD_EPS_KEY} must be a finite number >= 0, got {value}")
+    return eps
+
+
+def checkpoint_head_eps(ckpt):
+    """head_vector_norm_eps from a checkpoint's hyper_parameters (0 when absent)."""
+    import torch
+    try:
+        hp = torch.load(ckpt, map_location="cpu", weights_only=False).get("hyper_parameters") or {}
+    except Exception:  # unreadable checkpoints are reported by load_model with its reason
+        return 0.0
+    value = hp.get(HEAD_EPS_KEY) if hasattr(hp, "get") else getattr(hp, HEAD_EPS_KEY, None)
+    return 0.0 if value is None else parse_head_eps(value, f"{ckpt} hyper_parameters")
 
 
 def model_config(model, elements, units, name, description):
@@ -159,9 +188,11 @@ def write_safetensors(path, tensors, metadata):
             f.write(raw)
 
 
-def export(ckpt, out, elements, units, name, description="", dtype=None, enable_atomref=False):
+def export(ckpt, out, elements, units, name, description="", dtype=None, enable_atomref=False,
+           head_vector_norm_eps=None):
     """Checkpoint -> model file. Returns the config written. dtype: None (keep), 'float32' or
-    'float64'."""
+    'float64'. head_vector_norm_eps: None (the checkpoint's hyper_parameters, else 0) or a
+    number >= 0; written to the config only when > 0."""
     import torch
     from torchmdnet.models.model import load_model
 
@@ -181,6 +212,12 @@ def export(ckpt, out, elements, units, name, description="", dtype=None, enable_
         raise ExportError(f"{ckpt}: loaded a {type(model).__name__}, expected one TorchMD_Net "
                           "model (ensembles are not supported)")
     config = model_config(model, elements, units, name, description)
+    if head_vector_norm_eps is None:
+        eps = checkpoint_head_eps(ckpt)
+    else:
+        eps = parse_head_eps(head_vector_norm_eps, "--head-vector-norm-eps")
+    if eps > 0:
+        config[HEAD_EPS_KEY] = eps
     tensors = {}
     for key, value in model.state_dict().items():
         if not torch.is_floating_point(value):
@@ -213,19 +250,24 @@ def main(argv=None):
     p.add_argument("--enable-atomref", action="store_true",
                    help="load with remove_ref_energy=False, enabling an Atomref prior that was "
                         "disabled for training (delta learning), to predict total energies")
+    p.add_argument("--head-vector-norm-eps", default=None, metavar="EPS",
+                   help="smoothed head norm sqrt(|u|^2 + EPS^2) in both gated blocks of the head "
+                        "(default: the checkpoint's hyper_parameters head_vector_norm_eps, else 0; "
+                        "written only when > 0)")
     args = p.parse_args(argv)
     import os
     name = args.name if args.name is not None else os.path.splitext(os.path.basename(args.output))[0]
     try:
         config = export(args.checkpoint, args.output, parse_elements(args.elements),
                         parse_units(args.units), name, args.description, args.dtype,
-                        args.enable_atomref)
+                        args.enable_atomref, args.head_vector_norm_eps)
     except ExportError as e:
         print(f"export_torchmdnet: {e}", file=sys.stderr)
         return 1
     print(f"wrote {args.output}: F={config['hidden_channels']} L={config['num_layers']} "
           f"K={config['num_rbf']} H={config['num_heads']} cutoff={config['cutoff_upper']} "
-          f"elements={','.join(config['elements'])}")
+          f"elements={','.join(config['elements'])}"
+          + (f" {HEAD_EPS_KEY}={config[HEAD_EPS_KEY]:g}" if HEAD_EPS_KEY in config else ""))
     return 0
 
 

@@ -6,9 +6,11 @@ of the chosen split of si_sw.extxyz one at a time (periodic box per frame) and r
 kind and overall:
   energy per atom: MAE and RMSE of (E_model - E_teacher) / N (meV/atom)
   forces: MAE and RMSE over all Cartesian components (eV/A), and the RMS teacher force
-Writes the table as JSON (--json) for the model card.
+Writes the table as JSON (--json) for the model card. The head's smoothed norm (head_eps.py,
+model-file key head_vector_norm_eps) is applied as the checkpoint's hparams record it
+(train.py --head-vector-norm-eps), or as --head-vector-norm-eps gives it (overrides).
 
-Usage: evaluate.py CKPT build-si/data [--split test] [--json out.json]
+Usage: evaluate.py CKPT build-si/data [--split test] [--json out.json] [--head-vector-norm-eps E]
 """
 import argparse
 import json
@@ -25,6 +27,7 @@ except ImportError:
     import torch_neighbors
 
     torch_neighbors.install()
+import head_eps  # noqa: E402
 from si_dataset import read_extxyz  # noqa: E402
 
 
@@ -48,12 +51,14 @@ def main():
     ap.add_argument("--split", default="test", choices=["train", "val", "test"])
     ap.add_argument("--splits", default=None, help="splits.npz (default DATA/splits.npz)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--head-vector-norm-eps", type=head_eps.check_eps, default=None,
+                    help="smoothed head norm eps (default: the checkpoint's, else 0)")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    from torchmdnet.models.model import load_model
-
-    model = load_model(args.checkpoint, derivative=True)
+    model = head_eps.load_model(args.checkpoint, eps=args.head_vector_norm_eps, derivative=True)
     model.eval()
+    eps = head_eps.model_eps(model)
+    print(f"head_vector_norm_eps = {eps:g}")
     splits = np.load(args.splits or os.path.join(args.data, "splits.npz"))
     wanted = set(int(i) for i in splits["idx_" + args.split])
     runs = {r["name"]: r for r in json.load(open(os.path.join(args.data, "runs.json")))["runs"]}
@@ -81,7 +86,7 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(checkpoint=os.path.basename(args.checkpoint), split=args.split,
-                           errors=table), f, indent=1)
+                           head_vector_norm_eps=eps, errors=table), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -33,21 +33,26 @@ Subcommands (run with /opt/tvenv/bin/python, from the repository root):
         sqrt(|u|^2 + EPS^2), smooth at u = 0 and the same elsewhere to O(EPS^2/|u|); EPS = 0 is TorchMD-Net unchanged and must reproduce the
         LAMMPS run of the same data file step for step (a check of this integrator).
   logs  LOG [LOG ...]
-        NVE logs of nve_diagnose.in (thermo: step time temp pe ke etotal v_de): RMS of v_de about
-        its mean, end-to-end change, least-squares slope, for the dt-scaling test.
+        NVE logs of nve_diagnose.in (thermo: step time temp pe ke etotal v_de) or of `md`
+        (thermo 1): RMS of v_de about its mean, end-to-end change, least-squares slope, for the
+        dt-scaling test; and the wander measures of docs/si_model.md: the 50-fs running mean of
+        v_de, its change from first to last window, its range, its RMS change over 0.5 ps.
 """
 import argparse
+import os
 import sys
 
 import numpy as np
 import torch
 
-CKPT = "/work/.device/1/A_best.ckpt"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import head_eps  # noqa: E402
+
+CKPT = "build-si/v2_A_best.ckpt"     # version 2 (was /work/.device/1/A_best.ckpt, since replaced)
 
 
 def load(ckpt):
-    from torchmdnet.models.model import load_model
-    model = load_model(ckpt, derivative=False)
+    model = head_eps.load_model(ckpt, derivative=False)     # with the checkpoint's eps, if any
     model = model.double().eval()
     return model
 
@@ -241,26 +246,9 @@ MASS = 28.0855
 
 def smooth_norm(model, eps, blocks=(0, 1)):
     """Replace GatedEquivariantBlock's |u| by sqrt(|u|^2 + eps^2) in the given head blocks
-    (eps = 0 or a block not listed: TorchMD-Net's own forward, unchanged)."""
-    from torchmdnet.models import utils as U
-    orig = U.GatedEquivariantBlock.forward
-
-    def forward(self, x, v):
-        e = getattr(self, "eps_smooth", 0.0)
-        if e <= 0:
-            return orig(self, x, v)
-        u = self.vec1_proj(v)
-        vec1 = torch.sqrt((u * u).sum(dim=-2) + e * e)
-        vec2 = self.vec2_proj(v)
-        x = torch.cat([x, vec1], dim=-1)
-        x, v = torch.split(self.update_net(x), self.out_channels, dim=-1)
-        v = v.unsqueeze(1) * vec2
-        if self.act is not None:
-            x = self.act(x)
-        return x, v
-    U.GatedEquivariantBlock.forward = forward
-    for b in blocks:
-        model.output_model.output_network[b].eps_smooth = eps
+    (head_eps.py, the model-file key head_vector_norm_eps; eps = 0 or a block not listed:
+    TorchMD-Net's own forward, unchanged)."""
+    head_eps.apply(model, eps, blocks=set(blocks))
 
 
 def read_data(path):
@@ -288,7 +276,9 @@ def read_data(path):
 
 def cmd_md(a):
     model = load(a.ckpt)
-    smooth_norm(model, a.eps, [int(b) for b in a.eps_blocks.split(",")])
+    if a.eps is not None:
+        smooth_norm(model, a.eps, [int(b) for b in a.eps_blocks.split(",")])
+    print(f"head eps per block: {[getattr(b, head_eps.ATTR, 0.0) for b in head_eps.head_blocks(model)]}")
     box, x, v = read_data(a.data)
     n = len(x)
     z = torch.full((n,), 14, dtype=torch.long)
@@ -321,30 +311,47 @@ def cmd_md(a):
     out.close()
 
 
+def read_log(path):
+    """(t in ps from the first row, v_de per atom) of a LAMMPS log or an `md` log."""
+    with open(path) as f:
+        first = f.readline()
+    if first.startswith("# step time_ps"):
+        r = np.loadtxt(path)
+        return r[:, 1] - r[0, 1], r[:, 5]
+    rows, hdr = [], None
+    with open(path) as f:
+        for line in f:
+            w = line.split()
+            if w[:2] == ["Step", "Time"]:
+                hdr, rows = w, []
+                continue
+            if hdr is not None:
+                try:
+                    rows.append([float(x) for x in w])
+                    if len(w) != len(hdr):
+                        rows.pop()
+                except ValueError:
+                    if rows:
+                        hdr = None
+    r = np.array(rows)
+    return r[:, 1] - r[0, 1], r[:, 6]
+
+
 def cmd_logs(a):
     for path in a.logs:
-        rows, hdr = [], None
-        with open(path) as f:
-            for line in f:
-                w = line.split()
-                if w[:2] == ["Step", "Time"]:
-                    hdr, rows = w, []
-                    continue
-                if hdr is not None:
-                    try:
-                        rows.append([float(x) for x in w])
-                        if len(w) != len(hdr):
-                            rows.pop()
-                    except ValueError:
-                        if rows:
-                            hdr = None
-        r = np.array(rows)
-        t = r[:, 1] - r[0, 1]
-        de = r[:, 6]
+        t, de = read_log(path)
         p = np.polyfit(t, de, 1)
-        print(f"{path}: {len(r)} rows, {t[-1]:.3f} ps; v_de RMS about mean {de.std():.3g}, "
+        print(f"{path}: {len(t)} rows, {t[-1]:.3f} ps; v_de RMS about mean {de.std():.3g}, "
               f"end {de[-1]:.3g}, max |.| {np.abs(de).max():.3g} eV/atom; slope {p[0] * 1000:.3g} "
               f"eV/atom/ns")
+        dt = t[1] - t[0]
+        k = max(1, int(round(0.050 / dt)))                 # 50 fs window
+        m = np.convolve(de, np.ones(k) / k, mode="valid")
+        lag = int(round(0.5 / dt))
+        inc = m[lag:] - m[:-lag] if len(m) > lag else np.array([np.nan])
+        print(f"  50-fs mean: change {m[-1] - m[0]:.3g} (from {(k - 1) / 2 * dt * 1000:.0f} to "
+              f"{t[-1] * 1000 - (k - 1) / 2 * dt * 1000:.0f} fs), range {m.max() - m.min():.3g}, "
+              f"RMS change over 0.5 ps {np.sqrt(np.mean(inc ** 2)):.3g} eV/atom")
 
 
 def main():
@@ -370,7 +377,8 @@ def main():
     m.add_argument("data")
     m.add_argument("--steps", type=int, default=2000)
     m.add_argument("--dt-fs", type=float, default=1.0)
-    m.add_argument("--eps", type=float, default=0.0)
+    m.add_argument("--eps", type=float, default=None,
+                   help="head norm eps (default: the checkpoint's head_vector_norm_eps, else 0)")
     m.add_argument("--eps-blocks", default="0,1", help="head blocks to smooth, e.g. 1")
     m.add_argument("--thermo", type=int, default=1)
     m.add_argument("--log", required=True)
