@@ -11,6 +11,11 @@
  * per atom, and the per-stage mean milliseconds that the backend's opt-in profile
  * (DS4SCI_CUDA_PROFILE) records. A size that does not fit prints the backend's message.
  * Uses only the public API; without a CUDA device it says so and exits 0.
+ *
+ * The profile records CUDA events between the stages of every call not in graph mode (and
+ * reads the device memory after each call): BENCH_PROFILE=0 leaves it off, for timings
+ * without that overhead (graph mode vs the normal launches, DS4SCI_CUDA_GRAPH); then no peak
+ * memory and no per-stage line are printed.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -63,6 +68,8 @@ static double print_profile(const char *path, int n_atoms)
             peak = v;
         else if (sscanf(line, "workspace_bytes %lf", &v) == 1)
             printf("\n    workspace %.1f MB (%.0f B/atom)", v / 1e6, v / n_atoms);
+        else if (strncmp(line, "cuda_graph ", 11) == 0) /* stage means: calls not in graph mode */
+            printf("\n    %.*s", (int)strcspn(line, "\n"), line);
     }
     printf("\n");
     fclose(f);
@@ -84,6 +91,8 @@ int main(int argc, char **argv)
     if (steps < 1)
         steps = 1;
     int sizes_default[] = {1000, 10000, 100000, 1000000};
+    const char *bp = getenv("BENCH_PROFILE");
+    const int profile = !(bp && strcmp(bp, "0") == 0);
     int n_sizes = argc > 3 ? argc - 3 : 4;
 
     char err[1024];
@@ -134,7 +143,10 @@ int main(int argc, char **argv)
         char prof[256];
         snprintf(prof, sizeof(prof), "/tmp/ds4sci_bench_profile_%d.txt", n);
         remove(prof);
-        setenv("DS4SCI_CUDA_PROFILE", prof, 1);
+        if (profile)
+            setenv("DS4SCI_CUDA_PROFILE", prof, 1);
+        else
+            unsetenv("DS4SCI_CUDA_PROFILE");
         ds4sci_options opt;
         ds4sci_options_init(&opt);
         opt.device = DS4SCI_DEVICE_CUDA;
@@ -184,7 +196,9 @@ int main(int argc, char **argv)
             printf(" %12.1f %12.0f\n", peak / 1e6, peak / n);
             printf("    energy %.10g (repeat %.10g), host graph build %.2f s, ghosts %d\n", e0,
                    res.energy, t_graph, sys.n_ghost);
-            print_profile(prof, n);
+            printf("    step seconds min %.5f max %.5f\n", times[0], times[steps - 1]);
+            if (profile)
+                print_profile(prof, n);
         }
         fflush(stdout);
         free(times);

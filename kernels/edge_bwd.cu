@@ -16,6 +16,7 @@
  * g_A = sum_d g_mx x~; g_a = g_A (vector_cutoff) or g_A c; g_apre = g_a attn_act'(a_pre).
  */
 #include "edge_common.cuh"
+#include "edge_gates.cuh"
 
 /*
  * Both passes work on a chunk of E edges in two halves, so that only half of the filter
@@ -23,18 +24,267 @@
  * value filter (attention, scalar message), then the two gate filters (vector message). The
  * RBF of the chunk is staged once and serves both halves.
  */
+template <int CPL, int SILU>
+static __device__ __forceinline__ void merged_send_first(const et_edge_common &c,
+                                                         const et_edge_layer &l, const float *trow,
+                                                         int s, int f0, bool on, int G, int vx_off,
+                                                         float *acc, const float (&dk)[CPL],
+                                                         const float (&dv)[CPL], float sv, float cc);
+template <int CPL>
+static __device__ __forceinline__ void merged_send_second(const et_edge_common &c,
+                                                          const et_edge_layer &l,
+                                                          const float *trow, int t, int s, int f0,
+                                                          bool on, int vx_off, float *acc,
+                                                          const float (&dv1)[CPL],
+                                                          const float (&dv2)[CPL], float sv,
+                                                          const float (&dir2)[3]);
+
+/*
+ * The receiver work of owned row t (k_edge_bwd_recv and k_edge_bwd_merged): g_q[t] into gq
+ * (this item's chunks cb0, cb0 + step, ... of the row) and dE/dw added to gw[e]. MERGED: also
+ * the sender work of each edge's reverse (rev[e] >= 0) into the lane's shared-memory
+ * accumulators acc (zeroed here first; see k_edge_bwd_merged), right after the edge's receiver
+ * work in each half, from the activations dk, dv and dv1, dv2 (kept in place of the second
+ * half's pre-activations). Without MERGED the code is the receiver pass's alone.
+ */
+template <int CPL, int SILU, bool MERGED>
+static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
+                                                    const et_edge_layer l, const int t,
+                                                    const int sp, const int S, const int F,
+                                                    const int D, const int lane, const bool on,
+                                                    const int f0, const int wl,
+                                                    const int G, const int vx_off, float *s_wt,
+                                                    float *s_b, float *s_rbf, float *s_drbf,
+                                                    float *s_red, float *acc, float (&gq)[CPL])
+{
+    constexpr int E = ET_EDGE_CHUNK;
+    constexpr int AW = 32 * CPL; /* MERGED: stride of the accumulator parts */
+    static_assert(E == 4, "filter_back4 takes chunks of 4 edges");
+    float q[CPL], gX[CPL], gV[3][CPL];
+    ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
+    ldg_vec<CPL>(l.gX + (size_t)t * F + f0, gX);
+#pragma unroll
+    for (int cx = 0; cx < 3; cx++)
+        ldg_vec<CPL>(l.gV + ((size_t)t * 3 + cx) * F + f0, gV[cx]);
+    zero_off<CPL>(on, q);
+    zero_off<CPL>(on, gX);
+#pragma unroll
+    for (int cx = 0; cx < 3; cx++)
+        zero_off<CPL>(on, gV[cx]);
+#pragma unroll
+    for (int j = 0; j < CPL; j++)
+        gq[j] = 0.f;
+    if constexpr (MERGED) {
+        float zero[CPL];
+#pragma unroll
+        for (int j = 0; j < CPL; j++)
+            zero[j] = 0.f;
+#pragma unroll
+        for (int p = 0; p < 7; p++)
+            st_vec<CPL>(acc + p * AW, zero);
+    }
+    const float *const trow = l.qkv + (size_t)t * 5 * F; /* MERGED: t as the sender of e' */
+    const int e0 = c.row_off[t], e1 = c.row_off[t + 1];
+    for (int cb = e0 + sp * E; cb < e1; cb += S * E) {
+        const int nv = min(E, e1 - cb);
+        /* per edge, carried from the first half to the second: sv, c'(r), and this
+           lane's part of dE/dr (filter backward, cutoff); MERGED: bit i of rm: edge i has a
+           reverse (its sender work is done here) */
+        float r[E], sv[E], dcs[E], grl[E];
+        unsigned rm = 0;
+#pragma unroll
+        for (int i = 0; i < E; i++) {
+            r[i] = i < nv ? c.e_geo[cb + i].w : 0.f;
+            if constexpr (MERGED)
+                rm |= (i < nv && c.rev[cb + i] >= 0) ? 1u << i : 0u;
+            sv[i] = dcs[i] = grl[i] = 0.f;
+        }
+        stage_rbf<E>(c, r, nv, lane, s_rbf, s_drbf);
+        __syncwarp();
+        {
+            float pre[E][2][CPL], gp[E][2][CPL];
+            filter_pre<CPL, E, 2, 4, 0>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
+#pragma unroll
+            for (int i = 0; i < E; i++) {
+#pragma unroll
+                for (int j = 0; j < CPL; j++)
+                    gp[i][0][j] = gp[i][1][j] = 0.f;
+                if (i >= nv)
+                    continue;
+                const int s = c.e_src[cb + i];
+                const bool self = (s == t);
+                float dc;
+                const float cc = cutoff_pi(r[i], c.cl, c.cu, &dc);
+                const float *srow = l.qkv + (size_t)s * 5 * F;
+                float kk[CPL], vv[CPL];
+                ldg_vec<CPL>(srow + F + f0, kk);
+                ldg_vec<CPL>(srow + vx_off, vv);
+                float dk[CPL], ddk[CPL], dv[CPL], ddv[CPL];
+                float part = 0.f;
+#pragma unroll
+                for (int j = 0; j < CPL; j++) {
+                    if (c.use_dk) {
+                        dk[j] = actv<SILU>(c.act, pre[i][0][j], &ddk[j]);
+                    } else {
+                        dk[j] = 1.f;
+                        ddk[j] = 0.f;
+                    }
+                    if (c.use_dv) {
+                        dv[j] = actv<SILU>(c.act, pre[i][1][j], &ddv[j]);
+                    } else {
+                        dv[j] = 1.f;
+                        ddv[j] = 0.f;
+                    }
+                    part = fmaf(q[j] * kk[j], dk[j], part);
+                }
+                float da;
+                const float a = actv<SILU>(c.attn_act, group_sum(part, G), &da);
+                const float A = c.vc ? a : a * cc;
+                sv[i] = c.vc ? cc : 1.f;
+                dcs[i] = dc;
+                float gA_part = 0.f;
+#pragma unroll
+                for (int j = 0; j < CPL; j++)
+                    gA_part = fmaf(gX[j], vv[j] * dv[j] * sv[i], gA_part);
+                const float gA = group_sum(gA_part, G);
+                const float gapre = (c.vc ? gA : gA * cc) * da;
+                float gc_part = c.vc ? 0.f : gA_part * a;
+#pragma unroll
+                for (int j = 0; j < CPL; j++) {
+                    gq[j] = fmaf(gapre * kk[j], dk[j], gq[j]);
+                    /* g_v~ (x) v[s] is dE/d(dv) up to the factor sv */
+                    const float gvv = gX[j] * A * vv[j];
+                    if (c.vc)
+                        gc_part = fmaf(gvv, dv[j], gc_part);
+                    if (!self) { /* the self-loop has no geometry gradient */
+                        gp[i][0][j] = gapre * q[j] * kk[j] * ddk[j];
+                        gp[i][1][j] = gvv * sv[i] * ddv[j];
+                    }
+                }
+                grl[i] = self ? 0.f : gc_part * dc;
+                if constexpr (MERGED)
+                    if (rm >> i & 1u) /* the sender work of (t -> s), first half */
+                        merged_send_first<CPL, SILU>(c, l, trow, s, f0, on, G, vx_off, acc, dk,
+                                                     dv, sv[i], cc);
+            }
+            filter_back4<CPL, 2, 4, 0>(s_wt, s_drbf, c.K, F, wl, lane, gp, s_red, grl);
+        }
+        {
+            /* MERGED: pre[i][0 / 1] becomes dv1 / dv2 of edge i (for the sender work) */
+            float pre[E][2][CPL], gp[E][2][CPL];
+            filter_pre<CPL, E, 2, 4, 2>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
+#pragma unroll
+            for (int i = 0; i < E; i++) {
+#pragma unroll
+                for (int j = 0; j < CPL; j++)
+                    gp[i][0][j] = gp[i][1][j] = 0.f;
+                if (i >= nv)
+                    continue;
+                const int e = cb + i;
+                const int s = c.e_src[e];
+                if (s == t) { /* nothing of the self-loop's second half reaches g_q */
+                    if constexpr (MERGED)
+                        if (rm >> i & 1u) { /* its sender work: direction 0 */
+#pragma unroll
+                            for (int j = 0; j < CPL; j++) {
+                                pre[i][0][j] = c.use_dv ? actv<SILU>(c.act, pre[i][0][j], nullptr)
+                                                        : 1.f;
+                                pre[i][1][j] = c.use_dv ? actv<SILU>(c.act, pre[i][1][j], nullptr)
+                                                        : 1.f;
+                            }
+                            const float dir0[3] = {0.f, 0.f, 0.f};
+                            merged_send_second<CPL>(c, l, trow, t, s, f0, on, vx_off, acc,
+                                                    pre[i][0], pre[i][1], sv[i], dir0);
+                        }
+                    continue;
+                }
+                const float4 g = c.e_geo[e];
+                const float inv = 1.f / g.w;
+                const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
+                float v1[CPL], v2[CPL], vs[3][CPL];
+                ldg_gate_rows<CPL>(l.qkv, l.vec, s, F, D, f0, vx_off, v1, v2, vs);
+                float gc_part = 0.f;
+                float gd_part[3] = {0.f, 0.f, 0.f};
+#pragma unroll
+                for (int j = 0; j < CPL; j++) {
+                    float dv1 = 1.f, ddv1 = 0.f, dv2 = 1.f, ddv2 = 0.f;
+                    if (c.use_dv) {
+                        dv1 = actv<SILU>(c.act, pre[i][0][j], &ddv1);
+                        dv2 = actv<SILU>(c.act, pre[i][1][j], &ddv2);
+                    }
+                    if constexpr (MERGED) {
+                        pre[i][0][j] = dv1;
+                        pre[i][1][j] = dv2;
+                    }
+                    const float g2 = v2[j] * dv2 * sv[i];
+#pragma unroll
+                    for (int cx = 0; cx < 3; cx++)
+                        gd_part[cx] = fmaf(gV[cx][j], g2, gd_part[cx]);
+                    const float gvv1 =
+                        (gV[0][j] * vs[0][j] + gV[1][j] * vs[1][j] + gV[2][j] * vs[2][j]) * v1[j];
+                    const float gvv2 =
+                        (gV[0][j] * dir[0] + gV[1][j] * dir[1] + gV[2][j] * dir[2]) * v2[j];
+                    if (c.vc) {
+                        gc_part = fmaf(gvv1, dv1, gc_part);
+                        gc_part = fmaf(gvv2, dv2, gc_part);
+                    }
+                    gp[i][0][j] = gvv1 * sv[i] * ddv1;
+                    gp[i][1][j] = gvv2 * sv[i] * ddv2;
+                }
+                grl[i] += gc_part * dcs[i];
+                /* the direction part of dE/dw_e now; the radial part after the filters */
+                float gd[3];
+#pragma unroll
+                for (int cx = 0; cx < 3; cx++)
+                    gd[cx] = warp_sum(gd_part[cx]);
+                if (lane == 0) {
+                    const float dd = gd[0] * dir[0] + gd[1] * dir[1] + gd[2] * dir[2];
+                    float4 ga = l.gw[e];
+                    ga.x += (gd[0] - dir[0] * dd) * inv;
+                    ga.y += (gd[1] - dir[1] * dd) * inv;
+                    ga.z += (gd[2] - dir[2] * dd) * inv;
+                    l.gw[e] = ga;
+                }
+                if constexpr (MERGED)
+                    if (rm >> i & 1u) { /* the sender work of (t -> s), second half: -d */
+                        const float dir2[3] = {-dir[0], -dir[1], -dir[2]};
+                        merged_send_second<CPL>(c, l, trow, t, s, f0, on, vx_off, acc,
+                                                pre[i][0], pre[i][1], sv[i], dir2);
+                    }
+            }
+            filter_back4<CPL, 2, 4, 2>(s_wt, s_drbf, c.K, F, wl, lane, gp, s_red, grl);
+        }
+        /* radial part: dE/dr_e (filters, RBF, cutoff) along the direction */
+#pragma unroll
+        for (int i = 0; i < E; i++) {
+            if (i >= nv)
+                break;
+            const int e = cb + i;
+            const float gr = warp_sum(grl[i]);
+            if (c.e_src[e] == t)
+                continue;
+            if (lane == 0) {
+                const float4 g = c.e_geo[e];
+                const float inv = 1.f / g.w;
+                float4 ga = l.gw[e];
+                ga.x += gr * g.x * inv;
+                ga.y += gr * g.y * inv;
+                ga.z += gr * g.z * inv;
+                l.gw[e] = ga;
+            }
+        }
+        __syncwarp();
+    }
+}
+
 template <int CPL, int SILU, bool SPLIT>
 static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL))
     k_edge_bwd_recv(const et_edge_common c, const et_edge_layer l, const int nsplit,
                     float *const part)
 {
-    constexpr int E = ET_EDGE_CHUNK;
-    static_assert(E == 4, "filter_back4 takes chunks of 4 edges");
     const int F = c.F;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const edge_smem sh = edge_smem_load(l.filt_wt, l.filt_b, F, c.K, 4, 1);
-    float *s_wt = sh.wt, *s_b = sh.b, *s_rbf = sh.rbf, *s_drbf = sh.drbf, *s_red = sh.red;
-
     const int D = c.D, G = D / CPL;
     const bool on = lane * CPL < F;
     const int f0 = on ? lane * CPL : 0;
@@ -44,189 +294,9 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
     const int S = SPLIT ? nsplit : 1, rows = c.n_local, items = rows * S;
     for (int w = blockIdx.x * ET_EDGE_WARPS + warp; w < items; w += gridDim.x * ET_EDGE_WARPS) {
         const int sp = SPLIT ? w / rows : 0, t = SPLIT ? w - sp * rows : w;
-        float q[CPL], gX[CPL], gV[3][CPL], gq[CPL];
-        ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
-        ldg_vec<CPL>(l.gX + (size_t)t * F + f0, gX);
-#pragma unroll
-        for (int cx = 0; cx < 3; cx++)
-            ldg_vec<CPL>(l.gV + ((size_t)t * 3 + cx) * F + f0, gV[cx]);
-        zero_off<CPL>(on, q);
-        zero_off<CPL>(on, gX);
-#pragma unroll
-        for (int cx = 0; cx < 3; cx++)
-            zero_off<CPL>(on, gV[cx]);
-#pragma unroll
-        for (int j = 0; j < CPL; j++)
-            gq[j] = 0.f;
-        const int e0 = c.row_off[t], e1 = c.row_off[t + 1];
-        for (int cb = e0 + sp * E; cb < e1; cb += S * E) {
-            const int nv = min(E, e1 - cb);
-            /* per edge, carried from the first half to the second: sv, c'(r), and this
-               lane's part of dE/dr (filter backward, cutoff) */
-            float r[E], sv[E], dcs[E], grl[E];
-#pragma unroll
-            for (int i = 0; i < E; i++) {
-                r[i] = i < nv ? c.e_geo[cb + i].w : 0.f;
-                sv[i] = dcs[i] = grl[i] = 0.f;
-            }
-            stage_rbf<E>(c, r, nv, lane, s_rbf, s_drbf);
-            __syncwarp();
-            {
-                float pre[E][2][CPL], gp[E][2][CPL];
-                filter_pre<CPL, E, 2, 4, 0>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
-#pragma unroll
-                for (int i = 0; i < E; i++) {
-#pragma unroll
-                    for (int j = 0; j < CPL; j++)
-                        gp[i][0][j] = gp[i][1][j] = 0.f;
-                    if (i >= nv)
-                        continue;
-                    const int s = c.e_src[cb + i];
-                    const bool self = (s == t);
-                    float dc;
-                    const float cc = cutoff_pi(r[i], c.cl, c.cu, &dc);
-                    const float *srow = l.qkv + (size_t)s * 5 * F;
-                    float kk[CPL], vv[CPL];
-                    ldg_vec<CPL>(srow + F + f0, kk);
-                    ldg_vec<CPL>(srow + vx_off, vv);
-                    float dk[CPL], ddk[CPL], dv[CPL], ddv[CPL];
-                    float part = 0.f;
-#pragma unroll
-                    for (int j = 0; j < CPL; j++) {
-                        if (c.use_dk) {
-                            dk[j] = actv<SILU>(c.act, pre[i][0][j], &ddk[j]);
-                        } else {
-                            dk[j] = 1.f;
-                            ddk[j] = 0.f;
-                        }
-                        if (c.use_dv) {
-                            dv[j] = actv<SILU>(c.act, pre[i][1][j], &ddv[j]);
-                        } else {
-                            dv[j] = 1.f;
-                            ddv[j] = 0.f;
-                        }
-                        part = fmaf(q[j] * kk[j], dk[j], part);
-                    }
-                    float da;
-                    const float a = actv<SILU>(c.attn_act, group_sum(part, G), &da);
-                    const float A = c.vc ? a : a * cc;
-                    sv[i] = c.vc ? cc : 1.f;
-                    dcs[i] = dc;
-                    float gA_part = 0.f;
-#pragma unroll
-                    for (int j = 0; j < CPL; j++)
-                        gA_part = fmaf(gX[j], vv[j] * dv[j] * sv[i], gA_part);
-                    const float gA = group_sum(gA_part, G);
-                    const float gapre = (c.vc ? gA : gA * cc) * da;
-                    float gc_part = c.vc ? 0.f : gA_part * a;
-#pragma unroll
-                    for (int j = 0; j < CPL; j++) {
-                        gq[j] = fmaf(gapre * kk[j], dk[j], gq[j]);
-                        /* g_v~ (x) v[s] is dE/d(dv) up to the factor sv */
-                        const float gvv = gX[j] * A * vv[j];
-                        if (c.vc)
-                            gc_part = fmaf(gvv, dv[j], gc_part);
-                        if (!self) { /* the self-loop has no geometry gradient */
-                            gp[i][0][j] = gapre * q[j] * kk[j] * ddk[j];
-                            gp[i][1][j] = gvv * sv[i] * ddv[j];
-                        }
-                    }
-                    grl[i] = self ? 0.f : gc_part * dc;
-                }
-                filter_back4<CPL, 2, 4, 0>(s_wt, s_drbf, c.K, F, wl, lane, gp, s_red, grl);
-            }
-            {
-                float pre[E][2][CPL], gp[E][2][CPL];
-                filter_pre<CPL, E, 2, 4, 2>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
-#pragma unroll
-                for (int i = 0; i < E; i++) {
-#pragma unroll
-                    for (int j = 0; j < CPL; j++)
-                        gp[i][0][j] = gp[i][1][j] = 0.f;
-                    if (i >= nv)
-                        continue;
-                    const int e = cb + i;
-                    const int s = c.e_src[e];
-                    if (s == t)
-                        continue; /* nothing of the self-loop's second half reaches g_q */
-                    const float4 g = c.e_geo[e];
-                    const float inv = 1.f / g.w;
-                    const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
-                    const float *srow = l.qkv + (size_t)s * 5 * F;
-                    float v1[CPL], v2[CPL], vs[3][CPL];
-                    ldg_vec<CPL>(srow + vx_off + D, v1);
-                    ldg_vec<CPL>(srow + vx_off + 2 * D, v2);
-#pragma unroll
-                    for (int cx = 0; cx < 3; cx++) {
-                        if (l.vec)
-                            ldg_vec<CPL>(l.vec + ((size_t)s * 3 + cx) * F + f0, vs[cx]);
-                        else
-#pragma unroll
-                            for (int j = 0; j < CPL; j++)
-                                vs[cx][j] = 0.f;
-                    }
-                    float gc_part = 0.f;
-                    float gd_part[3] = {0.f, 0.f, 0.f};
-#pragma unroll
-                    for (int j = 0; j < CPL; j++) {
-                        float dv1 = 1.f, ddv1 = 0.f, dv2 = 1.f, ddv2 = 0.f;
-                        if (c.use_dv) {
-                            dv1 = actv<SILU>(c.act, pre[i][0][j], &ddv1);
-                            dv2 = actv<SILU>(c.act, pre[i][1][j], &ddv2);
-                        }
-                        const float g2 = v2[j] * dv2 * sv[i];
-#pragma unroll
-                        for (int cx = 0; cx < 3; cx++)
-                            gd_part[cx] = fmaf(gV[cx][j], g2, gd_part[cx]);
-                        const float gvv1 =
-                            (gV[0][j] * vs[0][j] + gV[1][j] * vs[1][j] + gV[2][j] * vs[2][j]) * v1[j];
-                        const float gvv2 =
-                            (gV[0][j] * dir[0] + gV[1][j] * dir[1] + gV[2][j] * dir[2]) * v2[j];
-                        if (c.vc) {
-                            gc_part = fmaf(gvv1, dv1, gc_part);
-                            gc_part = fmaf(gvv2, dv2, gc_part);
-                        }
-                        gp[i][0][j] = gvv1 * sv[i] * ddv1;
-                        gp[i][1][j] = gvv2 * sv[i] * ddv2;
-                    }
-                    grl[i] += gc_part * dcs[i];
-                    /* the direction part of dE/dw_e now; the radial part after the filters */
-                    float gd[3];
-#pragma unroll
-                    for (int cx = 0; cx < 3; cx++)
-                        gd[cx] = warp_sum(gd_part[cx]);
-                    if (lane == 0) {
-                        const float dd = gd[0] * dir[0] + gd[1] * dir[1] + gd[2] * dir[2];
-                        float4 acc = l.gw[e];
-                        acc.x += (gd[0] - dir[0] * dd) * inv;
-                        acc.y += (gd[1] - dir[1] * dd) * inv;
-                        acc.z += (gd[2] - dir[2] * dd) * inv;
-                        l.gw[e] = acc;
-                    }
-                }
-                filter_back4<CPL, 2, 4, 2>(s_wt, s_drbf, c.K, F, wl, lane, gp, s_red, grl);
-            }
-            /* radial part: dE/dr_e (filters, RBF, cutoff) along the direction */
-#pragma unroll
-            for (int i = 0; i < E; i++) {
-                if (i >= nv)
-                    break;
-                const int e = cb + i;
-                const float gr = warp_sum(grl[i]);
-                if (c.e_src[e] == t)
-                    continue;
-                if (lane == 0) {
-                    const float4 g = c.e_geo[e];
-                    const float inv = 1.f / g.w;
-                    float4 acc = l.gw[e];
-                    acc.x += gr * g.x * inv;
-                    acc.y += gr * g.y * inv;
-                    acc.z += gr * g.z * inv;
-                    l.gw[e] = acc;
-                }
-            }
-            __syncwarp();
-        }
+        float gq[CPL];
+        bwd_recv_row<CPL, SILU, false>(c, l, t, sp, S, F, D, lane, on, f0, wl, G, vx_off, sh.wt, sh.b,
+                                       sh.rbf, sh.drbf, sh.red, nullptr, gq);
         if (on) /* SPLIT: the partial g_q of item (sp, t), summed by et_split_sum */
             st_vec<CPL>((!SPLIT ? l.gqkv + (size_t)t * 5 * F
                                 : part + ((size_t)sp * rows + t) * F) + f0, gq);
@@ -573,7 +643,6 @@ static __global__ void __launch_bounds__(32 * MERGED_MAXW(CPL), 1)
 {
     constexpr int E = ET_EDGE_CHUNK;
     constexpr int AW = 32 * CPL; /* stride of the accumulator parts (>= F; lane-major) */
-    static_assert(E == 4, "filter_back4 takes chunks of 4 edges");
     const int F = c.F;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwb = blockDim.x >> 5;
     extern __shared__ float4 sm4[];
@@ -594,226 +663,9 @@ static __global__ void __launch_bounds__(32 * MERGED_MAXW(CPL), 1)
     const int wl = f0 / CPL;
     const int vx_off = 2 * F + ET_VIDX(f0, 0, D);
     for (int t = blockIdx.x * nwb + warp; t < c.n_local; t += gridDim.x * nwb) {
-        float q[CPL], gX[CPL], gV[3][CPL], gq[CPL];
-        ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
-        ldg_vec<CPL>(l.gX + (size_t)t * F + f0, gX);
-#pragma unroll
-        for (int cx = 0; cx < 3; cx++)
-            ldg_vec<CPL>(l.gV + ((size_t)t * 3 + cx) * F + f0, gV[cx]);
-        zero_off<CPL>(on, q);
-        zero_off<CPL>(on, gX);
-#pragma unroll
-        for (int cx = 0; cx < 3; cx++)
-            zero_off<CPL>(on, gV[cx]);
-#pragma unroll
-        for (int j = 0; j < CPL; j++)
-            gq[j] = 0.f;
-        {
-            float zero[CPL];
-#pragma unroll
-            for (int j = 0; j < CPL; j++)
-                zero[j] = 0.f;
-#pragma unroll
-            for (int p = 0; p < 7; p++)
-                st_vec<CPL>(acc + p * AW, zero);
-        }
-        const float *const trow = l.qkv + (size_t)t * 5 * F; /* t as the sender of e' */
-        const int e0 = c.row_off[t], e1 = c.row_off[t + 1];
-        for (int cb = e0; cb < e1; cb += E) {
-            const int nv = min(E, e1 - cb);
-            /* per edge, carried from the first half to the second: sv, c'(r), and this
-               lane's part of dE/dr (filter backward, cutoff); bit i of rm: edge i has a reverse
-               (its sender work is done here) */
-            float r[E], sv[E], dcs[E], grl[E];
-            unsigned rm = 0;
-#pragma unroll
-            for (int i = 0; i < E; i++) {
-                r[i] = i < nv ? c.e_geo[cb + i].w : 0.f;
-                rm |= (i < nv && c.rev[cb + i] >= 0) ? 1u << i : 0u;
-                sv[i] = dcs[i] = grl[i] = 0.f;
-            }
-            stage_rbf<E>(c, r, nv, lane, s_rbf, s_drbf);
-            __syncwarp();
-            {
-                float pre[E][2][CPL], gp[E][2][CPL];
-                filter_pre<CPL, E, 2, 4, 0>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
-#pragma unroll
-                for (int i = 0; i < E; i++) {
-#pragma unroll
-                    for (int j = 0; j < CPL; j++)
-                        gp[i][0][j] = gp[i][1][j] = 0.f;
-                    if (i >= nv)
-                        continue;
-                    const int s = c.e_src[cb + i];
-                    const bool self = (s == t);
-                    float dc;
-                    const float cc = cutoff_pi(r[i], c.cl, c.cu, &dc);
-                    const float *srow = l.qkv + (size_t)s * 5 * F;
-                    float kk[CPL], vv[CPL];
-                    ldg_vec<CPL>(srow + F + f0, kk);
-                    ldg_vec<CPL>(srow + vx_off, vv);
-                    float dk[CPL], ddk[CPL], dv[CPL], ddv[CPL];
-                    float part = 0.f;
-#pragma unroll
-                    for (int j = 0; j < CPL; j++) {
-                        if (c.use_dk) {
-                            dk[j] = actv<SILU>(c.act, pre[i][0][j], &ddk[j]);
-                        } else {
-                            dk[j] = 1.f;
-                            ddk[j] = 0.f;
-                        }
-                        if (c.use_dv) {
-                            dv[j] = actv<SILU>(c.act, pre[i][1][j], &ddv[j]);
-                        } else {
-                            dv[j] = 1.f;
-                            ddv[j] = 0.f;
-                        }
-                        part = fmaf(q[j] * kk[j], dk[j], part);
-                    }
-                    float da;
-                    const float a = actv<SILU>(c.attn_act, group_sum(part, G), &da);
-                    const float A = c.vc ? a : a * cc;
-                    sv[i] = c.vc ? cc : 1.f;
-                    dcs[i] = dc;
-                    float gA_part = 0.f;
-#pragma unroll
-                    for (int j = 0; j < CPL; j++)
-                        gA_part = fmaf(gX[j], vv[j] * dv[j] * sv[i], gA_part);
-                    const float gA = group_sum(gA_part, G);
-                    const float gapre = (c.vc ? gA : gA * cc) * da;
-                    float gc_part = c.vc ? 0.f : gA_part * a;
-#pragma unroll
-                    for (int j = 0; j < CPL; j++) {
-                        gq[j] = fmaf(gapre * kk[j], dk[j], gq[j]);
-                        /* g_v~ (x) v[s] is dE/d(dv) up to the factor sv */
-                        const float gvv = gX[j] * A * vv[j];
-                        if (c.vc)
-                            gc_part = fmaf(gvv, dv[j], gc_part);
-                        if (!self) { /* the self-loop has no geometry gradient */
-                            gp[i][0][j] = gapre * q[j] * kk[j] * ddk[j];
-                            gp[i][1][j] = gvv * sv[i] * ddv[j];
-                        }
-                    }
-                    grl[i] = self ? 0.f : gc_part * dc;
-                    if (rm >> i & 1u) /* the sender work of (t -> s), first half */
-                        merged_send_first<CPL, SILU>(c, l, trow, s, f0, on, G, vx_off, acc, dk,
-                                                     dv, sv[i], cc);
-                }
-                filter_back4<CPL, 2, 4, 0>(s_wt, s_drbf, c.K, F, wl, lane, gp, s_red, grl);
-            }
-            {
-                /* pre[i][0 / 1] becomes dv1 / dv2 of edge i (for the sender work) */
-                float pre[E][2][CPL], gp[E][2][CPL];
-                filter_pre<CPL, E, 2, 4, 2>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
-#pragma unroll
-                for (int i = 0; i < E; i++) {
-#pragma unroll
-                    for (int j = 0; j < CPL; j++)
-                        gp[i][0][j] = gp[i][1][j] = 0.f;
-                    if (i >= nv)
-                        continue;
-                    const int e = cb + i;
-                    const int s = c.e_src[e];
-                    if (s == t) { /* nothing of the self-loop's second half reaches g_q */
-                        if (rm >> i & 1u) { /* its sender work: direction 0 */
-#pragma unroll
-                            for (int j = 0; j < CPL; j++) {
-                                pre[i][0][j] = c.use_dv ? actv<SILU>(c.act, pre[i][0][j], nullptr)
-                                                        : 1.f;
-                                pre[i][1][j] = c.use_dv ? actv<SILU>(c.act, pre[i][1][j], nullptr)
-                                                        : 1.f;
-                            }
-                            const float dir0[3] = {0.f, 0.f, 0.f};
-                            merged_send_second<CPL>(c, l, trow, t, s, f0, on, vx_off, acc,
-                                                    pre[i][0], pre[i][1], sv[i], dir0);
-                        }
-                        continue;
-                    }
-                    const float4 g = c.e_geo[e];
-                    const float inv = 1.f / g.w;
-                    const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
-                    const float *srow = l.qkv + (size_t)s * 5 * F;
-                    float v1[CPL], v2[CPL], vs[3][CPL];
-                    ldg_vec<CPL>(srow + vx_off + D, v1);
-                    ldg_vec<CPL>(srow + vx_off + 2 * D, v2);
-#pragma unroll
-                    for (int cx = 0; cx < 3; cx++) {
-                        if (l.vec)
-                            ldg_vec<CPL>(l.vec + ((size_t)s * 3 + cx) * F + f0, vs[cx]);
-                        else
-#pragma unroll
-                            for (int j = 0; j < CPL; j++)
-                                vs[cx][j] = 0.f;
-                    }
-                    float gc_part = 0.f;
-                    float gd_part[3] = {0.f, 0.f, 0.f};
-#pragma unroll
-                    for (int j = 0; j < CPL; j++) {
-                        float dv1 = 1.f, ddv1 = 0.f, dv2 = 1.f, ddv2 = 0.f;
-                        if (c.use_dv) {
-                            dv1 = actv<SILU>(c.act, pre[i][0][j], &ddv1);
-                            dv2 = actv<SILU>(c.act, pre[i][1][j], &ddv2);
-                        }
-                        pre[i][0][j] = dv1;
-                        pre[i][1][j] = dv2;
-                        const float g2 = v2[j] * dv2 * sv[i];
-#pragma unroll
-                        for (int cx = 0; cx < 3; cx++)
-                            gd_part[cx] = fmaf(gV[cx][j], g2, gd_part[cx]);
-                        const float gvv1 =
-                            (gV[0][j] * vs[0][j] + gV[1][j] * vs[1][j] + gV[2][j] * vs[2][j]) * v1[j];
-                        const float gvv2 =
-                            (gV[0][j] * dir[0] + gV[1][j] * dir[1] + gV[2][j] * dir[2]) * v2[j];
-                        if (c.vc) {
-                            gc_part = fmaf(gvv1, dv1, gc_part);
-                            gc_part = fmaf(gvv2, dv2, gc_part);
-                        }
-                        gp[i][0][j] = gvv1 * sv[i] * ddv1;
-                        gp[i][1][j] = gvv2 * sv[i] * ddv2;
-                    }
-                    grl[i] += gc_part * dcs[i];
-                    /* the direction part of dE/dw_e now; the radial part after the filters */
-                    float gd[3];
-#pragma unroll
-                    for (int cx = 0; cx < 3; cx++)
-                        gd[cx] = warp_sum(gd_part[cx]);
-                    if (lane == 0) {
-                        const float dd = gd[0] * dir[0] + gd[1] * dir[1] + gd[2] * dir[2];
-                        float4 ga = l.gw[e];
-                        ga.x += (gd[0] - dir[0] * dd) * inv;
-                        ga.y += (gd[1] - dir[1] * dd) * inv;
-                        ga.z += (gd[2] - dir[2] * dd) * inv;
-                        l.gw[e] = ga;
-                    }
-                    if (rm >> i & 1u) { /* the sender work of (t -> s), second half: -d */
-                        const float dir2[3] = {-dir[0], -dir[1], -dir[2]};
-                        merged_send_second<CPL>(c, l, trow, t, s, f0, on, vx_off, acc,
-                                                pre[i][0], pre[i][1], sv[i], dir2);
-                    }
-                }
-                filter_back4<CPL, 2, 4, 2>(s_wt, s_drbf, c.K, F, wl, lane, gp, s_red, grl);
-            }
-            /* radial part: dE/dr_e (filters, RBF, cutoff) along the direction */
-#pragma unroll
-            for (int i = 0; i < E; i++) {
-                if (i >= nv)
-                    break;
-                const int e = cb + i;
-                const float gr = warp_sum(grl[i]);
-                if (c.e_src[e] == t)
-                    continue;
-                if (lane == 0) {
-                    const float4 g = c.e_geo[e];
-                    const float inv = 1.f / g.w;
-                    float4 ga = l.gw[e];
-                    ga.x += gr * g.x * inv;
-                    ga.y += gr * g.y * inv;
-                    ga.z += gr * g.z * inv;
-                    l.gw[e] = ga;
-                }
-            }
-            __syncwarp();
-        }
+        float gq[CPL];
+        bwd_recv_row<CPL, SILU, true>(c, l, t, 0, 1, F, D, lane, on, f0, wl, G, vx_off, s_wt, s_b,
+                                      s_rbf, s_drbf, s_red, acc, gq);
         if (!on)
             continue;
         float *grow = l.gqkv + (size_t)t * 5 * F;

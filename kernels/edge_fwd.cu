@@ -13,6 +13,7 @@
  *   X[t] += x~ A;  V[t][c] += vec[s][c] g1 + g2 d_e[c]
  */
 #include "edge_common.cuh"
+#include "edge_gates.cuh"
 
 template <int CPL, int SILU, bool SPLIT>
 static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL))
@@ -95,19 +96,8 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                     const float4 g = c.e_geo[e];
                     const float inv = s == t ? 0.f : 1.f / g.w;
                     const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
-                    const float *srow = l.qkv + (size_t)s * 5 * F;
                     float v1[CPL], v2[CPL], vs[3][CPL];
-                    ldg_vec<CPL>(srow + vx_off + D, v1);
-                    ldg_vec<CPL>(srow + vx_off + 2 * D, v2);
-#pragma unroll
-                    for (int cx = 0; cx < 3; cx++) {
-                        if (l.vec)
-                            ldg_vec<CPL>(l.vec + ((size_t)s * 3 + cx) * F + f0, vs[cx]);
-                        else
-#pragma unroll
-                            for (int j = 0; j < CPL; j++)
-                                vs[cx][j] = 0.f;
-                    }
+                    ldg_gate_rows<CPL>(l.qkv, l.vec, s, F, D, f0, vx_off, v1, v2, vs);
 #pragma unroll
                     for (int j = 0; j < CPL; j++) {
                         float dv1 = 1.f, dv2 = 1.f;

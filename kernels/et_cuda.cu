@@ -268,6 +268,23 @@ extern "C" int ds4sci_cuda_device_count(void)
 
 static int is_pow2(int x) { return x > 0 && (x & (x - 1)) == 0; }
 
+/* CUDA graph of the step (docs/gpu.md "CUDA graph of a step"), et->graph: 0 off
+   (DS4SCI_CUDA_GRAPH=0, the unfused baseline, or a capture that failed); ET_GRAPH_ALL
+   (DS4SCI_CUDA_GRAPH=1): every call with the built-in exchange; ET_GRAPH_AUTO (the default):
+   the calls with the built-in exchange and at most ET_GRAPH_AUTO_ATOMS owned atoms, where the
+   step's ~300 launches and its mid-step read-back cost a visible share of the step (v8) and
+   the candidate-bound edge buffers cost little memory. */
+#define ET_GRAPH_ALL 1
+#define ET_GRAPH_AUTO 2
+#define ET_GRAPH_AUTO_ATOMS 20000
+
+/* Whether this call runs in graph mode (a caller exchange runs host callbacks mid-step). */
+static int graph_call(const ds4sci_cuda_et *et, const ds4sci_system *sys, int builtin)
+{
+    return builtin && (et->graph == ET_GRAPH_ALL ||
+                       (et->graph == ET_GRAPH_AUTO && sys->n_local <= ET_GRAPH_AUTO_ATOMS));
+}
+
 extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_id,
                                                ds4sci_cuda_et **out, char *err, size_t err_len)
 {
@@ -360,35 +377,22 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
         const char *sx = getenv("DS4SCI_CUDA_SPLIT"); /* 1, 2, 4, 8; anything else: per pass */
         et->split_force = sx && (!strcmp(sx, "1") || !strcmp(sx, "2") || !strcmp(sx, "4") ||
                                  !strcmp(sx, "8")) ? atoi(sx) : 0;
-        /* CUDA graph of the step: opt-in until measured; not with the unfused baseline (cuSPARSE
-           scratch allocated on first use). It takes precedence over the profile's stage events
-           (events inside a capture time nothing): with both, the profile file gets its other
-           lines (calls, memory, sizes) and zero stage times */
+        /* CUDA graph of the step: by default for small systems (graph_call), =1 always, =0
+           never; not with the unfused baseline (cuSPARSE scratch allocated on first use). A
+           graph-mode call records no profile stage events (events inside a capture time
+           nothing): the profile's stage means are over the other calls */
         const char *gr = getenv("DS4SCI_CUDA_GRAPH");
-        const int graph = gr && strcmp(gr, "1") == 0 && !et->edge_unfused;
+        et->graph = et->edge_unfused || (gr && strcmp(gr, "0") == 0) ? 0
+                    : gr && strcmp(gr, "1") == 0                  ? ET_GRAPH_ALL
+                                                                  : ET_GRAPH_AUTO;
         const char *pp = getenv("DS4SCI_CUDA_PROFILE");
         if (pp && *pp) {
             et->profile_path = strdup(pp);
-            for (int i = 0; i < ET_MAX_EVENTS && et->profile_path && !graph; i++)
+            for (int i = 0; i < ET_MAX_EVENTS && et->profile_path; i++)
                 if (cudaEventCreate(&et->ev[i]) != cudaSuccess) {
                     st = fail(err, err_len, DS4SCI_ERR_DEVICE, "cuda: cudaEventCreate failed");
                     goto out;
                 }
-        }
-        et->graph = graph;
-        if (et->graph) {
-            /* cuBLAS's recommended workspace (32 MiB from Hopper on, 4 MiB before), set after
-               cublasSetStream (which resets it): the SGEMMs allocate nothing while captured */
-            const size_t ws = prop.major >= 9 ? ((size_t)32 << 20) : ((size_t)4 << 20);
-            if (cudaMalloc(&et->blas_ws, ws) != cudaSuccess ||
-                cublasSetWorkspace(et->blas, et->blas_ws, ws) != CUBLAS_STATUS_SUCCESS) {
-                cudaGetLastError();
-                cudaFree(et->blas_ws);
-                et->blas_ws = NULL;
-                et->graph = 0; /* no graph: the normal launches */
-            } else {
-                et->dev_bytes += ws;
-            }
         }
     }
 out:
@@ -425,9 +429,12 @@ extern "C" void ds4sci_cuda_et_free(ds4sci_cuda_et *et)
             fprintf(f, "workspace_bytes %zu\n", et->dev_bytes);
             fprintf(f, "peak_device_used_bytes %zu\n", et->peak_used);
             fprintf(f, "atoms %lld edges %lld\n", et->last_n, et->last_ne);
-            if (et->blas_ws) /* graph mode was requested (off now if a capture failed) */
-                fprintf(f, "cuda_graph %s captures %ld launches %ld\n",
-                        et->graph ? "on" : "off", et->graph_captures, et->graph_replays);
+            /* graph mode: on (DS4SCI_CUDA_GRAPH=1), auto (the default: small systems), off
+               (=0, or after a failed capture); the calls above are the calls with stage events,
+               i.e. not in graph mode */
+            fprintf(f, "cuda_graph %s captures %ld launches %ld\n",
+                    et->graph == ET_GRAPH_ALL ? "on" : et->graph ? "auto" : "off",
+                    et->graph_captures, et->graph_replays);
             fclose(f);
         }
         for (int i = 0; i < ET_MAX_EVENTS; i++)
@@ -516,7 +523,7 @@ static ds4sci_status ensure(ds4sci_cuda_et *et, int i, size_t bytes, char *err, 
 static void mark(ds4sci_cuda_et *et, int stage)
 {
     if (!et->profile_path || !et->ev[0] || et->n_ev >= ET_MAX_EVENTS)
-        return; /* (no events: graph mode) */
+        return; /* (no events, or a graph-mode call: n_ev = ET_MAX_EVENTS) */
     et->ev_stage[et->n_ev] = stage;
     cudaEventRecord(et->ev[et->n_ev++], et->stream);
 }
@@ -788,7 +795,6 @@ static ds4sci_status compute_input(ds4sci_cuda_et *et, const ds4sci_system *sys,
                     n_ll, (long long)nc);
     const int n = (int)n_ll;
     cudaStream_t s = et->stream;
-    et->n_ev = 0;
     mark(et, ST_INPUT);
 
     /* inputs */
@@ -854,8 +860,8 @@ static __global__ void k_count_edges(const int *__restrict__ row_off, int nl, in
 
 /*
  * The device work of a step from the uploaded inputs to the totals in B_PART: edge list,
- * embedding, layers forward, head, layers backward, forces. With the built-in exchange and
- * et->graph it neither waits for nor reads back anything (a graph capture records it).
+ * embedding, layers forward, head, layers backward, forces. In graph mode (graph_call: built-in
+ * exchange) it neither waits for nor reads back anything (a graph capture records it).
  */
 static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
                                   const ds4sci_exchange *ex, int builtin, ds4sci_result *res,
@@ -873,7 +879,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     /* graph mode: edge buffers of nl + nc slots (every row's self-loop and candidates bound its
        edges), no read-back; the padded slots never reach a kernel's edge loop (CSR offsets
        end at the real count) */
-    const int bound = et->graph && builtin;
+    const int bound = graph_call(et, sys, builtin);
 
     /* edge list: count, scan, fill */
     const double cl2 = (double)m->cl * m->cl, cu2 = (double)m->cu * m->cu;
@@ -1269,9 +1275,10 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     return DS4SCI_OK;
 }
 
-/* Results to the host (pageable caller arrays: never captured), wait, profile. */
+/* Results to the host (pageable caller arrays: never captured), wait, profile (stage times
+   only of calls not in graph mode, gcall = 0: those record events). */
 static ds4sci_status compute_output(ds4sci_cuda_et *et, const ds4sci_system *sys,
-                                    ds4sci_result *res, char *err, size_t err_len)
+                                    ds4sci_result *res, int gcall, char *err, size_t err_len)
 {
     const int nl = sys->n_local, n = nl + sys->n_ghost;
     const long long ne = et->step_ne;
@@ -1297,12 +1304,14 @@ static ds4sci_status compute_output(ds4sci_cuda_et *et, const ds4sci_system *sys
         res->virial[k] = et->h_red[1 + k];
 
     if (et->profile_path) {
-        for (int i = 1; i < et->n_ev; i++) {
-            float ms = 0.f;
-            cudaEventElapsedTime(&ms, et->ev[i - 1], et->ev[i]);
-            et->stage_ms[et->ev_stage[i - 1]] += ms;
+        if (!gcall) {
+            for (int i = 1; i < et->n_ev; i++) {
+                float ms = 0.f;
+                cudaEventElapsedTime(&ms, et->ev[i - 1], et->ev[i]);
+                et->stage_ms[et->ev_stage[i - 1]] += ms;
+            }
+            et->profile_calls++;
         }
-        et->profile_calls++;
         size_t fr = 0, tot = 0;
         if (cudaMemGetInfo(&fr, &tot) == cudaSuccess && tot - fr > et->peak_used)
             et->peak_used = tot - fr;
@@ -1372,28 +1381,59 @@ static int graph_capture(ds4sci_cuda_et *et, const ds4sci_system *sys, const ds4
     return 0;
 }
 
+/* Graph mode's fixed cuBLAS workspace (recommended size: 32 MiB from Hopper on, 4 MiB before),
+   set on the handle before the first graph-mode call (after cublasSetStream, which resets it):
+   the captured SGEMMs allocate nothing, and that call's normal launches use the same workspace
+   as the replays. Kept for the context's life. Returns 0, or -1 (graph mode stays off). */
+static int graph_workspace(ds4sci_cuda_et *et)
+{
+    if (et->blas_ws)
+        return 0;
+    cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, et->device) != cudaSuccess) {
+        cudaGetLastError();
+        return -1;
+    }
+    const size_t ws = prop.major >= 9 ? ((size_t)32 << 20) : ((size_t)4 << 20);
+    if (cudaMalloc(&et->blas_ws, ws) != cudaSuccess ||
+        cublasSetWorkspace(et->blas, et->blas_ws, ws) != CUBLAS_STATUS_SUCCESS) {
+        cudaGetLastError();
+        cudaFree(et->blas_ws);
+        et->blas_ws = NULL;
+        return -1;
+    }
+    et->dev_bytes += ws;
+    return 0;
+}
+
 /*
- * One step. Graph mode (et->graph, built-in exchange): the first call with a new key runs the
- * normal launches (it sizes every buffer), the next call with the same key captures the body
- * and launches the graph, later calls only launch it. Either way the same kernels run with the
- * same arguments in the same order on one stream, so the results are bitwise those of the
- * launches. A capture or instantiate failure turns graph mode off for the context and runs
- * the normal launches.
+ * One step. Graph mode (graph_call: built-in exchange; by default only for small systems): the
+ * first call with a new key runs the normal launches (it sizes every buffer), the next call
+ * with the same key captures the body and launches the graph, later calls only launch it.
+ * Either way the same kernels run with the same arguments in the same order on one stream, so
+ * the results are bitwise those of the launches. A capture or instantiate failure turns graph
+ * mode off for the context and runs the normal launches. A call not in graph mode leaves the
+ * graph and its key alone: the key holds every buffer's address and capacity, so a graph
+ * captured before buffers grew is never launched again.
  */
 static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
                              const ds4sci_exchange *ex, int builtin, ds4sci_result *res, char *err,
                              size_t err_len)
 {
+    if (graph_call(et, sys, builtin) && graph_workspace(et) != 0)
+        et->graph = 0; /* no fixed cuBLAS workspace: the normal launches */
+    const int gcall = graph_call(et, sys, builtin);
+    et->n_ev = gcall ? ET_MAX_EVENTS : 0; /* graph mode: no profile events (mark) */
     ds4sci_status st = compute_input(et, sys, ex, builtin, err, err_len);
     if (st == DS4SCI_OK) {
-        if (et->graph && builtin) {
+        if (gcall) {
             long long key[4 + 2 * B_COUNT];
             graph_key(et, sys, res, key);
             const int same = et->gkey_valid && memcmp(key, et->gkey, sizeof(key)) == 0;
             if (!same)
                 graph_drop(et);
             else if (!et->gexec && graph_capture(et, sys, ex, res, err, err_len) != 0)
-                et->graph = 0; /* fall back for good; the body runs below */
+                et->graph = 0; /* fall back for good; the body runs below, bound-sized */
             if (et->gexec) {
                 cudaError_t e = cudaGraphLaunch(et->gexec, et->stream);
                 if (e != cudaSuccess)
@@ -1411,7 +1451,7 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
         }
     }
     if (st == DS4SCI_OK)
-        st = compute_output(et, sys, res, err, err_len);
+        st = compute_output(et, sys, res, gcall, err, err_len);
     if (st != DS4SCI_OK) {
         /* a failed call may have freed or moved buffers: capture again from scratch */
         graph_drop(et);

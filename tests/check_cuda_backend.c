@@ -13,11 +13,13 @@
  * Check would fork per test, and CUDA does not survive a fork: the suite runs in-process
  * (CK_NOFORK) and every test makes its own context.
  */
+#define _POSIX_C_SOURCE 200809L
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend.h"
 #include "ds4sci.h"
@@ -117,6 +119,17 @@ static void run(ds4sci_ctx *ctx, const ds4sci_system *sys, const ds4sci_exchange
                   ds4sci_status_name(s), ds4sci_ctx_error(ctx));
 }
 
+/* The api cases' small model: F 32, H 4, L layers (0: tu_opts_default's); o gets its options. */
+static et_desc *small_model(tu_opts *o, int L)
+{
+    tu_opts_default(o);
+    o->F = 32;
+    o->H = 4;
+    if (L > 0)
+        o->L = L;
+    return tu_desc_new(o);
+}
+
 /* CUDA vs CPU on one model and system. */
 static void check_vs_cpu(const et_desc *d, const ds4sci_system *sys, const char *what)
 {
@@ -193,17 +206,14 @@ END_TEST
  * One context through a sequence of systems: a cluster (no ghosts), a periodic system of
  * another size, the cluster again. Every call must match the float64 CPU path, and the calls
  * on the cluster must agree bit for bit (same kernels, same order, no floating-point atomics
- * without ghosts). With DS4SCI_CUDA_GRAPH=1 this runs the normal launches, a capture, replays,
- * the invalidation on a size change and a capture again; without it, the normal launches.
+ * without ghosts). In graph mode (the default for these small systems; DS4SCI_CUDA_GRAPH=0:
+ * off) this runs the normal launches, a capture, replays, the invalidation on a size change
+ * and a capture again; without it, the normal launches.
  */
 START_TEST(test_repeated_calls_and_size_changes)
 {
     tu_opts o;
-    tu_opts_default(&o);
-    o.F = 32;
-    o.H = 4;
-    o.L = 4;
-    et_desc *d = tu_desc_new(&o);
+    et_desc *d = small_model(&o, 4);
     ds4sci_system a, b;
     ds4sci_graph *ga = random_system(48, 0.06, 0, o.max_z, o.cutoff_upper, 31, &a);
     ds4sci_graph *gb = random_system(120, 0.06, 1, o.max_z, o.cutoff_upper, 32, &b);
@@ -238,6 +248,167 @@ START_TEST(test_repeated_calls_and_size_changes)
     ds4sci_ctx_free(gpu);
     ds4sci_graph_free(ga);
     ds4sci_graph_free(gb);
+    tu_desc_free(d);
+}
+END_TEST
+
+/* A CUDA context created with environment variable var set to value (NULL: unset); the
+   environment is restored after (the backend reads its switches at context creation). */
+static ds4sci_ctx *ctx_cuda_env(const et_desc *d, const char *var, const char *value)
+{
+    const char *old = getenv(var);
+    char *keep = old ? strdup(old) : NULL;
+    if (value)
+        setenv(var, value, 1);
+    else
+        unsetenv(var);
+    ds4sci_ctx *c = ctx_cuda(d);
+    if (keep) {
+        setenv(var, keep, 1);
+        free(keep);
+    } else {
+        unsetenv(var);
+    }
+    return c;
+}
+
+static int same_bits(const tu_result *a, const tu_result *b)
+{
+    const size_t nl = (size_t)a->n_local, n = (size_t)a->n_total;
+    return a->r.energy == b->r.energy &&
+           memcmp(a->r.virial, b->r.virial, sizeof(a->r.virial)) == 0 &&
+           memcmp(a->r.forces, b->r.forces, sizeof(double) * 3 * n) == 0 &&
+           memcmp(a->r.atom_energy, b->r.atom_energy, sizeof(double) * nl) == 0 &&
+           memcmp(a->r.atom_virial, b->r.atom_virial, sizeof(double) * 6 * n) == 0;
+}
+
+/*
+ * Graph mode (the default for small systems with the built-in exchange) against the normal
+ * launches (a context made with DS4SCI_CUDA_GRAPH=0) through what an MD run does to one
+ * context: repeated steps, positions that move under the same candidate list (skin), a list
+ * of the same length with other contents (each row reversed: same graph key, other edges), a
+ * rebuilt longer list (new key: normal launches, capture, replay), and the first list again.
+ * A 60-atom cluster: no ghosts, so no float atomics, and every call of the graph context on
+ * one input must agree bit for bit (the normal launches of a key, its capture and its replays
+ * run the same kernels with the same arguments). Against the other context the only
+ * differences are the candidate-bound edge slots (a stable sort: the same edge order) and
+ * cuBLAS's fixed workspace (it could pick other SGEMM kernels): fp32 round-off at most, and
+ * CK_REPORT says whether the bits agree. Each call also against the float64 CPU path. The
+ * profile's graph counts show that the graph path ran: 3 captures, 7 graph launches.
+ */
+START_TEST(test_graph_matches_launches_across_list_rebuilds)
+{
+    tu_opts o;
+    et_desc *d = small_model(&o, 3);
+    const int n = 60;
+    const double side = cbrt(n / 0.06);
+    tu_rng rng = {41};
+    double *pos = malloc(sizeof(double) * 3 * n);
+    int32_t *z = malloc(sizeof(int32_t) * n);
+    ck_assert(pos && z);
+    tu_random_atoms(&rng, n, side, 1.0, 0, o.max_z, pos, z);
+    char err[256];
+    ds4sci_graph *g0 = NULL, *g1 = NULL;
+    ds4sci_system s0, s1;
+    /* candidate lists with a skin, as LAMMPS's: the first with 1.0, then one rebuilt from the
+       moved positions with 1.5 (a longer list: another candidate count) */
+    ck_assert_msg(ds4sci_graph_build(pos, z, n, NULL, o.cutoff_upper + 1.0, &g0, &s0, err,
+                                     sizeof(err)) == DS4SCI_OK, "graph: %s", err);
+    tu_system moved, reversed;
+    tu_system_copy(&moved, &s0); /* moved positions (< 0.07 per atom), the same list */
+    for (int i = 0; i < 3 * n; i++)
+        moved.pos[i] += 0.08 * (tu_uniform(&rng) - 0.5);
+    ck_assert_msg(ds4sci_graph_build(moved.pos, z, n, NULL, o.cutoff_upper + 1.5, &g1, &s1, err,
+                                     sizeof(err)) == DS4SCI_OK, "graph: %s", err);
+    ck_assert(s1.nbr_offset[n] != s0.nbr_offset[n]);
+    tu_system_copy(&reversed, &moved.s); /* the same count, each row's candidates reversed */
+    for (int i = 0; i < n; i++)
+        for (int64_t a = reversed.nbr_offset[i], b = reversed.nbr_offset[i + 1] - 1; a < b;
+             a++, b--) {
+            const int32_t t = reversed.nbr_index[a];
+            reversed.nbr_index[a] = reversed.nbr_index[b];
+            reversed.nbr_index[b] = t;
+        }
+    char prof[64];
+    snprintf(prof, sizeof(prof), "/tmp/ck_graph_profile_%ld.txt", (long)getpid());
+    remove(prof);
+    ds4sci_ctx *cpu = tu_ctx_cpu(d, 0), *plain = ctx_cuda_env(d, "DS4SCI_CUDA_GRAPH", "0"),
+               *gpu = ctx_cuda_env(d, "DS4SCI_CUDA_PROFILE", prof);
+    const struct {
+        const ds4sci_system *sys;
+        const char *what;
+        int calls;
+    } seq[] = {{&s0, "first list", 3},      {&moved.s, "moved atoms", 1},
+               {&reversed.s, "same length, rows reversed", 1},
+               {&s1, "rebuilt longer list", 3}, {&moved.s, "first list again", 2}};
+    int all_bits = 1;
+    double worst_e = 0.0, worst_f = 0.0;
+    for (size_t k = 0; k < sizeof(seq) / sizeof(seq[0]); k++) {
+        tu_result rc, rp, first;
+        run(cpu, seq[k].sys, NULL, &rc);
+        run(plain, seq[k].sys, NULL, &rp);
+        compare(&rp, &rc, seq[k].what);
+        run(gpu, seq[k].sys, NULL, &first);
+        compare(&first, &rc, seq[k].what);
+        for (int c = 1; c < seq[k].calls; c++) {
+            tu_result r;
+            char what[96];
+            snprintf(what, sizeof(what), "%s, call %d", seq[k].what, c + 1);
+            run(gpu, seq[k].sys, NULL, &r);
+            compare(&r, &rc, what);
+            ck_assert_msg(same_bits(&r, &first), "%s: differs from call 1 on this context", what);
+            tu_result_free(&r);
+        }
+        /* against the normal launches: the same bits or fp32 round-off (energy against
+           sum |E_i|, as compare() does) */
+        const size_t nf = (size_t)first.n_total * 3;
+        double esum = 0.0;
+        for (int32_t i = 0; i < rp.n_local; i++)
+            esum += fabs(rp.r.atom_energy[i]);
+        const double de =
+            fabs(first.r.energy - rp.r.energy) / fmax(fmax(fabs(rp.r.energy), esum), 1e-12);
+        const double df = rel_rms(first.r.forces, rp.r.forces, nf);
+        all_bits &= same_bits(&first, &rp);
+        worst_e = fmax(worst_e, de);
+        worst_f = fmax(worst_f, df);
+        ck_assert_msg(de < 1e-6 && df < 1e-5, "%s: graph context vs DS4SCI_CUDA_GRAPH=0: energy "
+                      "%.3g forces %.3g relative", seq[k].what, de, df);
+        tu_result_free(&first);
+        tu_result_free(&rp);
+        tu_result_free(&rc);
+    }
+    if (getenv("CK_REPORT"))
+        fprintf(stderr, "report graph vs DS4SCI_CUDA_GRAPH=0: %s (energy %.3g, forces %.3g)\n",
+                all_bits ? "bitwise equal" : "not bitwise equal", worst_e, worst_f);
+    ds4sci_ctx_free(gpu); /* writes the profile */
+    char mode[16] = "";
+    long captures = -1, launches = -1;
+    FILE *f = fopen(prof, "r");
+    if (f) {
+        char line[256];
+        while (fgets(line, sizeof(line), f))
+            if (sscanf(line, "cuda_graph %15s captures %ld launches %ld", mode, &captures,
+                       &launches) == 3)
+                break;
+        fclose(f);
+    }
+    remove(prof);
+    const char *ge = getenv("DS4SCI_CUDA_GRAPH"), *ee = getenv("DS4SCI_CUDA_EDGE");
+    if ((ge && strcmp(ge, "0") == 0) || (ee && strcmp(ee, "unfused") == 0))
+        ck_assert_msg(captures == 0 && launches == 0, "graph mode off: %ld captures",
+                      captures);
+    else
+        ck_assert_msg(captures == 3 && launches == 7,
+                      "graph mode '%s': %ld captures, %ld launches (expected 3 and 7)", mode,
+                      captures, launches);
+    ds4sci_ctx_free(plain);
+    ds4sci_ctx_free(cpu);
+    tu_system_free(&moved);
+    tu_system_free(&reversed);
+    ds4sci_graph_free(g0);
+    ds4sci_graph_free(g1);
+    free(pos);
+    free(z);
     tu_desc_free(d);
 }
 END_TEST
@@ -447,11 +618,7 @@ static int fail_forward(void *user, double *data, int32_t width)
 START_TEST(test_caller_exchange_matches_builtin_and_sequence)
 {
     tu_opts o;
-    tu_opts_default(&o);
-    o.F = 32;
-    o.H = 4;
-    o.L = 3;
-    et_desc *d = tu_desc_new(&o);
+    et_desc *d = small_model(&o, 3);
     ds4sci_system sys;
     ds4sci_graph *g = random_system(120, 0.06, 1, o.max_z, o.cutoff_upper, 5, &sys);
     ds4sci_ctx *gpu = ctx_cuda(d), *cpu = tu_ctx_cpu(d, 0);
@@ -503,11 +670,7 @@ END_TEST
 START_TEST(test_caller_exchange_with_send_rows_hint)
 {
     tu_opts o;
-    tu_opts_default(&o);
-    o.F = 32;
-    o.H = 4;
-    o.L = 3;
-    et_desc *d = tu_desc_new(&o);
+    et_desc *d = small_model(&o, 3);
     ds4sci_system sys;
     ds4sci_graph *g = random_system(1000, 0.06, 1, o.max_z, o.cutoff_upper, 11, &sys);
     ds4sci_ctx *gpu = ctx_cuda(d), *cpu = tu_ctx_cpu(d, 0);
@@ -544,10 +707,7 @@ END_TEST
 START_TEST(test_empty_domain)
 {
     tu_opts o;
-    tu_opts_default(&o);
-    o.F = 32;
-    o.H = 4;
-    et_desc *d = tu_desc_new(&o);
+    et_desc *d = small_model(&o, 0);
     ds4sci_ctx *gpu = ctx_cuda(d);
     int64_t off0 = 0;
     int32_t idx0 = 0;
@@ -643,6 +803,7 @@ static Suite *suite(void)
     tcase_add_test(tx, test_empty_domain);
     tcase_add_test(tx, test_out_of_memory_is_reported);
     tcase_add_test(tx, test_repeated_calls_and_size_changes);
+    tcase_add_test(tx, test_graph_matches_launches_across_list_rebuilds);
     suite_add_tcase(s, tx);
     return s;
 }

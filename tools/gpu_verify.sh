@@ -131,8 +131,11 @@ if [ "${VARIANTS:-1}" = 1 ]; then   # VARIANTS=0: the defaults only
         ck golden_unfused 60 CK_RUN_CASE=golden DS4SCI_CUDA_EDGE=unfused
     fi
     ck api_xch_f64 60 CK_RUN_CASE=api DS4SCI_CUDA_XCH_F32=0
-    # CUDA graph of a step (opt-in): each check calls compute twice or more on one context, the
-    # second call captures and replays
+    # CUDA graph of a step (the default below 20,000 owned atoms, so the default runs above use
+    # it on every small system; =1 forces it at every size, =0 turns it off): each check calls
+    # compute twice or more on one context, the second call captures and replays
+    ck golden_nograph 60 CK_RUN_CASE=golden DS4SCI_CUDA_GRAPH=0
+    ck api_nograph 60 CK_RUN_CASE=api DS4SCI_CUDA_GRAPH=0
     ck golden_graph 60 CK_RUN_CASE=golden DS4SCI_CUDA_GRAPH=1
     ck api_graph 60 CK_RUN_CASE=api DS4SCI_CUDA_GRAPH=1
     ck vs_cpu_graph 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_GRAPH=1
@@ -164,11 +167,12 @@ if [ "${EXPF_BENCH:-1}" = 1 ]; then   # SiLU with expf (DS4SCI_CUDA_FASTEXP=0) s
         > "$LG/bench_gpu_expf.log" 2>&1
     t bench_gpu_expf $?
 fi
-if [ "${GRAPH_BENCH:-1}" = 1 ]; then   # CUDA graph replay side by side (no per-stage times then)
-    DS4SCI_CUDA_GRAPH=1 timeout 60 "$B/bench_gpu" tests/golden/typical.safetensors 5 1000 10000 \
-        > "$LG/bench_gpu_graph.log" 2>&1
-    t bench_gpu_graph $?
-    grep -h cuda_graph /tmp/ds4sci_bench_profile_*.txt >> "$LG/bench_gpu_graph.log" 2>/dev/null
+if [ "${GRAPH_BENCH:-1}" = 1 ]; then   # CUDA graph off / forced on, side by side, no profile events
+    for g in 0 1; do
+        BENCH_PROFILE=0 DS4SCI_CUDA_GRAPH=$g timeout 60 "$B/bench_gpu" tests/golden/typical.safetensors \
+            7 1000 10000 27000 > "$LG/bench_gpu_graph$g.log" 2>&1
+        t "bench_gpu_graph$g" $?
+    done
 fi
 for S in ${SPLITS:-1 2 4 8}; do   # forced split factors at the sizes where the rule matters
     DS4SCI_CUDA_SPLIT=$S timeout 60 "$B/bench_gpu" tests/golden/typical.safetensors 5 1000 10000 \
@@ -232,7 +236,7 @@ grep -vE "^#" "$LG/bench_gpu.log" | head -40
 grep -vE "^#" "$LG/bench_gpu_expf.log" 2>/dev/null | head -12
 for S in ${SPLITS:-1 2 4 8}; do echo "split $S"; grep -E "^ +[0-9]+ " "$LG/bench_gpu_split$S.log"; done
 echo "unmerged"; grep -E "^ +[0-9]+ |per-stage" "$LG/bench_gpu_unmerged.log" 2>/dev/null
-echo "graph"; grep -E "^ +[0-9]+ |cuda_graph" "$LG/bench_gpu_graph.log" 2>/dev/null
+for g in 0 1; do echo "graph $g"; grep -E "^ +[0-9]+ " "$LG/bench_gpu_graph$g.log" 2>/dev/null; done
 grep -E "^variant|PASS|FAIL|ALL|SOME" "$LG/filter_mma.log" 2>/dev/null | grep -v "^sim" | head -40
 cat "$L"/profile_*.txt 2>/dev/null
 tail -n 5 "$LG"/racecheck*.log 2>/dev/null
