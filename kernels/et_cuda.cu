@@ -362,7 +362,7 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
            v7: same errors, 1M atoms 3.26 vs 3.44 s/step); DS4SCI_CUDA_MERGED=0: separate
            receiver and sender passes */
         /* node work over chunks of owned rows: o and P (and the head's scratch) sized by one
-           chunk instead of all atoms (docs/gpu.md v8); DS4SCI_CUDA_NODE_CHUNK=<rows> */
+           chunk instead of all atoms (docs/gpu.md v9); DS4SCI_CUDA_NODE_CHUNK=<rows> */
         const char *nc = getenv("DS4SCI_CUDA_NODE_CHUNK");
         et->node_chunk = nc && atoi(nc) > 0 ? atoi(nc) : 65536;
         const char *mg = getenv("DS4SCI_CUDA_MERGED");

@@ -480,7 +480,7 @@ static int json_numbers(const char *start, const char *end, const char *key, dou
 static const char *const golden_names[] = {
     "small",    "typical",  "no_vector_cutoff", "lower_atomref",   "gauss_no_nbr",
     "di_keys",  "di_values", "di_none",         "act_ssp_tanh",    "act_tanh_sigmoid",
-    "act_sigmoid_ssp", "act_mish_swish"};
+    "act_sigmoid_ssp", "act_mish_swish", "head_norm_eps"};
 #define N_GOLDEN (int)(sizeof(golden_names) / sizeof(golden_names[0]))
 
 START_TEST(test_golden_matches_torchmdnet_f64)
