@@ -21,7 +21,8 @@
 #   end, after the background jobs are stopped).
 #
 # One GPU: BG_CMD runs beside everything from the start (switch the benchmarks off then);
-# RACE=0 skips the final racecheck. VARIANTS=0 runs only the default paths' checks; FILTER=0 skips bench_filter_mma; EXPF_BENCH,
+# RACE=0 skips racecheck (the final one and, with two GPUs, the one beside BG_CMD).
+# VARIANTS=0 runs only the default paths' checks; FILTER=0 skips bench_filter_mma; EXPF_BENCH,
 # GRAPH_BENCH, MERGED_BENCH, XCH_F32_BENCH=0 skip those side-by-side runs; SPLITS="" the split ones.
 # Environment for run: OUT (files back: summary.txt and logs.tgz), BUDGET (seconds, default
 # 420), SIZES (bench_gpu sizes, default "1000 10000 100000 1000000"), BG_CMD, BG_SECONDS
@@ -83,11 +84,14 @@ bg=()
 if [ "$NGPU" -ge 2 ]; then
     last=$((NGPU - 1))
     rc_case=${RACE_CASE:-golden}
-    (cd tests && CUDA_VISIBLE_DEVICES=$last CK_RUN_CASE=$rc_case timeout "${BG_SECONDS:-$((BUDGET - 150))}" \
-        compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 9 \
-        "$B/check_cuda_backend"; echo "racecheck $rc_case rc=$? t=$(( $(date +%s) - T0 ))s") \
-        > "$LG/racecheck_$rc_case.log" 2>&1 &
-    bg+=($!)
+    if [ "${RACE:-1}" = 1 ]; then   # RACE=0: not beside a BG_CMD that should run alone
+        (cd tests && CUDA_VISIBLE_DEVICES=$last CK_RUN_CASE=$rc_case \
+            timeout "${BG_SECONDS:-$((BUDGET - 150))}" \
+            compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 9 \
+            "$B/check_cuda_backend"; echo "racecheck $rc_case rc=$? t=$(( $(date +%s) - T0 ))s") \
+            > "$LG/racecheck_$rc_case.log" 2>&1 &
+        bg+=($!)
+    fi
     if [ -n "${BG_CMD:-}" ]; then
         (CUDA_VISIBLE_DEVICES=$last timeout "${BG_SECONDS:-$((BUDGET - 150))}" bash -c "$BG_CMD";
          echo "BG_CMD rc=$? t=$(( $(date +%s) - T0 ))s") > "$LG/bg.log" 2>&1 &
