@@ -62,9 +62,9 @@ def main():
     ap.add_argument("--amax", type=float, default=5.58)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    from torchmdnet.models.model import load_model
+    import head_eps  # the checkpoint's head_vector_norm_eps, if train.py recorded one
 
-    model = load_model(args.checkpoint, derivative=False)
+    model = head_eps.load_model(args.checkpoint, derivative=False)
     model.eval()
     n = 2
     frac = np.array([(b + [i, j, k]) / n for i in range(n) for j in range(n) for k in range(n)

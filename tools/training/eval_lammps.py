@@ -5,11 +5,14 @@ For every frame of the chosen split (every --every-th frame), writes a LAMMPS da
 `run 0` with pair_style ds4sci and the exported model, and compares energy and forces with the
 teacher labels stored by gen_data.py (exact SW values from LAMMPS pair_style sw). With
 --teacher-lmp, the teacher is also re-evaluated by that lmp on the same data file (a check that
-the data files and the labels agree). Also writes the frames' data files with --keep.
+the data files and the labels agree). With --ckpt, every frame is also run by TorchMD-Net itself
+in float64 (that checkpoint, with its head_vector_norm_eps, tools/training/head_eps.py) and the
+largest plugin - TorchMD-Net differences are printed (device cpu: expect ~1e-12).
 
 Usage:
   eval_lammps.py --lmp LMP --plugin ds4sciplugin.so --model potentials/si-sw-et.safetensors \
-      --data build-si/data [--split test] [--every 1] [--json out.json] [--device cpu]
+      --data build-si/data [--split test] [--every 1] [--json out.json] [--device cpu] \
+      [--ckpt CKPT]
 """
 import argparse
 import json
@@ -69,7 +72,18 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--teacher-lmp", default=None, help="lmp with pair_style sw (e.g. Debian's)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--ckpt", default=None,
+                    help="also compare with TorchMD-Net float64 on this checkpoint (head eps applied)")
     args = ap.parse_args()
+    ref = None
+    if args.ckpt:
+        import torch
+        import evaluate  # noqa: F401  (installs the neighbour op where warp-lang is missing)
+        import head_eps
+        ref = head_eps.load_model(args.ckpt, derivative=True, precision=64).eval()
+        print(f"TorchMD-Net float64 reference: {args.ckpt}, head_vector_norm_eps "
+              f"{head_eps.model_eps(ref):g}")
+    ref_dev = [0.0, 0.0]
     splits = np.load(os.path.join(args.data, "splits.npz"))
     wanted = sorted(int(i) for i in splits["idx_" + args.split])[::args.every]
     wanted = set(wanted)
@@ -89,6 +103,13 @@ def main():
                                f"pair_style ds4sci {model} device {args.device}",
                                "pair_coeff * * Si"])
             n = len(f)
+            if ref is not None:
+                z = torch.from_numpy(fr["z"])
+                y, fr64 = ref(z, torch.tensor(fr["pos"], dtype=torch.float64),
+                              batch=torch.zeros_like(z),
+                              box=torch.tensor(fr["cell"], dtype=torch.float64).view(1, 3, 3))
+                ref_dev[0] = max(ref_dev[0], abs(e - float(y.detach())) / n)
+                ref_dev[1] = max(ref_dev[1], float(np.abs(f - fr64.detach().numpy()).max()))
             if args.teacher_lmp:
                 et, ft = run_lammps(args.teacher_lmp.split(), wd, "frame.data",
                                     ["pair_style sw", f"pair_coeff * * {pot} Si"])
@@ -109,10 +130,15 @@ def main():
     if args.teacher_lmp:
         print(f"teacher re-evaluated by {args.teacher_lmp}: max deviation from the labels "
               f"{teacher_dev:.2e} (eV/atom or eV/A)")
+    if ref is not None:
+        print(f"plugin vs TorchMD-Net float64: max |dE|/N {ref_dev[0]:.2e} eV/atom, "
+              f"max |dF| {ref_dev[1]:.2e} eV/A")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(model=os.path.basename(args.model), split=args.split,
-                           device=args.device, errors=table), f, indent=1)
+                           device=args.device, errors=table,
+                           torchmdnet_f64_max_dev=ref_dev if ref is not None else None), f,
+                      indent=1)
 
 
 if __name__ == "__main__":

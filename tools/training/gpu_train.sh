@@ -15,6 +15,7 @@
 #   WHEELS   torchmd_net 3.1.0 + ase wheels, installed to /tmp/site when torchmdnet is missing
 #   GPUS     "0 1": GPU of variant A and of variant B (one GPU: "0 0")
 #   A_ARGS, B_ARGS  extra train.py arguments of each variant (defaults below)
+# (Version 3: A_ARGS/B_ARGS with --load-weights DATA/warm.ckpt --head-vector-norm-eps EPS, README.md.)
 # Variant A: from scratch, batch 16, lr 5e-4 (300 warm-up steps, x0.7 on plateau, patience 4).
 # Variant B: warm start from the 4.5 A model's weights (warm_start.py rewrites its RBF buffers
 #            for 5.0 A), batch 16, lr 3e-4 (100 warm-up steps, x0.6 on plateau, patience 3).
