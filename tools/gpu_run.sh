@@ -107,14 +107,18 @@ fi
 if [ "$MODE" = profile ]; then
     start=$(date +%s)
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-    timeout ${PROFILE_TIMEOUT:-150} "$NCU" --clock-control none -k regex:k_edge --launch-skip 5 -c 3 \
+    # normal launches (the CUDA graph default below 20,000 atoms would hide the launch order);
+    # with the merged backward (default) layer 5's launches are k_edge_fwd, k_edge_bwd_merged
+    # and k_edge_bwd_send (the sender edges the merged pass leaves)
+    DS4SCI_CUDA_GRAPH=0 timeout ${PROFILE_TIMEOUT:-150} "$NCU" --clock-control none -k regex:k_edge \
+        --launch-skip 5 -c 3 \
         --section LaunchStats --section Occupancy --section WarpStateStats --section SchedulerStats \
         --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SpeedOfLight \
         --section SourceCounters -o "$OUT/edge10k" -f \
         "$BIN_BENCH" "$ROOT/tests/golden/typical.safetensors" 1 10000 > "$OUT/ncu_run.log" 2>&1
     rc=$?
     "$NCU" -i "$OUT/edge10k.ncu-rep" --page details --print-details all > "$OUT/ncu_details.txt" 2>&1
-    for k in k_edge_fwd k_edge_bwd_recv k_edge_bwd_send; do
+    for k in k_edge_fwd k_edge_bwd_merged k_edge_bwd_recv k_edge_bwd_send; do
         echo "== $k"
         "$NCU" -i "$OUT/edge10k.ncu-rep" -k $k --page source --csv --print-source sass 2>/dev/null |
             python3 -c '
