@@ -364,7 +364,7 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
         /* node work over chunks of owned rows: o and P (and the head's scratch) sized by one
            chunk instead of all atoms (docs/gpu.md v9); DS4SCI_CUDA_NODE_CHUNK=<rows> */
         const char *nc = getenv("DS4SCI_CUDA_NODE_CHUNK");
-        et->node_chunk = nc && atoi(nc) > 0 ? atoi(nc) : 65536;
+        et->node_chunk = nc && atoi(nc) > 0 ? atoi(nc) : 262144; /* v9: 1.7 GB, no cost */
         const char *mg = getenv("DS4SCI_CUDA_MERGED");
         et->merged = !(mg && strcmp(mg, "0") == 0);
         const char *fx = getenv("DS4SCI_CUDA_FASTEXP"); /* default on: see edge_common.cuh */

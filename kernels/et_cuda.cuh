@@ -168,7 +168,7 @@ typedef struct ds4sci_cuda_et {
                                 (default; DS4SCI_CUDA_CHECKPOINT=0: keep all) */
     int node_chunk;          /* owned rows per chunk of the node work that needs o and P
                                 (update, its backward, the head): their buffers hold one
-                                chunk (DS4SCI_CUDA_NODE_CHUNK, default 65536) */
+                                chunk (DS4SCI_CUDA_NODE_CHUNK, default 262144) */
     long long last_n, last_ne;
     long long step_ne;       /* edge count (or its bound) of the current call */
     /* CUDA graph of the step (built-in exchange only; by default for <= ET_GRAPH_AUTO_ATOMS
