@@ -771,6 +771,12 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
 }
 
 /* ---- compute ------------------------------------------------------------------------------- */
+/* Owned rows per chunk of the node work that needs o and P (at least 1, at most nl). */
+static int node_chunk_rows(const ds4sci_cuda_et *et, int nl)
+{
+    return nl < 1 ? 1 : nl < et->node_chunk ? nl : et->node_chunk;
+}
+
 static int bits_for(int n)
 {
     int b = 1;
@@ -805,8 +811,7 @@ static ds4sci_status compute_input(ds4sci_cuda_et *et, const ds4sci_system *sys,
     /* the caller's candidate indices are needed only until the edge list is filled: they
        live in vec_proj's buffer, first written in layer 1 (same stream, so in order); that
        buffer holds one chunk of owned rows: 9F floats of P, or 10F of the head's scratch */
-    const size_t chunk = (size_t)(nl1 < (size_t)et->node_chunk ? nl1 : (size_t)et->node_chunk);
-    const size_t p_bytes = 10 * chunk * (size_t)F * sizeof(float),
+    const size_t p_bytes = 10 * (size_t)node_chunk_rows(et, nl) * F * sizeof(float),
                  cidx_bytes = (size_t)(nc > 0 ? nc : 1) * sizeof(int);
     ST(ensure(et, B_P, p_bytes > cidx_bytes ? p_bytes : cidx_bytes, err, err_len));
     int *cidx = BUF(int, B_P);
@@ -997,7 +1002,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     ST(ensure(et, B_QKV, 5 * nF * sizeof(float), err, err_len));
     /* P and o: one chunk of owned rows (P's buffer, 10 chunk F, also holds the head's scratch;
        vdot is recomputed from P where it is needed) */
-    const int CH = nl1 < (size_t)et->node_chunk ? (int)nl1 : et->node_chunk;
+    const int CH = node_chunk_rows(et, nl);
     const size_t chF = (size_t)CH * F;
     ST(ensure(et, B_P, 10 * chF * sizeof(float), err, err_len));
     ST(ensure(et, B_O, 3 * chF * sizeof(float), err, err_len));
