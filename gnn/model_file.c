@@ -302,10 +302,11 @@ static ds4sci_status parse_config(const cJSON *cfg, const char *fname, model_con
     if (cJSON_GetObjectItemCaseSensitive(cfg, "head_vector_norm_eps")) {
         if ((st = cfg_num(&c, "head_vector_norm_eps", &mc->head_eps)))
             return st;
-        if (!(mc->head_eps >= 0.0))
+        /* upper bound: eps^2 must stay finite in float32 (the CUDA head adds it to |u|^2) */
+        if (!(mc->head_eps >= 0.0 && mc->head_eps <= 1e18))
             return ds4sci_fail(err, err_len, DS4SCI_ERR_FORMAT,
                                "%s: ds4sci.config: head_vector_norm_eps %.17g: expected a "
-                               "number >= 0",
+                               "number >= 0 and <= 1e18",
                                fname, mc->head_eps);
     }
 

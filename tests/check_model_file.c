@@ -706,6 +706,8 @@ START_TEST(test_unknown_option_values) {
                    "\"cutoff_lower\" is a string, expected a finite number", NULL);
     config_refusal("head_vector_norm_eps", cJSON_CreateNumber(-1e-3), DS4SCI_ERR_FORMAT,
                    "head_vector_norm_eps -0.001", "expected a number >= 0");
+    config_refusal("head_vector_norm_eps", cJSON_CreateNumber(1e30), DS4SCI_ERR_FORMAT,
+                   "head_vector_norm_eps 1e+30", "<= 1e18");
     config_refusal("head_vector_norm_eps", cJSON_CreateString("3e-3"), DS4SCI_ERR_FORMAT,
                    "\"head_vector_norm_eps\" is a string, expected a finite number", NULL);
     config_refusal("head_vector_norm_eps", cJSON_CreateNull(), DS4SCI_ERR_FORMAT,
