@@ -29,23 +29,34 @@ static __device__ __forceinline__ void merged_send_first(const et_edge_common &c
                                                          const et_edge_layer &l, const float *trow,
                                                          int s, int f0, bool on, int G, int vx_off,
                                                          float *acc, const float (&dk)[CPL],
-                                                         const float (&dv)[CPL], float sv, float cc);
-template <int CPL>
+                                                         const float (&dv)[CPL],
+                                                         const float (&ddk)[CPL],
+                                                         const float (&ddv)[CPL], float sv, float cc,
+                                                         bool pair, float (&gp)[2][CPL]);
+template <int CPL, int SILU>
 static __device__ __forceinline__ void merged_send_second(const et_edge_common &c,
                                                           const et_edge_layer &l,
                                                           const float *trow, int t, int s, int f0,
                                                           bool on, int vx_off, float *acc,
-                                                          const float (&dv1)[CPL],
-                                                          const float (&dv2)[CPL], float sv,
-                                                          const float (&dir2)[3]);
+                                                          const float (&pre)[2][CPL], float sv,
+                                                          const float (&dir2)[3], bool pair,
+                                                          float (&gp)[2][CPL]);
 
 /*
  * The receiver work of owned row t (k_edge_bwd_recv and k_edge_bwd_merged): g_q[t] into gq
  * (this item's chunks cb0, cb0 + step, ... of the row) and dE/dw added to gw[e]. MERGED: also
  * the sender work of each edge's reverse (rev[e] >= 0) into the lane's shared-memory
  * accumulators acc (zeroed here first; see k_edge_bwd_merged), right after the edge's receiver
- * work in each half, from the activations dk, dv and dv1, dv2 (kept in place of the second
- * half's pre-activations). Without MERGED the code is the receiver pass's alone.
+ * work in each half, from the activations dk, dv and dv1, dv2. Without MERGED the code is the
+ * receiver pass's alone.
+ *
+ * MERGED, pairs: e = (s -> t) and its reverse e' share r, so the filter part of dE/dr of both,
+ * sum_k g_f_k f'_k with g_f = W^T (g_pre(e) + g_pre(e')), is one filter backward: the warp of
+ * the smaller index does it for the pair (s > t: g_pre(e') comes from the sender work of e',
+ * added to e's), and the other skips it (s < t: e's g_pre left zero). dE/dr d_e' on e' acts
+ * on the atoms and the virial as dE/dr d_e on e (w(e') = -w(e)), so the pair's radial filter
+ * term goes to gw[e]; the cutoff and direction terms stay per edge. graph.cu puts the edges
+ * with s < t last in each row, so that the filter backward is skipped for whole chunks.
  */
 template <int CPL, int SILU, bool MERGED>
 static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
@@ -55,11 +66,10 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                                                     const int f0, const int wl,
                                                     const int G, const int vx_off, float *s_wt,
                                                     float *s_b, float *s_rbf, float *s_drbf,
-                                                    float *s_red, float *acc, float (&gq)[CPL])
+                                                    float *acc, float (&gq)[CPL])
 {
     constexpr int E = ET_EDGE_CHUNK;
     constexpr int AW = 32 * CPL; /* MERGED: stride of the accumulator parts */
-    static_assert(E == 4, "filter_back4 takes chunks of 4 edges");
     float q[CPL], gX[CPL], gV[3][CPL];
     ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
     ldg_vec<CPL>(l.gX + (size_t)t * F + f0, gX);
@@ -91,12 +101,25 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
            lane's part of dE/dr (filter backward, cutoff); MERGED: bit i of rm: edge i has a
            reverse (its sender work is done here) */
         float r[E], sv[E], dcs[E], grl[E];
-        unsigned rm = 0;
+        /* MERGED: bit i of rm: edge i has a reverse; of pm: ... and s > t (its filter backward
+           takes the reverse's g_pre too); of xm: ... and s < t (the pair's filter backward is
+           the other warp's: skipped here). back: some edge of the chunk needs the filter
+           backward. */
+        unsigned rm = 0, pm = 0, xm = 0;
+        bool back = !MERGED;
 #pragma unroll
         for (int i = 0; i < E; i++) {
             r[i] = i < nv ? c.e_geo[cb + i].w : 0.f;
-            if constexpr (MERGED)
-                rm |= (i < nv && c.rev[cb + i] >= 0) ? 1u << i : 0u;
+            if constexpr (MERGED) {
+                if (i < nv) {
+                    const int s = c.e_src[cb + i];
+                    const bool hr = c.rev[cb + i] >= 0, hp = hr && c.pair;
+                    rm |= hr ? 1u << i : 0u;
+                    pm |= (hp && s > t) ? 1u << i : 0u;
+                    xm |= (hp && s < t) ? 1u << i : 0u;
+                    back = back || (s != t && !(hp && s < t));
+                }
+            }
             sv[i] = dcs[i] = grl[i] = 0.f;
         }
         stage_rbf<E>(c, r, nv, lane, s_rbf, s_drbf);
@@ -156,7 +179,8 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                     const float gvv = gX[j] * A * vv[j];
                     if (c.vc)
                         gc_part = fmaf(gvv, dv[j], gc_part);
-                    if (!self) { /* the self-loop has no geometry gradient */
+                    /* the self-loop has no geometry gradient; xm: the other warp's */
+                    if (!self && !(xm >> i & 1u)) {
                         gp[i][0][j] = gapre * q[j] * kk[j] * ddk[j];
                         gp[i][1][j] = gvv * sv[i] * ddv[j];
                     }
@@ -165,12 +189,13 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                 if constexpr (MERGED)
                     if (rm >> i & 1u) /* the sender work of (t -> s), first half */
                         merged_send_first<CPL, SILU>(c, l, trow, s, f0, on, G, vx_off, acc, dk,
-                                                     dv, sv[i], cc);
+                                                     dv, ddk, ddv, sv[i], cc, pm >> i & 1u,
+                                                     gp[i]);
             }
-            filter_back4<CPL, 2, 4, 0>(s_wt, s_drbf, c.K, F, wl, lane, gp, s_red, grl);
+            if (back)
+                filter_back<CPL, E, 2, 4, 0>(s_wt, s_drbf, c.K, F, wl, gp, grl);
         }
         {
-            /* MERGED: pre[i][0 / 1] becomes dv1 / dv2 of edge i (for the sender work) */
             float pre[E][2][CPL], gp[E][2][CPL];
             filter_pre<CPL, E, 2, 4, 2>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
 #pragma unroll
@@ -185,16 +210,9 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                 if (s == t) { /* nothing of the self-loop's second half reaches g_q */
                     if constexpr (MERGED)
                         if (rm >> i & 1u) { /* its sender work: direction 0 */
-#pragma unroll
-                            for (int j = 0; j < CPL; j++) {
-                                pre[i][0][j] = c.use_dv ? actv<SILU>(c.act, pre[i][0][j], nullptr)
-                                                        : 1.f;
-                                pre[i][1][j] = c.use_dv ? actv<SILU>(c.act, pre[i][1][j], nullptr)
-                                                        : 1.f;
-                            }
                             const float dir0[3] = {0.f, 0.f, 0.f};
-                            merged_send_second<CPL>(c, l, trow, t, s, f0, on, vx_off, acc,
-                                                    pre[i][0], pre[i][1], sv[i], dir0);
+                            merged_send_second<CPL, SILU>(c, l, trow, t, s, f0, on, vx_off, acc,
+                                                          pre[i], sv[i], dir0, false, gp[i]);
                         }
                     continue;
                 }
@@ -205,16 +223,14 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                 ldg_gate_rows<CPL>(l.qkv, l.vec, s, F, D, f0, vx_off, v1, v2, vs);
                 float gc_part = 0.f;
                 float gd_part[3] = {0.f, 0.f, 0.f};
+                /* xm: the pair's filter backward is the other warp's */
+                const bool mine = !MERGED || !(xm >> i & 1u);
 #pragma unroll
                 for (int j = 0; j < CPL; j++) {
                     float dv1 = 1.f, ddv1 = 0.f, dv2 = 1.f, ddv2 = 0.f;
                     if (c.use_dv) {
                         dv1 = actv<SILU>(c.act, pre[i][0][j], &ddv1);
                         dv2 = actv<SILU>(c.act, pre[i][1][j], &ddv2);
-                    }
-                    if constexpr (MERGED) {
-                        pre[i][0][j] = dv1;
-                        pre[i][1][j] = dv2;
                     }
                     const float g2 = v2[j] * dv2 * sv[i];
 #pragma unroll
@@ -228,8 +244,10 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                         gc_part = fmaf(gvv1, dv1, gc_part);
                         gc_part = fmaf(gvv2, dv2, gc_part);
                     }
-                    gp[i][0][j] = gvv1 * sv[i] * ddv1;
-                    gp[i][1][j] = gvv2 * sv[i] * ddv2;
+                    if (mine) {
+                        gp[i][0][j] = gvv1 * sv[i] * ddv1;
+                        gp[i][1][j] = gvv2 * sv[i] * ddv2;
+                    }
                 }
                 grl[i] += gc_part * dcs[i];
                 /* the direction part of dE/dw_e now; the radial part after the filters */
@@ -245,14 +263,16 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                     ga.z += (gd[2] - dir[2] * dd) * inv;
                     l.gw[e] = ga;
                 }
-                if constexpr (MERGED)
+                if constexpr (MERGED) {
                     if (rm >> i & 1u) { /* the sender work of (t -> s), second half: -d */
                         const float dir2[3] = {-dir[0], -dir[1], -dir[2]};
-                        merged_send_second<CPL>(c, l, trow, t, s, f0, on, vx_off, acc,
-                                                pre[i][0], pre[i][1], sv[i], dir2);
+                        merged_send_second<CPL, SILU>(c, l, trow, t, s, f0, on, vx_off, acc,
+                                                      pre[i], sv[i], dir2, pm >> i & 1u, gp[i]);
                     }
+                }
             }
-            filter_back4<CPL, 2, 4, 2>(s_wt, s_drbf, c.K, F, wl, lane, gp, s_red, grl);
+            if (back)
+                filter_back<CPL, E, 2, 4, 2>(s_wt, s_drbf, c.K, F, wl, gp, grl);
         }
         /* radial part: dE/dr_e (filters, RBF, cutoff) along the direction */
 #pragma unroll
@@ -296,7 +316,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
         const int sp = SPLIT ? w / rows : 0, t = SPLIT ? w - sp * rows : w;
         float gq[CPL];
         bwd_recv_row<CPL, SILU, false>(c, l, t, sp, S, F, D, lane, on, f0, wl, G, vx_off, sh.wt, sh.b,
-                                       sh.rbf, sh.drbf, sh.red, nullptr, gq);
+                                       sh.rbf, sh.drbf, nullptr, gq);
         if (on) /* SPLIT: the partial g_q of item (sp, t), summed by et_split_sum */
             st_vec<CPL>((!SPLIT ? l.gqkv + (size_t)t * 5 * F
                                 : part + ((size_t)sp * rows + t) * F) + f0, gq);
@@ -523,9 +543,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
 
 static __host__ __device__ inline size_t merged_warp_floats(int K, int CPL)
 {
-    size_t pw = 2 * (size_t)K * ET_EDGE_CHUNK + ET_RED_FLOATS(K);
-    pw = (pw + 3) / 4 * 4;
-    return pw + 7 * 32 * (size_t)CPL;
+    return edge_warp_floats(K, 1) + 7 * 32 * (size_t)CPL;
 }
 
 static inline size_t merged_smem_bytes(int F, int K, int CPL, int warps)
@@ -544,7 +562,10 @@ static __device__ __forceinline__ void merged_send_first(const et_edge_common &c
                                                          const et_edge_layer &l, const float *trow,
                                                          int s, int f0, bool on, int G, int vx_off,
                                                          float *acc, const float (&dk)[CPL],
-                                                         const float (&dv)[CPL], float sv, float cc)
+                                                         const float (&dv)[CPL],
+                                                         const float (&ddk)[CPL],
+                                                         const float (&ddv)[CPL], float sv, float cc,
+                                                         bool pair, float (&gp)[2][CPL])
 {
     constexpr int AW = 32 * CPL;
     const int F = c.F;
@@ -579,16 +600,22 @@ static __device__ __forceinline__ void merged_send_first(const et_edge_common &c
     }
     st_vec<CPL>(acc, ak);
     st_vec<CPL>(acc + AW, av);
+    if (pair) /* e's g_pre += that of e' (receiver s, sender t) */
+#pragma unroll
+        for (int j = 0; j < CPL; j++) {
+            gp[0][j] = fmaf(gapre * q2[j] * kt[j], ddk[j], gp[0][j]);
+            gp[1][j] = fmaf(gX2[j] * A * vt[j] * sv, ddv[j], gp[1][j]);
+        }
 }
 
-template <int CPL>
+template <int CPL, int SILU>
 static __device__ __forceinline__ void merged_send_second(const et_edge_common &c,
                                                           const et_edge_layer &l,
                                                           const float *trow, int t, int s, int f0,
                                                           bool on, int vx_off, float *acc,
-                                                          const float (&dv1)[CPL],
-                                                          const float (&dv2)[CPL], float sv,
-                                                          const float (&dir2)[3])
+                                                          const float (&pre)[2][CPL], float sv,
+                                                          const float (&dir2)[3], bool pair,
+                                                          float (&gp)[2][CPL])
 {
     constexpr int AW = 32 * CPL;
     const int F = c.F, D = c.D;
@@ -596,7 +623,17 @@ static __device__ __forceinline__ void merged_send_second(const et_edge_common &
 #pragma unroll
     for (int cx = 0; cx < 3; cx++)
         ldg_vec<CPL>(l.gV + ((size_t)s * 3 + cx) * F + f0, gV2[cx]);
-    /* g_v gate 1: (gV2 . vec[t]) dv1 sv; gate 2: (gV2 . dir2) dv2 sv */
+    float vt1[CPL], vt2[CPL]; /* v1[t], v2[t] (a pair only) */
+    ldg_vec<CPL>(trow + vx_off + D, vt1);
+    zero_off<CPL>(on, vt1);
+    if (pair) {
+        ldg_vec<CPL>(trow + vx_off + 2 * D, vt2);
+        zero_off<CPL>(on, vt2);
+    }
+    /* g_v gate 1: (gV2 . vec[t]) dv1 sv; gate 2: (gV2 . dir2) dv2 sv. The gates dv1, dv2 from
+       the pre-activations again (their derivatives too for a pair): cheaper than keeping them
+       live across the receiver work. g1 = v1[t] dv1 sv for g_vec below. */
+    float g1[CPL];
     {
         float gvt1[CPL], a1[CPL], a2[CPL];
 #pragma unroll
@@ -615,24 +652,31 @@ static __device__ __forceinline__ void merged_send_second(const et_edge_common &
         ld_vec<CPL>(acc + 3 * AW, a2);
 #pragma unroll
         for (int j = 0; j < CPL; j++) {
+            float dv1 = 1.f, dv2 = 1.f, ddv1 = 0.f, ddv2 = 0.f;
+            if (c.use_dv) {
+                dv1 = actv<SILU>(c.act, pre[0][j], pair ? &ddv1 : nullptr);
+                dv2 = actv<SILU>(c.act, pre[1][j], pair ? &ddv2 : nullptr);
+            }
             const float gvt2 = gV2[0][j] * dir2[0] + gV2[1][j] * dir2[1] + gV2[2][j] * dir2[2];
-            a1[j] = fmaf(gvt1[j] * sv, dv1[j], a1[j]);
-            a2[j] = fmaf(gvt2 * sv, dv2[j], a2[j]);
+            a1[j] = fmaf(gvt1[j] * sv, dv1, a1[j]);
+            a2[j] = fmaf(gvt2 * sv, dv2, a2[j]);
+            if (pair) { /* e's g_pre += that of e' (receiver s, sender t) */
+                gp[0][j] = fmaf(gvt1[j] * vt1[j] * sv, ddv1, gp[0][j]);
+                gp[1][j] = fmaf(gvt2 * vt2[j] * sv, ddv2, gp[1][j]);
+            }
+            g1[j] = vt1[j] * dv1 * sv;
         }
         st_vec<CPL>(acc + 2 * AW, a1);
         st_vec<CPL>(acc + 3 * AW, a2);
     }
-    /* g_vec[t] += gV2 g1, g1 = v1[t] dv1 sv */
-    float vt1[CPL];
-    ldg_vec<CPL>(trow + vx_off + D, vt1);
-    zero_off<CPL>(on, vt1);
+    /* g_vec[t] += gV2 g1 */
 #pragma unroll
     for (int cx = 0; cx < 3; cx++) {
         float ag[CPL];
         ld_vec<CPL>(acc + (4 + cx) * AW, ag);
 #pragma unroll
         for (int j = 0; j < CPL; j++)
-            ag[j] = fmaf(gV2[cx][j], vt1[j] * dv1[j] * sv, ag[j]);
+            ag[j] = fmaf(gV2[cx][j], g1[j], ag[j]);
         st_vec<CPL>(acc + (4 + cx) * AW, ag);
     }
 }
@@ -649,7 +693,7 @@ static __global__ void __launch_bounds__(32 * MERGED_MAXW(CPL), 1)
     float *sm = reinterpret_cast<float *>(sm4);
     float *const s_wt = sm, *const s_b = sm + (size_t)c.K * 4 * F;
     float *const s_rbf = s_b + 4 * F + (size_t)warp * merged_warp_floats(c.K, CPL);
-    float *const s_drbf = s_rbf + c.K * E, *const s_red = s_drbf + c.K * E;
+    float *const s_drbf = s_rbf + c.K * E;
     /* this lane's accumulators: part p (0 g_k, 1..3 g_v value / gate 1 / gate 2, 4..6 g_vec
        x, y, z) at acc[p * AW + j]; private to the lane (off lanes too: no sharing) */
     float *const acc = s_rbf + merged_warp_floats(c.K, CPL) - 7 * AW + lane * CPL;
@@ -665,7 +709,7 @@ static __global__ void __launch_bounds__(32 * MERGED_MAXW(CPL), 1)
     for (int t = blockIdx.x * nwb + warp; t < c.n_local; t += gridDim.x * nwb) {
         float gq[CPL];
         bwd_recv_row<CPL, SILU, true>(c, l, t, 0, 1, F, D, lane, on, f0, wl, G, vx_off, s_wt, s_b,
-                                      s_rbf, s_drbf, s_red, acc, gq);
+                                      s_rbf, s_drbf, acc, gq);
         if (!on)
             continue;
         float *grow = l.gqkv + (size_t)t * 5 * F;
@@ -775,7 +819,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS)
     const int F = c.F;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const edge_smem sh = edge_smem_load(ne_wt, ne_b, F, c.K, 1, 1);
-    float *s_wt = sh.wt, *s_b = sh.b, *s_rbf = sh.rbf, *s_drbf = sh.drbf, *s_red = sh.red;
+    float *s_wt = sh.wt, *s_b = sh.b, *s_rbf = sh.rbf, *s_drbf = sh.drbf;
     const bool on = lane * CPL < F;
     const int f0 = on ? lane * CPL : 0;
     for (int t = blockIdx.x * ET_EDGE_WARPS + warp; t < c.n_local; t += gridDim.x * ET_EDGE_WARPS) {
@@ -791,30 +835,38 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS)
                 r[i] = i < nv ? c.e_geo[cb + i].w : 0.f;
             stage_rbf<E>(c, r, nv, lane, s_rbf, s_drbf);
             __syncwarp();
-            float pre[E][1][CPL];
+            float pre[E][1][CPL], gpre[E][1][CPL], gcd[E], grl[E];
             filter_pre<CPL, E, 1>(s_wt, s_b, s_rbf, c.K, F, f0 / CPL, pre);
+#pragma unroll
+            for (int i = 0; i < E; i++) {
+                gcd[i] = grl[i] = 0.f;
+#pragma unroll
+                for (int j = 0; j < CPL; j++)
+                    gpre[i][0][j] = 0.f;
+                if (i >= nv)
+                    continue;
+                const int s = c.e_src[cb + i];
+                float dc;
+                const float cc = et_cutoff_f(r[i], c.cl, c.cu, &dc);
+                float en[CPL];
+                ldg_vec<CPL>(ne_emb + (size_t)z[s] * F + f0, en);
+#pragma unroll
+                for (int j = 0; j < CPL; j++) {
+                    const float ge = g[j] * en[j];
+                    gpre[i][0][j] = ge * cc;
+                    gcd[i] = fmaf(ge, pre[i][0][j], gcd[i]);
+                }
+                gcd[i] *= dc;
+            }
+            filter_back<CPL, E, 1>(s_wt, s_drbf, c.K, F, f0 / CPL, gpre, grl);
 #pragma unroll
             for (int i = 0; i < E; i++) {
                 if (i >= nv)
                     break;
                 const int e = cb + i;
-                const int s = c.e_src[e];
-                const float4 geo = c.e_geo[e];
-                float dc;
-                const float cc = et_cutoff_f(geo.w, c.cl, c.cu, &dc);
-                float en[CPL];
-                ldg_vec<CPL>(ne_emb + (size_t)z[s] * F + f0, en);
-                float gpre[1][CPL];
-                float gc = 0.f;
-#pragma unroll
-                for (int j = 0; j < CPL; j++) {
-                    const float ge = g[j] * en[j];
-                    gpre[0][j] = ge * cc;
-                    gc = fmaf(ge, pre[i][0][j], gc);
-                }
-                float gr = filter_back<CPL, E, 1>(s_wt, s_drbf, i, c.K, F, f0 / CPL, lane, gpre, s_red);
-                gr = warp_sum(gr) + warp_sum(gc) * dc;
+                const float gr = warp_sum(grl[i] + gcd[i]);
                 if (lane == 0) {
+                    const float4 geo = c.e_geo[e];
                     const float inv = 1.f / geo.w;
                     float4 acc = gw[e];
                     acc.x += gr * geo.x * inv;

@@ -266,99 +266,53 @@ static __device__ __forceinline__ void filter_pre(const float *s_wt, const float
 }
 
 /*
- * Filter backward for one edge: given gpre[p][j] = dE/dpre for the lane's channels of parts
- * P0 .. P0+NP-1 (rows of NPT parts), the lane
- * k < K ends with gf = dE/df_k = sum_ch gpre[ch] W[ch][k] (transpose through s_red[32][K+1]).
- * Returns sum over this lane's k of gf_k * s_drbf[k][i] (the caller sums it over the warp).
+ * Filter backward, radial part, for the E edges of a chunk: given gp[i][p][j] = dE/dpre of edge i
+ * for the lane's channels of parts P0 .. P0+NP-1 (rows of NPT parts; zero for edges that have no
+ * geometry gradient), adds to grl[i] this lane's share of
+ *   sum_k g_f_k(i) f'_k(r_i),  g_f_k(i) = sum_ch gp[i][ch] W[ch][k],
+ * the caller sums grl[i] over the warp. By linearity the cross-lane sum of g_f_k needs no
+ * transpose: each lane multiplies its own partial sum over its channels by f'_k(r_i) (the same
+ * for every lane, from s_drbf) and the one warp sum at the end adds the lanes. Each weight read
+ * from shared memory serves the E edges.
  */
 template <int CPL, int E, int NP, int NPT = NP, int P0 = 0>
-static __device__ __forceinline__ float filter_back(const float *s_wt, const float *s_drbf, int i,
-                                                    int K, int F, int wl, int lane,
-                                                    const float (&gpre)[NP][CPL], float *s_red)
+static __device__ __forceinline__ void filter_back(const float *s_wt, const float *s_drbf, int K,
+                                                   int F, int wl, const float (&gp)[E][NP][CPL],
+                                                   float (&grl)[E])
 {
     s_wt += P0 * F;
+#pragma unroll 2
     for (int k = 0; k < K; k++) {
-        float acc = 0.f;
+        float acc[E];
+#pragma unroll
+        for (int i = 0; i < E; i++)
+            acc[i] = 0.f;
 #pragma unroll
         for (int p = 0; p < NP; p++) {
             float w[CPL];
             ld_vec<CPL>(s_wt + (size_t)k * NPT * F + p * F + wl * CPL, w);
 #pragma unroll
-            for (int j = 0; j < CPL; j++)
-                acc = fmaf(gpre[p][j], w[j], acc);
+            for (int i = 0; i < E; i++)
+#pragma unroll
+                for (int j = 0; j < CPL; j++)
+                    acc[i] = fmaf(gp[i][p][j], w[j], acc[i]);
         }
-        s_red[lane * (K + 1) + k] = acc;
-    }
-    __syncwarp();
-    float gr = 0.f;
-    for (int k = lane; k < K; k += 32) {
-        float gf = 0.f;
-        for (int l = 0; l < 32; l++)
-            gf += s_red[l * (K + 1) + k];
-        gr = fmaf(gf, s_drbf[k * E + i], gr);
-    }
-    __syncwarp();
-    return gr;
-}
-
-/*
- * Filter backward for the 4 edges of a chunk at once (E = 4): given gp[i][p][j] = dE/dpre of
- * edge i for the lane's channels of parts P0 .. P0+NP-1 (rows of NPT parts; zero for edges that
- * have no geometry gradient), adds this lane's share of sum_k g_f_k(i) f'_k(r_i) to grl[i]
- * (the caller sums grl[i] over the warp). Each weight read from shared memory serves the four
- * edges. g_f_k(i) = sum_ch gp[i][ch] W[ch][k] is transposed through s_red in groups of 8 k:
- * s_red[i][lane][8] (rows padded to 9 floats, edges 296 apart: conflict-free both ways), then
- * lane l sums edge l/8, k = k0 + l%8 over the 32 lanes.
- */
-#define ET_RED4_FLOATS (4 * 296)
-template <int CPL, int NP, int NPT, int P0>
-static __device__ __forceinline__ void filter_back4(const float *s_wt, const float *s_drbf, int K,
-                                                    int F, int wl, int lane,
-                                                    const float (&gp)[4][NP][CPL], float *s_red,
-                                                    float (&grl)[4])
-{
-    s_wt += P0 * F;
-    const int ri = lane >> 3, rk = lane & 7;
-    float mine = 0.f;
-    for (int k0 = 0; k0 < K; k0 += 8) {
+        float d[E];
+        if constexpr (E == 4) {
+            const float4 a = *reinterpret_cast<const float4 *>(s_drbf + k * 4);
+            d[0] = a.x;
+            d[1] = a.y;
+            d[2] = a.z;
+            d[3] = a.w;
+        } else {
 #pragma unroll
-        for (int kk = 0; kk < 8; kk++) {
-            const int k = k0 + kk;
-            float acc[4] = {0.f, 0.f, 0.f, 0.f};
-            if (k < K) {
-#pragma unroll
-                for (int p = 0; p < NP; p++) {
-                    float w[CPL];
-                    ld_vec<CPL>(s_wt + (size_t)k * NPT * F + p * F + wl * CPL, w);
-#pragma unroll
-                    for (int i = 0; i < 4; i++)
-#pragma unroll
-                        for (int j = 0; j < CPL; j++)
-                            acc[i] = fmaf(gp[i][p][j], w[j], acc[i]);
-                }
-            }
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-                s_red[i * 296 + lane * 9 + kk] = acc[i];
+            for (int i = 0; i < E; i++)
+                d[i] = s_drbf[k * E + i];
         }
-        __syncwarp();
-        float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
-        const float *src = s_red + ri * 296 + rk;
 #pragma unroll
-        for (int l = 0; l < 32; l += 4) {
-            s0 += src[l * 9];
-            s1 += src[(l + 1) * 9];
-            s2 += src[(l + 2) * 9];
-            s3 += src[(l + 3) * 9];
-        }
-        const int k = k0 + rk;
-        if (k < K)
-            mine = fmaf((s0 + s1) + (s2 + s3), s_drbf[k * 4 + ri], mine);
-        __syncwarp();
+        for (int i = 0; i < E; i++)
+            grl[i] = fmaf(acc[i], d[i], grl[i]);
     }
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-        grl[i] += ri == i ? mine : 0.f;
 }
 
 /* Blocks per SM the layer edge kernels are compiled for (__launch_bounds__): two blocks of
@@ -373,31 +327,34 @@ static __device__ __forceinline__ void block_copy(float *dst, const float *src, 
         reinterpret_cast<float4 *>(dst)[i] = __ldg(reinterpret_cast<const float4 *>(src) + i);
 }
 
-/* Bytes of dynamic shared memory of an edge kernel: weights [K][NP*F] + bias [NP*F], then per
-   warp s_rbf [K][E], s_drbf [K][E], s_red [32][K+1] (rounded to 16 bytes). */
+/* Floats of a warp's scratch in an edge kernel: s_rbf [K][E], with_back also s_drbf [K][E]
+   (16-byte multiples: E = 4). */
+static __host__ __device__ inline size_t edge_warp_floats(int K, int with_back)
+{
+    return (with_back ? 2 : 1) * (size_t)K * ET_EDGE_CHUNK;
+}
+
+/* Bytes of dynamic shared memory of an edge kernel: weights [K][NP*F] + bias [NP*F], then the
+   scratch of each warp (edge_warp_floats). */
 static inline size_t edge_smem_bytes(int F, int K, int NP, int with_back)
 {
-    size_t per_warp = 2 * (size_t)K * ET_EDGE_CHUNK + (with_back ? ET_RED_FLOATS(K) : 0);
-    per_warp = (per_warp + 3) / 4 * 4;
-    return 4 * ((size_t)K * NP * F + NP * F + ET_EDGE_WARPS * per_warp);
+    return 4 * ((size_t)K * NP * F + NP * F + ET_EDGE_WARPS * edge_warp_floats(K, with_back));
 }
 
 static __device__ __forceinline__ float *warp_scratch(float *sm, int F, int K, int NP,
                                                       int with_back, int warp)
 {
-    size_t per_warp = 2 * (size_t)K * ET_EDGE_CHUNK + (with_back ? ET_RED_FLOATS(K) : 0);
-    per_warp = (per_warp + 3) / 4 * 4;
-    return sm + (size_t)K * NP * F + NP * F + warp * per_warp;
+    return sm + (size_t)K * NP * F + NP * F + warp * edge_warp_floats(K, with_back);
 }
 
 /*
  * Start of every edge kernel: the block copies the NP filter parts (weights [K][NP*F], biases
  * [NP*F]) into dynamic shared memory; each warp gets its scratch (s_rbf, and with with_back
- * s_drbf and s_red; layout of edge_smem_bytes). Ends with __syncthreads().
+ * s_drbf; layout of edge_smem_bytes). Ends with __syncthreads().
  */
 struct edge_smem {
-    float *wt, *b;            /* filter weights and biases in shared memory */
-    float *rbf, *drbf, *red;  /* this warp's scratch */
+    float *wt, *b;      /* filter weights and biases in shared memory */
+    float *rbf, *drbf;  /* this warp's scratch (drbf: with_back only) */
 };
 
 static __device__ __forceinline__ edge_smem edge_smem_load(const float *wt, const float *b, int F,
@@ -409,8 +366,7 @@ static __device__ __forceinline__ edge_smem edge_smem_load(const float *wt, cons
     m.wt = sm;
     m.b = sm + (size_t)K * NP * F;
     m.rbf = warp_scratch(sm, F, K, NP, with_back, threadIdx.x >> 5);
-    m.drbf = m.rbf + K * ET_EDGE_CHUNK;
-    m.red = m.drbf + K * ET_EDGE_CHUNK;
+    m.drbf = with_back ? m.rbf + K * ET_EDGE_CHUNK : nullptr;
     block_copy(m.wt, wt, K * NP * F);
     block_copy(m.b, b, NP * F);
     __syncthreads();

@@ -314,7 +314,7 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
     cudaDeviceProp prop;
     CU(cudaGetDeviceProperties(&prop, device_id), "cudaGetDeviceProperties");
     size_t smem_need = 4 * ((size_t)d->K * 4 * F + 4 * F +
-                            ET_EDGE_WARPS * (2 * (size_t)d->K * ET_EDGE_CHUNK + ET_RED_FLOATS(d->K) + 3));
+                            ET_EDGE_WARPS * 2 * (size_t)d->K * ET_EDGE_CHUNK);
     if (smem_need > prop.sharedMemPerBlockOptin)
         return fail(err, err_len, DS4SCI_ERR_UNSUPPORTED,
                     "filters of hidden_channels %d, num_rbf %d need %zu bytes of "
@@ -369,6 +369,10 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
         et->merged = !(mg && strcmp(mg, "0") == 0);
         const char *fx = getenv("DS4SCI_CUDA_FASTEXP"); /* default on: see edge_common.cuh */
         et->fastexp = !(fx && strcmp(fx, "0") == 0);
+        /* merged backward: the radial filter backward once per pair of reverse edges (edge_bwd.cu
+           bwd_recv_row); DS4SCI_CUDA_PAIR=0: once per edge, as before */
+        const char *pr = getenv("DS4SCI_CUDA_PAIR");
+        et->pair = !(pr && strcmp(pr, "0") == 0);
         /* forward caller exchange as packed floats, default on since measured (docs/gpu.md
            v7: the same bits arrive; 2 GPUs 1M Si atoms 0.673 vs 0.780 s/step);
            DS4SCI_CUDA_XCH_F32=0: rows of doubles */
@@ -1043,6 +1047,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     c.D = m->D;
     c.F = F;
     c.fastexp = et->fastexp;
+    c.pair = et->pair;
     const int grid_l = (nl + ET_EDGE_WARPS - 1) / ET_EDGE_WARPS,
               grid_n = (n + ET_EDGE_WARPS - 1) / ET_EDGE_WARPS;
     /* row split of the fused layer edge passes (few rows: S warps per row, partial sums) */

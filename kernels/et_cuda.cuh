@@ -32,9 +32,6 @@
                                       filters in shared memory per block) */
 #define ET_EDGE_CHUNK 4            /* edges whose filters are evaluated together */
 #define ET_MAX_K 64                /* largest num_rbf the edge kernels take */
-/* floats of a warp's filter-backward transpose buffer: [32][K+1] (one edge) or [4][296]
-   (four edges, filter_back4) */
-#define ET_RED_FLOATS(K) (32 * (size_t)((K) + 1) > 4 * 296 ? 32 * (size_t)((K) + 1) : 4 * 296)
 
 /* ---- device weights of one attention layer (fp32) ----------------------------------------- */
 typedef struct et_dlayer {
@@ -86,6 +83,8 @@ typedef struct et_edge_common {
     int act, attn_act, use_dk, use_dv, vc, H, D;
     int F;                   /* hidden channels */
     int fastexp;             /* SiLU's exponential by ex2.approx (DS4SCI_CUDA_FASTEXP=0: expf) */
+    int pair;                /* merged backward: one filter backward per pair of reverse edges
+                                (DS4SCI_CUDA_PAIR=0: one per edge); see bwd_recv_row */
     /* merged backward (DS4SCI_CUDA_MERGED=1, row split 1 only; NULL otherwise): see edge_bwd.cu */
     const int *rev;          /* [ne] rev[e] = the edge (t -> s) of e = (s -> t), -1 if none;
                                 the self-loop maps to itself (et_edge_rev) */
@@ -160,6 +159,8 @@ typedef struct ds4sci_cuda_et {
     int xch_f32;             /* caller forward exchange of float rows packed two per double
                                 (widths F/2, 2F); DS4SCI_CUDA_XCH_F32=0: doubles */
     int fastexp;             /* SiLU in the edge kernels with __expf (default; FASTEXP=0: expf) */
+    int pair;                /* merged backward: the filter backward once per pair of reverse
+                                edges (default; DS4SCI_CUDA_PAIR=0: once per edge) */
     int split_force;         /* DS4SCI_CUDA_SPLIT=1|2|4|8: row split factor of the fused
                                 layer edge kernels forced (0: chosen per pass, et_edge_split) */
     int merged;              /* DS4SCI_CUDA_MERGED=1: merged receiver + sender backward pass

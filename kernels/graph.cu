@@ -1,7 +1,10 @@
 /*
  * graph.cu - the edge list on the GPU: the caller's candidate neighbours (CSR by owned
  * receiver, may hold a skin) filtered to cl^2 <= d^2 < cu^2, with the self-loop first in each
- * row, in the caller's candidate order (deterministic). Geometry in fp64, stored as fp32.
+ * row, then the senders s > t (ghosts included) in the caller's candidate order, then the
+ * senders s < t in the reverse of that order (deterministic; the merged backward skips the
+ * filter backward of those, whose pair is done in row s: edge_bwd.cu). Geometry in fp64,
+ * stored as fp32.
  */
 #include "et_cuda.cuh"
 
@@ -28,7 +31,8 @@ static __global__ void k_graph_count(int nl, const double *__restrict__ pos,
         row_cnt[warp] = cnt + 1;
 }
 
-/* One warp per owned receiver: write the self-loop, then the kept candidates in order. */
+/* One warp per owned receiver: write the self-loop, then the kept candidates s > t in order
+   from the row's start, and those with s < t in order from the row's end backwards. */
 static __global__ void k_graph_fill(int nl, const double *__restrict__ pos,
                                     const int64_t *__restrict__ coff, const int *__restrict__ cidx,
                                     double cl2, double cu2, const int *__restrict__ row_off,
@@ -47,6 +51,7 @@ static __global__ void k_graph_fill(int nl, const double *__restrict__ pos,
         e_geo[out] = make_float4(0.f, 0.f, 0.f, 0.f);
     }
     out++;
+    int back = row_off[t + 1]; /* the s < t group fills the row from its end */
     int64_t c0 = coff[t], c1 = coff[t + 1];
     for (int64_t base = c0; base < c1; base += 32) {
         int64_t c = base + lane;
@@ -61,14 +66,18 @@ static __global__ void k_graph_fill(int nl, const double *__restrict__ pos,
             d2 = dx * dx + dy * dy + dz * dz;
             keep = d2 >= cl2 && d2 < cu2;
         }
-        unsigned mask = __ballot_sync(0xffffffffu, keep);
+        const bool low = j < t;
+        const unsigned hi_mask = __ballot_sync(0xffffffffu, keep && !low),
+                       lo_mask = __ballot_sync(0xffffffffu, keep && low),
+                       below = (1u << lane) - 1u;
         if (keep) {
-            int slot = out + __popc(mask & ((1u << lane) - 1u));
+            int slot = low ? back - 1 - __popc(lo_mask & below) : out + __popc(hi_mask & below);
             e_src[slot] = j;
             e_dst[slot] = t;
             e_geo[slot] = make_float4((float)dx, (float)dy, (float)dz, (float)sqrt(d2));
         }
-        out += __popc(mask);
+        out += __popc(hi_mask);
+        back -= __popc(lo_mask);
     }
 }
 

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# tools/gpu_sbs.sh - side-by-side speed of two builds of the CUDA backend in one GPU call, with a
+# quick correctness gate first. Run on the GPU machine from the repository root (device `run`,
+# carry .gpufinal, BASE's folder and .gpudeps):
+#
+#   BASE=.gpubase tools/gpu_sbs.sh
+#
+# .gpufinal and BASE hold bench_gpu and check_cuda_backend of two commits (tools/gpu_verify.sh
+# pack; copy .gpufinal to BASE before packing the second). Steps:
+#   1. check_cuda_backend of .gpufinal: golden and vs_cpu (defaults), vs_cpu with
+#      DS4SCI_CUDA_SPLIT=1 (the merged backward on every case) and each of VARIANT_ENVS.
+#   2. bench_gpu of the reference model, BENCH_PROFILE=0 (no events), at SBS_SIZES: the base
+#      build, the new one and the new one under each of VARIANT_ENVS, interleaved, REPS rounds.
+#   3. bench_gpu of the new build with its stage profile (PROFILE_SIZES), and with PROFILE=1
+#      ncu on layer 5's edge kernels (tools/gpu_run.sh profile).
+# Environment: OUT (files back), BASE, SBS_SIZES (default "1000 10000 1000000"), REPS (2),
+# STEPS (timed steps per size, 3), VARIANT_ENVS (";"-separated env sets of the new build run
+# side by side, e.g. "DS4SCI_CUDA_PAIR=0"), PROFILE_SIZES (default "1000000"), PROFILE (0).
+set -u -o pipefail
+ROOT=$(pwd)
+OUT=${OUT:-$ROOT/gpu-out}
+mkdir -p "$OUT"
+B=$ROOT/.gpufinal
+A=$ROOT/${BASE:?BASE: folder with the base build}
+LG=/tmp/gpu_sbs_logs
+rm -rf "$LG"; mkdir -p "$LG"
+export LD_LIBRARY_PATH=$ROOT/.gpudeps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+for d in "$B" "$A"; do   # the test binaries read their data under the path they were built in
+    BUILT=$(sed -n 2p "$d/COMMIT" 2>/dev/null)
+    [ -n "$BUILT" ] && [ ! -e "$BUILT" ] && mkdir -p "$(dirname "$BUILT")" && ln -s "$ROOT" "$BUILT"
+done
+T0=$(date +%s)
+S=$OUT/summary.txt
+t() { echo "$1 rc=$2 t=$(( $(date +%s) - T0 ))s" | tee -a "$S"; }
+trap 'tar czf "$OUT/logs.tgz" -C "$LG" . 2>/dev/null' EXIT
+{ date -u; echo "new $(head -1 "$B/COMMIT") base $(head -1 "$A/COMMIT")";
+  nvidia-smi --query-gpu=index,name,driver_version,clocks.sm --format=csv; } >> "$S" 2>&1
+IFS=';' read -r -a VARS <<< "${VARIANT_ENVS:-}"
+
+T=$LG/tests.log
+ck() {  # ck NAME TIMEOUT [VAR=VALUE ...]
+    local name=$1 to=$2; shift 2
+    echo "==== $name" >> "$T"
+    (cd tests && env CK_REPORT=1 "$@" timeout "$to" "$B/check_cuda_backend") >> "$T" 2>&1
+    t "test_$name" $?
+}
+ck golden 60 CK_RUN_CASE=golden
+ck vs_cpu 150 CK_RUN_CASE=vs_cpu
+ck vs_cpu_split1 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_SPLIT=1
+for v in "${VARS[@]}"; do
+    # shellcheck disable=SC2086
+    ck "vs_cpu_split1 $v" 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_SPLIT=1 $v
+done
+
+SIZES=${SBS_SIZES:-"1000 10000 1000000"}
+for r in $(seq 1 "${REPS:-2}"); do
+    # shellcheck disable=SC2086
+    BENCH_PROFILE=0 timeout 120 "$A/bench_gpu" tests/golden/typical.safetensors "${STEPS:-3}" $SIZES \
+        > "$LG/sbs_base_$r.log" 2>&1
+    t "sbs base round $r" $?
+    # shellcheck disable=SC2086
+    BENCH_PROFILE=0 timeout 120 "$B/bench_gpu" tests/golden/typical.safetensors "${STEPS:-3}" $SIZES \
+        > "$LG/sbs_new_$r.log" 2>&1
+    t "sbs new round $r" $?
+    i=0
+    for v in "${VARS[@]}"; do
+        i=$((i + 1))
+        # shellcheck disable=SC2086
+        env BENCH_PROFILE=0 $v timeout 120 "$B/bench_gpu" tests/golden/typical.safetensors \
+            "${STEPS:-3}" $SIZES > "$LG/sbs_var${i}_$r.log" 2>&1
+        t "sbs new $v round $r" $?
+    done
+done
+# shellcheck disable=SC2086
+timeout 120 "$B/bench_gpu" tests/golden/typical.safetensors "${STEPS:-3}" ${PROFILE_SIZES:-1000000} \
+    > "$LG/bench_profile.log" 2>&1
+t "bench with the stage profile" $?
+if [ "${PROFILE:-0}" = 1 ]; then
+    OUT=$LG/ncu PREBUILT=.gpufinal PREBUILT_ROOT=$(sed -n 2p "$B/COMMIT") \
+        timeout 150 bash tools/gpu_run.sh profile > "$LG/profile.log" 2>&1
+    t profile $?
+fi
+
+echo "==== summary"; cat "$S"
+grep -hE "^====|^[0-9]+%|:F:|:E:" "$T"
+for f in "$LG"/sbs_*.log; do echo "== $(basename "$f")"; grep -vE "^#" "$f" | grep -E "^ +[0-9]+ " ; done
+grep -vE "^#" "$LG/bench_profile.log" | head -40
+cat "$LG"/ncu/ncu_opmix.txt 2>/dev/null | head -60
