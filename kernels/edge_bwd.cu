@@ -43,6 +43,44 @@ static __device__ __forceinline__ void merged_send_second(const et_edge_common &
                                                           float (&gp)[2][CPL]);
 
 /*
+ * One turn of the rolled per-edge loop of bwd_recv_row: the slots of the chunk's per-edge arrays
+ * move down by one, the edge just done (slot 0) goes last, with its g_pre gp in place of its
+ * pre-activations. After E turns every array is in edge order again.
+ */
+template <int CPL>
+static __device__ __forceinline__ void rotate_edges(float (&a)[ET_EDGE_CHUNK][2][CPL],
+                                                    const float (&gp)[2][CPL],
+                                                    float (&r)[ET_EDGE_CHUNK],
+                                                    float (&sv)[ET_EDGE_CHUNK],
+                                                    float (&dcs)[ET_EDGE_CHUNK],
+                                                    float (&grl)[ET_EDGE_CHUNK])
+{
+    constexpr int E = ET_EDGE_CHUNK;
+    const float r0 = r[0], sv0 = sv[0], dc0 = dcs[0], gr0 = grl[0];
+#pragma unroll
+    for (int i = 0; i + 1 < E; i++) {
+#pragma unroll
+        for (int j = 0; j < CPL; j++) {
+            a[i][0][j] = a[i + 1][0][j];
+            a[i][1][j] = a[i + 1][1][j];
+        }
+        r[i] = r[i + 1];
+        sv[i] = sv[i + 1];
+        dcs[i] = dcs[i + 1];
+        grl[i] = grl[i + 1];
+    }
+#pragma unroll
+    for (int j = 0; j < CPL; j++) {
+        a[E - 1][0][j] = gp[0][j];
+        a[E - 1][1][j] = gp[1][j];
+    }
+    r[E - 1] = r0;
+    sv[E - 1] = sv0;
+    dcs[E - 1] = dc0;
+    grl[E - 1] = gr0;
+}
+
+/*
  * The receiver work of owned row t (k_edge_bwd_recv and k_edge_bwd_merged): g_q[t] into gq
  * (this item's chunks cb0, cb0 + step, ... of the row) and dE/dw added to gw[e]. MERGED: also
  * the sender work of each edge's reverse (rev[e] >= 0) into the lane's shared-memory
@@ -124,155 +162,167 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
         }
         stage_rbf<E>(c, r, nv, lane, s_rbf, s_drbf);
         __syncwarp();
+        /*
+         * The edges of a half in a rolled loop (one copy of the per-edge code: unrolled four
+         * times, the merged kernel's code outgrew the instruction cache, measured: 137 KB of
+         * SASS, 3.2 of 8.9 cycles per issued instruction waiting for instructions). The
+         * per-edge arrays rotate by one slot per edge, so that edge i is always in slot 0:
+         * a[] holds the pre-activations of the edges not yet done and then the g_pre of
+         * those done (a[E-1] = edge i's after its turn), in order again after E turns.
+         */
         {
-            float pre[E][2][CPL], gp[E][2][CPL];
-            filter_pre<CPL, E, 2, 4, 0>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
-#pragma unroll
+            float a[E][2][CPL];
+            filter_pre<CPL, E, 2, 4, 0>(s_wt, s_b, s_rbf, c.K, F, wl, a);
+#pragma unroll 1
             for (int i = 0; i < E; i++) {
+                float gp[2][CPL];
 #pragma unroll
                 for (int j = 0; j < CPL; j++)
-                    gp[i][0][j] = gp[i][1][j] = 0.f;
-                if (i >= nv)
-                    continue;
-                const int s = c.e_src[cb + i];
-                const bool self = (s == t);
-                float dc;
-                const float cc = cutoff_pi(r[i], c.cl, c.cu, &dc);
-                const float *srow = l.qkv + (size_t)s * 5 * F;
-                float kk[CPL], vv[CPL];
-                ldg_vec<CPL>(srow + F + f0, kk);
-                ldg_vec<CPL>(srow + vx_off, vv);
-                float dk[CPL], ddk[CPL], dv[CPL], ddv[CPL];
-                float part = 0.f;
+                    gp[0][j] = gp[1][j] = 0.f;
+                if (i < nv) {
+                    const int s = c.e_src[cb + i];
+                    const bool self = (s == t);
+                    float dc;
+                    const float cc = cutoff_pi(r[0], c.cl, c.cu, &dc);
+                    const float *srow = l.qkv + (size_t)s * 5 * F;
+                    float kk[CPL], vv[CPL];
+                    ldg_vec<CPL>(srow + F + f0, kk);
+                    ldg_vec<CPL>(srow + vx_off, vv);
+                    float dk[CPL], ddk[CPL], dv[CPL], ddv[CPL];
+                    float part = 0.f;
 #pragma unroll
-                for (int j = 0; j < CPL; j++) {
-                    if (c.use_dk) {
-                        dk[j] = actv<SILU>(c.act, pre[i][0][j], &ddk[j]);
-                    } else {
-                        dk[j] = 1.f;
-                        ddk[j] = 0.f;
+                    for (int j = 0; j < CPL; j++) {
+                        if (c.use_dk) {
+                            dk[j] = actv<SILU>(c.act, a[0][0][j], &ddk[j]);
+                        } else {
+                            dk[j] = 1.f;
+                            ddk[j] = 0.f;
+                        }
+                        if (c.use_dv) {
+                            dv[j] = actv<SILU>(c.act, a[0][1][j], &ddv[j]);
+                        } else {
+                            dv[j] = 1.f;
+                            ddv[j] = 0.f;
+                        }
+                        part = fmaf(q[j] * kk[j], dk[j], part);
                     }
-                    if (c.use_dv) {
-                        dv[j] = actv<SILU>(c.act, pre[i][1][j], &ddv[j]);
-                    } else {
-                        dv[j] = 1.f;
-                        ddv[j] = 0.f;
+                    float da;
+                    const float at = actv<SILU>(c.attn_act, group_sum(part, G), &da);
+                    const float A = c.vc ? at : at * cc;
+                    sv[0] = c.vc ? cc : 1.f;
+                    dcs[0] = dc;
+                    float gA_part = 0.f;
+#pragma unroll
+                    for (int j = 0; j < CPL; j++)
+                        gA_part = fmaf(gX[j], vv[j] * dv[j] * sv[0], gA_part);
+                    const float gA = group_sum(gA_part, G);
+                    const float gapre = (c.vc ? gA : gA * cc) * da;
+                    float gc_part = c.vc ? 0.f : gA_part * at;
+#pragma unroll
+                    for (int j = 0; j < CPL; j++) {
+                        gq[j] = fmaf(gapre * kk[j], dk[j], gq[j]);
+                        /* g_v~ (x) v[s] is dE/d(dv) up to the factor sv */
+                        const float gvv = gX[j] * A * vv[j];
+                        if (c.vc)
+                            gc_part = fmaf(gvv, dv[j], gc_part);
+                        /* the self-loop has no geometry gradient; xm: the other warp's */
+                        if (!self && !(xm >> i & 1u)) {
+                            gp[0][j] = gapre * q[j] * kk[j] * ddk[j];
+                            gp[1][j] = gvv * sv[0] * ddv[j];
+                        }
                     }
-                    part = fmaf(q[j] * kk[j], dk[j], part);
+                    grl[0] = self ? 0.f : gc_part * dc;
+                    if constexpr (MERGED)
+                        if (rm >> i & 1u) /* the sender work of (t -> s), first half */
+                            merged_send_first<CPL, SILU>(c, l, trow, s, f0, on, G, vx_off, acc,
+                                                         dk, dv, ddk, ddv, sv[0], cc,
+                                                         pm >> i & 1u, gp);
                 }
-                float da;
-                const float a = actv<SILU>(c.attn_act, group_sum(part, G), &da);
-                const float A = c.vc ? a : a * cc;
-                sv[i] = c.vc ? cc : 1.f;
-                dcs[i] = dc;
-                float gA_part = 0.f;
-#pragma unroll
-                for (int j = 0; j < CPL; j++)
-                    gA_part = fmaf(gX[j], vv[j] * dv[j] * sv[i], gA_part);
-                const float gA = group_sum(gA_part, G);
-                const float gapre = (c.vc ? gA : gA * cc) * da;
-                float gc_part = c.vc ? 0.f : gA_part * a;
-#pragma unroll
-                for (int j = 0; j < CPL; j++) {
-                    gq[j] = fmaf(gapre * kk[j], dk[j], gq[j]);
-                    /* g_v~ (x) v[s] is dE/d(dv) up to the factor sv */
-                    const float gvv = gX[j] * A * vv[j];
-                    if (c.vc)
-                        gc_part = fmaf(gvv, dv[j], gc_part);
-                    /* the self-loop has no geometry gradient; xm: the other warp's */
-                    if (!self && !(xm >> i & 1u)) {
-                        gp[i][0][j] = gapre * q[j] * kk[j] * ddk[j];
-                        gp[i][1][j] = gvv * sv[i] * ddv[j];
-                    }
-                }
-                grl[i] = self ? 0.f : gc_part * dc;
-                if constexpr (MERGED)
-                    if (rm >> i & 1u) /* the sender work of (t -> s), first half */
-                        merged_send_first<CPL, SILU>(c, l, trow, s, f0, on, G, vx_off, acc, dk,
-                                                     dv, ddk, ddv, sv[i], cc, pm >> i & 1u,
-                                                     gp[i]);
+                rotate_edges<CPL>(a, gp, r, sv, dcs, grl);
             }
             if (back)
-                filter_back<CPL, E, 2, 4, 0>(s_wt, s_drbf, c.K, F, wl, gp, grl);
+                filter_back<CPL, E, 2, 4, 0>(s_wt, s_drbf, c.K, F, wl, a, grl);
         }
         {
-            float pre[E][2][CPL], gp[E][2][CPL];
-            filter_pre<CPL, E, 2, 4, 2>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
-#pragma unroll
+            float a[E][2][CPL];
+            filter_pre<CPL, E, 2, 4, 2>(s_wt, s_b, s_rbf, c.K, F, wl, a);
+#pragma unroll 1
             for (int i = 0; i < E; i++) {
+                float gp[2][CPL];
 #pragma unroll
                 for (int j = 0; j < CPL; j++)
-                    gp[i][0][j] = gp[i][1][j] = 0.f;
-                if (i >= nv)
-                    continue;
+                    gp[0][j] = gp[1][j] = 0.f;
                 const int e = cb + i;
-                const int s = c.e_src[e];
-                if (s == t) { /* nothing of the self-loop's second half reaches g_q */
+                const int s = i < nv ? c.e_src[e] : t;
+                if (i >= nv) {
+                    /* past the row's end: nothing */
+                } else if (s == t) { /* nothing of the self-loop's second half reaches g_q */
                     if constexpr (MERGED)
                         if (rm >> i & 1u) { /* its sender work: direction 0 */
                             const float dir0[3] = {0.f, 0.f, 0.f};
                             merged_send_second<CPL, SILU>(c, l, trow, t, s, f0, on, vx_off, acc,
-                                                          pre[i], sv[i], dir0, false, gp[i]);
+                                                          a[0], sv[0], dir0, false, gp);
                         }
-                    continue;
-                }
-                const float4 g = c.e_geo[e];
-                const float inv = 1.f / g.w;
-                const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
-                float v1[CPL], v2[CPL], vs[3][CPL];
-                ldg_gate_rows<CPL>(l.qkv, l.vec, s, F, D, f0, vx_off, v1, v2, vs);
-                float gc_part = 0.f;
-                float gd_part[3] = {0.f, 0.f, 0.f};
-                /* xm: the pair's filter backward is the other warp's */
-                const bool mine = !MERGED || !(xm >> i & 1u);
+                } else {
+                    const float4 g = c.e_geo[e];
+                    const float inv = 1.f / g.w;
+                    const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
+                    float v1[CPL], v2[CPL], vs[3][CPL];
+                    ldg_gate_rows<CPL>(l.qkv, l.vec, s, F, D, f0, vx_off, v1, v2, vs);
+                    float gc_part = 0.f;
+                    float gd_part[3] = {0.f, 0.f, 0.f};
+                    /* xm: the pair's filter backward is the other warp's */
+                    const bool mine = !MERGED || !(xm >> i & 1u);
 #pragma unroll
-                for (int j = 0; j < CPL; j++) {
-                    float dv1 = 1.f, ddv1 = 0.f, dv2 = 1.f, ddv2 = 0.f;
-                    if (c.use_dv) {
-                        dv1 = actv<SILU>(c.act, pre[i][0][j], &ddv1);
-                        dv2 = actv<SILU>(c.act, pre[i][1][j], &ddv2);
+                    for (int j = 0; j < CPL; j++) {
+                        float dv1 = 1.f, ddv1 = 0.f, dv2 = 1.f, ddv2 = 0.f;
+                        if (c.use_dv) {
+                            dv1 = actv<SILU>(c.act, a[0][0][j], &ddv1);
+                            dv2 = actv<SILU>(c.act, a[0][1][j], &ddv2);
+                        }
+                        const float g2 = v2[j] * dv2 * sv[0];
+#pragma unroll
+                        for (int cx = 0; cx < 3; cx++)
+                            gd_part[cx] = fmaf(gV[cx][j], g2, gd_part[cx]);
+                        const float gvv1 =
+                            (gV[0][j] * vs[0][j] + gV[1][j] * vs[1][j] + gV[2][j] * vs[2][j]) *
+                            v1[j];
+                        const float gvv2 =
+                            (gV[0][j] * dir[0] + gV[1][j] * dir[1] + gV[2][j] * dir[2]) * v2[j];
+                        if (c.vc) {
+                            gc_part = fmaf(gvv1, dv1, gc_part);
+                            gc_part = fmaf(gvv2, dv2, gc_part);
+                        }
+                        if (mine) {
+                            gp[0][j] = gvv1 * sv[0] * ddv1;
+                            gp[1][j] = gvv2 * sv[0] * ddv2;
+                        }
                     }
-                    const float g2 = v2[j] * dv2 * sv[i];
+                    grl[0] += gc_part * dcs[0];
+                    /* the direction part of dE/dw_e now; the radial part after the filters */
+                    float gd[3];
 #pragma unroll
                     for (int cx = 0; cx < 3; cx++)
-                        gd_part[cx] = fmaf(gV[cx][j], g2, gd_part[cx]);
-                    const float gvv1 =
-                        (gV[0][j] * vs[0][j] + gV[1][j] * vs[1][j] + gV[2][j] * vs[2][j]) * v1[j];
-                    const float gvv2 =
-                        (gV[0][j] * dir[0] + gV[1][j] * dir[1] + gV[2][j] * dir[2]) * v2[j];
-                    if (c.vc) {
-                        gc_part = fmaf(gvv1, dv1, gc_part);
-                        gc_part = fmaf(gvv2, dv2, gc_part);
+                        gd[cx] = warp_sum(gd_part[cx]);
+                    if (lane == 0) {
+                        const float dd = gd[0] * dir[0] + gd[1] * dir[1] + gd[2] * dir[2];
+                        float4 ga = l.gw[e];
+                        ga.x += (gd[0] - dir[0] * dd) * inv;
+                        ga.y += (gd[1] - dir[1] * dd) * inv;
+                        ga.z += (gd[2] - dir[2] * dd) * inv;
+                        l.gw[e] = ga;
                     }
-                    if (mine) {
-                        gp[i][0][j] = gvv1 * sv[i] * ddv1;
-                        gp[i][1][j] = gvv2 * sv[i] * ddv2;
-                    }
+                    if constexpr (MERGED)
+                        if (rm >> i & 1u) { /* the sender work of (t -> s), second half: -d */
+                            const float dir2[3] = {-dir[0], -dir[1], -dir[2]};
+                            merged_send_second<CPL, SILU>(c, l, trow, t, s, f0, on, vx_off, acc,
+                                                          a[0], sv[0], dir2, pm >> i & 1u, gp);
+                        }
                 }
-                grl[i] += gc_part * dcs[i];
-                /* the direction part of dE/dw_e now; the radial part after the filters */
-                float gd[3];
-#pragma unroll
-                for (int cx = 0; cx < 3; cx++)
-                    gd[cx] = warp_sum(gd_part[cx]);
-                if (lane == 0) {
-                    const float dd = gd[0] * dir[0] + gd[1] * dir[1] + gd[2] * dir[2];
-                    float4 ga = l.gw[e];
-                    ga.x += (gd[0] - dir[0] * dd) * inv;
-                    ga.y += (gd[1] - dir[1] * dd) * inv;
-                    ga.z += (gd[2] - dir[2] * dd) * inv;
-                    l.gw[e] = ga;
-                }
-                if constexpr (MERGED) {
-                    if (rm >> i & 1u) { /* the sender work of (t -> s), second half: -d */
-                        const float dir2[3] = {-dir[0], -dir[1], -dir[2]};
-                        merged_send_second<CPL, SILU>(c, l, trow, t, s, f0, on, vx_off, acc,
-                                                      pre[i], sv[i], dir2, pm >> i & 1u, gp[i]);
-                    }
-                }
+                rotate_edges<CPL>(a, gp, r, sv, dcs, grl);
             }
             if (back)
-                filter_back<CPL, E, 2, 4, 2>(s_wt, s_drbf, c.K, F, wl, gp, grl);
+                filter_back<CPL, E, 2, 4, 2>(s_wt, s_drbf, c.K, F, wl, a, grl);
         }
         /* radial part: dE/dr_e (filters, RBF, cutoff) along the direction */
 #pragma unroll

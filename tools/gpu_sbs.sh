@@ -11,7 +11,8 @@
 #      DS4SCI_CUDA_SPLIT=1 (the merged backward on every case) and each of VARIANT_ENVS.
 #   2. bench_gpu of the reference model, BENCH_PROFILE=0 (no events), at SBS_SIZES: the base
 #      build, the new one and the new one under each of VARIANT_ENVS, interleaved, REPS rounds.
-#   3. bench_gpu of the new build with its stage profile (PROFILE_SIZES), and with PROFILE=1
+#   3. bench_gpu of the new build with its stage profile (PROFILE_SIZES, DS4SCI_CUDA_GRAPH=0 so that
+#      small sizes have stage times too), and with PROFILE=1
 #      ncu on layer 5's edge kernels (tools/gpu_run.sh profile).
 # Environment: OUT (files back), BASE, SBS_SIZES (default "1000 10000 1000000"), REPS (2),
 # STEPS (timed steps per size, 3), VARIANT_ENVS (";"-separated env sets of the new build run
@@ -72,7 +73,8 @@ for r in $(seq 1 "${REPS:-2}"); do
     done
 done
 # shellcheck disable=SC2086
-timeout 120 "$B/bench_gpu" tests/golden/typical.safetensors "${STEPS:-3}" ${PROFILE_SIZES:-1000000} \
+DS4SCI_CUDA_GRAPH=0 timeout 120 "$B/bench_gpu" tests/golden/typical.safetensors "${STEPS:-3}" \
+    ${PROFILE_SIZES:-1000000} \
     > "$LG/bench_profile.log" 2>&1
 t "bench with the stage profile" $?
 if [ "${PROFILE:-0}" = 1 ]; then
