@@ -44,19 +44,16 @@ static __device__ __forceinline__ void merged_send_second(const et_edge_common &
 
 /*
  * One turn of the rolled per-edge loop of bwd_recv_row: the slots of the chunk's per-edge arrays
- * move down by one, the edge just done (slot 0) goes last, with its g_pre gp in place of its
- * pre-activations. After E turns every array is in edge order again.
+ * in registers move down by one, the edge just done (slot 0) goes last, with its g_pre gp in
+ * place of its pre-activations. After E turns both arrays are in edge order again.
  */
 template <int CPL>
 static __device__ __forceinline__ void rotate_edges(float (&a)[ET_EDGE_CHUNK][2][CPL],
                                                     const float (&gp)[2][CPL],
-                                                    float (&r)[ET_EDGE_CHUNK],
-                                                    float (&sv)[ET_EDGE_CHUNK],
-                                                    float (&dcs)[ET_EDGE_CHUNK],
                                                     float (&grl)[ET_EDGE_CHUNK])
 {
     constexpr int E = ET_EDGE_CHUNK;
-    const float r0 = r[0], sv0 = sv[0], dc0 = dcs[0], gr0 = grl[0];
+    const float gr0 = grl[0];
 #pragma unroll
     for (int i = 0; i + 1 < E; i++) {
 #pragma unroll
@@ -64,9 +61,6 @@ static __device__ __forceinline__ void rotate_edges(float (&a)[ET_EDGE_CHUNK][2]
             a[i][0][j] = a[i + 1][0][j];
             a[i][1][j] = a[i + 1][1][j];
         }
-        r[i] = r[i + 1];
-        sv[i] = sv[i + 1];
-        dcs[i] = dcs[i + 1];
         grl[i] = grl[i + 1];
     }
 #pragma unroll
@@ -74,9 +68,6 @@ static __device__ __forceinline__ void rotate_edges(float (&a)[ET_EDGE_CHUNK][2]
         a[E - 1][0][j] = gp[0][j];
         a[E - 1][1][j] = gp[1][j];
     }
-    r[E - 1] = r0;
-    sv[E - 1] = sv0;
-    dcs[E - 1] = dc0;
     grl[E - 1] = gr0;
 }
 
@@ -108,6 +99,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
 {
     constexpr int E = ET_EDGE_CHUNK;
     constexpr int AW = 32 * CPL; /* MERGED: stride of the accumulator parts */
+    float *const s_sc = s_drbf + c.K * E; /* edge_warp_floats: [2][E] past s_drbf */
     float q[CPL], gX[CPL], gV[3][CPL];
     ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
     ldg_vec<CPL>(l.gX + (size_t)t * F + f0, gX);
@@ -138,7 +130,10 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
         /* per edge, carried from the first half to the second: sv, c'(r), and this
            lane's part of dE/dr (filter backward, cutoff); MERGED: bit i of rm: edge i has a
            reverse (its sender work is done here) */
-        float r[E], sv[E], dcs[E], grl[E];
+        /* per edge, carried from the first half to the second: sv and c'(r) in the warp's
+           shared scratch s_sc[2][E] (uniform over the warp: no registers), this lane's part of
+           dE/dr (filter backward, cutoff) in grl */
+        float r[E], grl[E];
         /* MERGED: bit i of rm: edge i has a reverse; of pm: ... and s > t (its filter backward
            takes the reverse's g_pre too); of xm: ... and s < t (the pair's filter backward is
            the other warp's: skipped here). back: some edge of the chunk needs the filter
@@ -158,7 +153,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                     back = back || (s != t && !(hp && s < t));
                 }
             }
-            sv[i] = dcs[i] = grl[i] = 0.f;
+            grl[i] = 0.f;
         }
         stage_rbf<E>(c, r, nv, lane, s_rbf, s_drbf);
         __syncwarp();
@@ -183,7 +178,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                     const int s = c.e_src[cb + i];
                     const bool self = (s == t);
                     float dc;
-                    const float cc = cutoff_pi(r[0], c.cl, c.cu, &dc);
+                    const float cc = cutoff_pi(c.e_geo[cb + i].w, c.cl, c.cu, &dc);
                     const float *srow = l.qkv + (size_t)s * 5 * F;
                     float kk[CPL], vv[CPL];
                     ldg_vec<CPL>(srow + F + f0, kk);
@@ -209,12 +204,15 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                     float da;
                     const float at = actv<SILU>(c.attn_act, group_sum(part, G), &da);
                     const float A = c.vc ? at : at * cc;
-                    sv[0] = c.vc ? cc : 1.f;
-                    dcs[0] = dc;
+                    const float svi = c.vc ? cc : 1.f;
+                    if (lane == 0) {
+                        s_sc[i] = svi;
+                        s_sc[E + i] = dc;
+                    }
                     float gA_part = 0.f;
 #pragma unroll
                     for (int j = 0; j < CPL; j++)
-                        gA_part = fmaf(gX[j], vv[j] * dv[j] * sv[0], gA_part);
+                        gA_part = fmaf(gX[j], vv[j] * dv[j] * svi, gA_part);
                     const float gA = group_sum(gA_part, G);
                     const float gapre = (c.vc ? gA : gA * cc) * da;
                     float gc_part = c.vc ? 0.f : gA_part * at;
@@ -228,20 +226,21 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                         /* the self-loop has no geometry gradient; xm: the other warp's */
                         if (!self && !(xm >> i & 1u)) {
                             gp[0][j] = gapre * q[j] * kk[j] * ddk[j];
-                            gp[1][j] = gvv * sv[0] * ddv[j];
+                            gp[1][j] = gvv * svi * ddv[j];
                         }
                     }
                     grl[0] = self ? 0.f : gc_part * dc;
                     if constexpr (MERGED)
                         if (rm >> i & 1u) /* the sender work of (t -> s), first half */
                             merged_send_first<CPL, SILU>(c, l, trow, s, f0, on, G, vx_off, acc,
-                                                         dk, dv, ddk, ddv, sv[0], cc,
+                                                         dk, dv, ddk, ddv, svi, cc,
                                                          pm >> i & 1u, gp);
                 }
-                rotate_edges<CPL>(a, gp, r, sv, dcs, grl);
+                rotate_edges<CPL>(a, gp, grl);
             }
             if (back)
                 filter_back<CPL, E, 2, 4, 0>(s_wt, s_drbf, c.K, F, wl, a, grl);
+            __syncwarp(); /* s_sc written */
         }
         {
             float a[E][2][CPL];
@@ -252,74 +251,73 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
 #pragma unroll
                 for (int j = 0; j < CPL; j++)
                     gp[0][j] = gp[1][j] = 0.f;
-                const int e = cb + i;
-                const int s = i < nv ? c.e_src[e] : t;
-                if (i >= nv) {
-                    /* past the row's end: nothing */
-                } else if (s == t) { /* nothing of the self-loop's second half reaches g_q */
-                    if constexpr (MERGED)
-                        if (rm >> i & 1u) { /* its sender work: direction 0 */
-                            const float dir0[3] = {0.f, 0.f, 0.f};
-                            merged_send_second<CPL, SILU>(c, l, trow, t, s, f0, on, vx_off, acc,
-                                                          a[0], sv[0], dir0, false, gp);
-                        }
-                } else {
-                    const float4 g = c.e_geo[e];
-                    const float inv = 1.f / g.w;
-                    const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
-                    float v1[CPL], v2[CPL], vs[3][CPL];
-                    ldg_gate_rows<CPL>(l.qkv, l.vec, s, F, D, f0, vx_off, v1, v2, vs);
-                    float gc_part = 0.f;
-                    float gd_part[3] = {0.f, 0.f, 0.f};
-                    /* xm: the pair's filter backward is the other warp's */
-                    const bool mine = !MERGED || !(xm >> i & 1u);
+                if (i < nv) {
+                    const int e = cb + i;
+                    const int s = c.e_src[e];
+                    const float svi = s_sc[i];
+                    /* MERGED: the direction of e' for its sender work (0 for the self-loop) */
+                    float dir2[3] = {0.f, 0.f, 0.f};
+                    if (s != t) { /* nothing of the self-loop's second half reaches g_q */
+                        const float4 g = c.e_geo[e];
+                        const float inv = 1.f / g.w;
+                        const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
+                        float v1[CPL], v2[CPL], vs[3][CPL];
+                        ldg_gate_rows<CPL>(l.qkv, l.vec, s, F, D, f0, vx_off, v1, v2, vs);
+                        float gc_part = 0.f;
+                        float gd_part[3] = {0.f, 0.f, 0.f};
+                        /* xm: the pair's filter backward is the other warp's */
+                        const bool mine = !MERGED || !(xm >> i & 1u);
 #pragma unroll
-                    for (int j = 0; j < CPL; j++) {
-                        float dv1 = 1.f, ddv1 = 0.f, dv2 = 1.f, ddv2 = 0.f;
-                        if (c.use_dv) {
-                            dv1 = actv<SILU>(c.act, a[0][0][j], &ddv1);
-                            dv2 = actv<SILU>(c.act, a[0][1][j], &ddv2);
+                        for (int j = 0; j < CPL; j++) {
+                            float dv1 = 1.f, ddv1 = 0.f, dv2 = 1.f, ddv2 = 0.f;
+                            if (c.use_dv) {
+                                dv1 = actv<SILU>(c.act, a[0][0][j], &ddv1);
+                                dv2 = actv<SILU>(c.act, a[0][1][j], &ddv2);
+                            }
+                            const float g2 = v2[j] * dv2 * svi;
+#pragma unroll
+                            for (int cx = 0; cx < 3; cx++)
+                                gd_part[cx] = fmaf(gV[cx][j], g2, gd_part[cx]);
+                            const float gvv1 = (gV[0][j] * vs[0][j] + gV[1][j] * vs[1][j] +
+                                                gV[2][j] * vs[2][j]) *
+                                               v1[j];
+                            const float gvv2 =
+                                (gV[0][j] * dir[0] + gV[1][j] * dir[1] + gV[2][j] * dir[2]) *
+                                v2[j];
+                            if (c.vc) {
+                                gc_part = fmaf(gvv1, dv1, gc_part);
+                                gc_part = fmaf(gvv2, dv2, gc_part);
+                            }
+                            if (mine) {
+                                gp[0][j] = gvv1 * svi * ddv1;
+                                gp[1][j] = gvv2 * svi * ddv2;
+                            }
                         }
-                        const float g2 = v2[j] * dv2 * sv[0];
+                        grl[0] += gc_part * s_sc[E + i];
+                        /* the direction part of dE/dw_e now; the radial part after the
+                           filters */
+                        float gd[3];
 #pragma unroll
                         for (int cx = 0; cx < 3; cx++)
-                            gd_part[cx] = fmaf(gV[cx][j], g2, gd_part[cx]);
-                        const float gvv1 =
-                            (gV[0][j] * vs[0][j] + gV[1][j] * vs[1][j] + gV[2][j] * vs[2][j]) *
-                            v1[j];
-                        const float gvv2 =
-                            (gV[0][j] * dir[0] + gV[1][j] * dir[1] + gV[2][j] * dir[2]) * v2[j];
-                        if (c.vc) {
-                            gc_part = fmaf(gvv1, dv1, gc_part);
-                            gc_part = fmaf(gvv2, dv2, gc_part);
+                            gd[cx] = warp_sum(gd_part[cx]);
+                        if (lane == 0) {
+                            const float dd = gd[0] * dir[0] + gd[1] * dir[1] + gd[2] * dir[2];
+                            float4 ga = l.gw[e];
+                            ga.x += (gd[0] - dir[0] * dd) * inv;
+                            ga.y += (gd[1] - dir[1] * dd) * inv;
+                            ga.z += (gd[2] - dir[2] * dd) * inv;
+                            l.gw[e] = ga;
                         }
-                        if (mine) {
-                            gp[0][j] = gvv1 * sv[0] * ddv1;
-                            gp[1][j] = gvv2 * sv[0] * ddv2;
-                        }
-                    }
-                    grl[0] += gc_part * dcs[0];
-                    /* the direction part of dE/dw_e now; the radial part after the filters */
-                    float gd[3];
 #pragma unroll
-                    for (int cx = 0; cx < 3; cx++)
-                        gd[cx] = warp_sum(gd_part[cx]);
-                    if (lane == 0) {
-                        const float dd = gd[0] * dir[0] + gd[1] * dir[1] + gd[2] * dir[2];
-                        float4 ga = l.gw[e];
-                        ga.x += (gd[0] - dir[0] * dd) * inv;
-                        ga.y += (gd[1] - dir[1] * dd) * inv;
-                        ga.z += (gd[2] - dir[2] * dd) * inv;
-                        l.gw[e] = ga;
+                        for (int cx = 0; cx < 3; cx++)
+                            dir2[cx] = -dir[cx];
                     }
                     if constexpr (MERGED)
-                        if (rm >> i & 1u) { /* the sender work of (t -> s), second half: -d */
-                            const float dir2[3] = {-dir[0], -dir[1], -dir[2]};
+                        if (rm >> i & 1u) /* the sender work of (t -> s), second half: -d */
                             merged_send_second<CPL, SILU>(c, l, trow, t, s, f0, on, vx_off, acc,
-                                                          a[0], sv[0], dir2, pm >> i & 1u, gp);
-                        }
+                                                          a[0], svi, dir2, pm >> i & 1u, gp);
                 }
-                rotate_edges<CPL>(a, gp, r, sv, dcs, grl);
+                rotate_edges<CPL>(a, gp, grl);
             }
             if (back)
                 filter_back<CPL, E, 2, 4, 2>(s_wt, s_drbf, c.K, F, wl, a, grl);

@@ -327,11 +327,11 @@ static __device__ __forceinline__ void block_copy(float *dst, const float *src, 
         reinterpret_cast<float4 *>(dst)[i] = __ldg(reinterpret_cast<const float4 *>(src) + i);
 }
 
-/* Floats of a warp's scratch in an edge kernel: s_rbf [K][E], with_back also s_drbf [K][E]
-   (16-byte multiples: E = 4). */
+/* Floats of a warp's scratch in an edge kernel: s_rbf [K][E], with_back also s_drbf [K][E] and
+   the backward's per-edge scalars s_sc [2][E] (16-byte multiples: E = 4). */
 static __host__ __device__ inline size_t edge_warp_floats(int K, int with_back)
 {
-    return (with_back ? 2 : 1) * (size_t)K * ET_EDGE_CHUNK;
+    return with_back ? (2 * (size_t)K + 2) * ET_EDGE_CHUNK : (size_t)K * ET_EDGE_CHUNK;
 }
 
 /* Bytes of dynamic shared memory of an edge kernel: weights [K][NP*F] + bias [NP*F], then the
