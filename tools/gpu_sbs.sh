@@ -3,13 +3,14 @@
 # quick correctness gate first. Run on the GPU machine from the repository root (device `run`,
 # carry .gpufinal, BASE's folder and .gpudeps):
 #
-#   BASE=.gpubase tools/gpu_sbs.sh
+#   BASE=".gpubase [.gpuprev ...]" tools/gpu_sbs.sh
 #
-# .gpufinal and BASE hold bench_gpu and check_cuda_backend of two commits (tools/gpu_verify.sh
-# pack; copy .gpufinal to BASE before packing the second). Steps:
+# .gpufinal holds bench_gpu and check_cuda_backend of the new commit (tools/gpu_verify.sh pack),
+# each folder of BASE the bench_gpu (and COMMIT) of an older one (copied from .gpufinal before
+# packing the next). Steps:
 #   1. check_cuda_backend of .gpufinal: golden and vs_cpu (defaults), vs_cpu with
 #      DS4SCI_CUDA_SPLIT=1 (the merged backward on every case) and each of VARIANT_ENVS.
-#   2. bench_gpu of the reference model, BENCH_PROFILE=0 (no events), at SBS_SIZES: the base
+#   2. bench_gpu of the reference model, BENCH_PROFILE=0 (no events), at SBS_SIZES: each base
 #      build, the new one and the new one under each of VARIANT_ENVS, interleaved, REPS rounds.
 #   3. bench_gpu of the new build with its stage profile (PROFILE_SIZES, DS4SCI_CUDA_GRAPH=0 so that
 #      small sizes have stage times too), and with PROFILE=1
@@ -22,11 +23,11 @@ ROOT=$(pwd)
 OUT=${OUT:-$ROOT/gpu-out}
 mkdir -p "$OUT"
 B=$ROOT/.gpufinal
-A=$ROOT/${BASE:?BASE: folder with the base build}
+read -r -a BASES <<< "${BASE:?BASE: folders with the base builds}"
 LG=/tmp/gpu_sbs_logs
 rm -rf "$LG"; mkdir -p "$LG"
 export LD_LIBRARY_PATH=$ROOT/.gpudeps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-for d in "$B" "$A"; do   # the test binaries read their data under the path they were built in
+for d in "$B"; do   # the test binary reads its data under the path it was built in
     BUILT=$(sed -n 2p "$d/COMMIT" 2>/dev/null)
     [ -n "$BUILT" ] && [ ! -e "$BUILT" ] && mkdir -p "$(dirname "$BUILT")" && ln -s "$ROOT" "$BUILT"
 done
@@ -34,7 +35,8 @@ T0=$(date +%s)
 S=$OUT/summary.txt
 t() { echo "$1 rc=$2 t=$(( $(date +%s) - T0 ))s" | tee -a "$S"; }
 trap 'tar czf "$OUT/logs.tgz" -C "$LG" . 2>/dev/null' EXIT
-{ date -u; echo "new $(head -1 "$B/COMMIT") base $(head -1 "$A/COMMIT")";
+{ date -u; echo "new $(head -1 "$B/COMMIT")";
+  for a in "${BASES[@]}"; do echo "base $a $(head -1 "$ROOT/$a/COMMIT")"; done;
   nvidia-smi --query-gpu=index,name,driver_version,clocks.sm --format=csv; } >> "$S" 2>&1
 IFS=';' read -r -a VARS <<< "${VARIANT_ENVS:-}"
 
@@ -55,10 +57,12 @@ done
 
 SIZES=${SBS_SIZES:-"1000 10000 1000000"}
 for r in $(seq 1 "${REPS:-2}"); do
-    # shellcheck disable=SC2086
-    BENCH_PROFILE=0 timeout 120 "$A/bench_gpu" tests/golden/typical.safetensors "${STEPS:-3}" $SIZES \
-        > "$LG/sbs_base_$r.log" 2>&1
-    t "sbs base round $r" $?
+    for a in "${BASES[@]}"; do
+        # shellcheck disable=SC2086
+        BENCH_PROFILE=0 timeout 120 "$ROOT/$a/bench_gpu" tests/golden/typical.safetensors \
+            "${STEPS:-3}" $SIZES > "$LG/sbs_base_${a#.}_$r.log" 2>&1
+        t "sbs base $a round $r" $?
+    done
     # shellcheck disable=SC2086
     BENCH_PROFILE=0 timeout 120 "$B/bench_gpu" tests/golden/typical.safetensors "${STEPS:-3}" $SIZES \
         > "$LG/sbs_new_$r.log" 2>&1

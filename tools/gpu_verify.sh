@@ -147,6 +147,9 @@ if [ "${VARIANTS:-1}" = 1 ]; then   # VARIANTS=0: the defaults only
     ck golden_unmerged 60 CK_RUN_CASE=golden DS4SCI_CUDA_MERGED=0 DS4SCI_CUDA_SPLIT=1
     ck api_unmerged 60 CK_RUN_CASE=api DS4SCI_CUDA_MERGED=0 DS4SCI_CUDA_SPLIT=1
     ck golden_expf 60 CK_RUN_CASE=golden DS4SCI_CUDA_FASTEXP=0
+    # the merged backward's filter backward once per edge instead of once per pair (PAIR=0)
+    ck golden_pair0 60 CK_RUN_CASE=golden DS4SCI_CUDA_SPLIT=1 DS4SCI_CUDA_PAIR=0
+    ck vs_cpu_pair0 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_SPLIT=1 DS4SCI_CUDA_PAIR=0
     [ "${FULL:-1}" = 1 ] && ck vs_cpu_expf 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_FASTEXP=0
     ck golden_split2 60 CK_RUN_CASE=golden DS4SCI_CUDA_SPLIT=2
     ck vs_cpu_split2 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_SPLIT=2
