@@ -356,8 +356,13 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
     {
         const char *eu = getenv("DS4SCI_CUDA_EDGE");
         et->edge_unfused = eu && strcmp(eu, "unfused") == 0;
+        /* checkpointed layer inputs: auto by default (only when keeping all of them would take
+           more than half of the memory free now: 1M atoms of the reference model keep all,
+           -7% time for 4.6 KB/atom, docs/gpu.md v10), DS4SCI_CUDA_CHECKPOINT=1 always, =0 never */
         const char *ck = getenv("DS4SCI_CUDA_CHECKPOINT");
-        et->checkpoint = !(ck && strcmp(ck, "0") == 0);
+        et->checkpoint = ck && !strcmp(ck, "0") ? 0 : ck && !strcmp(ck, "1") ? 1 : -1;
+        size_t fr = 0, tot = 0;
+        et->mem_at_create = cudaMemGetInfo(&fr, &tot) == cudaSuccess ? fr : 0;
         /* merged backward (edge_bwd.cu), default on since measured on the H200 (docs/gpu.md
            v7: same errors, 1M atoms 3.26 vs 3.44 s/step); DS4SCI_CUDA_MERGED=0: separate
            receiver and sender passes */
@@ -972,7 +977,16 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
        forward again from the kept input k - 1 (DS4SCI_CUDA_CHECKPOINT=0: keep all). With a
        caller exchange everything is kept: re-obtaining ghost rows would need extra exchange
        calls, and backend.h fixes their sequence. */
-    const int ck = builtin && et->checkpoint && L >= 3;
+    /* auto (et->checkpoint < 0): checkpoint when the workspace with all inputs kept, roughly
+       (L + 1) x, L vec, L X, h, q/k/v, dE/dqkv, 3 dE/dx|vec rows of floats per atom and ~60
+       bytes per edge, would exceed half of the memory free at context creation; decided from
+       the sizes alone, so a CUDA graph's key (the sizes) fixes it too */
+    const double keep_all_bytes =
+        4.0 * ((double)(L + 1 + 3 * L + 1 + 5 + 5 + 7) * (double)nF + (double)L * (double)nlF) +
+        60.0 * (double)ne1;
+    const int ck = builtin && L >= 3 &&
+                   (et->checkpoint > 0 ||
+                    (et->checkpoint < 0 && keep_all_bytes > 0.5 * (double)et->mem_at_create));
     auto kept = [&](int k) -> bool { return !ck || (k < L && (k == L - 1 || k % 2 == 0)); };
     int nkx = 0, nkv = 0;
     for (int k = 0; k <= L; k++)

@@ -165,8 +165,11 @@ typedef struct ds4sci_cuda_et {
                                 layer edge kernels forced (0: chosen per pass, et_edge_split) */
     int merged;              /* DS4SCI_CUDA_MERGED=1: merged receiver + sender backward pass
                                 (edge_bwd.cu, filters once per unordered pair; default off) */
-    int checkpoint;          /* keep every other layer input with the built-in exchange
-                                (default; DS4SCI_CUDA_CHECKPOINT=0: keep all) */
+    int checkpoint;          /* keep every other layer input with the built-in exchange:
+                                -1 auto (default: only where keeping all would take more
+                                than half of mem_at_create), 1 always
+                                (DS4SCI_CUDA_CHECKPOINT=1), 0 never (=0) */
+    size_t mem_at_create;    /* free device memory after the context's weights were uploaded */
     int node_chunk;          /* owned rows per chunk of the node work that needs o and P
                                 (update, its backward, the head): their buffers hold one
                                 chunk (DS4SCI_CUDA_NODE_CHUNK, default 262144) */

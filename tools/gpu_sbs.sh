@@ -8,7 +8,7 @@
 # .gpufinal holds bench_gpu and check_cuda_backend of the new commit (tools/gpu_verify.sh pack),
 # each folder of BASE the bench_gpu (and COMMIT) of an older one (copied from .gpufinal before
 # packing the next). Steps:
-#   1. check_cuda_backend of .gpufinal: golden and vs_cpu (defaults), vs_cpu with
+#   1. check_cuda_backend of .gpufinal: golden, api and vs_cpu (defaults), vs_cpu with
 #      DS4SCI_CUDA_SPLIT=1 (the merged backward on every case) and each of VARIANT_ENVS.
 #   2. bench_gpu of the reference model, BENCH_PROFILE=0 (no events), at SBS_SIZES: each base
 #      build, the new one and the new one under each of VARIANT_ENVS, interleaved, REPS rounds.
@@ -48,6 +48,7 @@ ck() {  # ck NAME TIMEOUT [VAR=VALUE ...]
     t "test_$name" $?
 }
 ck golden 60 CK_RUN_CASE=golden
+ck api 60 CK_RUN_CASE=api
 ck vs_cpu 150 CK_RUN_CASE=vs_cpu
 ck vs_cpu_split1 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_SPLIT=1
 for v in "${VARS[@]}"; do

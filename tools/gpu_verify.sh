@@ -9,7 +9,7 @@
 #                                    liblammps.so.0, ds4sciplugin.so); about 8 minutes on 2 cores.
 #   tools/gpu_verify.sh run          there (device `run`, carry .gpufinal .lammps-gpu/bin .gpudeps):
 #                                    check_cuda_backend (golden, api, vs_cpu with their measured
-#                                    errors; vs_cpu also with DS4SCI_CUDA_CHECKPOINT=0; golden with
+#                                    errors; vs_cpu also with DS4SCI_CUDA_CHECKPOINT=1; golden with
 #                                    DS4SCI_CUDA_EDGE=unfused; golden and vs_cpu with
 #                                    DS4SCI_CUDA_FASTEXP=0 and with DS4SCI_CUDA_SPLIT=1 and 2),
 #                                    memcheck (golden), bench_gpu 1k..1M (and 10k, 1M with
@@ -129,9 +129,12 @@ ck golden_split1 60 CK_RUN_CASE=golden DS4SCI_CUDA_SPLIT=1
 ck golden_chunk7 60 CK_RUN_CASE=golden DS4SCI_CUDA_NODE_CHUNK=7
 ck api_chunk5 60 CK_RUN_CASE=api DS4SCI_CUDA_NODE_CHUNK=5
 ck vs_cpu_chunk96 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_NODE_CHUNK=96
+# checkpointed layer inputs (auto: only for large systems, so the suite's sizes keep all):
+# forced on, so the recomputation path runs on every case
+ck golden_ckpt 60 CK_RUN_CASE=golden DS4SCI_CUDA_CHECKPOINT=1
+ck vs_cpu_ckpt 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_CHECKPOINT=1
 if [ "${VARIANTS:-1}" = 1 ]; then   # VARIANTS=0: the defaults only
     if [ "${FULL:-1}" = 1 ]; then   # variants unchanged since the last run can be left out (FULL=0)
-        ck vs_cpu_nockpt 100 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_CHECKPOINT=0
         ck golden_unfused 60 CK_RUN_CASE=golden DS4SCI_CUDA_EDGE=unfused
     fi
     ck api_xch_f64 60 CK_RUN_CASE=api DS4SCI_CUDA_XCH_F32=0
