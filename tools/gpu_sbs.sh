@@ -21,32 +21,16 @@
 set -u -o pipefail
 ROOT=$(pwd)
 OUT=${OUT:-$ROOT/gpu-out}
-mkdir -p "$OUT"
-B=$ROOT/.gpufinal
 read -r -a BASES <<< "${BASE:?BASE: folders with the base builds}"
 LG=/tmp/gpu_sbs_logs
-rm -rf "$LG"; mkdir -p "$LG"
-export LD_LIBRARY_PATH=$ROOT/.gpudeps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-for d in "$B"; do   # the test binary reads its data under the path it was built in
-    BUILT=$(sed -n 2p "$d/COMMIT" 2>/dev/null)
-    [ -n "$BUILT" ] && [ ! -e "$BUILT" ] && mkdir -p "$(dirname "$BUILT")" && ln -s "$ROOT" "$BUILT"
-done
-T0=$(date +%s)
-S=$OUT/summary.txt
-t() { echo "$1 rc=$2 t=$(( $(date +%s) - T0 ))s" | tee -a "$S"; }
-trap 'tar czf "$OUT/logs.tgz" -C "$LG" . 2>/dev/null' EXIT
+# shellcheck source=tools/gpu_lib.sh
+. "$ROOT/tools/gpu_lib.sh"
 { date -u; echo "new $(head -1 "$B/COMMIT")";
   for a in "${BASES[@]}"; do echo "base $a $(head -1 "$ROOT/$a/COMMIT")"; done;
   nvidia-smi --query-gpu=index,name,driver_version,clocks.sm --format=csv; } >> "$S" 2>&1
 IFS=';' read -r -a VARS <<< "${VARIANT_ENVS:-}"
 
 T=$LG/tests.log
-ck() {  # ck NAME TIMEOUT [VAR=VALUE ...]
-    local name=$1 to=$2; shift 2
-    echo "==== $name" >> "$T"
-    (cd tests && env CK_REPORT=1 "$@" timeout "$to" "$B/check_cuda_backend") >> "$T" 2>&1
-    t "test_$name" $?
-}
 ck golden 60 CK_RUN_CASE=golden
 ck api 60 CK_RUN_CASE=api
 ck vs_cpu 150 CK_RUN_CASE=vs_cpu

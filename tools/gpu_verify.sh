@@ -61,23 +61,11 @@ fi
 
 # ---- run, on the GPU machine ----
 OUT=${OUT:-$ROOT/gpu-out}
-mkdir -p "$OUT"
 BUDGET=${BUDGET:-420}
 SIZES=${SIZES:-"1000 10000 100000 1000000"}
-B=$ROOT/.gpufinal
 LG=/tmp/gpu_verify_logs
-rm -rf "$LG"; mkdir -p "$LG"
-export LD_LIBRARY_PATH=$ROOT/.gpudeps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-# the test binary reads its data under the path it was built in
-BUILT=$(sed -n 2p "$B/COMMIT" 2>/dev/null)
-[ -n "$BUILT" ] && [ ! -e "$BUILT" ] && mkdir -p "$(dirname "$BUILT")" && ln -s "$ROOT" "$BUILT"
-cd "$ROOT"
-T0=$(date +%s)
-S=$OUT/summary.txt
-t() { echo "$1 rc=$2 t=$(( $(date +%s) - T0 ))s" | tee -a "$S"; }
-left() { [ $(( $(date +%s) - T0 )) -lt "$1" ]; }
-pack_logs() { tar czf "$OUT/logs.tgz" -C "$LG" . 2>/dev/null; }
-trap pack_logs EXIT
+# shellcheck source=tools/gpu_lib.sh
+. "$ROOT/tools/gpu_lib.sh"
 { date -u; cat "$B/COMMIT"; nvidia-smi --query-gpu=index,name,driver_version,clocks.sm --format=csv; } >> "$S" 2>&1
 NGPU=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU")
 bg=()
@@ -110,12 +98,6 @@ fi
 
 T=$LG/tests.log
 : > "$T"
-ck() {  # ck NAME TIMEOUT [VAR=VALUE ...]: one check_cuda_backend case with its errors reported
-    local name=$1 to=$2; shift 2
-    echo "==== $name" >> "$T"
-    (cd tests && env CK_REPORT=1 "$@" timeout "$to" "$B/check_cuda_backend") >> "$T" 2>&1
-    t "test_$name" $?
-}
 ck golden 60 CK_RUN_CASE=golden
 ck api 60 CK_RUN_CASE=api
 ck vs_cpu 150 CK_RUN_CASE=vs_cpu
@@ -184,7 +166,7 @@ if [ "${GRAPH_BENCH:-1}" = 1 ]; then   # CUDA graph off / forced on, side by sid
         t "bench_gpu_graph$g" $?
     done
 fi
-for S in ${SPLITS:-1 2 4 8}; do   # forced split factors at the sizes where the rule matters
+for S in ${SPLITS-1 2 4 8}; do   # forced split factors at the sizes where the rule matters
     DS4SCI_CUDA_SPLIT=$S timeout 60 "$B/bench_gpu" tests/golden/typical.safetensors 5 1000 10000 \
         > "$LG/bench_gpu_split$S.log" 2>&1
     t "bench_gpu_split$S" $?
@@ -244,7 +226,7 @@ grep -hE "^====|^[0-9]+%|:F:|:E:" "$T"
 grep -h "ERROR SUMMARY" "$LG/memcheck.log" "$LG/memcheck_merged.log"
 grep -vE "^#" "$LG/bench_gpu.log" | head -40
 grep -vE "^#" "$LG/bench_gpu_expf.log" 2>/dev/null | head -12
-for S in ${SPLITS:-1 2 4 8}; do echo "split $S"; grep -E "^ +[0-9]+ " "$LG/bench_gpu_split$S.log"; done
+for S in ${SPLITS-1 2 4 8}; do echo "split $S"; grep -E "^ +[0-9]+ " "$LG/bench_gpu_split$S.log"; done
 echo "unmerged"; grep -E "^ +[0-9]+ |per-stage" "$LG/bench_gpu_unmerged.log" 2>/dev/null
 for g in 0 1; do echo "graph $g"; grep -E "^ +[0-9]+ " "$LG/bench_gpu_graph$g.log" 2>/dev/null; done
 grep -E "^variant|PASS|FAIL|ALL|SOME" "$LG/filter_mma.log" 2>/dev/null | grep -v "^sim" | head -40
