@@ -570,18 +570,20 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
  * so the same RBF, filters dk, dv, gates and cutoff; the direction of e' is -d. The self-loop
  * is its own reverse (its sender work, direction 0, is done here too). The sender sums of t
  * (g_k, g_v, g_vec) are accumulated over the row in shared memory (7 x 32 CPL floats per warp:
- * the receiver pass is at 125 of 128 registers) and stored at the end of the row: gqkv[t] gets
+ * the receiver work alone is at 124 of 128 registers) and stored at the end of the row: gqkv[t] gets
  * g_q | g_k | g_v (=), gvec[t] += g_vec. Every write goes to t's own rows or to gw[e] of t's
  * row: no atomics, a fixed order (row order, then et_edge_backward_send adds the edges not
  * covered, tr_edge2, in transpose order). The sender work of e' is the code of k_edge_bwd_send
  * with (its s, its t) = (t, s) (merged_send_first / merged_send_second), done for edge i right
- * after its receiver work in each half, from the activations dk, dv (first half) and dv1, dv2
- * (second half, kept in place of the pre-activations): done there, edge i's pre-activations
- * are dead before the next edge's (doing it after the filter backward kept all four edges'
- * activations live across it: 168 / 428 B of spills at CPL 4 instead of 60 / 216 B).
+ * after its receiver work in each half, from the activations dk, dv (first half) and the
+ * second half's pre-activations (dv1, dv2 evaluated again there: cheaper than keeping them
+ * live): done there, edge i's pre-activations are dead before the next edge's (doing it after
+ * the filter backward kept all four edges' activations live across it: 168 / 428 B of spills
+ * at CPL 4 instead of 60 / 216 B, v7). The pairs of reverse edges share one radial filter
+ * backward (bwd_recv_row).
  *
  * Blocks of up to ET_MERGED_WARPS warps, one block per SM (filters 4 K F floats + per warp the
- * scratch of k_edge_bwd_recv and the accumulators: 214 KB at F = 128, K = 32, 16 warps), so
+ * scratch of k_edge_bwd_recv and the accumulators: 141 KB at F = 128, K = 32, 16 warps), so
  * 16 warps per SM as the receiver pass's two blocks of 8; registers capped at 128 alike.
  */
 #define ET_MERGED_WARPS 16
