@@ -166,10 +166,11 @@ if [ "${GRAPH_BENCH:-1}" = 1 ]; then   # CUDA graph off / forced on, side by sid
         t "bench_gpu_graph$g" $?
     done
 fi
-for S in ${SPLITS-1 2 4 8}; do   # forced split factors at the sizes where the rule matters
-    DS4SCI_CUDA_SPLIT=$S timeout 60 "$B/bench_gpu" tests/golden/typical.safetensors 5 1000 10000 \
-        > "$LG/bench_gpu_split$S.log" 2>&1
-    t "bench_gpu_split$S" $?
+# (the loop variable is not S: that is the summary file of gpu_lib.sh)
+for sf in ${SPLITS-1 2 4 8}; do   # forced split factors at the sizes where the rule matters
+    DS4SCI_CUDA_SPLIT=$sf timeout 60 "$B/bench_gpu" tests/golden/typical.safetensors 5 1000 10000 \
+        > "$LG/bench_gpu_split$sf.log" 2>&1
+    t "bench_gpu_split$sf" $?
 done
 if [ "${FILTER:-1}" = 1 ] && [ -x "$B/bench_filter_mma" ]; then
     timeout 90 "$B/bench_filter_mma" --model potentials/si-sw-et.safetensors --layer 1 --rmin 2.0 \
@@ -226,7 +227,7 @@ grep -hE "^====|^[0-9]+%|:F:|:E:" "$T"
 grep -h "ERROR SUMMARY" "$LG/memcheck.log" "$LG/memcheck_merged.log"
 grep -vE "^#" "$LG/bench_gpu.log" | head -40
 grep -vE "^#" "$LG/bench_gpu_expf.log" 2>/dev/null | head -12
-for S in ${SPLITS-1 2 4 8}; do echo "split $S"; grep -E "^ +[0-9]+ " "$LG/bench_gpu_split$S.log"; done
+for sf in ${SPLITS-1 2 4 8}; do echo "split $sf"; grep -E "^ +[0-9]+ " "$LG/bench_gpu_split$sf.log"; done
 echo "unmerged"; grep -E "^ +[0-9]+ |per-stage" "$LG/bench_gpu_unmerged.log" 2>/dev/null
 for g in 0 1; do echo "graph $g"; grep -E "^ +[0-9]+ " "$LG/bench_gpu_graph$g.log" 2>/dev/null; done
 grep -E "^variant|PASS|FAIL|ALL|SOME" "$LG/filter_mma.log" 2>/dev/null | grep -v "^sim" | head -40
