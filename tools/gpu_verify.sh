@@ -106,7 +106,7 @@ ck vs_cpu 150 CK_RUN_CASE=vs_cpu
 # backward on all of them
 ck vs_cpu_split1 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_SPLIT=1
 ck golden_split1 60 CK_RUN_CASE=golden DS4SCI_CUDA_SPLIT=1
-# node work in chunks of owned rows (default 65536: one chunk below that): small chunks so every
+# node work in chunks of owned rows (default 262144: one chunk below that): small chunks so every
 # case runs several, with a partial last one (and the ghost rows with it)
 ck golden_chunk7 60 CK_RUN_CASE=golden DS4SCI_CUDA_NODE_CHUNK=7
 ck api_chunk5 60 CK_RUN_CASE=api DS4SCI_CUDA_NODE_CHUNK=5
