@@ -216,6 +216,24 @@ static __device__ __forceinline__ void stage_rbf(const et_edge_common &c, const 
     }
 }
 
+/* The E values of row k of a warp's staged [K][E] array (s_rbf, s_drbf): one 16-byte shared
+   load when E = 4. */
+template <int E>
+static __device__ __forceinline__ void lds_chunk(const float *p, float (&v)[E])
+{
+    if constexpr (E == 4) {
+        const float4 a = *reinterpret_cast<const float4 *>(p);
+        v[0] = a.x;
+        v[1] = a.y;
+        v[2] = a.z;
+        v[3] = a.w;
+    } else {
+#pragma unroll
+        for (int i = 0; i < E; i++)
+            v[i] = p[i];
+    }
+}
+
 /*
  * pre[i][p][j] = b_q[ch] + sum_k W_q[ch][k] f_k(r_i), q = P0 + p, for the lane's channels ch of
  * parts P0 .. P0+NP-1 of filters stored with NPT parts per row k, for the E edges staged in
@@ -241,17 +259,7 @@ static __device__ __forceinline__ void filter_pre(const float *s_wt, const float
 #pragma unroll 2
     for (int k = 0; k < K; k++) {
         float rb[E];
-        if constexpr (E == 4) {
-            float4 a = *reinterpret_cast<const float4 *>(s_rbf + k * 4);
-            rb[0] = a.x;
-            rb[1] = a.y;
-            rb[2] = a.z;
-            rb[3] = a.w;
-        } else {
-#pragma unroll
-            for (int i = 0; i < E; i++)
-                rb[i] = s_rbf[k * E + i];
-        }
+        lds_chunk<E>(s_rbf + k * E, rb);
 #pragma unroll
         for (int p = 0; p < NP; p++) {
             float w[CPL];
@@ -298,17 +306,7 @@ static __device__ __forceinline__ void filter_back(const float *s_wt, const floa
                     acc[i] = fmaf(gp[i][p][j], w[j], acc[i]);
         }
         float d[E];
-        if constexpr (E == 4) {
-            const float4 a = *reinterpret_cast<const float4 *>(s_drbf + k * 4);
-            d[0] = a.x;
-            d[1] = a.y;
-            d[2] = a.z;
-            d[3] = a.w;
-        } else {
-#pragma unroll
-            for (int i = 0; i < E; i++)
-                d[i] = s_drbf[k * E + i];
-        }
+        lds_chunk<E>(s_drbf + k * E, d);
 #pragma unroll
         for (int i = 0; i < E; i++)
             grl[i] = fmaf(acc[i], d[i], grl[i]);

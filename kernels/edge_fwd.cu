@@ -177,9 +177,9 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS)
     }
 }
 
-extern "C" int et_edge_smem(int CPL, int K, int part_count)
+extern "C" size_t et_edge_smem(int F, int K, int part_count, int with_back)
 {
-    return (int)edge_smem_bytes(32 * CPL, K, part_count, 1);
+    return edge_smem_bytes(F, K, part_count, with_back);
 }
 
 template <int CPL>

@@ -313,8 +313,7 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
     CU(cudaSetDevice(device_id), "cudaSetDevice");
     cudaDeviceProp prop;
     CU(cudaGetDeviceProperties(&prop, device_id), "cudaGetDeviceProperties");
-    size_t smem_need = 4 * ((size_t)d->K * 4 * F + 4 * F +
-                            ET_EDGE_WARPS * (2 * (size_t)d->K + 2) * ET_EDGE_CHUNK);
+    const size_t smem_need = et_edge_smem(F, d->K, 4, 1); /* the receivers' kernel */
     if (smem_need > prop.sharedMemPerBlockOptin)
         return fail(err, err_len, DS4SCI_ERR_UNSUPPORTED,
                     "filters of hidden_channels %d, num_rbf %d need %zu bytes of "

@@ -328,7 +328,9 @@ cudaError_t et_edge_forward_slots(int CPL, const et_edge_common *c, int *slots);
 cudaError_t et_ne_forward(cudaStream_t s, int CPL, int grid, const et_edge_common *c,
                           const float *ne_wt, const float *ne_b, const float *ne_emb,
                           const int *z, float *cat);
-int et_edge_smem(int CPL, int K, int part_count);
+/* bytes of dynamic shared memory of a layer edge kernel with part_count filter parts (with_back:
+   the backward's per-warp scratch too): edge_common.cuh's edge_smem_bytes */
+size_t et_edge_smem(int F, int K, int part_count, int with_back);
 
 /* edge_bwd.cu (split, part: see et_edge_split) */
 cudaError_t et_edge_backward_recv(cudaStream_t s, int CPL, int grid, int split, float *part,
