@@ -81,11 +81,17 @@ static __device__ __forceinline__ void rotate_edges(float (&a)[ET_EDGE_CHUNK][2]
  *
  * MERGED, pairs: e = (s -> t) and its reverse e' share r, so the filter part of dE/dr of both,
  * sum_k g_f_k f'_k with g_f = W^T (g_pre(e) + g_pre(e')), is one filter backward: the warp of
- * the smaller index does it for the pair (s > t: g_pre(e') comes from the sender work of e',
- * added to e's), and the other skips it (s < t: e's g_pre left zero). dE/dr d_e' on e' acts
- * on the atoms and the virial as dE/dr d_e on e (w(e') = -w(e)), so the pair's radial filter
- * term goes to gw[e]; the cutoff and direction terms stay per edge. graph.cu puts the edges
- * with s < t last in each row, so that the filter backward is skipped for whole chunks.
+ * the edge of smaller index does it for the pair (e < e': g_pre(e') comes from the sender
+ * work of e', added to e's), and the other skips it (e' < e: e's g_pre left zero). dE/dr d_e'
+ * on e' acts on the atoms and the virial as dE/dr d_e on e (w(e') = -w(e); for a periodic
+ * image s, e' acts on s's owned atom and an image of t: the same forces once the ghosts are
+ * folded), so the pair's radial filter term goes to gw[e]; the cutoff and direction terms stay
+ * per edge. graph.cu puts the edges whose other end's owned atom is < t (e' < e) last in each
+ * row, so that the filter backward is skipped for whole chunks.
+ *
+ * MERGED with a periodic image s (built-in exchange: the map pairs e with the edge of row so,
+ * s's owned atom): the sender work of e' reads the receiver's q, dE/dX and dE/dV at row s,
+ * which hold so's (et_cuda.cu gathers dE/dX and dE/dV of ghost rows before the pass).
  */
 template <int CPL, int SILU, bool MERGED>
 static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
@@ -134,10 +140,12 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
            shared scratch s_sc[2][E] (uniform over the warp: no registers), this lane's part of
            dE/dr (filter backward, cutoff) in grl */
         float r[E], grl[E];
-        /* MERGED: bit i of rm: edge i has a reverse; of pm: ... and s > t (its filter backward
-           takes the reverse's g_pre too); of xm: ... and s < t (the pair's filter backward is
-           the other warp's: skipped here). back: some edge of the chunk needs the filter
-           backward. */
+        /* MERGED: bit i of rm: edge i has a reverse; of pm: ... and this warp does the pair's
+           filter backward (it takes the reverse's g_pre too); of xm: ... and the other does
+           (skipped here; the self-loop too, which has none). The pair's filter backward is
+           done at its edge of the smaller index: in the row of the smaller receiver, or for a
+           periodic self-image pair (small boxes: s an image of t) both in this row.
+           back: some edge of the chunk needs the filter backward. */
         unsigned rm = 0, pm = 0, xm = 0;
         bool back = !MERGED;
 #pragma unroll
@@ -145,12 +153,12 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
             r[i] = i < nv ? c.e_geo[cb + i].w : 0.f;
             if constexpr (MERGED) {
                 if (i < nv) {
-                    const int s = c.e_src[cb + i];
-                    const bool hr = c.rev[cb + i] >= 0, hp = hr && c.pair;
-                    rm |= hr ? 1u << i : 0u;
-                    pm |= (hp && s > t) ? 1u << i : 0u;
-                    xm |= (hp && s < t) ? 1u << i : 0u;
-                    back = back || (s != t && !(hp && s < t));
+                    const int e = cb + i, re = c.rev[e];
+                    const bool hp = re >= 0 && c.pair;
+                    rm |= re >= 0 ? 1u << i : 0u;
+                    pm |= (hp && e < re) ? 1u << i : 0u;
+                    xm |= (hp && re <= e) ? 1u << i : 0u;
+                    back = back || (c.e_src[e] != t && !(hp && re < e));
                 }
             }
             grl[i] = 0.f;
@@ -231,10 +239,10 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                     }
                     grl[0] = self ? 0.f : gc_part * dc;
                     if constexpr (MERGED)
-                        if (rm >> i & 1u) /* the sender work of (t -> s), first half */
-                            merged_send_first<CPL, SILU>(c, l, trow, s, f0, on, G, vx_off, acc,
-                                                         dk, dv, ddk, ddv, svi, cc,
-                                                         pm >> i & 1u, gp);
+                        if (rm >> i & 1u) /* the sender work of (t -> so), first half */
+                            merged_send_first<CPL, SILU>(c, l, trow, s, f0,
+                                                         on, G, vx_off, acc, dk, dv, ddk, ddv,
+                                                         svi, cc, pm >> i & 1u, gp);
                 }
                 rotate_edges<CPL>(a, gp, grl);
             }
@@ -313,9 +321,10 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                             dir2[cx] = -dir[cx];
                     }
                     if constexpr (MERGED)
-                        if (rm >> i & 1u) /* the sender work of (t -> s), second half: -d */
-                            merged_send_second<CPL, SILU>(c, l, trow, t, s, f0, on, vx_off, acc,
-                                                          a[0], svi, dir2, pm >> i & 1u, gp);
+                        if (rm >> i & 1u) /* the sender work of (t -> so), second half: -d */
+                            merged_send_second<CPL, SILU>(c, l, trow, t, s, f0, on,
+                                                          vx_off, acc, a[0], svi, dir2,
+                                                          pm >> i & 1u, gp);
                 }
                 rotate_edges<CPL>(a, gp, grl);
             }

@@ -927,7 +927,8 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     ST(ensure(et, B_GW, ne1 * sizeof(float4), err, err_len));
     ST(ensure(et, B_TREDGE, ne1 * sizeof(int), err, err_len));
     CU(et_graph_fill(s, nl, BUF(double, B_POS), BUF(int64_t, B_COFF), cidx, cl2, cu2,
-                     BUF(int, B_ROWOFF), BUF(int, B_ESRC), BUF(int, B_EDST), BUF(float4, B_EGEO)),
+                     BUF(int, B_ROWOFF), builtin && ng > 0 ? BUF(int, B_GOWN) : NULL,
+                     BUF(int, B_ESRC), BUF(int, B_EDST), BUF(float4, B_EGEO)),
        "graph fill");
     if (bound && ne > 0) {
         k_pad_senders<<<(ne + 255) / 256 < 2 * et->num_sms ? (ne + 255) / 256 : 2 * et->num_sms,
@@ -1077,7 +1078,8 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         ST(ensure(et, B_REV, ne1 * sizeof(int), err, err_len));
         ST(ensure(et, B_TRCNT2, n1 * sizeof(int), err, err_len));
         ST(ensure(et, B_TREDGE2, ne1 * sizeof(int), err, err_len));
-        CU(et_edge_rev(s, nl, n, ne, c.row_off, c.e_src, c.e_dst, c.e_geo, c.tr_off, c.tr_edge,
+        CU(et_edge_rev(s, nl, n, ne, c.row_off, c.e_src, c.e_dst, c.e_geo,
+                       builtin && ng > 0 ? BUF(int, B_GOWN) : NULL, c.tr_off, c.tr_edge,
                        BUF(int, B_REV), BUF(int, B_TRCNT2), BUF(int, B_TREDGE2)),
            "reverse edges");
         c.rev = BUF(int, B_REV);
@@ -1251,6 +1253,12 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         }
         if (gxi != gxo)
             CU(cudaMemcpyAsync(gxi, gxo, nF * sizeof(float), cudaMemcpyDeviceToDevice, s), "copy");
+        /* the merged pass with periodic images paired (built-in exchange) reads dE/dX and dE/dV
+           of a ghost sender's owner at the ghost's row, as it reads its q: gathered here (the
+           ghost rows of both are free: dE/dX's are LayerNorm output until the q/k/v backward
+           writes dE/dh there, dE/dV's were zeroed by the fold and already copied into gvi) */
+        if (c.rev && xc.owner && ng > 0)
+            CU(et_ghost_gather(s, nl, ng, F, xc.owner, GXb, gvo), "ghost gather (dE/dX, dE/dV)");
         et_edge_layer el;
         memset(&el, 0, sizeof(el));
         el.filt_wt = dl->filt_wt;

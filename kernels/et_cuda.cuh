@@ -86,8 +86,10 @@ typedef struct et_edge_common {
     int pair;                /* merged backward: one filter backward per pair of reverse edges
                                 (DS4SCI_CUDA_PAIR=0: one per edge); see bwd_recv_row */
     /* merged backward (DS4SCI_CUDA_MERGED=1, row split 1 only; NULL otherwise): see edge_bwd.cu */
-    const int *rev;          /* [ne] rev[e] = the edge (t -> s) of e = (s -> t), -1 if none;
-                                the self-loop maps to itself (et_edge_rev) */
+    const int *rev;          /* [ne] rev[e] = the edge (t' -> so) of e = (s -> t) in row so,
+                                s's owned atom (s, or the owner of a periodic image s),
+                                t' = t or an image of t; -1 if none; the self-loop maps to
+                                itself (et_edge_rev) */
     const int *tr_cnt2;      /* [n] edges of sender a with rev < 0 (not done by the merged pass) */
     const int *tr_edge2;     /* [ne] those edges at tr_off[a] .. tr_off[a] + tr_cnt2[a] - 1 */
 } et_edge_common;
@@ -252,9 +254,11 @@ extern "C" {
 /* graph.cu */
 cudaError_t et_graph_count(cudaStream_t s, int nl, const double *pos, const int64_t *coff,
                            const int *cidx, double cl2, double cu2, int *row_cnt);
+/* gown: the built-in exchange's ghost owners [n - nl] (orders each row by the senders' owned
+   atoms), NULL with a caller exchange */
 cudaError_t et_graph_fill(cudaStream_t s, int nl, const double *pos, const int64_t *coff,
-                          const int *cidx, double cl2, double cu2, const int *row_off, int *e_src,
-                          int *e_dst, float4 *e_geo);
+                          const int *cidx, double cl2, double cu2, const int *row_off,
+                          const int *gown, int *e_src, int *e_dst, float4 *e_geo);
 cudaError_t et_iota(cudaStream_t s, int n, int *out);
 cudaError_t et_count_by(cudaStream_t s, int ne, const int *key, int *cnt);
 
@@ -342,9 +346,10 @@ cudaError_t et_edge_backward_send(cudaStream_t s, int CPL, int grid, int split, 
    edges not covered (tr_cnt2 / tr_edge2), adding into owned rows. et_edge_merged_ok: 1 when the
    merged kernel fits this model (shared memory), else 0 (then leave c->rev NULL). */
 int et_edge_merged_ok(int CPL, const et_edge_common *c);
-/* graph.cu: rev, tr_cnt2, tr_edge2 of et_edge_common from the edge list and transpose index */
+/* graph.cu: rev, tr_cnt2, tr_edge2 of et_edge_common from the edge list and transpose index;
+   gown (the built-in exchange's ghost owners, else NULL) pairs edges with periodic images */
 cudaError_t et_edge_rev(cudaStream_t s, int nl, int n, int ne, const int *row_off,
-                        const int *e_src, const int *e_dst, const float4 *e_geo,
+                        const int *e_src, const int *e_dst, const float4 *e_geo, const int *gown,
                         const int *tr_off, const int *tr_edge, int *rev, int *tr_cnt2,
                         int *tr_edge2);
 cudaError_t et_edge_backward_slots(int CPL, const et_edge_common *c, int *recv_slots,

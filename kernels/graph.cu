@@ -1,10 +1,12 @@
 /*
  * graph.cu - the edge list on the GPU: the caller's candidate neighbours (CSR by owned
  * receiver, may hold a skin) filtered to cl^2 <= d^2 < cu^2, with the self-loop first in each
- * row, then the senders s > t (ghosts included) in the caller's candidate order, then the
- * senders s < t in the reverse of that order (deterministic; the merged backward skips the
- * filter backward of those, whose pair is done in row s: edge_bwd.cu). Geometry in fp64,
- * stored as fp32.
+ * row, then the senders whose owned atom is >= t (owned senders s > t, ghosts whose owner is
+ * >= t or unknown) in the caller's candidate order, then those whose owned atom is < t in the
+ * reverse of that order (deterministic; the merged backward skips the filter backward of
+ * most of those, whose pair is done in the other row: edge_bwd.cu). The owned atom of a
+ * ghost is its ghost_owner with the built-in exchange, unknown (the ghost itself) otherwise.
+ * Geometry in fp64, stored as fp32.
  */
 #include "et_cuda.cuh"
 
@@ -31,13 +33,21 @@ static __global__ void k_graph_count(int nl, const double *__restrict__ pos,
         row_cnt[warp] = cnt + 1;
 }
 
-/* One warp per owned receiver: write the self-loop, then the kept candidates s > t in order
-   from the row's start, and those with s < t in order from the row's end backwards. */
+/* The owned atom of atom u: u itself when owned, its ghost owner when known (gown: the built-in
+   exchange's ghost_owner [n - nl]), else -1. */
+static __device__ __forceinline__ int owned_of(int u, int nl, const int *__restrict__ gown)
+{
+    return u < nl ? u : (gown ? gown[u - nl] : -1);
+}
+
+/* One warp per owned receiver: write the self-loop, then the kept candidates whose owned atom
+   is not < t in order from the row's start, and those whose owned atom is < t in order from
+   the row's end backwards. */
 static __global__ void k_graph_fill(int nl, const double *__restrict__ pos,
                                     const int64_t *__restrict__ coff, const int *__restrict__ cidx,
                                     double cl2, double cu2, const int *__restrict__ row_off,
-                                    int *__restrict__ e_src, int *__restrict__ e_dst,
-                                    float4 *__restrict__ e_geo)
+                                    const int *__restrict__ gown, int *__restrict__ e_src,
+                                    int *__restrict__ e_dst, float4 *__restrict__ e_geo)
 {
     int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (warp >= nl)
@@ -66,7 +76,8 @@ static __global__ void k_graph_fill(int nl, const double *__restrict__ pos,
             d2 = dx * dx + dy * dy + dz * dz;
             keep = d2 >= cl2 && d2 < cu2;
         }
-        const bool low = j < t;
+        const int jo = keep ? owned_of(j, nl, gown) : -1;
+        const bool low = jo >= 0 && jo < t;
         const unsigned hi_mask = __ballot_sync(0xffffffffu, keep && !low),
                        lo_mask = __ballot_sync(0xffffffffu, keep && low),
                        below = (1u << lane) - 1u;
@@ -109,11 +120,12 @@ extern "C" cudaError_t et_graph_count(cudaStream_t s, int nl, const double *pos,
 
 extern "C" cudaError_t et_graph_fill(cudaStream_t s, int nl, const double *pos,
                                      const int64_t *coff, const int *cidx, double cl2, double cu2,
-                                     const int *row_off, int *e_src, int *e_dst, float4 *e_geo)
+                                     const int *row_off, const int *gown, int *e_src, int *e_dst,
+                                     float4 *e_geo)
 {
     if (nl > 0)
         k_graph_fill<<<blocks_for((long long)nl * 32, 256), 256, 0, s>>>(
-            nl, pos, coff, cidx, cl2, cu2, row_off, e_src, e_dst, e_geo);
+            nl, pos, coff, cidx, cl2, cu2, row_off, gown, e_src, e_dst, e_geo);
     return cudaGetLastError();
 }
 
@@ -132,50 +144,67 @@ extern "C" cudaError_t et_count_by(cudaStream_t s, int ne, const int *key, int *
 }
 
 /*
- * Reverse-edge map of the merged backward (DS4SCI_CUDA_MERGED=1; edge_bwd.cu), one thread per
- * edge e = (s -> t) in row t: rev[e] = e for the self-loop (first in its row); for s owned,
- * s != t, rev[e] = e' = (t -> s) in row s when e is the first non-self edge of row t with
- * sender s, e' the first non-self edge of row s with sender t, and w(e') = -w(e), r(e') = r(e)
- * exactly (both are rounded from the same fp64 difference, negated: always true for owned
- * pairs; checked anyway); -1 otherwise (ghost sender, duplicate candidates). The map is an
- * involution (rev[rev[e]] = e), so an edge's sender work is done by the merged pass exactly
- * when rev >= 0. ne may exceed the real edges row_off[nl] (CUDA graph mode: padded slots,
- * whose senders sort past every atom in the transpose index): those get -1.
+ * Reverse-edge map of the merged backward (edge_bwd.cu), one thread per edge e = (s -> t) in
+ * row t, in two kernels. k_edge_rev0 writes a candidate c[e]: e itself for the self-loop (first
+ * in its row); for s != t whose owned atom so (s itself, or the owner of a periodic image:
+ * gown, built-in exchange only) is known, when e is the first edge of row t with sender s,
+ * the first non-self edge k of row so whose sender's owned atom is t and whose geometry is
+ * exactly the reverse, w(k) = -w(e), r(k) = r(e) (always so for owned pairs: k_graph_fill
+ * rounds the exactly antisymmetric fp64 difference; for an image pair, whose fp64 positions
+ * carry the shift, equal in all but ~1e-8 of the cases, which then stay -1); else -1. k_edge_rev
+ * keeps the mutual ones, rev[e] = c[e] when c[c[e]] = e, else -1: the map is an involution
+ * (duplicated candidates, two ghosts of one image, asymmetric lists drop out), so "the merged
+ * pass did e's sender work" is exactly rev[e] >= 0. The receiver of rev[e] is e's sender's
+ * owned atom. ne may exceed the real edges row_off[nl] (CUDA graph mode: padded slots, whose
+ * senders sort past every atom in the transpose index): those get -1.
  */
-static __global__ void k_edge_rev(int ne, int nl, const int *__restrict__ row_off,
-                                  const int *__restrict__ e_src, const int *__restrict__ e_dst,
-                                  const float4 *__restrict__ e_geo, int *__restrict__ rev)
+static __global__ void k_edge_rev0(int ne, int nl, const int *__restrict__ row_off,
+                                   const int *__restrict__ e_src, const int *__restrict__ e_dst,
+                                   const float4 *__restrict__ e_geo, const int *__restrict__ gown,
+                                   int *__restrict__ cand)
 {
     const int e = blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= ne)
         return;
     if (e >= row_off[nl]) { /* CUDA graph mode: padded slot past the real edges */
-        rev[e] = -1;
+        cand[e] = -1;
         return;
     }
     const int t = e_dst[e], s = e_src[e], r0 = row_off[t];
     int out = -1;
+    const int so = s != t ? owned_of(s, nl, gown) : -1;
     if (e == r0) {
         out = e;
-    } else if (s != t && s < nl) {
+    } else if (so >= 0) {
         bool first = true;
         for (int k = r0 + 1; k < e && first; k++)
             first = e_src[k] != s;
         if (first) {
-            const int k1 = row_off[s + 1];
-            int k = row_off[s] + 1;
-            while (k < k1 && e_src[k] != t)
-                k++;
-            if (k < k1) {
-                const float4 g = e_geo[e], h = e_geo[k];
-                if (h.x == -g.x && h.y == -g.y && h.z == -g.z && h.w == g.w)
-                    out = k;
+            const float4 g = e_geo[e];
+            const int k1 = row_off[so + 1];
+            for (int k = row_off[so] + 1; k < k1; k++) {
+                const int u = e_src[k];
+                if (owned_of(u, nl, gown) == t) {
+                    const float4 h = e_geo[k];
+                    if (h.x == -g.x && h.y == -g.y && h.z == -g.z && h.w == g.w) {
+                        out = k;
+                        break;
+                    }
+                }
             }
         }
     }
-    rev[e] = out;
+    cand[e] = out;
 }
 
+static __global__ void k_edge_rev(int ne, const int *__restrict__ cand, int *__restrict__ rev)
+{
+    const int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= ne)
+        return;
+    const int c = cand[e];
+    rev[e] = c >= 0 && cand[c] == e ? c : -1;
+}
 /* One thread per atom a (owned or ghost): its transpose row's edges with rev < 0, in order. */
 static __global__ void k_tr_rest(int n, const int *__restrict__ tr_off,
                                  const int *__restrict__ tr_edge, const int *__restrict__ rev,
@@ -196,11 +225,15 @@ static __global__ void k_tr_rest(int n, const int *__restrict__ tr_off,
 
 extern "C" cudaError_t et_edge_rev(cudaStream_t s, int nl, int n, int ne, const int *row_off,
                                    const int *e_src, const int *e_dst, const float4 *e_geo,
-                                   const int *tr_off, const int *tr_edge, int *rev, int *tr_cnt2,
-                                   int *tr_edge2)
+                                   const int *gown, const int *tr_off, const int *tr_edge, int *rev,
+                                   int *tr_cnt2, int *tr_edge2)
 {
-    if (ne > 0)
-        k_edge_rev<<<blocks_for(ne, 256), 256, 0, s>>>(ne, nl, row_off, e_src, e_dst, e_geo, rev);
+    /* the candidates live in tr_edge2 until k_tr_rest writes it */
+    if (ne > 0) {
+        k_edge_rev0<<<blocks_for(ne, 256), 256, 0, s>>>(ne, nl, row_off, e_src, e_dst, e_geo, gown,
+                                                        tr_edge2);
+        k_edge_rev<<<blocks_for(ne, 256), 256, 0, s>>>(ne, tr_edge2, rev);
+    }
     if (n > 0)
         k_tr_rest<<<blocks_for(n, 256), 256, 0, s>>>(n, tr_off, tr_edge, rev, tr_cnt2, tr_edge2);
     return cudaGetLastError();

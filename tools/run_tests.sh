@@ -32,7 +32,7 @@ jobs=${DS4SCI_JOBS:-$(nproc)}
 
 # ---- packages ------------------------------------------------------------------------------
 packages=(build-essential cmake pkg-config libcjson-dev check openmpi-bin libopenmpi-dev dpkg-dev
-          python3 xz-utils ca-certificates)
+          python3 python3-numpy xz-utils ca-certificates)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
