@@ -740,9 +740,10 @@ static __device__ __forceinline__ void merged_send_second(const et_edge_common &
     }
 }
 
-template <int CPL, int SILU>
+template <int CPL, int SILU, bool SPLIT>
 static __global__ void __launch_bounds__(32 * MERGED_MAXW(CPL), 1)
-    k_edge_bwd_merged(const et_edge_common c, const et_edge_layer l)
+    k_edge_bwd_merged(const et_edge_common c, const et_edge_layer l, const int nsplit,
+                      float *const part)
 {
     constexpr int E = ET_EDGE_CHUNK;
     constexpr int AW = 32 * CPL; /* stride of the accumulator parts (>= F; lane-major) */
@@ -765,13 +766,18 @@ static __global__ void __launch_bounds__(32 * MERGED_MAXW(CPL), 1)
     const int f0 = on ? lane * CPL : 0;
     const int wl = f0 / CPL;
     const int vx_off = 2 * F + ET_VIDX(f0, 0, D);
-    for (int t = blockIdx.x * nwb + warp; t < c.n_local; t += gridDim.x * nwb) {
+    /* work item w = (part sp, receiver t), part-major, as k_edge_bwd_recv; !SPLIT: t = w */
+    const int S = SPLIT ? nsplit : 1, rows = c.n_local, items = rows * S;
+    for (int w = blockIdx.x * nwb + warp; w < items; w += gridDim.x * nwb) {
+        const int sp = SPLIT ? w / rows : 0, t = SPLIT ? w - sp * rows : w;
         float gq[CPL];
-        bwd_recv_row<CPL, SILU, true>(c, l, t, 0, 1, F, D, lane, on, f0, wl, G, vx_off, s_wt, s_b,
-                                      s_rbf, s_drbf, acc, gq);
+        bwd_recv_row<CPL, SILU, true>(c, l, t, sp, S, F, D, lane, on, f0, wl, G, vx_off, s_wt,
+                                      s_b, s_rbf, s_drbf, acc, gq);
         if (!on)
             continue;
-        float *grow = l.gqkv + (size_t)t * 5 * F;
+        /* SPLIT: the partial row of item (sp, t), [gqkv's 5F | g_vec 3F], summed by
+           et_split_sum into gqkv[t] (=) and gvec[t] (+=) */
+        float *grow = SPLIT ? part + ((size_t)sp * rows + t) * 8 * F : l.gqkv + (size_t)t * 5 * F;
         float v[CPL];
         st_vec<CPL>(grow + f0, gq);
         ld_vec<CPL>(acc, v);
@@ -783,10 +789,14 @@ static __global__ void __launch_bounds__(32 * MERGED_MAXW(CPL), 1)
         }
 #pragma unroll
         for (int cx = 0; cx < 3; cx++) {
+            ld_vec<CPL>(acc + (4 + cx) * AW, v);
+            if (SPLIT) {
+                st_vec<CPL>(grow + (size_t)(5 + cx) * F + f0, v);
+                continue;
+            }
             float *gp = l.gvec + ((size_t)t * 3 + cx) * F + f0;
             float cur[CPL];
             ld_vec<CPL>(gp, cur);
-            ld_vec<CPL>(acc + (4 + cx) * AW, v);
 #pragma unroll
             for (int j = 0; j < CPL; j++)
                 cur[j] += v[j];
@@ -813,14 +823,19 @@ template <int CPL> static int merged_warps(const et_edge_common *c, size_t *smem
 }
 
 template <int CPL>
-static cudaError_t launch_merged(cudaStream_t s, const et_edge_common *c, const et_edge_layer *l)
+static cudaError_t launch_merged(cudaStream_t s, int split, float *part, const et_edge_common *c,
+                                 const et_edge_layer *l)
 {
     size_t smem = 0;
     const int w = merged_warps<CPL>(c, &smem);
     if (w < 1)
         return cudaErrorInvalidConfiguration;
-    auto kern = by_act(c, k_edge_bwd_merged<CPL, ACT_ANY>, k_edge_bwd_merged<CPL, ACT_SILU>,
-                       k_edge_bwd_merged<CPL, ACT_SILU_FAST>);
+    auto kern = split > 1 ? by_act(c, k_edge_bwd_merged<CPL, ACT_ANY, true>,
+                                   k_edge_bwd_merged<CPL, ACT_SILU, true>,
+                                   k_edge_bwd_merged<CPL, ACT_SILU_FAST, true>)
+                          : by_act(c, k_edge_bwd_merged<CPL, ACT_ANY, false>,
+                                   k_edge_bwd_merged<CPL, ACT_SILU, false>,
+                                   k_edge_bwd_merged<CPL, ACT_SILU_FAST, false>);
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          (int)smem);
     int dev = 0, sms = 0, per_sm = 0;
@@ -834,11 +849,17 @@ static cudaError_t launch_merged(cudaStream_t s, const et_edge_common *c, const 
         return e;
     if (per_sm < 1)
         return cudaErrorInvalidConfiguration;
-    long long grid = (long long)sms * per_sm, need = ((long long)c->n_local + w - 1) / w;
+    long long grid = (long long)sms * per_sm,
+              need = ((long long)c->n_local * split + w - 1) / w;
     if (need < grid)
         grid = need;
-    kern<<<(int)grid, 32 * w, smem, s>>>(*c, *l);
-    return cudaGetLastError();
+    kern<<<(int)grid, 32 * w, smem, s>>>(*c, *l, split, part);
+    e = cudaGetLastError();
+    if (e != cudaSuccess || split == 1)
+        return e;
+    const int F = c->F;
+    return et_split_sum(s, split, c->n_local, part, l->gqkv, 5 * F, 5 * F, 0, l->gvec, 3 * F,
+                        3 * F, 1);
 }
 
 /* The sender pass after the merged pass: the edges it did not cover (S = 1). */
@@ -1005,11 +1026,11 @@ extern "C" cudaError_t et_edge_backward_recv(cudaStream_t s, int CPL, int grid, 
 {
     if (c->n_local == 0)
         return cudaSuccess;
-    if (split < 1 || (split > 1 && !part) || (c->rev && split != 1))
+    if (split < 1 || (split > 1 && !part))
         return cudaErrorInvalidValue;
     if (c->rev) /* merged pass: receivers and the reverse edges' sender work */
         return dispatch_cpl(CPL, [&](auto C) {
-            return launch_merged<decltype(C)::value>(s, c, l);
+            return launch_merged<decltype(C)::value>(s, split, part, c, l);
         });
     return dispatch_cpl(CPL, [&](auto C) {
         return launch_recv<decltype(C)::value>(s, grid, split, part, c, l);
@@ -1022,9 +1043,9 @@ extern "C" cudaError_t et_edge_backward_send(cudaStream_t s, int CPL, int grid, 
 {
     if (c->n_total == 0)
         return cudaSuccess;
-    if (split < 1 || (split > 1 && !part) || (c->rev && split != 1))
+    if (split < 1 || (split > 1 && !part))
         return cudaErrorInvalidValue;
-    if (c->rev) /* after the merged pass: only the edges it did not cover */
+    if (c->rev) /* after the merged pass: only the edges it did not cover (S = 1 always) */
         return dispatch_cpl(CPL, [&](auto C) {
             return launch_send_rest<decltype(C)::value>(s, grid, c, l);
         });

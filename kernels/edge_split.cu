@@ -56,12 +56,13 @@ extern "C" cudaError_t et_edge_split_plan(int CPL, const et_edge_common *c, int 
     sp->fwd = split_factor(c->n_local, s_fwd, force);
     sp->recv = split_factor(c->n_local, s_recv, force);
     sp->send = split_factor(c->n_total, s_send, force);
-    /* partial row widths: forward X | V (4F), receivers g_q (F), senders g_k | g_v | g_vec (7F) */
+    /* partial row widths: forward X | V (4F), receivers g_q (F; the merged pass, which runs
+       with the receivers' factor: gqkv's 5F | g_vec 3F, so 8F), senders g_k | g_v | g_vec (7F) */
     const size_t F = (size_t)c->F;
     size_t need = 0, v;
     if (sp->fwd > 1 && (v = (size_t)sp->fwd * c->n_local * 4 * F) > need)
         need = v;
-    if (sp->recv > 1 && (v = (size_t)sp->recv * c->n_local * F) > need)
+    if (sp->recv > 1 && (v = (size_t)sp->recv * c->n_local * 8 * F) > need)
         need = v;
     if (sp->send > 1 && (v = (size_t)sp->send * c->n_total * 7 * F) > need)
         need = v;

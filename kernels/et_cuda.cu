@@ -1071,9 +1071,12 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     if (sp.part_floats > 0)
         ST(ensure(et, B_SPLIT, sp.part_floats * sizeof(float), err, err_len));
     float *SPLIT = sp.part_floats > 0 ? BUF(float, B_SPLIT) : NULL;
-    /* merged backward (DS4SCI_CUDA_MERGED=1, row split 1 only): the reverse-edge map and the
-       sender edges it leaves to the sender pass, from this step's edge list */
-    if (et->merged && !et->edge_unfused && sp.recv == 1 && sp.send == 1 && ne > 0 &&
+    /* merged backward (default; DS4SCI_CUDA_MERGED=0 off): the reverse-edge map and the sender
+       edges it leaves to the sender pass, from this step's edge list. The merged pass runs
+       with the receivers' row split, the rest of the sender pass unsplit: so with a split
+       only where the rest is small, i.e. with the built-in exchange, whose periodic images
+       are paired too (a caller exchange leaves every ghost sender's edge to the rest) */
+    if (et->merged && !et->edge_unfused && ne > 0 && (builtin || (sp.recv == 1 && sp.send == 1)) &&
         et_edge_merged_ok(CPL, &c)) {
         ST(ensure(et, B_REV, ne1 * sizeof(int), err, err_len));
         ST(ensure(et, B_TRCNT2, n1 * sizeof(int), err, err_len));

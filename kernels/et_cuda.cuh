@@ -85,7 +85,8 @@ typedef struct et_edge_common {
     int fastexp;             /* SiLU's exponential by ex2.approx (DS4SCI_CUDA_FASTEXP=0: expf) */
     int pair;                /* merged backward: one filter backward per pair of reverse edges
                                 (DS4SCI_CUDA_PAIR=0: one per edge); see bwd_recv_row */
-    /* merged backward (DS4SCI_CUDA_MERGED=1, row split 1 only; NULL otherwise): see edge_bwd.cu */
+    /* merged backward (default; NULL with DS4SCI_CUDA_MERGED=0, the unfused path, or when its
+       shared memory does not fit): see edge_bwd.cu */
     const int *rev;          /* [ne] rev[e] = the edge (t' -> so) of e = (s -> t) in row so,
                                 s's owned atom (s, or the owner of a periodic image s),
                                 t' = t or an image of t; -1 if none; the self-loop maps to
@@ -341,9 +342,10 @@ cudaError_t et_edge_backward_recv(cudaStream_t s, int CPL, int grid, int split, 
                                   const et_edge_common *c, const et_edge_layer *l);
 cudaError_t et_edge_backward_send(cudaStream_t s, int CPL, int grid, int split, float *part,
                                   const et_edge_common *c, const et_edge_layer *l);
-/* Merged backward (c->rev set; split 1): et_edge_backward_recv runs the merged pass (receiver
-   work of each owned row and sender work of the reverse edges), et_edge_backward_send only the
-   edges not covered (tr_cnt2 / tr_edge2), adding into owned rows. et_edge_merged_ok: 1 when the
+/* Merged backward (c->rev set): et_edge_backward_recv runs the merged pass (receiver work of
+   each owned row and sender work of the reverse edges; with split S > 1 partial rows of 8F,
+   gqkv's 5F | g_vec 3F), et_edge_backward_send only the edges not covered (tr_cnt2 / tr_edge2,
+   S = 1 whatever its split), adding into owned rows. et_edge_merged_ok: 1 when the
    merged kernel fits this model (shared memory), else 0 (then leave c->rev NULL). */
 int et_edge_merged_ok(int CPL, const et_edge_common *c);
 /* graph.cu: rev, tr_cnt2, tr_edge2 of et_edge_common from the edge list and transpose index;
