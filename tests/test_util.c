@@ -293,12 +293,18 @@ void tu_result_alloc(tu_result *t, const ds4sci_system *sys) {
     t->r.forces = (double *)calloc(3 * ((size_t)t->n_total + 1), sizeof(double));
     t->r.atom_virial = (double *)calloc(6 * ((size_t)t->n_total + 1), sizeof(double));
     ck_assert(t->r.atom_energy && t->r.forces && t->r.atom_virial);
+    if (sys->n_ghost > 0 && sys->ghost_owner) {
+        t->ghost_owner = (int32_t *)malloc(sizeof(int32_t) * (size_t)sys->n_ghost);
+        ck_assert(t->ghost_owner);
+        memcpy(t->ghost_owner, sys->ghost_owner, sizeof(int32_t) * (size_t)sys->n_ghost);
+    }
 }
 
 void tu_result_free(tu_result *t) {
     free(t->r.atom_energy);
     free(t->r.forces);
     free(t->r.atom_virial);
+    free(t->ghost_owner);
     memset(t, 0, sizeof(*t));
 }
 

@@ -59,6 +59,9 @@ void tu_random_atoms(tu_rng *r, int n, double side, double min_dist, int periodi
 typedef struct tu_result {
     ds4sci_result r;
     int32_t n_local, n_total;
+    int32_t *ghost_owner; /* copy of the system's ghost_owner ([n_total - n_local]), NULL if it
+                             had none: ghost rows are copies whose sums into owners are the
+                             physical forces and virials (ds4sci.h, ds4sci_result) */
 } tu_result;
 void tu_result_alloc(tu_result *t, const ds4sci_system *sys);
 void tu_result_free(tu_result *t);

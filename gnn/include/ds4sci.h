@@ -167,7 +167,10 @@ typedef struct ds4sci_result {
     double *atom_energy;  /* [n_local] or NULL */
     double *forces;       /* [n_total][3] or NULL; ghost rows hold forces on the ghost copies,
                              which the caller adds into their owners (LAMMPS reverse comm),
-                             or see ds4sci_fold_ghosts */
+                             or see ds4sci_fold_ghosts. Only those sums are defined: a pair
+                             between an atom and a periodic image may be put on either of its
+                             two copies (the CUDA backend does so with ghost_owner), which
+                             changes ghost rows, never the sums or the virial */
     double *atom_virial;  /* [n_total][6] or NULL, same order as virial; each pair's term is
                              split half to each of its two atoms; ghost rows as for forces */
 } ds4sci_result;
