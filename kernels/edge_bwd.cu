@@ -43,32 +43,57 @@ static __device__ __forceinline__ void merged_send_second(const et_edge_common &
                                                           float (&gp)[2][CPL]);
 
 /*
- * One turn of the rolled per-edge loop of bwd_recv_row: the slots of the chunk's per-edge arrays
- * in registers move down by one, the edge just done (slot 0) goes last, with its g_pre gp in
- * place of its pre-activations. After E turns both arrays are in edge order again.
+ * The per-edge arrays of a half of bwd_recv_row's rolled per-edge loop live in the warp's shared
+ * scratch (lane-private slots, so no synchronisation): pre_to_smem evaluates the half's two
+ * filter parts P0, P0 + 1 for the chunk's E edges and stores them, slot i part p at
+ * s_pre[(2 i + p) AW]; turn i of the loop reads slot i and gp_to_smem puts edge i's g_pre in
+ * its place (and rotates the lane's E partial dE/dr sums by one, so that the current edge's is
+ * always grl[0]: after E turns they are in edge order again); back_from_smem runs the filter
+ * backward from the stored g_pre. (In registers, with all slots rotating, the pre-activations
+ * cost 32 live registers and ~70 moves per edge at CPL 4.)
  */
-template <int CPL>
-static __device__ __forceinline__ void rotate_edges(float (&a)[ET_EDGE_CHUNK][2][CPL],
-                                                    const float (&gp)[2][CPL],
-                                                    float (&grl)[ET_EDGE_CHUNK])
+template <int CPL, int P0>
+static __device__ __forceinline__ void pre_to_smem(const float *s_wt, const float *s_b,
+                                                   const float *s_rbf, int K, int F, int wl,
+                                                   float *s_pre)
 {
-    constexpr int E = ET_EDGE_CHUNK;
+    constexpr int E = ET_EDGE_CHUNK, AW = 32 * CPL;
+    float a[E][2][CPL];
+    filter_pre<CPL, E, 2, 4, P0>(s_wt, s_b, s_rbf, K, F, wl, a);
+#pragma unroll
+    for (int i = 0; i < E; i++) {
+        st_vec<CPL>(s_pre + 2 * i * AW, a[i][0]);
+        st_vec<CPL>(s_pre + (2 * i + 1) * AW, a[i][1]);
+    }
+}
+
+template <int CPL>
+static __device__ __forceinline__ void gp_to_smem(float *s_pre, int i, const float (&gp)[2][CPL],
+                                                  float (&grl)[ET_EDGE_CHUNK])
+{
+    constexpr int E = ET_EDGE_CHUNK, AW = 32 * CPL;
+    st_vec<CPL>(s_pre + 2 * i * AW, gp[0]);
+    st_vec<CPL>(s_pre + (2 * i + 1) * AW, gp[1]);
     const float gr0 = grl[0];
 #pragma unroll
-    for (int i = 0; i + 1 < E; i++) {
-#pragma unroll
-        for (int j = 0; j < CPL; j++) {
-            a[i][0][j] = a[i + 1][0][j];
-            a[i][1][j] = a[i + 1][1][j];
-        }
-        grl[i] = grl[i + 1];
-    }
-#pragma unroll
-    for (int j = 0; j < CPL; j++) {
-        a[E - 1][0][j] = gp[0][j];
-        a[E - 1][1][j] = gp[1][j];
-    }
+    for (int k = 0; k + 1 < E; k++)
+        grl[k] = grl[k + 1];
     grl[E - 1] = gr0;
+}
+
+template <int CPL, int P0>
+static __device__ __forceinline__ void back_from_smem(const float *s_wt, const float *s_drbf,
+                                                      int K, int F, int wl, const float *s_pre,
+                                                      float (&grl)[ET_EDGE_CHUNK])
+{
+    constexpr int E = ET_EDGE_CHUNK, AW = 32 * CPL;
+    float a[E][2][CPL];
+#pragma unroll
+    for (int i = 0; i < E; i++) {
+        ld_vec<CPL>(s_pre + 2 * i * AW, a[i][0]);
+        ld_vec<CPL>(s_pre + (2 * i + 1) * AW, a[i][1]);
+    }
+    filter_back<CPL, E, 2, 4, P0>(s_wt, s_drbf, K, F, wl, a, grl);
 }
 
 /*
@@ -106,6 +131,9 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
     constexpr int E = ET_EDGE_CHUNK;
     constexpr int AW = 32 * CPL; /* MERGED: stride of the accumulator parts */
     float *const s_sc = s_drbf + c.K * E; /* edge_warp_floats: [2][E] past s_drbf */
+    /* this lane's per-edge pre-activations, then g_pre, of a half: slot i part p at
+       s_pre[(2 i + p) AW] (edge_warp_floats: [E][2][32 CPL] past s_sc; lane-private) */
+    float *const s_pre = s_sc + 2 * E + lane * CPL;
     float q[CPL], gX[CPL], gV[3][CPL];
     ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
     ldg_vec<CPL>(l.gX + (size_t)t * F + f0, gX);
@@ -174,11 +202,12 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
          * those done (a[E-1] = edge i's after its turn), in order again after E turns.
          */
         {
-            float a[E][2][CPL];
-            filter_pre<CPL, E, 2, 4, 0>(s_wt, s_b, s_rbf, c.K, F, wl, a);
+            pre_to_smem<CPL, 0>(s_wt, s_b, s_rbf, c.K, F, wl, s_pre);
 #pragma unroll 1
             for (int i = 0; i < E; i++) {
-                float gp[2][CPL];
+                float a0[2][CPL], gp[2][CPL];
+                ld_vec<CPL>(s_pre + 2 * i * AW, a0[0]);
+                ld_vec<CPL>(s_pre + (2 * i + 1) * AW, a0[1]);
 #pragma unroll
                 for (int j = 0; j < CPL; j++)
                     gp[0][j] = gp[1][j] = 0.f;
@@ -196,13 +225,13 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
 #pragma unroll
                     for (int j = 0; j < CPL; j++) {
                         if (c.use_dk) {
-                            dk[j] = actv<SILU>(c.act, a[0][0][j], &ddk[j]);
+                            dk[j] = actv<SILU>(c.act, a0[0][j], &ddk[j]);
                         } else {
                             dk[j] = 1.f;
                             ddk[j] = 0.f;
                         }
                         if (c.use_dv) {
-                            dv[j] = actv<SILU>(c.act, a[0][1][j], &ddv[j]);
+                            dv[j] = actv<SILU>(c.act, a0[1][j], &ddv[j]);
                         } else {
                             dv[j] = 1.f;
                             ddv[j] = 0.f;
@@ -244,18 +273,19 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                                                          on, G, vx_off, acc, dk, dv, ddk, ddv,
                                                          svi, cc, pm >> i & 1u, gp);
                 }
-                rotate_edges<CPL>(a, gp, grl);
+                gp_to_smem<CPL>(s_pre, i, gp, grl);
             }
             if (back)
-                filter_back<CPL, E, 2, 4, 0>(s_wt, s_drbf, c.K, F, wl, a, grl);
+                back_from_smem<CPL, 0>(s_wt, s_drbf, c.K, F, wl, s_pre, grl);
             __syncwarp(); /* s_sc written */
         }
         {
-            float a[E][2][CPL];
-            filter_pre<CPL, E, 2, 4, 2>(s_wt, s_b, s_rbf, c.K, F, wl, a);
+            pre_to_smem<CPL, 2>(s_wt, s_b, s_rbf, c.K, F, wl, s_pre);
 #pragma unroll 1
             for (int i = 0; i < E; i++) {
-                float gp[2][CPL];
+                float a0[2][CPL], gp[2][CPL];
+                ld_vec<CPL>(s_pre + 2 * i * AW, a0[0]);
+                ld_vec<CPL>(s_pre + (2 * i + 1) * AW, a0[1]);
 #pragma unroll
                 for (int j = 0; j < CPL; j++)
                     gp[0][j] = gp[1][j] = 0.f;
@@ -279,8 +309,8 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                         for (int j = 0; j < CPL; j++) {
                             float dv1 = 1.f, ddv1 = 0.f, dv2 = 1.f, ddv2 = 0.f;
                             if (c.use_dv) {
-                                dv1 = actv<SILU>(c.act, a[0][0][j], &ddv1);
-                                dv2 = actv<SILU>(c.act, a[0][1][j], &ddv2);
+                                dv1 = actv<SILU>(c.act, a0[0][j], &ddv1);
+                                dv2 = actv<SILU>(c.act, a0[1][j], &ddv2);
                             }
                             const float g2 = v2[j] * dv2 * svi;
 #pragma unroll
@@ -323,13 +353,13 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                     if constexpr (MERGED)
                         if (rm >> i & 1u) /* the sender work of (t -> so), second half: -d */
                             merged_send_second<CPL, SILU>(c, l, trow, t, s, f0, on,
-                                                          vx_off, acc, a[0], svi, dir2,
+                                                          vx_off, acc, a0, svi, dir2,
                                                           pm >> i & 1u, gp);
                 }
-                rotate_edges<CPL>(a, gp, grl);
+                gp_to_smem<CPL>(s_pre, i, gp, grl);
             }
             if (back)
-                filter_back<CPL, E, 2, 4, 2>(s_wt, s_drbf, c.K, F, wl, a, grl);
+                back_from_smem<CPL, 2>(s_wt, s_drbf, c.K, F, wl, s_pre, grl);
         }
         /* radial part: dE/dr_e (filters, RBF, cutoff) along the direction */
 #pragma unroll
@@ -602,7 +632,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
 
 static __host__ __device__ inline size_t merged_warp_floats(int K, int CPL)
 {
-    return edge_warp_floats(K, 1) + 7 * 32 * (size_t)CPL;
+    return edge_warp_floats(K, 32 * CPL, 1) + 7 * 32 * (size_t)CPL;
 }
 
 static inline size_t merged_smem_bytes(int F, int K, int CPL, int warps)

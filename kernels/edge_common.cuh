@@ -325,24 +325,30 @@ static __device__ __forceinline__ void block_copy(float *dst, const float *src, 
         reinterpret_cast<float4 *>(dst)[i] = __ldg(reinterpret_cast<const float4 *>(src) + i);
 }
 
-/* Floats of a warp's scratch in an edge kernel: s_rbf [K][E], with_back also s_drbf [K][E] and
-   the backward's per-edge scalars s_sc [2][E] (16-byte multiples: E = 4). */
-static __host__ __device__ inline size_t edge_warp_floats(int K, int with_back)
+/* Channels per lane of hidden width F (the kernels' CPL). */
+static __host__ __device__ inline int edge_cpl(int F) { return F >= 32 ? F / 32 : 1; }
+
+/* Floats of a warp's scratch in an edge kernel: s_rbf [K][E], with_back also s_drbf [K][E], the
+   backward's per-edge scalars s_sc [2][E] and the receiver work's per-edge pre-activations /
+   g_pre s_pre [E][2][32 CPL] (lane-major per slot; 16-byte multiples: E = 4). */
+static __host__ __device__ inline size_t edge_warp_floats(int K, int F, int with_back)
 {
-    return with_back ? (2 * (size_t)K + 2) * ET_EDGE_CHUNK : (size_t)K * ET_EDGE_CHUNK;
+    return with_back ? (2 * (size_t)K + 2) * ET_EDGE_CHUNK +
+                           (size_t)ET_EDGE_CHUNK * 2 * 32 * edge_cpl(F)
+                     : (size_t)K * ET_EDGE_CHUNK;
 }
 
 /* Bytes of dynamic shared memory of an edge kernel: weights [K][NP*F] + bias [NP*F], then the
    scratch of each warp (edge_warp_floats). */
 static inline size_t edge_smem_bytes(int F, int K, int NP, int with_back)
 {
-    return 4 * ((size_t)K * NP * F + NP * F + ET_EDGE_WARPS * edge_warp_floats(K, with_back));
+    return 4 * ((size_t)K * NP * F + NP * F + ET_EDGE_WARPS * edge_warp_floats(K, F, with_back));
 }
 
 static __device__ __forceinline__ float *warp_scratch(float *sm, int F, int K, int NP,
                                                       int with_back, int warp)
 {
-    return sm + (size_t)K * NP * F + NP * F + warp * edge_warp_floats(K, with_back);
+    return sm + (size_t)K * NP * F + NP * F + warp * edge_warp_floats(K, F, with_back);
 }
 
 /*
