@@ -1012,10 +1012,27 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
             i += kept(j) ? 1 : 0;
         return i;
     };
+    /* X of layer l (owned rows; the backward's o = W_o X): with checkpointing, the layers r
+       whose forward the backward runs again (r = l - 1 for each input l < L not kept) take
+       their X from that run, into the slot of layer r + 2 (that layer's backward is done by
+       then: the run comes right before layer r + 1's), so they keep none from the forward;
+       the others keep theirs (L = 6: X slots 6 -> 4) */
+    auto x_again = [&](int r) -> bool { return ck && r + 1 < L && !kept(r + 1); };
+    int nxst = 0;
+    for (int l = 0; l < L; l++)
+        nxst += x_again(l) ? 0 : 1;
+    auto slot_X = [&](int l) -> int {
+        while (x_again(l))
+            l += 2;
+        int i = 0;
+        for (int j = 0; j < l; j++)
+            i += x_again(j) ? 0 : 1;
+        return i;
+    };
     const int slots_x = ck ? nkx + 1 : L + 1, slots_v = ck ? nkv + 1 : L;
     ST(ensure(et, B_XS, (size_t)slots_x * nF * sizeof(float), err, err_len));
     ST(ensure(et, B_VECS, (size_t)slots_v * 3 * nF * sizeof(float), err, err_len));
-    ST(ensure(et, B_XST, (size_t)L * nlF * sizeof(float), err, err_len)); /* X of each layer */
+    ST(ensure(et, B_XST, (size_t)nxst * nlF * sizeof(float), err, err_len)); /* X: slot_X */
     ST(ensure(et, B_H, nF * sizeof(float), err, err_len));
     ST(ensure(et, B_QKV, 5 * nF * sizeof(float), err, err_len));
     /* P and o: one chunk of owned rows (P's buffer, 10 chunk F, also holds the head's scratch;
@@ -1182,7 +1199,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
             ST(exchange(et, &xc, 0, xs(l), vecs(l), err, err_len));
         }
         /* X kept for the backward (o = W_o X recomputed there) */
-        ST(fwd_layer(l, XST + (size_t)l * nlF));
+        ST(fwd_layer(l, x_again(l) ? Hb : XST + (size_t)slot_X(l) * nlF));
     }
 
     /* head: energies and dE/d(x_L, vec_L) of owned atoms */
@@ -1225,10 +1242,11 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         const et_dlayer *dl = &m->layers[l];
         if (!kept(l)) {
             /* input l (odd, l < L - 1) again: layer l - 1 forward from the kept input l - 1 (its
-               ghost rows are still those of the forward; X into the LayerNorm buffer, free
-               here, so XST keeps the forward's), then its ghost rows by the built-in gather,
-               as in the forward */
-            ST(fwd_layer(l - 1, Hb));
+               ghost rows are still those of the forward), its X into slot_X(l - 1), kept for
+               layer l - 1's backward (the same bits as the forward's: deterministic kernels,
+               the same input), then the ghost rows of input l by the built-in gather, as in the
+               forward */
+            ST(fwd_layer(l - 1, XST + (size_t)slot_X(l - 1) * nlF));
             mark(et, ST_XCH);
             ST(exchange(et, &xc, 0, xs(l), vecs(l), err, err_len));
         }
@@ -1243,7 +1261,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
             if (l > 0)
                 BL(gemm_awt(h, 3 * cr, 3 * F, F, vec + 3 * aF, dl->vec_w, 0.f, P),
                    "vec_proj (again)");
-            BL(gemm_awt(h, cr, 3 * F, F, XST + (size_t)l * nlF + aF, dl->o_w, 0.f, Ob),
+            BL(gemm_awt(h, cr, 3 * F, F, XST + (size_t)slot_X(l) * nlF + aF, dl->o_w, 0.f, Ob),
                "o_proj (again)");
             /* dE/do over o, dE/dP over P; also gvi = gvo (the chunk's rows, the last chunk
                also the ghost rows) */
