@@ -325,9 +325,6 @@ static __device__ __forceinline__ void block_copy(float *dst, const float *src, 
         reinterpret_cast<float4 *>(dst)[i] = __ldg(reinterpret_cast<const float4 *>(src) + i);
 }
 
-/* Channels per lane of hidden width F (the kernels' CPL). */
-static __host__ __device__ inline int edge_cpl(int F) { return F >= 32 ? F / 32 : 1; }
-
 /* Floats of a warp's scratch in an edge kernel: s_rbf [K][E], with_back also s_drbf [K][E], the
    backward's per-edge scalars s_sc [2][E] and the receiver work's per-edge pre-activations /
    g_pre s_pre [E][2][32 CPL] (lane-major per slot; 16-byte multiples: E = 4). */

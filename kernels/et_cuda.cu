@@ -90,7 +90,7 @@ static ds4sci_status up_d(ds4sci_cuda_et *et, float **dst, const double *src, in
 static ds4sci_status up_filters(ds4sci_cuda_et *et, const et_desc *d, const et_layer *ly,
                                 et_dlayer *dl, char *err, size_t err_len)
 {
-    const int F = d->F, K = d->K, D = d->D, CPL = F >= 32 ? F / 32 : 1;
+    const int F = d->F, K = d->K, D = d->D, CPL = edge_cpl(F);
     float *w = (float *)calloc((size_t)K * 4 * F, sizeof(float));
     float *b = (float *)calloc((size_t)4 * F, sizeof(float));
     if (!w || !b) {
@@ -131,7 +131,7 @@ static ds4sci_status up_weights(ds4sci_cuda_et *et, const et_desc *d, char *err,
     m->D = d->D;
     m->K = K;
     m->L = d->L;
-    m->CPL = F >= 32 ? F / 32 : 1;
+    m->CPL = edge_cpl(F);
     m->max_z = d->max_z;
     m->act = d->act;
     m->attn_act = d->attn_act;
@@ -293,7 +293,7 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
     *out = NULL;
     if (!d)
         return fail(err, err_len, DS4SCI_ERR_ARG, "ds4sci_cuda_et_create: desc is NULL");
-    const int F = d->F, CPL = F >= 32 ? F / 32 : 1;
+    const int F = d->F, CPL = edge_cpl(F);
     if (!(F == 16 || F == 32 || F == 64 || F == 128 || F == 256) || d->D * d->H != F ||
         d->D % CPL != 0 || !is_pow2(d->D / CPL) || d->D / CPL > 32)
         return fail(err, err_len, DS4SCI_ERR_UNSUPPORTED,

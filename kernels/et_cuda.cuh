@@ -33,6 +33,10 @@
 #define ET_EDGE_CHUNK 4            /* edges whose filters are evaluated together */
 #define ET_MAX_K 64                /* largest num_rbf the edge kernels take */
 
+/* Channels per lane of hidden width F (CPL): lane l holds channels l CPL .. l CPL + CPL - 1
+   (F = 16: half a warp, one each). */
+static inline __host__ __device__ int edge_cpl(int F) { return F >= 32 ? F / 32 : 1; }
+
 /* ---- device weights of one attention layer (fp32) ----------------------------------------- */
 typedef struct et_dlayer {
     float *ln_w, *ln_b;   /* [F], [F] */
