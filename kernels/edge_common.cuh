@@ -349,6 +349,30 @@ static __device__ __forceinline__ float *warp_scratch(float *sm, int F, int K, i
 }
 
 /*
+ * A lane's place in the layer edge kernels: it holds channels f0 .. f0 + CPL - 1 of each F-wide
+ * part (wl = f0 / CPL; on: false for the idle lanes when F < 32 CPL, which read channel 0 and
+ * store nothing), G lanes per head of D channels, and its value channel at vx_off in a q/k/v row.
+ */
+struct edge_lane {
+    int D, G;
+    bool on;
+    int f0, wl, vx_off;
+};
+
+template <int CPL>
+static __device__ __forceinline__ edge_lane edge_lane_of(const et_edge_common &c, int lane)
+{
+    edge_lane r;
+    r.D = c.D;
+    r.G = c.D / CPL;
+    r.on = lane * CPL < c.F;
+    r.f0 = r.on ? lane * CPL : 0;
+    r.wl = r.f0 / CPL;
+    r.vx_off = 2 * c.F + ET_VIDX(r.f0, 0, r.D);
+    return r;
+}
+
+/*
  * Start of every edge kernel: the block copies the NP filter parts (weights [K][NP*F], biases
  * [NP*F]) into dynamic shared memory; each warp gets its scratch (s_rbf, and with with_back
  * s_drbf; layout of edge_smem_bytes). Ends with __syncthreads().

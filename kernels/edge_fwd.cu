@@ -25,11 +25,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
     const edge_smem sh = edge_smem_load(l.filt_wt, l.filt_b, F, c.K, 4, 0);
     float *s_wt = sh.wt, *s_b = sh.b, *s_rbf = sh.rbf;
 
-    const int D = c.D, G = D / CPL;
-    const bool on = lane * CPL < F;
-    const int f0 = on ? lane * CPL : 0;
-    const int wl = f0 / CPL;
-    const int vx_off = 2 * F + ET_VIDX(f0, 0, D);
+    const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL>(c, lane);
     /* work item w = (part sp, receiver t), part-major; !SPLIT (S = 1): t = w, the whole row */
     const int S = SPLIT ? nsplit : 1, rows = c.n_local, items = rows * S;
     for (int w = blockIdx.x * ET_EDGE_WARPS + warp; w < items; w += gridDim.x * ET_EDGE_WARPS) {
