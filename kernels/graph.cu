@@ -147,13 +147,14 @@ extern "C" cudaError_t et_count_by(cudaStream_t s, int ne, const int *key, int *
  * Reverse-edge map of the merged backward (edge_bwd.cu), one thread per edge e = (s -> t) in
  * row t, in two kernels. k_edge_rev0 writes a candidate c[e]: e itself for the self-loop (first
  * in its row); for s != t whose owned atom so (s itself, or the owner of a periodic image:
- * gown, built-in exchange only) is known, when e is the first edge of row t with sender s,
- * the first non-self edge k of row so whose sender's owned atom is t and whose geometry is
+ * gown, built-in exchange only) is known, the first non-self edge k of row so whose sender's
+ * owned atom is t and whose geometry is
  * exactly the reverse, w(k) = -w(e), r(k) = r(e) (always so for owned pairs: k_graph_fill
  * rounds the exactly antisymmetric fp64 difference; for an image pair, whose fp64 positions
  * carry the shift, equal in all but ~1e-8 of the cases, which then stay -1); else -1. k_edge_rev
  * keeps the mutual ones, rev[e] = c[e] when c[c[e]] = e, else -1: the map is an involution
- * (duplicated candidates, two ghosts of one image, asymmetric lists drop out), so "the merged
+ * (a duplicated candidate's later copies, whose candidate answers the first copy, two ghosts of
+ * one image, asymmetric lists drop out), so "the merged
  * pass did e's sender work" is exactly rev[e] >= 0. The receiver of rev[e] is e's sender's
  * owned atom. ne may exceed the real edges row_off[nl] (CUDA graph mode: padded slots, whose
  * senders sort past every atom in the transpose index): those get -1.
@@ -176,20 +177,15 @@ static __global__ void k_edge_rev0(int ne, int nl, const int *__restrict__ row_o
     if (e == r0) {
         out = e;
     } else if (so >= 0) {
-        bool first = true;
-        for (int k = r0 + 1; k < e && first; k++)
-            first = e_src[k] != s;
-        if (first) {
-            const float4 g = e_geo[e];
-            const int k1 = row_off[so + 1];
-            for (int k = row_off[so] + 1; k < k1; k++) {
-                const int u = e_src[k];
-                if (owned_of(u, nl, gown) == t) {
-                    const float4 h = e_geo[k];
-                    if (h.x == -g.x && h.y == -g.y && h.z == -g.z && h.w == g.w) {
-                        out = k;
-                        break;
-                    }
+        const float4 g = e_geo[e];
+        const int k1 = row_off[so + 1];
+        for (int k = row_off[so] + 1; k < k1; k++) {
+            const int u = e_src[k];
+            if (owned_of(u, nl, gown) == t) {
+                const float4 h = e_geo[k];
+                if (h.x == -g.x && h.y == -g.y && h.z == -g.z && h.w == g.w) {
+                    out = k;
+                    break;
                 }
             }
         }

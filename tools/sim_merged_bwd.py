@@ -140,8 +140,6 @@ def edge_rev(nl, row_off, e_src, e_dst, geo, gown=None):  # k_edge_rev0 + k_edge
         if e == r0:
             cand[e] = e
         elif so >= 0:
-            if any(e_src[k] == s for k in range(r0 + 1, e)):
-                continue
             g = geo[e]
             for k in range(row_off[so] + 1, row_off[so + 1]):
                 h = geo[k]
