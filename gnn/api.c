@@ -249,9 +249,18 @@ static ds4sci_status fail(ds4sci_ctx *ctx, ds4sci_status s, const char *fmt, ...
     return s;
 }
 
+/* The first ghost whose owner is outside [lowest, n_local), or n_ghost if none. */
+static int64_t first_bad_owner(const int32_t *owner, int64_t ng, int64_t nl, int32_t lowest) {
+    for (int64_t g = 0; g < ng; g++)
+        if (owner[g] < lowest || owner[g] >= nl)
+            return g;
+    return ng;
+}
+
 static ds4sci_status validate(ds4sci_ctx *ctx, const ds4sci_system *sys,
                               const ds4sci_exchange *exchange) {
     const int64_t nl = sys->n_local, ng = sys->n_ghost, n = nl + ng;
+    int64_t g_bad;
     if (nl < 0 || ng < 0)
         return fail(ctx, DS4SCI_ERR_ARG, "system: n_local = %lld, n_ghost = %lld: expected >= 0",
                     (long long)nl, (long long)ng);
@@ -283,16 +292,21 @@ static ds4sci_status validate(ds4sci_ctx *ctx, const ds4sci_system *sys,
                         "system: ghost_owner is NULL for %lld ghosts and no "
                         "exchange was given",
                         (long long)ng);
-        for (int64_t g = 0; g < ng; g++)
-            if (sys->ghost_owner[g] < 0 || sys->ghost_owner[g] >= nl)
-                return fail(ctx, DS4SCI_ERR_INPUT,
-                            "ghost %lld (atom %lld): ghost_owner = %d, expected an owned atom in "
-                            "[0, %lld)",
-                            (long long)g, (long long)(nl + g), (int)sys->ghost_owner[g],
-                            (long long)nl);
+        if ((g_bad = first_bad_owner(sys->ghost_owner, ng, nl, 0)) < ng)
+            return fail(ctx, DS4SCI_ERR_INPUT,
+                        "ghost %lld (atom %lld): ghost_owner = %d, expected an owned atom in "
+                        "[0, %lld)",
+                        (long long)g_bad, (long long)(nl + g_bad), (int)sys->ghost_owner[g_bad],
+                        (long long)nl);
     } else if (!exchange->forward || !exchange->reverse) {
         return fail(ctx, DS4SCI_ERR_ARG, "exchange: %s callback is NULL",
                     exchange->forward ? "reverse" : "forward");
+    } else if (sys->ghost_owner && (g_bad = first_bad_owner(sys->ghost_owner, ng, nl, -1)) < ng) {
+        return fail(ctx, DS4SCI_ERR_INPUT,
+                    "ghost %lld (atom %lld): ghost_owner = %d, expected an owned atom in [0, %lld) "
+                    "or -1 (another process's atom, for the exchange)",
+                    (long long)g_bad, (long long)(nl + g_bad), (int)sys->ghost_owner[g_bad],
+                    (long long)nl);
     } else if (exchange->n_send_rows < 0 || (exchange->n_send_rows > 0 && !exchange->send_rows)) {
         return fail(ctx, DS4SCI_ERR_ARG, "exchange: n_send_rows = %d with send_rows %s",
                     (int)exchange->n_send_rows, exchange->send_rows ? "set" : "NULL");
@@ -396,6 +410,54 @@ int ds4sci_exchange_is_builtin(const ds4sci_exchange *exchange) {
     return exchange && exchange->forward == builtin_forward && exchange->reverse == builtin_reverse;
 }
 
+/* ---- partial owners: the caller's exchange for other processes' ghosts, the built-in one for
+   this process's periodic images ------------------------------------------------------------ */
+
+typedef struct partial_exchange {
+    const ds4sci_exchange *user;
+    int32_t n_local, n_ghost;
+    const int32_t *owner; /* >= 0: image of an owned atom; -1: the caller's */
+} partial_exchange;
+
+/* The image rows the caller must not use: NaN, so that a callback reading or adding them
+   shows in the results (ds4sci.h: their values are unspecified during the callbacks). */
+static void poison_images(const partial_exchange *p, double *data, int32_t width) {
+    for (int32_t g = 0; g < p->n_ghost; g++)
+        if (p->owner[g] >= 0)
+            for (int32_t k = 0; k < width; k++)
+                data[((size_t)p->n_local + g) * width + k] = NAN;
+}
+
+static int partial_forward(void *user, double *data, int32_t width) {
+    const partial_exchange *p = (const partial_exchange *)user;
+    poison_images(p, data, width);
+    const int rc = p->user->forward(p->user->user, data, width);
+    for (int32_t g = 0; g < p->n_ghost; g++)
+        if (p->owner[g] >= 0)
+            memcpy(data + ((size_t)p->n_local + g) * width, data + (size_t)p->owner[g] * width,
+                   sizeof(double) * (size_t)width);
+    return rc;
+}
+
+static int partial_reverse(void *user, double *data, int32_t width) {
+    const partial_exchange *p = (const partial_exchange *)user;
+    for (int32_t g = 0; g < p->n_ghost; g++)
+        if (p->owner[g] >= 0) {
+            const double *src = data + ((size_t)p->n_local + g) * width;
+            double *dst = data + (size_t)p->owner[g] * width;
+            for (int32_t k = 0; k < width; k++)
+                dst[k] += src[k];
+        }
+    poison_images(p, data, width);
+    return p->user->reverse(p->user->user, data, width);
+}
+
+const ds4sci_exchange *ds4sci_exchange_partial_user(const ds4sci_exchange *exchange) {
+    if (!exchange || exchange->forward != partial_forward || exchange->reverse != partial_reverse)
+        return NULL;
+    return ((const partial_exchange *)exchange->user)->user;
+}
+
 ds4sci_status ds4sci_compute(ds4sci_ctx *ctx, const ds4sci_system *system,
                              const ds4sci_exchange *exchange, ds4sci_result *result) {
     if (!ctx)
@@ -409,9 +471,15 @@ ds4sci_status ds4sci_compute(ds4sci_ctx *ctx, const ds4sci_system *system,
         return s;
     builtin_exchange bi = {system->n_local, system->n_ghost, system->ghost_owner};
     ds4sci_exchange builtin = {builtin_forward, builtin_reverse, &bi, NULL, 0};
+    partial_exchange pi = {exchange, system->n_local, system->n_ghost, system->ghost_owner};
+    ds4sci_exchange partial = {partial_forward, partial_reverse, &pi,
+                               exchange ? exchange->send_rows : NULL,
+                               exchange ? exchange->n_send_rows : 0};
+    const ds4sci_exchange *ex = !exchange ? &builtin
+                                : system->ghost_owner && system->n_ghost > 0 ? &partial
+                                                                             : exchange;
     char berr[sizeof(ctx->err) - 32] = "";
-    s = ctx->backend->compute(ctx->state, system, exchange ? exchange : &builtin, result, berr,
-                              sizeof(berr));
+    s = ctx->backend->compute(ctx->state, system, ex, result, berr, sizeof(berr));
     if (s != DS4SCI_OK)
         return fail(ctx, s, "%s backend: %s", ctx->backend->name, berr);
     return DS4SCI_OK;

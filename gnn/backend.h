@@ -78,6 +78,15 @@ ds4sci_status ds4sci_ctx_create_desc(const et_desc *desc, const ds4sci_options *
  */
 int ds4sci_exchange_is_builtin(const ds4sci_exchange *exchange);
 
+/*
+ * With partial owners (system->ghost_owner together with a caller exchange, ds4sci.h), api.c
+ * passes the backend its own exchange, which runs the caller's callbacks for the ghosts of
+ * other processes and copies / folds the periodic images itself (on the host). For that
+ * exchange this returns the caller's, so that a backend may handle the images itself (e.g. on
+ * the GPU) and call the caller's callbacks directly, with the same results; else NULL.
+ */
+const ds4sci_exchange *ds4sci_exchange_partial_user(const ds4sci_exchange *exchange);
+
 /* The backend state of a context (for backend introspection in tests, e.g. et_cpu.h). */
 void *ds4sci_ctx_backend_state(const ds4sci_ctx *ctx);
 

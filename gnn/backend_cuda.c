@@ -6,7 +6,9 @@
  * system->ghost_owner). When that exchange is the built-in one, ghosts are gathered from their
  * owners and folded back on the GPU, without leaving it; otherwise the caller's exchange is
  * called with host arrays, in the sequence of backend.h. The built-in one is recognised by
- * api.c's ds4sci_exchange_is_builtin.
+ * api.c's ds4sci_exchange_is_builtin. With partial owners (ds4sci.h) api.c's wrapper is replaced
+ * by the caller's exchange: the periodic images are gathered and folded on the GPU, the
+ * caller's callbacks move only the other processes' ghosts.
  */
 #ifdef DS4SCI_HAVE_CUDA
 
@@ -41,6 +43,10 @@ static ds4sci_status cuda_compute(void *state, const ds4sci_system *system,
 {
     int builtin = ds4sci_exchange_is_builtin(exchange) &&
                   (system->n_ghost == 0 || system->ghost_owner != NULL);
+    /* partial owners: the images on the GPU, the caller's callbacks for the rest */
+    const ds4sci_exchange *user = ds4sci_exchange_partial_user(exchange);
+    if (user)
+        exchange = user;
     return ds4sci_cuda_et_compute((ds4sci_cuda_et *)state, system, exchange, builtin, result, err,
                                   err_len);
 }

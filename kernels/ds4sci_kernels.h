@@ -46,7 +46,9 @@ void ds4sci_cuda_et_free(ds4sci_cuda_et *et);
  * has validated (see gnn/backend.h). Ghost features are refreshed through `exchange` with host
  * arrays ([n_total][width] doubles; widths F and 4F, the sequence of gnn/backend.h), unless
  * `builtin_ghosts` is non-zero: then system->ghost_owner drives the refresh and the fold on
- * the GPU and `exchange` is not called.
+ * the GPU and `exchange` is not called. With `builtin_ghosts` zero and system->ghost_owner set
+ * (partial owners, ds4sci.h), ghosts with an owner >= 0 are refreshed and folded on the GPU and
+ * the exchange moves only the rows of the ghosts with -1.
  */
 ds4sci_status ds4sci_cuda_et_compute(ds4sci_cuda_et *et, const ds4sci_system *system,
                                      const ds4sci_exchange *exchange, int builtin_ghosts,

@@ -465,6 +465,7 @@ extern "C" void ds4sci_cuda_et_free(ds4sci_cuda_et *et)
     cudaFreeHost(et->h_scalars);
     cudaFreeHost(et->h_red);
     cudaFreeHost(et->h_xch);
+    free(et->h_remote);
     free(et);
 }
 
@@ -483,7 +484,8 @@ static const char *const buf_names[] = {
     "dE/dx", "dE/dvec",
     "dE/dvec", "dE/dqkv, sort scratch, embedding concat, V", "dE/dw", "atom energies", "forces",
     "atom virials", "partial sums", "row-split partial sums", "exchange staging",
-    "reverse edges", "uncovered sender counts", "uncovered sender edges"};
+    "reverse edges", "uncovered sender counts", "uncovered sender edges",
+    "partial ghost owners and remote ghost rows"};
 static_assert(sizeof(buf_names) / sizeof(buf_names[0]) == B_COUNT, "one name per buffer");
 
 /* Make buf[i] hold at least `bytes`; never shrinks, keeps no contents. */
@@ -658,10 +660,16 @@ typedef struct xch_ctx {
     const int *owner; /* device ghost owners when built-in, else NULL */
     int nl, ng, F;
     const int *send_dev; /* the caller's send_rows hint on the device, NULL: none */
+    /* partial owners (caller exchange): on the device the owners [ng] (-1: another process's)
+       and the remote ghost rows [n_remote] (nl + g), which alone travel through the host */
+    const int *part_owner, *remote_dev;
+    const int32_t *remote; /* host copy of remote_dev */
+    int n_remote;
 } xch_ctx;
 
 /* forward: ghost rows of (x[, vec]) from their owners; reverse: ghost rows added into owners,
-   then zeroed. Width F when vec is NULL, else 4F. */
+   then zeroed. Width F when vec is NULL, else 4F. With partial owners the periodic images are
+   gathered / folded on the device and only the remote ghost rows go through the host. */
 static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse, float *x,
                               float *vec, char *err, size_t err_len)
 {
@@ -684,7 +692,10 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
        staging area after the n rows of hx */
     const int32_t *rows = xc->send_dev ? xc->ex->send_rows : NULL;
     const int nr = rows ? xc->ex->n_send_rows : 0;
-    const size_t need = (size_t)(n > 0 ? n : 1) * w + (size_t)nr * w;
+    /* partial owners: the remote ghost rows packed on the device at dx + nl w (clear of the
+       send rows), on the host after the send rows' staging (hq) */
+    const int part = xc->part_owner != NULL, nq = part ? xc->n_remote : 0;
+    const size_t need = (size_t)(n > 0 ? n : 1) * w + (size_t)nr * w + (size_t)nq * w;
     ST(ensure(et, B_XCH, need * sizeof(double), err, err_len));
     if (et->h_xch_cap < need) {
         cudaFreeHost(et->h_xch);
@@ -694,6 +705,7 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
         et->h_xch_cap = need;
     }
     double *dx = BUF(double, B_XCH), *hx = et->h_xch, *hp = et->h_xch + (size_t)n * w;
+    double *hq = hp + (size_t)nr * w, *dq = dx + (size_t)nl * w;
     const int prof = et->profile_path != NULL;
     double tm = prof ? wall_ms() : 0.0;
     /* profile: add the wall time since the last mark to et->xch_ms[k] */
@@ -715,7 +727,10 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
         CU(cudaStreamSynchronize(s), "exchange sync");
         mark(0);
         host_rows(ROWS_SCATTER, rows, nr, w, hp, hx);
-        host_rows(ROWS_ZERO, NULL, ng, w, NULL, hx + (size_t)nl * w);
+        if (part)
+            host_rows(ROWS_ZERO, xc->remote, nq, w, NULL, hx);
+        else
+            host_rows(ROWS_ZERO, NULL, ng, w, NULL, hx + (size_t)nl * w);
     } else if (!reverse) {
         if (pk)
             CU(et_pack_f32(s, 0, nl, F, x, vec, (float *)dx), "exchange pack");
@@ -725,7 +740,23 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
            "exchange copy");
         CU(cudaStreamSynchronize(s), "exchange sync");
         mark(0);
-        host_rows(ROWS_ZERO, NULL, ng, w, NULL, hx + (size_t)nl * w);
+        if (part)
+            host_rows(ROWS_ZERO, xc->remote, nq, w, NULL, hx);
+        else
+            host_rows(ROWS_ZERO, NULL, ng, w, NULL, hx + (size_t)nl * w);
+    } else if (part) {
+        /* images folded into their owners on the device; the remote rows to the host */
+        CU(et_ghost_fold(s, nl, ng, F, xc->part_owner, x, vec), "ghost fold (images)");
+        CU(et_pack_rows(s, xc->remote_dev, nq, F, x, vec, dq), "exchange pack (remote ghosts)");
+        CU(cudaMemcpyAsync(hq, dq, (size_t)nq * w * sizeof(double), cudaMemcpyDeviceToHost, s),
+           "exchange copy");
+        CU(cudaStreamSynchronize(s), "exchange sync");
+        mark(0);
+        host_rows(ROWS_SCATTER, xc->remote, nq, w, hq, hx);
+        if (rows)
+            host_rows(ROWS_ZERO, rows, nr, w, NULL, hx);
+        else
+            host_rows(ROWS_ZERO, NULL, nl, w, NULL, hx);
     } else {
         CU(et_pack(s, nl, ng, F, x, vec, dx + (size_t)nl * w), "exchange pack");
         CU(cudaMemcpyAsync(hx + (size_t)nl * w, dx + (size_t)nl * w,
@@ -744,7 +775,18 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
     if (rc != 0)
         return fail(err, err_len, DS4SCI_ERR_EXCHANGE, "ghost exchange %s (width %d) returned %d",
                     reverse ? "reverse" : "forward", w, rc);
-    if (!reverse) {
+    if (!reverse && part) {
+        host_rows(ROWS_GATHER, xc->remote, nq, w, hx, hq);
+        CU(cudaMemcpyAsync(dq, hq, (size_t)nq * w * sizeof(double), cudaMemcpyHostToDevice, s),
+           "exchange copy");
+        if (pk)
+            CU(et_unpack_rows_f32(s, xc->remote_dev, nq, F, (const float *)dq, x, vec),
+               "exchange unpack (remote ghosts)");
+        else
+            CU(et_unpack_rows(s, xc->remote_dev, nq, F, dq, x, vec),
+               "exchange unpack (remote ghosts)");
+        CU(et_ghost_gather(s, nl, ng, F, xc->part_owner, x, vec), "ghost gather (images)");
+    } else if (!reverse) {
         CU(cudaMemcpyAsync(dx + (size_t)nl * w, hx + (size_t)nl * w,
                            (size_t)ng * w * sizeof(double), cudaMemcpyHostToDevice, s),
            "exchange copy");
@@ -848,6 +890,27 @@ static ds4sci_status compute_input(ds4sci_cuda_et *et, const ds4sci_system *sys,
     if (n_send > 0)
         CU(cudaMemcpyAsync(BUF(int, B_GOWN), ex->send_rows, (size_t)n_send * sizeof(int),
                            cudaMemcpyHostToDevice, s), "upload send rows");
+    /* partial owners: the owners and the remote ghost rows (owner -1) on the device */
+    et->n_remote = 0;
+    if (!builtin && sys->ghost_owner && ng > 0) {
+        if (et->h_remote_cap < (size_t)ng) {
+            int32_t *r = (int32_t *)realloc(et->h_remote, (size_t)ng * sizeof(int32_t));
+            if (!r)
+                return fail(err, err_len, DS4SCI_ERR_NOMEM, "remote ghost list: %d ghosts", ng);
+            et->h_remote = r;
+            et->h_remote_cap = ng;
+        }
+        for (int g = 0; g < ng; g++)
+            if (sys->ghost_owner[g] < 0)
+                et->h_remote[et->n_remote++] = nl + g;
+        ST(ensure(et, B_GPART, ((size_t)ng + et->n_remote) * sizeof(int), err, err_len));
+        CU(cudaMemcpyAsync(BUF(int, B_GPART), sys->ghost_owner, (size_t)ng * sizeof(int),
+                           cudaMemcpyHostToDevice, s), "upload partial ghost owners");
+        if (et->n_remote > 0)
+            CU(cudaMemcpyAsync(BUF(int, B_GPART) + ng, et->h_remote,
+                               (size_t)et->n_remote * sizeof(int), cudaMemcpyHostToDevice, s),
+               "upload remote ghost rows");
+    }
     return DS4SCI_OK;
 }
 
@@ -1107,8 +1170,11 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         c.tr_edge2 = BUF(int, B_TREDGE2);
     }
 
+    const int partial = !builtin && sys->ghost_owner && ng > 0;
     xch_ctx xc = {ex, builtin ? BUF(int, B_GOWN) : NULL, nl, ng, F,
-                  n_send > 0 ? BUF(int, B_GOWN) : NULL};
+                  n_send > 0 ? BUF(int, B_GOWN) : NULL,
+                  partial ? BUF(int, B_GPART) : NULL, partial ? BUF(int, B_GPART) + ng : NULL,
+                  et->h_remote, et->n_remote};
     float *XS = BUF(float, B_XS), *VECS = BUF(float, B_VECS), *XST = BUF(float, B_XST);
     /* input of layer l: x_l, and vec_l for l >= 1 (layer 0's vectors are zero: NULL) */
     auto xs = [&](int l) -> float * { return XS + (size_t)slot_x(l) * nF; };

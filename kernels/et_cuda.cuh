@@ -128,7 +128,7 @@ enum {
     B_TROFF, B_TREDGE, B_TRKEY, B_CUB,
     B_XS, B_VECS, B_XST, B_H, B_QKV, B_P, B_O,
     B_GX0, B_GV0, B_GV1, B_GQKV, B_GW, B_EA, B_F, B_AV, B_PART,
-    B_SPLIT, B_XCH, B_REV, B_TRCNT2, B_TREDGE2, B_COUNT
+    B_SPLIT, B_XCH, B_REV, B_TRCNT2, B_TREDGE2, B_GPART, B_COUNT
 };
 
 /* Profile stages (DS4SCI_CUDA_PROFILE). */
@@ -148,6 +148,9 @@ typedef struct ds4sci_cuda_et {
     double *h_red;           /* pinned [8] energy + virial */
     double *h_xch;           /* pinned [n][4F] host exchange staging */
     size_t h_xch_cap;        /* doubles */
+    int32_t *h_remote;       /* partial owners: [n_remote] the ghost rows (nl + g) with owner -1 */
+    size_t h_remote_cap;
+    int n_remote;
     size_t dev_bytes;        /* bytes held in buf[] */
     int num_sms;
     /* optional profile (DS4SCI_CUDA_PROFILE=<file>): per-stage event times */
@@ -299,13 +302,18 @@ cudaError_t et_pack_f32(cudaStream_t s, int row0, int rows, int F, const float *
 cudaError_t et_unpack_f32(cudaStream_t s, int row0, int rows, int F, const float *in, float *x,
                           float *vec);
 
-/* exchange.cu: listed rows (the caller's send_rows hint) packed for a host exchange */
+/* exchange.cu: listed rows (the caller's send_rows hint, the partial owners' remote ghosts)
+   packed for a host exchange */
 cudaError_t et_pack_rows(cudaStream_t s, const int *rows, int n, int F, const float *x,
                          const float *vec, double *out);
 cudaError_t et_unpack_rows_add(cudaStream_t s, const int *rows, int n, int F, const double *in,
                                float *x, float *vec);
 cudaError_t et_pack_rows_f32(cudaStream_t s, const int *rows, int n, int F, const float *x,
                              const float *vec, float *out);
+cudaError_t et_unpack_rows(cudaStream_t s, const int *rows, int n, int F, const double *in,
+                           float *x, float *vec);
+cudaError_t et_unpack_rows_f32(cudaStream_t s, const int *rows, int n, int F, const float *in,
+                               float *x, float *vec);
 
 /*
  * Row split of the fused layer edge kernels (edge_split.cu; docs/gpu.md "Row split for small

@@ -34,6 +34,22 @@ static __global__ void k_unpack_rows_add(const int *__restrict__ rows, int n, in
     *d += (float)in[i];
 }
 
+/* Row rows[k] of (x[, vec]) = in[k] (doubles, or floats for the packed forward exchange). */
+template <class T>
+static __global__ void k_unpack_rows(const int *__restrict__ rows, int n, int F,
+                                     const T *__restrict__ in, float *__restrict__ x,
+                                     float *__restrict__ vec)
+{
+    const int w = vec ? 4 * F : F;
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n * w)
+        return;
+    const long long a = rows[i / w];
+    const int j = (int)(i % w);
+    float *d = j < F ? &x[a * F + j] : &vec[a * 3 * F + (j - F)];
+    *d = (float)in[i];
+}
+
 static unsigned blocks_for(long long total) { return (unsigned)((total + 255) / 256); }
 
 /* out[k] = row rows[k] of (x[, vec]), k < n. */
@@ -53,6 +69,25 @@ extern "C" cudaError_t et_pack_rows_f32(cudaStream_t s, const int *rows, int n, 
     const long long total = (long long)n * (vec ? 4 * F : F);
     if (total > 0)
         k_pack_rows<float><<<blocks_for(total), 256, 0, s>>>(rows, n, F, x, vec, out);
+    return cudaGetLastError();
+}
+
+/* Row rows[k] of (x[, vec]) = in[k], k < n (the partial owners' remote ghost rows). */
+extern "C" cudaError_t et_unpack_rows(cudaStream_t s, const int *rows, int n, int F,
+                                      const double *in, float *x, float *vec)
+{
+    const long long total = (long long)n * (vec ? 4 * F : F);
+    if (total > 0)
+        k_unpack_rows<double><<<blocks_for(total), 256, 0, s>>>(rows, n, F, in, x, vec);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t et_unpack_rows_f32(cudaStream_t s, const int *rows, int n, int F,
+                                          const float *in, float *x, float *vec)
+{
+    const long long total = (long long)n * (vec ? 4 * F : F);
+    if (total > 0)
+        k_unpack_rows<float><<<blocks_for(total), 256, 0, s>>>(rows, n, F, in, x, vec);
     return cudaGetLastError();
 }
 

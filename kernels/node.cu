@@ -197,7 +197,8 @@ static __global__ void k_embed(int nl, int F, int ld, const int *__restrict__ z,
 /*
  * Built-in exchange: ghost rows = owner rows; and the adjoint (add ghost rows into owners,
  * zero the ghost rows). One thread per (ghost g, column j < w), w = F (x only) or 4F (x and
- * vec: j < F in x [n][F], else column j - F of vec [n][3F]).
+ * vec: j < F in x [n][F], else column j - F of vec [n][3F]). Ghosts with owner -1 (partial
+ * owners: another process's atoms, moved by the caller's exchange) are left alone.
  */
 static __device__ __forceinline__ void ghost_pair(int nl, int F, int w, const int *owner,
                                                   float *x, float *vec, long long i, float **dst,
@@ -221,6 +222,8 @@ static __global__ void k_ghost_gather(int nl, int ng, int F, int w, const int *_
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)ng * w)
         return;
+    if (owner[i / w] < 0)
+        return;
     float *d, *sr;
     ghost_pair(nl, F, w, owner, x, vec, i, &d, &sr);
     *d = *sr;
@@ -231,6 +234,8 @@ static __global__ void k_ghost_fold(int nl, int ng, int F, int w, const int *__r
 {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)ng * w)
+        return;
+    if (owner[i / w] < 0)
         return;
     float *d, *sr;
     ghost_pair(nl, F, w, owner, x, vec, i, &d, &sr);

@@ -34,6 +34,8 @@ typedef struct domain {
     int32_t *global; /* [n_local] global atom of each owned atom */
     int32_t *send_rows, n_send; /* owned rows that some ghost copies (the exchange hint) */
     int hint;                   /* pass send_rows to ds4sci_compute */
+    int partial;     /* partial owners: periodic images of own atoms left to the core */
+    int32_t *lowner; /* [n_ghost] with partial: owned row of an image of an own atom, else -1 */
     double *data;    /* published buffer of the current exchange */
     int32_t width;
     int n_fwd, n_rev;
@@ -57,6 +59,8 @@ static int dom_forward(void *user, double *data, int32_t width) {
     pthread_barrier_wait(&w->bar);
     int rc = w->dom[0].width == w->dom[1].width ? 0 : -1;
     for (int32_t g = 0; g < d->s.n_ghost && rc == 0; g++) {
+        if (d->partial && d->lowner[g] >= 0)
+            continue; /* the core's */
         const int32_t j = d->gowner[g];
         const domain *o = &w->dom[w->proc_of[j]];
         memcpy(data + (size_t)(d->s.n_local + g) * width, o->data + (size_t)w->local_of[j] * width,
@@ -78,7 +82,7 @@ static int dom_reverse(void *user, double *data, int32_t width) {
         const domain *o = &w->dom[q];
         for (int32_t g = 0; g < o->s.n_ghost; g++) {
             const int32_t j = o->gowner[g];
-            if (w->proc_of[j] != d->p)
+            if (w->proc_of[j] != d->p || (o->partial && o->lowner[g] >= 0))
                 continue;
             double *dst = data + (size_t)w->local_of[j] * width;
             const double *src = o->data + (size_t)(o->s.n_local + g) * width;
@@ -142,6 +146,7 @@ static void domain_build(world *w, int p, const ds4sci_system *g) {
     d->pos = malloc(sizeof(double) * 3 * (nl + ng + 1));
     d->z = malloc(sizeof(int32_t) * (nl + ng + 1));
     d->gowner = malloc(sizeof(int32_t) * (ng + 1));
+    d->lowner = malloc(sizeof(int32_t) * (ng + 1));
     for (int32_t li = 0; li < nl; li++) {
         memcpy(d->pos + 3 * li, g->pos + 3 * (size_t)d->global[li], sizeof(double) * 3);
         d->z[li] = g->z[d->global[li]];
@@ -151,6 +156,7 @@ static void domain_build(world *w, int p, const ds4sci_system *g) {
         memcpy(d->pos + 3 * (nl + q), g->pos + 3 * (size_t)a, sizeof(double) * 3);
         d->z[nl + q] = g->z[a];
         d->gowner[q] = a < n ? a : g->ghost_owner[a - n];
+        d->lowner[q] = w->proc_of[d->gowner[q]] == p ? w->local_of[d->gowner[q]] : -1;
     }
     d->s.n_local = nl;
     d->s.n_ghost = ng;
@@ -158,7 +164,7 @@ static void domain_build(world *w, int p, const ds4sci_system *g) {
     d->s.z = d->z;
     d->s.nbr_offset = d->nbr_offset;
     d->s.nbr_index = d->nbr_index;
-    d->s.ghost_owner = NULL;
+    d->s.ghost_owner = d->partial ? d->lowner : NULL;
     free(ghost_of);
     free(entity);
 }
@@ -174,7 +180,7 @@ static void world_send_rows(world *w, int hint) {
         for (int q = 0; q < 2; q++)
             for (int32_t g = 0; g < w->dom[q].s.n_ghost; g++) {
                 const int32_t j = w->dom[q].gowner[g];
-                if (w->proc_of[j] == p)
+                if (w->proc_of[j] == p && !(w->dom[q].partial && w->dom[q].lowner[g] >= 0))
                     mark[w->local_of[j]] = 1;
             }
         for (int32_t i = 0; i < d->s.n_local; i++)
@@ -192,6 +198,7 @@ static void domain_free(domain *d) {
     free(d->pos);
     free(d->z);
     free(d->gowner);
+    free(d->lowner);
     tu_result_free(&d->res);
     ds4sci_ctx_free(d->ctx);
 }
@@ -211,7 +218,7 @@ static int world_run(world *w, const et_desc *desc) {
     return w->dom[0].status == DS4SCI_OK && w->dom[1].status == DS4SCI_OK;
 }
 
-static void check_two_domains(int combo, int all_to_first, int hint) {
+static void check_two_domains(int combo, int all_to_first, int hint, int partial) {
     tu_opts o;
     tu_opts_combo(&o, combo);
     tu_fixture f;
@@ -236,8 +243,15 @@ static void check_two_domains(int combo, int all_to_first, int hint) {
         w.local_of[i] = cnt[w.proc_of[i]]++;
     }
     ck_assert(all_to_first ? cnt[1] == 0 : cnt[0] > 0 && cnt[1] > 0);
+    w.dom[0].partial = w.dom[1].partial = partial;
     domain_build(&w, 0, g);
     domain_build(&w, 1, g);
+    if (partial) { /* both kinds of ghosts are there to be handled */
+        int32_t own = 0;
+        for (int32_t q = 0; q < w.dom[0].s.n_ghost; q++)
+            own += w.dom[0].lowner[q] >= 0;
+        ck_assert(own > 0 && (all_to_first || own < w.dom[0].s.n_ghost));
+    }
     world_send_rows(&w, hint);
     if (hint && !all_to_first)
         ck_assert(w.dom[0].n_send > 0 && w.dom[0].n_send <= w.dom[0].s.n_local);
@@ -284,12 +298,25 @@ static void check_two_domains(int combo, int all_to_first, int hint) {
 }
 
 START_TEST(user_exchange_two_domains_match_one_process) {
-    check_two_domains(_i * 7 + 1, 0, _i % 2); /* odd loop indices pass the send_rows hint */
+    check_two_domains(_i * 7 + 1, 0, _i % 2, 0); /* odd loop indices pass the send_rows hint */
+}
+END_TEST
+
+/* Partial owners: the exchange moves only the other domain's atoms, the core copies and folds
+   the periodic images of its own (the CPU path poisons their rows with NaN during the
+   callbacks, so a callback that used them would show). */
+START_TEST(partial_owners_two_domains_match_one_process) {
+    check_two_domains(_i * 5 + 3, 0, _i % 2, 1);
+}
+END_TEST
+
+START_TEST(partial_owners_empty_domain) {
+    check_two_domains(_i * 11 + 4, 1, 1, 1);
 }
 END_TEST
 
 START_TEST(empty_domain_makes_matching_exchange_calls) {
-    check_two_domains(_i * 17 + 2, 1, 1);
+    check_two_domains(_i * 17 + 2, 1, 1, 0);
 }
 END_TEST
 
@@ -430,6 +457,16 @@ START_TEST(bad_ghost_owner_is_refused) {
     ck_assert(f.sys.s.n_ghost > 0);
     f.sys.ghost_owner[1] = f.sys.s.n_local;
     expect_status(&f, &f.sys.s, DS4SCI_ERR_INPUT, "ghost 1");
+    f.sys.ghost_owner[1] = -1; /* another process's atom: only with an exchange */
+    expect_status(&f, &f.sys.s, DS4SCI_ERR_INPUT, "ghost 1");
+    ds4sci_exchange ex = {noop_exchange, noop_exchange, NULL, NULL, 0};
+    tu_result r;
+    tu_result_alloc(&r, &f.sys.s);
+    f.sys.ghost_owner[1] = -2;
+    ck_assert_int_eq(ds4sci_compute(f.ctx, &f.sys.s, &ex, &r.r), DS4SCI_ERR_INPUT);
+    ck_assert_ptr_nonnull(strstr(ds4sci_ctx_error(f.ctx), "ghost 1"));
+    ck_assert_ptr_nonnull(strstr(ds4sci_ctx_error(f.ctx), "or -1"));
+    tu_result_free(&r);
     ds4sci_system s = f.sys.s;
     s.ghost_owner = NULL;
     expect_status(&f, &s, DS4SCI_ERR_ARG, "ghost_owner");
@@ -483,6 +520,8 @@ static Suite *api_suite(void) {
     tcase_set_timeout(tx, 120);
     tcase_add_loop_test(tx, user_exchange_two_domains_match_one_process, 0, 8);
     tcase_add_loop_test(tx, empty_domain_makes_matching_exchange_calls, 0, 2);
+    tcase_add_loop_test(tx, partial_owners_two_domains_match_one_process, 0, 6);
+    tcase_add_loop_test(tx, partial_owners_empty_domain, 0, 2);
     tcase_add_test(tx, exchange_failure_is_reported);
     tcase_add_test(tx, bad_send_rows_hint_is_refused);
     suite_add_tcase(s, tx);

@@ -609,6 +609,7 @@ typedef struct rec_exchange {
     int calls;
     int widths[64];
     char dirs[64];
+    const int32_t *part; /* partial owners: only ghosts with part[g] < 0 are the callbacks' */
 } rec_exchange;
 
 static int rec_forward(void *user, double *data, int32_t width)
@@ -620,7 +621,8 @@ static int rec_forward(void *user, double *data, int32_t width)
     }
     x->calls++;
     for (int32_t g = 0; g < x->sys->n_ghost; g++)
-        memcpy(data + ((size_t)x->sys->n_local + g) * width,
+        if (!x->part || x->part[g] < 0)
+            memcpy(data + ((size_t)x->sys->n_local + g) * width,
                data + (size_t)x->sys->ghost_owner[g] * width, sizeof(double) * width);
     return 0;
 }
@@ -634,7 +636,7 @@ static int rec_reverse(void *user, double *data, int32_t width)
     }
     x->calls++;
     for (int32_t g = 0; g < x->sys->n_ghost; g++)
-        for (int32_t k = 0; k < width; k++)
+        for (int32_t k = 0; k < width && (!x->part || x->part[g] < 0); k++)
             data[(size_t)x->sys->ghost_owner[g] * width + k] +=
                 data[((size_t)x->sys->n_local + g) * width + k];
     return 0;
@@ -656,7 +658,7 @@ START_TEST(test_caller_exchange_matches_builtin_and_sequence)
     ds4sci_system sys;
     ds4sci_graph *g = random_system(120, 0.06, 1, o.max_z, o.cutoff_upper, 5, &sys);
     ds4sci_ctx *gpu = ctx_cuda(d), *cpu = tu_ctx_cpu(d, 0);
-    rec_exchange rx = {&sys, 0, {0}, {0}};
+    rec_exchange rx = {&sys, 0, {0}, {0}, NULL};
     ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, NULL, 0};
     ds4sci_system s2 = sys;
     s2.ghost_owner = NULL; /* the callbacks use rx.sys */
@@ -717,7 +719,7 @@ START_TEST(test_caller_exchange_with_send_rows_hint)
         if (mark[i])
             rows[nr++] = i;
     ck_assert_msg(nr > 0 && nr < sys.n_local, "send rows %d of %d", nr, sys.n_local);
-    rec_exchange rx = {&sys, 0, {0}, {0}};
+    rec_exchange rx = {&sys, 0, {0}, {0}, NULL};
     ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, rows, nr};
     ds4sci_system s2 = sys;
     s2.ghost_owner = NULL;
@@ -730,6 +732,58 @@ START_TEST(test_caller_exchange_with_send_rows_hint)
     tu_result_free(&b);
     free(rows);
     free(mark);
+    ds4sci_ctx_free(gpu);
+    ds4sci_ctx_free(cpu);
+    ds4sci_graph_free(g);
+    tu_desc_free(d);
+}
+END_TEST
+
+/* Partial owners (ds4sci.h): the images of owned atoms gathered and folded on the GPU, the
+   caller's callbacks moving only the ghosts marked -1 ("another process's"; here the ghosts
+   of odd-numbered owners), with and without the send_rows hint (then only the owners of
+   those ghosts), give the CPU's results. A callback that also added the image rows, or a
+   core that left them to the callback, would double or drop their terms. */
+START_TEST(test_caller_exchange_partial_owners)
+{
+    tu_opts o;
+    et_desc *d = small_model(&o, 3);
+    ds4sci_system sys;
+    ds4sci_graph *g = random_system(1000, 0.06, 1, o.max_z, o.cutoff_upper, 13, &sys);
+    ds4sci_ctx *gpu = ctx_cuda(d), *cpu = tu_ctx_cpu(d, 0);
+    int32_t *part = malloc(sizeof(int32_t) * ((size_t)sys.n_ghost + 1));
+    unsigned char *mark = calloc((size_t)sys.n_local + 1, 1);
+    int32_t *rows = malloc(sizeof(int32_t) * ((size_t)sys.n_local + 1));
+    int32_t nr = 0, n_remote = 0;
+    for (int32_t q = 0; q < sys.n_ghost; q++) {
+        part[q] = sys.ghost_owner[q] % 2 ? -1 : sys.ghost_owner[q];
+        if (part[q] < 0) {
+            mark[sys.ghost_owner[q]] = 1;
+            n_remote++;
+        }
+    }
+    for (int32_t i = 0; i < sys.n_local; i++)
+        if (mark[i])
+            rows[nr++] = i;
+    ck_assert_msg(n_remote > 0 && n_remote < sys.n_ghost, "remote ghosts %d of %d", n_remote,
+                  sys.n_ghost);
+    tu_result b;
+    run(cpu, &sys, NULL, &b);
+    for (int hint = 0; hint < 2; hint++) {
+        rec_exchange rx = {&sys, 0, {0}, {0}, part};
+        ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, hint ? rows : NULL, hint ? nr : 0};
+        ds4sci_system s2 = sys;
+        s2.ghost_owner = part;
+        tu_result a;
+        run(gpu, &s2, &ex, &a);
+        compare(&a, &b, hint ? "partial owners with send_rows vs CPU" : "partial owners vs CPU");
+        ck_assert_int_eq(rx.calls, 2 * o.L);
+        tu_result_free(&a);
+    }
+    tu_result_free(&b);
+    free(rows);
+    free(mark);
+    free(part);
     ds4sci_ctx_free(gpu);
     ds4sci_ctx_free(cpu);
     ds4sci_graph_free(g);
@@ -750,7 +804,7 @@ START_TEST(test_empty_domain)
     int32_t z0 = 1;
     sys.pos = pos0;
     sys.z = &z0;
-    rec_exchange rx = {&sys, 0, {0}, {0}};
+    rec_exchange rx = {&sys, 0, {0}, {0}, NULL};
     ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, NULL, 0};
     ds4sci_result r;
     memset(&r, 0, sizeof(r));
@@ -834,6 +888,7 @@ static Suite *suite(void)
     tcase_set_timeout(tx, 300);
     tcase_add_test(tx, test_caller_exchange_matches_builtin_and_sequence);
     tcase_add_test(tx, test_caller_exchange_with_send_rows_hint);
+    tcase_add_test(tx, test_caller_exchange_partial_owners);
     tcase_add_test(tx, test_empty_domain);
     tcase_add_test(tx, test_out_of_memory_is_reported);
     tcase_add_test(tx, test_repeated_calls_and_size_changes);

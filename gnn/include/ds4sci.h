@@ -129,9 +129,15 @@ typedef struct ds4sci_system {
     const int32_t *nbr_index;    /* [nbr_offset[n_local]] neighbours of owned atom i are
                                     nbr_index[nbr_offset[i] .. nbr_offset[i+1]), each in
                                     [0, n_total) and != i */
-    const int32_t *ghost_owner;  /* [n_ghost] owned atom each ghost is a copy of, for the
-                                    built-in single-process exchange; NULL if an exchange
-                                    is passed to ds4sci_compute */
+    const int32_t *ghost_owner;  /* [n_ghost] owned atom each ghost is a copy of. Without an
+                                    exchange (the built-in single-process exchange): required,
+                                    every entry in [0, n_local). With an exchange: optional
+                                    ("partial owners"): an entry in [0, n_local) marks a copy
+                                    of this process's own atom (a periodic image), which the
+                                    core refreshes and folds itself (on the GPU, never through
+                                    the host); -1 a copy of another process's atom, the only
+                                    rows the exchange handles (see ds4sci_exchange). NULL: the
+                                    exchange handles every ghost */
 } ds4sci_system;
 
 /*
@@ -143,13 +149,18 @@ typedef struct ds4sci_system {
  * Return 0 on success. The core calls forward and reverse the same number of times, with the
  * same widths, whatever n_local and n_ghost are (0 included), so collective communication
  * stays matched across processes.
+ * With partial owners (system->ghost_owner set together with an exchange) the callbacks deal
+ * only with the ghosts whose ghost_owner is -1: forward must fill those rows (it may write the
+ * others too: the core overwrites them), reverse must add only those rows into their owners;
+ * the rows of ghosts with an owner on this process hold unspecified values during both calls.
  */
 typedef struct ds4sci_exchange {
     int (*forward)(void *user, double *data, int32_t width);
     int (*reverse)(void *user, double *data, int32_t width);
     void *user;
     /* Optional hint (NULL / 0: none): the owned rows forward() reads (the atoms other
-     * processes or periodic images need: LAMMPS's send lists), each in [0, n_local), any
+     * processes or periodic images need: LAMMPS's send lists; with partial owners only
+     * those other processes need), each in [0, n_local), any
      * order, each at most once. With a hint, the other owned rows of `data` hold unspecified
      * values during forward(), and reverse() must add only into these rows. A GPU backend
      * then copies only these rows between device and host. Without a hint:
