@@ -19,9 +19,9 @@
 
 #include <mpi.h>
 
-
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -88,6 +88,38 @@ template <typename T> T *data_or_dummy(std::vector<T> &v)
   return v.empty() ? dummy : v.data();
 }
 
+// Ghost origins: owner rank * 2^32 + owner's local index, exact in a double for < 2^21 ranks.
+const double ORIGIN_RANK_STRIDE = 4294967296.0;
+
+// MPI tag of the halo plan's messages (LAMMPS's own pair communication uses tag 0).
+const int HALO_TAG = 4711;
+
+// Row copies of the halo plan are threaded above this many doubles (a thread team costs
+// microseconds; a row is a few hundred doubles).
+const size_t HALO_THREADED_DOUBLES = 1 << 16;
+
+// dst row k = src row index[k], rows of w doubles (copied as bytes: they may be packed floats).
+void gather_rows(double *dst, const double *src, const int32_t *index, int n, int w, int nt)
+{
+  (void)nt;
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(nt) schedule(static) if ((size_t)n * w > HALO_THREADED_DOUBLES)
+#endif
+  for (int k = 0; k < n; k++)
+    memcpy(dst + (size_t)k * w, src + (size_t)index[k] * w, w * sizeof(double));
+}
+
+// dst row index[k] = src row k; the index rows are distinct.
+void scatter_rows(double *dst, const double *src, const int32_t *index, int n, int w, int nt)
+{
+  (void)nt;
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(nt) schedule(static) if ((size_t)n * w > HALO_THREADED_DOUBLES)
+#endif
+  for (int k = 0; k < n; k++)
+    memcpy(dst + (size_t)index[k] * w, src + (size_t)k * w, w * sizeof(double));
+}
+
 }  // namespace
 
 /* ---------------------------------------------------------------------- */
@@ -95,7 +127,7 @@ template <typename T> T *data_or_dummy(std::vector<T> &v)
 PairDS4SCI::PairDS4SCI(LAMMPS *lmp) :
     Pair(lmp), model(nullptr), ctx(nullptr), energy_scale(1.0), exchange_lammps(false),
     n_threads(0), t_exchange(0.0), input_valid(false), input_nlocal(-1), input_nghost(-1),
-    input_builtin(false), send_recording(false), send_valid(false), comm_data(nullptr),
+    input_exchange(EXCHANGE_LAMMPS), send_recording(false), send_valid(false), comm_data(nullptr),
     comm_width(0)
 {
   single_enable = 0;
@@ -181,7 +213,8 @@ void PairDS4SCI::settings(int narg, char **arg)
         exchange_lammps = true;
       else
         error->all(FLERR, "Illegal pair_style ds4sci command: exchange '" + value +
-                              "', expected auto or lammps");
+                              "', expected auto (built-in on one rank, the plugin's halo plan on "
+                              "several) or lammps (LAMMPS's forward/reverse communication)");
     } else {
       error->all(FLERR, "Illegal pair_style ds4sci command: unknown keyword '" + key +
                             "', expected device, device_id, threads or exchange");
@@ -249,11 +282,15 @@ void PairDS4SCI::settings(int narg, char **arg)
                    info->length_unit, info->hidden_channels, info->num_layers,
                    ds4sci_ctx_backend_name(ctx));
     if (ds4sci_ctx_device(ctx) == DS4SCI_DEVICE_CUDA)
-      utils::logmesg(lmp, "  rank 0 on GPU {}{}; ghost exchange {}\n", options.device_id,
+      utils::logmesg(lmp, "  rank 0 on GPU {}{}\n", options.device_id,
                      device_id_given ? " (device_id)"
-                                     : " (node rank modulo " + std::to_string(n_gpus) + " GPUs)",
-                     exchange_lammps ? "through LAMMPS (exchange lammps)"
-                                     : "on the device with one rank, else through LAMMPS");
+                                     : " (node rank modulo " + std::to_string(n_gpus) + " GPUs)");
+    utils::logmesg(lmp, "  ghost exchange: {}\n",
+                   exchange_lammps ? "LAMMPS's forward/reverse communication (exchange lammps)"
+                   : comm->nprocs == 1
+                       ? "built-in (exchange auto, one rank: every ghost a periodic image)"
+                       : "halo plan (exchange auto, several ranks: periodic images in the core, "
+                         "other ranks' rows by MPI from their owners)");
     if (info->head_vector_norm_eps > 0.0)
       utils::logmesg(lmp,
                      "  head: smoothed vector norm sqrt(|u|^2 + eps^2), eps {} "
@@ -394,8 +431,105 @@ bool PairDS4SCI::build_ghost_owner(int nlocal, int nghost)
 }
 
 /* ----------------------------------------------------------------------
-   the core's input from LAMMPS's neighbour list: candidate CSR (cutoff + skin, by receiver) and
-   ghost owners for the one-rank built-in exchange
+   the halo plan (exchange auto, several ranks): every ghost's owner by one LAMMPS forward
+   communication; periodic images of this rank's atoms get ghost_owner (the core refreshes and
+   folds them), the others -1, and each rank tells each owner rank which of its rows it needs
+------------------------------------------------------------------------- */
+
+void PairDS4SCI::build_halo(int nlocal, int nghost)
+{
+  const int me = comm->me;
+  const int nprocs = comm->nprocs;
+
+  // Owned atom i holds me * 2^32 + i. A multi-hop swap packs the values its earlier swaps
+  // received, so after one forward communication every ghost (edges, corners, periodic images)
+  // holds its owner's rank and index.
+  ghost_origin.resize((size_t)nlocal + nghost);
+  for (int i = 0; i < nlocal; i++) ghost_origin[i] = me * ORIGIN_RANK_STRIDE + i;
+  comm_data = data_or_dummy(ghost_origin);
+  comm_width = 1;
+  ds4sci_compat::forward_comm(comm, this);
+  comm_data = nullptr;
+
+  // Remote ghosts grouped by owner rank, in ghost order, with the owner's index to request.
+  ghost_owner.resize(nghost);
+  std::vector<int> ghost_rank(nghost);
+  std::vector<int> recv_count(nprocs, 0), send_count(nprocs, 0);
+  for (int g = 0; g < nghost; g++) {
+    const double origin = ghost_origin[nlocal + g];
+    const double rank = std::floor(origin / ORIGIN_RANK_STRIDE);
+    const double index = origin - rank * ORIGIN_RANK_STRIDE;
+    if (!(origin >= 0.0 && origin == std::floor(origin) && rank < nprocs &&
+          index <= INT32_MAX && (rank != me || index < nlocal)))
+      error->one(FLERR,
+                 "pair_style ds4sci: ghost atom ID {} (local {}) has origin {:.17g} after LAMMPS's "
+                 "forward communication, expected rank * 2^32 + index of an owned atom (ranks "
+                 "{}; this rank {} owns {} atoms); use exchange lammps",
+                 atom->tag[nlocal + g], nlocal + g, origin, nprocs, me, nlocal);
+    ghost_rank[g] = (int)rank;
+    ghost_owner[g] = ghost_rank[g] == me ? (int32_t)index : -1;
+    if (ghost_rank[g] != me) recv_count[ghost_rank[g]]++;
+  }
+  halo_recv_offset.assign(nprocs + 1, 0);
+  for (int p = 0; p < nprocs; p++) halo_recv_offset[p + 1] = halo_recv_offset[p] + recv_count[p];
+  const int n_recv = halo_recv_offset[nprocs];
+  halo_recv_index.resize(n_recv);
+  std::vector<int32_t> request(n_recv);
+  std::vector<int> fill(halo_recv_offset.begin(), halo_recv_offset.end() - 1);
+  for (int g = 0; g < nghost; g++) {
+    if (ghost_owner[g] >= 0) continue;
+    const int k = fill[ghost_rank[g]]++;
+    halo_recv_index[k] = nlocal + g;
+    request[k] = (int32_t)(ghost_origin[nlocal + g] - ghost_rank[g] * ORIGIN_RANK_STRIDE);
+  }
+
+  // Each owner learns, per peer, which of its rows to send and in which order.
+  MPI_Alltoall(recv_count.data(), 1, MPI_INT, send_count.data(), 1, MPI_INT, world);
+  halo_send_offset.assign(nprocs + 1, 0);
+  for (int p = 0; p < nprocs; p++) halo_send_offset[p + 1] = halo_send_offset[p] + send_count[p];
+  const int n_send = halo_send_offset[nprocs];
+  halo_send_index.resize(n_send);
+  MPI_Alltoallv(data_or_dummy(request), recv_count.data(), halo_recv_offset.data(), MPI_INT32_T,
+                data_or_dummy(halo_send_index), send_count.data(), halo_send_offset.data(),
+                MPI_INT32_T, world);
+  for (int p = 0; p < nprocs; p++)
+    for (int k = halo_send_offset[p]; k < halo_send_offset[p + 1]; k++)
+      if (halo_send_index[k] < 0 || halo_send_index[k] >= nlocal)
+        error->one(FLERR,
+                   "pair_style ds4sci: rank {} asks rank {} for the row of its atom {}, but "
+                   "rank {} owns {} atoms",
+                   p, me, halo_send_index[k], me, nlocal);
+
+  halo_send_peers.clear();
+  halo_recv_peers.clear();
+  for (int p = 0; p < nprocs; p++) {
+    if (send_count[p] > 0) halo_send_peers.push_back(p);
+    if (recv_count[p] > 0) halo_recv_peers.push_back(p);
+  }
+  halo_requests.resize(halo_send_peers.size() + halo_recv_peers.size());
+
+  // The send_rows hint (each owned row once) and, per row, its entries in ascending order:
+  // the reverse sums then run in parallel over rows, in the same order for any thread count.
+  std::vector<int64_t> key(n_send);
+  for (int k = 0; k < n_send; k++) key[k] = ((int64_t)halo_send_index[k] << 32) | k;
+  std::sort(key.begin(), key.end());
+  send_rows.clear();
+  halo_row_offset.clear();
+  halo_row_entry.resize(n_send);
+  for (int k = 0; k < n_send; k++) {
+    const int32_t row = (int32_t)(key[k] >> 32);
+    halo_row_entry[k] = (int32_t)(key[k] & 0xffffffff);
+    if (send_rows.empty() || send_rows.back() != row) {
+      send_rows.push_back(row);
+      halo_row_offset.push_back(k);
+    }
+  }
+  halo_row_offset.push_back(n_send);
+}
+
+/* ----------------------------------------------------------------------
+   the core's input from LAMMPS's neighbour list: candidate CSR (cutoff + skin, by receiver),
+   ghost owners for the one-rank built-in exchange, the halo plan for several ranks
 ------------------------------------------------------------------------- */
 
 void PairDS4SCI::build_input(int nlocal, int nghost)
@@ -426,13 +560,22 @@ void PairDS4SCI::build_input(int nlocal, int nghost)
     }
   }
 
-  // One rank: the core's built-in exchange (ghost owners) instead of LAMMPS's communication.
-  input_builtin = !exchange_lammps && comm->nprocs == 1 && build_ghost_owner(nlocal, nghost);
+  // One rank: the core's built-in exchange (ghost owners); several: the halo plan, which sets
+  // send_rows. Else LAMMPS's communication, whose send lists the first call records.
+  send_recording = false;  // the halo plan's forward communication of origins records nothing
+  if (exchange_lammps)
+    input_exchange = EXCHANGE_LAMMPS;
+  else if (comm->nprocs == 1)
+    input_exchange = build_ghost_owner(nlocal, nghost) ? EXCHANGE_BUILTIN : EXCHANGE_LAMMPS;
+  else {
+    build_halo(nlocal, nghost);
+    input_exchange = EXCHANGE_HALO;
+  }
   input_valid = true;
   input_nlocal = nlocal;
   input_nghost = nghost;
-  send_valid = false;
-  send_recording = !input_builtin;
+  send_valid = input_exchange == EXCHANGE_HALO;
+  send_recording = input_exchange == EXCHANGE_LAMMPS;
   if (send_recording) send_mark.assign(nlocal, 0);
 }
 
@@ -455,10 +598,13 @@ void PairDS4SCI::compute(int eflag, int vflag)
   // (every run's setup, a rerun frame, a rebuild during a run) sets neighbor->ago to 0 for that
   // step; neighbor->ncalls is no key: each run's setup resets it to 0 after re-sorting the
   // atoms, so two runs without rebuilds would look alike (tests/lammps case "runs").
-  const bool fresh = !input_valid || neighbor->ago == 0 || nlocal != input_nlocal ||
+  int fresh = !input_valid || neighbor->ago == 0 || nlocal != input_nlocal ||
       nghost != input_nghost;
+  // The halo plan's build communicates: all ranks build when one does, or collectives mismatch.
+  if (!exchange_lammps && comm->nprocs > 1)
+    MPI_Allreduce(MPI_IN_PLACE, &fresh, 1, MPI_INT, MPI_LOR, world);
   if (fresh) build_input(nlocal, nghost);
-  const bool builtin = input_builtin;
+  const bool builtin = input_exchange == EXCHANGE_BUILTIN;
 
   forces.resize(3 * (size_t)nall);
 
@@ -469,7 +615,8 @@ void PairDS4SCI::compute(int eflag, int vflag)
   system.z = data_or_dummy(z);
   system.nbr_offset = nbr_offset.data();
   system.nbr_index = data_or_dummy(nbr_index);
-  system.ghost_owner = builtin ? data_or_dummy(ghost_owner) : nullptr;
+  // Built-in: every ghost's owner. Halo plan: the periodic images' owners, -1 for the others.
+  system.ghost_owner = input_exchange != EXCHANGE_LAMMPS ? data_or_dummy(ghost_owner) : nullptr;
 
   ds4sci_exchange exchange;
   exchange.forward = exchange_forward;
@@ -556,7 +703,7 @@ void PairDS4SCI::compute(int eflag, int vflag)
 }
 
 /* ----------------------------------------------------------------------
-   ghost exchange of the core's feature rows through LAMMPS's communication
+   ghost exchange of the core's feature rows: the halo plan, or LAMMPS's communication
 ------------------------------------------------------------------------- */
 
 int PairDS4SCI::exchange_forward(void *self, double *data, int32_t width)
@@ -564,10 +711,14 @@ int PairDS4SCI::exchange_forward(void *self, double *data, int32_t width)
   auto *pair = static_cast<PairDS4SCI *>(self);
   if (width < 0 || width > pair->comm_forward) return 1;
   const double t0 = MPI_Wtime();
-  pair->comm_data = data;
-  pair->comm_width = width;
-  ds4sci_compat::forward_comm(pair->comm, pair);
-  pair->comm_data = nullptr;
+  if (pair->input_exchange == EXCHANGE_HALO)
+    pair->halo_forward(data, width);
+  else {
+    pair->comm_data = data;
+    pair->comm_width = width;
+    ds4sci_compat::forward_comm(pair->comm, pair);
+    pair->comm_data = nullptr;
+  }
   pair->t_exchange += MPI_Wtime() - t0;
   return 0;
 }
@@ -577,12 +728,98 @@ int PairDS4SCI::exchange_reverse(void *self, double *data, int32_t width)
   auto *pair = static_cast<PairDS4SCI *>(self);
   if (width < 0 || width > pair->comm_reverse) return 1;
   const double t0 = MPI_Wtime();
-  pair->comm_data = data;
-  pair->comm_width = width;
-  ds4sci_compat::reverse_comm(pair->comm, pair);
-  pair->comm_data = nullptr;
+  if (pair->input_exchange == EXCHANGE_HALO)
+    pair->halo_reverse(data, width);
+  else {
+    pair->comm_data = data;
+    pair->comm_width = width;
+    ds4sci_compat::reverse_comm(pair->comm, pair);
+    pair->comm_data = nullptr;
+  }
   pair->t_exchange += MPI_Wtime() - t0;
   return 0;
+}
+
+/* ----------------------------------------------------------------------
+   halo plan, one direction: rows of `out` ([out_offset[nprocs]][width], grouped by rank) to
+   out_peers, rows of `in` (grouped as in_offset) from in_peers; counts in rows of a row type,
+   so they stay small whatever the width
+------------------------------------------------------------------------- */
+
+void PairDS4SCI::halo_messages(const double *out, const std::vector<int> &out_offset,
+                               const std::vector<int> &out_peers, double *in,
+                               const std::vector<int> &in_offset, const std::vector<int> &in_peers,
+                               int width)
+{
+  const size_t w = width;
+  MPI_Datatype row;
+  MPI_Type_contiguous(width, MPI_DOUBLE, &row);
+  MPI_Type_commit(&row);
+  int n_req = 0;
+  for (int p : in_peers)
+    MPI_Irecv(in + in_offset[p] * w, in_offset[p + 1] - in_offset[p], row, p, HALO_TAG, world,
+              &halo_requests[n_req++]);
+  for (int p : out_peers)
+    MPI_Isend(out + out_offset[p] * w, out_offset[p + 1] - out_offset[p], row, p, HALO_TAG,
+              world, &halo_requests[n_req++]);
+  MPI_Waitall(n_req, halo_requests.data(), MPI_STATUSES_IGNORE);
+  MPI_Type_free(&row);
+}
+
+/* ----------------------------------------------------------------------
+   halo plan, forward: remote ghost rows from their owners' rows, one message per peer. The
+   rows of periodic images are the core's (it overwrites them after this call).
+------------------------------------------------------------------------- */
+
+void PairDS4SCI::halo_forward(double *data, int width)
+{
+  const size_t w = width;
+  const int n_send = (int)halo_send_index.size();
+  const int n_recv = (int)halo_recv_index.size();
+  const int nt = loop_threads(n_threads);
+  halo_send_buf.resize(n_send * w);
+  halo_recv_buf.resize(n_recv * w);
+  gather_rows(halo_send_buf.data(), data, halo_send_index.data(), n_send, width, nt);
+  halo_messages(halo_send_buf.data(), halo_send_offset, halo_send_peers, halo_recv_buf.data(),
+                halo_recv_offset, halo_recv_peers, width);
+  scatter_rows(data, halo_recv_buf.data(), halo_recv_index.data(), n_recv, width, nt);
+}
+
+/* ----------------------------------------------------------------------
+   halo plan, reverse: remote ghost rows back to their owners, added into the owned rows in a
+   fixed order (peer by peer, entry by entry); periodic images are folded by the core
+------------------------------------------------------------------------- */
+
+void PairDS4SCI::halo_reverse(double *data, int width)
+{
+  const size_t w = width;
+  const int n_send = (int)halo_send_index.size();
+  const int n_recv = (int)halo_recv_index.size();
+  const int nt = loop_threads(n_threads);
+  halo_send_buf.resize(n_send * w);
+  halo_recv_buf.resize(n_recv * w);
+  gather_rows(halo_recv_buf.data(), data, halo_recv_index.data(), n_recv, width, nt);
+  halo_messages(halo_recv_buf.data(), halo_recv_offset, halo_recv_peers, halo_send_buf.data(),
+                halo_send_offset, halo_send_peers, width);
+
+  // Threads over distinct owned rows; each row adds its entries (one per image of the atom on
+  // each peer) in the plan's order.
+  const int n_rows = (int)send_rows.size();
+  const int32_t *rows = send_rows.data();
+  const int32_t *offset = halo_row_offset.data();
+  const int32_t *entry = halo_row_entry.data();
+  const double *buf = halo_send_buf.data();
+  (void)nt;
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(nt) schedule(static) if (n_send * w > HALO_THREADED_DOUBLES)
+#endif
+  for (int r = 0; r < n_rows; r++) {
+    double *sum = data + (size_t)rows[r] * w;
+    for (int e = offset[r]; e < offset[r + 1]; e++) {
+      const double *in = buf + (size_t)entry[e] * w;
+      for (size_t k = 0; k < w; k++) sum[k] += in[k];
+    }
+  }
 }
 
 // Rows are independent within one swap (a swap sends each atom once): threaded copies.
@@ -642,5 +879,10 @@ double PairDS4SCI::memory_usage()
   bytes += z.capacity() * sizeof(int32_t) + nbr_offset.capacity() * sizeof(int64_t) +
       nbr_index.capacity() * sizeof(int32_t);
   bytes += (forces.capacity() + atom_energy.capacity() + atom_virial.capacity()) * sizeof(double);
+  bytes += (ghost_origin.capacity() + halo_send_buf.capacity() + halo_recv_buf.capacity()) *
+      sizeof(double);
+  bytes += (ghost_owner.capacity() + send_rows.capacity() + halo_send_index.capacity() +
+            halo_recv_index.capacity() + halo_row_offset.capacity() + halo_row_entry.capacity()) *
+      sizeof(int32_t);
   return bytes;
 }

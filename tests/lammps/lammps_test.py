@@ -142,7 +142,8 @@ def open_box(pos, cutoff):
     return shifted, [[size[0], 0, 0], [0, size[1], 0], [0, 0, size[2]]]
 
 
-def header(data, model, elements, extra="", device="cpu"):
+def header(data, model, elements, extra="", device="cpu", pair_extra=""):
+    """extra: commands before read_data (processors); pair_extra: pair_style keywords."""
     return """units metal
 atom_style atomic
 atom_modify map array
@@ -150,10 +151,10 @@ boundary p p p
 %s
 read_data %s
 plugin load ${plugin}
-pair_style ds4sci %s device %s
+pair_style ds4sci %s device %s %s
 pair_coeff * * %s
 neighbor 1.0 bin
-""" % (extra, data, model, device, " ".join(elements))
+""" % (extra, data, model, device, pair_extra, " ".join(elements))
 
 
 # Thermo that keeps the global and per-atom sums current at every output step, and prints them.
@@ -172,22 +173,26 @@ PRINT = ('print "RESULT pe $(pe:%.17g)"\n'
          '$(c_sums[4]:%.17g) $(c_sums[5]:%.17g) $(c_sums[6]:%.17g) $(c_sums[7]:%.17g)"\n')
 
 
-def eval_script(data, model, elements, dump, extra_setup="", extra=""):
-    return (header(data, model, elements, extra) + extra_setup + EVAL +
-            "dump f all custom 1 %s id fx fy fz\n" % dump +
+def eval_script(data, model, elements, dump, extra_setup="", extra="", pair_extra=""):
+    return (header(data, model, elements, extra, pair_extra=pair_extra) + extra_setup + EVAL +
+            "dump f all custom 1 %s id fx fy fz c_peatom %s\n"
+            % (dump, " ".join("c_satom[%d]" % k for k in range(1, 7))) +
             "dump_modify f sort id format float %.17g\n" +
             "run 0\n" + PRINT)
 
 
-def evaluate(lmp, name, data, model, elements, nprocs=1, extra_setup="", extra=""):
-    """run 0: energy, virial (energy units), per-atom sums and forces {id: [fx, fy, fz]}."""
-    _, out = lmp.run(name, eval_script(data, model, elements, name + ".dump", extra_setup, extra),
-                     nprocs)
+def evaluate(lmp, name, data, model, elements, nprocs=1, extra_setup="", extra="", pair_extra=""):
+    """run 0: energy, virial (energy units), per-atom sums, forces {id: [fx, fy, fz]}, per-atom
+    energy and virial {id: [pe, s1..s6]} and LAMMPS's screen output."""
+    _, out = lmp.run(name, eval_script(data, model, elements, name + ".dump", extra_setup, extra,
+                                       pair_extra), nprocs)
     res = results(out)
     vol = res["vol"][0]
     virial = [p * vol / NKTV2P_METAL for p in res["vir"]]
+    atoms = read_dump(lmp.path(name + ".dump"))
     return {"pe": res["pe"][0], "virial": virial, "vir_p": res["vir"], "sums": res["sums"],
-            "vol": vol, "forces": read_dump(lmp.path(name + ".dump"))}
+            "vol": vol, "forces": {i: a[0:3] for i, a in atoms.items()},
+            "per_atom": {i: a[3:10] for i, a in atoms.items()}, "out": out}
 
 
 def check_per_atom_sums(name, r):
@@ -256,10 +261,17 @@ def case_golden(lmp, args, which):
 
 
 # ----------------------------------------------------------------------------------------------
-# ranks: 1, 2, 4 ranks and processor grids; empty domains; 100-step NVE trajectories
+# ranks: 1, 2, 4 ranks and processor grids, each with both ghost exchanges of several ranks;
+# empty domains; a box smaller than the cutoff; 100-step NVE trajectories
 # ----------------------------------------------------------------------------------------------
 
 GRIDS = [(1, "1 1 1"), (2, "2 1 1"), (2, "1 1 2"), (4, "2 2 1"), (4, "1 4 1")]
+# The ghost exchanges of several ranks: (name suffix, pair_style keywords, what the log names).
+# auto: the plugin's halo plan (periodic images in the core, other ranks' rows by MPI); lammps:
+# LAMMPS's forward/reverse communication for every ghost row.
+EXCHANGES = [("", "", "ghost exchange: halo plan"),
+             ("_lammps", "exchange lammps", "ghost exchange: LAMMPS's forward/reverse")]
+SKIN = 1.0   # header()'s neighbor skin: LAMMPS's ghost cutoff is cutoff + SKIN
 
 
 def small_golden(args, name):
@@ -268,29 +280,84 @@ def small_golden(args, name):
     return os.path.join(args.golden, golden["model"]), golden["config"]["cutoff_upper"], system
 
 
+def cell_widths(box):
+    """Distances between opposite faces of the cell (rows a, b, c): V / |b x c|, ... LAMMPS
+    splits a triclinic box in fractional coordinates, so a grid of p along a gives slabs of
+    width widths[0] / p."""
+    def cross(u, v):
+        return [u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0]]
+    a, b, c = box
+    vol = abs(sum(x * y for x, y in zip(a, cross(b, c))))
+    return [vol / math.sqrt(sum(x * x for x in cross(u, v))) for u, v in ((b, c), (c, a), (a, b))]
+
+
+def check_exchange_logged(name, r, nprocs, logged):
+    want = logged if nprocs > 1 else "ghost exchange: built-in"
+    check(want in r["out"], "%s: the log does not name the ghost exchange ('%s')" % (name, want))
+
+
+def check_same_as(name, r, base, what="1 rank"):
+    """r equals base (float64 round-off, 1e-10): pe, the energy shift counted once, forces,
+    virial, per-atom energies and per-atom virials (ghost contributions reach their owners)."""
+    tol = 1e-10
+    check(rel_err(r["pe"], base["pe"]) < tol,
+          "%s: pe %.17g vs %s %.17g" % (name, r["pe"], what, base["pe"]))
+    # The energy shift is counted once whatever the rank count: pe - sum(pe/atom) agrees.
+    check(abs((r["pe"] - r["sums"][0]) - (base["pe"] - base["sums"][0])) < tol * abs(base["pe"]),
+          "%s: pe - sum(pe/atom) differs from %s" % (name, what))
+    ferr = max_force_err(r["forces"], base["forces"])
+    check(ferr < tol, "%s: forces differ from %s by %.2e" % (name, what, ferr))
+    for k in range(6):
+        check(rel_err(r["virial"][k], base["virial"][k], max(map(abs, base["virial"]))) < tol,
+              "%s: virial[%d] differs from %s" % (name, k, what))
+    check(sorted(r["per_atom"]) == sorted(base["per_atom"]), "%s: atom IDs differ" % name)
+    for label, cols in (("pe/atom", range(0, 1)), ("stress/atom", range(1, 7))):
+        scale = max(abs(base["per_atom"][i][k]) for i in base["per_atom"] for k in cols) or 1.0
+        worst = max(abs(r["per_atom"][i][k] - base["per_atom"][i][k])
+                    for i in base["per_atom"] for k in cols) / scale
+        check(worst < tol, "%s: %s differs from %s by %.2e (relative to its max)"
+              % (name, label, what, worst))
+    return ferr
+
+
+def grid_runs(lmp, stem, data, model, elements, grids):
+    """run 0 on every grid (several ranks: with each exchange) against the first grid's run."""
+    base = None
+    for n, grid in grids:
+        for suffix, pair_extra, logged in EXCHANGES if n > 1 else EXCHANGES[:1]:
+            name = "%s_np%d_%s%s" % (stem, n, grid.replace(" ", ""), suffix)
+            r = evaluate(lmp, name, data, model, elements, n, extra="processors %s\n" % grid,
+                         pair_extra=pair_extra)
+            check_exchange_logged(name, r, n, logged)
+            check_per_atom_sums(name, r)
+            if base is None:
+                base = r
+                continue
+            ferr = check_same_as(name, r, base)
+            print("ok %s: pe %.15g, forces max rel diff %.1e" % (name, r["pe"], ferr))
+
+
 def case_ranks(lmp, args):
     model, cutoff, tri = small_golden(args, "box_triclinic")
     tri_data = lmp.path("tri.data")
     tri_elements = write_data(tri_data, tri["z"], tri["pos"], tri["box"])
-    base = None
-    for n, grid in GRIDS:
-        name = "tri_np%d_%s" % (n, grid.replace(" ", ""))
-        r = evaluate(lmp, name, tri_data, model, tri_elements, n, extra="processors %s\n" % grid)
-        check_per_atom_sums(name, r)
-        if base is None:
-            base = r
-            continue
-        check(rel_err(r["pe"], base["pe"]) < 1e-10,
-              "%s: pe %.17g vs 1 rank %.17g" % (name, r["pe"], base["pe"]))
-        # The energy shift is counted once whatever the rank count: pe - sum(pe/atom) agrees.
-        check(abs((r["pe"] - r["sums"][0]) - (base["pe"] - base["sums"][0])) < 1e-10 * abs(base["pe"]),
-              "%s: pe - sum(pe/atom) differs from 1 rank" % name)
-        ferr = max_force_err(r["forces"], base["forces"])
-        check(ferr < 1e-10, "%s: forces differ from 1 rank by %.2e" % (name, ferr))
-        for k in range(6):
-            check(rel_err(r["virial"][k], base["virial"][k], max(map(abs, base["virial"]))) < 1e-10,
-                  "%s: virial[%d] differs from 1 rank" % (name, k))
-        print("ok %s: pe %.15g, forces max rel diff %.1e" % (name, r["pe"], ferr))
+    # Two slabs across a narrower than the ghost cutoff: each rank's peer holds every atom of
+    # it at least twice (an image on each side), so the halo plan sends rows several times per
+    # peer; the grids also have multi-hop edges and corners and periodic images of own atoms.
+    check(cell_widths(tri["box"])[0] / 2 < cutoff + SKIN,
+          "ranks setup: 2 slabs along a are wider than the ghost cutoff %g" % (cutoff + SKIN))
+    grid_runs(lmp, "tri", tri_data, model, tri_elements, GRIDS)
+
+    # A cell narrower than the cutoff in every direction: each atom's own periodic images are
+    # its neighbours, and every rank holds many images of its own and its peers' atoms
+    # (several hops per direction); with 4 ranks some may own no atom.
+    tiny_box = [[4.3, 0.0, 0.0], [0.6, 4.1, 0.0], [-0.4, 0.5, 4.4]]
+    tiny_pos = [[0.4, 0.3, 0.5], [2.3, 1.1, 1.6], [1.2, 2.9, 3.0], [3.5, 3.4, 2.6]]
+    check(max(cell_widths(tiny_box)) < cutoff, "ranks setup: the tiny cell is not below the cutoff")
+    tiny_data = lmp.path("tiny.data")
+    tiny_elements = write_data(tiny_data, [6, 8, 7, 1], tiny_pos, tiny_box)
+    grid_runs(lmp, "tiny", tiny_data, model, tiny_elements,
+              [(1, "1 1 1"), (2, "2 1 1"), (4, "1 2 2")])
 
     # Empty domains: an open molecule in a large box on 4 slabs along x; most own no atom.
     _, _, mol = small_golden(args, "molecule_20")
@@ -298,38 +365,51 @@ def case_ranks(lmp, args):
     box[0][0] *= 2.0
     data = lmp.path("mol.data")
     elements = write_data(data, mol["z"], pos, box)
-    r = evaluate(lmp, "mol_np4_empty", data, model, elements, 4, extra="processors 4 1 1\n")
     owned = [sum(1 for p in pos if k * box[0][0] / 4 <= p[0] < (k + 1) * box[0][0] / 4)
              for k in range(4)]
     check(0 in owned, "empty-domain setup: every slab owns atoms %s" % owned)
-    check(rel_err(r["pe"], mol["energy_f64"]) < 1e-10,
-          "empty domains: pe %.17g vs golden %.17g" % (r["pe"], mol["energy_f64"]))
     ref_f = {i + 1: f for i, f in enumerate(mol["forces_f64"])}
-    ferr = max_force_err(r["forces"], ref_f)
-    check(ferr < 1e-10, "empty domains: forces differ from golden by %.2e" % ferr)
-    print("ok empty domains (atoms per slab %s): pe %.15g" % (owned, r["pe"]))
+    for suffix, pair_extra, logged in EXCHANGES:
+        name = "mol_np4_empty" + suffix
+        r = evaluate(lmp, name, data, model, elements, 4, extra="processors 4 1 1\n",
+                     pair_extra=pair_extra)
+        check_exchange_logged(name, r, 4, logged)
+        check(rel_err(r["pe"], mol["energy_f64"]) < 1e-10,
+              "%s: pe %.17g vs golden %.17g" % (name, r["pe"], mol["energy_f64"]))
+        ferr = max_force_err(r["forces"], ref_f)
+        check(ferr < 1e-10, "%s: forces differ from golden by %.2e" % (name, ferr))
+        print("ok %s (atoms per slab %s): pe %.15g" % (name, owned, r["pe"]))
 
-    # 100-step NVE: the same trajectory on every grid, within float64 round-off growth.
+    # 100-step NVE: the same trajectory on every grid and exchange, within float64 round-off
+    # growth; the halo plan is rebuilt with LAMMPS's neighbour lists during the run.
     traj = None
     for n, grid in GRIDS:
-        name = "nve_np%d_%s" % (n, grid.replace(" ", ""))
-        script = (header(tri_data, model, tri_elements, "processors %s\n" % grid) +
-                  "velocity all create 600 4928459 loop geom\n"
-                  "timestep 0.0005\nfix 1 all nve\nthermo 100\n"
-                  "thermo_modify format float %.17g\nrun 100\n"
-                  "print \"RESULT etotal $(etotal:%.17g) $(pe:%.17g)\"\n"
-                  "write_dump all custom " + name + ".dump id x y z vx vy vz "
-                  "modify sort id format float %.17g\n")
-        _, out = lmp.run(name, script, n)
-        pos_vel = read_dump(lmp.path(name + ".dump"))
-        e = results(out)["etotal"]
-        if traj is None:
-            traj, e0 = pos_vel, e
-            continue
-        dx = max(abs(a - b) for i in traj for a, b in zip(pos_vel[i][:3], traj[i][:3]))
-        check(dx < 1e-8, "%s: positions after 100 steps differ from 1 rank by %.2e A" % (name, dx))
-        check(rel_err(e[0], e0[0]) < 1e-10, "%s: etotal %.17g vs 1 rank %.17g" % (name, e[0], e0[0]))
-        print("ok %s: 100-step trajectory, max |dx| %.1e A vs 1 rank" % (name, dx))
+        for suffix, pair_extra, _ in EXCHANGES if n > 1 else EXCHANGES[:1]:
+            name = "nve_np%d_%s%s" % (n, grid.replace(" ", ""), suffix)
+            script = (header(tri_data, model, tri_elements, "processors %s\n" % grid,
+                             pair_extra=pair_extra) +
+                      "velocity all create 600 4928459 loop geom\n"
+                      "timestep 0.0005\nfix 1 all nve\nthermo 100\n"
+                      "thermo_modify format float %.17g\nrun 100\n"
+                      "print \"RESULT etotal $(etotal:%.17g) $(pe:%.17g)\"\n"
+                      "write_dump all custom " + name + ".dump id x y z vx vy vz "
+                      "modify sort id format float %.17g\n")
+            _, out = lmp.run(name, script, n)
+            builds = [int(l.split("=")[1]) for l in out.splitlines()
+                      if l.startswith("Neighbor list builds")]
+            check(builds and builds[0] > 0, "%s: no neighbour-list build during the run (%s): "
+                  "the case needs one" % (name, builds))
+            pos_vel = read_dump(lmp.path(name + ".dump"))
+            e = results(out)["etotal"]
+            if traj is None:
+                traj, e0 = pos_vel, e
+                continue
+            dx = max(abs(a - b) for i in traj for a, b in zip(pos_vel[i][:3], traj[i][:3]))
+            check(dx < 1e-8, "%s: positions after 100 steps differ from 1 rank by %.2e A"
+                  % (name, dx))
+            check(rel_err(e[0], e0[0]) < 1e-10,
+                  "%s: etotal %.17g vs 1 rank %.17g" % (name, e[0], e0[0]))
+            print("ok %s: 100-step trajectory, max |dx| %.1e A vs 1 rank" % (name, dx))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -674,8 +754,9 @@ PER_ATOM = "fx fy fz c_peatom " + " ".join("c_satom[%d]" % k for k in range(1, 7
 
 def section(tag, model, elements, device, style_extra="", steps=0):
     """(Re)define the pair style and evaluate: RESULT <tag>_... lines and <tag>.dump. steps > 0:
-    evaluate after that many NVE steps without a neighbour-list build (the plugin passes the
-    exchange's send_rows hint from the second call on; the first call records it)."""
+    evaluate after that many NVE steps without a neighbour-list build (the halo plan of several
+    ranks passes the exchange's send_rows hint from the first call on; with exchange lammps the
+    first call records it and the later ones pass it)."""
     md = ("velocity all create 600 4711 loop geom\nfix md all nve\n"
           "neigh_modify every 1000 delay 0 check no\n") if steps else ""
     return ("pair_style ds4sci %s device %s %s\npair_coeff * * %s\n"
@@ -794,7 +875,8 @@ def si_box_data(path, n, seed=4711):
 
 def case_gpu_box(lmp, args):
     """~10k atoms (Si potential, 11^3 diamond cells = 10,648 atoms, jittered): device vs cpu on
-    1 rank, device on 2 ranks (one GPU shared) and device with exchange lammps on 1 rank."""
+    1 rank, device on 2 ranks (one GPU shared; the halo plan, and exchange lammps) and device
+    with exchange lammps on 1 rank."""
     gpu_usable(lmp, args)
     model = os.path.abspath(args.si_model)
     n = args.box_cells
@@ -803,11 +885,12 @@ def case_gpu_box(lmp, args):
     runs = [("box_cpu", 1, "cpu", "exchange lammps " + threads),
             ("box_dev_np1", 1, dev, ""),
             ("box_dev_np1_lammps", 1, dev, "exchange lammps"),
-            ("box_dev_np2", 2, dev, "")]
+            ("box_dev_np2", 2, dev, ""),
+            ("box_dev_np2_lammps", 2, dev, "exchange lammps")]
     data = lmp.path("si_box.data")
     si_box_data(data, n)
-    # 5 NVE steps from the same velocities: the 2-rank run's later calls use the send_rows
-    # exchange hint (only the rows LAMMPS sends move between device and host)
+    # 5 NVE steps from the same velocities on 2 ranks (the halo plan): the send_rows exchange
+    # hint in every call (only the rows the peer needs move between device and host)
     md_runs = [("md_cpu", 1, "cpu", "exchange lammps " + threads),
                ("md_dev_np2", 2, dev, "")]
     res = {}
