@@ -126,7 +126,7 @@ void scatter_rows(double *dst, const double *src, const int32_t *index, int n, i
 
 PairDS4SCI::PairDS4SCI(LAMMPS *lmp) :
     Pair(lmp), model(nullptr), ctx(nullptr), energy_scale(1.0), exchange_lammps(false),
-    n_threads(0), t_exchange(0.0), input_valid(false), input_nlocal(-1), input_nghost(-1),
+    n_threads(0), t_exchange(0.0), t_halo_mpi(0.0), input_valid(false), input_nlocal(-1), input_nghost(-1),
     input_exchange(EXCHANGE_LAMMPS), send_recording(false), send_valid(false), comm_data(nullptr),
     comm_width(0)
 {
@@ -138,7 +138,7 @@ PairDS4SCI::PairDS4SCI(LAMMPS *lmp) :
   comm_forward = 0;
   comm_reverse = 0;
   // compute pair ds4sci: timers, see pair_ds4sci.h
-  nextra = 5;
+  nextra = 6;
   pvector = new double[nextra]();
 }
 
@@ -179,7 +179,7 @@ void PairDS4SCI::settings(int narg, char **arg)
   exchange_lammps = false;
   // LAMMPS keeps this instance when pair_style ds4sci is given again: timers restart.
   for (int k = 0; k < nextra; k++) pvector[k] = 0.0;
-  t_exchange = 0.0;
+  t_exchange = t_halo_mpi = 0.0;
   input_valid = false;
   send_recording = send_valid = false;
   for (int iarg = 1; iarg < narg; iarg += 2) {
@@ -699,6 +699,7 @@ void PairDS4SCI::compute(int eflag, int vflag)
   pvector[1] += t_input - t_start;
   pvector[2] += t_core - t_input;
   pvector[3] = t_exchange;
+  pvector[5] = t_halo_mpi;
   pvector[4] += t_end - t_core;
 }
 
@@ -755,6 +756,7 @@ void PairDS4SCI::halo_messages(const double *out, const std::vector<int> &out_of
   MPI_Datatype row;
   MPI_Type_contiguous(width, MPI_DOUBLE, &row);
   MPI_Type_commit(&row);
+  const double t0 = MPI_Wtime();
   int n_req = 0;
   for (int p : in_peers)
     MPI_Irecv(in + in_offset[p] * w, in_offset[p + 1] - in_offset[p], row, p, HALO_TAG, world,
@@ -764,6 +766,7 @@ void PairDS4SCI::halo_messages(const double *out, const std::vector<int> &out_of
               world, &halo_requests[n_req++]);
   MPI_Waitall(n_req, halo_requests.data(), MPI_STATUSES_IGNORE);
   MPI_Type_free(&row);
+  t_halo_mpi += MPI_Wtime() - t0;
 }
 
 /* ----------------------------------------------------------------------

@@ -21,7 +21,8 @@
    compute pair ds4sci gives cumulative timers of this rank's plugin (summed over ranks):
    [1] compute calls, [2] s building the core's input (types, CSR, ghost owners, halo plan),
    [3] s in ds4sci_compute, [4] s of [3] inside the exchange of feature rows (halo plan or
-   LAMMPS's communication), [5] s adding results into LAMMPS's arrays.
+   LAMMPS's communication), [5] s adding results into LAMMPS's arrays, [6] s of [4] in the halo
+   plan's MPI messages (the rest of [4]: its row copies).
 ------------------------------------------------------------------------- */
 
 #ifndef LMP_PAIR_DS4SCI_H
@@ -75,6 +76,7 @@ class PairDS4SCI : public Pair {
   bool exchange_lammps;              // exchange lammps: always LAMMPS's communication
   int n_threads;                     // OpenMP threads of the plugin's loops (0: default)
   double t_exchange;                 // seconds in the exchange callbacks (pvector[3])
+  double t_halo_mpi;                 // of which in the halo plan's MPI messages (pvector[5])
   // The core's input (z, CSR, ghost owners, halo plan) depends only on the neighbour list and
   // the atoms' order, which change together at a LAMMPS neighbour-list build: kept between
   // builds.
