@@ -109,26 +109,17 @@ void gather_rows(double *dst, const double *src, const int32_t *index, int n, in
     memcpy(dst + (size_t)k * w, src + (size_t)index[k] * w, w * sizeof(double));
 }
 
-// dst row index[k] = src row k; the index rows are distinct.
-void scatter_rows(double *dst, const double *src, const int32_t *index, int n, int w, int nt)
-{
-  (void)nt;
-#if defined(_OPENMP)
-#pragma omp parallel for num_threads(nt) schedule(static) if ((size_t)n * w > HALO_THREADED_DOUBLES)
-#endif
-  for (int k = 0; k < n; k++)
-    memcpy(dst + (size_t)index[k] * w, src + (size_t)k * w, w * sizeof(double));
-}
-
 }  // namespace
 
 /* ---------------------------------------------------------------------- */
 
 PairDS4SCI::PairDS4SCI(LAMMPS *lmp) :
     Pair(lmp), model(nullptr), ctx(nullptr), energy_scale(1.0), exchange_lammps(false),
-    n_threads(0), t_exchange(0.0), t_halo_mpi(0.0), input_valid(false), input_nlocal(-1), input_nghost(-1),
-    input_exchange(EXCHANGE_LAMMPS), send_recording(false), send_valid(false), comm_data(nullptr),
-    comm_width(0)
+    exchange_shared(true), n_threads(0), t_exchange(0.0), t_halo_mpi(0.0), input_valid(false),
+    input_nlocal(-1), input_nghost(-1), input_exchange(EXCHANGE_LAMMPS), send_recording(false),
+    send_valid(false), halo_send_buf_rows(0), halo_recv_buf_rows(0), node_comm(MPI_COMM_NULL),
+    node_me(0), halo_win(MPI_WIN_NULL), halo_win_doubles(0), halo_shared(false),
+    comm_data(nullptr), comm_width(0)
 {
   single_enable = 0;
   restartinfo = 0;    // after read_restart, pair_style and pair_coeff are given again
@@ -149,6 +140,14 @@ PairDS4SCI::~PairDS4SCI()
   if (allocated) {
     memory->destroy(setflag);
     memory->destroy(cutsq);
+  }
+  // Collective over the node: LAMMPS deletes the pair style on every rank, before
+  // MPI_Finalize (checked anyway: a library caller may finalize first).
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) {
+    halo_window_free();
+    if (node_comm != MPI_COMM_NULL) MPI_Comm_free(&node_comm);
   }
 }
 
@@ -171,12 +170,13 @@ void PairDS4SCI::settings(int narg, char **arg)
     error->all(FLERR,
                "Illegal pair_style ds4sci command: expected "
                "pair_style ds4sci <model.safetensors> [device auto|cpu|cuda] [device_id N] "
-               "[threads N] [exchange auto|lammps]");
+               "[threads N] [exchange auto|lammps|mpi]");
 
   ds4sci_options options;
   ds4sci_options_init(&options);
   bool device_id_given = false;
   exchange_lammps = false;
+  exchange_shared = true;
   // LAMMPS keeps this instance when pair_style ds4sci is given again: timers restart.
   for (int k = 0; k < nextra; k++) pvector[k] = 0.0;
   t_exchange = t_halo_mpi = 0.0;
@@ -207,14 +207,13 @@ void PairDS4SCI::settings(int narg, char **arg)
       if (options.n_threads < 0)
         error->all(FLERR, "Illegal pair_style ds4sci command: threads must be >= 0");
     } else if (key == "exchange") {
-      if (value == "auto")
-        exchange_lammps = false;
-      else if (value == "lammps")
-        exchange_lammps = true;
-      else
+      exchange_lammps = value == "lammps";
+      exchange_shared = value == "auto";
+      if (value != "auto" && value != "lammps" && value != "mpi")
         error->all(FLERR, "Illegal pair_style ds4sci command: exchange '" + value +
                               "', expected auto (built-in on one rank, the plugin's halo plan on "
-                              "several) or lammps (LAMMPS's forward/reverse communication)");
+                              "several), lammps (LAMMPS's forward/reverse communication) or mpi "
+                              "(as auto, without shared memory between ranks of a node)");
     } else {
       error->all(FLERR, "Illegal pair_style ds4sci command: unknown keyword '" + key +
                             "', expected device, device_id, threads or exchange");
@@ -222,15 +221,34 @@ void PairDS4SCI::settings(int narg, char **arg)
   }
 
   n_threads = options.n_threads;
+  // A new plan may not need the window (exchange lammps, mpi): give its memory back. Every rank
+  // runs pair_style, so the collective free matches.
+  halo_window_free();
+
+  // The ranks of this node (shared memory), once per instance: for the default GPU and the
+  // halo plan's shared window. node_rank_of: world rank -> node rank, -1 on other nodes.
+  if (node_comm == MPI_COMM_NULL) {
+    MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node_comm);
+    MPI_Comm_rank(node_comm, &node_me);
+    MPI_Group world_group, node_group;
+    MPI_Comm_group(world, &world_group);
+    MPI_Comm_group(node_comm, &node_group);
+    std::vector<int> ranks(comm->nprocs);
+    for (int p = 0; p < comm->nprocs; p++) ranks[p] = p;
+    node_rank_of.resize(comm->nprocs);
+    MPI_Group_translate_ranks(world_group, comm->nprocs, ranks.data(), node_group,
+                              node_rank_of.data());
+    for (int &r : node_rank_of)
+      if (r == MPI_UNDEFINED) r = -1;
+    MPI_Group_free(&world_group);
+    MPI_Group_free(&node_group);
+  }
 
   // By default rank r of a node uses the node's GPU r modulo the GPUs it sees (one rank per GPU
   // is the intended layout; more ranks than GPUs share them round-robin).
   int n_gpus = 0;
   if (!device_id_given) {
-    MPI_Comm node;
-    MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
-    MPI_Comm_rank(node, &options.device_id);
-    MPI_Comm_free(&node);
+    options.device_id = node_me;
     n_gpus = ds4sci_gpu_count();  // CUDA's own count (honours CUDA_VISIBLE_DEVICES)
     if (n_gpus > 0) options.device_id %= n_gpus;
   }
@@ -271,6 +289,15 @@ void PairDS4SCI::settings(int narg, char **arg)
   if (ds4sci_ctx_create(model, &options, &ctx, err, sizeof(err)) != DS4SCI_OK)
     error->one(FLERR, std::string("pair_style ds4sci: cannot create context: ") + err);
 
+  // The exchange's widths and number of calls are the backend's (CUDA may pack floats): every
+  // rank must run the same one, or messages mismatch and the node's barriers wait forever.
+  int device_range[2] = {(int)ds4sci_ctx_device(ctx), -(int)ds4sci_ctx_device(ctx)};
+  MPI_Allreduce(MPI_IN_PLACE, device_range, 2, MPI_INT, MPI_MAX, world);
+  if (device_range[0] != -device_range[1])
+    error->all(FLERR, "pair_style ds4sci: some ranks run the cpu backend and others cuda (device "
+                      "auto finds no usable GPU on some); their ghost exchanges differ: give "
+                      "device cpu or device cuda");
+
   // The core exchanges rows of at most 4 F doubles (scalar + vector features).
   comm_forward = comm_reverse = 4 * info->hidden_channels;
 
@@ -288,9 +315,13 @@ void PairDS4SCI::settings(int narg, char **arg)
     utils::logmesg(lmp, "  ghost exchange: {}\n",
                    exchange_lammps ? "LAMMPS's forward/reverse communication (exchange lammps)"
                    : comm->nprocs == 1
-                       ? "built-in (exchange auto, one rank: every ghost a periodic image)"
-                       : "halo plan (exchange auto, several ranks: periodic images in the core, "
-                         "other ranks' rows by MPI from their owners)");
+                       ? "built-in (one rank: every ghost a periodic image)"
+                   : exchange_shared
+                       ? "halo plan (exchange auto, several ranks: periodic images in the core, "
+                         "other ranks' rows from their owners, through shared memory on a node "
+                         "and by MPI messages between nodes)"
+                       : "halo plan (exchange mpi, several ranks: periodic images in the core, "
+                         "other ranks' rows from their owners by MPI messages only)");
     if (info->head_vector_norm_eps > 0.0)
       utils::logmesg(lmp,
                      "  head: smoothed vector norm sqrt(|u|^2 + eps^2), eps {} "
@@ -474,39 +505,54 @@ void PairDS4SCI::build_halo(int nlocal, int nghost)
   for (int p = 0; p < nprocs; p++) halo_recv_offset[p + 1] = halo_recv_offset[p] + recv_count[p];
   const int n_recv = halo_recv_offset[nprocs];
   halo_recv_index.resize(n_recv);
+  halo_recv_peer.resize(n_recv);
   std::vector<int32_t> request(n_recv);
   std::vector<int> fill(halo_recv_offset.begin(), halo_recv_offset.end() - 1);
   for (int g = 0; g < nghost; g++) {
     if (ghost_owner[g] >= 0) continue;
     const int k = fill[ghost_rank[g]]++;
     halo_recv_index[k] = nlocal + g;
+    halo_recv_peer[k] = ghost_rank[g];
     request[k] = (int32_t)(ghost_origin[nlocal + g] - ghost_rank[g] * ORIGIN_RANK_STRIDE);
   }
 
-  // Each owner learns, per peer, which of its rows to send and in which order.
-  MPI_Alltoall(recv_count.data(), 1, MPI_INT, send_count.data(), 1, MPI_INT, world);
+  // Each owner learns, per peer, how many of its rows to send and where the peer's ghost rows
+  // of them start in the peer's buffer (the reverse reads them there through shared memory).
+  std::vector<int> out_pair(2 * (size_t)nprocs), in_pair(2 * (size_t)nprocs);
+  for (int p = 0; p < nprocs; p++) {
+    out_pair[2 * p] = recv_count[p];
+    out_pair[2 * p + 1] = halo_recv_offset[p];
+  }
+  MPI_Alltoall(out_pair.data(), 2, MPI_INT, in_pair.data(), 2, MPI_INT, world);
+  halo_peer_recv_at.resize(nprocs);
+  for (int p = 0; p < nprocs; p++) {
+    send_count[p] = in_pair[2 * p];
+    halo_peer_recv_at[p] = in_pair[2 * p + 1];
+  }
   halo_send_offset.assign(nprocs + 1, 0);
   for (int p = 0; p < nprocs; p++) halo_send_offset[p + 1] = halo_send_offset[p] + send_count[p];
   const int n_send = halo_send_offset[nprocs];
   halo_send_index.resize(n_send);
+  halo_send_peer.resize(n_send);
   MPI_Alltoallv(data_or_dummy(request), recv_count.data(), halo_recv_offset.data(), MPI_INT32_T,
                 data_or_dummy(halo_send_index), send_count.data(), halo_send_offset.data(),
                 MPI_INT32_T, world);
   for (int p = 0; p < nprocs; p++)
-    for (int k = halo_send_offset[p]; k < halo_send_offset[p + 1]; k++)
+    for (int k = halo_send_offset[p]; k < halo_send_offset[p + 1]; k++) {
+      halo_send_peer[k] = p;
       if (halo_send_index[k] < 0 || halo_send_index[k] >= nlocal)
         error->one(FLERR,
                    "pair_style ds4sci: rank {} asks rank {} for the row of its atom {}, but "
                    "rank {} owns {} atoms",
                    p, me, halo_send_index[k], me, nlocal);
+    }
+  // And, for the forward through shared memory, where each peer's rows for it start in the
+  // peer's buffer. exchange_shared is the same on every rank: the collective matches.
+  halo_peer_send_at.resize(nprocs);
+  if (exchange_shared)
+    MPI_Alltoall(halo_send_offset.data(), 1, MPI_INT, halo_peer_send_at.data(), 1, MPI_INT, world);
 
-  halo_send_peers.clear();
-  halo_recv_peers.clear();
-  for (int p = 0; p < nprocs; p++) {
-    if (send_count[p] > 0) halo_send_peers.push_back(p);
-    if (recv_count[p] > 0) halo_recv_peers.push_back(p);
-  }
-  halo_requests.resize(halo_send_peers.size() + halo_recv_peers.size());
+  halo_shared_setup(n_send, n_recv);
 
   // The send_rows hint (each owned row once) and, per row, its entries in ascending order:
   // the reverse sums then run in parallel over rows, in the same order for any thread count.
@@ -742,36 +788,129 @@ int PairDS4SCI::exchange_reverse(void *self, double *data, int32_t width)
 }
 
 /* ----------------------------------------------------------------------
-   halo plan, one direction: rows of `out` ([out_offset[nprocs]][width], grouped by rank) to
-   out_peers, rows of `in` (grouped as in_offset) from in_peers; counts in rows of a row type,
-   so they stay small whatever the width
+   halo plan, the peers of this node (exchange auto): which peers exchange through the shared
+   window, which by MPI messages, and the window itself, grown when a rank of the node needs a
+   larger part. Collective over node_comm; every rank of the node builds its plan together.
 ------------------------------------------------------------------------- */
 
-void PairDS4SCI::halo_messages(const double *out, const std::vector<int> &out_offset,
-                               const std::vector<int> &out_peers, double *in,
-                               const std::vector<int> &in_offset, const std::vector<int> &in_peers,
-                               int width)
+void PairDS4SCI::halo_shared_setup(int n_send, int n_recv)
 {
-  const size_t w = width;
-  MPI_Datatype row;
-  MPI_Type_contiguous(width, MPI_DOUBLE, &row);
-  MPI_Type_commit(&row);
+  const int nprocs = comm->nprocs;
+  int node_size = 1;
+  if (exchange_shared) MPI_Comm_size(node_comm, &node_size);
+
+  // The window only if some rank of the node exchanges rows with another one there. need:
+  // this rank's part, [max(n_send, n_recv)][comm_forward] (forward widths are F or 4F, packed
+  // floats halve them; the reverse's at most 4F).
+  const size_t need = (size_t)std::max(n_send, n_recv) * comm_forward;
+  int node_flags[2] = {0, 0};  // any same-node peer on the node, any part too small
+  if (node_size > 1) {
+    for (int p = 0; p < nprocs; p++)
+      if (node_rank_of[p] >= 0 && p != comm->me &&
+          (halo_send_offset[p + 1] > halo_send_offset[p] ||
+           halo_recv_offset[p + 1] > halo_recv_offset[p]))
+        node_flags[0] = 1;
+    node_flags[1] = need > halo_win_doubles;
+    MPI_Allreduce(MPI_IN_PLACE, node_flags, 2, MPI_INT, MPI_MAX, node_comm);
+  }
+  halo_shared = node_flags[0] != 0;
+
+  if (halo_shared && node_flags[1]) {
+    // Parts grow by 1.25x at least, so that slowly growing ghost counts reallocate rarely. All
+    // ranks of the node free and allocate together (collective); the contents are per call.
+    const size_t doubles =
+        need > halo_win_doubles ? std::max(need, halo_win_doubles + halo_win_doubles / 4)
+                                : halo_win_doubles;
+    halo_window_free();
+    // Each part page-aligned on its own: its first touch (the owner's writes) places it on the
+    // owner's NUMA node, where the owner writes and a same-node peer reads it once.
+    MPI_Info info;
+    MPI_Info_create(&info);
+    MPI_Info_set(info, "alloc_shared_noncontig", "true");
+    double *mine = nullptr;
+    MPI_Win_allocate_shared((MPI_Aint)(doubles * sizeof(double)), (int)sizeof(double), info,
+                            node_comm, &mine, &halo_win);
+    MPI_Info_free(&info);
+    halo_win_doubles = doubles;
+    // One passive-target epoch for the window's life: loads and stores go straight to memory,
+    // ordered by MPI_Win_sync and the node's barriers (halo_node_barrier).
+    MPI_Win_lock_all(MPI_MODE_NOCHECK, halo_win);
+    halo_win_base.assign(node_size, nullptr);
+    for (int r = 0; r < node_size; r++) {
+      MPI_Aint size = 0;
+      int disp_unit = 0;
+      MPI_Win_shared_query(halo_win, r, &size, &disp_unit, &halo_win_base[r]);
+    }
+    // Rare (growth only): the memory it takes, and that same-node ranks use it.
+    if (comm->me == 0)
+      utils::logmesg(lmp,
+                     "pair_style ds4sci: halo plan: shared-memory window for the {} ranks of "
+                     "rank 0's node, {:.1f} MB on rank 0\n",
+                     node_size, doubles * sizeof(double) / 1048576.0);
+  }
+
+  // Message peers: all with rows, or with the window only those on other nodes.
+  halo_send_peers.clear();
+  halo_recv_peers.clear();
+  halo_node_send_peers.clear();
+  halo_node_recv_peers.clear();
+  halo_send_buf_rows = halo_recv_buf_rows = 0;
+  for (int p = 0; p < nprocs; p++) {
+    const bool node = halo_shared && node_rank_of[p] >= 0;
+    if (halo_send_offset[p + 1] > halo_send_offset[p]) {
+      (node ? halo_node_send_peers : halo_send_peers).push_back(p);
+      if (!node) halo_send_buf_rows = halo_send_offset[p + 1];
+    }
+    if (halo_recv_offset[p + 1] > halo_recv_offset[p]) {
+      (node ? halo_node_recv_peers : halo_recv_peers).push_back(p);
+      if (!node) halo_recv_buf_rows = halo_recv_offset[p + 1];
+    }
+  }
+  // Without the window the buffers also stage this rank's outgoing rows, all of them.
+  if (!halo_shared) {
+    halo_send_buf_rows = n_send;
+    halo_recv_buf_rows = n_recv;
+  }
+  halo_requests.resize(halo_send_peers.size() + halo_recv_peers.size());
+  halo_src.resize(nprocs);
+}
+
+// Collective over node_comm: every rank of the node frees its part together.
+void PairDS4SCI::halo_window_free()
+{
+  if (halo_win == MPI_WIN_NULL) return;
+  MPI_Win_unlock_all(halo_win);
+  MPI_Win_free(&halo_win);
+  halo_win_doubles = 0;
+  halo_win_base.clear();
+}
+
+// All ranks of the node between their writes into their parts and the peers' reads (and
+// between those reads and the next writes). MPI_Win_sync on either side: the memory barrier
+// that the unified shared-memory model asks for around a process synchronisation.
+void PairDS4SCI::halo_node_barrier()
+{
   const double t0 = MPI_Wtime();
-  int n_req = 0;
-  for (int p : in_peers)
-    MPI_Irecv(in + in_offset[p] * w, in_offset[p + 1] - in_offset[p], row, p, HALO_TAG, world,
-              &halo_requests[n_req++]);
-  for (int p : out_peers)
-    MPI_Isend(out + out_offset[p] * w, out_offset[p + 1] - out_offset[p], row, p, HALO_TAG,
-              world, &halo_requests[n_req++]);
+  MPI_Win_sync(halo_win);
+  MPI_Barrier(node_comm);
+  MPI_Win_sync(halo_win);
+  t_halo_mpi += MPI_Wtime() - t0;
+}
+
+// The rows are ready: the node's parts written (barrier) and the messages arrived.
+void PairDS4SCI::halo_wait(int n_req)
+{
+  if (halo_shared) halo_node_barrier();
+  const double t0 = MPI_Wtime();
   MPI_Waitall(n_req, halo_requests.data(), MPI_STATUSES_IGNORE);
-  MPI_Type_free(&row);
   t_halo_mpi += MPI_Wtime() - t0;
 }
 
 /* ----------------------------------------------------------------------
-   halo plan, forward: remote ghost rows from their owners' rows, one message per peer. The
-   rows of periodic images are the core's (it overwrites them after this call).
+   halo plan, forward: remote ghost rows from their owners' rows: copied straight from a
+   same-node owner's part of the window, by one message per peer from the others (counts in
+   rows of a row type, so they stay small whatever the width). The rows of periodic images
+   are the core's (it overwrites them after this call).
 ------------------------------------------------------------------------- */
 
 void PairDS4SCI::halo_forward(double *data, int width)
@@ -780,17 +919,59 @@ void PairDS4SCI::halo_forward(double *data, int width)
   const int n_send = (int)halo_send_index.size();
   const int n_recv = (int)halo_recv_index.size();
   const int nt = loop_threads(n_threads);
-  halo_send_buf.resize(n_send * w);
-  halo_recv_buf.resize(n_recv * w);
-  gather_rows(halo_send_buf.data(), data, halo_send_index.data(), n_send, width, nt);
-  halo_messages(halo_send_buf.data(), halo_send_offset, halo_send_peers, halo_recv_buf.data(),
-                halo_recv_offset, halo_recv_peers, width);
-  scatter_rows(data, halo_recv_buf.data(), halo_recv_index.data(), n_recv, width, nt);
+  MPI_Datatype row;
+  MPI_Type_contiguous(width, MPI_DOUBLE, &row);
+  MPI_Type_commit(&row);
+  // Sized for the widest rows: the same size at every call, so that a wider call after a
+  // narrower one does not zero-fill the rest again.
+  halo_send_buf.resize((size_t)halo_send_buf_rows * comm_forward);
+  halo_recv_buf.resize((size_t)halo_recv_buf_rows * comm_forward);
+
+  const double t0 = MPI_Wtime();
+  int n_req = 0;
+  for (int p : halo_recv_peers)
+    MPI_Irecv(halo_recv_buf.data() + halo_recv_offset[p] * w,
+              halo_recv_offset[p + 1] - halo_recv_offset[p], row, p, HALO_TAG, world,
+              &halo_requests[n_req++]);
+  t_halo_mpi += MPI_Wtime() - t0;
+
+  // This rank's rows for every peer, grouped as halo_send_offset.
+  double *out = halo_shared ? halo_win_base[node_me] : halo_send_buf.data();
+  gather_rows(out, data, halo_send_index.data(), n_send, width, nt);
+  const double t1 = MPI_Wtime();
+  for (int p : halo_send_peers)
+    MPI_Isend(out + halo_send_offset[p] * w, halo_send_offset[p + 1] - halo_send_offset[p], row,
+              p, HALO_TAG, world, &halo_requests[n_req++]);
+  t_halo_mpi += MPI_Wtime() - t1;
+  halo_wait(n_req);
+  MPI_Type_free(&row);
+
+  // Where each owner's rows for this rank are: its part of the window, or the message.
+  for (int p : halo_recv_peers) halo_src[p] = halo_recv_buf.data() + halo_recv_offset[p] * w;
+  for (int p : halo_node_recv_peers)
+    halo_src[p] = halo_win_base[node_rank_of[p]] + halo_peer_send_at[p] * w;
+  const double *const *src = halo_src.data();
+  const int *offset = halo_recv_offset.data();
+  const int32_t *peer = halo_recv_peer.data();
+  const int32_t *index = halo_recv_index.data();
+  const bool threaded = (size_t)n_recv * w > HALO_THREADED_DOUBLES;
+  (void)nt, (void)threaded;
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(nt) schedule(static) if (threaded)
+#endif
+  for (int k = 0; k < n_recv; k++)
+    memcpy(data + (size_t)index[k] * w, src[peer[k]] + (size_t)(k - offset[peer[k]]) * w,
+           w * sizeof(double));
+
+  // No rank writes its part again (next call) while a peer still reads it.
+  if (halo_shared) halo_node_barrier();
 }
 
 /* ----------------------------------------------------------------------
-   halo plan, reverse: remote ghost rows back to their owners, added into the owned rows in a
-   fixed order (peer by peer, entry by entry); periodic images are folded by the core
+   halo plan, reverse: remote ghost rows back to their owners (same-node ones read straight
+   from the window, the others by message), added into the owned rows in a fixed order (peer
+   by peer, entry by entry: the same sums with or without the window, any thread count);
+   periodic images are folded by the core
 ------------------------------------------------------------------------- */
 
 void PairDS4SCI::halo_reverse(double *data, int width)
@@ -799,30 +980,62 @@ void PairDS4SCI::halo_reverse(double *data, int width)
   const int n_send = (int)halo_send_index.size();
   const int n_recv = (int)halo_recv_index.size();
   const int nt = loop_threads(n_threads);
-  halo_send_buf.resize(n_send * w);
-  halo_recv_buf.resize(n_recv * w);
-  gather_rows(halo_recv_buf.data(), data, halo_recv_index.data(), n_recv, width, nt);
-  halo_messages(halo_recv_buf.data(), halo_recv_offset, halo_recv_peers, halo_send_buf.data(),
-                halo_send_offset, halo_send_peers, width);
+  MPI_Datatype row;
+  MPI_Type_contiguous(width, MPI_DOUBLE, &row);
+  MPI_Type_commit(&row);
+  // Sized for the widest rows: the same size at every call, so that a wider call after a
+  // narrower one does not zero-fill the rest again.
+  halo_send_buf.resize((size_t)halo_send_buf_rows * comm_forward);
+  halo_recv_buf.resize((size_t)halo_recv_buf_rows * comm_forward);
+
+  const double t0 = MPI_Wtime();
+  int n_req = 0;
+  for (int p : halo_send_peers)
+    MPI_Irecv(halo_send_buf.data() + halo_send_offset[p] * w,
+              halo_send_offset[p + 1] - halo_send_offset[p], row, p, HALO_TAG, world,
+              &halo_requests[n_req++]);
+  t_halo_mpi += MPI_Wtime() - t0;
+
+  // This rank's remote ghost rows, grouped by owner as halo_recv_offset.
+  double *out = halo_shared ? halo_win_base[node_me] : halo_recv_buf.data();
+  gather_rows(out, data, halo_recv_index.data(), n_recv, width, nt);
+  const double t1 = MPI_Wtime();
+  for (int p : halo_recv_peers)
+    MPI_Isend(out + halo_recv_offset[p] * w, halo_recv_offset[p + 1] - halo_recv_offset[p], row,
+              p, HALO_TAG, world, &halo_requests[n_req++]);
+  t_halo_mpi += MPI_Wtime() - t1;
+  halo_wait(n_req);
+  MPI_Type_free(&row);
+
+  // Where each peer's ghost rows of this rank's atoms are: its part, or the message.
+  for (int p : halo_send_peers) halo_src[p] = halo_send_buf.data() + halo_send_offset[p] * w;
+  for (int p : halo_node_send_peers)
+    halo_src[p] = halo_win_base[node_rank_of[p]] + halo_peer_recv_at[p] * w;
 
   // Threads over distinct owned rows; each row adds its entries (one per image of the atom on
   // each peer) in the plan's order.
   const int n_rows = (int)send_rows.size();
   const int32_t *rows = send_rows.data();
-  const int32_t *offset = halo_row_offset.data();
+  const int32_t *row_offset = halo_row_offset.data();
   const int32_t *entry = halo_row_entry.data();
-  const double *buf = halo_send_buf.data();
-  (void)nt;
+  const double *const *src = halo_src.data();
+  const int *offset = halo_send_offset.data();
+  const int32_t *peer = halo_send_peer.data();
+  const bool threaded = (size_t)n_send * w > HALO_THREADED_DOUBLES;
+  (void)nt, (void)threaded;
 #if defined(_OPENMP)
-#pragma omp parallel for num_threads(nt) schedule(static) if (n_send * w > HALO_THREADED_DOUBLES)
+#pragma omp parallel for num_threads(nt) schedule(static) if (threaded)
 #endif
   for (int r = 0; r < n_rows; r++) {
     double *sum = data + (size_t)rows[r] * w;
-    for (int e = offset[r]; e < offset[r + 1]; e++) {
-      const double *in = buf + (size_t)entry[e] * w;
-      for (size_t k = 0; k < w; k++) sum[k] += in[k];
+    for (int e = row_offset[r]; e < row_offset[r + 1]; e++) {
+      const int k = entry[e];
+      const double *in = src[peer[k]] + (size_t)(k - offset[peer[k]]) * w;
+      for (size_t c = 0; c < w; c++) sum[c] += in[c];
     }
   }
+
+  if (halo_shared) halo_node_barrier();
 }
 
 // Rows are independent within one swap (a swap sends each atom once): threaded copies.
@@ -882,10 +1095,12 @@ double PairDS4SCI::memory_usage()
   bytes += z.capacity() * sizeof(int32_t) + nbr_offset.capacity() * sizeof(int64_t) +
       nbr_index.capacity() * sizeof(int32_t);
   bytes += (forces.capacity() + atom_energy.capacity() + atom_virial.capacity()) * sizeof(double);
-  bytes += (ghost_origin.capacity() + halo_send_buf.capacity() + halo_recv_buf.capacity()) *
+  bytes += (ghost_origin.capacity() + halo_send_buf.capacity() + halo_recv_buf.capacity() +
+            halo_win_doubles) *
       sizeof(double);
   bytes += (ghost_owner.capacity() + send_rows.capacity() + halo_send_index.capacity() +
-            halo_recv_index.capacity() + halo_row_offset.capacity() + halo_row_entry.capacity()) *
+            halo_recv_index.capacity() + halo_row_offset.capacity() + halo_row_entry.capacity() +
+            halo_send_peer.capacity() + halo_recv_peer.capacity()) *
       sizeof(int32_t);
   return bytes;
 }

@@ -2,7 +2,7 @@
    pair_style ds4sci: TorchMD-Net's Equivariant Transformer through the ds4sci C core.
 
    pair_style ds4sci <model.safetensors> [device auto|cpu|cuda] [device_id N] [threads N]
-                     [exchange auto|lammps]
+                     [exchange auto|lammps|mpi]
    pair_coeff * * <element or NULL per atom type>
 
    The plugin is the only code here that knows LAMMPS: it hands the core the owned atoms, the
@@ -14,15 +14,19 @@
    - auto, several ranks: at each neighbour-list build one LAMMPS forward communication gives
      every ghost its owner (rank, index). Images of this rank's own atoms are refreshed by the
      core as with one rank; the rows of other ranks' atoms travel by the plugin's halo plan,
-     one MPI message per peer rank and direction, straight from the owner.
+     straight from the owner: a rank on the same node reads them from the owner's part of an
+     MPI-3 shared-memory window (one copy instead of an MPI message's two), a rank on another
+     node gets one MPI message per peer rank and direction.
+   - mpi: as auto, but MPI messages between ranks of one node too (no shared memory).
    - lammps: LAMMPS's forward/reverse communication for every ghost row (all its swaps).
    Forces and per-atom virials of ghosts always go through LAMMPS's reverse communication.
 
    compute pair ds4sci gives cumulative timers of this rank's plugin (summed over ranks):
    [1] compute calls, [2] s building the core's input (types, CSR, ghost owners, halo plan),
    [3] s in ds4sci_compute, [4] s of [3] inside the exchange of feature rows (halo plan or
-   LAMMPS's communication), [5] s adding results into LAMMPS's arrays, [6] s of [4] in the halo
-   plan's MPI messages (the rest of [4]: its row copies).
+   LAMMPS's communication), [5] s adding results into LAMMPS's arrays, [6] s of [4] waiting for
+   other ranks in the halo plan: MPI messages and the node's barriers around the shared window
+   (the rest of [4]: its row copies, from and to the window included).
 ------------------------------------------------------------------------- */
 
 #ifndef LMP_PAIR_DS4SCI_H
@@ -74,9 +78,11 @@ class PairDS4SCI : public Pair {
   std::vector<int32_t> ghost_owner;
   std::vector<int32_t> local_of_tag; // [max tag + 1] owned index of each atom ID (1 rank)
   bool exchange_lammps;              // exchange lammps: always LAMMPS's communication
+  bool exchange_shared;              // exchange auto: same-node peers through shared memory
   int n_threads;                     // OpenMP threads of the plugin's loops (0: default)
   double t_exchange;                 // seconds in the exchange callbacks (pvector[3])
-  double t_halo_mpi;                 // of which in the halo plan's MPI messages (pvector[5])
+  double t_halo_mpi;                 // of which waiting in the halo plan: MPI messages and
+                                     // the node's barriers (pvector[5])
   // The core's input (z, CSR, ghost owners, halo plan) depends only on the neighbour list and
   // the atoms' order, which change together at a LAMMPS neighbour-list build: kept between
   // builds.
@@ -102,15 +108,41 @@ class PairDS4SCI : public Pair {
   std::vector<int32_t> halo_send_index;   // owned rows, grouped by peer
   std::vector<int> halo_recv_offset;      // [nprocs + 1] into halo_recv_index
   std::vector<int32_t> halo_recv_index;   // ghost rows (nlocal + g), grouped by owner rank
-  std::vector<int> halo_send_peers, halo_recv_peers;  // ranks with a non-empty list, ascending
-  // Reverse sums per owned row: send_rows[r] adds the rows halo_row_entry[halo_row_offset[r]
-  // .. [r + 1]) of the received buffer (positions in halo_send_index), ascending: peer by
-  // peer, entry by entry, whatever the thread count.
+  std::vector<int32_t> halo_send_peer;    // [halo_send_index.size()] the peer of each entry
+  std::vector<int32_t> halo_recv_peer;    // [halo_recv_index.size()] the owner of each entry
+  // Ranks with a non-empty list, ascending: by MPI messages, and through the shared window.
+  std::vector<int> halo_send_peers, halo_recv_peers;
+  std::vector<int> halo_node_send_peers, halo_node_recv_peers;
+  // Reverse sums per owned row: send_rows[r] adds the received rows halo_row_entry[
+  // halo_row_offset[r] .. [r + 1]) (positions in halo_send_index; each read from its peer's
+  // message or part of the window), ascending: peer by peer, entry by entry, whatever the
+  // thread count or the path.
   std::vector<int32_t> halo_row_offset;   // [send_rows.size() + 1]
   std::vector<int32_t> halo_row_entry;    // [halo_send_index.size()]
-  std::vector<double> halo_send_buf;      // [halo_send_index.size()][width]
-  std::vector<double> halo_recv_buf;      // [halo_recv_index.size()][width]
-  std::vector<MPI_Request> halo_requests; // one per peer and direction
+  // Message buffers, grouped by peer as halo_send_offset / halo_recv_offset, rows of the
+  // call's width. With the shared window they hold only the rows of other nodes (up to the
+  // last such peer's segment).
+  std::vector<double> halo_send_buf;      // [halo_send_buf_rows * comm_forward]
+  std::vector<double> halo_recv_buf;      // [halo_recv_buf_rows * comm_forward]
+  int halo_send_buf_rows, halo_recv_buf_rows;
+  std::vector<MPI_Request> halo_requests; // one per message peer and direction
+  std::vector<const double *> halo_src;   // [nprocs] per call: the first received row of peer p
+
+  // Same-node peers of the halo plan (exchange auto). Each rank of a node owns a part of one
+  // shared window, [max(sends, receives)][comm_forward] doubles: forward writes its rows for
+  // all peers there (grouped as halo_send_offset; the messages to other nodes leave from
+  // there too) and the same-node peers copy theirs straight into their ghost rows; reverse
+  // writes its ghost rows grouped by owner (as halo_recv_offset) and the owners add them
+  // straight from there. Barriers over node_comm order the writes and the reads.
+  MPI_Comm node_comm;                     // ranks of this node, made once (settings)
+  int node_me;                            // this rank in node_comm
+  std::vector<int> node_rank_of;          // [nprocs] world rank -> node_comm rank, -1 elsewhere
+  MPI_Win halo_win;                       // MPI_WIN_NULL until a plan needs it; locked (lock_all)
+  size_t halo_win_doubles;                // this rank's part of halo_win
+  std::vector<double *> halo_win_base;    // [node ranks] each rank's part, as mapped here
+  bool halo_shared;                       // this plan uses the window (same on the whole node)
+  std::vector<int> halo_peer_send_at;     // [nprocs] p's halo_send_offset[me]: my rows in p's part
+  std::vector<int> halo_peer_recv_at;     // [nprocs] p's halo_recv_offset[me]: p's ghosts of mine
 
   // The array being exchanged by the core's current forward/reverse call.
   double *comm_data;   // [nall][comm_width]
@@ -123,10 +155,10 @@ class PairDS4SCI : public Pair {
   void build_input(int nlocal, int nghost);
   static int exchange_forward(void *self, double *data, int32_t width);
   static int exchange_reverse(void *self, double *data, int32_t width);
-  void halo_messages(const double *out, const std::vector<int> &out_offset,
-                     const std::vector<int> &out_peers, double *in,
-                     const std::vector<int> &in_offset, const std::vector<int> &in_peers,
-                     int width);
+  void halo_shared_setup(int n_send, int n_recv);
+  void halo_window_free();
+  void halo_node_barrier();
+  void halo_wait(int n_req);
   void halo_forward(double *data, int width);
   void halo_reverse(double *data, int width);
 };

@@ -261,15 +261,18 @@ def case_golden(lmp, args, which):
 
 
 # ----------------------------------------------------------------------------------------------
-# ranks: 1, 2, 4 ranks and processor grids, each with both ghost exchanges of several ranks;
+# ranks: 1, 2, 4 ranks and processor grids, each with every ghost exchange of several ranks;
 # empty domains; a box smaller than the cutoff; 100-step NVE trajectories
 # ----------------------------------------------------------------------------------------------
 
 GRIDS = [(1, "1 1 1"), (2, "2 1 1"), (2, "1 1 2"), (4, "2 2 1"), (4, "1 4 1")]
 # The ghost exchanges of several ranks: (name suffix, pair_style keywords, what the log names).
-# auto: the plugin's halo plan (periodic images in the core, other ranks' rows by MPI); lammps:
-# LAMMPS's forward/reverse communication for every ghost row.
-EXCHANGES = [("", "", "ghost exchange: halo plan"),
+# auto: the plugin's halo plan (periodic images in the core, other ranks' rows from their
+# owners; here all ranks share a node, so through the shared-memory window); mpi: the same plan
+# by MPI messages only (the path of ranks on other nodes); lammps: LAMMPS's forward/reverse
+# communication for every ghost row.
+EXCHANGES = [("", "", "ghost exchange: halo plan (exchange auto"),
+             ("_mpi", "exchange mpi", "ghost exchange: halo plan (exchange mpi"),
              ("_lammps", "exchange lammps", "ghost exchange: LAMMPS's forward/reverse")]
 SKIN = 1.0   # header()'s neighbor skin: LAMMPS's ghost cutoff is cutoff + SKIN
 
@@ -294,6 +297,13 @@ def cell_widths(box):
 def check_exchange_logged(name, r, nprocs, logged):
     want = logged if nprocs > 1 else "ghost exchange: built-in"
     check(want in r["out"], "%s: the log does not name the ghost exchange ('%s')" % (name, want))
+    # One node here: exchange auto reads same-node peers' rows from the shared window (logged
+    # when allocated), exchange mpi never allocates it.
+    window = "halo plan: shared-memory window" in r["out"]
+    if nprocs > 1 and "(exchange auto" in logged:
+        check(window, "%s: the halo plan allocated no shared-memory window" % name)
+    if "(exchange mpi" in logged:
+        check(not window, "%s: exchange mpi allocated a shared-memory window" % name)
 
 
 def check_same_as(name, r, base, what="1 rank"):
