@@ -22,6 +22,8 @@
 #   THERM      Langevin steps at 1 fs before NVE (default 2000)
 #   MODEL      model file (default potentials/si-sw-et.safetensors)
 #   LMP, PLUGIN  binaries (default .lammps-gpu/bin/lmp and ds4sciplugin.so)
+#   NP         MPI ranks per run (default 1; more: mpirun, one GPU per rank where there are as
+#              many, the plugin's halo plan between them)
 set -u -o pipefail
 ROOT=$(pwd)
 OUT=${OUT:-$ROOT/gpu-si-nve-out}
@@ -36,13 +38,17 @@ PACK=$ROOT/.lammps-gpu
 LMP=${LMP:-$PACK/bin/lmp}
 PLUGIN=${PLUGIN:-$PACK/bin/ds4sciplugin.so}
 DEVICE=${DEVICE:-cuda}
+NP=${NP:-1}
+launch=()
+[ "$NP" -gt 1 ] && launch=(mpirun -np "$NP" --bind-to none -x LD_LIBRARY_PATH -x OMP_NUM_THREADS)
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 MODEL=${MODEL:-potentials/si-sw-et.safetensors}
 export LD_LIBRARY_PATH="$PACK/bin:$ROOT/.gpudeps/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 {
     echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); commit: $(git rev-parse HEAD 2>/dev/null)"
     echo "binaries: $(head -2 "$PACK/COMMIT" 2>/dev/null | tr '\n' ' ')"
     echo "model: $(sha256sum "$MODEL")"
-    echo "N=$N ($((8 * N * N * N)) atoms) RUNS=$RUNS THERM=$THERM DEADLINE=$DEADLINE device=$DEVICE"
+    echo "N=$N ($((8 * N * N * N)) atoms) RUNS=$RUNS THERM=$THERM DEADLINE=$DEADLINE device=$DEVICE NP=$NP"
     echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset}"
     nvidia-smi --query-gpu=index,name,memory.used,utilization.gpu --format=csv 2>&1
 } > "$OUT/env.log"
@@ -55,7 +61,7 @@ fi
 pids=()
 set -- $RUNS
 while [ $# -ge 2 ]; do
-    OMP_NUM_THREADS=1 stdbuf -oL "$LMP" -in examples/si_nve.in -var plugin "$PLUGIN" \
+    OMP_NUM_THREADS=1 stdbuf -oL "${launch[@]}" "$LMP" -in examples/si_nve.in -var plugin "$PLUGIN" \
         -var device "$DEVICE" -var model "$MODEL" -var n "$N" -var therm "$THERM" -var dt "$1" -var steps "$2" \
         -log none > "$OUT/si_nve_dt$1.log" 2>&1 &
     pids+=($!)
