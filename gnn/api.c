@@ -470,11 +470,11 @@ ds4sci_status ds4sci_compute(ds4sci_ctx *ctx, const ds4sci_system *system,
     if (s != DS4SCI_OK)
         return s;
     builtin_exchange bi = {system->n_local, system->n_ghost, system->ghost_owner};
-    ds4sci_exchange builtin = {builtin_forward, builtin_reverse, &bi, NULL, 0};
+    ds4sci_exchange builtin = {builtin_forward, builtin_reverse, &bi, NULL, 0, NULL};
     partial_exchange pi = {exchange, system->n_local, system->n_ghost, system->ghost_owner};
     ds4sci_exchange partial = {partial_forward, partial_reverse, &pi,
                                exchange ? exchange->send_rows : NULL,
-                               exchange ? exchange->n_send_rows : 0};
+                               exchange ? exchange->n_send_rows : 0, NULL};
     const ds4sci_exchange *ex = !exchange ? &builtin
                                 : system->ghost_owner && system->n_ghost > 0 ? &partial
                                                                              : exchange;

@@ -685,8 +685,6 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
     /* w doubles per row on the host; with DS4SCI_CUDA_XCH_F32 the forward exchange moves float
        rows, two floats per double (F is even), so the caller copies half the bytes: forward
        only copies rows, bit for bit (ds4sci.h), while reverse adds them */
-    const int pk = !reverse && et->xch_f32;
-    const int w = (vec ? 4 * F : F) / (pk ? 2 : 1);
     /* with the caller's send_rows hint only those owned rows travel, packed: on the device in
        dx[0, nr w) (nr <= nl, clear of the ghost rows at dx + nl w), on the host in the
        staging area after the n rows of hx */
@@ -695,6 +693,12 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
     /* partial owners: the remote ghost rows packed on the device at dx + nl w (clear of the
        send rows), on the host after the send rows' staging (hq) */
     const int part = xc->part_owner != NULL, nq = part ? xc->n_remote : 0;
+    /* the reverse as floats too where the caller adds floats (reverse_f32; partial owners
+       with the hint, the plugin's halo plan): half the bytes, and the device adds the floats
+       it would have rounded the doubles to anyway */
+    const int pkr = reverse && part && rows && xc->ex->reverse_f32 && et->xch_f32;
+    const int pk = (!reverse && et->xch_f32) || pkr;
+    const int w = (vec ? 4 * F : F) / (pk ? 2 : 1);
     const size_t need = (size_t)(n > 0 ? n : 1) * w + (size_t)nr * w + (size_t)nq * w;
     ST(ensure(et, B_XCH, need * sizeof(double), err, err_len));
     if (et->h_xch_cap < need) {
@@ -747,7 +751,11 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
     } else if (part) {
         /* images folded into their owners on the device; the remote rows to the host */
         CU(et_ghost_fold(s, nl, ng, F, xc->part_owner, x, vec), "ghost fold (images)");
-        CU(et_pack_rows(s, xc->remote_dev, nq, F, x, vec, dq), "exchange pack (remote ghosts)");
+        if (pkr)
+            CU(et_pack_rows_f32(s, xc->remote_dev, nq, F, x, vec, (float *)dq),
+               "exchange pack (remote ghosts)");
+        else
+            CU(et_pack_rows(s, xc->remote_dev, nq, F, x, vec, dq), "exchange pack (remote ghosts)");
         CU(cudaMemcpyAsync(hq, dq, (size_t)nq * w * sizeof(double), cudaMemcpyDeviceToHost, s),
            "exchange copy");
         CU(cudaStreamSynchronize(s), "exchange sync");
@@ -770,7 +778,9 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
             host_rows(ROWS_ZERO, NULL, nl, w, NULL, hx);
     }
     mark(1);
-    int rc = reverse ? xc->ex->reverse(xc->ex->user, hx, w) : xc->ex->forward(xc->ex->user, hx, w);
+    int rc = pkr       ? xc->ex->reverse_f32(xc->ex->user, (float *)hx, 2 * w)
+             : reverse ? xc->ex->reverse(xc->ex->user, hx, w)
+                       : xc->ex->forward(xc->ex->user, hx, w);
     mark(2);
     if (rc != 0)
         return fail(err, err_len, DS4SCI_ERR_EXCHANGE, "ghost exchange %s (width %d) returned %d",
@@ -801,8 +811,12 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
             CU(cudaMemcpyAsync(dx, hp, (size_t)nr * w * sizeof(double), cudaMemcpyHostToDevice,
                                s),
                "exchange copy");
-            CU(et_unpack_rows_add(s, xc->send_dev, nr, F, dx, x, vec),
-               "exchange unpack (send rows)");
+            if (pkr)
+                CU(et_unpack_rows_add_f32(s, xc->send_dev, nr, F, (const float *)dx, x, vec),
+                   "exchange unpack (send rows)");
+            else
+                CU(et_unpack_rows_add(s, xc->send_dev, nr, F, dx, x, vec),
+                   "exchange unpack (send rows)");
         } else {
             CU(cudaMemcpyAsync(dx, hx, (size_t)nl * w * sizeof(double), cudaMemcpyHostToDevice,
                                s),

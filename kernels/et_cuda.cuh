@@ -314,6 +314,8 @@ cudaError_t et_unpack_rows(cudaStream_t s, const int *rows, int n, int F, const 
                            float *x, float *vec);
 cudaError_t et_unpack_rows_f32(cudaStream_t s, const int *rows, int n, int F, const float *in,
                                float *x, float *vec);
+cudaError_t et_unpack_rows_add_f32(cudaStream_t s, const int *rows, int n, int F,
+                                   const float *in, float *x, float *vec);
 
 /*
  * Row split of the fused layer edge kernels (edge_split.cu; docs/gpu.md "Row split for small

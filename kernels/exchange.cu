@@ -20,8 +20,9 @@ static __global__ void k_pack_rows(const int *__restrict__ rows, int n, int F,
     out[i] = j < F ? (T)x[a * F + j] : (T)vec[a * 3 * F + (j - F)];
 }
 
+template <class T>
 static __global__ void k_unpack_rows_add(const int *__restrict__ rows, int n, int F,
-                                         const double *__restrict__ in, float *__restrict__ x,
+                                         const T *__restrict__ in, float *__restrict__ x,
                                          float *__restrict__ vec)
 {
     const int w = vec ? 4 * F : F;
@@ -97,6 +98,16 @@ extern "C" cudaError_t et_unpack_rows_add(cudaStream_t s, const int *rows, int n
 {
     const long long total = (long long)n * (vec ? 4 * F : F);
     if (total > 0)
-        k_unpack_rows_add<<<blocks_for(total), 256, 0, s>>>(rows, n, F, in, x, vec);
+        k_unpack_rows_add<double><<<blocks_for(total), 256, 0, s>>>(rows, n, F, in, x, vec);
+    return cudaGetLastError();
+}
+
+/* The same from float rows (the caller's reverse_f32 with partial owners). */
+extern "C" cudaError_t et_unpack_rows_add_f32(cudaStream_t s, const int *rows, int n, int F,
+                                              const float *in, float *x, float *vec)
+{
+    const long long total = (long long)n * (vec ? 4 * F : F);
+    if (total > 0)
+        k_unpack_rows_add<float><<<blocks_for(total), 256, 0, s>>>(rows, n, F, in, x, vec);
     return cudaGetLastError();
 }

@@ -670,6 +670,9 @@ void PairDS4SCI::compute(int eflag, int vflag)
   exchange.user = this;
   exchange.send_rows = send_valid ? data_or_dummy(send_rows) : nullptr;
   exchange.n_send_rows = send_valid ? (int32_t)send_rows.size() : 0;
+  // The halo plan also takes float rows in reverse (the CUDA backend then moves half the
+  // bytes); LAMMPS's communication adds doubles only.
+  exchange.reverse_f32 = input_exchange == EXCHANGE_HALO ? exchange_reverse_f32 : nullptr;
 
   ds4sci_result result;
   memset(&result, 0, sizeof(result));
@@ -776,13 +779,27 @@ int PairDS4SCI::exchange_reverse(void *self, double *data, int32_t width)
   if (width < 0 || width > pair->comm_reverse) return 1;
   const double t0 = MPI_Wtime();
   if (pair->input_exchange == EXCHANGE_HALO)
-    pair->halo_reverse(data, width);
+    pair->halo_reverse(data, width, false);
   else {
     pair->comm_data = data;
     pair->comm_width = width;
     ds4sci_compat::reverse_comm(pair->comm, pair);
     pair->comm_data = nullptr;
   }
+  pair->t_exchange += MPI_Wtime() - t0;
+  return 0;
+}
+
+// Float rows of `width` floats (even: the core's widths are F and 4F, F even) move as rows of
+// width / 2 doubles; only the sums read them as floats.
+int PairDS4SCI::exchange_reverse_f32(void *self, float *data, int32_t width)
+{
+  auto *pair = static_cast<PairDS4SCI *>(self);
+  if (width < 0 || width % 2 != 0 || width / 2 > pair->comm_reverse ||
+      pair->input_exchange != EXCHANGE_HALO)
+    return 1;
+  const double t0 = MPI_Wtime();
+  pair->halo_reverse(reinterpret_cast<double *>(data), width / 2, true);
   pair->t_exchange += MPI_Wtime() - t0;
   return 0;
 }
@@ -974,7 +991,7 @@ void PairDS4SCI::halo_forward(double *data, int width)
    periodic images are folded by the core
 ------------------------------------------------------------------------- */
 
-void PairDS4SCI::halo_reverse(double *data, int width)
+void PairDS4SCI::halo_reverse(double *data, int width, bool floats)
 {
   const size_t w = width;
   const int n_send = (int)halo_send_index.size();
@@ -1031,7 +1048,20 @@ void PairDS4SCI::halo_reverse(double *data, int width)
     for (int e = row_offset[r]; e < row_offset[r + 1]; e++) {
       const int k = entry[e];
       const double *in = src[peer[k]] + (size_t)(k - offset[peer[k]]) * w;
-      for (size_t c = 0; c < w; c++) sum[c] += in[c];
+      if (floats) {
+        // The rows hold floats (the core's pinned array; the window or the message buffer):
+        // read through memcpy, since the message buffer is a vector of doubles.
+        float *sum_f = reinterpret_cast<float *>(sum);
+        float chunk[1024];
+        for (size_t c0 = 0; c0 < 2 * w; c0 += 1024) {
+          const size_t nc = std::min<size_t>(1024, 2 * w - c0);
+          memcpy(chunk, reinterpret_cast<const char *>(in) + c0 * sizeof(float),
+                 nc * sizeof(float));
+          for (size_t c = 0; c < nc; c++) sum_f[c0 + c] += chunk[c];
+        }
+      } else {
+        for (size_t c = 0; c < w; c++) sum[c] += in[c];
+      }
     }
   }
 

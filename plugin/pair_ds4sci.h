@@ -155,12 +155,14 @@ class PairDS4SCI : public Pair {
   void build_input(int nlocal, int nghost);
   static int exchange_forward(void *self, double *data, int32_t width);
   static int exchange_reverse(void *self, double *data, int32_t width);
+  static int exchange_reverse_f32(void *self, float *data, int32_t width);
   void halo_shared_setup(int n_send, int n_recv);
   void halo_window_free();
   void halo_node_barrier();
   void halo_wait(int n_req);
   void halo_forward(double *data, int width);
-  void halo_reverse(double *data, int width);
+  // floats: the rows hold 2 * width floats (reverse_f32), summed as floats
+  void halo_reverse(double *data, int width, bool floats);
 };
 
 }  // namespace LAMMPS_NS

@@ -96,7 +96,7 @@ static int dom_reverse(void *user, double *data, int32_t width) {
 
 static void *dom_run(void *arg) {
     domain *d = arg;
-    ds4sci_exchange ex = {dom_forward, dom_reverse, d, NULL, 0};
+    ds4sci_exchange ex = {dom_forward, dom_reverse, d, NULL, 0, NULL};
     if (d->hint) {
         ex.send_rows = d->send_rows;
         ex.n_send_rows = d->n_send;
@@ -335,7 +335,7 @@ START_TEST(exchange_failure_is_reported) {
     tu_opts_default(&o);
     tu_fixture f;
     tu_fixture_init(&f, &o, 8, 6.0, 1, 77);
-    ds4sci_exchange ex = {fail_forward, noop_exchange, NULL, NULL, 0};
+    ds4sci_exchange ex = {fail_forward, noop_exchange, NULL, NULL, 0, NULL};
     ds4sci_result r;
     memset(&r, 0, sizeof(r));
     ck_assert_int_eq(ds4sci_compute(f.ctx, &f.sys.s, &ex, &r), DS4SCI_ERR_EXCHANGE);
@@ -354,7 +354,7 @@ START_TEST(bad_send_rows_hint_is_refused) {
     const int32_t nl = f.sys.s.n_local;
     int32_t out_of_range[2] = {0, nl};
     int32_t repeated[2] = {1, 1};
-    ds4sci_exchange ex = {noop_exchange, noop_exchange, NULL, NULL, 0};
+    ds4sci_exchange ex = {noop_exchange, noop_exchange, NULL, NULL, 0, NULL};
     ex.send_rows = out_of_range;
     ex.n_send_rows = 2;
     ck_assert_int_eq(ds4sci_compute(f.ctx, &f.sys.s, &ex, &r), DS4SCI_ERR_INPUT);
@@ -459,7 +459,7 @@ START_TEST(bad_ghost_owner_is_refused) {
     expect_status(&f, &f.sys.s, DS4SCI_ERR_INPUT, "ghost 1");
     f.sys.ghost_owner[1] = -1; /* another process's atom: only with an exchange */
     expect_status(&f, &f.sys.s, DS4SCI_ERR_INPUT, "ghost 1");
-    ds4sci_exchange ex = {noop_exchange, noop_exchange, NULL, NULL, 0};
+    ds4sci_exchange ex = {noop_exchange, noop_exchange, NULL, NULL, 0, NULL};
     tu_result r;
     tu_result_alloc(&r, &f.sys.s);
     f.sys.ghost_owner[1] = -2;

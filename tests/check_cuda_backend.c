@@ -642,6 +642,22 @@ static int rec_reverse(void *user, double *data, int32_t width)
     return 0;
 }
 
+/* reverse_f32: the same on float rows (partial owners) */
+static int rec_reverse_f32(void *user, float *data, int32_t width)
+{
+    rec_exchange *x = user;
+    if (x->calls < 64) {
+        x->widths[x->calls] = width;
+        x->dirs[x->calls] = 'R';
+    }
+    x->calls++;
+    for (int32_t g = 0; g < x->sys->n_ghost; g++)
+        for (int32_t k = 0; k < width && (!x->part || x->part[g] < 0); k++)
+            data[(size_t)x->sys->ghost_owner[g] * width + k] +=
+                data[((size_t)x->sys->n_local + g) * width + k];
+    return 0;
+}
+
 static int fail_forward(void *user, double *data, int32_t width)
 {
     (void)user;
@@ -659,7 +675,7 @@ START_TEST(test_caller_exchange_matches_builtin_and_sequence)
     ds4sci_graph *g = random_system(120, 0.06, 1, o.max_z, o.cutoff_upper, 5, &sys);
     ds4sci_ctx *gpu = ctx_cuda(d), *cpu = tu_ctx_cpu(d, 0);
     rec_exchange rx = {&sys, 0, {0}, {0}, NULL};
-    ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, NULL, 0};
+    ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, NULL, 0, NULL};
     ds4sci_system s2 = sys;
     s2.ghost_owner = NULL; /* the callbacks use rx.sys */
     tu_result a, b;
@@ -684,7 +700,7 @@ START_TEST(test_caller_exchange_matches_builtin_and_sequence)
     ck_assert_int_eq(rx.widths[2 * L - 1], F);
 
     /* a failing callback gives DS4SCI_ERR_EXCHANGE, and the context stays usable */
-    ds4sci_exchange bad = {fail_forward, rec_reverse, &rx, NULL, 0};
+    ds4sci_exchange bad = {fail_forward, rec_reverse, &rx, NULL, 0, NULL};
     ds4sci_status st = ds4sci_compute(gpu, &s2, &bad, &a.r);
     ck_assert_int_eq(st, DS4SCI_ERR_EXCHANGE);
     tu_result c;
@@ -720,7 +736,7 @@ START_TEST(test_caller_exchange_with_send_rows_hint)
             rows[nr++] = i;
     ck_assert_msg(nr > 0 && nr < sys.n_local, "send rows %d of %d", nr, sys.n_local);
     rec_exchange rx = {&sys, 0, {0}, {0}, NULL};
-    ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, rows, nr};
+    ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, rows, nr, NULL};
     ds4sci_system s2 = sys;
     s2.ghost_owner = NULL;
     tu_result a, b;
@@ -742,8 +758,9 @@ END_TEST
 /* Partial owners (ds4sci.h): the images of owned atoms gathered and folded on the GPU, the
    caller's callbacks moving only the ghosts marked -1 ("another process's"; here the ghosts
    of odd-numbered owners), with and without the send_rows hint (then only the owners of
-   those ghosts), give the CPU's results. A callback that also added the image rows, or a
-   core that left them to the callback, would double or drop their terms. */
+   those ghosts), and with reverse_f32 (reverse rows as floats), give the CPU's results. A
+   callback that also added the image rows, or a core that left them to the callback, would
+   double or drop their terms. */
 START_TEST(test_caller_exchange_partial_owners)
 {
     tu_opts o;
@@ -769,15 +786,29 @@ START_TEST(test_caller_exchange_partial_owners)
                   sys.n_ghost);
     tu_result b;
     run(cpu, &sys, NULL, &b);
-    for (int hint = 0; hint < 2; hint++) {
+    /* without the hint, with it, with it and reverse_f32 */
+    const char *xf = getenv("DS4SCI_CUDA_XCH_F32");
+    const int f32 = !(xf && strcmp(xf, "0") == 0);
+    for (int variant = 0; variant < 3; variant++) {
+        const int hint = variant > 0;
         rec_exchange rx = {&sys, 0, {0}, {0}, part};
-        ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, hint ? rows : NULL, hint ? nr : 0};
+        ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, hint ? rows : NULL, hint ? nr : 0,
+                              variant == 2 ? rec_reverse_f32 : NULL};
         ds4sci_system s2 = sys;
         s2.ghost_owner = part;
         tu_result a;
         run(gpu, &s2, &ex, &a);
-        compare(&a, &b, hint ? "partial owners with send_rows vs CPU" : "partial owners vs CPU");
+        compare(&a, &b,
+                variant == 2 ? "partial owners, send_rows, reverse_f32 vs CPU"
+                : hint       ? "partial owners with send_rows vs CPU"
+                             : "partial owners vs CPU");
         ck_assert_int_eq(rx.calls, 2 * o.L);
+        /* the reverse calls: floats of width 4F (F for the last) with reverse_f32 unless
+           DS4SCI_CUDA_XCH_F32=0, else doubles */
+        for (int l = 1; l < o.L; l++) {
+            ck_assert_int_eq(rx.dirs[o.L - 1 + l], variant == 2 && f32 ? 'R' : 'r');
+            ck_assert_int_eq(rx.widths[o.L - 1 + l], 4 * o.F);
+        }
         tu_result_free(&a);
     }
     tu_result_free(&b);
@@ -805,7 +836,7 @@ START_TEST(test_empty_domain)
     sys.pos = pos0;
     sys.z = &z0;
     rec_exchange rx = {&sys, 0, {0}, {0}, NULL};
-    ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, NULL, 0};
+    ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, NULL, 0, NULL};
     ds4sci_result r;
     memset(&r, 0, sizeof(r));
     r.energy = 1.0;

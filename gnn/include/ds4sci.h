@@ -167,6 +167,11 @@ typedef struct ds4sci_exchange {
      * {forward, reverse, user, NULL, 0}. */
     const int32_t *send_rows;
     int32_t n_send_rows;
+    /* Optional (NULL: none), used with partial owners only: reverse on rows of floats,
+     * data [n_total][width] floats (the caller adds them as floats, into floats). A GPU
+     * backend whose rows are floats then moves half the bytes of reverse(); a float64 backend
+     * keeps calling reverse(). Same call sequence and widths (in floats) as reverse(). */
+    int (*reverse_f32)(void *user, float *data, int32_t width);
 } ds4sci_exchange;
 
 /* Outputs. Set a pointer to NULL when not requested. Arrays are overwritten, not added to. */
