@@ -4,7 +4,7 @@
 #
 #   tools/gpu_run.sh [all|test|bench|sanitize|profile] [bench sizes ...]
 #
-# profile (not part of all): ncu on layer 5's three fused edge kernels at 10,648 atoms
+# profile (not part of all): ncu on layer 5's fused edge kernels (forward, merged backward) at 10,648 atoms
 # (launch stats, occupancy, warp states, schedulers, compute/memory workload) into
 # $OUT/ncu_details.txt, and the SASS opcode mix (share of executed instructions and of stall
 # samples per opcode, from the source counters) into $OUT/ncu_opmix.txt.
@@ -108,19 +108,27 @@ if [ "$MODE" = profile ]; then
     start=$(date +%s)
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
     # normal launches (the CUDA graph default below 20,000 atoms would hide the launch order);
-    # with the merged backward (default) layer 5's launches are k_edge_fwd, k_edge_bwd_merged
-    # and k_edge_bwd_send (the sender edges the merged pass leaves)
-    DS4SCI_CUDA_GRAPH=0 timeout ${PROFILE_TIMEOUT:-150} "$NCU" --clock-control none -k regex:k_edge \
-        --launch-skip 5 -c 3 \
-        --section LaunchStats --section Occupancy --section WarpStateStats --section SchedulerStats \
-        --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SpeedOfLight \
-        --section SourceCounters -o "$OUT/edge10k" -f \
-        "$BIN_BENCH" "$ROOT/tests/golden/typical.safetensors" 1 10000 > "$OUT/ncu_run.log" 2>&1
-    rc=$?
-    "$NCU" -i "$OUT/edge10k.ncu-rep" --page details --print-details all > "$OUT/ncu_details.txt" 2>&1
-    for k in k_edge_fwd k_edge_bwd_merged k_edge_bwd_recv k_edge_bwd_send; do
-        echo "== $k"
-        "$NCU" -i "$OUT/edge10k.ncu-rep" -k $k --page source --csv --print-source sass 2>/dev/null |
+    # one report per kernel, by name (a regex over all k_edge* kernels also catches the graph
+    # build's k_edge_rev*): the last layer's forward (6 forward launches per call) and the
+    # first merged backward pass (layer 5; the default backward, whose separate receiver and
+    # sender passes run only with DS4SCI_CUDA_MERGED=0: PROFILE_KERNELS adds them)
+    : > "$OUT/ncu_details.txt"
+    : > "$OUT/ncu_opmix.txt"
+    rc=0
+    for ks in ${PROFILE_KERNELS:-k_edge_fwd:5 k_edge_bwd_merged:0}; do
+        k=${ks%%:*}
+        DS4SCI_CUDA_GRAPH=0 timeout ${PROFILE_TIMEOUT:-150} "$NCU" --clock-control none \
+            -k "regex:^${k}\b" --launch-skip "${ks##*:}" -c 1 \
+            --section LaunchStats --section Occupancy --section WarpStateStats --section SchedulerStats \
+            --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SpeedOfLight \
+            --section SourceCounters -o "$OUT/$k" -f \
+            "$BIN_BENCH" "$ROOT/tests/golden/typical.safetensors" 1 10000 >> "$OUT/ncu_run.log" 2>&1
+        r=$?
+        [ $r -ne 0 ] && rc=$r
+        [ -f "$OUT/$k.ncu-rep" ] || continue   # (the receiver/sender passes run only with MERGED=0)
+        "$NCU" -i "$OUT/$k.ncu-rep" --page details --print-details all >> "$OUT/ncu_details.txt" 2>&1
+        echo "== $k" >> "$OUT/ncu_opmix.txt"
+        "$NCU" -i "$OUT/$k.ncu-rep" --page source --csv --print-source sass 2>/dev/null |
             python3 -c '
 import csv, sys, re, collections
 rows = list(csv.reader(sys.stdin))
@@ -143,9 +151,9 @@ te, ts = sum(e.values()) or 1, sum(s.values()) or 1
 print("executed %.4g warp instructions" % te)
 for op, v in e.most_common(20):
     print("%-8s %5.1f%% of executed, %5.1f%% of stall samples" % (op, 100 * v / te, 100 * s[op] / ts))
-'
-    done > "$OUT/ncu_opmix.txt" 2>&1
-    rm -f "$OUT/edge10k.ncu-rep"
+' >> "$OUT/ncu_opmix.txt" 2>&1
+        rm -f "$OUT/$k.ncu-rep"
+    done
     summary+=("profile: rc=$rc ($(( $(date +%s) - start )) s): $OUT/ncu_details.txt, $OUT/ncu_opmix.txt")
 fi
 echo "==== tail of test.log"
