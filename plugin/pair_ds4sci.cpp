@@ -924,18 +924,26 @@ void PairDS4SCI::halo_wait(int n_req)
 }
 
 /* ----------------------------------------------------------------------
-   halo plan, forward: remote ghost rows from their owners' rows: copied straight from a
-   same-node owner's part of the window, by one message per peer from the others (counts in
-   rows of a row type, so they stay small whatever the width). The rows of periodic images
-   are the core's (it overwrites them after this call).
+   halo plan, one direction (forward: this rank's send rows out, the owners' rows of its
+   remote ghosts in; reverse: its remote ghost rows out, the peers' ghost rows of its atoms
+   in): gathers the outgoing rows of `data` into this rank's part of the window (or the
+   message buffer), sends them to peers on other nodes, waits for the node (barrier) and the
+   messages, and points halo_src[p] at peer p's rows for this rank: its part of the window,
+   or the message. Counts in rows of a row type, so they stay small whatever the width.
 ------------------------------------------------------------------------- */
 
-void PairDS4SCI::halo_forward(double *data, int width)
+void PairDS4SCI::halo_transfer(const double *data, int width, bool forward)
 {
   const size_t w = width;
-  const int n_send = (int)halo_send_index.size();
-  const int n_recv = (int)halo_recv_index.size();
-  const int nt = loop_threads(n_threads);
+  const std::vector<int32_t> &out_index = forward ? halo_send_index : halo_recv_index;
+  const std::vector<int> &out_offset = forward ? halo_send_offset : halo_recv_offset;
+  const std::vector<int> &out_peers = forward ? halo_send_peers : halo_recv_peers;
+  const std::vector<int> &in_offset = forward ? halo_recv_offset : halo_send_offset;
+  const std::vector<int> &in_peers = forward ? halo_recv_peers : halo_send_peers;
+  const std::vector<int> &in_node_peers = forward ? halo_node_recv_peers : halo_node_send_peers;
+  const std::vector<int> &peer_at = forward ? halo_peer_send_at : halo_peer_recv_at;
+  std::vector<double> &out_buf = forward ? halo_send_buf : halo_recv_buf;
+  std::vector<double> &in_buf = forward ? halo_recv_buf : halo_send_buf;
   MPI_Datatype row;
   MPI_Type_contiguous(width, MPI_DOUBLE, &row);
   MPI_Type_commit(&row);
@@ -946,27 +954,38 @@ void PairDS4SCI::halo_forward(double *data, int width)
 
   const double t0 = MPI_Wtime();
   int n_req = 0;
-  for (int p : halo_recv_peers)
-    MPI_Irecv(halo_recv_buf.data() + halo_recv_offset[p] * w,
-              halo_recv_offset[p + 1] - halo_recv_offset[p], row, p, HALO_TAG, world,
-              &halo_requests[n_req++]);
+  for (int p : in_peers)
+    MPI_Irecv(in_buf.data() + in_offset[p] * w, in_offset[p + 1] - in_offset[p], row, p,
+              HALO_TAG, world, &halo_requests[n_req++]);
   t_halo_mpi += MPI_Wtime() - t0;
 
-  // This rank's rows for every peer, grouped as halo_send_offset.
-  double *out = halo_shared ? halo_win_base[node_me] : halo_send_buf.data();
-  gather_rows(out, data, halo_send_index.data(), n_send, width, nt);
+  // This rank's outgoing rows for every peer, grouped as out_offset.
+  double *out = halo_shared ? halo_win_base[node_me] : out_buf.data();
+  gather_rows(out, data, out_index.data(), (int)out_index.size(), width,
+              loop_threads(n_threads));
   const double t1 = MPI_Wtime();
-  for (int p : halo_send_peers)
-    MPI_Isend(out + halo_send_offset[p] * w, halo_send_offset[p + 1] - halo_send_offset[p], row,
-              p, HALO_TAG, world, &halo_requests[n_req++]);
+  for (int p : out_peers)
+    MPI_Isend(out + out_offset[p] * w, out_offset[p + 1] - out_offset[p], row, p, HALO_TAG,
+              world, &halo_requests[n_req++]);
   t_halo_mpi += MPI_Wtime() - t1;
   halo_wait(n_req);
   MPI_Type_free(&row);
 
-  // Where each owner's rows for this rank are: its part of the window, or the message.
-  for (int p : halo_recv_peers) halo_src[p] = halo_recv_buf.data() + halo_recv_offset[p] * w;
-  for (int p : halo_node_recv_peers)
-    halo_src[p] = halo_win_base[node_rank_of[p]] + halo_peer_send_at[p] * w;
+  for (int p : in_peers) halo_src[p] = in_buf.data() + in_offset[p] * w;
+  for (int p : in_node_peers) halo_src[p] = halo_win_base[node_rank_of[p]] + peer_at[p] * w;
+}
+
+/* ----------------------------------------------------------------------
+   halo plan, forward: remote ghost rows from their owners' rows (halo_transfer). The rows of
+   periodic images are the core's (it overwrites them after this call).
+------------------------------------------------------------------------- */
+
+void PairDS4SCI::halo_forward(double *data, int width)
+{
+  const size_t w = width;
+  const int n_recv = (int)halo_recv_index.size();
+  const int nt = loop_threads(n_threads);
+  halo_transfer(data, width, true);
   const double *const *src = halo_src.data();
   const int *offset = halo_recv_offset.data();
   const int32_t *peer = halo_recv_peer.data();
@@ -995,39 +1014,8 @@ void PairDS4SCI::halo_reverse(double *data, int width, bool floats)
 {
   const size_t w = width;
   const int n_send = (int)halo_send_index.size();
-  const int n_recv = (int)halo_recv_index.size();
   const int nt = loop_threads(n_threads);
-  MPI_Datatype row;
-  MPI_Type_contiguous(width, MPI_DOUBLE, &row);
-  MPI_Type_commit(&row);
-  // Sized for the widest rows: the same size at every call, so that a wider call after a
-  // narrower one does not zero-fill the rest again.
-  halo_send_buf.resize((size_t)halo_send_buf_rows * comm_forward);
-  halo_recv_buf.resize((size_t)halo_recv_buf_rows * comm_forward);
-
-  const double t0 = MPI_Wtime();
-  int n_req = 0;
-  for (int p : halo_send_peers)
-    MPI_Irecv(halo_send_buf.data() + halo_send_offset[p] * w,
-              halo_send_offset[p + 1] - halo_send_offset[p], row, p, HALO_TAG, world,
-              &halo_requests[n_req++]);
-  t_halo_mpi += MPI_Wtime() - t0;
-
-  // This rank's remote ghost rows, grouped by owner as halo_recv_offset.
-  double *out = halo_shared ? halo_win_base[node_me] : halo_recv_buf.data();
-  gather_rows(out, data, halo_recv_index.data(), n_recv, width, nt);
-  const double t1 = MPI_Wtime();
-  for (int p : halo_recv_peers)
-    MPI_Isend(out + halo_recv_offset[p] * w, halo_recv_offset[p + 1] - halo_recv_offset[p], row,
-              p, HALO_TAG, world, &halo_requests[n_req++]);
-  t_halo_mpi += MPI_Wtime() - t1;
-  halo_wait(n_req);
-  MPI_Type_free(&row);
-
-  // Where each peer's ghost rows of this rank's atoms are: its part, or the message.
-  for (int p : halo_send_peers) halo_src[p] = halo_send_buf.data() + halo_send_offset[p] * w;
-  for (int p : halo_node_send_peers)
-    halo_src[p] = halo_win_base[node_rank_of[p]] + halo_peer_recv_at[p] * w;
+  halo_transfer(data, width, false);
 
   // Threads over distinct owned rows; each row adds its entries (one per image of the atom on
   // each peer) in the plan's order.

@@ -160,6 +160,7 @@ class PairDS4SCI : public Pair {
   void halo_window_free();
   void halo_node_barrier();
   void halo_wait(int n_req);
+  void halo_transfer(const double *data, int width, bool forward);
   void halo_forward(double *data, int width);
   // floats: the rows hold 2 * width floats (reverse_f32), summed as floats
   void halo_reverse(double *data, int width, bool floats);
