@@ -159,18 +159,18 @@ typedef struct ds4sci_exchange {
     int (*reverse)(void *user, double *data, int32_t width);
     void *user;
     /* Optional hint (NULL / 0: none): the owned rows forward() reads (the atoms other
-     * processes or periodic images need: LAMMPS's send lists; with partial owners only
-     * those other processes need), each in [0, n_local), any
-     * order, each at most once. With a hint, the other owned rows of `data` hold unspecified
-     * values during forward(), and reverse() must add only into these rows. A GPU backend
-     * then copies only these rows between device and host. Without a hint:
-     * {forward, reverse, user, NULL, 0}. */
+     * processes or periodic images need: LAMMPS's send lists; with partial owners only those
+     * other processes need), each in [0, n_local), any order, each at most once. With a hint,
+     * the other owned rows of `data` hold unspecified values during forward(), and reverse()
+     * must add only into these rows. A GPU backend then copies only these rows between
+     * device and host. Without a hint: {forward, reverse, user, NULL, 0, NULL}. */
     const int32_t *send_rows;
     int32_t n_send_rows;
-    /* Optional (NULL: none), used with partial owners only: reverse on rows of floats,
-     * data [n_total][width] floats (the caller adds them as floats, into floats). A GPU
-     * backend whose rows are floats then moves half the bytes of reverse(); a float64 backend
-     * keeps calling reverse(). Same call sequence and widths (in floats) as reverse(). */
+    /* Optional (NULL: none), used with partial owners and a send_rows hint only: reverse on
+     * rows of floats, data [n_total][width] floats (the caller adds them as floats, into
+     * floats). A GPU backend whose rows are floats then moves half the bytes of reverse(); a
+     * float64 backend keeps calling reverse(). Same call sequence and widths (in floats) as
+     * reverse(). */
     int (*reverse_f32)(void *user, float *data, int32_t width);
 } ds4sci_exchange;
 
