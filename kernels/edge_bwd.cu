@@ -29,9 +29,7 @@ static __device__ __forceinline__ void merged_send_first(const et_edge_common &c
                                                          const et_edge_layer &l, const float *trow,
                                                          int s, int f0, bool on, int G, int vx_off,
                                                          float *acc, const float (&dk)[CPL],
-                                                         const float (&dv)[CPL],
-                                                         const float (&ddk)[CPL],
-                                                         const float (&ddv)[CPL], float sv, float cc,
+                                                         const float (&dv)[CPL], float sv, float cc,
                                                          bool pair, float (&gp)[2][CPL]);
 template <int CPL, int SILU>
 static __device__ __forceinline__ void merged_send_second(const et_edge_common &c,
@@ -39,7 +37,7 @@ static __device__ __forceinline__ void merged_send_second(const et_edge_common &
                                                           const float *trow, int t, int s, int f0,
                                                           bool on, int vx_off, float *acc,
                                                           const float (&pre)[2][CPL], float sv,
-                                                          const float (&dir2)[3], bool pair,
+                                                          const float (&dir2s)[3], bool pair,
                                                           float (&gp)[2][CPL]);
 
 /*
@@ -130,10 +128,11 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
 {
     constexpr int E = ET_EDGE_CHUNK;
     constexpr int AW = 32 * CPL; /* MERGED: stride of the accumulator parts */
-    float *const s_sc = s_drbf + c.K * E; /* edge_warp_floats: [2][E] past s_drbf */
+    /* edge_warp_floats: [5][E] past s_drbf: per edge sv, c'(r) and dE/dd (x, y, z) */
+    float *const s_sc = s_drbf + c.K * E;
     /* this lane's per-edge pre-activations, then g_pre, of a half: slot i part p at
        s_pre[(2 i + p) AW] (edge_warp_floats: [E][2][32 CPL] past s_sc; lane-private) */
-    float *const s_pre = s_sc + 2 * E + lane * CPL;
+    float *const s_pre = s_sc + 5 * E + lane * CPL;
     float q[CPL], gX[CPL], gV[3][CPL];
     ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
     ldg_vec<CPL>(l.gX + (size_t)t * F + f0, gX);
@@ -161,12 +160,10 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
     const int e0 = c.row_off[t], e1 = c.row_off[t + 1];
     for (int cb = e0 + sp * E; cb < e1; cb += S * E) {
         const int nv = min(E, e1 - cb);
-        /* per edge, carried from the first half to the second: sv, c'(r), and this
-           lane's part of dE/dr (filter backward, cutoff); MERGED: bit i of rm: edge i has a
-           reverse (its sender work is done here) */
         /* per edge, carried from the first half to the second: sv and c'(r) in the warp's
-           shared scratch s_sc[2][E] (uniform over the warp: no registers), this lane's part of
-           dE/dr (filter backward, cutoff) in grl */
+           shared scratch s_sc[0:2][E] (uniform over the warp: no registers), this lane's part
+           of dE/dr (filter backward, cutoff) in grl; from the second half to the end of the
+           chunk: the warp's dE/dd / sv in s_sc[2:5][E] */
         float r[E], grl[E];
         /* MERGED: bit i of rm: edge i has a reverse; of pm: ... and this warp does the pair's
            filter backward (it takes the reverse's g_pre too); of xm: ... and the other does
@@ -221,22 +218,17 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                     ldg_vec<CPL>(srow + F + f0, kk);
                     ldg_vec<CPL>(srow + vx_off, vv);
                     float dk[CPL], ddk[CPL], dv[CPL], ddv[CPL];
-                    float part = 0.f;
+                    actv_vec<CPL, SILU>(c.use_dk, c.act, a0[0], dk, &ddk);
+                    actv_vec<CPL, SILU>(c.use_dv, c.act, a0[1], dv, &ddv);
+                    /* kd = k dk and gxv = g_mx v~ serve the logit and g_q, g_A and g_pre */
+                    float kd[CPL], gxv[CPL];
+                    float part = 0.f, gA_part = 0.f;
 #pragma unroll
                     for (int j = 0; j < CPL; j++) {
-                        if (c.use_dk) {
-                            dk[j] = actv<SILU>(c.act, a0[0][j], &ddk[j]);
-                        } else {
-                            dk[j] = 1.f;
-                            ddk[j] = 0.f;
-                        }
-                        if (c.use_dv) {
-                            dv[j] = actv<SILU>(c.act, a0[1][j], &ddv[j]);
-                        } else {
-                            dv[j] = 1.f;
-                            ddv[j] = 0.f;
-                        }
-                        part = fmaf(q[j] * kk[j], dk[j], part);
+                        kd[j] = kk[j] * dk[j];
+                        part = fmaf(q[j], kd[j], part);
+                        gxv[j] = gX[j] * vv[j];
+                        gA_part = fmaf(gxv[j], dv[j], gA_part);
                     }
                     float da;
                     const float at = actv<SILU>(c.attn_act, group_sum(part, G), &da);
@@ -246,32 +238,36 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                         s_sc[i] = svi;
                         s_sc[E + i] = dc;
                     }
-                    float gA_part = 0.f;
+                    /* g_A = sv sum_d g_mx v~ dv; g_c = at sum_d g_mx v~ dv either way (through
+                       sv = c with vector_cutoff, else through A = at c) */
+                    const float gA = group_sum(gA_part, G) * svi;
+                    const float gapre = (c.vc ? gA : gA * cc) * da;
+                    grl[0] = self ? 0.f : gA_part * at * dc;
 #pragma unroll
                     for (int j = 0; j < CPL; j++)
-                        gA_part = fmaf(gX[j], vv[j] * dv[j] * svi, gA_part);
-                    const float gA = group_sum(gA_part, G);
-                    const float gapre = (c.vc ? gA : gA * cc) * da;
-                    float gc_part = c.vc ? 0.f : gA_part * at;
+                        gq[j] = fmaf(gapre, kd[j], gq[j]);
+                    /* g_pre without the factors act'(pre) (dk' and dv'), which a pair's
+                       reverse shares: applied once below. The self-loop has no geometry
+                       gradient; xm: the pair's filter backward is the other warp's. */
+                    const bool mine = !self && !(xm >> i & 1u);
+                    if (mine) {
+                        const float As = A * svi;
 #pragma unroll
-                    for (int j = 0; j < CPL; j++) {
-                        gq[j] = fmaf(gapre * kk[j], dk[j], gq[j]);
-                        /* g_v~ (x) v[s] is dE/d(dv) up to the factor sv */
-                        const float gvv = gX[j] * A * vv[j];
-                        if (c.vc)
-                            gc_part = fmaf(gvv, dv[j], gc_part);
-                        /* the self-loop has no geometry gradient; xm: the other warp's */
-                        if (!self && !(xm >> i & 1u)) {
-                            gp[0][j] = gapre * q[j] * kk[j] * ddk[j];
-                            gp[1][j] = gvv * svi * ddv[j];
+                        for (int j = 0; j < CPL; j++) {
+                            gp[0][j] = gapre * q[j] * kk[j];
+                            gp[1][j] = gxv[j] * As;
                         }
                     }
-                    grl[0] = self ? 0.f : gc_part * dc;
                     if constexpr (MERGED)
                         if (rm >> i & 1u) /* the sender work of (t -> so), first half */
-                            merged_send_first<CPL, SILU>(c, l, trow, s, f0,
-                                                         on, G, vx_off, acc, dk, dv, ddk, ddv,
-                                                         svi, cc, pm >> i & 1u, gp);
+                            merged_send_first<CPL, SILU>(c, l, trow, s, f0, on, G, vx_off, acc,
+                                                         dk, dv, svi, cc, pm >> i & 1u, gp);
+                    if (mine)
+#pragma unroll
+                        for (int j = 0; j < CPL; j++) {
+                            gp[0][j] *= ddk[j];
+                            gp[1][j] *= ddv[j];
+                        }
                 }
                 gp_to_smem<CPL>(s_pre, i, gp, grl);
             }
@@ -293,67 +289,62 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                     const int e = cb + i;
                     const int s = c.e_src[e];
                     const float svi = s_sc[i];
-                    /* MERGED: the direction of e' for its sender work (0 for the self-loop) */
-                    float dir2[3] = {0.f, 0.f, 0.f};
+                    /* MERGED: the direction of e' for its sender work times sv (0 for the
+                       self-loop) */
+                    float dir2s[3] = {0.f, 0.f, 0.f};
+                    /* xm: the pair's filter backward is the other warp's */
+                    const bool mine = !MERGED || !(xm >> i & 1u);
                     if (s != t) { /* nothing of the self-loop's second half reaches g_q */
                         const float4 g = c.e_geo[e];
                         const float inv = 1.f / g.w;
                         const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
+                        const float dirs[3] = {dir[0] * svi, dir[1] * svi, dir[2] * svi};
                         float v1[CPL], v2[CPL], vs[3][CPL];
                         ldg_gate_rows<CPL>(l.qkv, l.vec, s, F, D, f0, vx_off, v1, v2, vs);
+                        float dv1a[CPL], dv2a[CPL], ddv1a[CPL], ddv2a[CPL];
+                        actv_vec<CPL, SILU>(c.use_dv, c.act, a0[0], dv1a, &ddv1a);
+                        actv_vec<CPL, SILU>(c.use_dv, c.act, a0[1], dv2a, &ddv2a);
+                        /* g_d = sv sum_ch g_mv v2 dv2 (sv applied below); g_c (vector_cutoff)
+                           = sum_ch (g_mv . vec[s]) v1 dv1 + (g_mv . d) v2 dv2, the second term
+                           d . (g_d / sv); g_pre of the gates (g_mv . d sv: with sv) */
                         float gc_part = 0.f;
                         float gd_part[3] = {0.f, 0.f, 0.f};
-                        /* xm: the pair's filter backward is the other warp's */
-                        const bool mine = !MERGED || !(xm >> i & 1u);
 #pragma unroll
                         for (int j = 0; j < CPL; j++) {
-                            float dv1 = 1.f, ddv1 = 0.f, dv2 = 1.f, ddv2 = 0.f;
-                            if (c.use_dv) {
-                                dv1 = actv<SILU>(c.act, a0[0][j], &ddv1);
-                                dv2 = actv<SILU>(c.act, a0[1][j], &ddv2);
-                            }
-                            const float g2 = v2[j] * dv2 * svi;
+                            const float g2 = v2[j] * dv2a[j];
 #pragma unroll
                             for (int cx = 0; cx < 3; cx++)
                                 gd_part[cx] = fmaf(gV[cx][j], g2, gd_part[cx]);
                             const float gvv1 = (gV[0][j] * vs[0][j] + gV[1][j] * vs[1][j] +
                                                 gV[2][j] * vs[2][j]) *
                                                v1[j];
-                            const float gvv2 =
-                                (gV[0][j] * dir[0] + gV[1][j] * dir[1] + gV[2][j] * dir[2]) *
-                                v2[j];
-                            if (c.vc) {
-                                gc_part = fmaf(gvv1, dv1, gc_part);
-                                gc_part = fmaf(gvv2, dv2, gc_part);
-                            }
+                            gc_part = fmaf(gvv1, dv1a[j], gc_part);
                             if (mine) {
-                                gp[0][j] = gvv1 * svi * ddv1;
-                                gp[1][j] = gvv2 * svi * ddv2;
+                                gp[0][j] = gvv1 * (svi * ddv1a[j]);
+                                gp[1][j] = (gV[0][j] * dirs[0] + gV[1][j] * dirs[1] +
+                                            gV[2][j] * dirs[2]) *
+                                           v2[j] * ddv2a[j];
                             }
                         }
-                        grl[0] += gc_part * s_sc[E + i];
-                        /* the direction part of dE/dw_e now; the radial part after the
-                           filters */
-                        float gd[3];
-#pragma unroll
-                        for (int cx = 0; cx < 3; cx++)
-                            gd[cx] = warp_sum(gd_part[cx]);
-                        if (lane == 0) {
-                            const float dd = gd[0] * dir[0] + gd[1] * dir[1] + gd[2] * dir[2];
-                            float4 ga = l.gw[e];
-                            ga.x += (gd[0] - dir[0] * dd) * inv;
-                            ga.y += (gd[1] - dir[1] * dd) * inv;
-                            ga.z += (gd[2] - dir[2] * dd) * inv;
-                            l.gw[e] = ga;
+                        if (c.vc) {
+                            gc_part = fmaf(gd_part[0], dir[0], gc_part);
+                            gc_part = fmaf(gd_part[1], dir[1], gc_part);
+                            gc_part = fmaf(gd_part[2], dir[2], gc_part);
+                            grl[0] += gc_part * s_sc[E + i];
                         }
+                        /* g_d / sv summed over the warp into s_sc[2 + cx][i] (lanes 0, 8, 16):
+                           the direction part of dE/dw_e goes with the radial part, below */
+                        const float gd = warp_sum4(gd_part[0], gd_part[1], gd_part[2], 0.f, lane);
+                        if ((lane & 7) == 0 && lane < 24)
+                            s_sc[(2 + (lane >> 3)) * E + i] = gd;
 #pragma unroll
                         for (int cx = 0; cx < 3; cx++)
-                            dir2[cx] = -dir[cx];
+                            dir2s[cx] = -dirs[cx];
                     }
                     if constexpr (MERGED)
                         if (rm >> i & 1u) /* the sender work of (t -> so), second half: -d */
                             merged_send_second<CPL, SILU>(c, l, trow, t, s, f0, on,
-                                                          vx_off, acc, a0, svi, dir2,
+                                                          vx_off, acc, a0, svi, dir2s,
                                                           pm >> i & 1u, gp);
                 }
                 gp_to_smem<CPL>(s_pre, i, gp, grl);
@@ -361,22 +352,25 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
             if (back)
                 back_from_smem<CPL, 2>(s_wt, s_drbf, c.K, F, wl, s_pre, grl);
         }
-        /* radial part: dE/dr_e (filters, RBF, cutoff) along the direction */
-#pragma unroll
-        for (int i = 0; i < E; i++) {
-            if (i >= nv)
-                break;
-            const int e = cb + i;
-            const float gr = warp_sum(grl[i]);
-            if (c.e_src[e] == t)
-                continue;
-            if (lane == 0) {
+        /* dE/dw_e = dE/dr_e d + (g_d - d (d . g_d)) / r: the radial part (filters, RBF,
+           cutoff) summed over the warp for the chunk's edges at once (lane 8 i: edge i), and
+           the direction part from s_sc (g_d = sv * the sum there), one lane per edge */
+        static_assert(E == 4, "warp_sum4: four edges per chunk");
+        __syncwarp(); /* s_sc's g_d written */
+        {
+            const float gr = warp_sum4(grl[0], grl[1], grl[2], grl[3], lane);
+            const int i = lane >> 3, e = cb + i;
+            if ((lane & 7) == 0 && i < nv && c.e_src[e] != t) {
                 const float4 g = c.e_geo[e];
                 const float inv = 1.f / g.w;
+                const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
+                const float gd[3] = {s_sc[2 * E + i], s_sc[3 * E + i], s_sc[4 * E + i]};
+                const float dd = gd[0] * dir[0] + gd[1] * dir[1] + gd[2] * dir[2];
+                const float invs = inv * s_sc[i];
                 float4 ga = l.gw[e];
-                ga.x += gr * g.x * inv;
-                ga.y += gr * g.y * inv;
-                ga.z += gr * g.z * inv;
+                ga.x += fmaf(gr, dir[0], (gd[0] - dir[0] * dd) * invs);
+                ga.y += fmaf(gr, dir[1], (gd[1] - dir[1] * dd) * invs);
+                ga.z += fmaf(gr, dir[2], (gd[2] - dir[2] * dd) * invs);
                 l.gw[e] = ga;
             }
         }
@@ -389,7 +383,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
     k_edge_bwd_recv(const et_edge_common c, const et_edge_layer l, const int nsplit,
                     float *const part)
 {
-    const int F = c.F;
+    const int F = edge_f<CPL>(c);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const edge_smem sh = edge_smem_load(l.filt_wt, l.filt_b, F, c.K, 4, 1);
     const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL>(c, lane);
@@ -412,7 +406,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                     float *const part)
 {
     constexpr int E = ET_EDGE_CHUNK;
-    const int F = c.F;
+    const int F = edge_f<CPL>(c);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const edge_smem sh = edge_smem_load(l.filt_wt, l.filt_b, F, c.K, 4, 0);
     float *s_wt = sh.wt, *s_b = sh.b, *s_rbf = sh.rbf;
@@ -643,13 +637,11 @@ static __device__ __forceinline__ void merged_send_first(const et_edge_common &c
                                                          const et_edge_layer &l, const float *trow,
                                                          int s, int f0, bool on, int G, int vx_off,
                                                          float *acc, const float (&dk)[CPL],
-                                                         const float (&dv)[CPL],
-                                                         const float (&ddk)[CPL],
-                                                         const float (&ddv)[CPL], float sv, float cc,
+                                                         const float (&dv)[CPL], float sv, float cc,
                                                          bool pair, float (&gp)[2][CPL])
 {
     constexpr int AW = 32 * CPL;
-    const int F = c.F;
+    const int F = edge_f<CPL>(c);
     float kt[CPL], vt[CPL], q2[CPL], gX2[CPL];
     ldg_vec<CPL>(trow + F + f0, kt);
     ldg_vec<CPL>(trow + vx_off, vt);
@@ -658,34 +650,37 @@ static __device__ __forceinline__ void merged_send_first(const et_edge_common &c
     ldg_vec<CPL>(l.qkv + (size_t)s * 5 * F + f0, q2);
     ldg_vec<CPL>(l.gX + (size_t)s * F + f0, gX2);
     zero_off<CPL>(on, gX2);
-    float part = 0.f;
+    /* qd = q[s] dk and gxd = g_mx[s] dv serve the logit and g_k, g_A and g_v */
+    float qd[CPL], gxd[CPL];
+    float part = 0.f, gA_part = 0.f;
 #pragma unroll
-    for (int j = 0; j < CPL; j++)
-        part = fmaf(q2[j] * kt[j], dk[j], part);
+    for (int j = 0; j < CPL; j++) {
+        qd[j] = q2[j] * dk[j];
+        part = fmaf(qd[j], kt[j], part);
+        gxd[j] = gX2[j] * dv[j];
+        gA_part = fmaf(gxd[j], vt[j], gA_part);
+    }
     float da;
     const float a = actv<SILU>(c.attn_act, group_sum(part, G), &da);
     const float A = c.vc ? a : a * cc;
-    float gA_part = 0.f;
-#pragma unroll
-    for (int j = 0; j < CPL; j++)
-        gA_part = fmaf(gX2[j], vt[j] * dv[j] * sv, gA_part);
-    const float gA = group_sum(gA_part, G);
+    const float As = A * sv;
+    const float gA = group_sum(gA_part, G) * sv;
     const float gapre = (c.vc ? gA : gA * cc) * da;
     float ak[CPL], av[CPL];
     ld_vec<CPL>(acc, ak);
     ld_vec<CPL>(acc + AW, av);
 #pragma unroll
     for (int j = 0; j < CPL; j++) {
-        ak[j] = fmaf(gapre * q2[j], dk[j], ak[j]);
-        av[j] = fmaf(gX2[j] * A * sv, dv[j], av[j]);
+        ak[j] = fmaf(gapre, qd[j], ak[j]);
+        av[j] = fmaf(As, gxd[j], av[j]);
     }
     st_vec<CPL>(acc, ak);
     st_vec<CPL>(acc + AW, av);
-    if (pair) /* e's g_pre += that of e' (receiver s, sender t) */
+    if (pair) /* e's g_pre += that of e' (receiver s, sender t), before the factors dk', dv' */
 #pragma unroll
         for (int j = 0; j < CPL; j++) {
-            gp[0][j] = fmaf(gapre * q2[j] * kt[j], ddk[j], gp[0][j]);
-            gp[1][j] = fmaf(gX2[j] * A * vt[j] * sv, ddv[j], gp[1][j]);
+            gp[0][j] = fmaf(gapre * q2[j], kt[j], gp[0][j]);
+            gp[1][j] = fmaf(gX2[j] * As, vt[j], gp[1][j]);
         }
 }
 
@@ -695,11 +690,11 @@ static __device__ __forceinline__ void merged_send_second(const et_edge_common &
                                                           const float *trow, int t, int s, int f0,
                                                           bool on, int vx_off, float *acc,
                                                           const float (&pre)[2][CPL], float sv,
-                                                          const float (&dir2)[3], bool pair,
+                                                          const float (&dir2s)[3], bool pair,
                                                           float (&gp)[2][CPL])
 {
     constexpr int AW = 32 * CPL;
-    const int F = c.F, D = c.D;
+    const int F = edge_f<CPL>(c), D = c.D;
     float gV2[3][CPL];
 #pragma unroll
     for (int cx = 0; cx < 3; cx++)
@@ -711,9 +706,10 @@ static __device__ __forceinline__ void merged_send_second(const et_edge_common &
         ldg_vec<CPL>(trow + vx_off + 2 * D, vt2);
         zero_off<CPL>(on, vt2);
     }
-    /* g_v gate 1: (gV2 . vec[t]) dv1 sv; gate 2: (gV2 . dir2) dv2 sv. The gates dv1, dv2 from
-       the pre-activations again (their derivatives too for a pair): cheaper than keeping them
-       live across the receiver work. g1 = v1[t] dv1 sv for g_vec below. */
+    /* g_v gate 1: (gV2 . vec[t]) dv1 sv; gate 2: (gV2 . dir2) dv2 sv (dir2s = dir2 sv). The
+       gates dv1, dv2 from the pre-activations again (their derivatives too for a pair):
+       cheaper than keeping them live across the receiver work. g1 = v1[t] dv1 sv for g_vec
+       below. */
     float g1[CPL];
     {
         float gvt1[CPL], a1[CPL], a2[CPL];
@@ -738,14 +734,15 @@ static __device__ __forceinline__ void merged_send_second(const et_edge_common &
                 dv1 = actv<SILU>(c.act, pre[0][j], pair ? &ddv1 : nullptr);
                 dv2 = actv<SILU>(c.act, pre[1][j], pair ? &ddv2 : nullptr);
             }
-            const float gvt2 = gV2[0][j] * dir2[0] + gV2[1][j] * dir2[1] + gV2[2][j] * dir2[2];
-            a1[j] = fmaf(gvt1[j] * sv, dv1, a1[j]);
-            a2[j] = fmaf(gvt2 * sv, dv2, a2[j]);
+            const float dv1s = dv1 * sv;
+            const float gvt2s = gV2[0][j] * dir2s[0] + gV2[1][j] * dir2s[1] + gV2[2][j] * dir2s[2];
+            a1[j] = fmaf(gvt1[j], dv1s, a1[j]);
+            a2[j] = fmaf(gvt2s, dv2, a2[j]);
             if (pair) { /* e's g_pre += that of e' (receiver s, sender t) */
-                gp[0][j] = fmaf(gvt1[j] * vt1[j] * sv, ddv1, gp[0][j]);
-                gp[1][j] = fmaf(gvt2 * vt2[j] * sv, ddv2, gp[1][j]);
+                gp[0][j] = fmaf(gvt1[j] * vt1[j], sv * ddv1, gp[0][j]);
+                gp[1][j] = fmaf(gvt2s * vt2[j], ddv2, gp[1][j]);
             }
-            g1[j] = vt1[j] * dv1 * sv;
+            g1[j] = vt1[j] * dv1s;
         }
         st_vec<CPL>(acc + 2 * AW, a1);
         st_vec<CPL>(acc + 3 * AW, a2);
@@ -769,7 +766,7 @@ static __global__ void __launch_bounds__(32 * MERGED_MAXW(CPL), 1)
 {
     constexpr int E = ET_EDGE_CHUNK;
     constexpr int AW = 32 * CPL; /* stride of the accumulator parts (>= F; lane-major) */
-    const int F = c.F;
+    const int F = edge_f<CPL>(c);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwb = blockDim.x >> 5;
     extern __shared__ float4 sm4[];
     float *sm = reinterpret_cast<float *>(sm4);
@@ -1044,7 +1041,7 @@ extern "C" cudaError_t et_edge_backward_recv(cudaStream_t s, int CPL, int grid, 
 {
     if (c->n_local == 0)
         return cudaSuccess;
-    if (split < 1 || (split > 1 && !part))
+    if (split < 1 || (split > 1 && !part) || !edge_shape_ok(CPL, c))
         return cudaErrorInvalidValue;
     if (c->rev) /* merged pass: receivers and the reverse edges' sender work */
         return dispatch_cpl(CPL, [&](auto C) {
@@ -1061,7 +1058,7 @@ extern "C" cudaError_t et_edge_backward_send(cudaStream_t s, int CPL, int grid, 
 {
     if (c->n_total == 0)
         return cudaSuccess;
-    if (split < 1 || (split > 1 && !part))
+    if (split < 1 || (split > 1 && !part) || !edge_shape_ok(CPL, c))
         return cudaErrorInvalidValue;
     if (c->rev) /* after the merged pass: only the edges it did not cover (S = 1 always) */
         return dispatch_cpl(CPL, [&](auto C) {

@@ -72,19 +72,32 @@ static __device__ __noinline__ float2 act_any(int a, float x)
  * SiLU in the edge kernels: x s(x) with s = 1 / (1 + exp(-x)), the reciprocal by the hardware
  * approximation (div.approx, 2 ulp; 1 + exp(-x) >= 1, and +inf gives s = 0) instead of the
  * IEEE division, whose fix-up sequence and slow-path branch cost more than the exponential.
- * FAST (the default): the exponential as __expf (ex2.approx of x log2(e), 2 instructions
- * instead of ~8; relative error ~|x| 2^-22); DS4SCI_CUDA_FASTEXP=0 takes expf. Measured on
- * the H200 (docs/gpu.md v6): forces vs the float64 CPU path and TorchMD-Net's float64 golden
- * data are the same with both (golden median 3.9e-7 vs 3.8e-7, TorchMD-Net's own float32
- * 5.4e-7; reference model 1k atoms 1.32e-6 vs 1.31e-6), so the faster one is the default.
- * The result differs from et_silu_grad_f by a few ulp.
+ * FAST (the default): the exponential as __expf does it, ex2.approx of -x log2(e) (relative
+ * error ~|x| 2^-22), but the flush-to-zero form: __expf's ex2.approx.f32 keeps subnormal
+ * results by a compare and two predicated multiplies, and those only arise for
+ * exp(-x) < 2^-126, where 1 + exp(-x) rounds to 1 either way (the same s, bit for bit, 3
+ * instructions fewer). DS4SCI_CUDA_FASTEXP=0 takes expf. Measured on the H200 (docs/gpu.md
+ * v6): forces vs the float64 CPU path and TorchMD-Net's float64 golden data are the same with
+ * both (golden median 3.9e-7 vs 3.8e-7, TorchMD-Net's own float32 5.4e-7; reference model 1k
+ * atoms 1.32e-6 vs 1.31e-6), so the faster one is the default.
+ * The derivative s (1 + x (1 - s)) is evaluated as y (1 - s) + s with y = x s (one multiply
+ * fewer). The result differs from et_silu_grad_f by a few ulp.
  */
+static __device__ __forceinline__ float exp2_ftz(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 template <bool FAST> static __device__ __forceinline__ float silu_fast(float x, float *d)
 {
-    const float s = __fdividef(1.0f, 1.0f + (FAST ? __expf(-x) : expf(-x)));
+    const float e = FAST ? exp2_ftz(x * -1.4426950408889634f) : expf(-x);
+    const float s = __fdividef(1.0f, 1.0f + e);
+    const float y = x * s;
     if (d)
-        *d = s * (1.0f + x * (1.0f - s));
-    return x * s;
+        *d = fmaf(y, 1.0f - s, s);
+    return y;
 }
 
 /* Activation of the edge kernels: SILU = ACT_ANY any activation (out of line), ACT_SILU SiLU
@@ -100,6 +113,27 @@ template <int SILU> static __device__ __forceinline__ float actv(int a, float x,
         if (d)
             *d = r.y;
         return r.x;
+    }
+}
+
+/* y[j] = act(x[j]) for the lane's CPL channels when use (the layer has that filter), else
+   y[j] = 1; with d, also d[j] = act'(x[j]), else 0. One branch for the CPL channels (per
+   channel, the branches and the moves of the constants cost ~3 instructions each). */
+template <int CPL, int SILU>
+static __device__ __forceinline__ void actv_vec(bool use, int a, const float (&x)[CPL],
+                                                float (&y)[CPL], float (*d)[CPL] = nullptr)
+{
+    if (use) {
+#pragma unroll
+        for (int j = 0; j < CPL; j++)
+            y[j] = actv<SILU>(a, x[j], d ? &(*d)[j] : nullptr);
+    } else {
+#pragma unroll
+        for (int j = 0; j < CPL; j++) {
+            y[j] = 1.f;
+            if (d)
+                (*d)[j] = 0.f;
+        }
     }
 }
 
@@ -245,25 +279,34 @@ static __device__ __forceinline__ void filter_pre(const float *s_wt, const float
                                                   float (&pre)[E][NP][CPL])
 {
     const int lane = wl;
-    s_wt += P0 * F;
-#pragma unroll
-    for (int p = 0; p < NP; p++) {
-        float b[CPL];
-        ld_vec<CPL>(s_b + (P0 + p) * F + lane * CPL, b);
-#pragma unroll
-        for (int i = 0; i < E; i++)
-#pragma unroll
-            for (int j = 0; j < CPL; j++)
-                pre[i][p][j] = b[j];
-    }
-#pragma unroll 2
-    for (int k = 0; k < K; k++) {
+    const float *w_k = s_wt + P0 * F + lane * CPL; /* row k of the lane's weights */
+    /* k = 0 with the bias as the addend: the accumulators start there without moves (K >= 1) */
+    {
         float rb[E];
-        lds_chunk<E>(s_rbf + k * E, rb);
+        lds_chunk<E>(s_rbf, rb);
+#pragma unroll
+        for (int p = 0; p < NP; p++) {
+            float b[CPL], w[CPL];
+            ld_vec<CPL>(s_b + (P0 + p) * F + lane * CPL, b);
+            ld_vec<CPL>(w_k + p * F, w);
+#pragma unroll
+            for (int i = 0; i < E; i++)
+#pragma unroll
+                for (int j = 0; j < CPL; j++)
+                    pre[i][p][j] = fmaf(rb[i], w[j], b[j]);
+        }
+    }
+    const float *rb_k = s_rbf;
+#pragma unroll 2
+    for (int k = 1; k < K; k++) {
+        rb_k += E;
+        w_k += NPT * F;
+        float rb[E];
+        lds_chunk<E>(rb_k, rb);
 #pragma unroll
         for (int p = 0; p < NP; p++) {
             float w[CPL];
-            ld_vec<CPL>(s_wt + (size_t)k * NPT * F + p * F + lane * CPL, w);
+            ld_vec<CPL>(w_k + p * F, w);
 #pragma unroll
             for (int i = 0; i < E; i++)
 #pragma unroll
@@ -313,6 +356,25 @@ static __device__ __forceinline__ void filter_back(const float *s_wt, const floa
     }
 }
 
+/*
+ * Warp sums of four values at once: lane l returns sum over the warp of v[l >> 3] (lanes 0-7 the
+ * sum of v0, 8-15 of v1, 16-23 of v2, 24-31 of v3). The first two butterfly steps exchange only
+ * the half of the values the partner keeps: 6 shuffles and 6 adds instead of 20 and 20.
+ */
+static __device__ __forceinline__ float warp_sum4(float v0, float v1, float v2, float v3, int lane)
+{
+    const bool h16 = lane & 16, h8 = lane & 8;
+    float k0 = h16 ? v2 : v0, k1 = h16 ? v3 : v1; /* kept: (v0, v1) low half, (v2, v3) high */
+    k0 += __shfl_xor_sync(0xffffffffu, h16 ? v0 : v2, 16);
+    k1 += __shfl_xor_sync(0xffffffffu, h16 ? v1 : v3, 16);
+    float d = h8 ? k1 : k0;
+    d += __shfl_xor_sync(0xffffffffu, h8 ? k0 : k1, 8);
+#pragma unroll
+    for (int o = 4; o > 0; o >>= 1)
+        d += __shfl_xor_sync(0xffffffffu, d, o);
+    return d;
+}
+
 /* Blocks per SM the layer edge kernels are compiled for (__launch_bounds__): two blocks of
    ET_EDGE_WARPS warps cap the registers at 128 per thread; at CPL = 8 (F = 256) the filters
    alone take 128 KB of shared memory, so one block fits anyway. */
@@ -326,11 +388,11 @@ static __device__ __forceinline__ void block_copy(float *dst, const float *src, 
 }
 
 /* Floats of a warp's scratch in an edge kernel: s_rbf [K][E], with_back also s_drbf [K][E], the
-   backward's per-edge scalars s_sc [2][E] and the receiver work's per-edge pre-activations /
+   backward's per-edge scalars s_sc [5][E] and the receiver work's per-edge pre-activations /
    g_pre s_pre [E][2][32 CPL] (lane-major per slot; 16-byte multiples: E = 4). */
 static __host__ __device__ inline size_t edge_warp_floats(int K, int F, int with_back)
 {
-    return with_back ? (2 * (size_t)K + 2) * ET_EDGE_CHUNK +
+    return with_back ? (2 * (size_t)K + 5) * ET_EDGE_CHUNK +
                            (size_t)ET_EDGE_CHUNK * 2 * 32 * edge_cpl(F)
                      : (size_t)K * ET_EDGE_CHUNK;
 }
@@ -346,6 +408,21 @@ static __device__ __forceinline__ float *warp_scratch(float *sm, int F, int K, i
                                                       int with_back, int warp)
 {
     return sm + (size_t)K * NP * F + NP * F + warp * edge_warp_floats(K, F, with_back);
+}
+
+/*
+ * F of a layer edge kernel instantiated for CPL channels per lane: 32 CPL, a compile-time
+ * constant (the row offsets of the gathers and the shared-memory strides fold into immediates),
+ * except at CPL = 1, where F is 16 or 32. The entry points check it (edge_shape_ok).
+ */
+template <int CPL> static __device__ __forceinline__ int edge_f(const et_edge_common &c)
+{
+    return CPL > 1 ? 32 * CPL : c.F;
+}
+
+static inline bool edge_shape_ok(int CPL, const et_edge_common *c)
+{
+    return CPL == edge_cpl(c->F) && (CPL == 1 ? c->F <= 32 : c->F == 32 * CPL) && c->K >= 1;
 }
 
 /*
@@ -365,10 +442,10 @@ static __device__ __forceinline__ edge_lane edge_lane_of(const et_edge_common &c
     edge_lane r;
     r.D = c.D;
     r.G = c.D / CPL;
-    r.on = lane * CPL < c.F;
+    r.on = lane * CPL < edge_f<CPL>(c);
     r.f0 = r.on ? lane * CPL : 0;
     r.wl = r.f0 / CPL;
-    r.vx_off = 2 * c.F + ET_VIDX(r.f0, 0, r.D);
+    r.vx_off = 2 * edge_f<CPL>(c) + ET_VIDX(r.f0, 0, r.D);
     return r;
 }
 

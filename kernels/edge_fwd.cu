@@ -20,7 +20,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
     k_edge_fwd(const et_edge_common c, const et_edge_layer l, const int nsplit, float *const part)
 {
     constexpr int E = ET_EDGE_CHUNK;
-    const int F = c.F;
+    const int F = edge_f<CPL>(c);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const edge_smem sh = edge_smem_load(l.filt_wt, l.filt_b, F, c.K, 4, 0);
     float *s_wt = sh.wt, *s_b = sh.b, *s_rbf = sh.rbf;
@@ -90,8 +90,9 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                     const int e = cb + i;
                     const int s = c.e_src[e];
                     const float4 g = c.e_geo[e];
-                    const float inv = s == t ? 0.f : 1.f / g.w;
-                    const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
+                    /* d sv: the factor sv of the second gate applied once per edge */
+                    const float invs = s == t ? 0.f : sv[i] / g.w;
+                    const float dirs[3] = {g.x * invs, g.y * invs, g.z * invs};
                     float v1[CPL], v2[CPL], vs[3][CPL];
                     ldg_gate_rows<CPL>(l.qkv, l.vec, s, F, D, f0, vx_off, v1, v2, vs);
 #pragma unroll
@@ -102,10 +103,10 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                             dv2 = actv<SILU>(c.act, pre[i][1][j], nullptr);
                         }
                         const float g1 = v1[j] * dv1 * sv[i];
-                        const float g2 = v2[j] * dv2 * sv[i];
+                        const float g2 = v2[j] * dv2;
 #pragma unroll
                         for (int cx = 0; cx < 3; cx++)
-                            av[cx][j] += vs[cx][j] * g1 + g2 * dir[cx];
+                            av[cx][j] = fmaf(g2, dirs[cx], fmaf(vs[cx][j], g1, av[cx][j]));
                     }
                 }
             }
@@ -214,7 +215,7 @@ extern "C" cudaError_t et_edge_forward(cudaStream_t s, int CPL, int grid, int sp
 {
     if (c->n_local == 0)
         return cudaSuccess;
-    if (split < 1 || (split > 1 && !part))
+    if (split < 1 || (split > 1 && !part) || !edge_shape_ok(CPL, c))
         return cudaErrorInvalidValue;
     return dispatch_cpl(CPL, [&](auto C) {
         return launch_fwd<decltype(C)::value>(s, grid, split, part, c, l);
