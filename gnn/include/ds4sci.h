@@ -134,10 +134,10 @@ typedef struct ds4sci_system {
                                     every entry in [0, n_local). With an exchange: optional
                                     ("partial owners"): an entry in [0, n_local) marks a copy
                                     of this process's own atom (a periodic image), which the
-                                    core refreshes and folds itself (on the GPU, never through
-                                    the host); -1 a copy of another process's atom, the only
-                                    rows the exchange handles (see ds4sci_exchange). NULL: the
-                                    exchange handles every ghost */
+                                    core refreshes and folds itself (the CUDA backend on the
+                                    GPU, without the host); -1 a copy of another process's
+                                    atom, the only rows the exchange handles (see
+                                    ds4sci_exchange). NULL: the exchange handles every ghost */
 } ds4sci_system;
 
 /*
