@@ -384,20 +384,23 @@ static ds4sci_status validate(ds4sci_ctx *ctx, const ds4sci_system *sys,
 
 typedef struct builtin_exchange {
     int32_t n_local, n_ghost;
-    const int32_t *owner;
+    const int32_t *owner; /* -1 (partial owners only): not this exchange's ghost */
 } builtin_exchange;
 
 static int builtin_forward(void *user, double *data, int32_t width) {
     const builtin_exchange *b = (const builtin_exchange *)user;
     for (int32_t g = 0; g < b->n_ghost; g++)
-        memcpy(data + ((size_t)b->n_local + g) * width, data + (size_t)b->owner[g] * width,
-               sizeof(double) * (size_t)width);
+        if (b->owner[g] >= 0)
+            memcpy(data + ((size_t)b->n_local + g) * width, data + (size_t)b->owner[g] * width,
+                   sizeof(double) * (size_t)width);
     return 0;
 }
 
 static int builtin_reverse(void *user, double *data, int32_t width) {
     const builtin_exchange *b = (const builtin_exchange *)user;
     for (int32_t g = 0; g < b->n_ghost; g++) {
+        if (b->owner[g] < 0)
+            continue;
         const double *src = data + ((size_t)b->n_local + g) * width;
         double *dst = data + (size_t)b->owner[g] * width;
         for (int32_t k = 0; k < width; k++)
@@ -414,41 +417,31 @@ int ds4sci_exchange_is_builtin(const ds4sci_exchange *exchange) {
    this process's periodic images ------------------------------------------------------------ */
 
 typedef struct partial_exchange {
+    builtin_exchange images; /* owner >= 0: image of an owned atom; -1: the caller's */
     const ds4sci_exchange *user;
-    int32_t n_local, n_ghost;
-    const int32_t *owner; /* >= 0: image of an owned atom; -1: the caller's */
 } partial_exchange;
 
 /* The image rows the caller must not use: NaN, so that a callback reading or adding them
    shows in the results (ds4sci.h: their values are unspecified during the callbacks). */
-static void poison_images(const partial_exchange *p, double *data, int32_t width) {
-    for (int32_t g = 0; g < p->n_ghost; g++)
-        if (p->owner[g] >= 0)
+static void poison_images(const builtin_exchange *b, double *data, int32_t width) {
+    for (int32_t g = 0; g < b->n_ghost; g++)
+        if (b->owner[g] >= 0)
             for (int32_t k = 0; k < width; k++)
-                data[((size_t)p->n_local + g) * width + k] = NAN;
+                data[((size_t)b->n_local + g) * width + k] = NAN;
 }
 
 static int partial_forward(void *user, double *data, int32_t width) {
-    const partial_exchange *p = (const partial_exchange *)user;
-    poison_images(p, data, width);
+    partial_exchange *p = (partial_exchange *)user;
+    poison_images(&p->images, data, width);
     const int rc = p->user->forward(p->user->user, data, width);
-    for (int32_t g = 0; g < p->n_ghost; g++)
-        if (p->owner[g] >= 0)
-            memcpy(data + ((size_t)p->n_local + g) * width, data + (size_t)p->owner[g] * width,
-                   sizeof(double) * (size_t)width);
+    builtin_forward(&p->images, data, width);
     return rc;
 }
 
 static int partial_reverse(void *user, double *data, int32_t width) {
-    const partial_exchange *p = (const partial_exchange *)user;
-    for (int32_t g = 0; g < p->n_ghost; g++)
-        if (p->owner[g] >= 0) {
-            const double *src = data + ((size_t)p->n_local + g) * width;
-            double *dst = data + (size_t)p->owner[g] * width;
-            for (int32_t k = 0; k < width; k++)
-                dst[k] += src[k];
-        }
-    poison_images(p, data, width);
+    partial_exchange *p = (partial_exchange *)user;
+    builtin_reverse(&p->images, data, width);
+    poison_images(&p->images, data, width);
     return p->user->reverse(p->user->user, data, width);
 }
 
@@ -471,7 +464,7 @@ ds4sci_status ds4sci_compute(ds4sci_ctx *ctx, const ds4sci_system *system,
         return s;
     builtin_exchange bi = {system->n_local, system->n_ghost, system->ghost_owner};
     ds4sci_exchange builtin = {builtin_forward, builtin_reverse, &bi, NULL, 0, NULL};
-    partial_exchange pi = {exchange, system->n_local, system->n_ghost, system->ghost_owner};
+    partial_exchange pi = {bi, exchange};
     ds4sci_exchange partial = {partial_forward, partial_reverse, &pi,
                                exchange ? exchange->send_rows : NULL,
                                exchange ? exchange->n_send_rows : 0, NULL};
