@@ -485,7 +485,7 @@ static const char *const buf_names[] = {
     "dE/dvec", "dE/dqkv, sort scratch, embedding concat, V", "dE/dw", "atom energies", "forces",
     "atom virials", "partial sums", "row-split partial sums", "exchange staging",
     "reverse edges", "uncovered sender counts", "uncovered sender edges",
-    "partial ghost owners and remote ghost rows"};
+    "partial ghost owners and remote ghost rows", "ghost fold order"};
 static_assert(sizeof(buf_names) / sizeof(buf_names[0]) == B_COUNT, "one name per buffer");
 
 /* Make buf[i] hold at least `bytes`; never shrinks, keeps no contents. */
@@ -665,6 +665,9 @@ typedef struct xch_ctx {
     const int *part_owner, *remote_dev;
     const int32_t *remote; /* host copy of remote_dev */
     int n_remote;
+    /* the ghosts sorted by owner (key: owner, nl for -1; ghost: g), for the fixed-order fold of
+       the periodic images (built-in or partial owners), NULL without either */
+    const int *fold_key, *fold_ghost;
 } xch_ctx;
 
 /* forward: ghost rows of (x[, vec]) from their owners; reverse: ghost rows added into owners,
@@ -679,7 +682,7 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
         if (!reverse)
             CU(et_ghost_gather(s, nl, ng, F, xc->owner, x, vec), "ghost gather");
         else
-            CU(et_ghost_fold(s, nl, ng, F, xc->owner, x, vec), "ghost fold");
+            CU(et_ghost_fold(s, nl, ng, F, xc->fold_key, xc->fold_ghost, x, vec), "ghost fold");
         return DS4SCI_OK;
     }
     /* w doubles per row on the host; with DS4SCI_CUDA_XCH_F32 the forward exchange moves float
@@ -750,7 +753,8 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
             host_rows(ROWS_ZERO, NULL, ng, w, NULL, hx + (size_t)nl * w);
     } else if (part) {
         /* images folded into their owners on the device; the remote rows to the host */
-        CU(et_ghost_fold(s, nl, ng, F, xc->part_owner, x, vec), "ghost fold (images)");
+        CU(et_ghost_fold(s, nl, ng, F, xc->fold_key, xc->fold_ghost, x, vec),
+           "ghost fold (images)");
         if (pkr)
             CU(et_pack_rows_f32(s, xc->remote_dev, nq, F, x, vec, (float *)dq),
                "exchange pack (remote ghosts)");
@@ -1188,7 +1192,26 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     xch_ctx xc = {ex, builtin ? BUF(int, B_GOWN) : NULL, nl, ng, F,
                   n_send > 0 ? BUF(int, B_GOWN) : NULL,
                   partial ? BUF(int, B_GPART) : NULL, partial ? BUF(int, B_GPART) + ng : NULL,
-                  et->h_remote, et->n_remote};
+                  et->h_remote, et->n_remote, NULL, NULL};
+    /* the fold's order: the ghosts sorted by owner, stable (ghosts ascending within an owner,
+       as the CPU path adds them): [key in | key out | ghost in | ghost out | cub scratch] */
+    if ((builtin || partial) && ng > 0) {
+        const int *own = builtin ? BUF(int, B_GOWN) : BUF(int, B_GPART);
+        size_t fold_tmp = 0;
+        CU(cub::DeviceRadixSort::SortPairs(NULL, fold_tmp, (const int *)NULL, (int *)NULL,
+                                           (const int *)NULL, (int *)NULL, ng, 0, bits_for(nl),
+                                           s), "cub sort size (fold)");
+        const size_t arr = ((size_t)ng * sizeof(int) + 255) / 256 * 256;
+        ST(ensure(et, B_FOLD, 4 * arr + fold_tmp, err, err_len));
+        char *fb = (char *)et->buf[B_FOLD].p;
+        int *kin = (int *)fb, *kout = (int *)(fb + arr), *gin = (int *)(fb + 2 * arr),
+            *gout = (int *)(fb + 3 * arr);
+        CU(et_fold_keys(s, nl, ng, own, kin, gin), "fold keys");
+        CU(cub::DeviceRadixSort::SortPairs(fb + 4 * arr, fold_tmp, kin, kout, gin, gout, ng, 0,
+                                           bits_for(nl), s), "cub sort (fold)");
+        xc.fold_key = kout;
+        xc.fold_ghost = gout;
+    }
     float *XS = BUF(float, B_XS), *VECS = BUF(float, B_VECS), *XST = BUF(float, B_XST);
     /* input of layer l: x_l, and vec_l for l >= 1 (layer 0's vectors are zero: NULL) */
     auto xs = [&](int l) -> float * { return XS + (size_t)slot_x(l) * nF; };

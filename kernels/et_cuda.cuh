@@ -128,7 +128,7 @@ enum {
     B_TROFF, B_TREDGE, B_TRKEY, B_CUB,
     B_XS, B_VECS, B_XST, B_H, B_QKV, B_P, B_O,
     B_GX0, B_GV0, B_GV1, B_GQKV, B_GW, B_EA, B_F, B_AV, B_PART,
-    B_SPLIT, B_XCH, B_REV, B_TRCNT2, B_TREDGE2, B_GPART, B_COUNT
+    B_SPLIT, B_XCH, B_REV, B_TRCNT2, B_TREDGE2, B_GPART, B_FOLD, B_COUNT
 };
 
 /* Profile stages (DS4SCI_CUDA_PROFILE). */
@@ -289,8 +289,11 @@ cudaError_t et_embed_plain(cudaStream_t s, int nl, int F, const int *z, const fl
 /* built-in exchange of x [n][F] and (vec non-NULL) vec [n][3F] in one launch */
 cudaError_t et_ghost_gather(cudaStream_t s, int nl, int ng, int F, const int *owner, float *x,
                             float *vec);
-cudaError_t et_ghost_fold(cudaStream_t s, int nl, int ng, int F, const int *owner, float *x,
-                          float *vec);
+/* the adjoint, in a fixed order: key / ghost = the ghosts sorted by owner (stable; et_fold_keys
+   makes the sort's input: key nl for owner -1, which the fold leaves alone) */
+cudaError_t et_ghost_fold(cudaStream_t s, int nl, int ng, int F, const int *key, const int *ghost,
+                          float *x, float *vec);
+cudaError_t et_fold_keys(cudaStream_t s, int nl, int ng, const int *owner, int *key, int *ghost);
 cudaError_t et_pack(cudaStream_t s, int row0, int rows, int F, const float *x, const float *vec,
                     double *out);
 cudaError_t et_unpack(cudaStream_t s, int row0, int rows, int F, const double *in, float *x,

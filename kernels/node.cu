@@ -196,7 +196,7 @@ static __global__ void k_embed(int nl, int F, int ld, const int *__restrict__ z,
 
 /*
  * Built-in exchange: ghost rows = owner rows; and the adjoint (add ghost rows into owners,
- * zero the ghost rows). One thread per (ghost g, column j < w), w = F (x only) or 4F (x and
+ * zero the ghost rows; k_ghost_fold below). One thread per (ghost g, column j < w), w = F (x only) or 4F (x and
  * vec: j < F in x [n][F], else column j - F of vec [n][3F]). Ghosts with owner -1 (partial
  * owners: another process's atoms, moved by the caller's exchange) are left alone.
  */
@@ -229,20 +229,43 @@ static __global__ void k_ghost_gather(int nl, int ng, int F, int w, const int *_
     *d = *sr;
 }
 
-static __global__ void k_ghost_fold(int nl, int ng, int F, int w, const int *__restrict__ owner,
-                                    float *x, float *vec)
+/*
+ * The fold in a fixed order, the CPU path's (api.c builtin_reverse: owner += ghost g for g
+ * ascending): key[p] / ghost[p] are the ghosts sorted by owner (stable: g ascending within an
+ * owner; key nl for owner -1, left alone). Thread (p, column j) of the first entry of an owner's
+ * run sums the owner's value and its images in that order and zeroes the images; the others
+ * return. No atomics: the same bits every call. (The atomicAdd fold it replaces summed an
+ * owner's images in whatever order the atomics landed.)
+ */
+static __global__ void k_ghost_fold(int nl, int ng, int F, int w, const int *__restrict__ key,
+                                    const int *__restrict__ ghost, float *x, float *vec)
 {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)ng * w)
         return;
-    if (owner[i / w] < 0)
+    const int p = (int)(i / w), j = (int)(i % w), o = key[p];
+    if (o >= nl || (p > 0 && key[p - 1] == o))
         return;
-    float *d, *sr;
-    ghost_pair(nl, F, w, owner, x, vec, i, &d, &sr);
-    float v = *d;
-    *d = 0.f;
-    if (v != 0.f)
-        atomicAdd(sr, v);
+    float *const dst = j < F ? &x[(size_t)o * F + j] : &vec[(size_t)o * 3 * F + (j - F)];
+    float acc = *dst;
+    for (int q = p; q < ng && key[q] == o; q++) {
+        const size_t g = (size_t)nl + ghost[q];
+        float *const src = j < F ? &x[g * F + j] : &vec[g * 3 * F + (j - F)];
+        acc += *src;
+        *src = 0.f;
+    }
+    *dst = acc;
+}
+
+/* Sort keys of the fold: key[g] = owner[g] (nl for -1), ghost[g] = g. */
+static __global__ void k_fold_keys(int nl, int ng, const int *__restrict__ owner,
+                                   int *__restrict__ key, int *__restrict__ ghost)
+{
+    const int g = blockIdx.x * blockDim.x + threadIdx.x;
+    if (g < ng) {
+        key[g] = owner[g] >= 0 ? owner[g] : nl;
+        ghost[g] = g;
+    }
 }
 
 /* Host exchange rows: out[r] = (x[row0 + r], vec[row0 + r]) as doubles or floats (T), width F
@@ -364,12 +387,20 @@ extern "C" cudaError_t et_ghost_gather(cudaStream_t s, int nl, int ng, int F, co
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t et_ghost_fold(cudaStream_t s, int nl, int ng, int F, const int *owner,
-                                     float *x, float *vec)
+extern "C" cudaError_t et_ghost_fold(cudaStream_t s, int nl, int ng, int F, const int *key,
+                                     const int *ghost, float *x, float *vec)
 {
     const int w = vec ? 4 * F : F;
     if (ng > 0)
-        k_ghost_fold<<<nblk((long long)ng * w, 256), 256, 0, s>>>(nl, ng, F, w, owner, x, vec);
+        k_ghost_fold<<<nblk((long long)ng * w, 256), 256, 0, s>>>(nl, ng, F, w, key, ghost, x, vec);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t et_fold_keys(cudaStream_t s, int nl, int ng, const int *owner, int *key,
+                                    int *ghost)
+{
+    if (ng > 0)
+        k_fold_keys<<<(ng + 255) / 256, 256, 0, s>>>(nl, ng, owner, key, ghost);
     return cudaGetLastError();
 }
 

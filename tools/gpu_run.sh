@@ -7,7 +7,8 @@
 # profile (not part of all): ncu on layer 5's fused edge kernels (forward, merged backward) at 10,648 atoms
 # (launch stats, occupancy, warp states, schedulers, compute/memory workload) into
 # $OUT/ncu_details.txt, and the SASS opcode mix (share of executed instructions and of stall
-# samples per opcode, from the source counters) into $OUT/ncu_opmix.txt.
+# samples per opcode, from the source counters) into $OUT/ncu_opmix.txt, and the whole
+# per-instruction table into $OUT/<kernel>.sass.csv.gz.
 #
 # Environment:
 #   OUT            folder for logs (default ./gpu-out)
@@ -128,7 +129,10 @@ if [ "$MODE" = profile ]; then
         [ -f "$OUT/$k.ncu-rep" ] || continue   # (the receiver/sender passes run only with MERGED=0)
         "$NCU" -i "$OUT/$k.ncu-rep" --page details --print-details all >> "$OUT/ncu_details.txt" 2>&1
         echo "== $k" >> "$OUT/ncu_opmix.txt"
+        # the per-instruction table (SASS, executed count, stall samples) for reading offline
         "$NCU" -i "$OUT/$k.ncu-rep" --page source --csv --print-source sass 2>/dev/null |
+            gzip -9 > "$OUT/$k.sass.csv.gz"
+        gzip -dc "$OUT/$k.sass.csv.gz" |
             python3 -c '
 import csv, sys, re, collections
 rows = list(csv.reader(sys.stdin))
