@@ -360,6 +360,10 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
            -7% time for 4.6 KB/atom, docs/gpu.md v10), DS4SCI_CUDA_CHECKPOINT=1 always, =0 never */
         const char *ck = getenv("DS4SCI_CUDA_CHECKPOINT");
         et->checkpoint = ck && !strcmp(ck, "0") ? 0 : ck && !strcmp(ck, "1") ? 1 : -1;
+        /* the backward's repeated node work kept from the forward where memory allows (auto),
+           DS4SCI_CUDA_KEEP=0|1|2 forces a level */
+        const char *kp = getenv("DS4SCI_CUDA_KEEP");
+        et->keep = kp && kp[0] >= '0' && kp[0] <= '2' && !kp[1] ? kp[0] - '0' : -1;
         size_t fr = 0, tot = 0;
         et->mem_at_create = cudaMemGetInfo(&fr, &tot) == cudaSuccess ? fr : 0;
         /* merged backward (edge_bwd.cu), default on since measured on the H200 (docs/gpu.md
@@ -485,8 +489,19 @@ static const char *const buf_names[] = {
     "dE/dvec", "dE/dqkv, sort scratch, embedding concat, V", "dE/dw", "atom energies", "forces",
     "atom virials", "partial sums", "row-split partial sums", "exchange staging",
     "reverse edges", "uncovered sender counts", "uncovered sender edges",
-    "partial ghost owners and remote ghost rows", "ghost fold order"};
+    "partial ghost owners and remote ghost rows", "ghost fold order",
+    "kept q/k/v, P and o per layer"};
 static_assert(sizeof(buf_names) / sizeof(buf_names[0]) == B_COUNT, "one name per buffer");
+
+/* Give buffer i back (its next ensure() allocates it again). */
+static void release(ds4sci_cuda_et *et, int i)
+{
+    et_buf *b = &et->buf[i];
+    cudaFree(b->p);
+    et->dev_bytes -= b->cap;
+    b->p = NULL;
+    b->cap = 0;
+}
 
 /* Make buf[i] hold at least `bytes`; never shrinks, keeps no contents. */
 static ds4sci_status ensure(ds4sci_cuda_et *et, int i, size_t bytes, char *err, size_t err_len)
@@ -1068,6 +1083,23 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     const int ck = builtin && L >= 3 &&
                    (et->checkpoint > 0 ||
                     (et->checkpoint < 0 && keep_all_bytes > 0.5 * (double)et->mem_at_create));
+    /* Keep levels (never with checkpointing: that is for memory, this spends it for time): 1
+       keeps each layer's q/k/v [n][5F] from the forward, so the backward skips LayerNorm, the
+       q/k/v SGEMM and bias per layer; 2 also vec_proj's P [nl][9F] (layers >= 1) and o
+       [nl][3F] from the forward (written there in full instead of one chunk at a time), so the
+       backward skips both SGEMMs, and X needs no store (o is its only use). Auto: the highest
+       level whose bytes, added to keep_all_bytes, stay under half of mem_at_create (the
+       checkpoint rule's bound). The same values in the same order: the results do not change. */
+    const double keep1_bytes = 4.0 * 5 * L * (double)nF,
+                 keep2_bytes = keep1_bytes + 4.0 * (9.0 * (L - 1) + 2.0 * L) * (double)nlF;
+    int keep = 0;
+    if (!ck && et->keep != 0) {
+        const double lim = 0.5 * (double)et->mem_at_create;
+        keep = et->keep > 0                           ? et->keep
+               : keep_all_bytes + keep2_bytes <= lim ? 2
+               : keep_all_bytes + keep1_bytes <= lim ? 1
+                                                      : 0;
+    }
     auto kept = [&](int k) -> bool { return !ck || (k < L && (k == L - 1 || k % 2 == 0)); };
     int nkx = 0, nkv = 0;
     for (int k = 0; k <= L; k++)
@@ -1100,7 +1132,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
        the others keep theirs (L = 6: X slots 6 -> 4) */
     auto x_again = [&](int r) -> bool { return ck && r + 1 < L && !kept(r + 1); };
     int nxst = 0;
-    for (int l = 0; l < L; l++)
+    for (int l = 0; l < L && keep < 2; l++) /* keep 2: o kept, no X stored */
         nxst += x_again(l) ? 0 : 1;
     auto slot_X = [&](int l) -> int {
         while (x_again(l))
@@ -1113,7 +1145,14 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     const int slots_x = ck ? nkx + 1 : L + 1, slots_v = ck ? nkv + 1 : L;
     ST(ensure(et, B_XS, (size_t)slots_x * nF * sizeof(float), err, err_len));
     ST(ensure(et, B_VECS, (size_t)slots_v * 3 * nF * sizeof(float), err, err_len));
-    ST(ensure(et, B_XST, (size_t)nxst * nlF * sizeof(float), err, err_len)); /* X: slot_X */
+    ST(ensure(et, B_XST, (nxst > 0 ? (size_t)nxst * nlF : 1) * sizeof(float), err, err_len));
+    /* kept node work: q/k/v of layer l at KQ + 5 l nF; level 2: P of layer l >= 1 at KP +
+       9 (l - 1) nlF, o of layer l at KO + 3 l nlF (owned rows) */
+    if (keep > 0)
+        ST(ensure(et, B_KEEP, (size_t)(keep == 2 ? keep2_bytes : keep1_bytes),
+                  err, err_len));
+    else if (et->buf[B_KEEP].cap > 0 && !et->capturing)
+        release(et, B_KEEP); /* a larger system without keeping: give the memory back */
     ST(ensure(et, B_H, nF * sizeof(float), err, err_len));
     ST(ensure(et, B_QKV, 5 * nF * sizeof(float), err, err_len));
     /* P and o: one chunk of owned rows (P's buffer, 10 chunk F, also holds the head's scratch;
@@ -1218,6 +1257,17 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     auto vecs = [&](int l) -> float * { return l > 0 ? VECS + (size_t)slot_v(l) * 3 * nF : NULL; };
     float *Hb = BUF(float, B_H), *QKV = BUF(float, B_QKV), *P = BUF(float, B_P);
     float *Ob = BUF(float, B_O), *GQKV = BUF(float, B_GQKV);
+    float *KQ = keep > 0 ? BUF(float, B_KEEP) : NULL;
+    float *KP = keep == 2 ? KQ + (size_t)5 * L * nF : NULL;
+    float *KO = keep == 2 ? KP + (size_t)9 * (L - 1) * nlF : NULL;
+    /* q/k/v of layer l; P and o of layer l for the chunk at owned row a */
+    auto qkv_of = [&](int l) -> float * { return keep > 0 ? KQ + (size_t)5 * l * nF : QKV; };
+    auto p_of = [&](int l, size_t aF) -> float * {
+        return keep == 2 ? KP + (size_t)9 * (l - 1) * nlF + 9 * aF : P;
+    };
+    auto o_of = [&](int l, size_t aF) -> float * {
+        return keep == 2 ? KO + (size_t)3 * l * nlF + 3 * aF : Ob;
+    };
     /* shared allocations (lifetimes do not overlap, one stream):
        - Hb: LayerNorm output (node_fwd, read by the q/k/v GEMM only), then in the backward
          dE/dX (o_proj backward -> edge passes) and dE/dh (q/k/v backward -> LayerNorm backward);
@@ -1252,8 +1302,8 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         const et_dlayer *dl = &m->layers[l];
         float *x = xs(l);
         CU(et_layernorm(s, n, F, x, dl->ln_w, dl->ln_b, Hb), "layernorm");
-        BL(gemm_awt(h, n, 5 * F, F, Hb, dl->qkv_w, 0.f, QKV), "q/k/v");
-        CU(et_node_pre(s, n, F, QKV, dl->qkv_b), "q/k/v bias");
+        BL(gemm_awt(h, n, 5 * F, F, Hb, dl->qkv_w, 0.f, qkv_of(l)), "q/k/v");
+        CU(et_node_pre(s, n, F, qkv_of(l), dl->qkv_b), "q/k/v bias");
         return DS4SCI_OK;
     };
     /* chunks of owned rows [a, a + c), a = 0, CH, 2 CH, ...; the last one also takes the
@@ -1272,7 +1322,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         memset(&el, 0, sizeof(el));
         el.filt_wt = dl->filt_wt;
         el.filt_b = dl->filt_b;
-        el.qkv = QKV;
+        el.qkv = qkv_of(l);
         el.vec = l > 0 ? vec : NULL;
         el.X = Xout;
         el.V = Vb;
@@ -1285,12 +1335,13 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         for (int a = 0; a < nl || (a == 0 && n > 0); a += CH) {
             const int cr = chunk_rows(a), last = a + CH >= nl;
             const size_t aF = (size_t)a * F;
+            float *Pc = l > 0 ? p_of(l, aF) : NULL, *Oc = o_of(l, aF);
             if (l > 0)
-                BL(gemm_awt(h, 3 * cr, 3 * F, F, vec + 3 * aF, dl->vec_w, 0.f, P), "vec_proj");
-            BL(gemm_awt(h, cr, 3 * F, F, Xout + aF, dl->o_w, 0.f, Ob), "o_proj");
+                BL(gemm_awt(h, 3 * cr, 3 * F, F, vec + 3 * aF, dl->vec_w, 0.f, Pc), "vec_proj");
+            BL(gemm_awt(h, cr, 3 * F, F, Xout + aF, dl->o_w, 0.f, Oc), "o_proj");
             /* ghost rows of the next input come from the exchange; the update zeroes them */
             CU(et_node_update(s, last ? n - a : cr, cr, F, x + aF, l > 0 ? vec + 3 * aF : NULL,
-                              Ob, dl->o_b, l > 0 ? P : NULL, Vb + 3 * aF, xn + aF, vn + 3 * aF),
+                              Oc, dl->o_b, Pc, Vb + 3 * aF, xn + aF, vn + 3 * aF),
                "update");
         }
         return DS4SCI_OK;
@@ -1302,7 +1353,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
             ST(exchange(et, &xc, 0, xs(l), vecs(l), err, err_len));
         }
         /* X kept for the backward (o = W_o X recomputed there) */
-        ST(fwd_layer(l, x_again(l) ? Hb : XST + (size_t)slot_X(l) * nlF));
+        ST(fwd_layer(l, x_again(l) || keep == 2 ? Hb : XST + (size_t)slot_X(l) * nlF));
     }
 
     /* head: energies and dE/d(x_L, vec_L) of owned atoms */
@@ -1356,23 +1407,28 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         float *x = xs(l), *vec = vecs(l);
         float *gxo = GX[cur], *gvo = GV[cur], *gxi = GX[1 - cur], *gvi = GV[1 - cur];
         mark(et, ST_NODE_BWD);
-        ST(node_fwd(l));
+        if (keep == 0)
+            ST(node_fwd(l));
         for (int a = 0; a < nl || (a == 0 && n > 0); a += CH) {
             const int cr = chunk_rows(a), last = a + CH >= nl;
             const size_t aF = (size_t)a * F;
-            /* P and o = W_o X from the stored input and X (the forward's GEMMs) */
-            if (l > 0)
-                BL(gemm_awt(h, 3 * cr, 3 * F, F, vec + 3 * aF, dl->vec_w, 0.f, P),
-                   "vec_proj (again)");
-            BL(gemm_awt(h, cr, 3 * F, F, XST + (size_t)slot_X(l) * nlF + aF, dl->o_w, 0.f, Ob),
-               "o_proj (again)");
+            float *Pc = l > 0 ? p_of(l, aF) : NULL, *Oc = o_of(l, aF);
+            /* P and o = W_o X from the stored input and X (the forward's GEMMs), unless kept */
+            if (keep < 2) {
+                if (l > 0)
+                    BL(gemm_awt(h, 3 * cr, 3 * F, F, vec + 3 * aF, dl->vec_w, 0.f, Pc),
+                       "vec_proj (again)");
+                BL(gemm_awt(h, cr, 3 * F, F, XST + (size_t)slot_X(l) * nlF + aF, dl->o_w, 0.f,
+                            Oc),
+                   "o_proj (again)");
+            }
             /* dE/do over o, dE/dP over P; also gvi = gvo (the chunk's rows, the last chunk
                also the ghost rows) */
-            CU(et_node_bwd(s, last ? n - a : cr, cr, F, gxo + aF, gvo + 3 * aF, gvi + 3 * aF, Ob,
-                           dl->o_b, l > 0 ? P : NULL), "update backward");
-            BL(gemm_ab(h, cr, F, 3 * F, Ob, dl->o_w, F, 0.f, GXb + aF), "o_proj backward");
+            CU(et_node_bwd(s, last ? n - a : cr, cr, F, gxo + aF, gvo + 3 * aF, gvi + 3 * aF, Oc,
+                           dl->o_b, Pc), "update backward");
+            BL(gemm_ab(h, cr, F, 3 * F, Oc, dl->o_w, F, 0.f, GXb + aF), "o_proj backward");
             if (l > 0)
-                BL(gemm_ab(h, 3 * cr, F, 3 * F, P, dl->vec_w, F, 1.f, gvi + 3 * aF),
+                BL(gemm_ab(h, 3 * cr, F, 3 * F, Pc, dl->vec_w, F, 1.f, gvi + 3 * aF),
                    "vec_proj backward");
         }
         if (gxi != gxo)
@@ -1387,7 +1443,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         memset(&el, 0, sizeof(el));
         el.filt_wt = dl->filt_wt;
         el.filt_b = dl->filt_b;
-        el.qkv = QKV;
+        el.qkv = qkv_of(l);
         el.vec = l > 0 ? vec : NULL;
         el.gX = GXb;
         el.gV = gvo;

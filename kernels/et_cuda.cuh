@@ -128,7 +128,7 @@ enum {
     B_TROFF, B_TREDGE, B_TRKEY, B_CUB,
     B_XS, B_VECS, B_XST, B_H, B_QKV, B_P, B_O,
     B_GX0, B_GV0, B_GV1, B_GQKV, B_GW, B_EA, B_F, B_AV, B_PART,
-    B_SPLIT, B_XCH, B_REV, B_TRCNT2, B_TREDGE2, B_GPART, B_FOLD, B_COUNT
+    B_SPLIT, B_XCH, B_REV, B_TRCNT2, B_TREDGE2, B_GPART, B_FOLD, B_KEEP, B_COUNT
 };
 
 /* Profile stages (DS4SCI_CUDA_PROFILE). */
@@ -179,6 +179,11 @@ typedef struct ds4sci_cuda_et {
                                 -1 auto (default: only where keeping all would take more
                                 than half of mem_at_create), 1 always
                                 (DS4SCI_CUDA_CHECKPOINT=1), 0 never (=0) */
+    int keep;                /* node work the backward would repeat, kept from the forward
+                                instead (never with checkpointing): -1 auto (default: the
+                                most that keeps the workspace under half of mem_at_create),
+                                0 none, 1 q/k/v, 2 q/k/v, vec_proj's P and o
+                                (DS4SCI_CUDA_KEEP=0|1|2 forces a level) */
     size_t mem_at_create;    /* free device memory after the context's weights were uploaded */
     int node_chunk;          /* owned rows per chunk of the node work that needs o and P
                                 (update, its backward, the head): their buffers hold one

@@ -9,7 +9,8 @@
 #                                    liblammps.so.0, ds4sciplugin.so); about 8 minutes on 2 cores.
 #   tools/gpu_verify.sh run          there (device `run`, carry .gpufinal .lammps-gpu/bin .gpudeps):
 #                                    check_cuda_backend (golden, api, vs_cpu with their measured
-#                                    errors; vs_cpu also with DS4SCI_CUDA_CHECKPOINT=1; golden with
+#                                    errors; vs_cpu also with DS4SCI_CUDA_CHECKPOINT=1 and
+#                                    DS4SCI_CUDA_KEEP=0; golden with
 #                                    DS4SCI_CUDA_EDGE=unfused; golden and vs_cpu with
 #                                    DS4SCI_CUDA_FASTEXP=0 and with DS4SCI_CUDA_SPLIT=1 and 2),
 #                                    memcheck (golden; api), bench_gpu 1k..1M (and 10k, 1M with
@@ -115,6 +116,12 @@ ck vs_cpu_chunk96 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_NODE_CHUNK=96
 # forced on, so the recomputation path runs on every case
 ck golden_ckpt 60 CK_RUN_CASE=golden DS4SCI_CUDA_CHECKPOINT=1
 ck vs_cpu_ckpt 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_CHECKPOINT=1
+# node work kept from the forward (auto: level 2 for the suite's sizes): the backward's own
+# LayerNorm, q/k/v, vec_proj and o_proj again (0), q/k/v kept only (1)
+ck golden_keep0 60 CK_RUN_CASE=golden DS4SCI_CUDA_KEEP=0
+ck vs_cpu_keep0 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_KEEP=0
+ck golden_keep1 60 CK_RUN_CASE=golden DS4SCI_CUDA_KEEP=1 DS4SCI_CUDA_NODE_CHUNK=7
+ck api_keep1 60 CK_RUN_CASE=api DS4SCI_CUDA_KEEP=1
 if [ "${VARIANTS:-1}" = 1 ]; then   # VARIANTS=0: the defaults only
     if [ "${FULL:-1}" = 1 ]; then   # variants unchanged since the last run can be left out (FULL=0)
         ck golden_unfused 60 CK_RUN_CASE=golden DS4SCI_CUDA_EDGE=unfused
