@@ -326,6 +326,58 @@ static int same_bits(const tu_result *a, const tu_result *b)
 }
 
 /*
+ * The node work kept from the forward (DS4SCI_CUDA_KEEP: auto is level 2 at these sizes) against
+ * the backward's own recomputation (0) and q/k/v kept only (1), on a periodic system (built-in
+ * exchange) and a cluster: each against the float64 CPU path, and against each other within fp32
+ * round-off (the same values in the same order; only cuBLAS could pick other SGEMM kernels for
+ * other buffer addresses: CK_REPORT says whether the bits agree).
+ */
+START_TEST(test_keep_levels_match)
+{
+    tu_opts o;
+    et_desc *d = small_model(&o, 4);
+    ds4sci_system sy[2];
+    ds4sci_graph *g[2] = {random_system(120, 0.06, 1, o.max_z, o.cutoff_upper, 52, &sy[0]),
+                          random_system(48, 0.06, 0, o.max_z, o.cutoff_upper, 53, &sy[1])};
+    ds4sci_ctx *cpu = tu_ctx_cpu(d, 0);
+    ds4sci_ctx *k[3] = {ctx_cuda_env(d, "DS4SCI_CUDA_KEEP", "0"),
+                        ctx_cuda_env(d, "DS4SCI_CUDA_KEEP", "1"),
+                        ctx_cuda_env(d, "DS4SCI_CUDA_KEEP", "2")};
+    for (int si = 0; si < 2; si++) {
+        tu_result rc, r[3];
+        run(cpu, &sy[si], NULL, &rc);
+        for (int lv = 0; lv < 3; lv++) {
+            char what[64];
+            snprintf(what, sizeof(what), "%s, keep %d", si ? "cluster" : "periodic", lv);
+            run(k[lv], &sy[si], NULL, &r[lv]);
+            run(k[lv], &sy[si], NULL, &r[lv]); /* a second call: graph mode replays */
+            compare(&r[lv], &rc, what);
+            if (lv == 0)
+                continue;
+            const size_t nf = (size_t)r[0].n_total * 3;
+            const double de = fabs(r[lv].r.energy - r[0].r.energy) /
+                              fmax(fabs(r[0].r.energy), 1e-12),
+                         df = rel_rms(r[lv].r.forces, r[0].r.forces, nf);
+            ck_assert_msg(de < 1e-6 && df < 1e-5, "%s vs keep 0: energy %.3g forces %.3g", what,
+                          de, df);
+            if (getenv("CK_REPORT"))
+                printf("keep: %s vs keep 0: same bits %d (energy %.3g, forces %.3g relative)\n",
+                       what, same_bits(&r[lv], &r[0]), de, df);
+        }
+        for (int lv = 0; lv < 3; lv++)
+            tu_result_free(&r[lv]);
+        tu_result_free(&rc);
+    }
+    for (int lv = 0; lv < 3; lv++)
+        ds4sci_ctx_free(k[lv]);
+    ds4sci_ctx_free(cpu);
+    ds4sci_graph_free(g[0]);
+    ds4sci_graph_free(g[1]);
+    tu_desc_free(d);
+}
+END_TEST
+
+/*
  * Graph mode (the default for small systems with the built-in exchange) against the normal
  * launches (a context made with DS4SCI_CUDA_GRAPH=0) through what an MD run does to one
  * context: repeated steps, positions that move under the same candidate list (skin), a list
@@ -933,6 +985,7 @@ static Suite *suite(void)
     tcase_add_test(tx, test_out_of_memory_is_reported);
     tcase_add_test(tx, test_repeated_calls_and_size_changes);
     tcase_add_test(tx, test_graph_matches_launches_across_list_rebuilds);
+    tcase_add_test(tx, test_keep_levels_match);
     suite_add_tcase(s, tx);
     return s;
 }
