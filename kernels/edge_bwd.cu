@@ -128,11 +128,14 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
 {
     constexpr int E = ET_EDGE_CHUNK;
     constexpr int AW = 32 * CPL; /* MERGED: stride of the accumulator parts */
-    /* edge_warp_floats: [5][E] past s_drbf: per edge sv, c'(r) and dE/dd (x, y, z) */
+    /* edge_warp_floats: [5][E] past s_drbf: per edge sv, c'(r) and dE/dd (x, y, z); then the
+       two metadata buffers (edge_meta_fetch, MW floats each) */
+    constexpr int MW = edge_meta_floats(1);
     float *const s_sc = s_drbf + c.K * E;
+    float *const s_meta = s_sc + 5 * E;
     /* this lane's per-edge pre-activations, then g_pre, of a half: slot i part p at
-       s_pre[(2 i + p) AW] (edge_warp_floats: [E][2][32 CPL] past s_sc; lane-private) */
-    float *const s_pre = s_sc + 5 * E + lane * CPL;
+       s_pre[(2 i + p) AW] (edge_warp_floats: [E][2][32 CPL] past the metadata; lane-private) */
+    float *const s_pre = s_meta + 2 * MW + lane * CPL;
     float q[CPL], gX[CPL], gV[3][CPL];
     ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
     ldg_vec<CPL>(l.gX + (size_t)t * F + f0, gX);
@@ -158,13 +161,29 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
     }
     const float *const trow = l.qkv + (size_t)t * 5 * F; /* MERGED: t as the sender of e' */
     const int e0 = c.row_off[t], e1 = c.row_off[t + 1];
+    /* The chunks' metadata (e_geo, gw, e_src, rev) through the warp's buffers (edge_meta_fetch):
+       the next chunk's copy flies into s_meta + MW during a chunk's work (the row's first:
+       beside the row's q, gX, gV loads), and edge_meta_take moves it to s_meta when its turn
+       comes, so that the chunk's metadata sits at fixed offsets from s_sc (a buffer chosen
+       by a toggle or by cb took one more register for the whole chunk: ptxas then spilled
+       two values at 128 registers). */
+    const edge_meta<true> md = edge_meta<true>::at(s_meta);
+    if (e0 + sp * E < e1)
+        edge_meta_fetch<true, MERGED>(c, l.gw, e0 + sp * E, min(E, e1 - e0 - sp * E), lane,
+                                      s_meta + MW);
     for (int cb = e0 + sp * E; cb < e1; cb += S * E) {
         const int nv = min(E, e1 - cb);
+        /* this chunk's metadata into s_meta (the previous chunk's readers are past the closing
+           __syncwarp), then the next chunk's copy into s_meta + MW */
+        edge_meta_take<MW>(s_meta, lane);
+        if (cb + S * E < e1)
+            edge_meta_fetch<true, MERGED>(c, l.gw, cb + S * E, min(E, e1 - cb - S * E), lane,
+                                          s_meta + MW);
         /* per edge, carried from the first half to the second: sv and c'(r) in the warp's
            shared scratch s_sc[0:2][E] (uniform over the warp: no registers), this lane's part
            of dE/dr (filter backward, cutoff) in grl; from the second half to the end of the
            chunk: the warp's dE/dd / sv in s_sc[2:5][E] */
-        float r[E], grl[E];
+        float grl[E];
         /* MERGED: bit i of rm: edge i has a reverse; of pm: ... and this warp does the pair's
            filter backward (it takes the reverse's g_pre too); of xm: ... and the other does
            (skipped here; the self-loop too, which has none). The pair's filter backward is
@@ -175,20 +194,20 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
         bool back = !MERGED;
 #pragma unroll
         for (int i = 0; i < E; i++) {
-            r[i] = i < nv ? c.e_geo[cb + i].w : 0.f;
             if constexpr (MERGED) {
                 if (i < nv) {
-                    const int e = cb + i, re = c.rev[e];
+                    const int e = cb + i, re = md.rev[i];
                     const bool hp = re >= 0 && c.pair;
                     rm |= re >= 0 ? 1u << i : 0u;
                     pm |= (hp && e < re) ? 1u << i : 0u;
                     xm |= (hp && re <= e) ? 1u << i : 0u;
-                    back = back || (c.e_src[e] != t && !(hp && re < e));
+                    back = back || (md.src[i] != t && !(hp && re < e));
                 }
             }
             grl[i] = 0.f;
         }
-        stage_rbf<E>(c, r, nv, lane, s_rbf, s_drbf);
+        /* r_i read where each RBF needs it (not held in registers across the loop above) */
+        stage_rbf_of<E, true>(c, [&](int i) { return md.geo[i].w; }, nv, lane, s_rbf, s_drbf);
         __syncwarp();
         /*
          * The edges of a half in a rolled loop (one copy of the per-edge code: unrolled four
@@ -209,10 +228,10 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                 for (int j = 0; j < CPL; j++)
                     gp[0][j] = gp[1][j] = 0.f;
                 if (i < nv) {
-                    const int s = c.e_src[cb + i];
+                    const int s = md.src[i];
                     const bool self = (s == t);
                     float dc;
-                    const float cc = cutoff_pi(c.e_geo[cb + i].w, c.cl, c.cu, &dc);
+                    const float cc = cutoff_pi(md.geo[i].w, c.cl, c.cu, &dc);
                     const float *srow = l.qkv + (size_t)s * 5 * F;
                     float kk[CPL], vv[CPL];
                     ldg_vec<CPL>(srow + F + f0, kk);
@@ -286,8 +305,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                 for (int j = 0; j < CPL; j++)
                     gp[0][j] = gp[1][j] = 0.f;
                 if (i < nv) {
-                    const int e = cb + i;
-                    const int s = c.e_src[e];
+                    const int s = md.src[i];
                     const float svi = s_sc[i];
                     /* MERGED: the direction of e' for its sender work times sv (0 for the
                        self-loop) */
@@ -295,7 +313,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                     /* xm: the pair's filter backward is the other warp's */
                     const bool mine = !MERGED || !(xm >> i & 1u);
                     if (s != t) { /* nothing of the self-loop's second half reaches g_q */
-                        const float4 g = c.e_geo[e];
+                        const float4 g = md.geo[i];
                         const float inv = 1.f / g.w;
                         const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
                         const float dirs[3] = {dir[0] * svi, dir[1] * svi, dir[2] * svi};
@@ -360,14 +378,14 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
         {
             const float gr = warp_sum4(grl[0], grl[1], grl[2], grl[3], lane);
             const int i = lane >> 3, e = cb + i;
-            if ((lane & 7) == 0 && i < nv && c.e_src[e] != t) {
-                const float4 g = c.e_geo[e];
+            if ((lane & 7) == 0 && i < nv && md.src[i] != t) {
+                const float4 g = md.geo[i];
                 const float inv = 1.f / g.w;
                 const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
                 const float gd[3] = {s_sc[2 * E + i], s_sc[3 * E + i], s_sc[4 * E + i]};
                 const float dd = gd[0] * dir[0] + gd[1] * dir[1] + gd[2] * dir[2];
                 const float invs = inv * s_sc[i];
-                float4 ga = l.gw[e];
+                float4 ga = md.gw[i];
                 ga.x += fmaf(gr, dir[0], (gd[0] - dir[0] * dd) * invs);
                 ga.y += fmaf(gr, dir[1], (gd[1] - dir[1] * dd) * invs);
                 ga.z += fmaf(gr, dir[2], (gd[2] - dir[2] * dd) * invs);
@@ -608,8 +626,9 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
  * backward (bwd_recv_row).
  *
  * Blocks of up to ET_MERGED_WARPS warps, one block per SM (filters 4 K F floats + per warp the
- * scratch of k_edge_bwd_recv and the accumulators: 141 KB at F = 128, K = 32, 16 warps), so
- * 16 warps per SM as the receiver pass's two blocks of 8; registers capped at 128 alike.
+ * scratch of k_edge_bwd_recv, with its metadata buffers, and the accumulators: 213,248 B at
+ * F = 128, K = 32, 16 warps; the H200 allows 232,448 B per block), so 16 warps per SM as the
+ * receiver pass's two blocks of 8; registers capped at 128 alike.
  */
 #define ET_MERGED_WARPS 16
 /* at CPL = 8 (F = 256) blocks of at most 8 warps (the filters take 128 KB of shared memory
@@ -729,10 +748,13 @@ static __device__ __forceinline__ void merged_send_second(const et_edge_common &
         ld_vec<CPL>(acc + 3 * AW, a2);
 #pragma unroll
         for (int j = 0; j < CPL; j++) {
+            /* the derivatives are used by a pair only (the compiler sinks them there); not
+               "pair ? &ddv1 : nullptr", which kept ddv1, ddv2 in local memory wherever the
+               compiler did not split the code by pair */
             float dv1 = 1.f, dv2 = 1.f, ddv1 = 0.f, ddv2 = 0.f;
             if (c.use_dv) {
-                dv1 = actv<SILU>(c.act, pre[0][j], pair ? &ddv1 : nullptr);
-                dv2 = actv<SILU>(c.act, pre[1][j], pair ? &ddv2 : nullptr);
+                dv1 = actv<SILU>(c.act, pre[0][j], &ddv1);
+                dv2 = actv<SILU>(c.act, pre[1][j], &ddv2);
             }
             const float dv1s = dv1 * sv;
             const float gvt2s = gV2[0][j] * dir2s[0] + gV2[1][j] * dir2s[1] + gV2[2][j] * dir2s[2];
@@ -928,7 +950,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS)
 #pragma unroll
             for (int i = 0; i < E; i++)
                 r[i] = i < nv ? c.e_geo[cb + i].w : 0.f;
-            stage_rbf<E>(c, r, nv, lane, s_rbf, s_drbf);
+            stage_rbf<E, true>(c, r, nv, lane, s_rbf, s_drbf);
             __syncwarp();
             float pre[E][1][CPL], gpre[E][1][CPL], gcd[E], grl[E];
             filter_pre<CPL, E, 1>(s_wt, s_b, s_rbf, c.K, F, f0 / CPL, pre);

@@ -229,12 +229,14 @@ static __device__ __forceinline__ float rbf_k_pi(const et_edge_common &c, float 
 }
 
 /*
- * Stage f_k(r_i) (and f'_k(r_i) when s_drbf is non-NULL) for the nv <= E edges of a chunk into
- * this warp's s_rbf[k][E] / s_drbf[k][E]; edges i >= nv get 0.
+ * Stage f_k(r_i) (and f'_k(r_i) into s_drbf when DRBF) for the nv <= E edges of a chunk into
+ * this warp's s_rbf[k][E] / s_drbf[k][E]; edges i >= nv get 0. (DRBF a compile-time choice: with
+ * "s_drbf ? &df : nullptr" at run time the kernel kept df and dphi in local memory wherever the
+ * compiler could not prove s_drbf non-NULL.)
  */
-template <int E>
-static __device__ __forceinline__ void stage_rbf(const et_edge_common &c, const float (&r)[E],
-                                                 int nv, int lane, float *s_rbf, float *s_drbf)
+template <int E, bool DRBF = false, class R>
+static __device__ __forceinline__ void stage_rbf_of(const et_edge_common &c, R r, int nv,
+                                                    int lane, float *s_rbf, float *s_drbf)
 {
     for (int k = lane; k < c.K; k += 32) {
         float ak = __ldg(c.rbf_a + k), bk = c.rbf_b ? __ldg(c.rbf_b + k) : 0.f;
@@ -242,12 +244,20 @@ static __device__ __forceinline__ void stage_rbf(const et_edge_common &c, const 
         for (int i = 0; i < E; i++) {
             float df = 0.f, f = 0.f;
             if (i < nv)
-                f = rbf_k_pi(c, r[i], ak, bk, s_drbf ? &df : nullptr);
+                f = rbf_k_pi(c, r(i), ak, bk, DRBF ? &df : nullptr);
             s_rbf[k * E + i] = f;
-            if (s_drbf)
+            if (DRBF)
                 s_drbf[k * E + i] = df;
         }
     }
+}
+
+/* r_i from an array r[E] */
+template <int E, bool DRBF = false>
+static __device__ __forceinline__ void stage_rbf(const et_edge_common &c, const float (&r)[E],
+                                                 int nv, int lane, float *s_rbf, float *s_drbf)
+{
+    stage_rbf_of<E, DRBF>(c, [&](int i) { return r[i]; }, nv, lane, s_rbf, s_drbf);
 }
 
 /* The E values of row k of a warp's staged [K][E] array (s_rbf, s_drbf): one 16-byte shared
@@ -387,14 +397,34 @@ static __device__ __forceinline__ void block_copy(float *dst, const float *src, 
         reinterpret_cast<float4 *>(dst)[i] = __ldg(reinterpret_cast<const float4 *>(src) + i);
 }
 
-/* Floats of a warp's scratch in an edge kernel: s_rbf [K][E], with_back also s_drbf [K][E], the
-   backward's per-edge scalars s_sc [5][E] and the receiver work's per-edge pre-activations /
-   g_pre s_pre [E][2][32 CPL] (lane-major per slot; 16-byte multiples: E = 4). */
+/*
+ * Per-edge metadata of a chunk, staged in the warp's shared scratch by cp.async (edge_meta_fetch)
+ * one chunk ahead, so that the per-edge code reads it with LDS: a buffer holds e_geo [E] (float4),
+ * with_back also gw [E] (float4, the receiver pass's dE/dw sums, added to at the chunk's end),
+ * then e_src [E], with_back also rev [E] (the merged pass). Two buffers per warp: the chunk's
+ * own and the next one's, in flight. Measured (ncu, merged pass, reference model, 10k atoms):
+ * ~60% of its long-scoreboard stalls were these loads consumed right after issue, a full L2
+ * latency per edge each (e_src, e_geo per edge in both halves, rev / e_src / e_geo at the
+ * chunk's start, e_src / e_geo / gw in the dE/dw section).
+ */
+static __host__ __device__ constexpr int edge_meta_floats(int with_back)
+{
+    return (with_back ? 10 : 5) * ET_EDGE_CHUNK;
+}
+
+/* Floats of a warp's scratch in an edge kernel: s_rbf [K][E], with_back also s_drbf [K][E] and
+   the backward's per-edge scalars s_sc [5][E]; at edge_meta_off the two metadata buffers
+   (edge_meta_floats each); with_back then the receiver work's per-edge pre-activations / g_pre
+   s_pre [E][2][32 CPL] (lane-major per slot). All 16-byte multiples (E = 4). */
+static __host__ __device__ inline size_t edge_meta_off(int K, int with_back)
+{
+    return (with_back ? 2 * (size_t)K + 5 : (size_t)K) * ET_EDGE_CHUNK;
+}
+
 static __host__ __device__ inline size_t edge_warp_floats(int K, int F, int with_back)
 {
-    return with_back ? (2 * (size_t)K + 5) * ET_EDGE_CHUNK +
-                           (size_t)ET_EDGE_CHUNK * 2 * 32 * edge_cpl(F)
-                     : (size_t)K * ET_EDGE_CHUNK;
+    return edge_meta_off(K, with_back) + 2 * (size_t)edge_meta_floats(with_back) +
+           (with_back ? (size_t)ET_EDGE_CHUNK * 2 * 32 * edge_cpl(F) : 0);
 }
 
 /* Bytes of dynamic shared memory of an edge kernel: weights [K][NP*F] + bias [NP*F], then the
@@ -408,6 +438,92 @@ static __device__ __forceinline__ float *warp_scratch(float *sm, int F, int K, i
                                                       int with_back, int warp)
 {
     return sm + (size_t)K * NP * F + NP * F + warp * edge_warp_floats(K, F, with_back);
+}
+
+/* Asynchronous copies global -> shared (sm_80+): no register holds the data in flight. The
+   16-byte form bypasses L1 (.cg: nothing here is read twice by one SM). */
+static __device__ __forceinline__ void cp_async4(void *dst, const void *src)
+{
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(d), "l"(src) : "memory");
+}
+
+static __device__ __forceinline__ void cp_async16(void *dst, const void *src)
+{
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
+}
+
+/* Wait for this thread's cp.async copies; the warp's other lanes read them only after a
+   __syncwarp() that follows (edge_meta_wait). */
+static __device__ __forceinline__ void cp_async_wait_all()
+{
+    asm volatile("cp.async.wait_all;" ::: "memory");
+}
+
+/*
+ * The metadata of a chunk in a warp's buffer m (edge_meta_floats): pointers into it. WB: the
+ * backward's layout (gw, rev), else e_geo and e_src only.
+ */
+template <bool WB> struct edge_meta {
+    const float4 *geo, *gw;
+    const int *src, *rev;
+    static __device__ __forceinline__ edge_meta at(const float *m)
+    {
+        constexpr int E = ET_EDGE_CHUNK;
+        edge_meta r;
+        r.geo = reinterpret_cast<const float4 *>(m);
+        r.gw = WB ? r.geo + E : nullptr;
+        r.src = reinterpret_cast<const int *>(m + (WB ? 8 : 4) * E);
+        r.rev = WB ? r.src + E : nullptr;
+        return r;
+    }
+};
+
+/*
+ * Start the copy of the metadata of the nv (1 .. E) edges at cb into the warp's buffer m: one
+ * copy per lane (lanes 0 .. E-1 e_geo, with WB lanes E .. 2E-1 gw; then e_src, with REV rev);
+ * slots i >= nv are left as they are (every reader checks i < nv). The buffer must not be read
+ * by any lane until edge_meta_wait; nor written while a lane may still read it (the caller's
+ * __syncwarp between its last reads and this call).
+ */
+template <bool WB, bool REV>
+static __device__ __forceinline__ void edge_meta_fetch(const et_edge_common &c, const float4 *gw,
+                                                       int cb, int nv, int lane, float *m)
+{
+    constexpr int E = ET_EDGE_CHUNK;
+    static_assert(E == 4, "16-byte alignment of the metadata buffers");
+    constexpr int N16 = WB ? 2 * E : E; /* lanes with a 16-byte copy */
+    const int i = lane & (E - 1);
+    if (i >= nv)
+        return;
+    if (lane < N16) {
+        cp_async16(m + 4 * lane, (!WB || lane < E ? c.e_geo : gw) + cb + i);
+    } else if (lane < N16 + (REV ? 2 * E : E)) {
+        cp_async4(m + 4 * N16 + (lane - N16), (lane < N16 + E ? c.e_src : c.rev) + cb + i);
+    }
+}
+
+/* The warp's copies into its metadata buffer are complete and visible to every lane. */
+static __device__ __forceinline__ void edge_meta_wait()
+{
+    cp_async_wait_all();
+    __syncwarp();
+}
+
+/*
+ * Double buffering at fixed addresses: wait for the warp's copies into m + MW (edge_meta_fetch),
+ * move them to m, where the chunk's code reads them. On return m is visible to every lane and
+ * m + MW free for the next edge_meta_fetch. No lane may be reading m when the warp calls this.
+ */
+template <int MW>
+static __device__ __forceinline__ void edge_meta_take(float *m, int lane)
+{
+    static_assert(MW % 4 == 0, "float4 moves");
+    edge_meta_wait();
+    if (lane < MW / 4)
+        reinterpret_cast<float4 *>(m)[lane] = reinterpret_cast<const float4 *>(m + MW)[lane];
+    __syncwarp();
 }
 
 /*
@@ -452,11 +568,12 @@ static __device__ __forceinline__ edge_lane edge_lane_of(const et_edge_common &c
 /*
  * Start of every edge kernel: the block copies the NP filter parts (weights [K][NP*F], biases
  * [NP*F]) into dynamic shared memory; each warp gets its scratch (s_rbf, and with with_back
- * s_drbf; layout of edge_smem_bytes). Ends with __syncthreads().
+ * s_drbf; the metadata buffers; layout of edge_smem_bytes). Ends with __syncthreads().
  */
 struct edge_smem {
     float *wt, *b;      /* filter weights and biases in shared memory */
     float *rbf, *drbf;  /* this warp's scratch (drbf: with_back only) */
+    float *meta;        /* this warp's two metadata buffers (edge_meta_fetch) */
 };
 
 static __device__ __forceinline__ edge_smem edge_smem_load(const float *wt, const float *b, int F,
@@ -469,6 +586,7 @@ static __device__ __forceinline__ edge_smem edge_smem_load(const float *wt, cons
     m.b = sm + (size_t)K * NP * F;
     m.rbf = warp_scratch(sm, F, K, NP, with_back, threadIdx.x >> 5);
     m.drbf = with_back ? m.rbf + K * ET_EDGE_CHUNK : nullptr;
+    m.meta = m.rbf + edge_meta_off(K, with_back);
     block_copy(m.wt, wt, K * NP * F);
     block_copy(m.b, b, NP * F);
     __syncthreads();

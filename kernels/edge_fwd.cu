@@ -23,7 +23,11 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
     const int F = edge_f<CPL>(c);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const edge_smem sh = edge_smem_load(l.filt_wt, l.filt_b, F, c.K, 4, 0);
-    float *s_wt = sh.wt, *s_b = sh.b, *s_rbf = sh.rbf;
+    float *s_wt = sh.wt, *s_b = sh.b, *s_rbf = sh.rbf, *s_meta = sh.meta;
+    /* the chunk's e_geo and e_src in s_meta (edge_meta_fetch one chunk ahead into s_meta + MW,
+       edge_meta_take; as bwd_recv_row) */
+    constexpr int MW = edge_meta_floats(0);
+    const edge_meta<false> md = edge_meta<false>::at(s_meta);
 
     const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL>(c, lane);
     /* work item w = (part sp, receiver t), part-major; !SPLIT (S = 1): t = w, the whole row */
@@ -39,13 +43,17 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
             av[0][j] = av[1][j] = av[2][j] = 0.f;
         }
         const int e0 = c.row_off[t], e1 = c.row_off[t + 1];
+        if (e0 + sp * E < e1)
+            edge_meta_fetch<false, false>(c, nullptr, e0 + sp * E, min(E, e1 - e0 - sp * E),
+                                          lane, s_meta + MW);
         for (int cb = e0 + sp * E; cb < e1; cb += S * E) {
             const int nv = min(E, e1 - cb);
-            float r[E], sv[E];
-#pragma unroll
-            for (int i = 0; i < E; i++)
-                r[i] = i < nv ? c.e_geo[cb + i].w : 0.f;
-            stage_rbf<E>(c, r, nv, lane, s_rbf, nullptr);
+            edge_meta_take<MW>(s_meta, lane);
+            if (cb + S * E < e1)
+                edge_meta_fetch<false, false>(c, nullptr, cb + S * E, min(E, e1 - cb - S * E),
+                                              lane, s_meta + MW);
+            float sv[E];
+            stage_rbf_of<E>(c, [&](int i) { return md.geo[i].w; }, nv, lane, s_rbf, nullptr);
             __syncwarp();
             /* Two halves, so that only half of the pre-activations are live at a time (fewer
                registers, more warps per SM): first dk and the value filter (attention and the
@@ -57,8 +65,8 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                 for (int i = 0; i < E; i++) {
                     if (i >= nv)
                         break;
-                    const int s = c.e_src[cb + i];
-                    const float cc = cutoff_pi(r[i], c.cl, c.cu, nullptr);
+                    const int s = md.src[i];
+                    const float cc = cutoff_pi(md.geo[i].w, c.cl, c.cu, nullptr);
                     const float *srow = l.qkv + (size_t)s * 5 * F;
                     float kk[CPL], vv[CPL];
                     ldg_vec<CPL>(srow + F + f0, kk);
@@ -87,9 +95,8 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                 for (int i = 0; i < E; i++) {
                     if (i >= nv)
                         break;
-                    const int e = cb + i;
-                    const int s = c.e_src[e];
-                    const float4 g = c.e_geo[e];
+                    const int s = md.src[i];
+                    const float4 g = md.geo[i];
                     /* d sv: the factor sv of the second gate applied once per edge */
                     const float invs = s == t ? 0.f : sv[i] / g.w;
                     const float dirs[3] = {g.x * invs, g.y * invs, g.z * invs};
