@@ -1089,9 +1089,10 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
        [nl][3F] from the forward (written there in full instead of one chunk at a time), so the
        backward skips both SGEMMs, and X needs no store (o is its only use). Auto: the highest
        level whose bytes, added to keep_all_bytes, stay under half of mem_at_create (the
-       checkpoint rule's bound). The same values in the same order: the results do not change. */
+       checkpoint rule's bound; level 2's X saving not counted). The same values in the same
+       order: the results do not change. */
     const double keep1_bytes = 4.0 * 5 * L * (double)nF,
-                 keep2_bytes = keep1_bytes + 4.0 * (9.0 * (L - 1) + 2.0 * L) * (double)nlF;
+                 keep2_bytes = keep1_bytes + 4.0 * (9.0 * (L - 1) + 3.0 * L) * (double)nlF;
     int keep = 0;
     if (!ck && et->keep != 0) {
         const double lim = 0.5 * (double)et->mem_at_create;

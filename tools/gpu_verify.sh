@@ -24,7 +24,8 @@
 # One GPU: BG_CMD runs beside everything from the start (switch the benchmarks off then);
 # RACE=0 skips racecheck (the final one and, with two GPUs, the one beside BG_CMD).
 # VARIANTS=0 runs only the default paths' checks; FILTER=0 skips bench_filter_mma; EXPF_BENCH,
-# GRAPH_BENCH, MERGED_BENCH, XCH_F32_BENCH=0 skip those side-by-side runs; SPLITS="" the split ones.
+# GRAPH_BENCH, MERGED_BENCH, XCH_F32_BENCH, WEAK_BENCH=0 skip those runs (WEAK_BENCH: 2M Si atoms on
+# two GPUs, the weak-scaling partner of the one-rank 1M bench); SPLITS="" the split ones.
 # Environment for run: OUT (files back: summary.txt and logs.tgz), BUDGET (seconds, default
 # 420), SIZES (bench_gpu sizes, default "1000 10000 100000 1000000"), BG_CMD, BG_SECONDS
 # (when BG_CMD is stopped, default BUDGET - 150).
@@ -217,6 +218,14 @@ if [ "$NGPU" -ge 2 ] && left $(( BUDGET - 110 )); then
             BENCH_REF="" DS4SCI_CUDA_XCH_F32=0 DS4SCI_CUDA_PROFILE=$L/profile_2gpu_xchf64.txt \
             timeout 45 bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
         t lammps_bench_2gpu_xchf64 $?
+    fi
+    if [ "${WEAK_BENCH:-1}" = 1 ] && left $(( BUDGET - 70 )); then
+        # weak scaling: 2,000,376 Si atoms (n = 63) on 2 GPUs, ~1M per rank, against one GPU's
+        # 1,000,000 (n = 50, the one-rank bench below)
+        OUT=$L SI_NVE=0 OOM_CELLS=0 BENCH_NP=2 BENCH_TAG=_2gpu_weak BENCH_SI="63 20 0" BENCH_REF="" \
+            DS4SCI_CUDA_PROFILE=$L/profile_2gpu_weak.txt timeout 90 \
+            bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
+        t lammps_bench_2gpu_weak $?
     fi
 fi
 [ "$NGPU" -ge 2 ] && export CUDA_VISIBLE_DEVICES=0
