@@ -90,21 +90,11 @@ static __global__ void k_node_pre(int n, int F, float *__restrict__ qkv,
         q[j * F + f] += qkv_b[j * F + f];
 }
 
-/* vdot[t][f] = sum_c P1[t][c][f] P2[t][c][f] (P [.][3][3F]), in the order of the CPU path. */
-static __device__ __forceinline__ float vdot_of(const float *__restrict__ P, long long t, int F,
-                                                int f)
-{
-    const float *p = P + t * 9 * F;
-    float s = 0.f;
-    for (int c = 0; c < 3; c++)
-        s += p[c * 3 * F + f] * p[c * 3 * F + F + f];
-    return s;
-}
-
 /*
  * Residual update of owned atoms (o without bias on input):
  *   o1, o2, o3 = o + b_o; x' = x + vdot o2 + o3; vec'[c] = vec[c] + P3[c] o1 + V[c],
- * vdot from P (vdot_of). vec, P NULL mean zeros (layer 0). The backward recomputes o from the
+ * vdot[t][f] = sum_c P1[t][c][f] P2[t][c][f] (P [.][3][3F]; c = 0, 1, 2 in order, as the CPU
+ * path). vec, P NULL mean zeros (layer 0). The backward recomputes o from the
  * stored X. Rows nl <= t < n (ghosts, filled by the next exchange) of x' and vec' are set to
  * zero. o and P have the nl owned rows only (the caller passes one chunk of rows at a time).
  */
@@ -125,16 +115,28 @@ static __global__ void k_node_update(int n, int nl, int F, const float *__restri
             vn[(t * 3 + c) * F + f] = 0.f;
         return;
     }
+    /* every load first (restrict: none of the outputs aliases an input), then the stores */
     const float *orow = o + t * 3 * F;
-    float o1 = orow[f] + ob[f], o2 = orow[F + f] + ob[F + f], o3 = orow[2 * F + f] + ob[2 * F + f];
-    const float vd = P ? vdot_of(P, t, F, f) : 0.f;
-    xn[i] = x[i] + vd * o2 + o3;
+    const float o1 = orow[f] + ob[f], o2 = orow[F + f] + ob[F + f],
+                o3 = orow[2 * F + f] + ob[2 * F + f];
+    float p[3][3] = {{0.f, 0.f, 0.f}, {0.f, 0.f, 0.f}, {0.f, 0.f, 0.f}}, v0[3], vv[3];
+#pragma unroll
     for (int c = 0; c < 3; c++) {
-        long long vi = (t * 3 + c) * F + f;
-        float p3 = P ? P[(t * 3 + c) * 3 * F + 2 * F + f] : 0.f;
-        float v0 = vec ? vec[vi] : 0.f;
-        vn[vi] = v0 + p3 * o1 + V[vi];
+        const long long vi = (t * 3 + c) * F + f;
+        if (P)
+#pragma unroll
+            for (int k = 0; k < 3; k++)
+                p[c][k] = P[(t * 3 + c) * 3 * F + k * F + f];
+        v0[c] = vec ? vec[vi] : 0.f;
+        vv[c] = V[vi];
     }
+    float vd = 0.f; /* vdot, in the CPU path's order */
+    for (int c = 0; c < 3; c++)
+        vd += p[c][0] * p[c][1];
+    xn[i] = x[i] + vd * o2 + o3;
+#pragma unroll
+    for (int c = 0; c < 3; c++)
+        vn[(t * 3 + c) * F + f] = v0[c] + p[c][2] * o1 + vv[c];
 }
 
 /*
@@ -149,32 +151,51 @@ static __global__ void k_node_update(int n, int nl, int F, const float *__restri
  */
 static __global__ void k_node_bwd(int n, int nl, int F, const float *__restrict__ gx,
                                   const float *__restrict__ gvec, float *__restrict__ gvec_out,
-                                  float *o, const float *__restrict__ ob, float *__restrict__ P)
+                                  float *__restrict__ o, const float *__restrict__ ob,
+                                  float *__restrict__ P)
 {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)n * F)
         return;
     long long t = i / F;
     int f = (int)(i % F);
+    /* every load first, then the stores (restrict: o, P and gvec_out alias no input; each
+       thread's own entries of o and P are read before it writes them) */
+    float gv[3];
+#pragma unroll
     for (int c = 0; c < 3; c++)
-        gvec_out[(t * 3 + c) * F + f] = gvec[(t * 3 + c) * F + f];
-    if (t >= nl)
+        gv[c] = gvec[(t * 3 + c) * F + f];
+    if (t >= nl) {
+#pragma unroll
+        for (int c = 0; c < 3; c++)
+            gvec_out[(t * 3 + c) * F + f] = gv[c];
         return;
+    }
     float *orow = o + t * 3 * F;
     const float o1 = orow[f] + ob[f], o2 = orow[F + f] + ob[F + f];
-    float g = gx[i];
+    const float g = gx[i];
+    float p[3][3] = {{0.f, 0.f, 0.f}, {0.f, 0.f, 0.f}, {0.f, 0.f, 0.f}};
+    if (P)
+#pragma unroll
+        for (int c = 0; c < 3; c++)
+#pragma unroll
+            for (int k = 0; k < 3; k++)
+                p[c][k] = P[(t * 3 + c) * 3 * F + k * F + f];
+#pragma unroll
+    for (int c = 0; c < 3; c++)
+        gvec_out[(t * 3 + c) * F + f] = gv[c];
     float go1 = 0.f;
-    const float vd = P ? vdot_of(P, t, F, f) : 0.f; /* before P is overwritten below */
+    float vd = 0.f; /* vdot as in the update, before P is overwritten below */
+    for (int c = 0; c < 3; c++)
+        vd += p[c][0] * p[c][1];
     if (P) {
-        float gvd = g * o2;
+        const float gvd = g * o2;
         for (int c = 0; c < 3; c++) {
-            float *p = P + (t * 3 + c) * 3 * F;
-            float gv = gvec[(t * 3 + c) * F + f];
-            float p1 = p[f], p2 = p[F + f], p3 = p[2 * F + f];
-            go1 += gv * p3;
-            p[f] = gvd * p2;
-            p[F + f] = gvd * p1;
-            p[2 * F + f] = gv * o1;
+            float *pr = P + (t * 3 + c) * 3 * F;
+            go1 += gv[c] * p[c][2];
+            pr[f] = gvd * p[c][1];
+            pr[F + f] = gvd * p[c][0];
+            pr[2 * F + f] = gv[c] * o1;
         }
     }
     orow[f] = go1;
