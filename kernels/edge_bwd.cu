@@ -926,73 +926,143 @@ extern "C" int et_edge_merged_ok(int CPL, const et_edge_common *c)
  * Neighbour-embedding backward for owned receiver t, given g_m = dE/dm[t] (gm [nl][F]):
  * per non-self edge, g_pre = g_m E_nb[z_s] c(r), g_c = sum g_m E_nb[z_s] pre, and
  * gw[e] += (sum_k g_f_k f'_k + g_c c') d_e.
+ *
+ * Per chunk (as the layer kernels, docs/gpu.md v16): e_geo, gw and e_src staged in the warp's
+ * scratch one chunk ahead (edge_meta_fetch<true, false> / edge_meta_take); lane i < nv evaluates
+ * edge i's cutoff and starts the load of its sender's type z[s] before the RBF staging (the chain
+ * e_src -> z -> E_nb row without exposed latency per edge); the chunk's four dE/dw sums in one
+ * warp_sum4 (the same butterfly, bit for bit, as warp_sum), written by lanes 0/8/16/24 from the
+ * staged gw and e_geo (no global read-modify-write).
+ *
+ * LIN = false: the filter evaluated (filter_pre), then filter_back, as before, value for value.
+ * LIN = true (the default, launcher): by linearity, with ge = g_m E_nb[z_s] and
+ * a_k = sum_ch ge[ch] W[ch][k] (this lane's channels),
+ *   sum_k g_f_k f'_k = c(r) sum_k a_k f'_k,   g_c = sum_k a_k f_k + sum_ch ge[ch] b[ch],
+ * one pass over W (E CPL + 2E FMAs per k instead of 2 E CPL + E, and no pre-activations held):
+ * the same sums in another order (fp32 rounding only). DS4SCI_CUDA_NE_EXACT=1 takes LIN = false.
  */
-template <int CPL>
-static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS)
+template <int CPL, bool LIN>
+static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, NE_BWD_MIN_BLOCKS(CPL))
     k_ne_bwd(const et_edge_common c, const float *ne_wt, const float *ne_b, const float *ne_emb,
              const int *z, const float *gm, float4 *gw)
 {
     constexpr int E = ET_EDGE_CHUNK;
-    const int F = c.F;
+    constexpr int MW = edge_meta_floats(1);
+    const int F = edge_f<CPL>(c);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const edge_smem sh = edge_smem_load(ne_wt, ne_b, F, c.K, 1, 1);
-    float *s_wt = sh.wt, *s_b = sh.b, *s_rbf = sh.rbf, *s_drbf = sh.drbf;
+    const edge_smem sh = ne_smem_load(ne_wt, ne_b, F, c.K, 1);
+    float *s_wt = sh.wt, *s_b = sh.b, *s_rbf = sh.rbf, *s_drbf = sh.drbf, *s_meta = sh.meta;
+    const edge_meta<true> md = edge_meta<true>::at(s_meta);
     const bool on = lane * CPL < F;
-    const int f0 = on ? lane * CPL : 0;
+    const int f0 = on ? lane * CPL : 0, wl = f0 / CPL;
+    const int ie = lane & (E - 1); /* the chunk's edge whose cutoff and sender type this lane gets */
     for (int t = blockIdx.x * ET_EDGE_WARPS + warp; t < c.n_local; t += gridDim.x * ET_EDGE_WARPS) {
         float g[CPL];
         ldg_vec<CPL>(gm + (size_t)t * F + f0, g);
         zero_off<CPL>(on, g);
         const int e0 = c.row_off[t] + 1, e1 = c.row_off[t + 1];
+        if (e0 < e1)
+            edge_meta_fetch<true, false>(c, gw, e0, min(E, e1 - e0), lane, s_meta + MW);
         for (int cb = e0; cb < e1; cb += E) {
             const int nv = min(E, e1 - cb);
-            float r[E];
-#pragma unroll
-            for (int i = 0; i < E; i++)
-                r[i] = i < nv ? c.e_geo[cb + i].w : 0.f;
-            stage_rbf<E, true>(c, r, nv, lane, s_rbf, s_drbf);
+            edge_meta_take<MW>(s_meta, lane);
+            if (cb + E < e1)
+                edge_meta_fetch<true, false>(c, gw, cb + E, min(E, e1 - cb - E), lane,
+                                             s_meta + MW);
+            const bool ev = ie < nv;
+            /* in flight during the RBF staging (row 0 for the empty slots) */
+            const int zl = ev ? __ldg(z + md.src[ie]) : 0;
+            stage_rbf_of<E, true>(c, [&](int i) { return md.geo[i].w; }, nv, lane, s_rbf,
+                                  s_drbf);
+            float ccl = 0.f, dcl = 0.f;
+            if (ev)
+                ccl = et_cutoff_f(md.geo[ie].w, c.cl, c.cu, &dcl);
             __syncwarp();
-            float pre[E][1][CPL], gpre[E][1][CPL], gcd[E], grl[E];
-            filter_pre<CPL, E, 1>(s_wt, s_b, s_rbf, c.K, F, f0 / CPL, pre);
+            /* ge = g_m E_nb[z_s] for the lane's channels (finite garbage for slots i >= nv: their
+               sums are never written) */
+            float ge[E][CPL];
 #pragma unroll
             for (int i = 0; i < E; i++) {
-                gcd[i] = grl[i] = 0.f;
+                const int zs = __shfl_sync(0xffffffffu, zl, i);
+                float en[CPL];
+                ldg_vec<CPL>(ne_emb + (size_t)zs * F + f0, en);
 #pragma unroll
                 for (int j = 0; j < CPL; j++)
-                    gpre[i][0][j] = 0.f;
-                if (i >= nv)
-                    continue;
-                const int s = c.e_src[cb + i];
-                float dc;
-                const float cc = et_cutoff_f(r[i], c.cl, c.cu, &dc);
-                float en[CPL];
-                ldg_vec<CPL>(ne_emb + (size_t)z[s] * F + f0, en);
-#pragma unroll
-                for (int j = 0; j < CPL; j++) {
-                    const float ge = g[j] * en[j];
-                    gpre[i][0][j] = ge * cc;
-                    gcd[i] = fmaf(ge, pre[i][0][j], gcd[i]);
-                }
-                gcd[i] *= dc;
+                    ge[i][j] = g[j] * en[j];
             }
-            filter_back<CPL, E, 1>(s_wt, s_drbf, c.K, F, f0 / CPL, gpre, grl);
+            float v[E]; /* this lane's share of each edge's radial dE/dr */
+            if constexpr (LIN) {
+                float P[E], Q[E];
 #pragma unroll
-            for (int i = 0; i < E; i++) {
-                if (i >= nv)
-                    break;
-                const int e = cb + i;
-                const float gr = warp_sum(grl[i] + gcd[i]);
-                if (lane == 0) {
-                    const float4 geo = c.e_geo[e];
-                    const float inv = 1.f / geo.w;
-                    float4 acc = gw[e];
-                    acc.x += gr * geo.x * inv;
-                    acc.y += gr * geo.y * inv;
-                    acc.z += gr * geo.z * inv;
-                    gw[e] = acc;
+                for (int i = 0; i < E; i++)
+                    P[i] = Q[i] = 0.f;
+                /* pointer steps (the row offsets as immediates where unrolled) */
+                const float *w_k = s_wt + wl * CPL, *r_k = s_rbf, *d_k = s_drbf;
+#pragma unroll 2
+                for (int k = 0; k < c.K; k++, w_k += F, r_k += E, d_k += E) {
+                    float w[CPL], rb[E], d[E], a[E];
+                    ld_vec<CPL>(w_k, w);
+                    lds_chunk<E>(r_k, rb);
+                    lds_chunk<E>(d_k, d);
+#pragma unroll
+                    for (int i = 0; i < E; i++) {
+                        a[i] = ge[i][0] * w[0];
+#pragma unroll
+                        for (int j = 1; j < CPL; j++)
+                            a[i] = fmaf(ge[i][j], w[j], a[i]);
+                        P[i] = fmaf(a[i], d[i], P[i]);
+                        Q[i] = fmaf(a[i], rb[i], Q[i]);
+                    }
                 }
+                float bb[CPL];
+                ld_vec<CPL>(s_b + wl * CPL, bb);
+#pragma unroll
+                for (int i = 0; i < E; i++) {
+                    float gb = Q[i];
+#pragma unroll
+                    for (int j = 0; j < CPL; j++)
+                        gb = fmaf(ge[i][j], bb[j], gb);
+                    const float cc = __shfl_sync(0xffffffffu, ccl, i),
+                                dc = __shfl_sync(0xffffffffu, dcl, i);
+                    v[i] = fmaf(cc, P[i], gb * dc);
+                }
+            } else {
+                float pre[E][1][CPL], gpre[E][1][CPL], grl[E], cc[E], dc[E];
+#pragma unroll
+                for (int i = 0; i < E; i++) {
+                    cc[i] = __shfl_sync(0xffffffffu, ccl, i);
+                    dc[i] = __shfl_sync(0xffffffffu, dcl, i);
+                }
+                filter_pre<CPL, E, 1>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
+#pragma unroll
+                for (int i = 0; i < E; i++) {
+                    float gcd = 0.f;
+                    grl[i] = 0.f;
+#pragma unroll
+                    for (int j = 0; j < CPL; j++) {
+                        gpre[i][0][j] = ge[i][j] * cc[i];
+                        gcd = fmaf(ge[i][j], pre[i][0][j], gcd);
+                    }
+                    v[i] = gcd * dc[i]; /* added to grl below, as grl + gcd before */
+                }
+                filter_back<CPL, E, 1>(s_wt, s_drbf, c.K, F, wl, gpre, grl);
+#pragma unroll
+                for (int i = 0; i < E; i++)
+                    v[i] = grl[i] + v[i];
             }
-            __syncwarp();
+            /* lane 8i: edge i's sum; the next chunk's edge_meta_take (__syncwarp first) orders
+               these reads of s_meta (and the loop's of s_rbf, s_drbf) before its writes */
+            const float gr = warp_sum4(v[0], v[1], v[2], v[3], lane);
+            const int iw = lane >> 3;
+            if ((lane & 7) == 0 && iw < nv) {
+                const float4 geo = md.geo[iw];
+                const float inv = 1.f / geo.w;
+                float4 acc = md.gw[iw];
+                acc.x += gr * geo.x * inv;
+                acc.y += gr * geo.y * inv;
+                acc.z += gr * geo.z * inv;
+                gw[cb + iw] = acc;
+            }
         }
     }
 }
@@ -1053,8 +1123,13 @@ static cudaError_t launch_ne_bwd(cudaStream_t s, int grid, const et_edge_common 
                                  const float *w, const float *b, const float *emb, const int *z,
                                  const float *gm, float4 *gw)
 {
-    return launch_persistent(k_ne_bwd<CPL>, edge_smem_bytes(c->F, c->K, 1, 1), grid, s, *c,
-                             w, b, emb, z, gm, gw);
+    /* DS4SCI_CUDA_NE_EXACT=1: the filter evaluated and differentiated as before (k_ne_bwd) */
+    static const int exact = [] {
+        const char *v = getenv("DS4SCI_CUDA_NE_EXACT");
+        return v && atoi(v) != 0;
+    }();
+    return launch_persistent(exact ? k_ne_bwd<CPL, false> : k_ne_bwd<CPL, true>,
+                             ne_smem_bytes(c->F, c->K, 1), grid, s, *c, w, b, emb, z, gm, gw);
 }
 
 extern "C" cudaError_t et_edge_backward_recv(cudaStream_t s, int CPL, int grid, int split,
@@ -1105,6 +1180,8 @@ extern "C" cudaError_t et_ne_backward(cudaStream_t s, int CPL, int grid, const e
 {
     if (c->n_local == 0)
         return cudaSuccess;
+    if (!edge_shape_ok(CPL, c)) /* k_ne_bwd takes F = 32 CPL (edge_f) */
+        return cudaErrorInvalidValue;
     return dispatch_cpl(CPL, [&](auto C) {
         return launch_ne_bwd<decltype(C)::value>(s, grid, c, ne_wt, ne_b, ne_emb, z, gm, gw);
     });

@@ -669,4 +669,46 @@ static cudaError_t dispatch_cpl(int CPL, L launch)
     }
 }
 
+/*
+ * Shared memory of the neighbour-embedding kernels (k_ne_fwd, k_ne_bwd): the filter [K][F] and
+ * its bias [F], then per warp s_rbf [K][E], with back also s_drbf [K][E], then the two metadata
+ * buffers (edge_meta_floats(back) each; edge_meta_fetch / edge_meta_take). None of the layer
+ * kernels' receiver scratch (s_sc, s_pre): at F = 128, K = 32 the backward's block takes 27.6 KB
+ * instead of 61 KB (shared memory no longer limits its blocks per SM). All 16-byte multiples
+ * (E = 4, F % 4 == 0).
+ */
+static __host__ __device__ inline size_t ne_warp_floats(int K, int back)
+{
+    return (back ? 2 : 1) * (size_t)K * ET_EDGE_CHUNK + 2 * (size_t)edge_meta_floats(back);
+}
+
+static inline size_t ne_smem_bytes(int F, int K, int back)
+{
+    return 4 * ((size_t)K * F + F + ET_EDGE_WARPS * ne_warp_floats(K, back));
+}
+
+/* Blocks per SM the neighbour-embedding kernels are compiled for (__launch_bounds__; their
+   shared memory allows more): forward 48 registers (40 warps per SM) at CPL <= 4, backward 64
+   (32 warps per SM; 80 and 24 uncapped); CPL = 8 half of that. */
+#define NE_FWD_MIN_BLOCKS(CPL) ((CPL) >= 8 ? 3 : 5)
+#define NE_BWD_MIN_BLOCKS(CPL) ((CPL) >= 8 ? 2 : 4)
+
+/* edge_smem_load for the ne_smem_bytes layout (one filter part). Ends with __syncthreads(). */
+static __device__ __forceinline__ edge_smem ne_smem_load(const float *wt, const float *b, int F,
+                                                         int K, int back)
+{
+    extern __shared__ float4 sm4[];
+    float *sm = reinterpret_cast<float *>(sm4);
+    edge_smem m;
+    m.wt = sm;
+    m.b = sm + (size_t)K * F;
+    m.rbf = m.b + F + (size_t)(threadIdx.x >> 5) * ne_warp_floats(K, back);
+    m.drbf = back ? m.rbf + K * ET_EDGE_CHUNK : nullptr;
+    m.meta = m.rbf + (back ? 2 : 1) * K * ET_EDGE_CHUNK;
+    block_copy(m.wt, wt, K * F);
+    block_copy(m.b, b, F);
+    __syncthreads();
+    return m;
+}
+
 #endif /* DS4SCI_EDGE_COMMON_CUH */

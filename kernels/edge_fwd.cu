@@ -133,44 +133,59 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
 /*
  * Neighbour embedding message of owned receiver t (non-self edges):
  *   m[t] = sum_e (A f_e + a) c(r_e) E_nb[z_s], written to cat[t][F:2F].
+ * Per chunk (as the layer kernels, docs/gpu.md v16): e_geo and e_src staged in the warp's
+ * scratch one chunk ahead (edge_meta_fetch / edge_meta_take); lane i < nv evaluates edge i's
+ * cutoff and starts the load of its sender's type z[s] before the RBF staging, so that the chain
+ * e_src -> z -> E_nb row costs no exposed latency per edge; the other lanes get both by shuffle.
+ * Same arithmetic as before, value for value.
  */
 template <int CPL>
-static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS)
+static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, NE_FWD_MIN_BLOCKS(CPL))
     k_ne_fwd(const et_edge_common c, const float *ne_wt, const float *ne_b, const float *ne_emb,
              const int *z, float *cat)
 {
     constexpr int E = ET_EDGE_CHUNK;
-    const int F = c.F;
+    constexpr int MW = edge_meta_floats(0);
+    const int F = edge_f<CPL>(c);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const edge_smem sh = edge_smem_load(ne_wt, ne_b, F, c.K, 1, 0);
-    float *s_wt = sh.wt, *s_b = sh.b, *s_rbf = sh.rbf;
+    const edge_smem sh = ne_smem_load(ne_wt, ne_b, F, c.K, 0);
+    float *s_wt = sh.wt, *s_b = sh.b, *s_rbf = sh.rbf, *s_meta = sh.meta;
+    const edge_meta<false> md = edge_meta<false>::at(s_meta);
     const bool on = lane * CPL < F;
     const int f0 = on ? lane * CPL : 0;
+    const int ie = lane & (E - 1); /* the chunk's edge whose cutoff and sender type this lane gets */
     for (int t = blockIdx.x * ET_EDGE_WARPS + warp; t < c.n_local; t += gridDim.x * ET_EDGE_WARPS) {
         float m[CPL];
 #pragma unroll
         for (int j = 0; j < CPL; j++)
             m[j] = 0.f;
         const int e0 = c.row_off[t] + 1, e1 = c.row_off[t + 1];
+        if (e0 < e1)
+            edge_meta_fetch<false, false>(c, nullptr, e0, min(E, e1 - e0), lane, s_meta + MW);
         for (int cb = e0; cb < e1; cb += E) {
             const int nv = min(E, e1 - cb);
-            float r[E];
-#pragma unroll
-            for (int i = 0; i < E; i++)
-                r[i] = i < nv ? c.e_geo[cb + i].w : 0.f;
-            stage_rbf<E>(c, r, nv, lane, s_rbf, nullptr);
+            edge_meta_take<MW>(s_meta, lane);
+            if (cb + E < e1)
+                edge_meta_fetch<false, false>(c, nullptr, cb + E, min(E, e1 - cb - E), lane,
+                                              s_meta + MW);
+            const bool ev = ie < nv;
+            /* in flight during the RBF staging and the filter (row 0 for the empty slots) */
+            const int zl = ev ? __ldg(z + md.src[ie]) : 0;
+            stage_rbf_of<E>(c, [&](int i) { return md.geo[i].w; }, nv, lane, s_rbf, nullptr);
+            const float ccl = ev ? cutoff_pi(md.geo[ie].w, c.cl, c.cu, nullptr) : 0.f;
             __syncwarp();
             float pre[E][1][CPL];
             filter_pre<CPL, E, 1>(s_wt, s_b, s_rbf, c.K, F, f0 / CPL, pre);
-            __syncwarp();
+            /* the next chunk's edge_meta_take (__syncwarp first) orders these reads of s_rbf
+               and s_meta before its writes */
 #pragma unroll
             for (int i = 0; i < E; i++) {
                 if (i >= nv)
                     break;
-                const int s = c.e_src[cb + i];
-                const float cc = cutoff_pi(r[i], c.cl, c.cu, nullptr);
-                float en[CPL];
-                ldg_vec<CPL>(ne_emb + (size_t)z[s] * F + f0, en);
+                const float cc = __shfl_sync(0xffffffffu, ccl, i);
+                const int zs = __shfl_sync(0xffffffffu, zl, i);
+                float en[CPL]; /* E_nb is a few rows: L1 hits */
+                ldg_vec<CPL>(ne_emb + (size_t)zs * F + f0, en);
 #pragma unroll
                 for (int j = 0; j < CPL; j++)
                     m[j] = fmaf(pre[i][0][j] * cc, en[j], m[j]);
@@ -213,8 +228,8 @@ template <int CPL>
 static cudaError_t launch_ne(cudaStream_t s, int grid, const et_edge_common *c, const float *w,
                              const float *b, const float *emb, const int *z, float *cat)
 {
-    return launch_persistent(k_ne_fwd<CPL>, edge_smem_bytes(c->F, c->K, 1, 0), grid, s, *c,
-                             w, b, emb, z, cat);
+    return launch_persistent(k_ne_fwd<CPL>, ne_smem_bytes(c->F, c->K, 0), grid, s, *c, w, b,
+                             emb, z, cat);
 }
 
 extern "C" cudaError_t et_edge_forward(cudaStream_t s, int CPL, int grid, int split, float *part,
@@ -240,6 +255,8 @@ extern "C" cudaError_t et_ne_forward(cudaStream_t s, int CPL, int grid, const et
 {
     if (c->n_local == 0)
         return cudaSuccess;
+    if (!edge_shape_ok(CPL, c)) /* k_ne_fwd takes F = 32 CPL (edge_f) */
+        return cudaErrorInvalidValue;
     return dispatch_cpl(CPL, [&](auto C) {
         return launch_ne<decltype(C)::value>(s, grid, c, ne_wt, ne_b, ne_emb, z, cat);
     });
