@@ -2,13 +2,17 @@
 # gpu_run.sh - the one script that builds, tests and benchmarks the CUDA backend on the GPU
 # machine, in one call. Run from the repository root:
 #
-#   tools/gpu_run.sh [all|test|bench|sanitize|profile] [bench sizes ...]
+#   tools/gpu_run.sh [all|test|bench|sanitize|profile|kernels] [bench sizes ...]
 #
 # profile (not part of all): ncu on layer 5's fused edge kernels (forward, merged backward) at 10,648 atoms
 # (launch stats, occupancy, warp states, schedulers, compute/memory workload) into
 # $OUT/ncu_details.txt, and the SASS opcode mix (share of executed instructions and of stall
 # samples per opcode, from the source counters) into $OUT/ncu_opmix.txt, and the whole
 # per-instruction table into $OUT/<kernel>.sass.csv.gz.
+#
+# kernels (not part of all): the GPU time of every kernel of bench_gpu's calls at one size (ncu,
+# gpu__time_duration only, normal launches), summed per kernel name and divided by the calls, into
+# $OUT/kernels_<atoms>.txt (the first size given, by default 1000000; docs/gpu.md v16, v17).
 #
 # Environment:
 #   OUT            folder for logs (default ./gpu-out)
@@ -159,6 +163,36 @@ for op, v in e.most_common(20):
         rm -f "$OUT/$k.ncu-rep"
     done
     summary+=("profile: rc=$rc ($(( $(date +%s) - start )) s): $OUT/ncu_details.txt, $OUT/ncu_opmix.txt")
+fi
+if [ "$MODE" = kernels ]; then
+    start=$(date +%s)
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    N=${1:-1000000}
+    DS4SCI_CUDA_GRAPH=0 BENCH_PROFILE=0 timeout ${PROFILE_TIMEOUT:-300} "$NCU" --clock-control none \
+        --metrics gpu__time_duration.sum --csv --page raw \
+        "$BIN_BENCH" "$ROOT/tests/golden/typical.safetensors" 1 "$N" > "$OUT/kernels_$N.csv" 2> "$OUT/kernels_$N.err"
+    rc=$?
+    python3 - "$OUT/kernels_$N.csv" > "$OUT/kernels_$N.txt" <<'PY'
+import csv, sys, collections, re
+rows = [r for r in csv.reader(open(sys.argv[1])) if r]
+h = next(i for i, r in enumerate(rows) if "Kernel Name" in r)
+hdr = rows[h]; kn = hdr.index("Kernel Name"); t = hdr.index("gpu__time_duration.sum")
+tot = collections.Counter(); cnt = collections.Counter()
+for r in rows[h + 1:]:
+    v = r[t].replace(",", "") if len(r) > t else ""
+    if not v.replace(".", "").isdigit():
+        continue  # the units row
+    name = re.sub(r"\(.*", "", r[kn])[:70]
+    tot[name] += float(v); cnt[name] += 1
+calls = cnt.get("k_forces", 1) or 1  # one k_forces launch per call
+all_ = sum(tot.values())
+print("calls %d, kernel time per call %.2f ms (ns summed / calls)" % (calls, all_ / calls / 1e6))
+for k, v in tot.most_common(45):
+    print("%9.3f ms/call %6.2f%% %5d launches  %s" % (v / calls / 1e6, 100 * v / all_, cnt[k], k))
+PY
+    rm -f "$OUT/kernels_$N.csv"
+    summary+=("kernels: rc=$rc ($(( $(date +%s) - start )) s): $OUT/kernels_$N.txt")
+    head -25 "$OUT/kernels_$N.txt"
 fi
 echo "==== tail of test.log"
 tail -25 "$OUT/test.log" 2>/dev/null
