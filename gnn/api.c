@@ -257,6 +257,55 @@ static int64_t first_bad_owner(const int32_t *owner, int64_t ng, int64_t nl, int
     return ng;
 }
 
+/* A wire plan (ds4sci.h): partial owners, a transport, owned send rows, and recv rows that
+   are exactly the ghosts with owner -1, each once over all peers. */
+static ds4sci_status validate_plan(ds4sci_ctx *ctx, const ds4sci_system *sys,
+                                   const ds4sci_wire_plan *pl) {
+    const int32_t nl = sys->n_local, ng = sys->n_ghost;
+    if (!sys->ghost_owner && ng > 0)
+        return fail(ctx, DS4SCI_ERR_ARG, "exchange: a wire plan needs partial owners "
+                                         "(system->ghost_owner)");
+    if (!pl->move || pl->n_peers < 0 || (pl->n_peers > 0 && !pl->peers))
+        return fail(ctx, DS4SCI_ERR_ARG, "exchange plan: %s",
+                    !pl->move ? "move is NULL" : "n_peers < 0 or peers NULL");
+    unsigned char *seen = (unsigned char *)calloc((size_t)(ng > 0 ? ng : 1), 1);
+    if (!seen)
+        return fail(ctx, DS4SCI_ERR_NOMEM, "exchange plan: cannot check it (out of memory)");
+    ds4sci_status st = DS4SCI_OK;
+    for (int32_t p = 0; p < pl->n_peers && st == DS4SCI_OK; p++) {
+        const ds4sci_wire_peer *q = &pl->peers[p];
+        if (q->n_send < 0 || q->n_recv < 0 || (q->n_send > 0 && !q->send_rows) ||
+            (q->n_recv > 0 && !q->recv_rows)) {
+            st = fail(ctx, DS4SCI_ERR_ARG, "exchange plan: peer %d: n_send %d, n_recv %d with "
+                      "a NULL or negative list", (int)p, (int)q->n_send, (int)q->n_recv);
+            break;
+        }
+        for (int32_t k = 0; k < q->n_send; k++)
+            if (q->send_rows[k] < 0 || q->send_rows[k] >= nl) {
+                st = fail(ctx, DS4SCI_ERR_INPUT, "exchange plan: peer %d: send_rows[%d] = %d, "
+                          "expected an owned atom in [0, %d)", (int)p, (int)k,
+                          (int)q->send_rows[k], (int)nl);
+                break;
+            }
+        for (int32_t k = 0; k < q->n_recv && st == DS4SCI_OK; k++) {
+            const int32_t r = q->recv_rows[k];
+            const int64_t g = (int64_t)r - nl;
+            if (g < 0 || g >= ng || sys->ghost_owner[g] != -1 || seen[g])
+                st = fail(ctx, DS4SCI_ERR_INPUT, "exchange plan: peer %d: recv_rows[%d] = %d, "
+                          "expected a ghost in [%d, %d) with ghost_owner -1, once over all "
+                          "peers", (int)p, (int)k, (int)r, (int)nl, (int)(nl + ng));
+            else
+                seen[g] = 1;
+        }
+    }
+    for (int32_t g = 0; g < ng && st == DS4SCI_OK; g++)
+        if (sys->ghost_owner[g] == -1 && !seen[g])
+            st = fail(ctx, DS4SCI_ERR_INPUT, "exchange plan: ghost %d (atom %d) has "
+                      "ghost_owner -1 but no peer sends it", (int)g, (int)(nl + g));
+    free(seen);
+    return st;
+}
+
 static ds4sci_status validate(ds4sci_ctx *ctx, const ds4sci_system *sys,
                               const ds4sci_exchange *exchange) {
     const int64_t nl = sys->n_local, ng = sys->n_ghost, n = nl + ng;
@@ -326,6 +375,11 @@ static ds4sci_status validate(ds4sci_ctx *ctx, const ds4sci_system *sys,
             seen[r] = 1;
         }
         free(seen);
+    }
+    if (exchange && exchange->plan) {
+        ds4sci_status ps = validate_plan(ctx, sys, exchange->plan);
+        if (ps != DS4SCI_OK)
+            return ps;
     }
     for (int64_t i = 0; i < n; i++) {
         const double *p = sys->pos + 3 * i;
@@ -430,10 +484,56 @@ static void poison_images(const builtin_exchange *b, double *data, int32_t width
                 data[((size_t)b->n_local + g) * width + k] = NAN;
 }
 
+/* The other processes' rows through the wire plan (ds4sci.h): pack this process's rows in
+   plan order, move, then set the ghost rows (forward) or add the returned rows into the owned
+   rows, peer by peer and row by row (reverse: a fixed order). Returns move's result, or -1 when
+   the buffers cannot be allocated. */
+static int plan_exchange(const ds4sci_wire_plan *pl, double *data, int32_t width, int reverse) {
+    const size_t w = (size_t)width;
+    size_t n_send = 0, n_recv = 0;
+    for (int32_t p = 0; p < pl->n_peers; p++) {
+        n_send += (size_t)pl->peers[p].n_send;
+        n_recv += (size_t)pl->peers[p].n_recv;
+    }
+    const size_t n_out = reverse ? n_recv : n_send, n_in = reverse ? n_send : n_recv;
+    double *out = (double *)malloc((n_out > 0 ? n_out : 1) * w * sizeof(double));
+    double *in = (double *)malloc((n_in > 0 ? n_in : 1) * w * sizeof(double));
+    int rc = -1;
+    if (out && in) {
+        size_t k = 0;
+        for (int32_t p = 0; p < pl->n_peers; p++) {
+            const ds4sci_wire_peer *q = &pl->peers[p];
+            const int32_t nr = reverse ? q->n_recv : q->n_send;
+            const int32_t *rows = reverse ? q->recv_rows : q->send_rows;
+            for (int32_t r = 0; r < nr; r++, k++)
+                memcpy(out + k * w, data + (size_t)rows[r] * w, w * sizeof(double));
+        }
+        rc = pl->move(pl->user, out, in, w * sizeof(double), reverse, 0);
+        k = 0;
+        for (int32_t p = 0; p < pl->n_peers && rc == 0; p++) {
+            const ds4sci_wire_peer *q = &pl->peers[p];
+            const int32_t nr = reverse ? q->n_send : q->n_recv;
+            const int32_t *rows = reverse ? q->send_rows : q->recv_rows;
+            for (int32_t r = 0; r < nr; r++, k++) {
+                double *row = data + (size_t)rows[r] * w;
+                if (reverse)
+                    for (size_t c = 0; c < w; c++)
+                        row[c] += in[k * w + c];
+                else
+                    memcpy(row, in + k * w, w * sizeof(double));
+            }
+        }
+    }
+    free(out);
+    free(in);
+    return rc;
+}
+
 static int partial_forward(void *user, double *data, int32_t width) {
     partial_exchange *p = (partial_exchange *)user;
     poison_images(&p->images, data, width);
-    const int rc = p->user->forward(p->user->user, data, width);
+    const int rc = p->user->plan ? plan_exchange(p->user->plan, data, width, 0)
+                                 : p->user->forward(p->user->user, data, width);
     builtin_forward(&p->images, data, width);
     return rc;
 }
@@ -442,7 +542,8 @@ static int partial_reverse(void *user, double *data, int32_t width) {
     partial_exchange *p = (partial_exchange *)user;
     builtin_reverse(&p->images, data, width);
     poison_images(&p->images, data, width);
-    return p->user->reverse(p->user->user, data, width);
+    return p->user->plan ? plan_exchange(p->user->plan, data, width, 1)
+                         : p->user->reverse(p->user->user, data, width);
 }
 
 const ds4sci_exchange *ds4sci_exchange_partial_user(const ds4sci_exchange *exchange) {
@@ -463,14 +564,16 @@ ds4sci_status ds4sci_compute(ds4sci_ctx *ctx, const ds4sci_system *system,
     if (s != DS4SCI_OK)
         return s;
     builtin_exchange bi = {system->n_local, system->n_ghost, system->ghost_owner};
-    ds4sci_exchange builtin = {builtin_forward, builtin_reverse, &bi, NULL, 0, NULL};
+    ds4sci_exchange builtin = {builtin_forward, builtin_reverse, &bi, NULL, 0, NULL, NULL};
     partial_exchange pi = {bi, exchange};
     ds4sci_exchange partial = {partial_forward, partial_reverse, &pi,
                                exchange ? exchange->send_rows : NULL,
-                               exchange ? exchange->n_send_rows : 0, NULL};
-    const ds4sci_exchange *ex = !exchange ? &builtin
-                                : system->ghost_owner && system->n_ghost > 0 ? &partial
-                                                                             : exchange;
+                               exchange ? exchange->n_send_rows : 0, NULL, NULL};
+    /* a plan always through the wrapper: every process then calls move(), ghosts or not */
+    const ds4sci_exchange *ex =
+        !exchange ? &builtin
+        : (system->ghost_owner && system->n_ghost > 0) || exchange->plan ? &partial
+                                                                          : exchange;
     char berr[sizeof(ctx->err) - 32] = "";
     s = ctx->backend->compute(ctx->state, system, ex, result, berr, sizeof(berr));
     if (s != DS4SCI_OK)

@@ -571,6 +571,15 @@ void PairDS4SCI::build_halo(int nlocal, int nghost)
     }
   }
   halo_row_offset.push_back(n_send);
+
+  // The same lists as the core's wire plan (one peer per rank, in rank order).
+  halo_wire_peers.resize(nprocs);
+  for (int p = 0; p < nprocs; p++)
+    halo_wire_peers[p] = {halo_send_offset[p + 1] - halo_send_offset[p],
+                          halo_send_index.data() + halo_send_offset[p],
+                          halo_recv_offset[p + 1] - halo_recv_offset[p],
+                          halo_recv_index.data() + halo_recv_offset[p]};
+  halo_wire_plan = {nprocs, halo_wire_peers.data(), exchange_move, this};
 }
 
 /* ----------------------------------------------------------------------
@@ -673,6 +682,9 @@ void PairDS4SCI::compute(int eflag, int vflag)
   // The halo plan also takes float rows in reverse (the CUDA backend then moves half the
   // bytes); LAMMPS's communication adds doubles only.
   exchange.reverse_f32 = input_exchange == EXCHANGE_HALO ? exchange_reverse_f32 : nullptr;
+  // The halo plan as a wire plan: the CPU backend packs the rows itself and only the packed
+  // blocks travel (exchange_move); the CUDA backend keeps to the callbacks.
+  exchange.plan = input_exchange == EXCHANGE_HALO ? &halo_wire_plan : nullptr;
 
   ds4sci_result result;
   memset(&result, 0, sizeof(result));
@@ -800,6 +812,35 @@ int PairDS4SCI::exchange_reverse_f32(void *self, float *data, int32_t width)
     return 1;
   const double t0 = MPI_Wtime();
   pair->halo_reverse(reinterpret_cast<double *>(data), width / 2, true);
+  pair->t_exchange += MPI_Wtime() - t0;
+  return 0;
+}
+
+// The wire plan's transport: the core's packed rows (grouped by peer as the halo plan's lists)
+// out, the peers' rows for this rank in, grouped likewise (forward: by halo_recv_offset;
+// reverse: by halo_send_offset). Bytes only: the core sets ghost rows or adds, in plan order.
+int PairDS4SCI::exchange_move(void *self, const void *out, void *in, size_t row_bytes,
+                              int reverse, int device)
+{
+  auto *pair = static_cast<PairDS4SCI *>(self);
+  const int cap = reverse ? pair->comm_reverse : pair->comm_forward;
+  if (device != 0 || row_bytes % sizeof(double) != 0 ||
+      row_bytes / sizeof(double) > (size_t)cap || pair->input_exchange != EXCHANGE_HALO)
+    return 1;
+  const int width = (int)(row_bytes / sizeof(double));
+  const size_t w = (size_t)width;
+  const double t0 = MPI_Wtime();
+  const bool forward = reverse == 0;
+  pair->halo_transfer(static_cast<const double *>(out), width, forward, true);
+  const std::vector<int> &in_offset = forward ? pair->halo_recv_offset : pair->halo_send_offset;
+  double *dst = static_cast<double *>(in);
+  for (int p = 0; p < pair->comm->nprocs; p++) {
+    const int rows = in_offset[p + 1] - in_offset[p];
+    if (rows > 0)
+      memcpy(dst + (size_t)in_offset[p] * w, pair->halo_src[p], rows * w * sizeof(double));
+  }
+  // No rank writes its part again (next call) while a peer still reads it.
+  if (pair->halo_shared) pair->halo_node_barrier();
   pair->t_exchange += MPI_Wtime() - t0;
   return 0;
 }
@@ -932,7 +973,7 @@ void PairDS4SCI::halo_wait(int n_req)
    or the message. Counts in rows of a row type, so they stay small whatever the width.
 ------------------------------------------------------------------------- */
 
-void PairDS4SCI::halo_transfer(const double *data, int width, bool forward)
+void PairDS4SCI::halo_transfer(const double *data, int width, bool forward, bool packed)
 {
   const size_t w = width;
   const std::vector<int32_t> &out_index = forward ? halo_send_index : halo_recv_index;
@@ -959,10 +1000,16 @@ void PairDS4SCI::halo_transfer(const double *data, int width, bool forward)
               HALO_TAG, world, &halo_requests[n_req++]);
   t_halo_mpi += MPI_Wtime() - t0;
 
-  // This rank's outgoing rows for every peer, grouped as out_offset.
-  double *out = halo_shared ? halo_win_base[node_me] : out_buf.data();
-  gather_rows(out, data, out_index.data(), (int)out_index.size(), width,
-              loop_threads(n_threads));
+  // This rank's outgoing rows for every peer, grouped as out_offset (packed: already so).
+  double *stage = halo_shared ? halo_win_base[node_me] : out_buf.data();
+  const double *out = stage;
+  if (!packed)
+    gather_rows(stage, data, out_index.data(), (int)out_index.size(), width,
+                loop_threads(n_threads));
+  else if (halo_shared)
+    memcpy(stage, data, out_index.size() * w * sizeof(double));
+  else
+    out = data; /* the messages leave from the core's packed block */
   const double t1 = MPI_Wtime();
   for (int p : out_peers)
     MPI_Isend(out + out_offset[p] * w, out_offset[p + 1] - out_offset[p], row, p, HALO_TAG,

@@ -144,6 +144,12 @@ class PairDS4SCI : public Pair {
   std::vector<int> halo_peer_send_at;     // [nprocs] p's halo_send_offset[me]: my rows in p's part
   std::vector<int> halo_peer_recv_at;     // [nprocs] p's halo_recv_offset[me]: p's ghosts of mine
 
+  // The halo plan as the core's wire plan (ds4sci.h): one peer per rank, the lists above. The
+  // core packs the rows (the CPU backend; the CUDA backend still calls the callbacks) and
+  // exchange_move moves the packed blocks (halo_transfer with packed rows).
+  std::vector<ds4sci_wire_peer> halo_wire_peers;  // [nprocs]
+  ds4sci_wire_plan halo_wire_plan;
+
   // The array being exchanged by the core's current forward/reverse call.
   double *comm_data;   // [nall][comm_width]
   int comm_width;
@@ -156,11 +162,14 @@ class PairDS4SCI : public Pair {
   static int exchange_forward(void *self, double *data, int32_t width);
   static int exchange_reverse(void *self, double *data, int32_t width);
   static int exchange_reverse_f32(void *self, float *data, int32_t width);
+  static int exchange_move(void *self, const void *out, void *in, size_t row_bytes, int reverse,
+                           int device);
   void halo_shared_setup(int n_send, int n_recv);
   void halo_window_free();
   void halo_node_barrier();
   void halo_wait(int n_req);
-  void halo_transfer(const double *data, int width, bool forward);
+  // packed: data holds the outgoing rows already grouped by peer (the wire plan's out block)
+  void halo_transfer(const double *data, int width, bool forward, bool packed = false);
   void halo_forward(double *data, int width);
   // floats: the rows hold 2 * width floats (reverse_f32), summed as floats
   void halo_reverse(double *data, int width, bool floats);

@@ -36,6 +36,12 @@ typedef struct domain {
     int hint;                   /* pass send_rows to ds4sci_compute */
     int partial;     /* partial owners: periodic images of own atoms left to the core */
     int32_t *lowner; /* [n_ghost] with partial: owned row of an image of an own atom, else -1 */
+    int use_plan;    /* with partial: a wire plan (one peer: the other domain) and move() */
+    ds4sci_wire_plan plan;
+    ds4sci_wire_peer peer;
+    int32_t *plan_send, *plan_recv;
+    const void *out; /* published by move() */
+    size_t row_bytes;
     double *data;    /* published buffer of the current exchange */
     int32_t width;
     int n_fwd, n_rev;
@@ -94,9 +100,36 @@ static int dom_reverse(void *user, double *data, int32_t width) {
     return rc;
 }
 
+/* The wire plan's transport between the two domains: one peer each, so the other domain's
+   whole outgoing block is this domain's incoming one (forward: its send rows in this domain's
+   ghost order; reverse: its remote ghosts' rows in its ghost order, which are this domain's
+   send rows in wire order). */
+static int dom_move(void *user, const void *out, void *in, size_t row_bytes, int reverse,
+                    int device) {
+    domain *d = user;
+    world *w = d->w;
+    const domain *o = &w->dom[1 - d->p];
+    d->out = out;
+    d->row_bytes = row_bytes;
+    if (reverse)
+        d->n_rev++;
+    else
+        d->n_fwd++;
+    pthread_barrier_wait(&w->bar);
+    const int32_t rows = reverse ? d->peer.n_send : d->peer.n_recv;
+    const int32_t o_rows = reverse ? o->peer.n_recv : o->peer.n_send;
+    int rc = o->row_bytes == row_bytes && rows == o_rows && device == 0 ? 0 : -1;
+    if (rc == 0 && rows > 0)
+        memcpy(in, o->out, row_bytes * (size_t)rows);
+    pthread_barrier_wait(&w->bar);
+    return rc;
+}
+
 static void *dom_run(void *arg) {
     domain *d = arg;
-    ds4sci_exchange ex = {dom_forward, dom_reverse, d, NULL, 0, NULL};
+    ds4sci_exchange ex = {dom_forward, dom_reverse, d, NULL, 0, NULL, NULL};
+    if (d->use_plan)
+        ex.plan = &d->plan;
     if (d->hint) {
         ex.send_rows = d->send_rows;
         ex.n_send_rows = d->n_send;
@@ -190,7 +223,31 @@ static void world_send_rows(world *w, int hint) {
     }
 }
 
+/* Wire plans of both domains (partial owners): domain p receives its remote ghosts in ghost
+   order; it sends, in the other domain's ghost order, the owned row of each of that domain's
+   remote ghosts (repeats where two ghosts there are images of one atom here). */
+static void world_plans(world *w) {
+    for (int p = 0; p < 2; p++) {
+        domain *d = &w->dom[p];
+        const domain *o = &w->dom[1 - p];
+        d->plan_recv = malloc(sizeof(int32_t) * (d->s.n_ghost + 1));
+        d->plan_send = malloc(sizeof(int32_t) * (o->s.n_ghost + 1));
+        int32_t nr = 0, ns = 0;
+        for (int32_t g = 0; g < d->s.n_ghost; g++)
+            if (d->lowner[g] < 0)
+                d->plan_recv[nr++] = d->s.n_local + g;
+        for (int32_t g = 0; g < o->s.n_ghost; g++)
+            if (o->lowner[g] < 0)
+                d->plan_send[ns++] = w->local_of[o->gowner[g]];
+        d->peer = (ds4sci_wire_peer){ns, d->plan_send, nr, d->plan_recv};
+        d->plan = (ds4sci_wire_plan){1, &d->peer, dom_move, d};
+        d->use_plan = 1;
+    }
+}
+
 static void domain_free(domain *d) {
+    free(d->plan_send);
+    free(d->plan_recv);
     free(d->send_rows);
     free(d->global);
     free(d->nbr_offset);
@@ -218,7 +275,7 @@ static int world_run(world *w, const et_desc *desc) {
     return w->dom[0].status == DS4SCI_OK && w->dom[1].status == DS4SCI_OK;
 }
 
-static void check_two_domains(int combo, int all_to_first, int hint, int partial) {
+static void check_two_domains(int combo, int all_to_first, int hint, int partial, int plan) {
     tu_opts o;
     tu_opts_combo(&o, combo);
     tu_fixture f;
@@ -253,6 +310,8 @@ static void check_two_domains(int combo, int all_to_first, int hint, int partial
         ck_assert(own > 0 && (all_to_first || own < w.dom[0].s.n_ghost));
     }
     world_send_rows(&w, hint);
+    if (plan)
+        world_plans(&w);
     if (hint && !all_to_first)
         ck_assert(w.dom[0].n_send > 0 && w.dom[0].n_send <= w.dom[0].s.n_local);
     ck_assert_msg(world_run(&w, f.d), "domains: %s / %s", ds4sci_ctx_error(w.dom[0].ctx),
@@ -298,7 +357,7 @@ static void check_two_domains(int combo, int all_to_first, int hint, int partial
 }
 
 START_TEST(user_exchange_two_domains_match_one_process) {
-    check_two_domains(_i * 7 + 1, 0, _i % 2, 0); /* odd loop indices pass the send_rows hint */
+    check_two_domains(_i * 7 + 1, 0, _i % 2, 0, 0); /* odd loop indices pass the send_rows hint */
 }
 END_TEST
 
@@ -306,17 +365,31 @@ END_TEST
    the periodic images of its own (the CPU path poisons their rows with NaN during the
    callbacks, so a callback that used them would show). */
 START_TEST(partial_owners_two_domains_match_one_process) {
-    check_two_domains(_i * 5 + 3, 0, _i % 2, 1);
+    check_two_domains(_i * 5 + 3, 0, _i % 2, 1, 0);
+}
+END_TEST
+
+/* The wire plan (ds4sci.h): the core packs rows in the plan's order and the transport only
+   copies bytes; the reverse adds in the plan's order. Same results as one process. */
+START_TEST(wire_plan_two_domains_match_one_process) {
+    check_two_domains(_i * 5 + 3, 0, _i % 2, 1, 1);
+}
+END_TEST
+
+/* An empty domain still calls move() as often as the other (no ghosts: no partial owners to
+   route by, the plan alone). */
+START_TEST(wire_plan_empty_domain) {
+    check_two_domains(_i * 11 + 4, 1, 1, 1, 1);
 }
 END_TEST
 
 START_TEST(partial_owners_empty_domain) {
-    check_two_domains(_i * 11 + 4, 1, 1, 1);
+    check_two_domains(_i * 11 + 4, 1, 1, 1, 0);
 }
 END_TEST
 
 START_TEST(empty_domain_makes_matching_exchange_calls) {
-    check_two_domains(_i * 17 + 2, 1, 1, 0);
+    check_two_domains(_i * 17 + 2, 1, 1, 0, 0);
 }
 END_TEST
 
@@ -335,7 +408,7 @@ START_TEST(exchange_failure_is_reported) {
     tu_opts_default(&o);
     tu_fixture f;
     tu_fixture_init(&f, &o, 8, 6.0, 1, 77);
-    ds4sci_exchange ex = {fail_forward, noop_exchange, NULL, NULL, 0, NULL};
+    ds4sci_exchange ex = {fail_forward, noop_exchange, NULL, NULL, 0, NULL, NULL};
     ds4sci_result r;
     memset(&r, 0, sizeof(r));
     ck_assert_int_eq(ds4sci_compute(f.ctx, &f.sys.s, &ex, &r), DS4SCI_ERR_EXCHANGE);
@@ -354,7 +427,7 @@ START_TEST(bad_send_rows_hint_is_refused) {
     const int32_t nl = f.sys.s.n_local;
     int32_t out_of_range[2] = {0, nl};
     int32_t repeated[2] = {1, 1};
-    ds4sci_exchange ex = {noop_exchange, noop_exchange, NULL, NULL, 0, NULL};
+    ds4sci_exchange ex = {noop_exchange, noop_exchange, NULL, NULL, 0, NULL, NULL};
     ex.send_rows = out_of_range;
     ex.n_send_rows = 2;
     ck_assert_int_eq(ds4sci_compute(f.ctx, &f.sys.s, &ex, &r), DS4SCI_ERR_INPUT);
@@ -367,6 +440,62 @@ START_TEST(bad_send_rows_hint_is_refused) {
     ex.n_send_rows = -1;
     ck_assert_int_eq(ds4sci_compute(f.ctx, &f.sys.s, &ex, &r), DS4SCI_ERR_ARG);
     ck_assert_ptr_nonnull(strstr(ds4sci_ctx_error(f.ctx), "n_send_rows"));
+    tu_fixture_free(&f);
+}
+END_TEST
+
+static int noop_move(void *user, const void *out, void *in, size_t row_bytes, int reverse,
+                     int device) {
+    (void)user, (void)out, (void)in, (void)row_bytes, (void)reverse, (void)device;
+    return 0;
+}
+
+/* A wire plan must cover exactly the ghosts with owner -1, send owned rows, and have a move. */
+START_TEST(bad_wire_plan_is_refused) {
+    tu_opts o;
+    tu_opts_default(&o);
+    tu_fixture f;
+    tu_fixture_init(&f, &o, 8, 6.0, 1, 79);
+    ds4sci_result r;
+    memset(&r, 0, sizeof(r));
+    ds4sci_system s = f.sys.s;
+    const int32_t nl = s.n_local, ng = s.n_ghost;
+    ck_assert(ng >= 2);
+    int32_t *own = malloc(sizeof(int32_t) * ng);
+    memcpy(own, s.ghost_owner, sizeof(int32_t) * ng);
+    own[0] = -1; /* ghost 0: another process's atom */
+    s.ghost_owner = own;
+    int32_t send[1] = {0}, recv[2] = {nl, nl};
+    ds4sci_wire_peer peer = {1, send, 1, recv};
+    ds4sci_wire_plan plan = {0, &peer, noop_move, NULL};
+    ds4sci_exchange ex = {noop_exchange, noop_exchange, NULL, NULL, 0, NULL, &plan};
+    const struct {
+        int32_t n_peers, n_recv, recv1, send0;
+        int null_move, null_owner;
+        ds4sci_status want;
+        const char *needle;
+    } bad[] = {
+        {0, 1, nl, 0, 0, 0, DS4SCI_ERR_INPUT, "no peer sends it"},
+        {1, 2, nl, 0, 0, 0, DS4SCI_ERR_INPUT, "recv_rows[1]"},      /* ghost 0 twice */
+        {1, 2, nl + 1, 0, 0, 0, DS4SCI_ERR_INPUT, "recv_rows[1]"},  /* an image, not remote */
+        {1, 1, nl, nl, 0, 0, DS4SCI_ERR_INPUT, "send_rows[0]"},
+        {1, 1, nl, 0, 1, 0, DS4SCI_ERR_ARG, "move is NULL"},
+        {1, 1, nl, 0, 0, 1, DS4SCI_ERR_ARG, "partial owners"},
+    };
+    for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+        plan.n_peers = bad[k].n_peers;
+        peer.n_recv = bad[k].n_recv;
+        recv[1] = bad[k].recv1;
+        send[0] = bad[k].send0;
+        plan.move = bad[k].null_move ? NULL : noop_move;
+        s.ghost_owner = bad[k].null_owner ? NULL : own;
+        const ds4sci_status got = ds4sci_compute(f.ctx, &s, &ex, &r);
+        ck_assert_msg(got == bad[k].want && strstr(ds4sci_ctx_error(f.ctx), bad[k].needle),
+                      "case %zu: %s \"%s\", expected %s and \"%s\"", k,
+                      ds4sci_status_name(got), ds4sci_ctx_error(f.ctx),
+                      ds4sci_status_name(bad[k].want), bad[k].needle);
+    }
+    free(own);
     tu_fixture_free(&f);
 }
 END_TEST
@@ -459,7 +588,7 @@ START_TEST(bad_ghost_owner_is_refused) {
     expect_status(&f, &f.sys.s, DS4SCI_ERR_INPUT, "ghost 1");
     f.sys.ghost_owner[1] = -1; /* another process's atom: only with an exchange */
     expect_status(&f, &f.sys.s, DS4SCI_ERR_INPUT, "ghost 1");
-    ds4sci_exchange ex = {noop_exchange, noop_exchange, NULL, NULL, 0, NULL};
+    ds4sci_exchange ex = {noop_exchange, noop_exchange, NULL, NULL, 0, NULL, NULL};
     tu_result r;
     tu_result_alloc(&r, &f.sys.s);
     f.sys.ghost_owner[1] = -2;
@@ -522,6 +651,9 @@ static Suite *api_suite(void) {
     tcase_add_loop_test(tx, empty_domain_makes_matching_exchange_calls, 0, 2);
     tcase_add_loop_test(tx, partial_owners_two_domains_match_one_process, 0, 6);
     tcase_add_loop_test(tx, partial_owners_empty_domain, 0, 2);
+    tcase_add_loop_test(tx, wire_plan_two_domains_match_one_process, 0, 4);
+    tcase_add_loop_test(tx, wire_plan_empty_domain, 0, 2);
+    tcase_add_test(tx, bad_wire_plan_is_refused);
     tcase_add_test(tx, exchange_failure_is_reported);
     tcase_add_test(tx, bad_send_rows_hint_is_refused);
     suite_add_tcase(s, tx);

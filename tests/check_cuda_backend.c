@@ -736,7 +736,7 @@ START_TEST(test_caller_exchange_matches_builtin_and_sequence)
     ds4sci_graph *g = random_system(120, 0.06, 1, o.max_z, o.cutoff_upper, 5, &sys);
     ds4sci_ctx *gpu = ctx_cuda(d), *cpu = tu_ctx_cpu(d, 0);
     rec_exchange rx = {&sys, 0, {0}, {0}, NULL};
-    ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, NULL, 0, NULL};
+    ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, NULL, 0, NULL, NULL};
     ds4sci_system s2 = sys;
     s2.ghost_owner = NULL; /* the callbacks use rx.sys */
     tu_result a, b;
@@ -761,7 +761,7 @@ START_TEST(test_caller_exchange_matches_builtin_and_sequence)
     ck_assert_int_eq(rx.widths[2 * L - 1], F);
 
     /* a failing callback gives DS4SCI_ERR_EXCHANGE, and the context stays usable */
-    ds4sci_exchange bad = {fail_forward, rec_reverse, &rx, NULL, 0, NULL};
+    ds4sci_exchange bad = {fail_forward, rec_reverse, &rx, NULL, 0, NULL, NULL};
     ds4sci_status st = ds4sci_compute(gpu, &s2, &bad, &a.r);
     ck_assert_int_eq(st, DS4SCI_ERR_EXCHANGE);
     tu_result c;
@@ -797,7 +797,7 @@ START_TEST(test_caller_exchange_with_send_rows_hint)
             rows[nr++] = i;
     ck_assert_msg(nr > 0 && nr < sys.n_local, "send rows %d of %d", nr, sys.n_local);
     rec_exchange rx = {&sys, 0, {0}, {0}, NULL};
-    ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, rows, nr, NULL};
+    ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, rows, nr, NULL, NULL};
     ds4sci_system s2 = sys;
     s2.ghost_owner = NULL;
     tu_result a, b;
@@ -854,7 +854,7 @@ START_TEST(test_caller_exchange_partial_owners)
         const int hint = variant > 0;
         rec_exchange rx = {&sys, 0, {0}, {0}, part};
         ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, hint ? rows : NULL, hint ? nr : 0,
-                              variant == 2 ? rec_reverse_f32 : NULL};
+                              variant == 2 ? rec_reverse_f32 : NULL, NULL};
         ds4sci_system s2 = sys;
         s2.ghost_owner = part;
         tu_result a;
@@ -897,7 +897,7 @@ START_TEST(test_empty_domain)
     sys.pos = pos0;
     sys.z = &z0;
     rec_exchange rx = {&sys, 0, {0}, {0}, NULL};
-    ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, NULL, 0, NULL};
+    ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, NULL, 0, NULL, NULL};
     ds4sci_result r;
     memset(&r, 0, sizeof(r));
     r.energy = 1.0;

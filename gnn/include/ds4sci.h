@@ -141,6 +141,42 @@ typedef struct ds4sci_system {
 } ds4sci_system;
 
 /*
+ * Wire plan (optional, with partial owners): the rows this process exchanges with each other
+ * process, in an order both sides agree on ("wire order"), and a transport for packed rows.
+ * The core packs the rows itself and calls move(), so the caller only moves bytes between
+ * processes (shared memory, MPI, or device-to-device copies: docs/exchange_plan.md).
+ *   move(user, out, in, row_bytes, reverse, device):
+ *     forward (reverse 0): out holds, peer after peer in plan order, the rows send_rows of that
+ *       peer (n_send rows each); move fills in, peer after peer, with the rows the peer sends
+ *       for recv_rows (n_recv rows each).
+ *     reverse (1): out holds, peer by peer, the rows recv_rows (gradients of the ghosts); move
+ *       fills in, peer by peer, with the rows the peer returns for send_rows; the core adds
+ *       them into its rows, peer by peer in plan order and row by row in wire order.
+ *     row_bytes: bytes of one row (the backend's row type: doubles for the CPU backend);
+ *     move copies bytes and never interprets them. device: 0 (host memory) for now.
+ *     Return 0 on success. Called the same number of times with the same row_bytes on every
+ *     process, as the callbacks are.
+ * A plan must cover exactly the ghosts with ghost_owner -1: each appears once in the recv_rows
+ * of all peers together; send_rows are owned rows (repeats allowed). A backend uses the plan
+ * or the callbacks of ds4sci_exchange (both must be given): the CPU backend uses the plan, the
+ * CUDA backend the callbacks for now.
+ */
+typedef struct ds4sci_wire_peer {
+    int32_t n_send;            /* rows sent to this peer */
+    const int32_t *send_rows;  /* [n_send] each in [0, n_local); repeats allowed */
+    int32_t n_recv;            /* rows received from this peer */
+    const int32_t *recv_rows;  /* [n_recv] each in [n_local, n_total) with ghost_owner -1 */
+} ds4sci_wire_peer;
+
+typedef struct ds4sci_wire_plan {
+    int32_t n_peers;
+    const ds4sci_wire_peer *peers; /* [n_peers] */
+    int (*move)(void *user, const void *out, void *in, size_t row_bytes, int reverse,
+                int device);
+    void *user;
+} ds4sci_wire_plan;
+
+/*
  * Ghost exchange supplied by the caller (LAMMPS uses its forward/reverse communication).
  * `data` is a host array [n_total][width] of doubles, row-major, one row per atom.
  *   forward: overwrite each ghost row with its owner's row, as bytes (a backend may pack two
@@ -163,7 +199,7 @@ typedef struct ds4sci_exchange {
      * other processes need), each in [0, n_local), any order, each at most once. With a hint,
      * the other owned rows of `data` hold unspecified values during forward(), and reverse()
      * must add only into these rows. A GPU backend then copies only these rows between
-     * device and host. Without a hint: {forward, reverse, user, NULL, 0, NULL}. */
+     * device and host. Without a hint: {forward, reverse, user, NULL, 0, NULL, NULL}. */
     const int32_t *send_rows;
     int32_t n_send_rows;
     /* Optional (NULL: none), used with partial owners and a send_rows hint only: reverse on
@@ -172,6 +208,9 @@ typedef struct ds4sci_exchange {
      * float64 backend keeps calling reverse(). Same call sequence and widths (in floats) as
      * reverse(). */
     int (*reverse_f32)(void *user, float *data, int32_t width);
+    /* Optional (NULL: none), with partial owners only: the wire plan (ds4sci_wire_plan). The
+     * callbacks above stay required. Initialisers: {f, r, u, rows, n, NULL, NULL}. */
+    const ds4sci_wire_plan *plan;
 } ds4sci_exchange;
 
 /* Outputs. Set a pointer to NULL when not requested. Arrays are overwritten, not added to. */
