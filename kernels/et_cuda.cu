@@ -386,6 +386,9 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
            DS4SCI_CUDA_XCH_F32=0: rows of doubles */
         const char *xf = getenv("DS4SCI_CUDA_XCH_F32");
         et->xch_f32 = !(xf && strcmp(xf, "0") == 0);
+        /* the caller's wire plan for the other processes' rows: opt-in until measured on GPUs */
+        const char *wv = getenv("DS4SCI_CUDA_WIRE");
+        et->wire = wv && strcmp(wv, "1") == 0;
         const char *sx = getenv("DS4SCI_CUDA_SPLIT"); /* 1, 2, 4, 8; anything else: per pass */
         et->split_force = sx && (!strcmp(sx, "1") || !strcmp(sx, "2") || !strcmp(sx, "4") ||
                                  !strcmp(sx, "8")) ? atoi(sx) : 0;
@@ -470,6 +473,7 @@ extern "C" void ds4sci_cuda_et_free(ds4sci_cuda_et *et)
     cudaFreeHost(et->h_red);
     cudaFreeHost(et->h_xch);
     free(et->h_remote);
+    free(et->h_wire);
     free(et);
 }
 
@@ -490,7 +494,7 @@ static const char *const buf_names[] = {
     "atom virials", "partial sums", "row-split partial sums", "exchange staging",
     "reverse edges", "uncovered sender counts", "uncovered sender edges",
     "partial ghost owners and remote ghost rows", "ghost fold order",
-    "kept q/k/v, P and o per layer"};
+    "kept q/k/v, P and o per layer", "wire plan rows and their reverse order"};
 static_assert(sizeof(buf_names) / sizeof(buf_names[0]) == B_COUNT, "one name per buffer");
 
 /* Give buffer i back (its next ensure() allocates it again). */
@@ -683,7 +687,74 @@ typedef struct xch_ctx {
     /* the ghosts sorted by owner (key: owner, nl for -1; ghost: g), for the fixed-order fold of
        the periodic images (built-in or partial owners), NULL without either */
     const int *fold_key, *fold_ghost;
+    /* the caller's wire plan (et->wire): on the device the send entries [wire_ns] and the
+       received rows [wire_nr], concatenated in plan order, and the send entries sorted by row
+       (wire_key: rows, wire_entry: entry indices) for the reverse's adds; NULL: callbacks */
+    const ds4sci_wire_plan *plan;
+    const int *wire_send, *wire_recv, *wire_key, *wire_entry;
+    int wire_ns, wire_nr;
 } xch_ctx;
+
+/*
+ * The other processes' rows through the caller's wire plan (ds4sci.h; et->wire): the rows of
+ * this process packed on the GPU in plan order (forward: the send entries; reverse: the remote
+ * ghosts' gradients) as floats, one copy to pinned memory, the caller's move(), one copy back,
+ * then forward the remote ghost rows set and the periodic images gathered, or reverse (images
+ * folded first) the returned rows added into the owned rows in plan order (et_add_sorted) and
+ * the ghost rows zeroed, as the callback paths leave them.
+ */
+static ds4sci_status exchange_wire(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse, float *x,
+                                   float *vec, char *err, size_t err_len)
+{
+    cudaStream_t s = et->stream;
+    const int nl = xc->nl, ng = xc->ng, F = xc->F;
+    const size_t w = vec ? 4 * (size_t)F : (size_t)F; /* floats per row */
+    const int n_out = reverse ? xc->wire_nr : xc->wire_ns;
+    const int n_in = reverse ? xc->wire_ns : xc->wire_nr;
+    const size_t floats = ((size_t)n_out + n_in) * w + 2;
+    ST(ensure(et, B_XCH, floats * sizeof(float), err, err_len));
+    if (et->h_xch_cap * 2 < floats) {
+        cudaFreeHost(et->h_xch);
+        et->h_xch = NULL;
+        et->h_xch_cap = 0;
+        CU(cudaMallocHost((void **)&et->h_xch, (floats + 1) / 2 * sizeof(double)),
+           "cudaMallocHost (exchange)");
+        et->h_xch_cap = (floats + 1) / 2;
+    }
+    float *dout = (float *)et->buf[B_XCH].p, *din = dout + (size_t)n_out * w;
+    float *hout = (float *)et->h_xch, *hin = hout + (size_t)n_out * w;
+    if (reverse && xc->part_owner)
+        CU(et_ghost_fold(s, nl, ng, F, xc->fold_key, xc->fold_ghost, x, vec),
+           "ghost fold (images)");
+    CU(et_pack_rows_f32(s, reverse ? xc->wire_recv : xc->wire_send, n_out, F, x, vec, dout),
+       "exchange pack (wire plan)");
+    if (n_out > 0)
+        CU(cudaMemcpyAsync(hout, dout, (size_t)n_out * w * sizeof(float),
+                           cudaMemcpyDeviceToHost, s), "exchange copy");
+    CU(cudaStreamSynchronize(s), "exchange sync");
+    const int rc = xc->plan->move(xc->plan->user, hout, hin, w * sizeof(float), reverse, 0);
+    if (rc != 0)
+        return fail(err, err_len, DS4SCI_ERR_EXCHANGE, "wire plan move %s (%zu floats a row) "
+                    "returned %d", reverse ? "reverse" : "forward", w, rc);
+    if (n_in > 0)
+        CU(cudaMemcpyAsync(din, hin, (size_t)n_in * w * sizeof(float), cudaMemcpyHostToDevice,
+                           s), "exchange copy");
+    if (!reverse) {
+        CU(et_unpack_rows_f32(s, xc->wire_recv, n_in, F, din, x, vec),
+           "exchange unpack (wire plan)");
+        if (xc->part_owner)
+            CU(et_ghost_gather(s, nl, ng, F, xc->part_owner, x, vec), "ghost gather (images)");
+    } else {
+        CU(et_add_sorted(s, n_in, F, xc->wire_key, xc->wire_entry, din, x, vec),
+           "exchange add (wire plan)");
+        CU(et_zero_rows(s, nl, ng, F, x), "zero ghost rows");
+        if (vec)
+            CU(et_zero_rows(s, nl, ng, 3 * F, vec), "zero ghost rows");
+    }
+    /* the pinned buffer is reused by the next exchange: wait until the copy has read it */
+    CU(cudaStreamSynchronize(s), "exchange sync");
+    return DS4SCI_OK;
+}
 
 /* forward: ghost rows of (x[, vec]) from their owners; reverse: ghost rows added into owners,
    then zeroed. Width F when vec is NULL, else 4F. With partial owners the periodic images are
@@ -700,6 +771,8 @@ static ds4sci_status exchange(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse
             CU(et_ghost_fold(s, nl, ng, F, xc->fold_key, xc->fold_ghost, x, vec), "ghost fold");
         return DS4SCI_OK;
     }
+    if (xc->plan)
+        return exchange_wire(et, xc, reverse, x, vec, err, err_len);
     /* w doubles per row on the host; with DS4SCI_CUDA_XCH_F32 the forward exchange moves float
        rows, two floats per double (F is even), so the caller copies half the bytes: forward
        only copies rows, bit for bit (ds4sci.h), while reverse adds them */
@@ -868,6 +941,20 @@ static int bits_for(int n)
     return b;
 }
 
+/* B_WIRE's layout for a wire plan of ns send entries and nr received rows: the concatenated
+   lists (lists bytes), then four sort arrays of arr bytes (keys in / out, entries in / out),
+   then the sort's scratch (tmp bytes). */
+static cudaError_t wire_layout(int ns, int nr, int nl, cudaStream_t s, size_t *lists,
+                               size_t *arr, size_t *tmp)
+{
+    *lists = ((size_t)(ns + nr + 1) * sizeof(int) + 255) / 256 * 256;
+    *arr = ((size_t)(ns > 0 ? ns : 1) * sizeof(int) + 255) / 256 * 256;
+    *tmp = 0;
+    return cub::DeviceRadixSort::SortPairs(NULL, *tmp, (const int *)NULL, (int *)NULL,
+                                           (const int *)NULL, (int *)NULL, ns, 0, bits_for(nl),
+                                           s);
+}
+
 /* The step's inputs to the device (fixed buffers: a captured graph reads them there). */
 static ds4sci_status compute_input(ds4sci_cuda_et *et, const ds4sci_system *sys,
                                    const ds4sci_exchange *ex, int builtin, char *err,
@@ -923,6 +1010,43 @@ static ds4sci_status compute_input(ds4sci_cuda_et *et, const ds4sci_system *sys,
     if (n_send > 0)
         CU(cudaMemcpyAsync(BUF(int, B_GOWN), ex->send_rows, (size_t)n_send * sizeof(int),
                            cudaMemcpyHostToDevice, s), "upload send rows");
+    /* the caller's wire plan (et->wire): its send entries and received rows, concatenated in
+       plan order, on the device at B_WIRE [ns | nr | ...] (sorted in compute_body) */
+    et->wire_ns = et->wire_nr = 0;
+    if (et->wire && !builtin && ex && ex->plan) {
+        const ds4sci_wire_plan *pl = ex->plan;
+        size_t ns = 0, nr = 0;
+        for (int32_t p = 0; p < pl->n_peers; p++) {
+            ns += (size_t)pl->peers[p].n_send;
+            nr += (size_t)pl->peers[p].n_recv;
+        }
+        if (ns + nr > INT32_MAX / 4)
+            return fail(err, err_len, DS4SCI_ERR_UNSUPPORTED, "wire plan: %zu + %zu rows", ns,
+                        nr);
+        if (et->h_wire_cap < ns + nr + 1) {
+            int *h = (int *)realloc(et->h_wire, (ns + nr + 1) * sizeof(int));
+            if (!h)
+                return fail(err, err_len, DS4SCI_ERR_NOMEM, "wire plan: %zu rows", ns + nr);
+            et->h_wire = h;
+            et->h_wire_cap = ns + nr + 1;
+        }
+        size_t k = 0;
+        for (int32_t p = 0; p < pl->n_peers; p++)
+            for (int32_t r = 0; r < pl->peers[p].n_send; r++)
+                et->h_wire[k++] = pl->peers[p].send_rows[r];
+        for (int32_t p = 0; p < pl->n_peers; p++)
+            for (int32_t r = 0; r < pl->peers[p].n_recv; r++)
+                et->h_wire[k++] = pl->peers[p].recv_rows[r];
+        et->wire_ns = (int)ns;
+        et->wire_nr = (int)nr;
+        /* [send | recv | key in | key out | entry in | entry out | cub scratch] (wire_layout) */
+        size_t lists, arr, tmp;
+        CU(wire_layout(et->wire_ns, et->wire_nr, nl, s, &lists, &arr, &tmp), "cub sort size");
+        ST(ensure(et, B_WIRE, lists + 4 * arr + tmp, err, err_len));
+        if (ns + nr > 0)
+            CU(cudaMemcpyAsync(et->buf[B_WIRE].p, et->h_wire, (ns + nr) * sizeof(int),
+                               cudaMemcpyHostToDevice, s), "upload wire plan");
+    }
     /* partial owners: the owners and the remote ghost rows (owner -1) on the device */
     et->n_remote = 0;
     if (!builtin && sys->ghost_owner && ng > 0) {
@@ -1232,7 +1356,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     xch_ctx xc = {ex, builtin ? BUF(int, B_GOWN) : NULL, nl, ng, F,
                   n_send > 0 ? BUF(int, B_GOWN) : NULL,
                   partial ? BUF(int, B_GPART) : NULL, partial ? BUF(int, B_GPART) + ng : NULL,
-                  et->h_remote, et->n_remote, NULL, NULL};
+                  et->h_remote, et->n_remote, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0};
     /* the fold's order: the ghosts sorted by owner, stable (ghosts ascending within an owner,
        as the CPU path adds them): [key in | key out | ghost in | ghost out | cub scratch] */
     if ((builtin || partial) && ng > 0) {
@@ -1251,6 +1375,31 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
                                            bits_for(nl), s), "cub sort (fold)");
         xc.fold_key = kout;
         xc.fold_ghost = gout;
+    }
+    /* the wire plan (et->wire): its send entries sorted by row (stable: plan order within a
+       row) for the reverse's fixed-order adds */
+    if (et->wire && !builtin && ex && ex->plan) {
+        const int ns = et->wire_ns, nr = et->wire_nr;
+        size_t lists, arr, wire_tmp; /* compute_input sized B_WIRE and uploaded the lists */
+        CU(wire_layout(ns, nr, nl, s, &lists, &arr, &wire_tmp), "cub sort size");
+        char *wb = (char *)et->buf[B_WIRE].p;
+        int *send = (int *)wb, *kin = (int *)(wb + lists), *kout = (int *)(wb + lists + arr),
+            *ein = (int *)(wb + lists + 2 * arr), *eout = (int *)(wb + lists + 3 * arr);
+        if (ns > 0) {
+            CU(cudaMemcpyAsync(kin, send, (size_t)ns * sizeof(int), cudaMemcpyDeviceToDevice, s),
+               "wire plan keys");
+            CU(et_iota(s, ns, ein), "wire plan entries");
+            CU(cub::DeviceRadixSort::SortPairs(wb + lists + 4 * arr, wire_tmp, kin, kout, ein,
+                                               eout, ns, 0, bits_for(nl), s),
+               "cub sort (wire plan)");
+        }
+        xc.plan = ex->plan;
+        xc.wire_send = send;
+        xc.wire_recv = send + ns;
+        xc.wire_key = kout;
+        xc.wire_entry = eout;
+        xc.wire_ns = ns;
+        xc.wire_nr = nr;
     }
     float *XS = BUF(float, B_XS), *VECS = BUF(float, B_VECS), *XST = BUF(float, B_XST);
     /* input of layer l: x_l, and vec_l for l >= 1 (layer 0's vectors are zero: NULL) */

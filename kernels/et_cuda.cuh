@@ -128,7 +128,7 @@ enum {
     B_TROFF, B_TREDGE, B_TRKEY, B_CUB,
     B_XS, B_VECS, B_XST, B_H, B_QKV, B_P, B_O,
     B_GX0, B_GV0, B_GV1, B_GQKV, B_GW, B_EA, B_F, B_AV, B_PART,
-    B_SPLIT, B_XCH, B_REV, B_TRCNT2, B_TREDGE2, B_GPART, B_FOLD, B_KEEP, B_COUNT
+    B_SPLIT, B_XCH, B_REV, B_TRCNT2, B_TREDGE2, B_GPART, B_FOLD, B_KEEP, B_WIRE, B_COUNT
 };
 
 /* Profile stages (DS4SCI_CUDA_PROFILE). */
@@ -184,6 +184,12 @@ typedef struct ds4sci_cuda_et {
                                 most that keeps the workspace under half of mem_at_create),
                                 0 none, 1 q/k/v, 2 q/k/v, vec_proj's P and o
                                 (DS4SCI_CUDA_KEEP=0|1|2 forces a level) */
+    int wire;                /* DS4SCI_CUDA_WIRE=1: use the caller's wire plan (ds4sci.h) for
+                                the other processes' rows (packed on the GPU, one block per
+                                direction through pinned memory; default 0: the callbacks) */
+    int *h_wire;             /* host staging of the plan's concatenated lists */
+    size_t h_wire_cap;       /* ints */
+    int wire_ns, wire_nr;    /* this call's plan: send entries, received rows */
     size_t mem_at_create;    /* free device memory after the context's weights were uploaded */
     int node_chunk;          /* owned rows per chunk of the node work that needs o and P
                                 (update, its backward, the head): their buffers hold one
@@ -331,6 +337,9 @@ cudaError_t et_unpack_rows_f32(cudaStream_t s, const int *rows, int n, int F, co
                                float *x, float *vec);
 cudaError_t et_unpack_rows_add_f32(cudaStream_t s, const int *rows, int n, int F,
                                    const float *in, float *x, float *vec);
+/* the wire plan's reverse: in[q] added into row key[p] for the sorted entries (exchange.cu) */
+cudaError_t et_add_sorted(cudaStream_t s, int n, int F, const int *key, const int *entry,
+                          const float *in, float *x, float *vec);
 
 /*
  * Row split of the fused layer edge kernels (edge_split.cu; docs/gpu.md "Row split for small

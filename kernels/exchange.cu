@@ -106,3 +106,38 @@ extern "C" cudaError_t et_unpack_rows_add_f32(cudaStream_t s, const int *rows, i
 {
     return unpack_rows<float, 1>(s, rows, n, F, in, x, vec);
 }
+
+/*
+ * The wire plan's reverse (DS4SCI_CUDA_WIRE): the rows returned for this process's send entries,
+ * in[q] (floats, plan order), added into their owned rows in a fixed order. key / entry: the
+ * send entries sorted by row (stable: entries ascending within a row, i.e. peer by peer and in
+ * wire order, as the CPU path adds them). Thread (p, column j) of the first entry of a row's run
+ * adds the run; the others return. No atomics.
+ */
+static __global__ void k_add_sorted(int n, int F, const int *__restrict__ key,
+                                    const int *__restrict__ entry, const float *__restrict__ in,
+                                    float *__restrict__ x, float *__restrict__ vec)
+{
+    const int w = vec ? 4 * F : F;
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n * w)
+        return;
+    const int p = (int)(i / w), j = (int)(i % w), r = key[p];
+    if (p > 0 && key[p - 1] == r)
+        return;
+    float *const d = j < F ? &x[(size_t)r * F + j] : &vec[(size_t)r * 3 * F + (j - F)];
+    float acc = *d;
+    for (int q = p; q < n && key[q] == r; q++)
+        acc += in[(size_t)entry[q] * w + j];
+    *d = acc;
+}
+
+extern "C" cudaError_t et_add_sorted(cudaStream_t s, int n, int F, const int *key,
+                                     const int *entry, const float *in, float *x, float *vec)
+{
+    long long total;
+    const unsigned b = blocks_for(n, F, vec, &total);
+    if (total > 0)
+        k_add_sorted<<<b, 256, 0, s>>>(n, F, key, entry, in, x, vec);
+    return cudaGetLastError();
+}

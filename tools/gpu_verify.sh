@@ -25,7 +25,8 @@
 # RACE=0 skips racecheck (the final one and, with two GPUs, the one beside BG_CMD).
 # VARIANTS=0 runs only the default paths' checks; FILTER=0 skips bench_filter_mma; EXPF_BENCH,
 # GRAPH_BENCH, MERGED_BENCH, XCH_F32_BENCH, WEAK_BENCH=0 skip those runs (WEAK_BENCH: 2M Si atoms on
-# two GPUs, the weak-scaling partner of the one-rank 1M bench); SPLITS="" the split ones.
+# two GPUs, the weak-scaling partner of the one-rank 1M bench); WIRE_TEST=0 the wire plan's LAMMPS
+# tests and weak bench (DS4SCI_CUDA_WIRE=1, two GPUs); SPLITS="" the split ones.
 # Environment for run: OUT (files back: summary.txt and logs.tgz), BUDGET (seconds, default
 # 420), SIZES (bench_gpu sizes, default "1000 10000 100000 1000000"), BG_CMD, BG_SECONDS
 # (when BG_CMD is stopped, default BUDGET - 150).
@@ -201,6 +202,14 @@ unset CUDA_VISIBLE_DEVICES   # the 2-rank LAMMPS tests use one GPU per rank when
 OUT=$L SI_NVE=0 BENCH_SI="" BENCH_REF="" OOM_CELLS=0 timeout 200 bash tools/gpu_lammps.sh test \
     > "$LG/lammps.log" 2>&1
 t lammps_test $?
+if [ "$NGPU" -ge 2 ] && [ "${WIRE_TEST:-1}" = 1 ]; then
+    # the wire plan on the GPU (DS4SCI_CUDA_WIRE=1, opt-in): the LAMMPS GPU tests again, the
+    # 2-rank ones through the plugin's plan
+    mkdir -p "$L/wire"
+    DS4SCI_CUDA_WIRE=1 OUT=$L/wire SI_NVE=0 BENCH_SI="" BENCH_REF="" OOM_CELLS=0 timeout 200 \
+        bash tools/gpu_lammps.sh test > "$LG/lammps_wire.log" 2>&1
+    t lammps_test_wire $?
+fi
 # the 2-rank benchmarks need GPU 1: stop the background jobs first (they run to BG_SECONDS)
 for p in "${bg[@]}"; do
     while kill -0 "$p" 2>/dev/null && left "${BG_SECONDS:-$((BUDGET - 150))}"; do sleep 2; done
@@ -226,6 +235,12 @@ if [ "$NGPU" -ge 2 ] && left $(( BUDGET - 110 )); then
             DS4SCI_CUDA_PROFILE=$L/profile_2gpu_weak.txt timeout 90 \
             bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
         t lammps_bench_2gpu_weak $?
+        if [ "${WIRE_TEST:-1}" = 1 ] && left $(( BUDGET - 60 )); then
+            OUT=$L SI_NVE=0 OOM_CELLS=0 BENCH_NP=2 BENCH_TAG=_2gpu_weak_wire BENCH_SI="63 20 0" \
+                BENCH_REF="" DS4SCI_CUDA_WIRE=1 DS4SCI_CUDA_PROFILE=$L/profile_2gpu_weak_wire.txt \
+                timeout 90 bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
+            t lammps_bench_2gpu_weak_wire $?
+        fi
     fi
 fi
 [ "$NGPU" -ge 2 ] && export CUDA_VISIBLE_DEVICES=0
