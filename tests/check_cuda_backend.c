@@ -24,6 +24,7 @@
 #include "backend.h"
 #include "ds4sci.h"
 #include "test_util.h"
+#include "two_domains.h"
 
 #define TOL_E 1e-5
 #define TOL_F 1e-4
@@ -884,6 +885,77 @@ START_TEST(test_caller_exchange_partial_owners)
 END_TEST
 
 /* An empty domain (no atoms) still makes every exchange call and returns zeros. */
+/* Two "processes" (threads), each a CUDA context, with partial owners and the caller's wire
+   plan, against the float64 CPU path on one process: the callbacks (default), and the plan
+   itself (DS4SCI_CUDA_WIRE=1: rows packed on the GPU in plan order, moved as one block). */
+static ds4sci_ctx *cuda_ctx_callbacks(const et_desc *d)
+{
+    return ctx_cuda_env(d, "DS4SCI_CUDA_WIRE", NULL);
+}
+
+static ds4sci_ctx *cuda_ctx_wire(const et_desc *d)
+{
+    return ctx_cuda_env(d, "DS4SCI_CUDA_WIRE", "1");
+}
+
+START_TEST(test_two_domains_wire_plan)
+{
+    const int wire = _i % 2, all_to_first = _i >= 2;
+    tu_opts o;
+    tu_opts_combo(&o, 3 + 5 * _i);
+    tu_fixture f;
+    tu_fixture_init(&f, &o, 40, 9.0, 1, 1300 + _i);
+    tu_result ref;
+    tu_fixture_compute(&f, &ref);
+    const ds4sci_system *g = &f.sys.s;
+    const int32_t n = g->n_local;
+    world w;
+    int32_t cnt[2];
+    world_split(&w, g, f.box, all_to_first, cnt);
+    w.dom[0].partial = w.dom[1].partial = 1;
+    domain_build(&w, 0, g);
+    domain_build(&w, 1, g);
+    world_send_rows(&w, 1);
+    world_plans(&w);
+    ck_assert_msg(world_run(&w, wire ? cuda_ctx_wire : cuda_ctx_callbacks, f.d),
+                  "domains: %s / %s", ds4sci_ctx_error(w.dom[0].ctx),
+                  ds4sci_ctx_error(w.dom[1].ctx));
+    ck_assert_int_eq(w.dom[0].n_fwd, w.dom[1].n_fwd);
+    ck_assert_int_eq(w.dom[0].n_rev, w.dom[1].n_rev);
+    /* the plan was used by both or by neither, as asked */
+    ck_assert_msg((w.dom[0].n_move > 0) == wire && (w.dom[1].n_move > 0) == wire,
+                  "moves %d / %d with DS4SCI_CUDA_WIRE=%d", w.dom[0].n_move, w.dom[1].n_move,
+                  wire);
+    double esum = 0.0;
+    for (int32_t i = 0; i < n; i++)
+        esum += fabs(ref.r.atom_energy[i]);
+    const double e = w.dom[0].res.r.energy + w.dom[1].res.r.energy;
+    const double de = fabs(e - ref.r.energy) / fmax(fmax(fabs(ref.r.energy), esum), 1e-12);
+    double *fsum = calloc(3 * (size_t)n, sizeof(double));
+    for (int p = 0; p < 2; p++) {
+        const domain *d = &w.dom[p];
+        for (int32_t a = 0; a < d->s.n_local + d->s.n_ghost; a++) {
+            const int32_t j = a < d->s.n_local ? d->global[a] : d->gowner[a - d->s.n_local];
+            for (int c = 0; c < 3; c++)
+                fsum[3 * j + c] += d->res.r.forces[3 * (size_t)a + c];
+        }
+    }
+    const double df = rel_rms(fsum, ref.r.forces, 3 * (size_t)n);
+    if (getenv("CK_REPORT"))
+        printf("two domains, wire %d, all to first %d: energy %.3g forces %.3g relative\n",
+               wire, all_to_first, de, df);
+    ck_assert_msg(de < TOL_E && df < TOL_F, "two domains (wire %d): energy %.3g forces %.3g",
+                  wire, de, df);
+    free(fsum);
+    domain_free(&w.dom[0]);
+    domain_free(&w.dom[1]);
+    free(w.proc_of);
+    free(w.local_of);
+    tu_result_free(&ref);
+    tu_fixture_free(&f);
+}
+END_TEST
+
 START_TEST(test_empty_domain)
 {
     tu_opts o;
@@ -986,6 +1058,7 @@ static Suite *suite(void)
     tcase_add_test(tx, test_repeated_calls_and_size_changes);
     tcase_add_test(tx, test_graph_matches_launches_across_list_rebuilds);
     tcase_add_test(tx, test_keep_levels_match);
+    tcase_add_loop_test(tx, test_two_domains_wire_plan, 0, 4);
     suite_add_tcase(s, tx);
     return s;
 }
