@@ -931,15 +931,8 @@ START_TEST(test_two_domains_wire_plan)
         esum += fabs(ref.r.atom_energy[i]);
     const double e = w.dom[0].res.r.energy + w.dom[1].res.r.energy;
     const double de = fabs(e - ref.r.energy) / fmax(fmax(fabs(ref.r.energy), esum), 1e-12);
-    double *fsum = calloc(3 * (size_t)n, sizeof(double));
-    for (int p = 0; p < 2; p++) {
-        const domain *d = &w.dom[p];
-        for (int32_t a = 0; a < d->s.n_local + d->s.n_ghost; a++) {
-            const int32_t j = a < d->s.n_local ? d->global[a] : d->gowner[a - d->s.n_local];
-            for (int c = 0; c < 3; c++)
-                fsum[3 * j + c] += d->res.r.forces[3 * (size_t)a + c];
-        }
-    }
+    double *fsum = world_forces(&w, n);
+    ck_assert(fsum);
     const double df = rel_rms(fsum, ref.r.forces, 3 * (size_t)n);
     if (getenv("CK_REPORT"))
         printf("two domains, wire %d, all to first %d: energy %.3g forces %.3g relative\n",
@@ -947,10 +940,7 @@ START_TEST(test_two_domains_wire_plan)
     ck_assert_msg(de < TOL_E && df < TOL_F, "two domains (wire %d): energy %.3g forces %.3g",
                   wire, de, df);
     free(fsum);
-    domain_free(&w.dom[0]);
-    domain_free(&w.dom[1]);
-    free(w.proc_of);
-    free(w.local_of);
+    world_free(&w);
     tu_result_free(&ref);
     tu_fixture_free(&f);
 }

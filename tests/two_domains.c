@@ -246,3 +246,22 @@ int world_run(world *w, ds4sci_ctx *(*make_ctx)(const et_desc *desc), const et_d
     return w->dom[0].status == DS4SCI_OK && w->dom[1].status == DS4SCI_OK;
 }
 
+double *world_forces(const world *w, int32_t n) {
+    double *fsum = calloc(3 * (size_t)n + 1, sizeof(double));
+    for (int p = 0; p < 2 && fsum; p++) {
+        const domain *d = &w->dom[p];
+        for (int32_t a = 0; a < d->s.n_local + d->s.n_ghost; a++) {
+            const int32_t j = a < d->s.n_local ? d->global[a] : d->gowner[a - d->s.n_local];
+            for (int c = 0; c < 3; c++)
+                fsum[3 * j + c] += d->res.r.forces[3 * (size_t)a + c];
+        }
+    }
+    return fsum;
+}
+
+void world_free(world *w) {
+    domain_free(&w->dom[0]);
+    domain_free(&w->dom[1]);
+    free(w->proc_of);
+    free(w->local_of);
+}

@@ -68,5 +68,9 @@ void world_send_rows(world *w, int hint);
 void world_plans(world *w);
 void domain_free(domain *d);
 int world_run(world *w, ds4sci_ctx *(*make_ctx)(const et_desc *desc), const et_desc *desc);
+/* Both domains' forces (ghost rows included) added into the global atoms, [n][3], calloc'd. */
+double *world_forces(const world *w, int32_t n);
+/* Both domains and the split. */
+void world_free(world *w);
 
 #endif
