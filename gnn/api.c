@@ -268,6 +268,11 @@ static ds4sci_status validate_plan(ds4sci_ctx *ctx, const ds4sci_system *sys,
     if (!pl->move || pl->n_peers < 0 || (pl->n_peers > 0 && !pl->peers))
         return fail(ctx, DS4SCI_ERR_ARG, "exchange plan: %s",
                     !pl->move ? "move is NULL" : "n_peers < 0 or peers NULL");
+    if (pl->device_buffers != 0 && pl->device_buffers != 1)
+        return fail(ctx, DS4SCI_ERR_ARG,
+                    "exchange plan: device_buffers = %d, expected 0 (move takes host pointers) "
+                    "or 1 (also device pointers)",
+                    (int)pl->device_buffers);
     unsigned char *seen = (unsigned char *)calloc((size_t)(ng > 0 ? ng : 1), 1);
     if (!seen)
         return fail(ctx, DS4SCI_ERR_NOMEM, "exchange plan: cannot check it (out of memory)");
@@ -576,9 +581,105 @@ ds4sci_status ds4sci_compute(ds4sci_ctx *ctx, const ds4sci_system *system,
                                                                           : exchange;
     char berr[sizeof(ctx->err) - 32] = "";
     s = ctx->backend->compute(ctx->state, system, ex, result, berr, sizeof(berr));
+    if (s == DS4SCI_ERR_EXCHANGE && ctx->err[0]) {
+        /* ctx->err was cleared above, so a message there now is that of the last call on this
+           context made from inside a callback (ds4sci_ipc_open in move(), ...), which failed:
+           most likely why the callback did */
+        char inner[sizeof(ctx->err)];
+        memcpy(inner, ctx->err, sizeof(inner));
+        return fail(ctx, s, "%s backend: %s (inside the exchange: %s)", ctx->backend->name, berr,
+                    inner);
+    }
     if (s != DS4SCI_OK)
         return fail(ctx, s, "%s backend: %s", ctx->backend->name, berr);
     return DS4SCI_OK;
+}
+
+/* ---- device memory for a wire plan's move (ds4sci.h) ---------------------------------------
+   The arguments are checked here, the work is the backend's (backend.h: optional ops, which
+   may run inside move() during compute(): these functions therefore only write ctx->err). */
+
+/* DS4SCI_ERR_UNSUPPORTED naming the backend when it has no such op (the CPU backend). */
+static ds4sci_status no_device_memory(ds4sci_ctx *ctx, const char *fn) {
+    return fail(ctx, DS4SCI_ERR_UNSUPPORTED, "%s: the %s backend has no device memory", fn,
+                ctx->backend->name);
+}
+
+/* A backend op's status, its message (if any) into ctx->err under the function's name. */
+static ds4sci_status device_result(ds4sci_ctx *ctx, const char *fn, ds4sci_status s,
+                                   const char *berr) {
+    if (s != DS4SCI_OK)
+        return fail(ctx, s, "%s: %s backend: %s", fn, ctx->backend->name, berr);
+    return DS4SCI_OK;
+}
+
+ds4sci_status ds4sci_ipc_export(ds4sci_ctx *ctx, const void *device_ptr,
+                                ds4sci_ipc_handle *handle) {
+    static const char fn[] = "ds4sci_ipc_export";
+    if (!ctx)
+        return DS4SCI_ERR_ARG;
+    ctx->err[0] = '\0';
+    if (!device_ptr || !handle)
+        return fail(ctx, DS4SCI_ERR_ARG, "%s: %s is NULL", fn, handle ? "device_ptr" : "handle");
+    if (!ctx->backend->ipc_export)
+        return no_device_memory(ctx, fn);
+    char berr[sizeof(ctx->err) - 64] = "";
+    memset(handle, 0, sizeof(*handle));
+    const ds4sci_status s =
+        ctx->backend->ipc_export(ctx->state, device_ptr, handle, berr, sizeof(berr));
+    return device_result(ctx, fn, s, berr);
+}
+
+ds4sci_status ds4sci_ipc_open(ds4sci_ctx *ctx, const ds4sci_ipc_handle *handle, void **base) {
+    static const char fn[] = "ds4sci_ipc_open";
+    if (!ctx)
+        return DS4SCI_ERR_ARG;
+    ctx->err[0] = '\0';
+    if (base)
+        *base = NULL;
+    if (!handle || !base)
+        return fail(ctx, DS4SCI_ERR_ARG, "%s: %s is NULL", fn, handle ? "base" : "handle");
+    if (!ctx->backend->ipc_open)
+        return no_device_memory(ctx, fn);
+    char berr[sizeof(ctx->err) - 64] = "";
+    const ds4sci_status s = ctx->backend->ipc_open(ctx->state, handle, base, berr, sizeof(berr));
+    return device_result(ctx, fn, s, berr);
+}
+
+ds4sci_status ds4sci_ipc_close(ds4sci_ctx *ctx, void *base) {
+    static const char fn[] = "ds4sci_ipc_close";
+    if (!ctx)
+        return DS4SCI_ERR_ARG;
+    ctx->err[0] = '\0';
+    if (!base)
+        return fail(ctx, DS4SCI_ERR_ARG, "%s: base is NULL", fn);
+    if (!ctx->backend->ipc_close)
+        return no_device_memory(ctx, fn);
+    char berr[sizeof(ctx->err) - 64] = "";
+    const ds4sci_status s = ctx->backend->ipc_close(ctx->state, base, berr, sizeof(berr));
+    return device_result(ctx, fn, s, berr);
+}
+
+ds4sci_status ds4sci_device_copy(ds4sci_ctx *ctx, const ds4sci_copy *copies, int32_t n) {
+    static const char fn[] = "ds4sci_device_copy";
+    if (!ctx)
+        return DS4SCI_ERR_ARG;
+    ctx->err[0] = '\0';
+    if (n < 0 || (n > 0 && !copies))
+        return fail(ctx, DS4SCI_ERR_ARG,
+                    "%s: n = %d with copies %s: expected n >= 0 and copies set when n > 0", fn,
+                    (int)n, copies ? "set" : "NULL");
+    for (int32_t k = 0; k < n; k++)
+        if (copies[k].bytes > 0 && (!copies[k].dst || !copies[k].src))
+            return fail(ctx, DS4SCI_ERR_ARG, "%s: copies[%d].%s is NULL for %zu bytes", fn, (int)k,
+                        copies[k].dst ? "src" : "dst", copies[k].bytes);
+    if (!ctx->backend->copy)
+        return no_device_memory(ctx, fn);
+    if (n == 0)
+        return DS4SCI_OK;
+    char berr[sizeof(ctx->err) - 64] = "";
+    const ds4sci_status s = ctx->backend->copy(ctx->state, copies, n, berr, sizeof(berr));
+    return device_result(ctx, fn, s, berr);
 }
 
 void ds4sci_fold_ghosts(double *data, int32_t width, int32_t n_local, int32_t n_ghost,

@@ -31,11 +31,21 @@
  *    Errors write err as for create().
  *  - destroy(NULL) is a no-op.
  *  - A state is used by one thread at a time.
+ *  - Device memory (optional: NULL where the backend's rows are not on a GPU, as for the CPU
+ *    backend; api.c then answers DS4SCI_ERR_UNSUPPORTED): ipc_export, ipc_open, ipc_close and
+ *    copy implement ds4sci_ipc_export / _open / _close and ds4sci_device_copy on arguments
+ *    that api.c has checked (pointers non-NULL, n >= 0, every copy with bytes > 0 has dst and
+ *    src). They may be called from inside a wire plan's move() during compute(), on the same
+ *    thread and the same state (re-entrant): they must then leave compute's state alone (no
+ *    workspace growth, no profile marks, nothing queued that compute would wait for or that
+ *    would outlive the call) and only touch what the caller named. Errors write err as for
+ *    create().
  */
 #ifndef DS4SCI_BACKEND_H
 #define DS4SCI_BACKEND_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "ds4sci.h"
 #include "et_desc.h"
@@ -50,6 +60,15 @@ typedef struct ds4sci_backend_i {
                              const ds4sci_exchange *exchange, ds4sci_result *result, char *err,
                              size_t err_len);
     void (*destroy)(void *state);
+
+    /* device memory for a wire plan's move with device buffers (see above); NULL: none */
+    ds4sci_status (*ipc_export)(void *state, const void *ptr, ds4sci_ipc_handle *handle, char *err,
+                                size_t err_len);
+    ds4sci_status (*ipc_open)(void *state, const ds4sci_ipc_handle *handle, void **base, char *err,
+                              size_t err_len);
+    ds4sci_status (*ipc_close)(void *state, void *base, char *err, size_t err_len);
+    ds4sci_status (*copy)(void *state, const ds4sci_copy *copies, int32_t n, char *err,
+                          size_t err_len);
 } ds4sci_backend_i;
 
 /* The float64 OpenMP reference (et_cpu.c). */

@@ -56,8 +56,34 @@ static void cuda_destroy(void *state)
     ds4sci_cuda_et_free((ds4sci_cuda_et *)state);
 }
 
+/* Device memory for a wire plan's move with device buffers (backend.h: may run inside move()
+   during cuda_compute; the kernels library keeps off the compute's state) */
+static ds4sci_status cuda_ipc_export(void *state, const void *ptr, ds4sci_ipc_handle *handle,
+                                     char *err, size_t err_len)
+{
+    return ds4sci_cuda_et_ipc_export((ds4sci_cuda_et *)state, ptr, handle, err, err_len);
+}
+
+static ds4sci_status cuda_ipc_open(void *state, const ds4sci_ipc_handle *handle, void **base,
+                                   char *err, size_t err_len)
+{
+    return ds4sci_cuda_et_ipc_open((ds4sci_cuda_et *)state, handle, base, err, err_len);
+}
+
+static ds4sci_status cuda_ipc_close(void *state, void *base, char *err, size_t err_len)
+{
+    return ds4sci_cuda_et_ipc_close((ds4sci_cuda_et *)state, base, err, err_len);
+}
+
+static ds4sci_status cuda_copy(void *state, const ds4sci_copy *copies, int32_t n, char *err,
+                               size_t err_len)
+{
+    return ds4sci_cuda_et_copy((ds4sci_cuda_et *)state, copies, n, err, err_len);
+}
+
 const ds4sci_backend_i ds4sci_backend_cuda = {
     "cuda", DS4SCI_DEVICE_CUDA, cuda_create, cuda_compute, cuda_destroy,
+    cuda_ipc_export, cuda_ipc_open, cuda_ipc_close, cuda_copy,
 };
 
 #endif /* DS4SCI_HAVE_CUDA */

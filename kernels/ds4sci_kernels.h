@@ -57,6 +57,28 @@ ds4sci_status ds4sci_cuda_et_compute(ds4sci_cuda_et *et, const ds4sci_system *sy
 /* Device bytes held by the workspace and weights of `et`. */
 size_t ds4sci_cuda_et_device_bytes(const ds4sci_cuda_et *et);
 
+/*
+ * Device memory for a wire plan's move with device buffers (ds4sci.h, ds4sci_ipc_export ...;
+ * gnn/backend.h: each may be called from inside move() during ds4sci_cuda_et_compute, on the
+ * same thread, and leaves the compute's state alone). All run on et's device.
+ *  - ipc_export: the CUDA IPC handle of the allocation of et's workspace that holds ptr, and
+ *    ptr's offset in it; DS4SCI_ERR_ARG when ptr is in none (not device memory of et).
+ *  - ipc_open: another process's allocation mapped into et's device (peer access enabled
+ *    lazily); *base is its start (handle->offset not applied).
+ *  - ipc_close: unmaps a base from ipc_open.
+ *  - copy: the n copies in order on et's stream (cudaMemcpyDefault: device, peer or host
+ *    memory, each pointer valid in this process), then waits for them.
+ * CUDA failures give DS4SCI_ERR_DEVICE with CUDA's reason; the CUDA error state is cleared.
+ */
+ds4sci_status ds4sci_cuda_et_ipc_export(ds4sci_cuda_et *et, const void *ptr,
+                                        ds4sci_ipc_handle *handle, char *err, size_t err_len);
+ds4sci_status ds4sci_cuda_et_ipc_open(ds4sci_cuda_et *et, const ds4sci_ipc_handle *handle,
+                                      void **base, char *err, size_t err_len);
+ds4sci_status ds4sci_cuda_et_ipc_close(ds4sci_cuda_et *et, void *base, char *err,
+                                       size_t err_len);
+ds4sci_status ds4sci_cuda_et_copy(ds4sci_cuda_et *et, const ds4sci_copy *copies, int32_t n,
+                                  char *err, size_t err_len);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,7 +1,8 @@
 /*
  * check_api.c - the public API around the backends (gnn/api.c) on the CPU backend: a
  * caller-supplied ghost exchange across two "processes" (threads) against one process,
- * an empty domain, exchange failures, input validation and the context calls.
+ * an empty domain, exchange failures, input validation, the context calls, and the device
+ * memory calls (which the CPU backend does not support).
  */
 #include <check.h>
 #include <math.h>
@@ -17,6 +18,8 @@
 
 static ds4sci_ctx *cpu_ctx(const et_desc *desc) { return tu_ctx_cpu(desc, 1); }
 
+/* plan: 0 the callbacks, 1 a wire plan, 2 a wire plan with device_buffers set (move() then
+   takes device pointers where the backend's rows are on a GPU: never on the CPU backend) */
 static void check_two_domains(int combo, int all_to_first, int hint, int partial, int plan) {
     tu_opts o;
     tu_opts_combo(&o, combo);
@@ -42,7 +45,7 @@ static void check_two_domains(int combo, int all_to_first, int hint, int partial
     }
     world_send_rows(&w, hint);
     if (plan)
-        world_plans(&w);
+        world_plans(&w, plan == 2);
     if (hint && !all_to_first)
         ck_assert(w.dom[0].n_send > 0 && w.dom[0].n_send <= w.dom[0].s.n_local);
     ck_assert_msg(world_run(&w, cpu_ctx, f.d), "domains: %s / %s",
@@ -51,6 +54,10 @@ static void check_two_domains(int combo, int all_to_first, int hint, int partial
     ck_assert_int_eq(w.dom[0].n_rev, w.dom[1].n_rev);
     ck_assert_int_eq(w.dom[0].n_fwd, o.L);
     ck_assert_int_eq(w.dom[0].n_rev, o.L - 1 + o.neighbor_embedding);
+    for (int p = 0; p < 2; p++) { /* the CPU backend: every move through the plan, on the host */
+        ck_assert_int_eq(w.dom[p].n_move, plan ? w.dom[p].n_fwd + w.dom[p].n_rev : 0);
+        ck_assert_int_eq(w.dom[p].n_move_device, 0);
+    }
 
     /* energies, virial, per-atom energies and forces folded to global atoms */
     const double e = w.dom[0].res.r.energy + w.dom[1].res.r.energy;
@@ -97,6 +104,14 @@ END_TEST
    copies bytes; the reverse adds in the plan's order. Same results as one process. */
 START_TEST(wire_plan_two_domains_match_one_process) {
     check_two_domains(_i * 5 + 3, 0, _i % 2, 1, 1);
+}
+END_TEST
+
+/* A plan that allows device pointers: the CPU backend's rows are host memory, so its move()
+   still gets device = 0 (two_domains.c's move fails on device = 1 without the flag, and
+   n_move_device counts it), with the same results. */
+START_TEST(wire_plan_device_buffers_on_cpu_moves_host_rows) {
+    check_two_domains(_i * 5 + 4, _i == 2, _i % 2, 1, 2);
 }
 END_TEST
 
@@ -191,23 +206,27 @@ START_TEST(bad_wire_plan_is_refused) {
     s.ghost_owner = own;
     int32_t send[1] = {0}, recv[2] = {nl, nl};
     ds4sci_wire_peer peer = {1, send, 1, recv};
-    ds4sci_wire_plan plan = {0, &peer, noop_move, NULL};
+    ds4sci_wire_plan plan = {0, &peer, noop_move, NULL, 0};
     ds4sci_exchange ex = {noop_exchange, noop_exchange, NULL, NULL, 0, NULL, &plan};
     const struct {
         int32_t n_peers, n_recv, recv1, send0;
         int null_move, null_owner;
+        int32_t device_buffers;
         ds4sci_status want;
         const char *needle;
     } bad[] = {
-        {0, 1, nl, 0, 0, 0, DS4SCI_ERR_INPUT, "no peer sends it"},
-        {1, 2, nl, 0, 0, 0, DS4SCI_ERR_INPUT, "recv_rows[1]"},      /* ghost 0 twice */
-        {1, 2, nl + 1, 0, 0, 0, DS4SCI_ERR_INPUT, "recv_rows[1]"},  /* an image, not remote */
-        {1, 1, nl, nl, 0, 0, DS4SCI_ERR_INPUT, "send_rows[0]"},
-        {1, 1, nl, 0, 1, 0, DS4SCI_ERR_ARG, "move is NULL"},
-        {1, 1, nl, 0, 0, 1, DS4SCI_ERR_ARG, "partial owners"},
+        {0, 1, nl, 0, 0, 0, 0, DS4SCI_ERR_INPUT, "no peer sends it"},
+        {1, 2, nl, 0, 0, 0, 0, DS4SCI_ERR_INPUT, "recv_rows[1]"},     /* ghost 0 twice */
+        {1, 2, nl + 1, 0, 0, 0, 0, DS4SCI_ERR_INPUT, "recv_rows[1]"}, /* an image, not remote */
+        {1, 1, nl, nl, 0, 0, 0, DS4SCI_ERR_INPUT, "send_rows[0]"},
+        {1, 1, nl, 0, 1, 0, 0, DS4SCI_ERR_ARG, "move is NULL"},
+        {1, 1, nl, 0, 0, 1, 0, DS4SCI_ERR_ARG, "partial owners"},
+        {1, 1, nl, 0, 0, 0, 2, DS4SCI_ERR_ARG, "device_buffers = 2"}, /* a flag: 0 or 1 */
+        {1, 1, nl, 0, 0, 0, -1, DS4SCI_ERR_ARG, "device_buffers = -1"},
     };
     for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
         plan.n_peers = bad[k].n_peers;
+        plan.device_buffers = bad[k].device_buffers;
         peer.n_recv = bad[k].n_recv;
         recv[1] = bad[k].recv1;
         send[0] = bad[k].send0;
@@ -219,6 +238,143 @@ START_TEST(bad_wire_plan_is_refused) {
                       ds4sci_status_name(got), ds4sci_ctx_error(f.ctx),
                       ds4sci_status_name(bad[k].want), bad[k].needle);
     }
+    /* and the valid plan, with either flag, runs */
+    plan.n_peers = 1;
+    peer.n_recv = 1;
+    recv[1] = nl;
+    send[0] = 0;
+    plan.move = noop_move;
+    s.ghost_owner = own;
+    for (int32_t db = 0; db <= 1; db++) {
+        plan.device_buffers = db;
+        ck_assert_msg(ds4sci_compute(f.ctx, &s, &ex, &r) == DS4SCI_OK, "device_buffers %d: %s",
+                      (int)db, ds4sci_ctx_error(f.ctx));
+    }
+    free(own);
+    tu_fixture_free(&f);
+}
+END_TEST
+
+/* ---- device memory calls (ds4sci_ipc_*, ds4sci_device_copy) -------------------------------- */
+
+/* The status of a call on ctx (evaluated as the argument: ctx holds its message now) and a
+   part of that message. */
+static void expect_call(const ds4sci_ctx *ctx, ds4sci_status got, ds4sci_status want,
+                        const char *needle) {
+    ck_assert_msg(got == want && strstr(ds4sci_ctx_error(ctx), needle),
+                  "%s \"%s\", expected %s and \"%s\"", ds4sci_status_name(got),
+                  ds4sci_ctx_error(ctx), ds4sci_status_name(want), needle);
+}
+
+/* The CPU backend has no device memory: every call with valid arguments is unsupported, with
+   a message naming the call and the backend, and changes nothing. */
+START_TEST(device_memory_calls_on_cpu_are_unsupported) {
+    tu_opts o;
+    tu_opts_default(&o);
+    et_desc *d = tu_desc_new(&o);
+    ds4sci_ctx *ctx = tu_ctx_cpu(d, 1);
+    double host[4] = {1, 2, 3, 4}, dst[4] = {0};
+    ds4sci_ipc_handle h;
+    memset(&h, 0, sizeof(h));
+    void *base = host;
+    const ds4sci_copy c[2] = {{dst, host, sizeof(host)}, {NULL, NULL, 0}};
+    expect_call(ctx, ds4sci_ipc_export(ctx, host, &h), DS4SCI_ERR_UNSUPPORTED,
+                "ds4sci_ipc_export: the cpu backend has no device memory");
+    expect_call(ctx, ds4sci_ipc_open(ctx, &h, &base), DS4SCI_ERR_UNSUPPORTED,
+                "ds4sci_ipc_open: the cpu backend has no device memory");
+    ck_assert_ptr_null(base); /* NULL after a failed open */
+    expect_call(ctx, ds4sci_ipc_close(ctx, host), DS4SCI_ERR_UNSUPPORTED,
+                "ds4sci_ipc_close: the cpu backend has no device memory");
+    expect_call(ctx, ds4sci_device_copy(ctx, c, 2), DS4SCI_ERR_UNSUPPORTED,
+                "ds4sci_device_copy: the cpu backend has no device memory");
+    ck_assert(dst[0] == 0.0 && dst[3] == 0.0);
+    /* no copies: valid arguments, and still not supported */
+    expect_call(ctx, ds4sci_device_copy(ctx, NULL, 0), DS4SCI_ERR_UNSUPPORTED, "cpu backend");
+    /* the context works as before, and a successful call clears the message */
+    int64_t off0 = 0;
+    ds4sci_system s = {0, 0, NULL, NULL, &off0, NULL, NULL};
+    ds4sci_result r;
+    memset(&r, 0, sizeof(r));
+    ck_assert_int_eq(ds4sci_compute(ctx, &s, NULL, &r), DS4SCI_OK);
+    ck_assert_str_eq(ds4sci_ctx_error(ctx), "");
+    ds4sci_ctx_free(ctx);
+    tu_desc_free(d);
+}
+END_TEST
+
+/* Bad arguments are refused before the backend is asked, naming the argument. */
+START_TEST(device_memory_calls_refuse_bad_arguments) {
+    tu_opts o;
+    tu_opts_default(&o);
+    et_desc *d = tu_desc_new(&o);
+    ds4sci_ctx *ctx = tu_ctx_cpu(d, 1);
+    double host[4] = {1, 2, 3, 4}, dst[4] = {0};
+    ds4sci_ipc_handle h;
+    memset(&h, 0, sizeof(h));
+    void *base = host;
+    /* no context: no message to leave, the status alone */
+    ck_assert_int_eq(ds4sci_ipc_export(NULL, host, &h), DS4SCI_ERR_ARG);
+    ck_assert_int_eq(ds4sci_ipc_open(NULL, &h, &base), DS4SCI_ERR_ARG);
+    ck_assert_int_eq(ds4sci_ipc_close(NULL, host), DS4SCI_ERR_ARG);
+    ck_assert_int_eq(ds4sci_device_copy(NULL, NULL, 0), DS4SCI_ERR_ARG);
+
+    expect_call(ctx, ds4sci_ipc_export(ctx, NULL, &h), DS4SCI_ERR_ARG,
+                "ds4sci_ipc_export: device_ptr is NULL");
+    expect_call(ctx, ds4sci_ipc_export(ctx, host, NULL), DS4SCI_ERR_ARG,
+                "ds4sci_ipc_export: handle is NULL");
+    expect_call(ctx, ds4sci_ipc_open(ctx, NULL, &base), DS4SCI_ERR_ARG,
+                "ds4sci_ipc_open: handle is NULL");
+    ck_assert_ptr_null(base);
+    expect_call(ctx, ds4sci_ipc_open(ctx, &h, NULL), DS4SCI_ERR_ARG,
+                "ds4sci_ipc_open: base is NULL");
+    expect_call(ctx, ds4sci_ipc_close(ctx, NULL), DS4SCI_ERR_ARG, "ds4sci_ipc_close: base is NULL");
+    const ds4sci_copy no_dst[2] = {{dst, host, 8}, {NULL, host, 8}};
+    const ds4sci_copy no_src[1] = {{dst, NULL, 8}};
+    expect_call(ctx, ds4sci_device_copy(ctx, no_dst, -1), DS4SCI_ERR_ARG, "n = -1");
+    expect_call(ctx, ds4sci_device_copy(ctx, NULL, 2), DS4SCI_ERR_ARG, "copies NULL");
+    expect_call(ctx, ds4sci_device_copy(ctx, no_dst, 2), DS4SCI_ERR_ARG,
+                "ds4sci_device_copy: copies[1].dst is NULL for 8 bytes");
+    expect_call(ctx, ds4sci_device_copy(ctx, no_src, 1), DS4SCI_ERR_ARG,
+                "ds4sci_device_copy: copies[0].src is NULL for 8 bytes");
+    /* a copy of 0 bytes needs no pointers: past the checks (to the backend's answer) */
+    const ds4sci_copy empty[1] = {{NULL, NULL, 0}};
+    expect_call(ctx, ds4sci_device_copy(ctx, empty, 1), DS4SCI_ERR_UNSUPPORTED, "cpu backend");
+    ck_assert(dst[0] == 0.0);
+    ds4sci_ctx_free(ctx);
+    tu_desc_free(d);
+}
+END_TEST
+
+/* move() may call the device memory functions on its own context during ds4sci_compute
+   (ds4sci.h); when such a call fails and move() then fails, compute's message keeps the
+   inner call's reason. */
+static int move_fails_after_export(void *user, const void *out, void *in, size_t row_bytes,
+                                   int reverse, int device) {
+    (void)in, (void)row_bytes, (void)reverse, (void)device;
+    ds4sci_ipc_handle h;
+    return ds4sci_ipc_export((ds4sci_ctx *)user, out, &h) == DS4SCI_OK ? 0 : 5;
+}
+
+START_TEST(error_inside_move_is_reported) {
+    tu_opts o;
+    tu_opts_default(&o);
+    tu_fixture f;
+    tu_fixture_init(&f, &o, 8, 6.0, 1, 80);
+    ds4sci_result r;
+    memset(&r, 0, sizeof(r));
+    ds4sci_system s = f.sys.s;
+    const int32_t nl = s.n_local, ng = s.n_ghost;
+    ck_assert(ng >= 1);
+    int32_t *own = malloc(sizeof(int32_t) * ng);
+    memcpy(own, s.ghost_owner, sizeof(int32_t) * ng);
+    own[0] = -1; /* ghost 0: another process's atom, through the plan */
+    s.ghost_owner = own;
+    int32_t send[1] = {0}, recv[1] = {nl};
+    ds4sci_wire_peer peer = {1, send, 1, recv};
+    ds4sci_wire_plan plan = {1, &peer, move_fails_after_export, f.ctx, 1};
+    ds4sci_exchange ex = {noop_exchange, noop_exchange, NULL, NULL, 0, NULL, &plan};
+    expect_call(f.ctx, ds4sci_compute(f.ctx, &s, &ex, &r), DS4SCI_ERR_EXCHANGE,
+                "(inside the exchange: ds4sci_ipc_export: the cpu backend has no device memory)");
     free(own);
     tu_fixture_free(&f);
 }
@@ -380,7 +536,14 @@ static Suite *api_suite(void) {
     tcase_add_test(tx, bad_wire_plan_is_refused);
     tcase_add_test(tx, exchange_failure_is_reported);
     tcase_add_test(tx, bad_send_rows_hint_is_refused);
+    tcase_add_loop_test(tx, wire_plan_device_buffers_on_cpu_moves_host_rows, 0, 3);
+    tcase_add_test(tx, error_inside_move_is_reported);
     suite_add_tcase(s, tx);
+
+    TCase *td = tcase_create("device_memory");
+    tcase_add_test(td, device_memory_calls_on_cpu_are_unsupported);
+    tcase_add_test(td, device_memory_calls_refuse_bad_arguments);
+    suite_add_tcase(s, td);
 
     TCase *tv = tcase_create("validation");
     tcase_add_test(tv, bad_input_is_refused_with_a_message);

@@ -3,6 +3,7 @@
  */
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -52,10 +53,32 @@ static int dom_reverse(void *user, double *data, int32_t width) {
     return rc;
 }
 
+/* Device moves: out exported as another process would map it (two_domains.h, n_ipc_bad). */
+static void check_export(domain *d, const void *out) {
+    ds4sci_ipc_handle h;
+    const ds4sci_status st = ds4sci_ipc_export(d->ctx, out, &h);
+    const char *bad = NULL;
+    if (st != DS4SCI_OK)
+        bad = ds4sci_status_name(st);
+    else if (h.offset != 0)
+        bad = "offset not 0";
+    else if (d->ipc_out &&
+             (d->ipc_out == out) != (memcmp(h.bytes, d->ipc_last.bytes, sizeof(h.bytes)) == 0))
+        bad = d->ipc_out == out ? "the same out, another handle" : "another out, the same handle";
+    if (bad && d->n_ipc_bad++ == 0)
+        snprintf(d->ipc_msg, sizeof(d->ipc_msg), "move %d: ds4sci_ipc_export: %s (%s)", d->n_move,
+                 bad, ds4sci_ctx_error(d->ctx));
+    if (st == DS4SCI_OK) {
+        d->ipc_out = out;
+        d->ipc_last = h;
+    }
+}
+
 /* The wire plan's transport between the two domains: one peer each, so the other domain's
    whole outgoing block is this domain's incoming one (forward: its send rows in this domain's
    ghost order; reverse: its remote ghosts' rows in its ghost order, which are this domain's
-   send rows in wire order). */
+   send rows in wire order). Host buffers: memcpy; device buffers: ds4sci_device_copy on this
+   domain's context, reading the other's out in place (two_domains.h). */
 static int dom_move(void *user, const void *out, void *in, size_t row_bytes, int reverse,
                     int device) {
     domain *d = user;
@@ -63,17 +86,30 @@ static int dom_move(void *user, const void *out, void *in, size_t row_bytes, int
     const domain *o = &w->dom[1 - d->p];
     d->out = out;
     d->row_bytes = row_bytes;
+    d->device = device;
     d->n_move++;
     if (reverse)
         d->n_rev++;
     else
         d->n_fwd++;
+    if (device) {
+        d->n_move_device++;
+        check_export(d, out);
+    }
     pthread_barrier_wait(&w->bar);
     const int32_t rows = reverse ? d->peer.n_send : d->peer.n_recv;
     const int32_t o_rows = reverse ? o->peer.n_recv : o->peer.n_send;
-    int rc = o->row_bytes == row_bytes && rows == o_rows && device == 0 ? 0 : -1;
-    if (rc == 0 && rows > 0)
-        memcpy(in, o->out, row_bytes * (size_t)rows);
+    int rc = o->row_bytes == row_bytes && rows == o_rows && o->device == device ? 0 : -1;
+    if (device && !d->plan.device_buffers)
+        rc = -1; /* device pointers only where the plan said move() takes them */
+    if (rc == 0 && rows > 0) {
+        if (device) {
+            const ds4sci_copy c = {in, o->out, row_bytes * (size_t)rows};
+            rc = ds4sci_device_copy(d->ctx, &c, 1) == DS4SCI_OK ? 0 : -2;
+        } else {
+            memcpy(in, o->out, row_bytes * (size_t)rows);
+        }
+    }
     pthread_barrier_wait(&w->bar);
     return rc;
 }
@@ -197,7 +233,7 @@ void world_send_rows(world *w, int hint) {
 /* Wire plans of both domains (partial owners): domain p receives its remote ghosts in ghost
    order; it sends, in the other domain's ghost order, the owned row of each of that domain's
    remote ghosts (repeats where two ghosts there are images of one atom here). */
-void world_plans(world *w) {
+void world_plans(world *w, int32_t device_buffers) {
     for (int p = 0; p < 2; p++) {
         domain *d = &w->dom[p];
         const domain *o = &w->dom[1 - p];
@@ -211,7 +247,7 @@ void world_plans(world *w) {
             if (o->lowner[g] < 0)
                 d->plan_send[ns++] = w->local_of[o->gowner[g]];
         d->peer = (ds4sci_wire_peer){ns, d->plan_send, nr, d->plan_recv};
-        d->plan = (ds4sci_wire_plan){1, &d->peer, dom_move, d};
+        d->plan = (ds4sci_wire_plan){1, &d->peer, dom_move, d, device_buffers};
         d->use_plan = 1;
     }
 }

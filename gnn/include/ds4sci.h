@@ -152,14 +152,20 @@ typedef struct ds4sci_system {
  *     reverse (1): out holds, peer by peer, the rows recv_rows (gradients of the ghosts); move
  *       fills in, peer by peer, with the rows the peer returns for send_rows; the core adds
  *       them into its rows, peer by peer in plan order and row by row in wire order.
- *     row_bytes: bytes of one row (the backend's row type: doubles for the CPU backend);
- *     move copies bytes and never interprets them. device: 0 (host memory) for now.
+ *     row_bytes: bytes of one row (the backend's row type: doubles for the CPU backend,
+ *     floats for the CUDA backend); move copies bytes and never interprets them.
+ *     device: 0: out and in are host memory (pinned for the CUDA backend). 1 (only when the
+ *     plan sets device_buffers and the backend's rows live on a GPU): out and in are device
+ *     memory of the context's GPU; out stays valid and unchanged until move returns, so
+ *     peers may read it in place (CUDA IPC: ds4sci_ipc_export / ds4sci_ipc_open), and move
+ *     may fill in by ds4sci_device_copy. The backend has finished writing out (its stream is
+ *     synchronised) before it calls move, and reads in only after move returns.
  *     Return 0 on success. Called the same number of times with the same row_bytes on every
  *     process, as the callbacks are.
  * A plan must cover exactly the ghosts with ghost_owner -1: each appears once in the recv_rows
  * of all peers together; send_rows are owned rows (repeats allowed). A backend uses the plan
  * or the callbacks of ds4sci_exchange (both must be given): the CPU backend uses the plan, the
- * CUDA backend the callbacks for now.
+ * CUDA backend the callbacks unless DS4SCI_CUDA_WIRE=1 (docs/gpu.md).
  */
 typedef struct ds4sci_wire_peer {
     int32_t n_send;            /* rows sent to this peer */
@@ -174,6 +180,8 @@ typedef struct ds4sci_wire_plan {
     int (*move)(void *user, const void *out, void *in, size_t row_bytes, int reverse,
                 int device);
     void *user;
+    int32_t device_buffers; /* 1: move() accepts device pointers (device = 1) where the
+                               backend's rows are on a GPU; 0: host pointers only */
 } ds4sci_wire_plan;
 
 /*
@@ -284,6 +292,54 @@ ds4sci_status ds4sci_compute(ds4sci_ctx *ctx, const ds4sci_system *system,
  */
 void ds4sci_fold_ghosts(double *data, int32_t width, int32_t n_local, int32_t n_ghost,
                         const int32_t *ghost_owner);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Device memory for a wire plan's move with device buffers (CUDA backend; no CUDA types)       */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * A device buffer of one process, opened by other processes of the node (CUDA IPC). bytes: the
+ * handle of the allocation holding the pointer (cudaIpcMemHandle_t; a new allocation, even at
+ * the same address, has a different handle, so comparing bytes tells a moved buffer apart);
+ * offset: of the pointer in that allocation.
+ */
+#define DS4SCI_IPC_HANDLE_BYTES 64
+typedef struct ds4sci_ipc_handle {
+    unsigned char bytes[DS4SCI_IPC_HANDLE_BYTES];
+    uint64_t offset;
+} ds4sci_ipc_handle;
+
+/*
+ * ds4sci_ipc_export: the handle of device memory of ctx's GPU that ctx's backend handed out
+ * (the out pointer of a move with device = 1). ds4sci_ipc_open: maps another process's
+ * allocation (handle->bytes; offset not applied) into ctx's GPU: *base is the allocation's
+ * start. ds4sci_ipc_close: unmaps it. Each may be called from inside move(). The CPU backend,
+ * or a build without CUDA, gives DS4SCI_ERR_UNSUPPORTED; a CUDA failure DS4SCI_ERR_DEVICE
+ * (e.g. IPC between these two GPUs is not possible), with the reason in ds4sci_ctx_error.
+ * Lifetime of out (device = 1): its allocation does not change during a move; between moves
+ * the backend may replace it by a larger one (a new pointer and a new handle: compare either
+ * at every move), and frees the old one when the first move that hands out the new one has
+ * returned. CUDA leaves freeing memory that another process still maps undefined, so a process
+ * that maps a peer's out closes that mapping within the move where it sees the peer's new
+ * handle, before the move returns; and at the end it closes all its mappings and waits for
+ * every peer to have done so before any of them frees its context.
+ */
+ds4sci_status ds4sci_ipc_export(ds4sci_ctx *ctx, const void *device_ptr,
+                                ds4sci_ipc_handle *handle);
+ds4sci_status ds4sci_ipc_open(ds4sci_ctx *ctx, const ds4sci_ipc_handle *handle, void **base);
+ds4sci_status ds4sci_ipc_close(ds4sci_ctx *ctx, void *base);
+
+/*
+ * Copies n blocks (device or host memory, any mix, each pointer valid in this process: its
+ * own or opened by ds4sci_ipc_open) in order on ctx's GPU and waits until they are done. For
+ * move() with device = 1. Same errors as ds4sci_ipc_export.
+ */
+typedef struct ds4sci_copy {
+    void *dst;
+    const void *src;
+    size_t bytes;
+} ds4sci_copy;
+ds4sci_status ds4sci_device_copy(ds4sci_ctx *ctx, const ds4sci_copy *copies, int32_t n);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Neighbour lists with periodic ghosts, for callers without an MD engine (tests, benchmarks) */
