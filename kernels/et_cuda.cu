@@ -3,10 +3,12 @@
  * one compute() = input upload, edge list, neighbour embedding, L layers forward, head,
  * L layers backward (recomputing each layer's node work from its stored input), forces and
  * fp64 totals. One stream; the host waits only for the edge count (to size the workspace),
- * for host exchanges, and for the results.
+ * for caller exchanges (host exchanges; a wire plan's device buffers before its move()), and
+ * for the results. Also the device memory calls for a wire plan's move (CUDA IPC, copies).
  */
 #include <cub/cub.cuh>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -386,9 +388,12 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
            DS4SCI_CUDA_XCH_F32=0: rows of doubles */
         const char *xf = getenv("DS4SCI_CUDA_XCH_F32");
         et->xch_f32 = !(xf && strcmp(xf, "0") == 0);
-        /* the caller's wire plan for the other processes' rows: opt-in until measured on GPUs */
+        /* the caller's wire plan for the other processes' rows (docs/gpu.md v18, 1M Si atoms
+           per GPU on 2 GPUs: device buffers by CUDA IPC 0.437 s/step, the callbacks 0.510, the
+           plan on pinned host buffers 0.556): by default (-1) where the plan takes device
+           buffers, else the callbacks; DS4SCI_CUDA_WIRE=1: the plan always, =0: never */
         const char *wv = getenv("DS4SCI_CUDA_WIRE");
-        et->wire = wv && strcmp(wv, "1") == 0;
+        et->wire = wv && strcmp(wv, "1") == 0 ? 1 : wv && strcmp(wv, "0") == 0 ? 0 : -1;
         const char *sx = getenv("DS4SCI_CUDA_SPLIT"); /* 1, 2, 4, 8; anything else: per pass */
         et->split_force = sx && (!strcmp(sx, "1") || !strcmp(sx, "2") || !strcmp(sx, "4") ||
                                  !strcmp(sx, "8")) ? atoi(sx) : 0;
@@ -507,10 +512,17 @@ static void release(ds4sci_cuda_et *et, int i)
     b->cap = 0;
 }
 
-/* Make buf[i] hold at least `bytes`; never shrinks, keeps no contents. */
-static ds4sci_status ensure(ds4sci_cuda_et *et, int i, size_t bytes, char *err, size_t err_len)
+/* Make buf[i] hold at least `bytes`; never shrinks, keeps no contents. keep NULL: a smaller
+   allocation is freed; else it is handed to the caller in *keep (NULL when there was none),
+   who frees it later: for a buffer that other processes may still have mapped (exchange_wire;
+   CUDA: freeing an allocation before its importers close it is undefined), and the new
+   allocation then never lands at the old address. */
+static ds4sci_status ensure_keep(ds4sci_cuda_et *et, int i, size_t bytes, void **keep, char *err,
+                                 size_t err_len)
 {
     et_buf *b = &et->buf[i];
+    if (keep)
+        *keep = NULL;
     if (bytes <= b->cap)
         return DS4SCI_OK;
     /* a captured graph bakes the buffers in: compute() captures only when the key says that
@@ -521,7 +533,10 @@ static ds4sci_status ensure(ds4sci_cuda_et *et, int i, size_t bytes, char *err, 
                     "cuda graph: %s would grow during a capture", buf_names[i]);
     /* the first allocation is exact; a buffer that has to grow gets 25% headroom */
     size_t want = b->cap > 0 ? bytes + bytes / 4 : bytes;
-    cudaFree(b->p);
+    if (keep)
+        *keep = b->p;
+    else
+        cudaFree(b->p);
     et->dev_bytes -= b->cap;
     b->p = NULL;
     b->cap = 0;
@@ -544,6 +559,11 @@ static ds4sci_status ensure(ds4sci_cuda_et *et, int i, size_t bytes, char *err, 
     b->cap = want;
     et->dev_bytes += want;
     return DS4SCI_OK;
+}
+
+static ds4sci_status ensure(ds4sci_cuda_et *et, int i, size_t bytes, char *err, size_t err_len)
+{
+    return ensure_keep(et, i, bytes, NULL, err, err_len);
 }
 
 #define BUF(T, i) ((T *)et->buf[i].p)
@@ -695,16 +715,38 @@ typedef struct xch_ctx {
     int wire_ns, wire_nr;
 } xch_ctx;
 
+/* The caller's wire plan is used (et->wire: 1 always, 0 never, -1 where it takes device
+   buffers), only with a caller exchange that has one. */
+static int use_wire(const ds4sci_cuda_et *et, int builtin, const ds4sci_exchange *ex)
+{
+    if (builtin || !ex || !ex->plan)
+        return 0;
+    return et->wire > 0 || (et->wire < 0 && ex->plan->device_buffers != 0);
+}
+
 /*
  * The other processes' rows through the caller's wire plan (ds4sci.h; et->wire): the rows of
  * this process packed on the GPU in plan order (forward: the send entries; reverse: the remote
- * ghosts' gradients) as floats, one copy to pinned memory, the caller's move(), one copy back,
- * then forward the remote ghost rows set and the periodic images gathered, or reverse (images
- * folded first) the returned rows added into the owned rows in plan order (et_add_sorted) and
- * the ghost rows zeroed, as the callback paths leave them.
+ * ghosts' gradients) as floats into B_XCH, the caller's move(), then forward the remote ghost
+ * rows set and the periodic images gathered, or reverse (images folded first) the returned
+ * rows added into the owned rows in plan order (et_add_sorted) and the ghost rows zeroed, as
+ * the callback paths leave them.
+ *   Host buffers (plan->device_buffers 0): one copy of the packed rows to pinned memory, move()
+ * on host pointers, one copy back.
+ *   Device buffers (1): move() gets B_XCH itself, out = dout at the start of the allocation
+ * (so a peer maps it by its IPC handle with offset 0: dout must stay at the buffer's base) and
+ * in = din right after it, and reads / writes them on the GPU (CUDA IPC between the processes
+ * of a node, ds4sci_device_copy). The buffer must not change during a move: it is sized here,
+ * before the pack (compute_body does not touch B_XCH otherwise); between moves it may grow, and
+ * the caller sees that by comparing the pointer or the IPC handle at every move (the old
+ * allocation lives until that move returns, exchange_wire, so the new one has a new address).
+ *   Reached only where use_wire(): a plan and no built-in exchange (api.c passes a plan through
+ * its partial-owner wrapper), so never in graph mode (graph_call: built-in exchange only): the
+ * waits and move() below are host work that a capture could not record.
+ * rows: dout [n_out][w] floats, din [n_in][w] floats, w = F or 4F.
  */
-static ds4sci_status exchange_wire(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse, float *x,
-                                   float *vec, char *err, size_t err_len)
+static ds4sci_status wire_rows(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse, int dev,
+                               float *x, float *vec, char *err, size_t err_len)
 {
     cudaStream_t s = et->stream;
     const int nl = xc->nl, ng = xc->ng, F = xc->F;
@@ -712,8 +754,7 @@ static ds4sci_status exchange_wire(ds4sci_cuda_et *et, const xch_ctx *xc, int re
     const int n_out = reverse ? xc->wire_nr : xc->wire_ns;
     const int n_in = reverse ? xc->wire_ns : xc->wire_nr;
     const size_t floats = ((size_t)n_out + n_in) * w + 2;
-    ST(ensure(et, B_XCH, floats * sizeof(float), err, err_len));
-    if (et->h_xch_cap * 2 < floats) {
+    if (!dev && et->h_xch_cap * 2 < floats) {
         cudaFreeHost(et->h_xch);
         et->h_xch = NULL;
         et->h_xch_cap = 0;
@@ -722,21 +763,38 @@ static ds4sci_status exchange_wire(ds4sci_cuda_et *et, const xch_ctx *xc, int re
         et->h_xch_cap = (floats + 1) / 2;
     }
     float *dout = (float *)et->buf[B_XCH].p, *din = dout + (size_t)n_out * w;
-    float *hout = (float *)et->h_xch, *hin = hout + (size_t)n_out * w;
+    float *hout = dev ? NULL : (float *)et->h_xch, *hin = dev ? NULL : hout + (size_t)n_out * w;
+    /* profile: host wall time as the callback path counts it (xch_ms: pack, copy out and wait;
+       -; move(); copy in, unpack and, with host buffers, wait), ms per step */
+    const int prof = et->profile_path != NULL;
+    double tm = prof ? wall_ms() : 0.0;
+    auto lap = [&](int k) {
+        if (prof) {
+            const double now = wall_ms();
+            et->xch_ms[k] += now - tm;
+            tm = now;
+        }
+    };
     if (reverse && xc->part_owner)
         CU(et_ghost_fold(s, nl, ng, F, xc->fold_key, xc->fold_ghost, x, vec),
            "ghost fold (images)");
     CU(et_pack_rows_f32(s, reverse ? xc->wire_recv : xc->wire_send, n_out, F, x, vec, dout),
        "exchange pack (wire plan)");
-    if (n_out > 0)
+    if (!dev && n_out > 0)
         CU(cudaMemcpyAsync(hout, dout, (size_t)n_out * w * sizeof(float),
                            cudaMemcpyDeviceToHost, s), "exchange copy");
+    /* out complete before move() (ds4sci.h): with device buffers peers read dout from their
+       own streams, which this stream's order does not cover */
     CU(cudaStreamSynchronize(s), "exchange sync");
-    const int rc = xc->plan->move(xc->plan->user, hout, hin, w * sizeof(float), reverse, 0);
+    lap(0);
+    const int rc = xc->plan->move(xc->plan->user, dev ? (const void *)dout : hout,
+                                  dev ? (void *)din : hin, w * sizeof(float), reverse, dev);
+    lap(2);
     if (rc != 0)
-        return fail(err, err_len, DS4SCI_ERR_EXCHANGE, "wire plan move %s (%zu floats a row) "
-                    "returned %d", reverse ? "reverse" : "forward", w, rc);
-    if (n_in > 0)
+        return fail(err, err_len, DS4SCI_ERR_EXCHANGE, "wire plan move %s (%zu floats a row, "
+                    "%s buffers) returned %d", reverse ? "reverse" : "forward", w,
+                    dev ? "device" : "host", rc);
+    if (!dev && n_in > 0)
         CU(cudaMemcpyAsync(din, hin, (size_t)n_in * w * sizeof(float), cudaMemcpyHostToDevice,
                            s), "exchange copy");
     if (!reverse) {
@@ -751,9 +809,43 @@ static ds4sci_status exchange_wire(ds4sci_cuda_et *et, const xch_ctx *xc, int re
         if (vec)
             CU(et_zero_rows(s, nl, ng, 3 * F, vec), "zero ghost rows");
     }
-    /* the pinned buffer is reused by the next exchange: wait until the copy has read it */
-    CU(cudaStreamSynchronize(s), "exchange sync");
+    /* host buffers: the pinned buffer is reused by the next exchange, wait until the copy has
+       read it. Device buffers: no wait. din was complete when move() returned (ds4sci.h: move
+       fills in before it returns; ds4sci_device_copy waits on this stream), and the unpack
+       above reads it in stream order, before anything later on this stream. dout is read by
+       peers only inside move(), between the caller's barriers, all before move() returned
+       here; the next write to dout is the next exchange's pack, queued after this call, and
+       that exchange waits for its stream before its move() lets peers read again. Nothing of
+       B_XCH reaches the host. So the unpack may overlap the host's next launches. */
+    if (!dev)
+        CU(cudaStreamSynchronize(s), "exchange sync");
+    lap(3); /* (device buffers: the unpack's launch only; its run is in the stage's events) */
+    et->xch_calls++;
     return DS4SCI_OK;
+}
+
+/* wire_rows with B_XCH sized first. With device buffers a B_XCH that has to grow keeps its
+   old allocation until move() has returned: a peer may still have it mapped (opened by its
+   IPC handle at an earlier move) and closes it only in this move, when it sees the new handle
+   (docs/exchange_plan.md); freeing it before would be undefined (CUDA IPC). */
+static ds4sci_status exchange_wire(ds4sci_cuda_et *et, const xch_ctx *xc, int reverse, float *x,
+                                   float *vec, char *err, size_t err_len)
+{
+    if (et->capturing) /* a broken invariant (wire_rows: never in graph mode) */
+        return fail(err, err_len, DS4SCI_ERR_DEVICE,
+                    "cuda graph: a wire plan exchange during a capture");
+    const int dev = xc->plan->device_buffers != 0;
+    const size_t w = vec ? 4 * (size_t)xc->F : (size_t)xc->F;
+    const size_t floats = ((size_t)xc->wire_ns + xc->wire_nr) * w + 2;
+    void *old = NULL;
+    ds4sci_status st =
+        ensure_keep(et, B_XCH, floats * sizeof(float), dev ? &old : NULL, err, err_len);
+    if (st == DS4SCI_OK)
+        st = wire_rows(et, xc, reverse, dev, x, vec, err, err_len);
+    /* (after a failure too: a failed exchange ends the run, peers included) */
+    if (old)
+        cudaFree(old);
+    return st;
 }
 
 /* forward: ghost rows of (x[, vec]) from their owners; reverse: ghost rows added into owners,
@@ -1013,7 +1105,7 @@ static ds4sci_status compute_input(ds4sci_cuda_et *et, const ds4sci_system *sys,
     /* the caller's wire plan (et->wire): its send entries and received rows, concatenated in
        plan order, on the device at B_WIRE [ns | nr | ...] (sorted in compute_body) */
     et->wire_ns = et->wire_nr = 0;
-    if (et->wire && !builtin && ex && ex->plan) {
+    if (use_wire(et, builtin, ex)) {
         const ds4sci_wire_plan *pl = ex->plan;
         size_t ns = 0, nr = 0;
         for (int32_t p = 0; p < pl->n_peers; p++) {
@@ -1378,7 +1470,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     }
     /* the wire plan (et->wire): its send entries sorted by row (stable: plan order within a
        row) for the reverse's fixed-order adds */
-    if (et->wire && !builtin && ex && ex->plan) {
+    if (use_wire(et, builtin, ex)) {
         const int ns = et->wire_ns, nr = et->wire_nr;
         size_t lists, arr, wire_tmp; /* compute_input sized B_WIRE and uploaded the lists */
         CU(wire_layout(ns, nr, nl, s, &lists, &arr, &wire_tmp), "cub sort size");
@@ -1844,4 +1936,118 @@ extern "C" ds4sci_status ds4sci_cuda_et_compute(ds4sci_cuda_et *et, const ds4sci
         cudaGetLastError();
     }
     return st;
+}
+
+/* ---- device memory for a wire plan's move (ds4sci_ipc_export ...) ------------------------- */
+/* gnn/backend.h: these may run inside move() during compute(), on the same thread: they use
+   et's device, handle and stream only (compute has waited for the stream before move()), and
+   touch neither the workspace nor the profile marks. */
+
+static_assert(sizeof(cudaIpcMemHandle_t) == DS4SCI_IPC_HANDLE_BYTES,
+              "ds4sci_ipc_handle.bytes holds a cudaIpcMemHandle_t");
+
+/* A failed IPC or copy call: DS4SCI_ERR_DEVICE with CUDA's reason (also out of memory:
+   nothing of the workspace was asked for), the last-error state cleared so that a later call
+   does not report it again (a sticky error, e.g. an illegal address, stays regardless). */
+static ds4sci_status ipc_fail(cudaError_t e, const char *what, char *err, size_t len)
+{
+    cudaGetLastError();
+    return fail(err, len, DS4SCI_ERR_DEVICE, "cuda: %s: %s (%s)", what, cudaGetErrorString(e),
+                cudaGetErrorName(e));
+}
+
+extern "C" ds4sci_status ds4sci_cuda_et_ipc_export(ds4sci_cuda_et *et, const void *ptr,
+                                                   ds4sci_ipc_handle *handle, char *err,
+                                                   size_t err_len)
+{
+    if (!et || !ptr || !handle)
+        return fail(err, err_len, DS4SCI_ERR_ARG, "ds4sci_cuda_et_ipc_export: NULL argument");
+    /* each workspace buffer is its own cudaMalloc (ensure()), the allocation IPC shares */
+    const uintptr_t a = (uintptr_t)ptr;
+    for (int i = 0; i < B_COUNT; i++) {
+        const et_buf *b = &et->buf[i];
+        const uintptr_t p = (uintptr_t)b->p;
+        if (!b->p || a < p || a - p >= b->cap)
+            continue;
+        cudaIpcMemHandle_t h;
+        cudaError_t e = cudaSetDevice(et->device);
+        if (e == cudaSuccess)
+            e = cudaIpcGetMemHandle(&h, b->p);
+        if (e != cudaSuccess)
+            return ipc_fail(e, "cudaIpcGetMemHandle", err, err_len);
+        memcpy(handle->bytes, &h, sizeof(h));
+        handle->offset = (uint64_t)(a - p);
+        return DS4SCI_OK;
+    }
+    return fail(err, err_len, DS4SCI_ERR_ARG,
+                "pointer %p is not device memory of this context (in none of its workspace "
+                "buffers)", ptr);
+}
+
+extern "C" ds4sci_status ds4sci_cuda_et_ipc_open(ds4sci_cuda_et *et,
+                                                 const ds4sci_ipc_handle *handle, void **base,
+                                                 char *err, size_t err_len)
+{
+    if (!et || !handle || !base)
+        return fail(err, err_len, DS4SCI_ERR_ARG, "ds4sci_cuda_et_ipc_open: NULL argument");
+    *base = NULL;
+    cudaIpcMemHandle_t h;
+    memcpy(&h, handle->bytes, sizeof(h));
+    cudaError_t e = cudaSetDevice(et->device);
+    /* peer access to the exporting GPU enabled as needed, as cudaDeviceEnablePeerAccess
+       would (copies over NVLink); an error where the two GPUs cannot access each other */
+    if (e == cudaSuccess)
+        e = cudaIpcOpenMemHandle(base, h, cudaIpcMemLazyEnablePeerAccess);
+    if (e != cudaSuccess) {
+        *base = NULL;
+        return ipc_fail(e, "cudaIpcOpenMemHandle", err, err_len);
+    }
+    return DS4SCI_OK;
+}
+
+extern "C" ds4sci_status ds4sci_cuda_et_ipc_close(ds4sci_cuda_et *et, void *base, char *err,
+                                                  size_t err_len)
+{
+    if (!et || !base)
+        return fail(err, err_len, DS4SCI_ERR_ARG, "ds4sci_cuda_et_ipc_close: NULL argument");
+    cudaError_t e = cudaSetDevice(et->device);
+    if (e == cudaSuccess)
+        e = cudaIpcCloseMemHandle(base);
+    if (e != cudaSuccess)
+        return ipc_fail(e, "cudaIpcCloseMemHandle", err, err_len);
+    return DS4SCI_OK;
+}
+
+extern "C" ds4sci_status ds4sci_cuda_et_copy(ds4sci_cuda_et *et, const ds4sci_copy *copies,
+                                             int32_t n, char *err, size_t err_len)
+{
+    if (!et || n < 0 || (n > 0 && !copies))
+        return fail(err, err_len, DS4SCI_ERR_ARG, "ds4sci_cuda_et_copy: bad arguments");
+    /* never during a capture (a plan's exchange is never captured, exchange_wire): the copies
+       would be recorded, not run */
+    if (et->capturing)
+        return fail(err, err_len, DS4SCI_ERR_DEVICE,
+                    "ds4sci_cuda_et_copy: called during a CUDA graph capture");
+    cudaStream_t s = et->stream;
+    cudaError_t e = cudaSetDevice(et->device);
+    if (e != cudaSuccess)
+        return ipc_fail(e, "cudaSetDevice", err, err_len);
+    /* on et's stream, idle here (compute waits for it before move(); outside compute nothing
+       is queued): in order, and waited for below, so nothing outlives the call */
+    for (int32_t k = 0; k < n; k++) {
+        if (copies[k].bytes == 0)
+            continue;
+        e = cudaMemcpyAsync(copies[k].dst, copies[k].src, copies[k].bytes, cudaMemcpyDefault, s);
+        if (e != cudaSuccess) {
+            char what[96];
+            snprintf(what, sizeof(what), "cudaMemcpyAsync of copies[%d] (%zu bytes)", (int)k,
+                     copies[k].bytes);
+            cudaStreamSynchronize(s); /* the copies queued before it: leave the stream idle */
+            return ipc_fail(e, what, err, err_len);
+        }
+    }
+    e = cudaStreamSynchronize(s);
+    if (e != cudaSuccess)
+        return ipc_fail(e, "cudaStreamSynchronize (device copies)", err, err_len);
+    return DS4SCI_OK;
 }

@@ -184,9 +184,11 @@ typedef struct ds4sci_cuda_et {
                                 most that keeps the workspace under half of mem_at_create),
                                 0 none, 1 q/k/v, 2 q/k/v, vec_proj's P and o
                                 (DS4SCI_CUDA_KEEP=0|1|2 forces a level) */
-    int wire;                /* DS4SCI_CUDA_WIRE=1: use the caller's wire plan (ds4sci.h) for
-                                the other processes' rows (packed on the GPU, one block per
-                                direction through pinned memory; default 0: the callbacks) */
+    int wire;                /* the caller's wire plan (ds4sci.h) for the other processes'
+                                rows, packed on the GPU, one block per direction: -1 (default)
+                                where the plan takes device buffers (CUDA IPC), else the
+                                callbacks; DS4SCI_CUDA_WIRE=1 always (pinned host buffers
+                                where the plan has no device buffers), 0 never */
     int *h_wire;             /* host staging of the plan's concatenated lists */
     size_t h_wire_cap;       /* ints */
     int wire_ns, wire_nr;    /* this call's plan: send entries, received rows */

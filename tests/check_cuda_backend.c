@@ -884,11 +884,15 @@ START_TEST(test_caller_exchange_partial_owners)
 }
 END_TEST
 
-/* An empty domain (no atoms) still makes every exchange call and returns zeros. */
 /* Two "processes" (threads), each a CUDA context, with partial owners and the caller's wire
-   plan, against the float64 CPU path on one process: the callbacks (default), and the plan
-   itself (DS4SCI_CUDA_WIRE=1: rows packed on the GPU in plan order, moved as one block). */
-static ds4sci_ctx *cuda_ctx_callbacks(const et_desc *d)
+   plan, against the float64 CPU path on one process: the callbacks (the default for a plan
+   without device buffers), the plan itself with host buffers (DS4SCI_CUDA_WIRE=1: rows packed
+   on the GPU in plan order, moved as one block through pinned memory), and with device buffers
+   (the default where the plan's device_buffers is set: move() gets the packed rows on the GPU
+   and copies the other domain's in place with ds4sci_device_copy, tests/two_domains.c, as CUDA
+   IPC would between processes); a plan with device buffers and DS4SCI_CUDA_WIRE=0 keeps the
+   callbacks. */
+static ds4sci_ctx *cuda_ctx_default(const et_desc *d)
 {
     return ctx_cuda_env(d, "DS4SCI_CUDA_WIRE", NULL);
 }
@@ -898,13 +902,25 @@ static ds4sci_ctx *cuda_ctx_wire(const et_desc *d)
     return ctx_cuda_env(d, "DS4SCI_CUDA_WIRE", "1");
 }
 
+static ds4sci_ctx *cuda_ctx_nowire(const et_desc *d)
+{
+    return ctx_cuda_env(d, "DS4SCI_CUDA_WIRE", "0");
+}
+
+/* _i 0-3: the callbacks (even) and host buffers (odd), two domains (< 2) or an empty one;
+   _i 4, 5: device buffers on the systems of _i 1 and 3; _i 6, 7: device buffers offered,
+   DS4SCI_CUDA_WIRE=0 (the callbacks) */
 START_TEST(test_two_domains_wire_plan)
 {
-    const int wire = _i % 2, all_to_first = _i >= 2;
+    const int k = _i < 4 ? _i : _i < 6 ? 2 * _i - 7 : 2 * _i - 11; /* 4, 6 -> 1; 5, 7 -> 3 */
+    /* 0 callbacks, 1 host buffers, 2 device buffers, 3 device buffers offered, not used */
+    const int mode = _i < 4 ? _i % 2 : _i < 6 ? 2 : 3;
+    const int wire = mode == 1 || mode == 2, all_to_first = k >= 2;
     tu_opts o;
-    tu_opts_combo(&o, 3 + 5 * _i);
+    /* combos 3, 10, 17, 24: none with idx % 9 == 4 (F = 24, H = 3: not a CUDA shape) */
+    tu_opts_combo(&o, 3 + 7 * k);
     tu_fixture f;
-    tu_fixture_init(&f, &o, 40, 9.0, 1, 1300 + _i);
+    tu_fixture_init(&f, &o, 40, 9.0, 1, 1300 + k);
     tu_result ref;
     tu_fixture_compute(&f, &ref);
     const ds4sci_system *g = &f.sys.s;
@@ -916,16 +932,45 @@ START_TEST(test_two_domains_wire_plan)
     domain_build(&w, 0, g);
     domain_build(&w, 1, g);
     world_send_rows(&w, 1);
-    world_plans(&w);
-    ck_assert_msg(world_run(&w, wire ? cuda_ctx_wire : cuda_ctx_callbacks, f.d),
+    world_plans(&w, mode >= 2);
+    ck_assert_msg(world_run(&w, mode == 1 ? cuda_ctx_wire : mode == 3 ? cuda_ctx_nowire
+                                                                     : cuda_ctx_default, f.d),
                   "domains: %s / %s", ds4sci_ctx_error(w.dom[0].ctx),
                   ds4sci_ctx_error(w.dom[1].ctx));
     ck_assert_int_eq(w.dom[0].n_fwd, w.dom[1].n_fwd);
     ck_assert_int_eq(w.dom[0].n_rev, w.dom[1].n_rev);
-    /* the plan was used by both or by neither, as asked */
-    ck_assert_msg((w.dom[0].n_move > 0) == wire && (w.dom[1].n_move > 0) == wire,
-                  "moves %d / %d with DS4SCI_CUDA_WIRE=%d", w.dom[0].n_move, w.dom[1].n_move,
-                  wire);
+    for (int p = 0; p < 2; p++) {
+        const domain *d = &w.dom[p];
+        /* the plan was used by both or by neither, as asked, every time; with device pointers
+           exactly when the plan allowed them */
+        ck_assert_msg(d->n_move == (wire ? d->n_fwd + d->n_rev : 0) && d->n_move_device ==
+                      (mode == 2 ? d->n_move : 0), "domain %d: %d moves, %d with device "
+                      "pointers, of %d exchanges (mode %d)", p, d->n_move, d->n_move_device,
+                      d->n_fwd + d->n_rev, mode);
+        ck_assert_msg(d->n_ipc_bad == 0, "domain %d: %s", p, d->ipc_msg);
+    }
+    if (mode == 2)
+        for (int p = 0; p < 2; p++) {
+            /* after the call: out (the exchange buffer's start) is still the context's device
+               memory, and exports with offset 0, as inside move(); host memory does not */
+            domain *d = &w.dom[p];
+            ds4sci_ipc_handle h;
+            ds4sci_status st = ds4sci_ipc_export(d->ctx, d->out, &h);
+            ck_assert_msg(st == DS4SCI_OK && h.offset == 0, "domain %d: export of out: %s %s",
+                          p, ds4sci_status_name(st), ds4sci_ctx_error(d->ctx));
+            ck_assert(memcmp(h.bytes, d->ipc_last.bytes, sizeof(h.bytes)) == 0);
+            st = ds4sci_ipc_export(d->ctx, d->pos, &h);
+            ck_assert_msg(st == DS4SCI_ERR_ARG &&
+                              strstr(ds4sci_ctx_error(d->ctx), "not device memory"),
+                          "domain %d: export of a host pointer: %s %s", p,
+                          ds4sci_status_name(st), ds4sci_ctx_error(d->ctx));
+            /* copies of host memory (cudaMemcpyDefault), and none */
+            double a[3] = {1.5, -2.0, 3.25}, b[3] = {0, 0, 0};
+            const ds4sci_copy c[2] = {{b, a, 2 * sizeof(double)}, {b + 2, a + 2, 0}};
+            ck_assert_int_eq(ds4sci_device_copy(d->ctx, c, 2), DS4SCI_OK);
+            ck_assert(b[0] == a[0] && b[1] == a[1] && b[2] == 0.0);
+            ck_assert_int_eq(ds4sci_device_copy(d->ctx, NULL, 0), DS4SCI_OK);
+        }
     double esum = 0.0;
     for (int32_t i = 0; i < n; i++)
         esum += fabs(ref.r.atom_energy[i]);
@@ -934,11 +979,22 @@ START_TEST(test_two_domains_wire_plan)
     double *fsum = world_forces(&w, n);
     ck_assert(fsum);
     const double df = rel_rms(fsum, ref.r.forces, 3 * (size_t)n);
+    /* the virial as compare() measures it: against the per-atom virials' norm where that is
+       larger than the total's (a sum of terms of both signs) */
+    double vnum = 0.0, vden = 0.0, avn = 0.0;
+    for (int c = 0; c < 6; c++) {
+        const double v = w.dom[0].res.r.virial[c] + w.dom[1].res.r.virial[c];
+        vnum += (v - ref.r.virial[c]) * (v - ref.r.virial[c]);
+        vden += ref.r.virial[c] * ref.r.virial[c];
+    }
+    for (size_t c = 0; c < 6 * (size_t)ref.n_total; c++)
+        avn += ref.r.atom_virial[c] * ref.r.atom_virial[c];
+    const double dv = sqrt(vnum) / fmax(fmax(sqrt(vden), sqrt(avn)), 1e-300);
     if (getenv("CK_REPORT"))
-        printf("two domains, wire %d, all to first %d: energy %.3g forces %.3g relative\n",
-               wire, all_to_first, de, df);
-    ck_assert_msg(de < TOL_E && df < TOL_F, "two domains (wire %d): energy %.3g forces %.3g",
-                  wire, de, df);
+        printf("two domains, mode %d, all to first %d: energy %.3g forces %.3g virial %.3g "
+               "relative\n", mode, all_to_first, de, df, dv);
+    ck_assert_msg(de < TOL_E && df < TOL_F && dv < TOL_V,
+                  "two domains (mode %d): energy %.3g forces %.3g virial %.3g", mode, de, df, dv);
     free(fsum);
     world_free(&w);
     tu_result_free(&ref);
@@ -946,6 +1002,7 @@ START_TEST(test_two_domains_wire_plan)
 }
 END_TEST
 
+/* An empty domain (no atoms) still makes every exchange call and returns zeros. */
 START_TEST(test_empty_domain)
 {
     tu_opts o;
@@ -1048,7 +1105,7 @@ static Suite *suite(void)
     tcase_add_test(tx, test_repeated_calls_and_size_changes);
     tcase_add_test(tx, test_graph_matches_launches_across_list_rebuilds);
     tcase_add_test(tx, test_keep_levels_match);
-    tcase_add_loop_test(tx, test_two_domains_wire_plan, 0, 4);
+    tcase_add_loop_test(tx, test_two_domains_wire_plan, 0, 8);
     suite_add_tcase(s, tx);
     return s;
 }
