@@ -119,7 +119,7 @@ PairDS4SCI::PairDS4SCI(LAMMPS *lmp) :
     input_nlocal(-1), input_nghost(-1), input_exchange(EXCHANGE_LAMMPS), send_recording(false),
     send_valid(false), halo_send_buf_rows(0), halo_recv_buf_rows(0), node_comm(MPI_COMM_NULL),
     node_me(0), halo_win(MPI_WIN_NULL), halo_win_doubles(0), halo_shared(false),
-    comm_data(nullptr), comm_width(0)
+    ipc_plan(false), ipc_used(false), comm_data(nullptr), comm_width(0)
 {
   single_enable = 0;
   restartinfo = 0;    // after read_restart, pair_style and pair_coeff are given again
@@ -153,6 +153,7 @@ PairDS4SCI::~PairDS4SCI()
 
 void PairDS4SCI::release()
 {
+  ipc_close_all();
   ds4sci_ctx_free(ctx);
   ctx = nullptr;
   ds4sci_model_free(model);
@@ -579,7 +580,23 @@ void PairDS4SCI::build_halo(int nlocal, int nghost)
                           halo_send_index.data() + halo_send_offset[p],
                           halo_recv_offset[p + 1] - halo_recv_offset[p],
                           halo_recv_index.data() + halo_recv_offset[p]};
-  halo_wire_plan = {nprocs, halo_wire_peers.data(), exchange_move, this};
+  // Device buffers (CUDA IPC) when every rank's peers are on its node and share its window,
+  // the backend is CUDA, and DS4SCI_IPC is not 0; the same answer on every rank (collective
+  // moves). Other layouts keep the pinned host path (the core's wire plan with device 0).
+  const char *ipc_env = getenv("DS4SCI_IPC");
+  int ipc = ds4sci_ctx_device(ctx) == DS4SCI_DEVICE_CUDA && exchange_shared && halo_shared &&
+      !(ipc_env && std::string(ipc_env) == "0");
+  for (int p = 0; p < nprocs && ipc; p++)
+    if (node_rank_of[p] < 0 && (halo_send_offset[p + 1] > halo_send_offset[p] ||
+                                halo_recv_offset[p + 1] > halo_recv_offset[p]))
+      ipc = 0;
+  MPI_Allreduce(MPI_IN_PLACE, &ipc, 1, MPI_INT, MPI_MIN, world);
+  if (ipc && !ipc_used && comm->me == 0)
+    utils::logmesg(lmp, "pair_style ds4sci: halo plan: feature rows between the GPUs of a node "
+                        "by CUDA IPC (device to device; DS4SCI_IPC=0: through host memory)\n");
+  ipc_plan = ipc != 0;
+  ipc_used = ipc_used || ipc_plan;
+  halo_wire_plan = {nprocs, halo_wire_peers.data(), exchange_move, this, ipc_plan ? 1 : 0};
 }
 
 /* ----------------------------------------------------------------------
@@ -823,8 +840,15 @@ int PairDS4SCI::exchange_move(void *self, const void *out, void *in, size_t row_
                               int reverse, int device)
 {
   auto *pair = static_cast<PairDS4SCI *>(self);
+  if (device != 0) {
+    if (!pair->ipc_plan || pair->input_exchange != EXCHANGE_HALO || row_bytes == 0) return 1;
+    const double t0 = MPI_Wtime();
+    const int rc = pair->ipc_move(out, in, row_bytes, reverse == 0);
+    pair->t_exchange += MPI_Wtime() - t0;
+    return rc;
+  }
   const int cap = reverse ? pair->comm_reverse : pair->comm_forward;
-  if (device != 0 || row_bytes % sizeof(double) != 0 ||
+  if (row_bytes % sizeof(double) != 0 ||
       row_bytes / sizeof(double) > (size_t)cap || pair->input_exchange != EXCHANGE_HALO)
     return 1;
   const int width = (int)(row_bytes / sizeof(double));
@@ -843,6 +867,100 @@ int PairDS4SCI::exchange_move(void *self, const void *out, void *in, size_t row_
   if (pair->halo_shared) pair->halo_node_barrier();
   pair->t_exchange += MPI_Wtime() - t0;
   return 0;
+}
+
+/* ----------------------------------------------------------------------
+   the wire plan's move with device buffers (every peer on this node): out and in are the
+   core's exchange buffer on this rank's GPU. Each rank exports the handle of its out block,
+   the node gathers them (which also waits until every rank's out is complete: the core has
+   synchronised its stream before move), each rank maps the peers' blocks whose handles are
+   new (a block that grew is a new allocation), copies its rows from each peer's block into
+   in (GPU to GPU: NVLink between GPUs, a device copy on one), and a last reduction waits
+   until every rank has read its rows (out must not change before) and agrees on success.
+   Same collectives on every rank whatever fails, so an error ends the run on all ranks
+   instead of leaving some waiting.
+------------------------------------------------------------------------- */
+
+int PairDS4SCI::ipc_move(const void *out, void *in, size_t row_bytes, bool forward)
+{
+  int node_size = 1;
+  MPI_Comm_size(node_comm, &node_size);
+  ipc_slots.resize(node_size);
+  ipc_open_handle.resize(node_size);
+  ipc_base.resize(node_size, nullptr);
+  std::string failed;
+  IpcSlot mine;
+  memset(&mine, 0, sizeof(mine));
+  mine.ok = ds4sci_ipc_export(ctx, out, &mine.handle) == DS4SCI_OK;
+  if (!mine.ok) failed = std::string("export: ") + ds4sci_ctx_error(ctx);
+  const double t0 = MPI_Wtime();
+  MPI_Allgather(&mine, (int)sizeof(IpcSlot), MPI_BYTE, ipc_slots.data(), (int)sizeof(IpcSlot),
+                MPI_BYTE, node_comm);
+  t_halo_mpi += MPI_Wtime() - t0;
+  int ok = 1;
+  for (const IpcSlot &slot : ipc_slots) ok = ok && slot.ok;
+
+  // A peer's block that moved: unmap the old one now, before this move returns (its owner
+  // frees it after its own move returns, which waits for the reduction below).
+  for (int r = 0; r < node_size; r++)
+    if (ipc_base[r] && (!ipc_slots[r].ok ||
+                        memcmp(ipc_open_handle[r].bytes, ipc_slots[r].handle.bytes,
+                               DS4SCI_IPC_HANDLE_BYTES) != 0)) {
+      if (ds4sci_ipc_close(ctx, ipc_base[r]) != DS4SCI_OK && failed.empty())
+        failed = std::string("close: ") + ds4sci_ctx_error(ctx);
+      ipc_base[r] = nullptr;
+    }
+
+  const std::vector<int> &in_offset = forward ? halo_recv_offset : halo_send_offset;
+  const std::vector<int> &in_node_peers = forward ? halo_node_recv_peers : halo_node_send_peers;
+  const std::vector<int> &peer_at = forward ? halo_peer_send_at : halo_peer_recv_at;
+  ipc_copies.clear();
+  for (int p : in_node_peers) {
+    if (!ok) break;
+    const int r = node_rank_of[p];
+    if (!ipc_base[r]) {
+      void *base = nullptr;
+      if (ds4sci_ipc_open(ctx, &ipc_slots[r].handle, &base) != DS4SCI_OK) {
+        ok = 0;
+        failed = "open rank " + std::to_string(p) + "'s block: " + ds4sci_ctx_error(ctx);
+        break;
+      }
+      ipc_base[r] = static_cast<char *>(base);
+      ipc_open_handle[r] = ipc_slots[r].handle;
+    }
+    const size_t rows = (size_t)(in_offset[p + 1] - in_offset[p]);
+    ipc_copies.push_back({static_cast<char *>(in) + (size_t)in_offset[p] * row_bytes,
+                          ipc_base[r] + ipc_slots[r].handle.offset + (size_t)peer_at[p] * row_bytes,
+                          rows * row_bytes});
+  }
+  if (ok && ds4sci_device_copy(ctx, ipc_copies.data(), (int32_t)ipc_copies.size()) != DS4SCI_OK) {
+    ok = 0;
+    failed = std::string("copy: ") + ds4sci_ctx_error(ctx);
+  }
+  if (!failed.empty()) ok = 0;
+  const double t1 = MPI_Wtime();
+  MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, node_comm);
+  t_halo_mpi += MPI_Wtime() - t1;
+  if (!failed.empty())
+    error->warning(FLERR, "pair_style ds4sci: CUDA IPC exchange failed on rank {}: {} (set "
+                          "DS4SCI_IPC=0 to exchange through host memory)", comm->me, failed);
+  return ok ? 0 : 1;
+}
+
+// Every mapping of a peer's block closed, then the node waits, before any rank frees its
+// context (its blocks): CUDA leaves freeing an allocation that another process still maps
+// undefined. Collective over the node when a plan used device buffers (the same on all ranks).
+void PairDS4SCI::ipc_close_all()
+{
+  for (char *&base : ipc_base)
+    if (base) {
+      ds4sci_ipc_close(ctx, base);
+      base = nullptr;
+    }
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (ipc_used && node_comm != MPI_COMM_NULL && !finalized) MPI_Barrier(node_comm);
+  ipc_used = ipc_plan = false;
 }
 
 /* ----------------------------------------------------------------------

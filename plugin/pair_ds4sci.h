@@ -145,10 +145,25 @@ class PairDS4SCI : public Pair {
   std::vector<int> halo_peer_recv_at;     // [nprocs] p's halo_recv_offset[me]: p's ghosts of mine
 
   // The halo plan as the core's wire plan (ds4sci.h): one peer per rank, the lists above. The
-  // core packs the rows (the CPU backend; the CUDA backend still calls the callbacks) and
-  // exchange_move moves the packed blocks (halo_transfer with packed rows).
+  // core packs the rows (the CPU backend; the CUDA backend with DS4SCI_CUDA_WIRE=1, else it
+  // calls the callbacks) and exchange_move moves the packed blocks (halo_transfer with packed
+  // rows, or ipc_move).
   std::vector<ds4sci_wire_peer> halo_wire_peers;  // [nprocs]
   ds4sci_wire_plan halo_wire_plan;
+
+  // The plan with device buffers (CUDA backend, every peer on this node, not DS4SCI_IPC=0):
+  // the core's packed rows stay on the GPUs, and each rank copies its peers' rows for it
+  // straight out of their exchange buffers, mapped by CUDA IPC (ipc_move). Same on all ranks.
+  bool ipc_plan;                          // this plan's device_buffers
+  bool ipc_used;                          // some plan of this context had them (teardown)
+  struct IpcSlot {                        // one rank's part of the per-move allgather
+    ds4sci_ipc_handle handle;             // its out block (the core's exchange buffer)
+    int32_t ok, pad;                      // 0: its export failed
+  };
+  std::vector<IpcSlot> ipc_slots;         // [node ranks] gathered at each move
+  std::vector<ds4sci_ipc_handle> ipc_open_handle;  // [node ranks] what ipc_base maps
+  std::vector<char *> ipc_base;           // [node ranks] mapped allocations, nullptr: none
+  std::vector<ds4sci_copy> ipc_copies;
 
   // The array being exchanged by the core's current forward/reverse call.
   double *comm_data;   // [nall][comm_width]
@@ -164,6 +179,8 @@ class PairDS4SCI : public Pair {
   static int exchange_reverse_f32(void *self, float *data, int32_t width);
   static int exchange_move(void *self, const void *out, void *in, size_t row_bytes, int reverse,
                            int device);
+  int ipc_move(const void *out, void *in, size_t row_bytes, bool forward);
+  void ipc_close_all();
   void halo_shared_setup(int n_send, int n_recv);
   void halo_window_free();
   void halo_node_barrier();

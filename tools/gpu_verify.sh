@@ -25,8 +25,9 @@
 # RACE=0 skips racecheck (the final one and, with two GPUs, the one beside BG_CMD).
 # VARIANTS=0 runs only the default paths' checks; FILTER=0 skips bench_filter_mma; EXPF_BENCH,
 # GRAPH_BENCH, MERGED_BENCH, XCH_F32_BENCH, WEAK_BENCH=0 skip those runs (WEAK_BENCH: 2M Si atoms on
-# two GPUs, the weak-scaling partner of the one-rank 1M bench); WIRE_TEST=0 the wire plan's LAMMPS
-# tests and weak bench (DS4SCI_CUDA_WIRE=1, two GPUs); SPLITS="" the split ones.
+# two GPUs, the weak-scaling partner of the one-rank 1M bench); WIRE_TEST=0 the LAMMPS tests with
+# the wire plan on host buffers (DS4SCI_IPC=0 DS4SCI_CUDA_WIRE=1; the default on one node is
+# CUDA IPC) and the weak bench with the callbacks (two GPUs); SPLITS="" the split ones.
 # Environment for run: OUT (files back: summary.txt and logs.tgz), BUDGET (seconds, default
 # 420), SIZES (bench_gpu sizes, default "1000 10000 100000 1000000"), BG_CMD, BG_SECONDS
 # (when BG_CMD is stopped, default BUDGET - 150).
@@ -203,12 +204,13 @@ OUT=$L SI_NVE=0 BENCH_SI="" BENCH_REF="" OOM_CELLS=0 timeout 200 bash tools/gpu_
     > "$LG/lammps.log" 2>&1
 t lammps_test $?
 if [ "$NGPU" -ge 2 ] && [ "${WIRE_TEST:-1}" = 1 ]; then
-    # the wire plan on the GPU (DS4SCI_CUDA_WIRE=1, opt-in): the LAMMPS GPU tests again, the
-    # 2-rank ones through the plugin's plan
+    # the default 2-rank runs above exchange by CUDA IPC (the wire plan with device buffers);
+    # the LAMMPS GPU tests again with the plan on pinned host buffers (DS4SCI_IPC=0
+    # DS4SCI_CUDA_WIRE=1), the path between nodes
     mkdir -p "$L/wire"
-    DS4SCI_CUDA_WIRE=1 OUT=$L/wire SI_NVE=0 BENCH_SI="" BENCH_REF="" OOM_CELLS=0 timeout 200 \
-        bash tools/gpu_lammps.sh test > "$LG/lammps_wire.log" 2>&1
-    t lammps_test_wire $?
+    DS4SCI_IPC=0 DS4SCI_CUDA_WIRE=1 OUT=$L/wire SI_NVE=0 BENCH_SI="" BENCH_REF="" OOM_CELLS=0 \
+        timeout 200 bash tools/gpu_lammps.sh test > "$LG/lammps_wire.log" 2>&1
+    t lammps_test_wire_host $?
 fi
 # the 2-rank benchmarks need GPU 1: stop the background jobs first (they run to BG_SECONDS)
 for p in "${bg[@]}"; do
@@ -236,10 +238,11 @@ if [ "$NGPU" -ge 2 ] && left $(( BUDGET - 110 )); then
             bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
         t lammps_bench_2gpu_weak $?
         if [ "${WIRE_TEST:-1}" = 1 ] && left $(( BUDGET - 60 )); then
-            OUT=$L SI_NVE=0 OOM_CELLS=0 BENCH_NP=2 BENCH_TAG=_2gpu_weak_wire BENCH_SI="63 20 0" \
-                BENCH_REF="" DS4SCI_CUDA_WIRE=1 DS4SCI_CUDA_PROFILE=$L/profile_2gpu_weak_wire.txt \
+            # the callbacks through host memory (DS4SCI_CUDA_WIRE=0) side by side
+            OUT=$L SI_NVE=0 OOM_CELLS=0 BENCH_NP=2 BENCH_TAG=_2gpu_weak_cb BENCH_SI="63 20 0" \
+                BENCH_REF="" DS4SCI_CUDA_WIRE=0 DS4SCI_CUDA_PROFILE=$L/profile_2gpu_weak_cb.txt \
                 timeout 90 bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
-            t lammps_bench_2gpu_weak_wire $?
+            t lammps_bench_2gpu_weak_cb $?
         fi
     fi
 fi
