@@ -189,21 +189,30 @@ static int noop_move(void *user, const void *out, void *in, size_t row_bytes, in
     return 0;
 }
 
-/* A wire plan must cover exactly the ghosts with owner -1, send owned rows, and have a move. */
-START_TEST(bad_wire_plan_is_refused) {
+/* A small periodic fixture whose ghost 0 is another process's atom (ghost_owner -1): *s is its
+   system with those owners, returned (the caller frees it). */
+static int32_t *remote_ghost_fixture(tu_fixture *f, uint64_t seed, ds4sci_system *s) {
     tu_opts o;
     tu_opts_default(&o);
+    tu_fixture_init(f, &o, 8, 6.0, 1, seed);
+    *s = f->sys.s;
+    ck_assert(s->n_ghost >= 2);
+    int32_t *own = malloc(sizeof(int32_t) * s->n_ghost);
+    ck_assert(own);
+    memcpy(own, s->ghost_owner, sizeof(int32_t) * s->n_ghost);
+    own[0] = -1;
+    s->ghost_owner = own;
+    return own;
+}
+
+/* A wire plan must cover exactly the ghosts with owner -1, send owned rows, and have a move. */
+START_TEST(bad_wire_plan_is_refused) {
     tu_fixture f;
-    tu_fixture_init(&f, &o, 8, 6.0, 1, 79);
+    ds4sci_system s;
+    int32_t *own = remote_ghost_fixture(&f, 79, &s);
     ds4sci_result r;
     memset(&r, 0, sizeof(r));
-    ds4sci_system s = f.sys.s;
-    const int32_t nl = s.n_local, ng = s.n_ghost;
-    ck_assert(ng >= 2);
-    int32_t *own = malloc(sizeof(int32_t) * ng);
-    memcpy(own, s.ghost_owner, sizeof(int32_t) * ng);
-    own[0] = -1; /* ghost 0: another process's atom */
-    s.ghost_owner = own;
+    const int32_t nl = s.n_local;
     int32_t send[1] = {0}, recv[2] = {nl, nl};
     ds4sci_wire_peer peer = {1, send, 1, recv};
     ds4sci_wire_plan plan = {0, &peer, noop_move, NULL, 0};
@@ -356,19 +365,12 @@ static int move_fails_after_export(void *user, const void *out, void *in, size_t
 }
 
 START_TEST(error_inside_move_is_reported) {
-    tu_opts o;
-    tu_opts_default(&o);
     tu_fixture f;
-    tu_fixture_init(&f, &o, 8, 6.0, 1, 80);
+    ds4sci_system s;
+    int32_t *own = remote_ghost_fixture(&f, 80, &s);
     ds4sci_result r;
     memset(&r, 0, sizeof(r));
-    ds4sci_system s = f.sys.s;
-    const int32_t nl = s.n_local, ng = s.n_ghost;
-    ck_assert(ng >= 1);
-    int32_t *own = malloc(sizeof(int32_t) * ng);
-    memcpy(own, s.ghost_owner, sizeof(int32_t) * ng);
-    own[0] = -1; /* ghost 0: another process's atom, through the plan */
-    s.ghost_owner = own;
+    const int32_t nl = s.n_local;
     int32_t send[1] = {0}, recv[1] = {nl};
     ds4sci_wire_peer peer = {1, send, 1, recv};
     ds4sci_wire_plan plan = {1, &peer, move_fails_after_export, f.ctx, 1};
