@@ -269,11 +269,33 @@ static __global__ void k_ghost_fold(int nl, int ng, int F, int w, const int *__r
         return;
     float *const dst = j < F ? &x[(size_t)o * F + j] : &vec[(size_t)o * 3 * F + (j - F)];
     float acc = *dst;
-    for (int q = p; q < ng && key[q] == o; q++) {
-        const size_t g = (size_t)nl + ghost[q];
-        float *const src = j < F ? &x[g * F + j] : &vec[g * 3 * F + (j - F)];
-        acc += *src;
-        *src = 0.f;
+    /* the run's images FOLD_BATCH at a time: their keys and ghost indices, then their values,
+       loaded before any add or store (a serial walk waited on key, ghost and value load by
+       load: ~16 us per launch at 1,000 atoms, ncu v18), then added in the same order as
+       before (q ascending: the same bits). key is sorted, so the images of o are a prefix. */
+    constexpr int FOLD_BATCH = 8;
+    for (int q0 = p;; q0 += FOLD_BATCH) {
+        float *src[FOLD_BATCH];
+        float val[FOLD_BATCH];
+        bool in[FOLD_BATCH];
+#pragma unroll
+        for (int k = 0; k < FOLD_BATCH; k++) {
+            const int q = q0 + k;
+            in[k] = q < ng && key[q] == o;
+            const size_t g = (size_t)nl + (in[k] ? ghost[q] : 0);
+            src[k] = j < F ? &x[g * F + j] : &vec[g * 3 * F + (j - F)];
+        }
+#pragma unroll
+        for (int k = 0; k < FOLD_BATCH; k++)
+            val[k] = in[k] ? *src[k] : 0.f;
+#pragma unroll
+        for (int k = 0; k < FOLD_BATCH; k++)
+            if (in[k]) {
+                acc += val[k];
+                *src[k] = 0.f;
+            }
+        if (!in[FOLD_BATCH - 1])
+            break;
     }
     *dst = acc;
 }
