@@ -119,7 +119,7 @@ PairDS4SCI::PairDS4SCI(LAMMPS *lmp) :
     input_nlocal(-1), input_nghost(-1), input_exchange(EXCHANGE_LAMMPS), send_recording(false),
     send_valid(false), halo_send_buf_rows(0), halo_recv_buf_rows(0), node_comm(MPI_COMM_NULL),
     node_me(0), halo_win(MPI_WIN_NULL), halo_win_doubles(0), halo_shared(false),
-    ipc_plan(false), ipc_used(false), comm_data(nullptr), comm_width(0)
+    ipc_plan(false), ipc_used(false), ipc_failed(false), comm_data(nullptr), comm_width(0)
 {
   single_enable = 0;
   restartinfo = 0;    // after read_restart, pair_style and pair_coeff are given again
@@ -585,7 +585,7 @@ void PairDS4SCI::build_halo(int nlocal, int nghost)
   // moves). Other layouts keep the pinned host path (the core's wire plan with device 0).
   const char *ipc_env = getenv("DS4SCI_IPC");
   int ipc = ds4sci_ctx_device(ctx) == DS4SCI_DEVICE_CUDA && exchange_shared && halo_shared &&
-      !(ipc_env && std::string(ipc_env) == "0");
+      !ipc_failed && !(ipc_env && std::string(ipc_env) == "0");
   for (int p = 0; p < nprocs && ipc; p++)
     if (node_rank_of[p] < 0 && (halo_send_offset[p + 1] > halo_send_offset[p] ||
                                 halo_recv_offset[p + 1] > halo_recv_offset[p]))
@@ -840,32 +840,34 @@ int PairDS4SCI::exchange_move(void *self, const void *out, void *in, size_t row_
                               int reverse, int device)
 {
   auto *pair = static_cast<PairDS4SCI *>(self);
-  if (device != 0) {
-    if (!pair->ipc_plan || pair->input_exchange != EXCHANGE_HALO || row_bytes == 0) return 1;
-    const double t0 = MPI_Wtime();
-    const int rc = pair->ipc_move(out, in, row_bytes, reverse == 0);
-    pair->t_exchange += MPI_Wtime() - t0;
-    return rc;
-  }
-  const int cap = reverse ? pair->comm_reverse : pair->comm_forward;
-  if (row_bytes % sizeof(double) != 0 ||
-      row_bytes / sizeof(double) > (size_t)cap || pair->input_exchange != EXCHANGE_HALO)
-    return 1;
+  if (pair->input_exchange != EXCHANGE_HALO || row_bytes == 0) return 1;
+  const double t0 = MPI_Wtime();
+  int rc;
+  if (device == 0)
+    rc = pair->host_move(out, in, row_bytes, reverse == 0);
+  else
+    rc = pair->ipc_plan ? pair->ipc_move(out, in, row_bytes, reverse == 0) : 1;
+  pair->t_exchange += MPI_Wtime() - t0;
+  return rc;
+}
+
+// The packed blocks through host memory: this rank's out block to its peers through the
+// window (same node) or MPI, the peers' rows for it into in, grouped as the plan's lists.
+int PairDS4SCI::host_move(const void *out, void *in, size_t row_bytes, bool forward)
+{
+  const int cap = forward ? comm_forward : comm_reverse;
+  if (row_bytes % sizeof(double) != 0 || row_bytes / sizeof(double) > (size_t)cap) return 1;
   const int width = (int)(row_bytes / sizeof(double));
   const size_t w = (size_t)width;
-  const double t0 = MPI_Wtime();
-  const bool forward = reverse == 0;
-  pair->halo_transfer(static_cast<const double *>(out), width, forward, true);
-  const std::vector<int> &in_offset = forward ? pair->halo_recv_offset : pair->halo_send_offset;
+  halo_transfer(static_cast<const double *>(out), width, forward, true);
+  const std::vector<int> &in_offset = forward ? halo_recv_offset : halo_send_offset;
   double *dst = static_cast<double *>(in);
-  for (int p = 0; p < pair->comm->nprocs; p++) {
+  for (int p = 0; p < comm->nprocs; p++) {
     const int rows = in_offset[p + 1] - in_offset[p];
-    if (rows > 0)
-      memcpy(dst + (size_t)in_offset[p] * w, pair->halo_src[p], rows * w * sizeof(double));
+    if (rows > 0) memcpy(dst + (size_t)in_offset[p] * w, halo_src[p], rows * w * sizeof(double));
   }
   // No rank writes its part again (next call) while a peer still reads it.
-  if (pair->halo_shared) pair->halo_node_barrier();
-  pair->t_exchange += MPI_Wtime() - t0;
+  if (halo_shared) halo_node_barrier();
   return 0;
 }
 
@@ -883,6 +885,7 @@ int PairDS4SCI::exchange_move(void *self, const void *out, void *in, size_t row_
 
 int PairDS4SCI::ipc_move(const void *out, void *in, size_t row_bytes, bool forward)
 {
+  if (ipc_failed) return ipc_host_fallback(out, in, row_bytes, forward);
   int node_size = 1;
   MPI_Comm_size(node_comm, &node_size);
   ipc_slots.resize(node_size);
@@ -920,6 +923,13 @@ int PairDS4SCI::ipc_move(const void *out, void *in, size_t row_bytes, bool forwa
     const int r = node_rank_of[p];
     if (!ipc_base[r]) {
       void *base = nullptr;
+      // DS4SCI_IPC_FAULT=R (a test switch): rank R's opens fail, as where IPC cannot work
+      const char *fault = getenv("DS4SCI_IPC_FAULT");
+      if (fault && *fault && atoi(fault) == comm->me) {
+        ok = 0;
+        failed = "open rank " + std::to_string(p) + "'s block: DS4SCI_IPC_FAULT set";
+        break;
+      }
       if (ds4sci_ipc_open(ctx, &ipc_slots[r].handle, &base) != DS4SCI_OK) {
         ok = 0;
         failed = "open rank " + std::to_string(p) + "'s block: " + ds4sci_ctx_error(ctx);
@@ -941,10 +951,39 @@ int PairDS4SCI::ipc_move(const void *out, void *in, size_t row_bytes, bool forwa
   const double t1 = MPI_Wtime();
   MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, node_comm);
   t_halo_mpi += MPI_Wtime() - t1;
+  if (ok) return 0;
+
+  // IPC does not work here (e.g. GPUs hidden from each other by per-rank CUDA_VISIBLE_DEVICES,
+  // or processes in separate containers): every rank of the node knows it from the reduction,
+  // finishes this move through host memory, and stops trying (ipc_failed: the moves left in
+  // this call go through host memory too, and no later plan offers device buffers). The rows
+  // are the same bytes either way.
   if (!failed.empty())
-    error->warning(FLERR, "pair_style ds4sci: CUDA IPC exchange failed on rank {}: {} (set "
-                          "DS4SCI_IPC=0 to exchange through host memory)", comm->me, failed);
-  return ok ? 0 : 1;
+    error->warning(FLERR, "pair_style ds4sci: CUDA IPC between the ranks of this node failed "
+                          "on rank {} ({}); feature rows go through host memory from now on "
+                          "(DS4SCI_IPC=0 skips the attempt)", comm->me, failed);
+  ipc_failed = true;
+  return ipc_host_fallback(out, in, row_bytes, forward);
+}
+
+// A move with device buffers through host memory: out to the host, host_move, in back to the
+// device (ds4sci_device_copy, which waits). Collective like host_move; the copies' outcome is
+// agreed on first, so that no rank enters the exchange alone.
+int PairDS4SCI::ipc_host_fallback(const void *out, void *in, size_t row_bytes, bool forward)
+{
+  if (row_bytes % sizeof(double) != 0) return 1;
+  const size_t n_out = forward ? halo_send_index.size() : halo_recv_index.size();
+  const size_t n_in = forward ? halo_recv_index.size() : halo_send_index.size();
+  const size_t w = row_bytes / sizeof(double);
+  ipc_host_out.resize(std::max<size_t>(n_out * w, 1));
+  ipc_host_in.resize(std::max<size_t>(n_in * w, 1));
+  const ds4sci_copy down = {ipc_host_out.data(), out, n_out * row_bytes};
+  int ok = ds4sci_device_copy(ctx, &down, 1) == DS4SCI_OK;
+  MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, world);
+  if (!ok) return 1;
+  if (host_move(ipc_host_out.data(), ipc_host_in.data(), row_bytes, forward) != 0) return 1;
+  const ds4sci_copy up = {in, ipc_host_in.data(), n_in * row_bytes};
+  return ds4sci_device_copy(ctx, &up, 1) == DS4SCI_OK ? 0 : 1;
 }
 
 // Every mapping of a peer's block closed, then the node waits, before any rank frees its

@@ -156,6 +156,9 @@ class PairDS4SCI : public Pair {
   // straight out of their exchange buffers, mapped by CUDA IPC (ipc_move). Same on all ranks.
   bool ipc_plan;                          // this plan's device_buffers
   bool ipc_used;                          // some plan of this context had them (teardown)
+  bool ipc_failed;                        // IPC did not work on this node: host memory from
+                                          // then on (same on the node's ranks)
+  std::vector<double> ipc_host_out, ipc_host_in;  // the host path of a device-buffer move
   struct IpcSlot {                        // one rank's part of the per-move allgather
     ds4sci_ipc_handle handle;             // its out block (the core's exchange buffer)
     int32_t ok, pad;                      // 0: its export failed
@@ -179,7 +182,9 @@ class PairDS4SCI : public Pair {
   static int exchange_reverse_f32(void *self, float *data, int32_t width);
   static int exchange_move(void *self, const void *out, void *in, size_t row_bytes, int reverse,
                            int device);
+  int host_move(const void *out, void *in, size_t row_bytes, bool forward);
   int ipc_move(const void *out, void *in, size_t row_bytes, bool forward);
+  int ipc_host_fallback(const void *out, void *in, size_t row_bytes, bool forward);
   void ipc_close_all();
   void halo_shared_setup(int n_send, int n_recv);
   void halo_window_free();

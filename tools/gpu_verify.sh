@@ -27,7 +27,8 @@
 # GRAPH_BENCH, MERGED_BENCH, XCH_F32_BENCH, WEAK_BENCH=0 skip those runs (WEAK_BENCH: 2M Si atoms on
 # two GPUs, the weak-scaling partner of the one-rank 1M bench); WIRE_TEST=0 the LAMMPS tests with
 # the wire plan on host buffers (DS4SCI_IPC=0 DS4SCI_CUDA_WIRE=1; the default on one node is
-# CUDA IPC) and the weak bench with the callbacks (two GPUs); SPLITS="" the split ones.
+# CUDA IPC) and the weak bench with the callbacks (two GPUs); IPC_FAULT_TEST=0 the IPC fallback
+# check (two GPUs); SPLITS="" the split ones.
 # Environment for run: OUT (files back: summary.txt and logs.tgz), BUDGET (seconds, default
 # 420), SIZES (bench_gpu sizes, default "1000 10000 100000 1000000"), BG_CMD, BG_SECONDS
 # (when BG_CMD is stopped, default BUDGET - 150).
@@ -211,6 +212,26 @@ if [ "$NGPU" -ge 2 ] && [ "${WIRE_TEST:-1}" = 1 ]; then
     DS4SCI_IPC=0 DS4SCI_CUDA_WIRE=1 OUT=$L/wire SI_NVE=0 BENCH_SI="" BENCH_REF="" OOM_CELLS=0 \
         timeout 200 bash tools/gpu_lammps.sh test > "$LG/lammps_wire.log" 2>&1
     t lammps_test_wire_host $?
+fi
+if [ "$NGPU" -ge 2 ] && [ "${IPC_FAULT_TEST:-1}" = 1 ]; then
+    # where CUDA IPC fails (DS4SCI_IPC_FAULT=1: rank 1's opens fail, as with GPUs hidden from
+    # each other) the plugin warns and moves the rows through host memory: 4,096 Si atoms on 2
+    # ranks, 10 steps, must print the same thermo as through IPC
+    for f in ipc fault; do
+        fault=""; [ "$f" = fault ] && fault=1
+        env DS4SCI_IPC_FAULT="$fault" OMP_NUM_THREADS=4 \
+            OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+            LD_LIBRARY_PATH="$ROOT/.lammps-gpu/bin:$LD_LIBRARY_PATH" timeout 60 \
+            mpirun -np 2 --bind-to none -x LD_LIBRARY_PATH -x OMP_NUM_THREADS \
+            "$ROOT/.lammps-gpu/bin/lmp" -in examples/bench_lammps_gpu.in \
+            -var plugin "$ROOT/.lammps-gpu/bin/ds4sciplugin.so" -var system si -var n 8 \
+            -var steps 10 -var steps2 0 -var threads 4 -log "$LG/ipc_$f.log" > /dev/null 2>&1
+        t "lammps_ipc_$f" $?
+    done
+    a=$(grep -E "^ +10 " "$LG/ipc_ipc.log" | awk '{print $2, $3, $4, $5}')
+    b=$(grep -E "^ +10 " "$LG/ipc_fault.log" | awk '{print $2, $3, $4, $5}')
+    [ -n "$a" ] && [ "$a" = "$b" ] && grep -q "feature rows go through host memory" "$LG/ipc_fault.log"
+    t "ipc_fault_same_thermo ($a | $b)" $?
 fi
 # the 2-rank benchmarks need GPU 1: stop the background jobs first (they run to BG_SECONDS)
 for p in "${bg[@]}"; do
