@@ -29,6 +29,9 @@ struct ds4sci_ctx {
     unsigned char *z_ok; /* [max_z] 1 if z is an element of the model */
     char elements[256];  /* "H C N O" for messages */
     int n_threads;       /* OpenMP threads for validation (options.n_threads or default) */
+    int same_nbr;        /* ds4sci_ctx_same_neighbors for the next compute */
+    int have_last;       /* last_* hold the counts of the last successful compute */
+    int64_t last_nl, last_ng, last_nc;
     char err[1024];
 };
 
@@ -562,6 +565,9 @@ ds4sci_status ds4sci_compute(ds4sci_ctx *ctx, const ds4sci_system *system,
     if (!ctx)
         return DS4SCI_ERR_ARG;
     ctx->err[0] = '\0';
+    /* the promise of ds4sci_ctx_same_neighbors holds for this call only, whatever its fate */
+    const int same = ctx->same_nbr;
+    ctx->same_nbr = 0;
     if (!system || !result)
         return fail(ctx, DS4SCI_ERR_ARG, "ds4sci_compute: %s is NULL",
                     system ? "result" : "system");
@@ -579,8 +585,26 @@ ds4sci_status ds4sci_compute(ds4sci_ctx *ctx, const ds4sci_system *system,
         !exchange ? &builtin
         : (system->ghost_owner && system->n_ghost > 0) || exchange->plan ? &partial
                                                                           : exchange;
+    /* ... and only with the counts of the last successful call */
+    const int64_t nc = system->nbr_offset[system->n_local];
+    if (same && !(ctx->have_last && ctx->last_nl == system->n_local &&
+                  ctx->last_ng == system->n_ghost && ctx->last_nc == nc))
+        return fail(ctx, DS4SCI_ERR_ARG,
+                    "ds4sci_ctx_same_neighbors: promised the previous call's neighbour list, "
+                    "but n_local %d, n_ghost %d, %lld candidates differ from it (%s)",
+                    (int)system->n_local, (int)system->n_ghost, (long long)nc,
+                    ctx->have_last ? "the last call's counts" : "no previous call");
+    ctx->have_last = 0;
+    if (ctx->backend->same_neighbors)
+        ctx->backend->same_neighbors(ctx->state, same);
     char berr[sizeof(ctx->err) - 32] = "";
     s = ctx->backend->compute(ctx->state, system, ex, result, berr, sizeof(berr));
+    if (s == DS4SCI_OK) {
+        ctx->have_last = 1;
+        ctx->last_nl = system->n_local;
+        ctx->last_ng = system->n_ghost;
+        ctx->last_nc = nc;
+    }
     if (s == DS4SCI_ERR_EXCHANGE && ctx->err[0]) {
         /* ctx->err was cleared above, so a message there now is that of the last call on this
            context made from inside a callback (ds4sci_ipc_open in move(), ...), which failed:
@@ -592,6 +616,17 @@ ds4sci_status ds4sci_compute(ds4sci_ctx *ctx, const ds4sci_system *system,
     }
     if (s != DS4SCI_OK)
         return fail(ctx, s, "%s backend: %s", ctx->backend->name, berr);
+    return DS4SCI_OK;
+}
+
+ds4sci_status ds4sci_ctx_same_neighbors(ds4sci_ctx *ctx, int32_t same) {
+    if (!ctx)
+        return DS4SCI_ERR_ARG;
+    ctx->err[0] = '\0';
+    if (same != 0 && same != 1)
+        return fail(ctx, DS4SCI_ERR_ARG, "ds4sci_ctx_same_neighbors: same = %d, expected 0 or 1",
+                    (int)same);
+    ctx->same_nbr = same;
     return DS4SCI_OK;
 }
 

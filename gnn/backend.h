@@ -69,6 +69,10 @@ typedef struct ds4sci_backend_i {
     ds4sci_status (*ipc_close)(void *state, void *base, char *err, size_t err_len);
     ds4sci_status (*copy)(void *state, const ds4sci_copy *copies, int32_t n, char *err,
                           size_t err_len);
+
+    /* ds4sci_ctx_same_neighbors, for the next compute() only (api.c calls it before every
+       compute, with 0 unless the caller promised and the counts match); NULL: ignored */
+    void (*same_neighbors)(void *state, int same);
 } ds4sci_backend_i;
 
 /* The float64 OpenMP reference (et_cpu.c). */

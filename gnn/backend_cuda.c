@@ -81,9 +81,14 @@ static ds4sci_status cuda_copy(void *state, const ds4sci_copy *copies, int32_t n
     return ds4sci_cuda_et_copy((ds4sci_cuda_et *)state, copies, n, err, err_len);
 }
 
+static void cuda_same_neighbors(void *state, int same)
+{
+    ds4sci_cuda_et_same_neighbors((ds4sci_cuda_et *)state, same);
+}
+
 const ds4sci_backend_i ds4sci_backend_cuda = {
     "cuda", DS4SCI_DEVICE_CUDA, cuda_create, cuda_compute, cuda_destroy,
-    cuda_ipc_export, cuda_ipc_open, cuda_ipc_close, cuda_copy,
+    cuda_ipc_export, cuda_ipc_open, cuda_ipc_close, cuda_copy, cuda_same_neighbors,
 };
 
 #endif /* DS4SCI_HAVE_CUDA */

@@ -57,6 +57,10 @@ ds4sci_status ds4sci_cuda_et_compute(ds4sci_cuda_et *et, const ds4sci_system *sy
 /* Device bytes held by the workspace and weights of `et`. */
 size_t ds4sci_cuda_et_device_bytes(const ds4sci_cuda_et *et);
 
+/* ds4sci_ctx_same_neighbors: the next compute may keep its copy of the candidate list
+   (with DS4SCI_CUDA_RESIDENT_NBR=1; api.c has checked the counts). */
+void ds4sci_cuda_et_same_neighbors(ds4sci_cuda_et *et, int same);
+
 /*
  * Device memory for a wire plan's move with device buffers (ds4sci.h, ds4sci_ipc_export ...;
  * gnn/backend.h: each may be called from inside move() during ds4sci_cuda_et_compute, on the

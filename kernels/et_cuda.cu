@@ -392,6 +392,10 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
            per GPU on 2 GPUs: device buffers by CUDA IPC 0.437 s/step, the callbacks 0.510, the
            plan on pinned host buffers 0.556): by default (-1) where the plan takes device
            buffers, else the callbacks; DS4SCI_CUDA_WIRE=1: the plan always, =0: never */
+        /* the candidate list kept on the GPU between neighbour builds: opt-in until measured
+           on a GPU (written 2026-11-30 after that session's last GPU call) */
+        const char *rn = getenv("DS4SCI_CUDA_RESIDENT_NBR");
+        et->resident_nbr = rn && strcmp(rn, "1") == 0;
         const char *wv = getenv("DS4SCI_CUDA_WIRE");
         et->wire = wv && strcmp(wv, "1") == 0 ? 1 : wv && strcmp(wv, "0") == 0 ? 0 : -1;
         const char *sx = getenv("DS4SCI_CUDA_SPLIT"); /* 1, 2, 4, 8; anything else: per pass */
@@ -499,7 +503,8 @@ static const char *const buf_names[] = {
     "atom virials", "partial sums", "row-split partial sums", "exchange staging",
     "reverse edges", "uncovered sender counts", "uncovered sender edges",
     "partial ghost owners and remote ghost rows", "ghost fold order",
-    "kept q/k/v, P and o per layer", "wire plan rows and their reverse order"};
+    "kept q/k/v, P and o per layer", "wire plan rows and their reverse order",
+    "neighbour indices (resident)"};
 static_assert(sizeof(buf_names) / sizeof(buf_names[0]) == B_COUNT, "one name per buffer");
 
 /* Give buffer i back (its next ensure() allocates it again). */
@@ -1075,8 +1080,15 @@ static ds4sci_status compute_input(ds4sci_cuda_et *et, const ds4sci_system *sys,
        buffer holds one chunk of owned rows: 9F floats of P, or 10F of the head's scratch */
     const size_t p_bytes = 10 * (size_t)node_chunk_rows(et, nl) * F * sizeof(float),
                  cidx_bytes = (size_t)(nc > 0 ? nc : 1) * sizeof(int);
-    ST(ensure(et, B_P, p_bytes > cidx_bytes ? p_bytes : cidx_bytes, err, err_len));
-    int *cidx = BUF(int, B_P);
+    /* resident (et->resident_nbr): in B_CAND, kept, and not uploaded again when the caller
+       promised the previous call's list (api.c has checked that the counts match it) */
+    const int keep_nbr = et->resident_nbr && et->same_nbr && et->cand_valid;
+    et->cand_valid = 0; /* until this call succeeds */
+    ST(ensure(et, B_P, p_bytes > cidx_bytes || et->resident_nbr ? p_bytes : cidx_bytes, err,
+              err_len));
+    if (et->resident_nbr)
+        ST(ensure(et, B_CAND, cidx_bytes, err, err_len));
+    int *cidx = BUF(int, et->resident_nbr ? B_CAND : B_P);
     /* B_GOWN: the ghost owners (built-in exchange), or the caller's send_rows hint */
     const int n_send = !builtin && ex && ex->send_rows ? ex->n_send_rows : 0;
     if (builtin)
@@ -1089,7 +1101,7 @@ static ds4sci_status compute_input(ds4sci_cuda_et *et, const ds4sci_system *sys,
         CU(cudaMemcpyAsync(BUF(int, B_Z), sys->z, (size_t)n * sizeof(int), cudaMemcpyHostToDevice,
                            s), "upload z");
     }
-    if (nl > 0) {
+    if (nl > 0 && !keep_nbr) {
         CU(cudaMemcpyAsync(BUF(int64_t, B_COFF), sys->nbr_offset, (size_t)(nl + 1) * sizeof(int64_t),
                            cudaMemcpyHostToDevice, s), "upload neighbour offsets");
         if (nc > 0)
@@ -1199,7 +1211,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     cudaStream_t s = et->stream;
     cublasHandle_t h = et->blas;
     const size_t n1 = n > 0 ? n : 1, nl1 = nl > 0 ? nl : 1;
-    int *cidx = BUF(int, B_P);
+    int *cidx = BUF(int, et->resident_nbr ? B_CAND : B_P);
     const int n_send = !builtin && ex && ex->send_rows ? ex->n_send_rows : 0;
     /* graph mode: edge buffers of nl + nc slots (every row's self-loop and candidates bound its
        edges), no read-back; the padded slots never reach a kernel's edge loop (CSR offsets
@@ -1930,12 +1942,22 @@ extern "C" ds4sci_status ds4sci_cuda_et_compute(ds4sci_cuda_et *et, const ds4sci
     if (e != cudaSuccess)
         return cu_fail(e, "cudaSetDevice", err, err_len);
     ds4sci_status st = compute(et, sys, ex, builtin, res, err, err_len);
+    et->same_nbr = 0; /* a promise covers one call */
+    if (st == DS4SCI_OK)
+        et->cand_valid = 1; /* B_COFF and B_CAND (resident) hold this call's list */
     if (st != DS4SCI_OK) {
         /* leave the stream idle and the error state clear for the next call */
         cudaStreamSynchronize(et->stream);
         cudaGetLastError();
     }
     return st;
+}
+
+/* ds4sci_ctx_same_neighbors for the next compute (gnn/backend.h same_neighbors) */
+extern "C" void ds4sci_cuda_et_same_neighbors(ds4sci_cuda_et *et, int same)
+{
+    if (et)
+        et->same_nbr = same != 0;
 }
 
 /* ---- device memory for a wire plan's move (ds4sci_ipc_export ...) ------------------------- */

@@ -128,7 +128,7 @@ enum {
     B_TROFF, B_TREDGE, B_TRKEY, B_CUB,
     B_XS, B_VECS, B_XST, B_H, B_QKV, B_P, B_O,
     B_GX0, B_GV0, B_GV1, B_GQKV, B_GW, B_EA, B_F, B_AV, B_PART,
-    B_SPLIT, B_XCH, B_REV, B_TRCNT2, B_TREDGE2, B_GPART, B_FOLD, B_KEEP, B_WIRE, B_COUNT
+    B_SPLIT, B_XCH, B_REV, B_TRCNT2, B_TREDGE2, B_GPART, B_FOLD, B_KEEP, B_WIRE, B_CAND, B_COUNT
 };
 
 /* Profile stages (DS4SCI_CUDA_PROFILE). */
@@ -184,6 +184,12 @@ typedef struct ds4sci_cuda_et {
                                 most that keeps the workspace under half of mem_at_create),
                                 0 none, 1 q/k/v, 2 q/k/v, vec_proj's P and o
                                 (DS4SCI_CUDA_KEEP=0|1|2 forces a level) */
+    int resident_nbr;        /* DS4SCI_CUDA_RESIDENT_NBR=1: the caller's candidate list kept
+                                in B_CAND between calls and uploaded only when the caller
+                                does not promise the previous one (ds4sci_ctx_same_neighbors);
+                                0 (default): uploaded at every call into B_P's space */
+    int same_nbr;            /* the promise for the current call (backend same_neighbors) */
+    int cand_valid;          /* B_CAND and B_COFF hold the list of the last successful call */
     int wire;                /* the caller's wire plan (ds4sci.h) for the other processes'
                                 rows, packed on the GPU, one block per direction: -1 (default)
                                 where the plan takes device buffers (CUDA IPC), else the

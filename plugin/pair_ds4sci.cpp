@@ -716,6 +716,8 @@ void PairDS4SCI::compute(int eflag, int vflag)
   }
 
   const double t_input = MPI_Wtime();
+  // Between builds the CSR is the last call's: the core may keep its copy (on the GPU).
+  ds4sci_ctx_same_neighbors(ctx, fresh ? 0 : 1);
   const ds4sci_status status = ds4sci_compute(ctx, &system, builtin ? nullptr : &exchange, &result);
   const double t_core = MPI_Wtime();
   if (status != DS4SCI_OK) {

@@ -382,6 +382,50 @@ START_TEST(error_inside_move_is_reported) {
 }
 END_TEST
 
+/* ds4sci_ctx_same_neighbors: a promise covers one call, needs the previous call's counts
+   (else DS4SCI_ERR_ARG naming them), and changes nothing on the CPU backend (same bits). */
+START_TEST(same_neighbors_promise) {
+    tu_opts o;
+    tu_opts_default(&o);
+    tu_fixture f;
+    tu_fixture_init(&f, &o, 12, 7.0, 1, 81);
+    const ds4sci_system *s = &f.sys.s;
+    ck_assert_int_eq(ds4sci_ctx_same_neighbors(NULL, 1), DS4SCI_ERR_ARG);
+    expect_call(f.ctx, ds4sci_ctx_same_neighbors(f.ctx, 2), DS4SCI_ERR_ARG,
+                "same = 2, expected 0 or 1");
+    tu_result a, b;
+    tu_result_alloc(&a, s);
+    tu_result_alloc(&b, s);
+    /* no previous call to keep */
+    ck_assert_int_eq(ds4sci_ctx_same_neighbors(f.ctx, 1), DS4SCI_OK);
+    expect_call(f.ctx, ds4sci_compute(f.ctx, s, NULL, &a.r), DS4SCI_ERR_ARG, "no previous call");
+    /* the failed call consumed it: plain calls work, then a kept promise gives the same bits */
+    ck_assert_int_eq(ds4sci_compute(f.ctx, s, NULL, &a.r), DS4SCI_OK);
+    ck_assert_int_eq(ds4sci_ctx_same_neighbors(f.ctx, 1), DS4SCI_OK);
+    ck_assert_msg(ds4sci_compute(f.ctx, s, NULL, &b.r) == DS4SCI_OK, "%s", ds4sci_ctx_error(f.ctx));
+    ck_assert(a.r.energy == b.r.energy);
+    ck_assert(memcmp(a.r.forces, b.r.forces, sizeof(double) * 3 * (size_t)a.n_total) == 0);
+    /* a promise with other counts (one candidate fewer for the last atom) is refused */
+    ds4sci_system t = *s;
+    int64_t *off = malloc(sizeof(int64_t) * ((size_t)t.n_local + 1));
+    ck_assert(off);
+    memcpy(off, t.nbr_offset, sizeof(int64_t) * ((size_t)t.n_local + 1));
+    ck_assert(off[t.n_local] > off[t.n_local - 1]);
+    off[t.n_local]--;
+    t.nbr_offset = off;
+    ck_assert_int_eq(ds4sci_ctx_same_neighbors(f.ctx, 1), DS4SCI_OK);
+    expect_call(f.ctx, ds4sci_compute(f.ctx, &t, NULL, &b.r), DS4SCI_ERR_ARG,
+                "candidates differ from it");
+    /* and a promise lasts one call: the next one (other list, no promise) runs */
+    ck_assert_msg(ds4sci_compute(f.ctx, &t, NULL, &b.r) == DS4SCI_OK, "%s",
+                  ds4sci_ctx_error(f.ctx));
+    free(off);
+    tu_result_free(&a);
+    tu_result_free(&b);
+    tu_fixture_free(&f);
+}
+END_TEST
+
 /* ---- input validation -------------------------------------------------------------------- */
 
 static void expect_status(tu_fixture *f, const ds4sci_system *s, ds4sci_status want,
@@ -540,6 +584,7 @@ static Suite *api_suite(void) {
     tcase_add_test(tx, bad_send_rows_hint_is_refused);
     tcase_add_loop_test(tx, wire_plan_device_buffers_on_cpu_moves_host_rows, 0, 3);
     tcase_add_test(tx, error_inside_move_is_reported);
+    tcase_add_test(tx, same_neighbors_promise);
     suite_add_tcase(s, tx);
 
     TCase *td = tcase_create("device_memory");

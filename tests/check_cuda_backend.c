@@ -326,6 +326,55 @@ static int same_bits(const tu_result *a, const tu_result *b)
            memcmp(a->r.atom_virial, b->r.atom_virial, sizeof(double) * 6 * n) == 0;
 }
 
+
+/* DS4SCI_CUDA_RESIDENT_NBR=1 with ds4sci_ctx_same_neighbors: the candidate list kept on the
+   GPU since the last call gives the same bits as uploading it, after the atoms have moved
+   (periodic images moved with their owners; candidates to cutoff + 0.5). Also after a call
+   without the promise (a new list uploaded into the kept buffer). */
+START_TEST(test_resident_neighbors_match)
+{
+    tu_opts o;
+    et_desc *d = small_model(&o, 3);
+    ds4sci_system a;
+    ds4sci_graph *g = random_system(150, 0.06, 1, o.max_z, o.cutoff_upper + 0.5, 33, &a);
+    const int32_t nl = a.n_local;
+    const size_t n = (size_t)nl + a.n_ghost;
+    double *pos = malloc(sizeof(double) * 3 * n);
+    ck_assert(pos);
+    memcpy(pos, a.pos, sizeof(double) * 3 * n);
+    ds4sci_system b = a;
+    b.pos = pos;
+    ds4sci_ctx *res = ctx_cuda_env(d, "DS4SCI_CUDA_RESIDENT_NBR", "1");
+    ds4sci_ctx *ref = ctx_cuda_env(d, "DS4SCI_CUDA_RESIDENT_NBR", "0");
+    tu_rng r = {77};
+    for (int step = 0; step < 4; step++) {
+        if (step > 0) /* every atom moves up to 0.1 in each direction, its images with it */
+            for (int32_t i = 0; i < nl; i++)
+                for (int c = 0; c < 3; c++) {
+                    const double dx = tu_range(&r, -0.1, 0.1);
+                    pos[3 * i + c] += dx;
+                    for (int32_t q = 0; q < a.n_ghost; q++)
+                        if (a.ghost_owner[q] == i)
+                            pos[3 * ((size_t)nl + q) + c] += dx;
+                }
+        /* promise at steps 1 and 3; step 2 uploads the list again without one */
+        ck_assert_int_eq(ds4sci_ctx_same_neighbors(res, step % 2 == 1), DS4SCI_OK);
+        tu_result x, y;
+        run(res, &b, NULL, &x);
+        run(ref, &b, NULL, &y);
+        ck_assert_msg(same_bits(&x, &y), "step %d: resident list differs from the uploaded one "
+                      "(energy %.17g vs %.17g)", step, x.r.energy, y.r.energy);
+        tu_result_free(&x);
+        tu_result_free(&y);
+    }
+    ds4sci_ctx_free(res);
+    ds4sci_ctx_free(ref);
+    free(pos);
+    ds4sci_graph_free(g);
+    tu_desc_free(d);
+}
+END_TEST
+
 /*
  * The node work kept from the forward (DS4SCI_CUDA_KEEP: auto is level 2 at these sizes) against
  * the backward's own recomputation (0) and q/k/v kept only (1), on a periodic system (built-in
@@ -1105,6 +1154,7 @@ static Suite *suite(void)
     tcase_add_test(tx, test_repeated_calls_and_size_changes);
     tcase_add_test(tx, test_graph_matches_launches_across_list_rebuilds);
     tcase_add_test(tx, test_keep_levels_match);
+    tcase_add_test(tx, test_resident_neighbors_match);
     tcase_add_loop_test(tx, test_two_domains_wire_plan, 0, 8);
     suite_add_tcase(s, tx);
     return s;

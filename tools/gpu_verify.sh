@@ -28,7 +28,8 @@
 # two GPUs, the weak-scaling partner of the one-rank 1M bench); WIRE_TEST=0 the LAMMPS tests with
 # the wire plan on host buffers (DS4SCI_IPC=0 DS4SCI_CUDA_WIRE=1; the default on one node is
 # CUDA IPC) and the weak bench with the callbacks (two GPUs); IPC_FAULT_TEST=0 the IPC fallback
-# check (two GPUs); SPLITS="" the split ones.
+# check (two GPUs); RESIDENT_TEST=0 the resident candidate list's checks (api case, LAMMPS thermo
+# with and without it, the 1M bench with it); SPLITS="" the split ones.
 # Environment for run: OUT (files back: summary.txt and logs.tgz), BUDGET (seconds, default
 # 420), SIZES (bench_gpu sizes, default "1000 10000 100000 1000000"), BG_CMD, BG_SECONDS
 # (when BG_CMD is stopped, default BUDGET - 150).
@@ -126,6 +127,9 @@ ck golden_keep0 60 CK_RUN_CASE=golden DS4SCI_CUDA_KEEP=0
 ck vs_cpu_keep0 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_KEEP=0
 ck golden_keep1 60 CK_RUN_CASE=golden DS4SCI_CUDA_KEEP=1 DS4SCI_CUDA_NODE_CHUNK=7
 ck api_keep1 60 CK_RUN_CASE=api DS4SCI_CUDA_KEEP=1
+# the candidate list kept on the GPU (opt-in): every api case with it (promises only where a
+# test makes them; test_resident_neighbors_match compares kept and uploaded lists either way)
+ck api_resident 60 CK_RUN_CASE=api DS4SCI_CUDA_RESIDENT_NBR=1
 if [ "${VARIANTS:-1}" = 1 ]; then   # VARIANTS=0: the defaults only
     if [ "${FULL:-1}" = 1 ]; then   # variants unchanged since the last run can be left out (FULL=0)
         ck golden_unfused 60 CK_RUN_CASE=golden DS4SCI_CUDA_EDGE=unfused
@@ -233,6 +237,29 @@ if [ "$NGPU" -ge 2 ] && [ "${IPC_FAULT_TEST:-1}" = 1 ]; then
     [ -n "$a" ] && [ "$a" = "$b" ] && grep -q "feature rows go through host memory" "$LG/ipc_fault.log"
     t "ipc_fault_same_thermo ($a | $b)" $?
 fi
+if [ "${RESIDENT_TEST:-1}" = 1 ]; then
+    # the plugin promises the last list between LAMMPS's builds; with DS4SCI_CUDA_RESIDENT_NBR=1
+    # the core then keeps it on the GPU: the same thermo as uploading it, 1 rank and (with two
+    # GPUs) 2 ranks, 4,096 Si atoms, 20 steps, a forced rebuild every 5
+    nps="1"; [ "$NGPU" -ge 2 ] && nps="1 2"
+    for np in $nps; do
+        for v in 0 1; do
+            env DS4SCI_CUDA_RESIDENT_NBR=$v OMP_NUM_THREADS=4 OMPI_ALLOW_RUN_AS_ROOT=1 \
+                OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+                LD_LIBRARY_PATH="$ROOT/.lammps-gpu/bin:$LD_LIBRARY_PATH" timeout 60 \
+                mpirun -np "$np" --bind-to none -x LD_LIBRARY_PATH -x OMP_NUM_THREADS \
+                "$ROOT/.lammps-gpu/bin/lmp" -in examples/bench_lammps_gpu.in \
+                -var plugin "$ROOT/.lammps-gpu/bin/ds4sciplugin.so" -var system si -var n 8 \
+                -var steps 20 -var steps2 0 -var threads 4 -var neigh_every 5 \
+                -var neigh_check no -log "$LG/resident_${v}_$np.log" > /dev/null 2>&1
+            t "lammps_resident_${v}_np$np" $?
+        done
+        a=$(grep -E "^ +20 " "$LG/resident_0_$np.log" | awk '{print $2, $3, $4, $5}')
+        b=$(grep -E "^ +20 " "$LG/resident_1_$np.log" | awk '{print $2, $3, $4, $5}')
+        [ -n "$a" ] && [ "$a" = "$b" ]
+        t "resident_same_thermo_np$np ($a | $b)" $?
+    done
+fi
 # the 2-rank benchmarks need GPU 1: stop the background jobs first (they run to BG_SECONDS)
 for p in "${bg[@]}"; do
     while kill -0 "$p" 2>/dev/null && left "${BG_SECONDS:-$((BUDGET - 150))}"; do sleep 2; done
@@ -273,6 +300,13 @@ if left $(( BUDGET - ${LMP_BENCH_NEED:-50} )); then   # one rank, one GPU, devic
         DS4SCI_CUDA_PROFILE=$L/profile_1rank.txt timeout $(( BUDGET - ($(date +%s) - T0) - 5 )) \
         bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
     t lammps_bench $?
+    if [ "${RESIDENT_TEST:-1}" = 1 ] && left $(( BUDGET - 40 )); then
+        # the same 1M-atom Si run with the candidate list kept on the GPU (input+graph stage)
+        OUT=$L SI_NVE=0 OOM_CELLS=0 BENCH_SI="50 20 0" BENCH_REF="" BENCH_TAG=_resident \
+            DS4SCI_CUDA_RESIDENT_NBR=1 DS4SCI_CUDA_PROFILE=$L/profile_1rank_resident.txt \
+            timeout 60 bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
+        t lammps_bench_resident $?
+    fi
 fi
 if [ "$NGPU" -lt 2 ] && [ "${RACE:-1}" = 1 ]; then
     rest=$(( BUDGET - ($(date +%s) - T0) - 10 ))
