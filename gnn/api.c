@@ -18,9 +18,6 @@
 #include "err.h"
 #include "model_internal.h"
 
-/* Pairs closer than this (length units) are overlapping atoms: an input error. */
-#define DS4SCI_MIN_PAIR_DIST 1e-4
-
 struct ds4sci_ctx {
     const ds4sci_model *model; /* NULL for contexts made from a bare description */
     const et_desc *desc;
@@ -314,6 +311,32 @@ static ds4sci_status validate_plan(ds4sci_ctx *ctx, const ds4sci_system *sys,
     return st;
 }
 
+ds4sci_status ds4sci_check_receiver(const ds4sci_system *sys, int64_t i, char *err,
+                                    size_t err_len) {
+    const int64_t n = (int64_t)sys->n_local + sys->n_ghost;
+    const double min2 = DS4SCI_MIN_PAIR_DIST * DS4SCI_MIN_PAIR_DIST;
+    const double *pi = sys->pos + 3 * i;
+    for (int64_t k = sys->nbr_offset[i]; k < sys->nbr_offset[i + 1]; k++) {
+        const int32_t j = sys->nbr_index[k];
+        if (j < 0 || j >= n || j == i) {
+            snprintf(err, err_len,
+                     "atom %lld: neighbour %lld is atom %d, expected an atom in [0, %lld) other "
+                     "than itself",
+                     (long long)i, (long long)(k - sys->nbr_offset[i]), (int)j, (long long)n);
+            return DS4SCI_ERR_INPUT;
+        }
+        const double *pj = sys->pos + 3 * (int64_t)j;
+        const double dx = pj[0] - pi[0], dy = pj[1] - pi[1], dz = pj[2] - pi[2];
+        const double d2 = dx * dx + dy * dy + dz * dz;
+        if (d2 < min2) {
+            snprintf(err, err_len, "atoms %lld and %d overlap: distance %g < %g", (long long)i,
+                     (int)j, sqrt(d2), DS4SCI_MIN_PAIR_DIST);
+            return DS4SCI_ERR_INPUT;
+        }
+    }
+    return DS4SCI_OK;
+}
+
 static ds4sci_status validate(ds4sci_ctx *ctx, const ds4sci_system *sys,
                               const ds4sci_exchange *exchange) {
     const int64_t nl = sys->n_local, ng = sys->n_ghost, n = nl + ng;
@@ -401,7 +424,10 @@ static ds4sci_status validate(ds4sci_ctx *ctx, const ds4sci_system *sys,
                         (int)z, ctx->elements);
     }
     /* Pairs: the costly check (every candidate), so in parallel to find the first bad
-       receiver, then serially within it for the message (deterministic either way). */
+       receiver, then serially within it for the message (deterministic either way). A
+       backend that checks them itself (on the GPU: checks_pairs) gets them unchecked here. */
+    if (ctx->backend->checks_pairs && ctx->backend->checks_pairs(ctx->state))
+        return DS4SCI_OK;
     const double min2 = DS4SCI_MIN_PAIR_DIST * DS4SCI_MIN_PAIR_DIST;
     int64_t first_bad = nl;
 #pragma omp parallel for schedule(static) reduction(min : first_bad) num_threads(ctx->n_threads)
@@ -421,24 +447,8 @@ static ds4sci_status validate(ds4sci_ctx *ctx, const ds4sci_system *sys,
             }
         }
     }
-    for (int64_t i = first_bad; i < nl && i <= first_bad; i++) {
-        const double *pi = sys->pos + 3 * i;
-        for (int64_t k = sys->nbr_offset[i]; k < sys->nbr_offset[i + 1]; k++) {
-            const int32_t j = sys->nbr_index[k];
-            if (j < 0 || j >= n || j == i)
-                return fail(ctx, DS4SCI_ERR_INPUT,
-                            "atom %lld: neighbour %lld is atom %d, expected an atom in [0, %lld) "
-                            "other than itself",
-                            (long long)i, (long long)(k - sys->nbr_offset[i]), (int)j,
-                            (long long)n);
-            const double *pj = sys->pos + 3 * (int64_t)j;
-            const double dx = pj[0] - pi[0], dy = pj[1] - pi[1], dz = pj[2] - pi[2];
-            const double d2 = dx * dx + dy * dy + dz * dz;
-            if (d2 < min2)
-                return fail(ctx, DS4SCI_ERR_INPUT, "atoms %lld and %d overlap: distance %g < %g",
-                            (long long)i, (int)j, sqrt(d2), DS4SCI_MIN_PAIR_DIST);
-        }
-    }
+    if (first_bad < nl)
+        return ds4sci_check_receiver(sys, first_bad, ctx->err, sizeof(ctx->err));
     return DS4SCI_OK;
 }
 

@@ -70,6 +70,12 @@ typedef struct ds4sci_backend_i {
     ds4sci_status (*copy)(void *state, const ds4sci_copy *copies, int32_t n, char *err,
                           size_t err_len);
 
+    /* 1: compute() checks the candidates itself (indices in [0, n_total) and != i, no pair
+       closer than DS4SCI_MIN_PAIR_DIST; the CUDA backend on the GPU, DS4SCI_CUDA_DEVICE_CHECKS)
+       and fails with DS4SCI_ERR_INPUT and ds4sci_check_receiver's message, so api.c skips
+       that loop; NULL or 0: api.c checks (the contract above) */
+    int (*checks_pairs)(void *state);
+
     /* ds4sci_ctx_same_neighbors, for the next compute() only (api.c calls it before every
        compute, with 0 unless the caller promised and the counts match); NULL: ignored */
     void (*same_neighbors)(void *state, int same);
@@ -109,6 +115,12 @@ int ds4sci_exchange_is_builtin(const ds4sci_exchange *exchange);
  * the GPU) and call the caller's callbacks directly, with the same results; else NULL.
  */
 const ds4sci_exchange *ds4sci_exchange_partial_user(const ds4sci_exchange *exchange);
+
+/* api.c's check of the candidates of owned atom i (indices, overlapping atoms), its message
+   into err (DS4SCI_ERR_INPUT), or DS4SCI_OK: for a backend that checks on the device and
+   names the first bad receiver it found. */
+ds4sci_status ds4sci_check_receiver(const ds4sci_system *sys, int64_t i, char *err,
+                                    size_t err_len);
 
 /* The backend state of a context (for backend introspection in tests, e.g. et_cpu.h). */
 void *ds4sci_ctx_backend_state(const ds4sci_ctx *ctx);

@@ -47,8 +47,21 @@ static ds4sci_status cuda_compute(void *state, const ds4sci_system *system,
     const ds4sci_exchange *user = ds4sci_exchange_partial_user(exchange);
     if (user)
         exchange = user;
-    return ds4sci_cuda_et_compute((ds4sci_cuda_et *)state, system, exchange, builtin, result, err,
-                                  err_len);
+    ds4sci_cuda_et *et = (ds4sci_cuda_et *)state;
+    ds4sci_status st =
+        ds4sci_cuda_et_compute(et, system, exchange, builtin, result, err, err_len);
+    const long long bad = st == DS4SCI_ERR_INPUT ? ds4sci_cuda_et_bad_receiver(et) : -1;
+    if (bad >= 0 && ds4sci_check_receiver(system, bad, err, err_len) == DS4SCI_OK)
+        /* flagged on the GPU, clean on the host (a distance at the threshold, rounded
+           differently): still refused, naming the atom */
+        snprintf(err, err_len, "atom %lld: a neighbour closer than %g (or a bad index) found by "
+                 "the GPU's input check", bad, DS4SCI_MIN_PAIR_DIST);
+    return st;
+}
+
+static int cuda_checks_pairs(void *state)
+{
+    return ds4sci_cuda_et_checks_pairs((const ds4sci_cuda_et *)state);
 }
 
 static void cuda_destroy(void *state)
@@ -88,7 +101,8 @@ static void cuda_same_neighbors(void *state, int same)
 
 const ds4sci_backend_i ds4sci_backend_cuda = {
     "cuda", DS4SCI_DEVICE_CUDA, cuda_create, cuda_compute, cuda_destroy,
-    cuda_ipc_export, cuda_ipc_open, cuda_ipc_close, cuda_copy, cuda_same_neighbors,
+    cuda_ipc_export, cuda_ipc_open, cuda_ipc_close, cuda_copy, cuda_checks_pairs,
+    cuda_same_neighbors,
 };
 
 #endif /* DS4SCI_HAVE_CUDA */

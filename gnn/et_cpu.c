@@ -486,5 +486,6 @@ static ds4sci_status cpu_compute(void *state, const ds4sci_system *sys, const ds
 const ds4sci_backend_i ds4sci_backend_cpu = {
     "cpu", DS4SCI_DEVICE_CPU, cpu_create, cpu_compute, cpu_destroy,
     NULL, NULL, NULL, NULL, /* no device memory: no IPC, no device copies */
+    NULL,                   /* api.c checks the candidates */
     NULL,                   /* reads the neighbour list at every call */
 };

@@ -11,6 +11,10 @@
 #ifndef DS4SCI_ET_DESC_H
 #define DS4SCI_ET_DESC_H
 
+/* Pairs closer than this (length unit) are refused as overlapping atoms (api.c's input check,
+   or the CUDA backend's on the GPU). */
+#define DS4SCI_MIN_PAIR_DIST 1e-4
+
 #include <stdint.h>
 
 typedef enum et_act {

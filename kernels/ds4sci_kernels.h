@@ -61,6 +61,12 @@ size_t ds4sci_cuda_et_device_bytes(const ds4sci_cuda_et *et);
    (with DS4SCI_CUDA_RESIDENT_NBR=1; api.c has checked the counts). */
 void ds4sci_cuda_et_same_neighbors(ds4sci_cuda_et *et, int same);
 
+/* 1 if this context checks the candidates on the GPU (DS4SCI_CUDA_DEVICE_CHECKS=1); after a
+   compute that failed with DS4SCI_ERR_INPUT and an empty message, the owned atom whose
+   candidates it flagged (the lowest), else -1. */
+int ds4sci_cuda_et_checks_pairs(const ds4sci_cuda_et *et);
+long long ds4sci_cuda_et_bad_receiver(const ds4sci_cuda_et *et);
+
 /*
  * Device memory for a wire plan's move with device buffers (ds4sci.h, ds4sci_ipc_export ...;
  * gnn/backend.h: each may be called from inside move() during ds4sci_cuda_et_compute, on the

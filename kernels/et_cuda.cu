@@ -344,7 +344,9 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
             goto out;
         }
     }
-    e = cudaMallocHost((void **)&et->h_scalars, 64);
+    e = cudaMalloc((void **)&et->d_check, sizeof(int));
+    if (e == cudaSuccess)
+        e = cudaMallocHost((void **)&et->h_scalars, 64);
     if (e == cudaSuccess)
         e = cudaMallocHost((void **)&et->h_red, 16 * sizeof(double));
     if (e != cudaSuccess) {
@@ -396,6 +398,11 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
            on a GPU (written 2026-11-30 after that session's last GPU call) */
         const char *rn = getenv("DS4SCI_CUDA_RESIDENT_NBR");
         et->resident_nbr = rn && strcmp(rn, "1") == 0;
+        /* the candidates' checks (indices, overlapping atoms) in the graph kernels instead of
+           api.c's host loop over every candidate (1M Si atoms: ~0.1 s a step on one host
+           thread): opt-in until run on a GPU (written 2026-11-30 after the last GPU call) */
+        const char *dc = getenv("DS4SCI_CUDA_DEVICE_CHECKS");
+        et->device_checks = dc && strcmp(dc, "1") == 0;
         const char *wv = getenv("DS4SCI_CUDA_WIRE");
         et->wire = wv && strcmp(wv, "1") == 0 ? 1 : wv && strcmp(wv, "0") == 0 ? 0 : -1;
         const char *sx = getenv("DS4SCI_CUDA_SPLIT"); /* 1, 2, 4, 8; anything else: per pass */
@@ -479,6 +486,7 @@ extern "C" void ds4sci_cuda_et_free(ds4sci_cuda_et *et)
     if (et->stream)
         cudaStreamDestroy(et->stream);
     cudaFreeHost(et->h_scalars);
+    cudaFree(et->d_check);
     cudaFreeHost(et->h_red);
     cudaFreeHost(et->h_xch);
     free(et->h_remote);
@@ -1195,6 +1203,17 @@ static __global__ void k_count_edges(const int *__restrict__ row_off, int nl, in
         atomicAdd(&cnt[key[e]], 1); /* integer counts: the result is order-independent */
 }
 
+/* The device input check found a bad candidate of owned atom i (the lowest such): DS4SCI_ERR_INPUT
+   with an empty message and i in et->bad_receiver; backend_cuda.c writes api.c's message
+   (ds4sci_check_receiver on the host, one row). */
+static ds4sci_status bad_input(ds4sci_cuda_et *et, int i, char *err, size_t err_len)
+{
+    et->bad_receiver = i;
+    if (err_len > 0)
+        err[0] = '\0';
+    return DS4SCI_ERR_INPUT;
+}
+
 /*
  * The device work of a step from the uploaded inputs to the totals in B_PART: edge list,
  * embedding, layers forward, head, layers backward, forces. In graph mode (graph_call: built-in
@@ -1225,8 +1244,14 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     ST(ensure(et, B_TRKEY, (n1 + 1) * sizeof(int), err, err_len));
     ST(ensure(et, B_TROFF, (n1 + 1) * sizeof(int), err, err_len));
     CU(cudaMemsetAsync(BUF(int, B_ROWCNT), 0, (nl1 + 1) * sizeof(int), s), "memset");
+    /* the input checks on the device (et->device_checks): d_check = the lowest receiver with a
+       bad candidate, 0x7f7f7f7f (above any n_local) when none */
+    const double min2 = (double)DS4SCI_MIN_PAIR_DIST * DS4SCI_MIN_PAIR_DIST;
+    if (et->device_checks)
+        CU(cudaMemsetAsync(et->d_check, 0x7f, sizeof(int), s), "memset");
     CU(et_graph_count(s, nl, BUF(double, B_POS), BUF(int64_t, B_COFF), cidx, cl2, cu2,
-                      BUF(int, B_ROWCNT)), "graph count");
+                      BUF(int, B_ROWCNT), n, min2, et->device_checks ? et->d_check : NULL),
+       "graph count");
     size_t scan_bytes = 0, scan2_bytes = 0;
     CU(cub::DeviceScan::ExclusiveSum(NULL, scan_bytes, BUF(int, B_ROWCNT), BUF(int, B_ROWOFF),
                                      nl + 1, s), "cub scan size");
@@ -1240,7 +1265,12 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     if (!bound) {
         CU(cudaMemcpyAsync(et->h_scalars, BUF(int, B_ROWOFF) + nl, sizeof(int),
                            cudaMemcpyDeviceToHost, s), "edge count");
+        if (et->device_checks)
+            CU(cudaMemcpyAsync(et->h_scalars + 1, et->d_check, sizeof(int),
+                               cudaMemcpyDeviceToHost, s), "input check");
         CU(cudaStreamSynchronize(s), "edge count");
+        if (et->device_checks && et->h_scalars[1] < nl)
+            return bad_input(et, et->h_scalars[1], err, err_len);
     }
     const int ne = bound ? nl + (int)nc : et->h_scalars[0];
     et->step_ne = ne;
@@ -1252,7 +1282,8 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     ST(ensure(et, B_TREDGE, ne1 * sizeof(int), err, err_len));
     CU(et_graph_fill(s, nl, BUF(double, B_POS), BUF(int64_t, B_COFF), cidx, cl2, cu2,
                      BUF(int, B_ROWOFF), builtin && ng > 0 ? BUF(int, B_GOWN) : NULL,
-                     BUF(int, B_ESRC), BUF(int, B_EDST), BUF(float4, B_EGEO)),
+                     BUF(int, B_ESRC), BUF(int, B_EDST), BUF(float4, B_EGEO), n, min2,
+                     et->device_checks),
        "graph fill");
     if (bound && ne > 0) {
         k_pad_senders<<<(ne + 255) / 256 < 2 * et->num_sms ? (ne + 255) / 256 : 2 * et->num_sms,
@@ -1762,8 +1793,15 @@ static ds4sci_status compute_output(ds4sci_cuda_et *et, const ds4sci_system *sys
     if (res->atom_energy && nl > 0)
         CU(cudaMemcpyAsync(res->atom_energy, BUF(double, B_EA), (size_t)nl * sizeof(double),
                            cudaMemcpyDeviceToHost, s), "download atom energies");
+    if (et->device_checks && gcall)
+        CU(cudaMemcpyAsync(et->h_scalars + 1, et->d_check, sizeof(int), cudaMemcpyDeviceToHost, s),
+           "input check");
     mark(et, ST_OUTPUT);
     CU(cudaStreamSynchronize(s), "compute");
+    /* graph mode read nothing back before: the input check's verdict comes with the results
+       (which are then not used); the normal launches stopped after the edge count */
+    if (et->device_checks && gcall && et->h_scalars[1] < nl)
+        return bad_input(et, et->h_scalars[1], err, err_len);
     res->energy = et->h_red[0];
     for (int k = 0; k < 6; k++)
         res->virial[k] = et->h_red[1 + k];
@@ -1941,6 +1979,7 @@ extern "C" ds4sci_status ds4sci_cuda_et_compute(ds4sci_cuda_et *et, const ds4sci
     cudaError_t e = cudaSetDevice(et->device);
     if (e != cudaSuccess)
         return cu_fail(e, "cudaSetDevice", err, err_len);
+    et->bad_receiver = -1;
     ds4sci_status st = compute(et, sys, ex, builtin, res, err, err_len);
     et->same_nbr = 0; /* a promise covers one call */
     if (st == DS4SCI_OK)
@@ -1951,6 +1990,18 @@ extern "C" ds4sci_status ds4sci_cuda_et_compute(ds4sci_cuda_et *et, const ds4sci
         cudaGetLastError();
     }
     return st;
+}
+
+/* gnn/backend.h checks_pairs; and the receiver the last failed call's device check named
+   (-1: none) */
+extern "C" int ds4sci_cuda_et_checks_pairs(const ds4sci_cuda_et *et)
+{
+    return et && et->device_checks;
+}
+
+extern "C" long long ds4sci_cuda_et_bad_receiver(const ds4sci_cuda_et *et)
+{
+    return et ? et->bad_receiver : -1;
 }
 
 /* ds4sci_ctx_same_neighbors for the next compute (gnn/backend.h same_neighbors) */

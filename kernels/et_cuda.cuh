@@ -189,6 +189,12 @@ typedef struct ds4sci_cuda_et {
                                 does not promise the previous one (ds4sci_ctx_same_neighbors);
                                 0 (default): uploaded at every call into B_P's space */
     int same_nbr;            /* the promise for the current call (backend same_neighbors) */
+    int device_checks;       /* DS4SCI_CUDA_DEVICE_CHECKS=1: candidate indices and overlapping
+                                atoms checked by the graph kernels instead of api.c's host
+                                loop (the first bad receiver in d_check, read back with the
+                                results); 0 (default): api.c checks */
+    int *d_check;            /* [1] device: lowest bad receiver, INT_MAX-ish when none */
+    long long bad_receiver;  /* of the last call's failed device check, -1: none */
     int cand_valid;          /* B_CAND and B_COFF hold the list of the last successful call */
     int wire;                /* the caller's wire plan (ds4sci.h) for the other processes'
                                 rows, packed on the GPU, one block per direction: -1 (default)
@@ -286,13 +292,19 @@ static __device__ __forceinline__ float rbf_k(const et_edge_common &c, float r, 
 extern "C" {
 #endif
 /* graph.cu */
+/* bad != NULL (the input checks on the device): candidates j outside [0, n) or == i, or
+   closer than sqrt(min2), are not counted and the lowest such receiver goes into *bad by
+   atomicMin (*bad set above n_local before) */
 cudaError_t et_graph_count(cudaStream_t s, int nl, const double *pos, const int64_t *coff,
-                           const int *cidx, double cl2, double cu2, int *row_cnt);
+                           const int *cidx, double cl2, double cu2, int *row_cnt, int n,
+                           double min2, int *bad);
 /* gown: the built-in exchange's ghost owners [n - nl] (orders each row by the senders' owned
-   atoms), NULL with a caller exchange */
+   atoms), NULL with a caller exchange; guard (the input checks on the device): candidates
+   outside [0, n) or == i are skipped (as et_graph_count skipped them) */
 cudaError_t et_graph_fill(cudaStream_t s, int nl, const double *pos, const int64_t *coff,
                           const int *cidx, double cl2, double cu2, const int *row_off,
-                          const int *gown, int *e_src, int *e_dst, float4 *e_geo);
+                          const int *gown, int *e_src, int *e_dst, float4 *e_geo, int n,
+                          double min2, int guard);
 cudaError_t et_iota(cudaStream_t s, int n, int *out);
 cudaError_t et_count_by(cudaStream_t s, int ne, const int *key, int *cnt);
 

@@ -14,23 +14,31 @@
 static __global__ void k_graph_count(int nl, const double *__restrict__ pos,
                                      const int64_t *__restrict__ coff,
                                      const int *__restrict__ cidx, double cl2, double cu2,
-                                     int *__restrict__ row_cnt)
+                                     int *__restrict__ row_cnt, int n, double min2, int *bad)
 {
     int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (warp >= nl)
         return;
     double px = pos[3 * warp], py = pos[3 * warp + 1], pz = pos[3 * warp + 2];
     int cnt = 0;
+    bool wrong = false;
     for (int64_t c = coff[warp] + lane; c < coff[warp + 1]; c += 32) {
         int j = cidx[c];
+        if (bad && (j < 0 || j >= n || j == warp)) { /* never read pos[j] */
+            wrong = true;
+            continue;
+        }
         double dx = pos[3 * j] - px, dy = pos[3 * j + 1] - py, dz = pos[3 * j + 2] - pz;
         double d2 = dx * dx + dy * dy + dz * dz;
         cnt += (d2 >= cl2 && d2 < cu2);
+        wrong = wrong || (bad && d2 < min2);
     }
     for (int o = 16; o > 0; o >>= 1)
         cnt += __shfl_xor_sync(0xffffffffu, cnt, o);
     if (lane == 0)
         row_cnt[warp] = cnt + 1;
+    if (bad && __any_sync(0xffffffffu, wrong) && lane == 0)
+        atomicMin(bad, warp); /* the lowest bad receiver: the same whatever the order */
 }
 
 /* The owned atom of atom u: u itself when owned, its ghost owner when known (gown: the built-in
@@ -47,7 +55,8 @@ static __global__ void k_graph_fill(int nl, const double *__restrict__ pos,
                                     const int64_t *__restrict__ coff, const int *__restrict__ cidx,
                                     double cl2, double cu2, const int *__restrict__ row_off,
                                     const int *__restrict__ gown, int *__restrict__ e_src,
-                                    int *__restrict__ e_dst, float4 *__restrict__ e_geo)
+                                    int *__restrict__ e_dst, float4 *__restrict__ e_geo, int n,
+                                    int guard)
 {
     int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (warp >= nl)
@@ -68,7 +77,7 @@ static __global__ void k_graph_fill(int nl, const double *__restrict__ pos,
         bool keep = false;
         int j = 0;
         double dx = 0, dy = 0, dz = 0, d2 = 0;
-        if (c < c1) {
+        if (c < c1 && !(guard && (cidx[c] < 0 || cidx[c] >= n || cidx[c] == t))) {
             j = cidx[c];
             dx = pos[3 * j] - px;
             dy = pos[3 * j + 1] - py;
@@ -110,22 +119,23 @@ static int blocks_for(long long n, int per) { return (int)((n + per - 1) / per);
 
 extern "C" cudaError_t et_graph_count(cudaStream_t s, int nl, const double *pos,
                                       const int64_t *coff, const int *cidx, double cl2, double cu2,
-                                      int *row_cnt)
+                                      int *row_cnt, int n, double min2, int *bad)
 {
     if (nl > 0)
-        k_graph_count<<<blocks_for((long long)nl * 32, 256), 256, 0, s>>>(nl, pos, coff, cidx, cl2,
-                                                                         cu2, row_cnt);
+        k_graph_count<<<blocks_for((long long)nl * 32, 256), 256, 0, s>>>(
+            nl, pos, coff, cidx, cl2, cu2, row_cnt, n, min2, bad);
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t et_graph_fill(cudaStream_t s, int nl, const double *pos,
                                      const int64_t *coff, const int *cidx, double cl2, double cu2,
                                      const int *row_off, const int *gown, int *e_src, int *e_dst,
-                                     float4 *e_geo)
+                                     float4 *e_geo, int n, double min2, int guard)
 {
+    (void)min2; /* overlapping pairs stay edges (the call fails after the step anyway) */
     if (nl > 0)
         k_graph_fill<<<blocks_for((long long)nl * 32, 256), 256, 0, s>>>(
-            nl, pos, coff, cidx, cl2, cu2, row_off, gown, e_src, e_dst, e_geo);
+            nl, pos, coff, cidx, cl2, cu2, row_off, gown, e_src, e_dst, e_geo, n, guard);
     return cudaGetLastError();
 }
 

@@ -327,6 +327,76 @@ static int same_bits(const tu_result *a, const tu_result *b)
 }
 
 
+/* DS4SCI_CUDA_DEVICE_CHECKS=1: the candidates checked by the graph kernels instead of api.c's
+   host loop. A clean system gives the same bits as with the host checks (CUDA graph on by
+   default for this size, and off); an overlapping pair and a bad index give DS4SCI_ERR_INPUT
+   with api.c's messages, and the context works again afterwards. */
+START_TEST(test_device_input_checks)
+{
+    tu_opts o;
+    et_desc *d = small_model(&o, 2);
+    ds4sci_system a;
+    ds4sci_graph *g = random_system(120, 0.06, 1, o.max_z, o.cutoff_upper, 34, &a);
+    const int32_t nl = a.n_local;
+    const size_t n = (size_t)nl + a.n_ghost;
+    for (int graph = 0; graph < 2; graph++) {
+        setenv("DS4SCI_CUDA_GRAPH", graph ? "1" : "0", 1);
+        ds4sci_ctx *dev = ctx_cuda_env(d, "DS4SCI_CUDA_DEVICE_CHECKS", "1");
+        ds4sci_ctx *host = ctx_cuda_env(d, "DS4SCI_CUDA_DEVICE_CHECKS", "0");
+        unsetenv("DS4SCI_CUDA_GRAPH");
+        for (int rep = 0; rep < 2; rep++) { /* graph mode: capture, then replay */
+            tu_result x, y;
+            run(dev, &a, NULL, &x);
+            run(host, &a, NULL, &y);
+            ck_assert_msg(same_bits(&x, &y), "graph %d: device checks change the result", graph);
+            tu_result_free(&x);
+            tu_result_free(&y);
+        }
+        /* owned atom nl - 1 on top of its first candidate */
+        double *pos = malloc(sizeof(double) * 3 * n);
+        ck_assert(pos);
+        memcpy(pos, a.pos, sizeof(double) * 3 * n);
+        const int64_t k0 = a.nbr_offset[nl - 1];
+        ck_assert(a.nbr_offset[nl] > k0);
+        const int32_t j = a.nbr_index[k0];
+        for (int c = 0; c < 3; c++)
+            pos[3 * (size_t)(nl - 1) + c] = pos[3 * (size_t)j + c] + 1e-6;
+        ds4sci_system b = a;
+        b.pos = pos;
+        ds4sci_result r;
+        memset(&r, 0, sizeof(r));
+        ds4sci_status st = ds4sci_compute(dev, &b, NULL, &r);
+        ck_assert_msg(st == DS4SCI_ERR_INPUT && strstr(ds4sci_ctx_error(dev), "overlap"),
+                      "graph %d: overlap: %s %s", graph, ds4sci_status_name(st),
+                      ds4sci_ctx_error(dev));
+        /* a candidate index out of range */
+        int32_t *idx = malloc(sizeof(int32_t) * (size_t)a.nbr_offset[nl]);
+        ck_assert(idx);
+        memcpy(idx, a.nbr_index, sizeof(int32_t) * (size_t)a.nbr_offset[nl]);
+        idx[k0] = (int32_t)n + 5;
+        ds4sci_system c = a;
+        c.nbr_index = idx;
+        st = ds4sci_compute(dev, &c, NULL, &r);
+        ck_assert_msg(st == DS4SCI_ERR_INPUT && strstr(ds4sci_ctx_error(dev), "expected an atom in"),
+                      "graph %d: bad index: %s %s", graph, ds4sci_status_name(st),
+                      ds4sci_ctx_error(dev));
+        /* and the clean system again */
+        tu_result x, y;
+        run(dev, &a, NULL, &x);
+        run(host, &a, NULL, &y);
+        ck_assert(same_bits(&x, &y));
+        tu_result_free(&x);
+        tu_result_free(&y);
+        free(idx);
+        free(pos);
+        ds4sci_ctx_free(dev);
+        ds4sci_ctx_free(host);
+    }
+    ds4sci_graph_free(g);
+    tu_desc_free(d);
+}
+END_TEST
+
 /* DS4SCI_CUDA_RESIDENT_NBR=1 with ds4sci_ctx_same_neighbors: the candidate list kept on the
    GPU since the last call gives the same bits as uploading it, after the atoms have moved
    (periodic images moved with their owners; candidates to cutoff + 0.5). Also after a call
@@ -1155,6 +1225,7 @@ static Suite *suite(void)
     tcase_add_test(tx, test_graph_matches_launches_across_list_rebuilds);
     tcase_add_test(tx, test_keep_levels_match);
     tcase_add_test(tx, test_resident_neighbors_match);
+    tcase_add_test(tx, test_device_input_checks);
     tcase_add_loop_test(tx, test_two_domains_wire_plan, 0, 8);
     suite_add_tcase(s, tx);
     return s;

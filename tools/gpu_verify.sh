@@ -130,6 +130,9 @@ ck api_keep1 60 CK_RUN_CASE=api DS4SCI_CUDA_KEEP=1
 # the candidate list kept on the GPU (opt-in): every api case with it (promises only where a
 # test makes them; test_resident_neighbors_match compares kept and uploaded lists either way)
 ck api_resident 60 CK_RUN_CASE=api DS4SCI_CUDA_RESIDENT_NBR=1
+# the candidates' checks on the GPU (opt-in): every golden and api case with them
+ck golden_devchecks 60 CK_RUN_CASE=golden DS4SCI_CUDA_DEVICE_CHECKS=1
+ck api_devchecks 60 CK_RUN_CASE=api DS4SCI_CUDA_DEVICE_CHECKS=1
 if [ "${VARIANTS:-1}" = 1 ]; then   # VARIANTS=0: the defaults only
     if [ "${FULL:-1}" = 1 ]; then   # variants unchanged since the last run can be left out (FULL=0)
         ck golden_unfused 60 CK_RUN_CASE=golden DS4SCI_CUDA_EDGE=unfused
@@ -239,12 +242,14 @@ if [ "$NGPU" -ge 2 ] && [ "${IPC_FAULT_TEST:-1}" = 1 ]; then
 fi
 if [ "${RESIDENT_TEST:-1}" = 1 ]; then
     # the plugin promises the last list between LAMMPS's builds; with DS4SCI_CUDA_RESIDENT_NBR=1
-    # the core then keeps it on the GPU: the same thermo as uploading it, 1 rank and (with two
-    # GPUs) 2 ranks, 4,096 Si atoms, 20 steps, a forced rebuild every 5
+    # the core then keeps it on the GPU, and with DS4SCI_CUDA_DEVICE_CHECKS=1 checks it there:
+    # the same thermo as without both, 1 rank and (with two GPUs) 2 ranks, 4,096 Si atoms, 20
+    # steps, a forced rebuild every 5
     nps="1"; [ "$NGPU" -ge 2 ] && nps="1 2"
     for np in $nps; do
         for v in 0 1; do
-            env DS4SCI_CUDA_RESIDENT_NBR=$v OMP_NUM_THREADS=4 OMPI_ALLOW_RUN_AS_ROOT=1 \
+            env DS4SCI_CUDA_RESIDENT_NBR=$v DS4SCI_CUDA_DEVICE_CHECKS=$v OMP_NUM_THREADS=4 \
+                OMPI_ALLOW_RUN_AS_ROOT=1 \
                 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
                 LD_LIBRARY_PATH="$ROOT/.lammps-gpu/bin:$LD_LIBRARY_PATH" timeout 60 \
                 mpirun -np "$np" --bind-to none -x LD_LIBRARY_PATH -x OMP_NUM_THREADS \
@@ -301,9 +306,10 @@ if left $(( BUDGET - ${LMP_BENCH_NEED:-50} )); then   # one rank, one GPU, devic
         bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
     t lammps_bench $?
     if [ "${RESIDENT_TEST:-1}" = 1 ] && left $(( BUDGET - 40 )); then
-        # the same 1M-atom Si run with the candidate list kept on the GPU (input+graph stage)
+        # the same 1M-atom Si run with the candidate list kept and checked on the GPU
         OUT=$L SI_NVE=0 OOM_CELLS=0 BENCH_SI="50 20 0" BENCH_REF="" BENCH_TAG=_resident \
-            DS4SCI_CUDA_RESIDENT_NBR=1 DS4SCI_CUDA_PROFILE=$L/profile_1rank_resident.txt \
+            DS4SCI_CUDA_RESIDENT_NBR=1 DS4SCI_CUDA_DEVICE_CHECKS=1 \
+            DS4SCI_CUDA_PROFILE=$L/profile_1rank_resident.txt \
             timeout 60 bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
         t lammps_bench_resident $?
     fi
