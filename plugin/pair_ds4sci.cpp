@@ -676,6 +676,12 @@ void PairDS4SCI::compute(int eflag, int vflag)
   if (!exchange_lammps && comm->nprocs > 1)
     MPI_Allreduce(MPI_IN_PLACE, &fresh, 1, MPI_INT, MPI_LOR, world);
   if (fresh) build_input(nlocal, nghost);
+  // CUDA IPC failed during an earlier call (ipc_move; the same on every rank): no device
+  // buffers from now on, even before the next build
+  if (ipc_failed && ipc_plan) {
+    ipc_plan = false;
+    halo_wire_plan.device_buffers = 0;
+  }
   const bool builtin = input_exchange == EXCHANGE_BUILTIN;
 
   forces.resize(3 * (size_t)nall);
