@@ -991,6 +991,13 @@ int PairDS4SCI::ipc_move(const void *out, void *in, size_t row_bytes, bool forwa
                           "on rank {} ({}); feature rows go through host memory from now on "
                           "(DS4SCI_IPC=0 skips the attempt)", comm->me, failed);
   ipc_failed = true;
+  // Unmap what did open: owners free their blocks when they grow, and no rank reads them again.
+  // (The fallback's first reduction orders these closes before any owner's next free.)
+  for (char *&base : ipc_base)
+    if (base) {
+      ds4sci_ipc_close(ctx, base);
+      base = nullptr;
+    }
   return ipc_host_fallback(out, in, row_bytes, forward);
 }
 
