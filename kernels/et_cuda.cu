@@ -337,8 +337,13 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
         cublasStatus_t b = cublasCreate(&et->blas);
         if (b == CUBLAS_STATUS_SUCCESS)
             b = cublasSetStream(et->blas, et->stream);
+        /* fp32 SGEMMs (no TF32) by default; DS4SCI_CUDA_TF32=1: the node GEMMs on TF32 tensor
+           cores, a fast mode to be measured (force error, NVE drift) before anyone uses it */
+        const char *tf = getenv("DS4SCI_CUDA_TF32");
         if (b == CUBLAS_STATUS_SUCCESS)
-            b = cublasSetMathMode(et->blas, CUBLAS_DEFAULT_MATH); /* fp32 SGEMM: no TF32 */
+            b = cublasSetMathMode(et->blas, tf && strcmp(tf, "1") == 0
+                                                ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                : CUBLAS_DEFAULT_MATH);
         if (b != CUBLAS_STATUS_SUCCESS) {
             st = blas_fail(b, "cublasCreate", err, err_len);
             goto out;

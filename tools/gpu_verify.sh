@@ -28,7 +28,7 @@
 # two GPUs, the weak-scaling partner of the one-rank 1M bench); WIRE_TEST=0 the LAMMPS tests with
 # the wire plan on host buffers (DS4SCI_IPC=0 DS4SCI_CUDA_WIRE=1; the default on one node is
 # CUDA IPC) and the weak bench with the callbacks (two GPUs); IPC_FAULT_TEST=0 the IPC fallback
-# check (two GPUs); RESIDENT_TEST=0 the resident candidate list's checks (api case, LAMMPS thermo
+# check (two GPUs); TF32_TEST=0 the TF32 node GEMMs' error report and bench; RESIDENT_TEST=0 the resident candidate list's checks (api case, LAMMPS thermo
 # with and without it, the 1M bench with it); SPLITS="" the split ones.
 # Environment for run: OUT (files back: summary.txt and logs.tgz), BUDGET (seconds, default
 # 420), SIZES (bench_gpu sizes, default "1000 10000 100000 1000000"), BG_CMD, BG_SECONDS
@@ -195,6 +195,17 @@ for sf in ${SPLITS-1 2 4 8}; do   # forced split factors at the sizes where the 
         > "$LG/bench_gpu_split$sf.log" 2>&1
     t "bench_gpu_split$sf" $?
 done
+if [ "${TF32_TEST:-1}" = 1 ]; then
+    # the node GEMMs on TF32 tensor cores (DS4SCI_CUDA_TF32=1, opt-in): its errors against the
+    # float64 CPU path (CK_REPORT lines; the fp32 tolerances may fail: a report, not a gate) and
+    # its speed beside the default
+    ck vs_cpu_tf32_report 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_TF32=1
+    for tf in 0 1; do
+        DS4SCI_CUDA_TF32=$tf BENCH_PROFILE=0 timeout 60 "$B/bench_gpu" tests/golden/typical.safetensors \
+            3 10000 1000000 > "$LG/bench_gpu_tf32_$tf.log" 2>&1
+        t "bench_gpu_tf32_$tf" $?
+    done
+fi
 if [ "${FILTER:-1}" = 1 ] && [ -x "$B/bench_filter_mma" ]; then
     timeout 90 "$B/bench_filter_mma" --model potentials/si-sw-et.safetensors --layer 1 --rmin 2.0 \
         > "$LG/filter_mma.log" 2>&1
@@ -330,6 +341,7 @@ grep -vE "^#" "$LG/bench_gpu_expf.log" 2>/dev/null | head -12
 for sf in ${SPLITS-1 2 4 8}; do echo "split $sf"; grep -E "^ +[0-9]+ " "$LG/bench_gpu_split$sf.log"; done
 echo "unmerged"; grep -E "^ +[0-9]+ |per-stage" "$LG/bench_gpu_unmerged.log" 2>/dev/null
 for g in 0 1; do echo "graph $g"; grep -E "^ +[0-9]+ " "$LG/bench_gpu_graph$g.log" 2>/dev/null; done
+for tf in 0 1; do echo "tf32 $tf"; grep -E "^ +[0-9]+ " "$LG/bench_gpu_tf32_$tf.log" 2>/dev/null; done
 grep -E "^variant|PASS|FAIL|ALL|SOME" "$LG/filter_mma.log" 2>/dev/null | grep -v "^sim" | head -40
 cat "$L"/profile_*.txt 2>/dev/null
 tail -n 5 "$LG"/racecheck*.log 2>/dev/null
