@@ -32,11 +32,8 @@ static void check_two_domains(int combo, int all_to_first, int hint, int partial
 
     world w;
     int32_t cnt[2];
-    world_split(&w, g, f.box, all_to_first, cnt);
+    world_build(&w, g, f.box, all_to_first, partial, cnt);
     ck_assert(all_to_first ? cnt[1] == 0 : cnt[0] > 0 && cnt[1] > 0);
-    w.dom[0].partial = w.dom[1].partial = partial;
-    domain_build(&w, 0, g);
-    domain_build(&w, 1, g);
     if (partial) { /* both kinds of ghosts are there to be handled */
         int32_t own = 0;
         for (int32_t q = 0; q < w.dom[0].s.n_ghost; q++)

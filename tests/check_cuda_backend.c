@@ -1046,10 +1046,7 @@ START_TEST(test_two_domains_wire_plan)
     const int32_t n = g->n_local;
     world w;
     int32_t cnt[2];
-    world_split(&w, g, f.box, all_to_first, cnt);
-    w.dom[0].partial = w.dom[1].partial = 1;
-    domain_build(&w, 0, g);
-    domain_build(&w, 1, g);
+    world_build(&w, g, f.box, all_to_first, 1, cnt);
     world_send_rows(&w, 1);
     world_plans(&w, mode >= 2);
     ck_assert_msg(world_run(&w, mode == 1 ? cuda_ctx_wire : mode == 3 ? cuda_ctx_nowire

@@ -209,6 +209,14 @@ void domain_build(world *w, int p, const ds4sci_system *g) {
     free(entity);
 }
 
+void world_build(world *w, const ds4sci_system *g, const double box[9], int all_to_first,
+                 int partial, int32_t cnt[2]) {
+    world_split(w, g, box, all_to_first, cnt);
+    w->dom[0].partial = w->dom[1].partial = partial;
+    domain_build(w, 0, g);
+    domain_build(w, 1, g);
+}
+
 /* The exchange hint of both domains: the owned rows that a ghost of either domain copies. */
 void world_send_rows(world *w, int hint) {
     for (int p = 0; p < 2; p++) {

@@ -80,6 +80,9 @@ void world_split(world *w, const ds4sci_system *g, const double box[9], int all_
 /* Domain p of w from the one-process system g (w->proc_of, w->local_of set; d->partial chosen
    before). */
 void domain_build(world *w, int p, const ds4sci_system *g);
+/* world_split, then both domains built (partial: ghost owners for the periodic images). */
+void world_build(world *w, const ds4sci_system *g, const double box[9], int all_to_first,
+                 int partial, int32_t cnt[2]);
 /* The exchange hint of both domains: the owned rows that a ghost of either domain copies. */
 void world_send_rows(world *w, int hint);
 /* Wire plans of both domains (partial owners), with device_buffers as given (0 or 1: move()

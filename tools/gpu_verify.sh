@@ -231,19 +231,27 @@ if [ "$NGPU" -ge 2 ] && [ "${WIRE_TEST:-1}" = 1 ]; then
         timeout 200 bash tools/gpu_lammps.sh test > "$LG/lammps_wire.log" 2>&1
     t lammps_test_wire_host $?
 fi
+# A short run of examples/bench_lammps_gpu.in (Si, 4,096 atoms, 4 threads a rank):
+#   lmp_si NP LOG [VAR=VALUE ...] [-- more lmp arguments]
+lmp_si() {
+    local np=$1 log=$2 envs=()
+    shift 2
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do envs+=("$1"); shift; done
+    [ $# -gt 0 ] && shift
+    env "${envs[@]}" OMP_NUM_THREADS=4 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+        LD_LIBRARY_PATH="$ROOT/.lammps-gpu/bin:$LD_LIBRARY_PATH" timeout 60 \
+        mpirun -np "$np" --bind-to none -x LD_LIBRARY_PATH -x OMP_NUM_THREADS \
+        "$ROOT/.lammps-gpu/bin/lmp" -in examples/bench_lammps_gpu.in \
+        -var plugin "$ROOT/.lammps-gpu/bin/ds4sciplugin.so" -var system si -var n 8 \
+        -var steps2 0 -var threads 4 "$@" -log "$log" > /dev/null 2>&1
+}
 if [ "$NGPU" -ge 2 ] && [ "${IPC_FAULT_TEST:-1}" = 1 ]; then
     # where CUDA IPC fails (DS4SCI_IPC_FAULT=1: rank 1's opens fail, as with GPUs hidden from
     # each other) the plugin warns and moves the rows through host memory: 4,096 Si atoms on 2
     # ranks, 10 steps, must print the same thermo as through IPC
     for f in ipc fault; do
         fault=""; [ "$f" = fault ] && fault=1
-        env DS4SCI_IPC_FAULT="$fault" OMP_NUM_THREADS=4 \
-            OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
-            LD_LIBRARY_PATH="$ROOT/.lammps-gpu/bin:$LD_LIBRARY_PATH" timeout 60 \
-            mpirun -np 2 --bind-to none -x LD_LIBRARY_PATH -x OMP_NUM_THREADS \
-            "$ROOT/.lammps-gpu/bin/lmp" -in examples/bench_lammps_gpu.in \
-            -var plugin "$ROOT/.lammps-gpu/bin/ds4sciplugin.so" -var system si -var n 8 \
-            -var steps 10 -var steps2 0 -var threads 4 -log "$LG/ipc_$f.log" > /dev/null 2>&1
+        lmp_si 2 "$LG/ipc_$f.log" DS4SCI_IPC_FAULT="$fault" -- -var steps 10
         t "lammps_ipc_$f" $?
     done
     a=$(grep -E "^ +10 " "$LG/ipc_ipc.log" | awk '{print $2, $3, $4, $5}')
@@ -259,15 +267,8 @@ if [ "${RESIDENT_TEST:-1}" = 1 ]; then
     nps="1"; [ "$NGPU" -ge 2 ] && nps="1 2"
     for np in $nps; do
         for v in 0 1; do
-            env DS4SCI_CUDA_RESIDENT_NBR=$v DS4SCI_CUDA_DEVICE_CHECKS=$v OMP_NUM_THREADS=4 \
-                OMPI_ALLOW_RUN_AS_ROOT=1 \
-                OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
-                LD_LIBRARY_PATH="$ROOT/.lammps-gpu/bin:$LD_LIBRARY_PATH" timeout 60 \
-                mpirun -np "$np" --bind-to none -x LD_LIBRARY_PATH -x OMP_NUM_THREADS \
-                "$ROOT/.lammps-gpu/bin/lmp" -in examples/bench_lammps_gpu.in \
-                -var plugin "$ROOT/.lammps-gpu/bin/ds4sciplugin.so" -var system si -var n 8 \
-                -var steps 20 -var steps2 0 -var threads 4 -var neigh_every 5 \
-                -var neigh_check no -log "$LG/resident_${v}_$np.log" > /dev/null 2>&1
+            lmp_si "$np" "$LG/resident_${v}_$np.log" DS4SCI_CUDA_RESIDENT_NBR=$v \
+                DS4SCI_CUDA_DEVICE_CHECKS=$v -- -var steps 20 -var neigh_every 5 -var neigh_check no
             t "lammps_resident_${v}_np$np" $?
         done
         a=$(grep -E "^ +20 " "$LG/resident_0_$np.log" | awk '{print $2, $3, $4, $5}')
