@@ -20,6 +20,7 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -613,6 +614,17 @@ void PairDS4SCI::build_halo(int nlocal, int nghost)
   if (ipc && !ipc_used && comm->me == 0)
     utils::logmesg(lmp, "pair_style ds4sci: halo plan: feature rows between the GPUs of a node "
                         "by CUDA IPC (device to device; DS4SCI_IPC=0: through host memory)\n");
+  // A plan without device buffers after one with them: the peers' blocks may now grow and be
+  // freed at any exchange, so unmap them and let the node wait for every rank's unmapping
+  // (ipc_plan is the same on the node's ranks, ipc on all ranks).
+  if (ipc_plan && !ipc) {
+    for (char *&base : ipc_base)
+      if (base) {
+        ds4sci_ipc_close(ctx, base);
+        base = nullptr;
+      }
+    MPI_Barrier(node_comm);
+  }
   ipc_plan = ipc != 0;
   ipc_used = ipc_used || ipc_plan;
   halo_wire_plan = {nprocs, halo_wire_peers.data(), exchange_move, this, ipc_plan ? 1 : 0};
@@ -976,20 +988,28 @@ int PairDS4SCI::ipc_move(const void *out, void *in, size_t row_bytes, bool forwa
     failed = std::string("copy: ") + ds4sci_ctx_error(ctx);
   }
   if (!failed.empty()) ok = 0;
+  // success on the whole node, and the lowest rank that failed (for the warning)
+  int verdict[2] = {ok, failed.empty() ? INT_MAX : comm->me};
   const double t1 = MPI_Wtime();
-  MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, node_comm);
+  MPI_Allreduce(MPI_IN_PLACE, verdict, 2, MPI_INT, MPI_MIN, node_comm);
   t_halo_mpi += MPI_Wtime() - t1;
-  if (ok) return 0;
+  if (verdict[0]) return 0;
 
   // IPC does not work here (e.g. GPUs hidden from each other by per-rank CUDA_VISIBLE_DEVICES,
   // or processes in separate containers): every rank of the node knows it from the reduction,
   // finishes this move through host memory, and stops trying (ipc_failed: the moves left in
   // this call go through host memory too, and no later plan offers device buffers). The rows
   // are the same bytes either way.
+  // The failing ranks say why (on their screens); the node's first rank names the first of
+  // them, so that rank 0's log file has it too.
   if (!failed.empty())
     error->warning(FLERR, "pair_style ds4sci: CUDA IPC between the ranks of this node failed "
                           "on rank {} ({}); feature rows go through host memory from now on "
                           "(DS4SCI_IPC=0 skips the attempt)", comm->me, failed);
+  else if (node_me == 0)
+    error->warning(FLERR, "pair_style ds4sci: CUDA IPC between the ranks of this node failed "
+                          "on rank {} (its screen says why); feature rows go through host memory "
+                          "from now on (DS4SCI_IPC=0 skips the attempt)", verdict[1]);
   ipc_failed = true;
   // Unmap what did open: owners free their blocks when they grow, and no rank reads them again.
   // (The fallback's first reduction orders these closes before any owner's next free.)
@@ -1014,7 +1034,8 @@ int PairDS4SCI::ipc_host_fallback(const void *out, void *in, size_t row_bytes, b
   ipc_host_in.resize(std::max<size_t>(n_in * w, 1));
   const ds4sci_copy down = {ipc_host_out.data(), out, n_out * row_bytes};
   int ok = ds4sci_device_copy(ctx, &down, 1) == DS4SCI_OK;
-  MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, world);
+  // over the node, as ipc_move's verdict: a plan with device buffers has every peer there
+  MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, node_comm);
   if (!ok) return 1;
   if (host_move(ipc_host_out.data(), ipc_host_in.data(), row_bytes, forward) != 0) return 1;
   const ds4sci_copy up = {in, ipc_host_in.data(), n_in * row_bytes};

@@ -339,11 +339,16 @@ START_TEST(test_device_input_checks)
     ds4sci_graph *g = random_system(120, 0.06, 1, o.max_z, o.cutoff_upper, 34, &a);
     const int32_t nl = a.n_local;
     const size_t n = (size_t)nl + a.n_ghost;
+    const char *graph_env = getenv("DS4SCI_CUDA_GRAPH");
+    char *graph_keep = graph_env ? strdup(graph_env) : NULL; /* restored below */
     for (int graph = 0; graph < 2; graph++) {
         setenv("DS4SCI_CUDA_GRAPH", graph ? "1" : "0", 1);
         ds4sci_ctx *dev = ctx_cuda_env(d, "DS4SCI_CUDA_DEVICE_CHECKS", "1");
         ds4sci_ctx *host = ctx_cuda_env(d, "DS4SCI_CUDA_DEVICE_CHECKS", "0");
-        unsetenv("DS4SCI_CUDA_GRAPH");
+        if (graph_keep)
+            setenv("DS4SCI_CUDA_GRAPH", graph_keep, 1);
+        else
+            unsetenv("DS4SCI_CUDA_GRAPH");
         for (int rep = 0; rep < 2; rep++) { /* graph mode: capture, then replay */
             tu_result x, y;
             run(dev, &a, NULL, &x);
@@ -392,6 +397,7 @@ START_TEST(test_device_input_checks)
         ds4sci_ctx_free(dev);
         ds4sci_ctx_free(host);
     }
+    free(graph_keep);
     ds4sci_graph_free(g);
     tu_desc_free(d);
 }
