@@ -9,14 +9,21 @@
 
 #include "two_domains.h"
 
-static int dom_forward(void *user, double *data, int32_t width) {
-    domain *d = user;
+/* Both callbacks start alike: publish this domain's array, wait for the other domain, and
+   agree on the width (0, or -1 when the two calls differ). */
+static int dom_meet(domain *d, double *data, int32_t width) {
     world *w = d->w;
     d->data = data;
     d->width = width;
-    d->n_fwd++;
     pthread_barrier_wait(&w->bar);
-    int rc = w->dom[0].width == w->dom[1].width ? 0 : -1;
+    return w->dom[0].width == w->dom[1].width ? 0 : -1;
+}
+
+static int dom_forward(void *user, double *data, int32_t width) {
+    domain *d = user;
+    world *w = d->w;
+    d->n_fwd++;
+    int rc = dom_meet(d, data, width);
     for (int32_t g = 0; g < d->s.n_ghost && rc == 0; g++) {
         if (d->partial && d->lowner[g] >= 0)
             continue; /* the core's */
@@ -32,11 +39,8 @@ static int dom_forward(void *user, double *data, int32_t width) {
 static int dom_reverse(void *user, double *data, int32_t width) {
     domain *d = user;
     world *w = d->w;
-    d->data = data;
-    d->width = width;
     d->n_rev++;
-    pthread_barrier_wait(&w->bar);
-    int rc = w->dom[0].width == w->dom[1].width ? 0 : -1;
+    int rc = dom_meet(d, data, width);
     for (int q = 0; q < 2 && rc == 0; q++) {
         const domain *o = &w->dom[q];
         for (int32_t g = 0; g < o->s.n_ghost; g++) {

@@ -284,31 +284,33 @@ for p in "${bg[@]}"; do
     while kill -0 "$p" 2>/dev/null && left "${BG_SECONDS:-$((BUDGET - 150))}"; do sleep 2; done
     pkill -TERM -P "$p" 2>/dev/null; kill "$p" 2>/dev/null
 done
-if [ "$NGPU" -ge 2 ] && left $(( BUDGET - 110 )); then
-    OUT=$L SI_NVE=0 OOM_CELLS=0 BENCH_NP=2 BENCH_TAG=_2gpu BENCH_SI="50 20 10" BENCH_REF="" \
-        DS4SCI_CUDA_PROFILE=$L/profile_2gpu.txt timeout 70 \
+# One Si benchmark of tools/gpu_lammps.sh (its log bench_si<TAG>.log, the core's profile
+# profile<TAG>.txt under $L), the reference model left out:
+#   si_bench NP TAG "n steps steps2" TIMEOUT [VAR=VALUE ...]
+si_bench() {
+    local np=$1 tag=$2 si=$3 to=$4
+    shift 4
+    env "$@" OUT="$L" SI_NVE=0 OOM_CELLS=0 BENCH_NP="$np" BENCH_TAG="$tag" BENCH_SI="$si" \
+        BENCH_REF="" DS4SCI_CUDA_PROFILE="$L/profile$tag.txt" timeout "$to" \
         bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
+}
+if [ "$NGPU" -ge 2 ] && left $(( BUDGET - 110 )); then
+    si_bench 2 _2gpu "50 20 10" 70
     t lammps_bench_2gpu $?
     if [ "${XCH_F32_BENCH:-1}" = 1 ] && left $(( BUDGET - 80 )); then
         # forward rows as doubles (before the packed floats): the same bits travel, so the
         # thermo output must be identical to the run above
-        OUT=$L SI_NVE=0 OOM_CELLS=0 BENCH_NP=2 BENCH_TAG=_2gpu_xchf64 BENCH_SI="50 20 0" \
-            BENCH_REF="" DS4SCI_CUDA_XCH_F32=0 DS4SCI_CUDA_PROFILE=$L/profile_2gpu_xchf64.txt \
-            timeout 45 bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
+        si_bench 2 _2gpu_xchf64 "50 20 0" 45 DS4SCI_CUDA_XCH_F32=0
         t lammps_bench_2gpu_xchf64 $?
     fi
     if [ "${WEAK_BENCH:-1}" = 1 ] && left $(( BUDGET - 70 )); then
         # weak scaling: 2,000,376 Si atoms (n = 63) on 2 GPUs, ~1M per rank, against one GPU's
         # 1,000,000 (n = 50, the one-rank bench below)
-        OUT=$L SI_NVE=0 OOM_CELLS=0 BENCH_NP=2 BENCH_TAG=_2gpu_weak BENCH_SI="63 20 0" BENCH_REF="" \
-            DS4SCI_CUDA_PROFILE=$L/profile_2gpu_weak.txt timeout 90 \
-            bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
+        si_bench 2 _2gpu_weak "63 20 0" 90
         t lammps_bench_2gpu_weak $?
         if [ "${WIRE_TEST:-1}" = 1 ] && left $(( BUDGET - 60 )); then
             # the callbacks through host memory (DS4SCI_CUDA_WIRE=0) side by side
-            OUT=$L SI_NVE=0 OOM_CELLS=0 BENCH_NP=2 BENCH_TAG=_2gpu_weak_cb BENCH_SI="63 20 0" \
-                BENCH_REF="" DS4SCI_CUDA_WIRE=0 DS4SCI_CUDA_PROFILE=$L/profile_2gpu_weak_cb.txt \
-                timeout 90 bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
+            si_bench 2 _2gpu_weak_cb "63 20 0" 90 DS4SCI_CUDA_WIRE=0
             t lammps_bench_2gpu_weak_cb $?
         fi
     fi
@@ -321,10 +323,8 @@ if left $(( BUDGET - ${LMP_BENCH_NEED:-50} )); then   # one rank, one GPU, devic
     t lammps_bench $?
     if [ "${RESIDENT_TEST:-1}" = 1 ] && left $(( BUDGET - 40 )); then
         # the same 1M-atom Si run with the candidate list kept and checked on the GPU
-        OUT=$L SI_NVE=0 OOM_CELLS=0 BENCH_SI="50 20 0" BENCH_REF="" BENCH_TAG=_resident \
-            DS4SCI_CUDA_RESIDENT_NBR=1 DS4SCI_CUDA_DEVICE_CHECKS=1 \
-            DS4SCI_CUDA_PROFILE=$L/profile_1rank_resident.txt \
-            timeout 60 bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
+        si_bench 1 _1rank_resident "50 20 0" 60 DS4SCI_CUDA_RESIDENT_NBR=1 \
+            DS4SCI_CUDA_DEVICE_CHECKS=1
         t lammps_bench_resident $?
     fi
 fi
