@@ -399,15 +399,16 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
            per GPU on 2 GPUs: device buffers by CUDA IPC 0.437 s/step, the callbacks 0.510, the
            plan on pinned host buffers 0.556): by default (-1) where the plan takes device
            buffers, else the callbacks; DS4SCI_CUDA_WIRE=1: the plan always, =0: never */
-        /* the candidate list kept on the GPU between neighbour builds: opt-in until measured
-           on a GPU (written 2026-11-30 after that session's last GPU call) */
+        /* the candidate list kept on the GPU between neighbour builds (auto: for callers
+           that promise it, ds4sci_ctx_same_neighbors) and its checks (indices, overlapping
+           atoms) in the graph kernels instead of api.c's host loop over every candidate:
+           docs/gpu.md v19, LAMMPS 1M Si atoms on one H200, both on 0.434 -> 0.395 s/step
+           (same thermo); =0 switches either off, DS4SCI_CUDA_RESIDENT_NBR=1 keeps the list
+           for every caller */
         const char *rn = getenv("DS4SCI_CUDA_RESIDENT_NBR");
-        et->resident_nbr = rn && strcmp(rn, "1") == 0;
-        /* the candidates' checks (indices, overlapping atoms) in the graph kernels instead of
-           api.c's host loop over every candidate (1M Si atoms: ~0.1 s a step on one host
-           thread): opt-in until run on a GPU (written 2026-11-30 after the last GPU call) */
+        et->resident_nbr = rn && strcmp(rn, "1") == 0 ? 1 : rn && strcmp(rn, "0") == 0 ? 0 : -1;
         const char *dc = getenv("DS4SCI_CUDA_DEVICE_CHECKS");
-        et->device_checks = dc && strcmp(dc, "1") == 0;
+        et->device_checks = !(dc && strcmp(dc, "0") == 0);
         const char *wv = getenv("DS4SCI_CUDA_WIRE");
         et->wire = wv && strcmp(wv, "1") == 0 ? 1 : wv && strcmp(wv, "0") == 0 ? 0 : -1;
         const char *sx = getenv("DS4SCI_CUDA_SPLIT"); /* 1, 2, 4, 8; anything else: per pass */
@@ -1095,13 +1096,14 @@ static ds4sci_status compute_input(ds4sci_cuda_et *et, const ds4sci_system *sys,
                  cidx_bytes = (size_t)(nc > 0 ? nc : 1) * sizeof(int);
     /* resident (et->resident_nbr): in B_CAND, kept, and not uploaded again when the caller
        promised the previous call's list (api.c has checked that the counts match it) */
-    const int keep_nbr = et->resident_nbr && et->same_nbr && et->cand_valid;
+    et->res_now = et->resident_nbr > 0 || (et->resident_nbr < 0 && et->promised);
+    const int keep_nbr = et->res_now && et->same_nbr && et->cand_valid;
     et->cand_valid = 0; /* until this call succeeds */
-    ST(ensure(et, B_P, p_bytes > cidx_bytes || et->resident_nbr ? p_bytes : cidx_bytes, err,
+    ST(ensure(et, B_P, p_bytes > cidx_bytes || et->res_now ? p_bytes : cidx_bytes, err,
               err_len));
-    if (et->resident_nbr)
+    if (et->res_now)
         ST(ensure(et, B_CAND, cidx_bytes, err, err_len));
-    int *cidx = BUF(int, et->resident_nbr ? B_CAND : B_P);
+    int *cidx = BUF(int, et->res_now ? B_CAND : B_P);
     /* B_GOWN: the ghost owners (built-in exchange), or the caller's send_rows hint */
     const int n_send = !builtin && ex && ex->send_rows ? ex->n_send_rows : 0;
     if (builtin)
@@ -1235,7 +1237,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     cudaStream_t s = et->stream;
     cublasHandle_t h = et->blas;
     const size_t n1 = n > 0 ? n : 1, nl1 = nl > 0 ? nl : 1;
-    int *cidx = BUF(int, et->resident_nbr ? B_CAND : B_P);
+    int *cidx = BUF(int, et->res_now ? B_CAND : B_P);
     const int n_send = !builtin && ex && ex->send_rows ? ex->n_send_rows : 0;
     /* graph mode: edge buffers of nl + nc slots (every row's self-loop and candidates bound its
        edges), no read-back; the padded slots never reach a kernel's edge loop (CSR offsets
@@ -1988,7 +1990,7 @@ extern "C" ds4sci_status ds4sci_cuda_et_compute(ds4sci_cuda_et *et, const ds4sci
     ds4sci_status st = compute(et, sys, ex, builtin, res, err, err_len);
     et->same_nbr = 0; /* a promise covers one call */
     if (st == DS4SCI_OK)
-        et->cand_valid = 1; /* B_COFF and B_CAND (resident) hold this call's list */
+        et->cand_valid = et->res_now; /* B_COFF and B_CAND hold this call's list */
     if (st != DS4SCI_OK) {
         /* leave the stream idle and the error state clear for the next call */
         cudaStreamSynchronize(et->stream);
@@ -2012,8 +2014,10 @@ extern "C" long long ds4sci_cuda_et_bad_receiver(const ds4sci_cuda_et *et)
 /* ds4sci_ctx_same_neighbors for the next compute (gnn/backend.h same_neighbors) */
 extern "C" void ds4sci_cuda_et_same_neighbors(ds4sci_cuda_et *et, int same)
 {
-    if (et)
+    if (et) {
         et->same_nbr = same != 0;
+        et->promised |= same != 0;
+    }
 }
 
 /* ---- device memory for a wire plan's move (ds4sci_ipc_export ...) ------------------------- */

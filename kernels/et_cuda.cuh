@@ -184,18 +184,24 @@ typedef struct ds4sci_cuda_et {
                                 most that keeps the workspace under half of mem_at_create),
                                 0 none, 1 q/k/v, 2 q/k/v, vec_proj's P and o
                                 (DS4SCI_CUDA_KEEP=0|1|2 forces a level) */
-    int resident_nbr;        /* DS4SCI_CUDA_RESIDENT_NBR=1: the caller's candidate list kept
-                                in B_CAND between calls and uploaded only when the caller
-                                does not promise the previous one (ds4sci_ctx_same_neighbors);
-                                0 (default): uploaded at every call into B_P's space */
+    int resident_nbr;        /* the caller's candidate list kept in B_CAND between calls and
+                                uploaded only when the caller does not promise the previous
+                                one (ds4sci_ctx_same_neighbors): -1 auto (default: once the
+                                caller has made a promise, as the LAMMPS plugin does between
+                                its neighbour builds; callers that never promise keep the list
+                                in B_P's space and pay no memory for it), 1 always, 0 never
+                                (DS4SCI_CUDA_RESIDENT_NBR=1|0) */
+    int promised;            /* the caller has promised the same list at least once */
+    int res_now;             /* this call keeps the list in B_CAND (compute_input) */
     int same_nbr;            /* the promise for the current call (backend same_neighbors) */
-    int device_checks;       /* DS4SCI_CUDA_DEVICE_CHECKS=1: candidate indices and overlapping
-                                atoms checked by the graph kernels instead of api.c's host
-                                loop (the first bad receiver in d_check, read back with the
-                                results); 0 (default): api.c checks */
+    int device_checks;       /* candidate indices and overlapping atoms checked by the graph
+                                kernels instead of api.c's host loop (the first bad receiver
+                                in d_check, read back with the results): 1 (default), 0 with
+                                DS4SCI_CUDA_DEVICE_CHECKS=0 (api.c checks) */
     int *d_check;            /* [1] device: lowest bad receiver, INT_MAX-ish when none */
     long long bad_receiver;  /* of the last call's failed device check, -1: none */
-    int cand_valid;          /* B_CAND and B_COFF hold the list of the last successful call */
+    int cand_valid;          /* B_CAND and B_COFF hold the list of the last successful call
+                                (only where that call kept it there: res_now) */
     int wire;                /* the caller's wire plan (ds4sci.h) for the other processes'
                                 rows, packed on the GPU, one block per direction: -1 (default)
                                 where the plan takes device buffers (CUDA IPC), else the

@@ -327,8 +327,8 @@ static int same_bits(const tu_result *a, const tu_result *b)
 }
 
 
-/* DS4SCI_CUDA_DEVICE_CHECKS=1: the candidates checked by the graph kernels instead of api.c's
-   host loop. A clean system gives the same bits as with the host checks (CUDA graph on by
+/* DS4SCI_CUDA_DEVICE_CHECKS=1 (the default): the candidates checked by the graph kernels
+   instead of api.c's host loop (=0). A clean system gives the same bits as with the host checks (CUDA graph on by
    default for this size, and off); an overlapping pair and a bad index give DS4SCI_ERR_INPUT
    with api.c's messages, and the context works again afterwards. */
 START_TEST(test_device_input_checks)
@@ -406,7 +406,9 @@ END_TEST
 /* DS4SCI_CUDA_RESIDENT_NBR=1 with ds4sci_ctx_same_neighbors: the candidate list kept on the
    GPU since the last call gives the same bits as uploading it, after the atoms have moved
    (periodic images moved with their owners; candidates to cutoff + 0.5). Also after a call
-   without the promise (a new list uploaded into the kept buffer). */
+   without the promise (a new list uploaded into the kept buffer). The default (auto: kept from
+   the first promise on; the first promised call must upload, nothing was kept before) gives
+   the same bits too. */
 START_TEST(test_resident_neighbors_match)
 {
     tu_opts o;
@@ -422,6 +424,7 @@ START_TEST(test_resident_neighbors_match)
     b.pos = pos;
     ds4sci_ctx *res = ctx_cuda_env(d, "DS4SCI_CUDA_RESIDENT_NBR", "1");
     ds4sci_ctx *ref = ctx_cuda_env(d, "DS4SCI_CUDA_RESIDENT_NBR", "0");
+    ds4sci_ctx *dflt = ctx_cuda_env(d, "DS4SCI_CUDA_RESIDENT_NBR", NULL);
     tu_rng r = {77};
     for (int step = 0; step < 4; step++) {
         if (step > 0) /* every atom moves up to 0.1 in each direction, its images with it */
@@ -435,16 +438,22 @@ START_TEST(test_resident_neighbors_match)
                 }
         /* promise at steps 1 and 3; step 2 uploads the list again without one */
         ck_assert_int_eq(ds4sci_ctx_same_neighbors(res, step % 2 == 1), DS4SCI_OK);
-        tu_result x, y;
+        ck_assert_int_eq(ds4sci_ctx_same_neighbors(dflt, step % 2 == 1), DS4SCI_OK);
+        tu_result x, y, z;
         run(res, &b, NULL, &x);
         run(ref, &b, NULL, &y);
+        run(dflt, &b, NULL, &z);
         ck_assert_msg(same_bits(&x, &y), "step %d: resident list differs from the uploaded one "
                       "(energy %.17g vs %.17g)", step, x.r.energy, y.r.energy);
+        ck_assert_msg(same_bits(&z, &y), "step %d: the default (auto) differs from the uploaded "
+                      "list (energy %.17g vs %.17g)", step, z.r.energy, y.r.energy);
         tu_result_free(&x);
         tu_result_free(&y);
+        tu_result_free(&z);
     }
     ds4sci_ctx_free(res);
     ds4sci_ctx_free(ref);
+    ds4sci_ctx_free(dflt);
     free(pos);
     ds4sci_graph_free(g);
     tu_desc_free(d);

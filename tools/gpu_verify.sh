@@ -28,8 +28,9 @@
 # two GPUs, the weak-scaling partner of the one-rank 1M bench); WIRE_TEST=0 the LAMMPS tests with
 # the wire plan on host buffers (DS4SCI_IPC=0 DS4SCI_CUDA_WIRE=1; the default on one node is
 # CUDA IPC) and the weak bench with the callbacks (two GPUs); IPC_FAULT_TEST=0 the IPC fallback
-# check (two GPUs); TF32_TEST=0 the TF32 node GEMMs' error report and bench; RESIDENT_TEST=0 the resident candidate list's checks (api case, LAMMPS thermo
-# with and without it, the 1M bench with it); SPLITS="" the split ones.
+# check (two GPUs); TF32_TEST=0 the TF32 node GEMMs' error report and bench; RESIDENT_TEST=0 the
+# LAMMPS checks of the resident candidate list and device checks (thermo with and without
+# them, the 1M bench without them); SPLITS="" the split ones.
 # Environment for run: OUT (files back: summary.txt and logs.tgz), BUDGET (seconds, default
 # 420), SIZES (bench_gpu sizes, default "1000 10000 100000 1000000"), BG_CMD, BG_SECONDS
 # (when BG_CMD is stopped, default BUDGET - 150).
@@ -127,12 +128,12 @@ ck golden_keep0 60 CK_RUN_CASE=golden DS4SCI_CUDA_KEEP=0
 ck vs_cpu_keep0 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_KEEP=0
 ck golden_keep1 60 CK_RUN_CASE=golden DS4SCI_CUDA_KEEP=1 DS4SCI_CUDA_NODE_CHUNK=7
 ck api_keep1 60 CK_RUN_CASE=api DS4SCI_CUDA_KEEP=1
-# the candidate list kept on the GPU (opt-in): every api case with it (promises only where a
-# test makes them; test_resident_neighbors_match compares kept and uploaded lists either way)
+# the candidate list kept on the GPU for every caller (default: from a caller's first promise
+# on; test_resident_neighbors_match compares forced, auto and uploaded lists either way) and the
+# candidates' checks on the host (default: in the graph kernels): every api / golden case
 ck api_resident 60 CK_RUN_CASE=api DS4SCI_CUDA_RESIDENT_NBR=1
-# the candidates' checks on the GPU (opt-in): every golden and api case with them
-ck golden_devchecks 60 CK_RUN_CASE=golden DS4SCI_CUDA_DEVICE_CHECKS=1
-ck api_devchecks 60 CK_RUN_CASE=api DS4SCI_CUDA_DEVICE_CHECKS=1
+ck golden_hostchecks 60 CK_RUN_CASE=golden DS4SCI_CUDA_DEVICE_CHECKS=0
+ck api_hostchecks 60 CK_RUN_CASE=api DS4SCI_CUDA_DEVICE_CHECKS=0
 if [ "${VARIANTS:-1}" = 1 ]; then   # VARIANTS=0: the defaults only
     if [ "${FULL:-1}" = 1 ]; then   # variants unchanged since the last run can be left out (FULL=0)
         ck golden_unfused 60 CK_RUN_CASE=golden DS4SCI_CUDA_EDGE=unfused
@@ -262,10 +263,10 @@ if [ "$NGPU" -ge 2 ] && [ "${IPC_FAULT_TEST:-1}" = 1 ]; then
     t "ipc_fault_same_thermo ($a | $b)" $?
 fi
 if [ "${RESIDENT_TEST:-1}" = 1 ]; then
-    # the plugin promises the last list between LAMMPS's builds; with DS4SCI_CUDA_RESIDENT_NBR=1
-    # the core then keeps it on the GPU, and with DS4SCI_CUDA_DEVICE_CHECKS=1 checks it there:
-    # the same thermo as without both, 1 rank and (with two GPUs) 2 ranks, 4,096 Si atoms, 20
-    # steps, a forced rebuild every 5
+    # the plugin promises the last list between LAMMPS's builds; by default the core then
+    # keeps it on the GPU and checks it there: the same thermo as without both
+    # (DS4SCI_CUDA_RESIDENT_NBR=0 DS4SCI_CUDA_DEVICE_CHECKS=0), 1 rank and (with two GPUs) 2
+    # ranks, 4,096 Si atoms, 20 steps, a forced rebuild every 5
     nps="1"; [ "$NGPU" -ge 2 ] && nps="1 2"
     for np in $nps; do
         for v in 0 1; do
@@ -322,10 +323,11 @@ if left $(( BUDGET - ${LMP_BENCH_NEED:-50} )); then   # one rank, one GPU, devic
         bash tools/gpu_lammps.sh bench >> "$LG/lammps.log" 2>&1
     t lammps_bench $?
     if [ "${RESIDENT_TEST:-1}" = 1 ] && left $(( BUDGET - 40 )); then
-        # the same 1M-atom Si run with the candidate list kept and checked on the GPU
-        si_bench 1 _1rank_resident "50 20 0" 60 DS4SCI_CUDA_RESIDENT_NBR=1 \
-            DS4SCI_CUDA_DEVICE_CHECKS=1
-        t lammps_bench_resident $?
+        # the same 1M-atom Si run with the candidate list uploaded and checked on the host
+        # at every step (before v19's defaults) side by side
+        si_bench 1 _1rank_upload "50 20 0" 60 DS4SCI_CUDA_RESIDENT_NBR=0 \
+            DS4SCI_CUDA_DEVICE_CHECKS=0
+        t lammps_bench_upload $?
     fi
 fi
 if [ "$NGPU" -lt 2 ] && [ "${RACE:-1}" = 1 ]; then

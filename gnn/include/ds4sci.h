@@ -291,7 +291,8 @@ ds4sci_status ds4sci_compute(ds4sci_ctx *ctx, const ds4sci_system *system,
  * call's system has the same n_local, n_ghost, nbr_offset and nbr_index as the previous call
  * on ctx (positions, z and the exchange may differ), as between two neighbour-list builds of
  * an MD engine. A backend may then keep its own copy of the candidate list (the CUDA backend
- * on the GPU, with DS4SCI_CUDA_RESIDENT_NBR=1) instead of reading it again. The counts are
+ * keeps it on the GPU, by default from a context's first promise on) instead of reading it
+ * again. The counts are
  * checked (a call whose counts differ fails with DS4SCI_ERR_ARG); the lists are not, so a
  * broken promise gives wrong forces. same = 0 (the default) promises nothing. The
  * checks of the input (indices in range, overlapping atoms) run either way.
