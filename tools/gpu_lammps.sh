@@ -95,6 +95,8 @@ if [ "$MODE" = all ] || [ "$MODE" = test ]; then
         $TEST --workdir "$ROOT/build-l-device/t_$g" "gpu_golden:$g" > "$OUT/test_gpu_golden_$g.log" 2>&1 &
         pids+=($!)
     done
+    $TEST --workdir "$ROOT/build-l-device/t_hybrid" gpu_hybrid > "$OUT/test_gpu_hybrid.log" 2>&1 &
+    hyb=$!
     $TEST --workdir "$ROOT/build-l-device/t_box" --cpu-threads 8 gpu_box > "$OUT/test_gpu_box.log" 2>&1
     summary+=("gpu_box: rc=$? ($(( $(date +%s) - start )) s)")
     i=0
@@ -103,6 +105,8 @@ if [ "$MODE" = all ] || [ "$MODE" = test ]; then
         summary+=("gpu_golden:$g: rc=$?")
         i=$((i + 1))
     done
+    wait "$hyb"
+    summary+=("gpu_hybrid: rc=$?")
     summary+=("tests done at $(since) s")
 fi
 

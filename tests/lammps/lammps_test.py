@@ -8,8 +8,9 @@ other MPI rank counts and processor grids, and LAMMPS's error messages for bad i
 
 Standard library only. Usage:
   lammps_test.py --lmp LMP --plugin PLUGIN.so --golden DIR --workdir DIR [--mpiexec MPIRUN] CASE
-Cases: golden:<name> (one golden JSON), ranks, fd, nve, units, restart, errors;
-GPU cases (exit 77 = skipped when no GPU is usable): gpu_golden:<name>, gpu_box, gpu_oom.
+Cases: golden:<name> (one golden JSON), ranks, fd, nve, units, restart, errors, runs, hybrid;
+GPU cases (exit 77 = skipped when no GPU is usable): gpu_golden:<name>, gpu_box, gpu_hybrid,
+gpu_oom.
 --device-under-test cpu runs the gpu_golden/gpu_box comparisons with device cpu (exchange auto)
 against the reference (device cpu, exchange lammps), to check the cases themselves without a GPU.
 """
@@ -142,8 +143,11 @@ def open_box(pos, cutoff):
     return shifted, [[size[0], 0, 0], [0, size[1], 0], [0, 0, size[2]]]
 
 
-def header(data, model, elements, extra="", device="cpu", pair_extra=""):
-    """extra: commands before read_data (processors); pair_extra: pair_style keywords."""
+def header(data, model, elements, extra="", device="cpu", pair_extra="", pair=None):
+    """extra: commands before read_data (processors); pair_extra: pair_style keywords; pair:
+    pair_style and pair_coeff lines instead of ds4sci's alone."""
+    pair = pair or ("pair_style ds4sci %s device %s %s\npair_coeff * * %s\n"
+                    % (model, device, pair_extra, " ".join(elements)))
     return """units metal
 atom_style atomic
 atom_modify map array
@@ -151,10 +155,8 @@ boundary p p p
 %s
 read_data %s
 plugin load ${plugin}
-pair_style ds4sci %s device %s %s
-pair_coeff * * %s
-neighbor 1.0 bin
-""" % (extra, data, model, device, pair_extra, " ".join(elements))
+%sneighbor 1.0 bin
+""" % (extra, data, pair)
 
 
 # Thermo that keeps the global and per-atom sums current at every output step, and prints them.
@@ -173,19 +175,22 @@ PRINT = ('print "RESULT pe $(pe:%.17g)"\n'
          '$(c_sums[4]:%.17g) $(c_sums[5]:%.17g) $(c_sums[6]:%.17g) $(c_sums[7]:%.17g)"\n')
 
 
-def eval_script(data, model, elements, dump, extra_setup="", extra="", pair_extra=""):
-    return (header(data, model, elements, extra, pair_extra=pair_extra) + extra_setup + EVAL +
+def eval_script(data, model, elements, dump, extra_setup="", extra="", pair_extra="", pair=None):
+    return (header(data, model, elements, extra, pair_extra=pair_extra, pair=pair) + extra_setup +
+            EVAL +
             "dump f all custom 1 %s id fx fy fz c_peatom %s\n"
             % (dump, " ".join("c_satom[%d]" % k for k in range(1, 7))) +
             "dump_modify f sort id format float %.17g\n" +
             "run 0\n" + PRINT)
 
 
-def evaluate(lmp, name, data, model, elements, nprocs=1, extra_setup="", extra="", pair_extra=""):
+def evaluate(lmp, name, data, model, elements, nprocs=1, extra_setup="", extra="", pair_extra="",
+             pair=None):
     """run 0: energy, virial (energy units), per-atom sums, forces {id: [fx, fy, fz]}, per-atom
-    energy and virial {id: [pe, s1..s6]} and LAMMPS's screen output."""
+    energy and virial {id: [pe, s1..s6]} and LAMMPS's screen output. pair: other pair_style and
+    pair_coeff lines (header())."""
     _, out = lmp.run(name, eval_script(data, model, elements, name + ".dump", extra_setup, extra,
-                                       pair_extra), nprocs)
+                                       pair_extra, pair), nprocs)
     res = results(out)
     vol = res["vol"][0]
     virial = [p * vol / NKTV2P_METAL for p in res["vir"]]
@@ -664,6 +669,58 @@ print "RESULT pe3 $(pe:%%.17g)"
 
 
 # ----------------------------------------------------------------------------------------------
+# hybrid: pair_style hybrid/overlay ds4sci + zbl (a short-range repulsion, as users add to ML
+# potentials) gives the sum of the two styles run alone: energy, forces, global virial (hybrid
+# computes F.r itself over the summed forces, or asks each style with nofdotr), per-atom energy
+# and virial; 1 and 2 ranks. gpu_hybrid: the same with device cuda (label gpu).
+# ----------------------------------------------------------------------------------------------
+
+def case_hybrid(lmp, args, device="cpu"):
+    model, _, system = small_golden(args, "box_orthorhombic")
+    data = lmp.path("orth.data")
+    elements = write_data(data, system["z"], system["pos"], system["box"])
+    zs = sorted(set(system["z"]))
+    zbl = "zbl 1.2 2.4"
+
+    def zbl_coeff(sub):   # every type pair with its atomic numbers (sub: "zbl " under hybrid)
+        return "".join("pair_coeff %d %d %s%d %d\n" % (i + 1, j + 1, sub, zs[i], zs[j])
+                       for i in range(len(zs)) for j in range(i, len(zs)))
+    styles = {
+        "ds4sci": ("pair_style ds4sci %s device %s\npair_coeff * * %s\n"
+                   % (model, device, " ".join(elements))),
+        "zbl": "pair_style %s\n" % zbl + zbl_coeff(""),
+        "hybrid": ("pair_style hybrid/overlay ds4sci %s device %s %s\n" % (model, device, zbl) +
+                   "pair_coeff * * ds4sci %s\n" % " ".join(elements) + zbl_coeff("zbl ")),
+    }
+    for nprocs in (1, 2):
+        for path in ("fdotr", "nofdotr"):
+            extra = "pair_modify nofdotr\n" if path == "nofdotr" else ""
+            r = {k: evaluate(lmp, "hybrid_%s_%s_np%d_%s" % (device, k, nprocs, path), data, model,
+                             elements,
+                             nprocs, extra_setup=extra, pair=v) for k, v in styles.items()}
+            a, b = r["ds4sci"], r["zbl"]
+            check(abs(b["pe"]) > 1e-3 * abs(a["pe"]), "hybrid: zbl adds nothing here (%.3g eV): "
+                  "the case needs atoms inside its outer cutoff" % b["pe"])
+            want = {"pe": a["pe"] + b["pe"], "sums": [u + v for u, v in zip(a["sums"], b["sums"])],
+                    "virial": [u + v for u, v in zip(a["virial"], b["virial"])],
+                    "forces": {i: [u + v for u, v in zip(a["forces"][i], b["forces"][i])]
+                               for i in a["forces"]},
+                    "per_atom": {i: [u + v for u, v in zip(a["per_atom"][i], b["per_atom"][i])]
+                                 for i in a["per_atom"]}}
+            ferr = check_same_as("hybrid/overlay (%d ranks, %s)" % (nprocs, path), r["hybrid"],
+                                 want, "ds4sci + zbl run alone")
+            check_per_atom_sums("hybrid/overlay (%d ranks, %s)" % (nprocs, path), r["hybrid"])
+            print("ok hybrid/overlay ds4sci (device %s) + zbl (%d ranks, %s): pe %.12g = %.12g + "
+                  "%.12g, forces max rel diff %.1e"
+                  % (device, nprocs, path, r["hybrid"]["pe"], a["pe"], b["pe"], ferr))
+
+
+def case_gpu_hybrid(lmp, args):
+    gpu_usable(lmp, args)
+    case_hybrid(lmp, args, device_under_test(args))
+
+
+# ----------------------------------------------------------------------------------------------
 # errors: every bad input stops with its message
 # ----------------------------------------------------------------------------------------------
 
@@ -968,7 +1025,8 @@ def main():
             case_gpu_golden(lmp, args, args.case.split(":", 1)[1])
         else:
             {"ranks": case_ranks, "fd": case_fd, "nve": case_nve, "restart": case_restart,
-             "units": case_units, "errors": case_errors, "runs": case_runs, "gpu_box": case_gpu_box,
+             "units": case_units, "errors": case_errors, "runs": case_runs, "hybrid": case_hybrid,
+             "gpu_hybrid": case_gpu_hybrid, "gpu_box": case_gpu_box,
              "gpu_oom": case_gpu_oom}[args.case](lmp, args)
     except Skip as e:
         print("SKIP %s: %s" % (args.case, e))

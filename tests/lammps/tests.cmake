@@ -5,7 +5,7 @@ if(LAMMPS_BINARY AND TARGET ds4sciplugin)
   find_package(Python3 REQUIRED COMPONENTS Interpreter)
   find_package(MPI REQUIRED COMPONENTS CXX)
   set(ds4sci_lammps_cases golden:small golden:typical golden:lower_atomref ranks fd nve units restart
-      errors runs)
+      errors runs hybrid)
   foreach(case ${ds4sci_lammps_cases})
     string(REPLACE ":" "_" name "lammps_${case}")
     add_test(NAME ${name}
@@ -19,9 +19,10 @@ if(LAMMPS_BINARY AND TARGET ds4sciplugin)
 
   # device cuda against device cpu through LAMMPS (label "gpu"; exit 77 = skipped without a GPU,
   # so CI without one stays green): golden configurations, a 10,648-atom periodic Si box on 1 and
-  # 2 ranks sharing one GPU, and out-of-memory. tools/gpu_lammps.sh runs the same commands.
+  # 2 ranks sharing one GPU, hybrid/overlay with zbl, and out-of-memory. tools/gpu_lammps.sh
+  # runs the same commands.
   set(ds4sci_lammps_gpu_cases gpu_golden:small gpu_golden:typical gpu_golden:lower_atomref gpu_box
-      gpu_oom)
+      gpu_hybrid gpu_oom)
   foreach(case ${ds4sci_lammps_gpu_cases})
     string(REPLACE ":" "_" name "lammps_${case}")
     add_test(NAME ${name}
