@@ -200,12 +200,12 @@ def evaluate(lmp, name, data, model, elements, nprocs=1, extra_setup="", extra="
             "per_atom": {i: a[3:10] for i, a in atoms.items()}, "out": out}
 
 
-def check_per_atom_sums(name, r):
+def check_per_atom_sums(name, r, tol=1e-10):
     """sum of stress/atom (virial part, pressure*volume) = -V * global virial pressure."""
     for k in range(6):
         want = -r["vir_p"][k] * r["vol"]
         scale = max(max(abs(v) for v in r["vir_p"]) * r["vol"], 1e-12)
-        check(rel_err(r["sums"][1 + k], want, scale) < 1e-10,
+        check(rel_err(r["sums"][1 + k], want, scale) < tol,
               "%s: sum of stress/atom[%d] = %.17g, expected -V*virial = %.17g"
               % (name, k + 1, r["sums"][1 + k], want))
 
@@ -311,10 +311,10 @@ def check_exchange_logged(name, r, nprocs, logged):
         check(not window, "%s: exchange mpi allocated a shared-memory window" % name)
 
 
-def check_same_as(name, r, base, what="1 rank"):
-    """r equals base (float64 round-off, 1e-10): pe, the energy shift counted once, forces,
-    virial, per-atom energies and per-atom virials (ghost contributions reach their owners)."""
-    tol = 1e-10
+def check_same_as(name, r, base, what="1 rank", tol=1e-10):
+    """r equals base (float64 round-off, 1e-10, unless told): pe, the energy shift counted once,
+    forces, virial, per-atom energies and per-atom virials (ghost contributions reach their
+    owners)."""
     check(rel_err(r["pe"], base["pe"]) < tol,
           "%s: pe %.17g vs %s %.17g" % (name, r["pe"], what, base["pe"]))
     # The energy shift is counted once whatever the rank count: pe - sum(pe/atom) agrees.
@@ -707,9 +707,13 @@ def case_hybrid(lmp, args, device="cpu"):
                                for i in a["forces"]},
                     "per_atom": {i: [u + v for u, v in zip(a["per_atom"][i], b["per_atom"][i])]
                                  for i in a["per_atom"]}}
-            ferr = check_same_as("hybrid/overlay (%d ranks, %s)" % (nprocs, path), r["hybrid"],
-                                 want, "ds4sci + zbl run alone")
-            check_per_atom_sums("hybrid/overlay (%d ranks, %s)" % (nprocs, path), r["hybrid"])
+            # on the GPU the per-atom virials are fp32 sums: their total meets LAMMPS's F.r
+            # global virial at fp32 round-off (the gpu cases' sum rule), and the two runs could
+            # differ there if LAMMPS handed the sub-style its neighbours in another order
+            tol = 1e-10 if device == "cpu" else GPU_V_TOL
+            what = "hybrid/overlay (device %s, %d ranks, %s)" % (device, nprocs, path)
+            ferr = check_same_as(what, r["hybrid"], want, "ds4sci + zbl run alone", tol)
+            check_per_atom_sums(what, r["hybrid"], tol)
             print("ok hybrid/overlay ds4sci (device %s) + zbl (%d ranks, %s): pe %.12g = %.12g + "
                   "%.12g, forces max rel diff %.1e"
                   % (device, nprocs, path, r["hybrid"]["pe"], a["pe"], b["pe"], ferr))
