@@ -337,18 +337,15 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
         cublasStatus_t b = cublasCreate(&et->blas);
         if (b == CUBLAS_STATUS_SUCCESS)
             b = cublasSetStream(et->blas, et->stream);
-        /* fp32 SGEMMs (no TF32) by default. DS4SCI_CUDA_TF32=1: the node GEMMs on TF32 tensor
-           cores, a fast mode (v19: 1M atoms -8.4%, forces 1.6e-3 relative RMS against float64);
-           =9: cuBLAS's fp32 emulation by BF16x9 on the tensor cores wherever cuBLAS can
-           (an experiment: fp32-level accuracy by design; speed on Hopper to be measured) */
+        /* fp32 SGEMMs (no TF32) by default; DS4SCI_CUDA_TF32=1: the node GEMMs on TF32 tensor
+           cores, a fast mode (docs/gpu.md v19: 1M atoms -8.4%; forces 1.6e-3 relative RMS
+           against float64, fp32 1.2e-6). cuBLAS's fp32 emulation by BF16x9 was tried in v19:
+           no change in speed or results on the H200 (cuBLAS 13 does not emulate there) */
         const char *tf = getenv("DS4SCI_CUDA_TF32");
-        const int tfm = tf && strcmp(tf, "1") == 0 ? 1 : tf && strcmp(tf, "9") == 0 ? 9 : 0;
         if (b == CUBLAS_STATUS_SUCCESS)
-            b = cublasSetMathMode(et->blas, tfm == 1   ? CUBLAS_TF32_TENSOR_OP_MATH
-                                            : tfm == 9 ? CUBLAS_FP32_EMULATED_BF16X9_MATH
-                                                       : CUBLAS_DEFAULT_MATH);
-        if (b == CUBLAS_STATUS_SUCCESS && tfm == 9)
-            b = cublasSetEmulationStrategy(et->blas, CUBLAS_EMULATION_STRATEGY_EAGER);
+            b = cublasSetMathMode(et->blas, tf && strcmp(tf, "1") == 0
+                                                ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                : CUBLAS_DEFAULT_MATH);
         if (b != CUBLAS_STATUS_SUCCESS) {
             st = blas_fail(b, "cublasCreate", err, err_len);
             goto out;
