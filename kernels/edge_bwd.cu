@@ -207,7 +207,10 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
             grl[i] = 0.f;
         }
         /* r_i read where each RBF needs it (not held in registers across the loop above) */
-        stage_rbf_of<E, true>(c, [&](int i) { return md.geo[i].w; }, nv, lane, s_rbf, s_drbf);
+        const auto r_of = [&](int i) { return md.geo[i].w; };
+        stage_rbf_of<E, true>(c, r_of, nv, lane, s_rbf, s_drbf);
+        float dcl;
+        const float ccl = cutoff_lane<E>(c, r_of, nv, lane, &dcl);
         __syncwarp();
         /*
          * The edges of a half in a rolled loop (one copy of the per-edge code: unrolled four
@@ -230,8 +233,8 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                 if (i < nv) {
                     const int s = md.src[i];
                     const bool self = (s == t);
-                    float dc;
-                    const float cc = cutoff_pi(md.geo[i].w, c.cl, c.cu, &dc);
+                    const float cc = __shfl_sync(0xffffffffu, ccl, i),
+                                dc = __shfl_sync(0xffffffffu, dcl, i);
                     const float *srow = l.qkv + (size_t)s * 5 * F;
                     float kk[CPL], vv[CPL];
                     ldg_vec<CPL>(srow + F + f0, kk);
@@ -475,7 +478,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                 eid[i] = i < nv ? tr_edge[cb + i] : 0;
                 r[i] = i < nv ? c.e_geo[eid[i]].w : 0.f;
             }
-            stage_rbf<E>(c, r, nv, lane, s_rbf, nullptr);
+            stage_rbf<E, false, false>(c, r, nv, lane, s_rbf, nullptr);
             __syncwarp();
             {
                 float pre[E][2][CPL];
@@ -972,8 +975,8 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, NE_BWD_MIN_BLOCKS(C
             const bool ev = ie < nv;
             /* in flight during the RBF staging (row 0 for the empty slots) */
             const int zl = ev ? __ldg(z + md.src[ie]) : 0;
-            stage_rbf_of<E, true>(c, [&](int i) { return md.geo[i].w; }, nv, lane, s_rbf,
-                                  s_drbf);
+            stage_rbf_of<E, true, false>(c, [&](int i) { return md.geo[i].w; }, nv, lane, s_rbf,
+                                         s_drbf);
             float ccl = 0.f, dcl = 0.f;
             if (ev)
                 ccl = et_cutoff_f(md.geo[ie].w, c.cl, c.cu, &dcl);

@@ -232,19 +232,60 @@ static __device__ __forceinline__ float rbf_k_pi(const et_edge_common &c, float 
  * Stage f_k(r_i) (and f'_k(r_i) into s_drbf when DRBF) for the nv <= E edges of a chunk into
  * this warp's s_rbf[k][E] / s_drbf[k][E]; edges i >= nv get 0. (DRBF a compile-time choice: with
  * "s_drbf ? &df : nullptr" at run time the kernel kept df and dphi in local memory wherever the
- * compiler could not prove s_drbf non-NULL.)
+ * compiler could not prove s_drbf non-NULL.) The expnorm basis's per-edge parts (the envelope
+ * phi, phi' and u = exp(alpha (cl - r))) do not depend on k: lane l evaluates them for edge
+ * l mod E only and the lanes exchange them by shuffles, instead of every lane evaluating them
+ * for every edge (the same functions of the same r: the same bits; docs/gpu.md v19). PAR =
+ * false: every lane evaluates them (the 3 E values held across the k loop spill in kernels
+ * capped at 64 registers or fewer: the neighbour embedding's, the separate sender pass).
  */
-template <int E, bool DRBF = false, class R>
+template <int E, bool DRBF = false, bool PAR = true, class R>
 static __device__ __forceinline__ void stage_rbf_of(const et_edge_common &c, R r, int nv,
                                                     int lane, float *s_rbf, float *s_drbf)
 {
+    const bool en = c.rbf == ET_RBF_EXPNORM;
+    float phi[E], dphi[E], u[E];
+    if (!PAR) {
+        for (int k = lane; k < c.K; k += 32) {
+            float ak = __ldg(c.rbf_a + k), bk = c.rbf_b ? __ldg(c.rbf_b + k) : 0.f;
+#pragma unroll
+            for (int i = 0; i < E; i++) {
+                float df = 0.f, f = 0.f;
+                if (i < nv)
+                    f = rbf_k_pi(c, r(i), ak, bk, DRBF ? &df : nullptr);
+                s_rbf[k * E + i] = f;
+                if (DRBF)
+                    s_drbf[k * E + i] = df;
+            }
+        }
+        return;
+    }
+    if (en) {
+        const int ie = lane & (E - 1);
+        float ri = c.cu; /* phi = 0 for the empty slots */
+#pragma unroll
+        for (int i = 0; i < E; i++)
+            if (i == ie && i < nv)
+                ri = r(i);
+        float dp = 0.f;
+        const float p = cutoff_pi(ri, 0.0f, c.cu, DRBF ? &dp : nullptr);
+        const float uu = expf(c.alpha * (c.cl - ri));
+#pragma unroll
+        for (int i = 0; i < E; i++) {
+            phi[i] = __shfl_sync(0xffffffffu, p, i);
+            u[i] = __shfl_sync(0xffffffffu, uu, i);
+            dphi[i] = DRBF ? __shfl_sync(0xffffffffu, dp, i) : 0.f;
+        }
+    }
     for (int k = lane; k < c.K; k += 32) {
         float ak = __ldg(c.rbf_a + k), bk = c.rbf_b ? __ldg(c.rbf_b + k) : 0.f;
 #pragma unroll
         for (int i = 0; i < E; i++) {
             float df = 0.f, f = 0.f;
             if (i < nv)
-                f = rbf_k_pi(c, r(i), ak, bk, DRBF ? &df : nullptr);
+                f = en ? et_expnorm_k_f(u[i], phi[i], dphi[i], c.alpha, ak, bk,
+                                        DRBF ? &df : nullptr)
+                       : rbf_k_pi(c, r(i), ak, bk, DRBF ? &df : nullptr);
             s_rbf[k * E + i] = f;
             if (DRBF)
                 s_drbf[k * E + i] = df;
@@ -252,12 +293,33 @@ static __device__ __forceinline__ void stage_rbf_of(const et_edge_common &c, R r
     }
 }
 
+/* The attention cutoff c(r) (and c'(r) when dc) of edge lane mod E of a chunk (0 for the empty
+   slots), for the lanes to exchange by shuffles (__shfl_sync(..., i) gives edge i's) instead
+   of every lane evaluating it for every edge. */
+template <int E, class R>
+static __device__ __forceinline__ float cutoff_lane(const et_edge_common &c, R r, int nv, int lane,
+                                                    float *dc)
+{
+    const int ie = lane & (E - 1);
+    float ri = c.cu;
+#pragma unroll
+    for (int i = 0; i < E; i++)
+        if (i == ie && i < nv)
+            ri = r(i);
+    if (ie >= nv) {
+        if (dc)
+            *dc = 0.f;
+        return 0.f;
+    }
+    return cutoff_pi(ri, c.cl, c.cu, dc);
+}
+
 /* r_i from an array r[E] */
-template <int E, bool DRBF = false>
+template <int E, bool DRBF = false, bool PAR = true>
 static __device__ __forceinline__ void stage_rbf(const et_edge_common &c, const float (&r)[E],
                                                  int nv, int lane, float *s_rbf, float *s_drbf)
 {
-    stage_rbf_of<E, DRBF>(c, [&](int i) { return r[i]; }, nv, lane, s_rbf, s_drbf);
+    stage_rbf_of<E, DRBF, PAR>(c, [&](int i) { return r[i]; }, nv, lane, s_rbf, s_drbf);
 }
 
 /* The E values of row k of a warp's staged [K][E] array (s_rbf, s_drbf): one 16-byte shared

@@ -53,7 +53,9 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                 edge_meta_fetch<false, false>(c, nullptr, cb + S * E, min(E, e1 - cb - S * E),
                                               lane, s_meta + MW);
             float sv[E];
-            stage_rbf_of<E>(c, [&](int i) { return md.geo[i].w; }, nv, lane, s_rbf, nullptr);
+            const auto r_of = [&](int i) { return md.geo[i].w; };
+            stage_rbf_of<E>(c, r_of, nv, lane, s_rbf, nullptr);
+            const float ccl = cutoff_lane<E>(c, r_of, nv, lane, nullptr);
             __syncwarp();
             /* Two halves, so that only half of the pre-activations are live at a time (fewer
                registers, more warps per SM): first dk and the value filter (attention and the
@@ -66,7 +68,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                     if (i >= nv)
                         break;
                     const int s = md.src[i];
-                    const float cc = cutoff_pi(md.geo[i].w, c.cl, c.cu, nullptr);
+                    const float cc = __shfl_sync(0xffffffffu, ccl, i);
                     const float *srow = l.qkv + (size_t)s * 5 * F;
                     float kk[CPL], vv[CPL];
                     ldg_vec<CPL>(srow + F + f0, kk);
@@ -171,7 +173,8 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, NE_FWD_MIN_BLOCKS(C
             const bool ev = ie < nv;
             /* in flight during the RBF staging and the filter (row 0 for the empty slots) */
             const int zl = ev ? __ldg(z + md.src[ie]) : 0;
-            stage_rbf_of<E>(c, [&](int i) { return md.geo[i].w; }, nv, lane, s_rbf, nullptr);
+            stage_rbf_of<E, false, false>(c, [&](int i) { return md.geo[i].w; }, nv, lane, s_rbf,
+                                          nullptr);
             const float ccl = ev ? cutoff_pi(md.geo[ie].w, c.cl, c.cu, nullptr) : 0.f;
             __syncwarp();
             float pre[E][1][CPL];

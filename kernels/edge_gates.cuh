@@ -18,10 +18,13 @@ static __device__ __forceinline__ void ldg_gate_rows(const float *qkv, const flo
     const float *srow = qkv + (size_t)s * 5 * F;
     ldg_vec<CPL>(srow + vx_off + D, v1);
     ldg_vec<CPL>(srow + vx_off + 2 * D, v2);
+    /* one row address, the components at immediate offsets (per component, the 64-bit
+       products were computed again: ~20 instructions per edge) */
+    const float *vrow = vec + (size_t)s * 3 * F + f0;
 #pragma unroll
     for (int cx = 0; cx < 3; cx++) {
         if (vec)
-            ldg_vec<CPL>(vec + ((size_t)s * 3 + cx) * F + f0, vs[cx]);
+            ldg_vec<CPL>(vrow + cx * F, vs[cx]);
         else
 #pragma unroll
             for (int j = 0; j < CPL; j++)
