@@ -578,6 +578,10 @@ ds4sci_status ds4sci_compute(ds4sci_ctx *ctx, const ds4sci_system *system,
     /* the promise of ds4sci_ctx_same_neighbors holds for this call only, whatever its fate */
     const int same = ctx->same_nbr;
     ctx->same_nbr = 0;
+    /* ... and refers to the last call only if that one succeeded: any call that fails (bad
+       input included) leaves nothing to keep, so the next promise is refused */
+    const int had_last = ctx->have_last;
+    ctx->have_last = 0;
     if (!system || !result)
         return fail(ctx, DS4SCI_ERR_ARG, "ds4sci_compute: %s is NULL",
                     system ? "result" : "system");
@@ -597,14 +601,13 @@ ds4sci_status ds4sci_compute(ds4sci_ctx *ctx, const ds4sci_system *system,
                                                                           : exchange;
     /* ... and only with the counts of the last successful call */
     const int64_t nc = system->nbr_offset[system->n_local];
-    if (same && !(ctx->have_last && ctx->last_nl == system->n_local &&
+    if (same && !(had_last && ctx->last_nl == system->n_local &&
                   ctx->last_ng == system->n_ghost && ctx->last_nc == nc))
         return fail(ctx, DS4SCI_ERR_ARG,
                     "ds4sci_ctx_same_neighbors: promised the previous call's neighbour list, "
                     "but n_local %d, n_ghost %d, %lld candidates differ from it (%s)",
                     (int)system->n_local, (int)system->n_ghost, (long long)nc,
-                    ctx->have_last ? "the last call's counts" : "no previous call");
-    ctx->have_last = 0;
+                    had_last ? "the last call's counts" : "no previous call");
     if (ctx->backend->same_neighbors)
         ctx->backend->same_neighbors(ctx->state, same);
     char berr[sizeof(ctx->err) - 32] = "";

@@ -369,7 +369,8 @@ START_TEST(error_inside_move_is_reported) {
 END_TEST
 
 /* ds4sci_ctx_same_neighbors: a promise covers one call, needs the previous call's counts
-   (else DS4SCI_ERR_ARG naming them), and changes nothing on the CPU backend (same bits). */
+   (else DS4SCI_ERR_ARG naming them), changes nothing on the CPU backend (same bits), and is
+   refused after a call that failed (bad input: nothing of that call to keep). */
 START_TEST(same_neighbors_promise) {
     tu_opts o;
     tu_opts_default(&o);
@@ -405,6 +406,18 @@ START_TEST(same_neighbors_promise) {
     /* and a promise lasts one call: the next one (other list, no promise) runs */
     ck_assert_msg(ds4sci_compute(f.ctx, &t, NULL, &b.r) == DS4SCI_OK, "%s",
                   ds4sci_ctx_error(f.ctx));
+    /* a call with the same counts but a bad index fails its input check; a promise after
+       it is then refused (nothing of that call was kept), not served with the last good list */
+    ds4sci_system u = t;
+    int32_t *idx = malloc(sizeof(int32_t) * (size_t)off[t.n_local]);
+    ck_assert(idx);
+    memcpy(idx, t.nbr_index, sizeof(int32_t) * (size_t)off[t.n_local]);
+    idx[0] = t.n_local + t.n_ghost; /* out of range */
+    u.nbr_index = idx;
+    ck_assert_int_eq(ds4sci_compute(f.ctx, &u, NULL, &b.r), DS4SCI_ERR_INPUT);
+    ck_assert_int_eq(ds4sci_ctx_same_neighbors(f.ctx, 1), DS4SCI_OK);
+    expect_call(f.ctx, ds4sci_compute(f.ctx, &t, NULL, &b.r), DS4SCI_ERR_ARG, "no previous call");
+    free(idx);
     free(off);
     tu_result_free(&a);
     tu_result_free(&b);
