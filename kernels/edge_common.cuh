@@ -243,6 +243,7 @@ template <int E, bool DRBF = false, bool PAR = true, class R>
 static __device__ __forceinline__ void stage_rbf_of(const et_edge_common &c, R r, int nv,
                                                     int lane, float *s_rbf, float *s_drbf)
 {
+    static_assert(E <= 32 && (E & (E - 1)) == 0, "lane & (E - 1) maps lanes onto the edges");
     const bool en = c.rbf == ET_RBF_EXPNORM;
     float phi[E], dphi[E], u[E];
     if (!PAR) {
@@ -300,6 +301,7 @@ template <int E, class R>
 static __device__ __forceinline__ float cutoff_lane(const et_edge_common &c, R r, int nv, int lane,
                                                     float *dc)
 {
+    static_assert(E <= 32 && (E & (E - 1)) == 0, "lane & (E - 1) maps lanes onto the edges");
     const int ie = lane & (E - 1);
     float ri = c.cu;
 #pragma unroll
