@@ -246,22 +246,7 @@ static __device__ __forceinline__ void stage_rbf_of(const et_edge_common &c, R r
     static_assert(E <= 32 && (E & (E - 1)) == 0, "lane & (E - 1) maps lanes onto the edges");
     const bool en = c.rbf == ET_RBF_EXPNORM;
     float phi[E], dphi[E], u[E];
-    if (!PAR) {
-        for (int k = lane; k < c.K; k += 32) {
-            float ak = __ldg(c.rbf_a + k), bk = c.rbf_b ? __ldg(c.rbf_b + k) : 0.f;
-#pragma unroll
-            for (int i = 0; i < E; i++) {
-                float df = 0.f, f = 0.f;
-                if (i < nv)
-                    f = rbf_k_pi(c, r(i), ak, bk, DRBF ? &df : nullptr);
-                s_rbf[k * E + i] = f;
-                if (DRBF)
-                    s_drbf[k * E + i] = df;
-            }
-        }
-        return;
-    }
-    if (en) {
+    if (PAR && en) {
         const int ie = lane & (E - 1);
         float ri = c.cu; /* phi = 0 for the empty slots */
 #pragma unroll
@@ -284,9 +269,9 @@ static __device__ __forceinline__ void stage_rbf_of(const et_edge_common &c, R r
         for (int i = 0; i < E; i++) {
             float df = 0.f, f = 0.f;
             if (i < nv)
-                f = en ? et_expnorm_k_f(u[i], phi[i], dphi[i], c.alpha, ak, bk,
-                                        DRBF ? &df : nullptr)
-                       : rbf_k_pi(c, r(i), ak, bk, DRBF ? &df : nullptr);
+                f = PAR && en ? et_expnorm_k_f(u[i], phi[i], dphi[i], c.alpha, ak, bk,
+                                               DRBF ? &df : nullptr)
+                              : rbf_k_pi(c, r(i), ak, bk, DRBF ? &df : nullptr);
             s_rbf[k * E + i] = f;
             if (DRBF)
                 s_drbf[k * E + i] = df;
