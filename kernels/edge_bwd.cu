@@ -211,6 +211,9 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
         stage_rbf_of<E, true>(c, r_of, nv, lane, s_rbf, s_drbf);
         float dcl;
         const float ccl = cutoff_lane<E>(c, r_of, nv, lane, &dcl);
+        /* 1 / r of edge lane mod E (0: the self-loop, empty slots), shuffled as the cutoff */
+        const int ie = lane & (E - 1);
+        const float invl = ie < nv && md.src[ie] != t ? 1.f / md.geo[ie].w : 0.f;
         __syncwarp();
         /*
          * The edges of a half in a rolled loop (one copy of the per-edge code: unrolled four
@@ -240,8 +243,8 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                     ldg_vec<CPL>(srow + F + f0, kk);
                     ldg_vec<CPL>(srow + vx_off, vv);
                     float dk[CPL], ddk[CPL], dv[CPL], ddv[CPL];
-                    actv_vec<CPL, SILU>(c.use_dk, c.act, a0[0], dk, &ddk);
-                    actv_vec<CPL, SILU>(c.use_dv, c.act, a0[1], dv, &ddv);
+                    actv_vec<CPL, SILU>(dk_used<SILU>(c), c.act, a0[0], dk, &ddk);
+                    actv_vec<CPL, SILU>(dv_used<SILU>(c), c.act, a0[1], dv, &ddv);
                     /* kd = k dk and gxv = g_mx v~ serve the logit and g_q, g_A and g_pre */
                     float kd[CPL], gxv[CPL];
                     float part = 0.f, gA_part = 0.f;
@@ -317,14 +320,14 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                     const bool mine = !MERGED || !(xm >> i & 1u);
                     if (s != t) { /* nothing of the self-loop's second half reaches g_q */
                         const float4 g = md.geo[i];
-                        const float inv = 1.f / g.w;
+                        const float inv = __shfl_sync(0xffffffffu, invl, i);
                         const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
                         const float dirs[3] = {dir[0] * svi, dir[1] * svi, dir[2] * svi};
                         float v1[CPL], v2[CPL], vs[3][CPL];
                         ldg_gate_rows<CPL>(l.qkv, l.vec, s, F, D, f0, vx_off, v1, v2, vs);
                         float dv1a[CPL], dv2a[CPL], ddv1a[CPL], ddv2a[CPL];
-                        actv_vec<CPL, SILU>(c.use_dv, c.act, a0[0], dv1a, &ddv1a);
-                        actv_vec<CPL, SILU>(c.use_dv, c.act, a0[1], dv2a, &ddv2a);
+                        actv_vec<CPL, SILU>(dv_used<SILU>(c), c.act, a0[0], dv1a, &ddv1a);
+                        actv_vec<CPL, SILU>(dv_used<SILU>(c), c.act, a0[1], dv2a, &ddv2a);
                         /* g_d = sv sum_ch g_mv v2 dv2 (sv applied below); g_c (vector_cutoff)
                            = sum_ch (g_mv . vec[s]) v1 dv1 + (g_mv . d) v2 dv2, the second term
                            d . (g_d / sv); g_pre of the gates (g_mv . d sv: with sv) */
@@ -497,8 +500,8 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                     float part = 0.f;
 #pragma unroll
                     for (int j = 0; j < CPL; j++) {
-                        dk[j] = c.use_dk ? actv<SILU>(c.act, pre[i][0][j], nullptr) : 1.f;
-                        dv[j] = c.use_dv ? actv<SILU>(c.act, pre[i][1][j], nullptr) : 1.f;
+                        dk[j] = dk_used<SILU>(c) ? actv<SILU>(c.act, pre[i][0][j], nullptr) : 1.f;
+                        dv[j] = dv_used<SILU>(c) ? actv<SILU>(c.act, pre[i][1][j], nullptr) : 1.f;
                         part = fmaf(q[j] * kk[j], dk[j], part);
                     }
                     float da;
@@ -538,7 +541,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
 #pragma unroll
                     for (int j = 0; j < CPL; j++) {
                         float dv1 = 1.f, dv2 = 1.f;
-                        if (c.use_dv) {
+                        if (dv_used<SILU>(c)) {
                             dv1 = actv<SILU>(c.act, pre[i][0][j], nullptr);
                             dv2 = actv<SILU>(c.act, pre[i][1][j], nullptr);
                         }
@@ -755,7 +758,7 @@ static __device__ __forceinline__ void merged_send_second(const et_edge_common &
                "pair ? &ddv1 : nullptr", which kept ddv1, ddv2 in local memory wherever the
                compiler did not split the code by pair */
             float dv1 = 1.f, dv2 = 1.f, ddv1 = 0.f, ddv2 = 0.f;
-            if (c.use_dv) {
+            if (dv_used<SILU>(c)) {
                 dv1 = actv<SILU>(c.act, pre[0][j], &ddv1);
                 dv2 = actv<SILU>(c.act, pre[1][j], &ddv2);
             }
@@ -872,10 +875,12 @@ static cudaError_t launch_merged(cudaStream_t s, int split, float *part, const e
         return cudaErrorInvalidConfiguration;
     auto kern = split > 1 ? by_act(c, k_edge_bwd_merged<CPL, ACT_ANY, true>,
                                    k_edge_bwd_merged<CPL, ACT_SILU, true>,
-                                   k_edge_bwd_merged<CPL, ACT_SILU_FAST, true>)
+                                   k_edge_bwd_merged<CPL, ACT_SILU_FAST, true>,
+                                   k_edge_bwd_merged<CPL, ACT_SILU_FAST_DKV, true>)
                           : by_act(c, k_edge_bwd_merged<CPL, ACT_ANY, false>,
                                    k_edge_bwd_merged<CPL, ACT_SILU, false>,
-                                   k_edge_bwd_merged<CPL, ACT_SILU_FAST, false>);
+                                   k_edge_bwd_merged<CPL, ACT_SILU_FAST, false>,
+                                   k_edge_bwd_merged<CPL, ACT_SILU_FAST_DKV, false>);
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          (int)smem);
     int dev = 0, sms = 0, per_sm = 0;

@@ -101,13 +101,26 @@ template <bool FAST> static __device__ __forceinline__ float silu_fast(float x, 
 }
 
 /* Activation of the edge kernels: SILU = ACT_ANY any activation (out of line), ACT_SILU SiLU
-   (both the filter and the attention activation), ACT_SILU_FAST SiLU with __expf. */
-enum { ACT_ANY = 0, ACT_SILU = 1, ACT_SILU_FAST = 2 };
+   (both the filter and the attention activation), ACT_SILU_FAST SiLU with __expf,
+   ACT_SILU_FAST_DKV the same for a layer with both filters dk and dv (distance_influence
+   "both", TorchMD-Net's default): their tests and the 1.0f defaults leave the per-edge code
+   (docs/gpu.md v19: ~20 instructions per edge in the forward, ~37 in the merged backward). */
+enum { ACT_ANY = 0, ACT_SILU = 1, ACT_SILU_FAST = 2, ACT_SILU_FAST_DKV = 3 };
+
+/* whether the layer has the filter dk (dv): known at compile time for ACT_SILU_FAST_DKV */
+template <int SILU> static __device__ __forceinline__ bool dk_used(const et_edge_common &c)
+{
+    return SILU == ACT_SILU_FAST_DKV || c.use_dk;
+}
+template <int SILU> static __device__ __forceinline__ bool dv_used(const et_edge_common &c)
+{
+    return SILU == ACT_SILU_FAST_DKV || c.use_dv;
+}
 template <int SILU> static __device__ __forceinline__ float actv(int a, float x, float *d)
 {
     if constexpr (SILU != ACT_ANY) {
         (void)a;
-        return silu_fast<SILU == ACT_SILU_FAST>(x, d);
+        return silu_fast<SILU == ACT_SILU_FAST || SILU == ACT_SILU_FAST_DKV>(x, d);
     } else {
         float2 r = act_any(a, x);
         if (d)
@@ -138,13 +151,16 @@ static __device__ __forceinline__ void actv_vec(bool use, int a, const float (&x
 }
 
 /* The instantiation of a kernel template a launch uses: by_act(c, k<.., ACT_ANY>,
-   k<.., ACT_SILU>, k<.., ACT_SILU_FAST>). */
+   k<.., ACT_SILU>, k<.., ACT_SILU_FAST>[, k<.., ACT_SILU_FAST_DKV>]). */
 template <class Kern>
-static inline Kern by_act(const et_edge_common *c, Kern any, Kern silu, Kern fast)
+static inline Kern by_act(const et_edge_common *c, Kern any, Kern silu, Kern fast,
+                          Kern fast_dkv = nullptr)
 {
     if (c->act != ET_ACT_SILU || c->attn_act != ET_ACT_SILU)
         return any;
-    return c->fastexp ? fast : silu;
+    if (!c->fastexp)
+        return silu;
+    return fast_dkv && c->use_dk && c->use_dv ? fast_dkv : fast;
 }
 
 /* Zero a lane's channels when it is off (F < 32). */

@@ -56,6 +56,11 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
             const auto r_of = [&](int i) { return md.geo[i].w; };
             stage_rbf_of<E>(c, r_of, nv, lane, s_rbf, nullptr);
             const float ccl = cutoff_lane<E>(c, r_of, nv, lane, nullptr);
+            /* sv / r of edge lane mod E, the gates' direction factor (0: the self-loop, empty
+               slots), shuffled as the cutoff: one division per chunk instead of one per edge */
+            const int ie = lane & (E - 1);
+            const float invsl =
+                ie < nv && md.src[ie] != t ? (c.vc ? ccl : 1.f) / md.geo[ie].w : 0.f;
             __syncwarp();
             /* Two halves, so that only half of the pre-activations are live at a time (fewer
                registers, more warps per SM): first dk and the value filter (attention and the
@@ -76,7 +81,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                     float part = 0.f;
 #pragma unroll
                     for (int j = 0; j < CPL; j++) {
-                        float dk = c.use_dk ? actv<SILU>(c.act, pre[i][0][j], nullptr) : 1.f;
+                        float dk = dk_used<SILU>(c) ? actv<SILU>(c.act, pre[i][0][j], nullptr) : 1.f;
                         part = fmaf(q[j] * kk[j], dk, part);
                     }
                     const float a = actv<SILU>(c.attn_act, group_sum(part, G), nullptr);
@@ -84,7 +89,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                     const float A = (c.vc ? a : a * cc) * sv[i];
 #pragma unroll
                     for (int j = 0; j < CPL; j++) {
-                        const float dv0 = c.use_dv ? actv<SILU>(c.act, pre[i][1][j], nullptr) : 1.f;
+                        const float dv0 = dv_used<SILU>(c) ? actv<SILU>(c.act, pre[i][1][j], nullptr) : 1.f;
                         ax[j] = fmaf(vv[j] * dv0, A, ax[j]);
                     }
                 }
@@ -100,14 +105,14 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                     const int s = md.src[i];
                     const float4 g = md.geo[i];
                     /* d sv: the factor sv of the second gate applied once per edge */
-                    const float invs = s == t ? 0.f : sv[i] / g.w;
+                    const float invs = __shfl_sync(0xffffffffu, invsl, i); /* s == t: 0 */
                     const float dirs[3] = {g.x * invs, g.y * invs, g.z * invs};
                     float v1[CPL], v2[CPL], vs[3][CPL];
                     ldg_gate_rows<CPL>(l.qkv, l.vec, s, F, D, f0, vx_off, v1, v2, vs);
 #pragma unroll
                     for (int j = 0; j < CPL; j++) {
                         float dv1 = 1.f, dv2 = 1.f;
-                        if (c.use_dv) {
+                        if (dv_used<SILU>(c)) {
                             dv1 = actv<SILU>(c.act, pre[i][0][j], nullptr);
                             dv2 = actv<SILU>(c.act, pre[i][1][j], nullptr);
                         }
@@ -210,9 +215,11 @@ static cudaError_t launch_fwd(cudaStream_t s, int grid, int S, float *part,
 {
     cudaError_t e = launch_persistent(
         S == 1 ? by_act(c, k_edge_fwd<CPL, ACT_ANY, false>, k_edge_fwd<CPL, ACT_SILU, false>,
-                        k_edge_fwd<CPL, ACT_SILU_FAST, false>)
+                        k_edge_fwd<CPL, ACT_SILU_FAST, false>,
+                        k_edge_fwd<CPL, ACT_SILU_FAST_DKV, false>)
                : by_act(c, k_edge_fwd<CPL, ACT_ANY, true>, k_edge_fwd<CPL, ACT_SILU, true>,
-                        k_edge_fwd<CPL, ACT_SILU_FAST, true>),
+                        k_edge_fwd<CPL, ACT_SILU_FAST, true>,
+                        k_edge_fwd<CPL, ACT_SILU_FAST_DKV, true>),
         edge_smem_bytes(c->F, c->K, 4, 0), split_grid(grid, c->n_local, S), s, *c, *l, S, part);
     if (e != cudaSuccess || S == 1)
         return e;
@@ -223,7 +230,8 @@ static cudaError_t launch_fwd(cudaStream_t s, int grid, int S, float *part,
 template <int CPL> static cudaError_t slots_fwd(const et_edge_common *c, int *slots)
 {
     return edge_slots(by_act(c, k_edge_fwd<CPL, ACT_ANY, false>, k_edge_fwd<CPL, ACT_SILU, false>,
-                             k_edge_fwd<CPL, ACT_SILU_FAST, false>),
+                             k_edge_fwd<CPL, ACT_SILU_FAST, false>,
+                             k_edge_fwd<CPL, ACT_SILU_FAST_DKV, false>),
                       edge_smem_bytes(c->F, c->K, 4, 0), slots);
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tools/sass_count.sh - the fused edge kernels' machine code measured without a GPU: for each
 # kernel of kernels/edge_fwd.cu, edge_bwd.cu and edge_split.cu, registers and spill bytes
-# (ptxas -v), and for the default instantiations (F = 128: CPL 4, SiLU with __expf) the SASS
+# (ptxas -v), and for the default instantiations (F = 128: CPL 4, SiLU with __expf, both filters
+# dk and dv: ACT_SILU_FAST_DKV) the SASS
 # instruction count and every loop's body size and FFMA count (backward branches in
 # cuobjdump -sass). The edge kernels are issue bound (docs/gpu.md v19: 40-50% of the stall
 # samples "selected" or "not selected"), so fewer instructions per edge is what makes them
@@ -59,8 +60,8 @@ for l in sys.stdin:
         print("%-78s regs %3s spill %4d" % (cur[:78], m.group(1), spill))
         cur = None
 ' | sort
-for k in "edge_fwd _Z10k_edge_fwdILi4ELi2ELb0EEv14et_edge_common13et_edge_layeriPf" \
-         "edge_bwd _Z17k_edge_bwd_mergedILi4ELi2ELb0EEv14et_edge_common13et_edge_layeriPf"; do
+for k in "edge_fwd _Z10k_edge_fwdILi4ELi3ELb0EEv14et_edge_common13et_edge_layeriPf" \
+         "edge_bwd _Z17k_edge_bwd_mergedILi4ELi3ELb0EEv14et_edge_common13et_edge_layeriPf"; do
     # shellcheck disable=SC2086 # split on purpose: object name, kernel name
     set -- $k
     "$CUOBJDUMP" -sass -fun "$2" "$W/$1.o" > "$W/$2.sass"
