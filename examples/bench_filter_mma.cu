@@ -17,7 +17,16 @@
  *          the weights are the A fragment, the rbf tile the B fragment;
  * each in 3xTF32 (x = hi + lo, hi = cvt.rna.tf32(x), lo = cvt.rna.tf32(x - hi); lo*hi + hi*lo
  * + hi*hi, fp32 accumulate) or plain TF32 (one MMA), with the weights split on the host
- * ("pre", hi and lo arrays in shared memory) or on the fly ("fly", fp32 in shared memory).
+ * ("pre", hi and lo arrays in shared memory) or on the fly ("fly", fp32 in shared memory);
+ *   d8   : the FP64 tensor cores, mma.sync.m8n8k4 .f64 (Ampere's shape; half rate on the H200),
+ *          edges as M in 8-edge tiles (x1) or two tiles per weight load (x2);
+ *   d16  : the same with sm_90's mma.sync.m16n8k{4,8,16} .f64 (16-edge tiles, full rate),
+ *          weights as doubles (f64) or as floats converted per use (f32w); the rows summed per
+ *          channel by shuffles (+row) or by staging act per part as [edge][channel] in shared
+ *          memory and reading it back with lane = channels, as the fused kernels' consumers
+ *          read their filters (+stage).
+ * The FP64 variants multiply float inputs exactly and accumulate in float64: fp32-level (better
+ * than ffma), no precision mode to opt into.
  * The "+bwd" variants also do the filter backward of the receivers' pass: g_pre =
  * v * SiLU'(pre), g_f = W g_pre (K values per edge), dy/dr = sum_k g_f,k f'_k(r).
  *
@@ -31,7 +40,9 @@
  *  1. a warp simulator that builds each variant's shared-memory images with the same host
  *     code the GPU run uses, gathers every lane's fragments with the same index functions the
  *     kernels use, multiplies them by the PTX ISA's fragment layout of m16n8k8 .tf32 (written
- *     out separately, ptx_* below) and compares the outputs with float64;
+ *     out separately, ptx_* below) and compares the outputs with float64; for d8/d16 the same
+ *     with m8n8k4 .f64 (sim_dmma): the d16 shapes group the same elements (rows g and g + 8,
+ *     k-steps 4 at a time), their instruction layouts are checked by the GPU run against float64;
  *  2. the TF32 prediction: float64 filters with f and W rounded to TF32 (plain) or split
  *     (3xTF32), error distribution of pre, SiLU(pre), y and dy/dr over random edges, for the
  *     synthetic weights and, with --model, one layer of a real model file.
@@ -125,6 +136,32 @@ __host__ __device__ inline int n8_aw_c(int m, int lane, int i) { return 16 * m +
 __host__ __device__ inline int n8_c_chan(int m, int lane, int q) { return 16 * m + (lane >> 2) + 8 * (q >> 1); }
 __host__ __device__ inline int n8_c_edge(int lane, int q) { return 2 * (lane & 3) + (q & 1); }
 
+/* d8/d16 (FP64 tensor cores, mma.sync m8n8k4 / m16n8k* .f64; edges as M, channels as N): the
+   weights in one image (doubles, or floats converted per use), W[k][c] at d8_w_addr(k, c):
+   blocks of 8 channels, rows of 8 per k, the channel's bits 2 and 0 flipped by bits 1 and 2
+   of k. Conflict-free for both the forward's B fragments (lanes: 4 k x 8 channels) and the
+   backward's (8 k x 4 channels): with doubles each half-warp's 16 lanes hit 16 distinct
+   8-byte bank pairs (2 wavefronts per warp, the minimum; the first version flipped bit 0 by
+   bit 1 only and took 4), with floats the 32 lanes 32 distinct banks (1 wavefront) */
+__host__ __device__ inline int d8_w_addr(int k, int c)
+{
+    return (c >> 3) * (8 * KR) + 8 * k + ((c & 7) ^ (4 * ((k >> 1) & 1)) ^ ((k >> 2) & 1));
+}
+constexpr int D16_SS = 136; /* STG: row stride (floats) of the staged [16 edges][128 channels] */
+/* forward, n-tile j (channels 8j..8j+7), k-step s: b0 = B[kk = t][n = g] = W[4 s + t][8 j + g];
+   the A fragment a0 = f[edge g][k = 4 s + t] */
+__host__ __device__ inline int d8_fwd_k(int lane, int s) { return 4 * s + (lane & 3); }
+__host__ __device__ inline int d8_fwd_c(int j, int lane) { return 8 * j + (lane >> 2); }
+/* C fragment: c_i = D[edge g][col 2 t + i]; forward: channel 8 j + 2 t + i */
+__host__ __device__ inline int d8_c_chan(int j, int lane, int i) { return 8 * j + 2 * (lane & 3) + i; }
+/* backward g_f = g_pre W^T: k-step (j, i) takes channels 8 j + 2 t' + i (t' = 0..3) as its K,
+   so the lane's own c_i is its A fragment; n-tile nk has the basis functions in the order
+   col n <-> k = 4 (2 nk + (n & 1)) + (n >> 1), so that the result's c_i (col 2 t + i) is
+   k = 4 (2 nk + i) + t, a k the lane evaluated f'_k for: b0 = B[kk = t][n = g] = W[k][c] */
+__host__ __device__ inline int d8_bwd_k(int nk, int lane) { const int g = lane >> 2; return 8 * nk + 4 * (g & 1) + (g >> 1); }
+__host__ __device__ inline int d8_bwd_c(int j, int i, int lane) { return 8 * j + 2 * (lane & 3) + i; }
+__host__ __device__ inline int d8_gc_k(int nk, int lane, int i) { return 4 * (2 * nk + i) + (lane & 3); }
+
 /* ---- the PTX ISA's m16n8k8 .tf32 layouts, written out on their own for the simulator -------- */
 static void ptx_a(int lane, int i, int *row, int *col) /* A 16 x 8, a0..a3 */
 {
@@ -166,6 +203,38 @@ static __device__ __forceinline__ void split_tf32(float x, uint32_t &hi, uint32_
 {
     hi = cvt_tf32(x);
     lo = cvt_tf32(x - __uint_as_float(hi));
+}
+
+/* D += A B, mma.sync m8n8k4 in float64 (the FP64 tensor cores): a0, b0 one double per lane,
+   c0/c1 the lane's two accumulators */
+static __device__ __forceinline__ void dmma(double &c0, double &c1, double a, double b)
+{
+    asm("mma.sync.aligned.m8n8k4.row.col.f64.f64.f64.f64 {%0, %1}, {%2}, {%3}, {%0, %1};"
+        : "+d"(c0), "+d"(c1)
+        : "d"(a), "d"(b));
+}
+
+/* D += A B, mma.sync m16n8k{4,8,16} in float64 (sm_90's shapes; m8n8k4 is Ampere's): rows g
+   and g + 8, a[2 p + h] = A[g + 8 h][t + 4 p], b[p] = B[t + 4 p][g], c[2 h + i] = D[g + 8 h][2 t + i] */
+template <int KS>
+static __device__ __forceinline__ void dmma16(double (&c)[4], const double (&a)[KS / 2], const double (&b)[KS / 4])
+{
+    if constexpr (KS == 4)
+        asm("mma.sync.aligned.m16n8k4.row.col.f64.f64.f64.f64 {%0, %1, %2, %3}, {%4, %5}, {%6}, "
+            "{%0, %1, %2, %3};"
+            : "+d"(c[0]), "+d"(c[1]), "+d"(c[2]), "+d"(c[3])
+            : "d"(a[0]), "d"(a[1]), "d"(b[0]));
+    else if constexpr (KS == 8)
+        asm("mma.sync.aligned.m16n8k8.row.col.f64.f64.f64.f64 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+            "{%8, %9}, {%0, %1, %2, %3};"
+            : "+d"(c[0]), "+d"(c[1]), "+d"(c[2]), "+d"(c[3])
+            : "d"(a[0]), "d"(a[1]), "d"(a[2]), "d"(a[3]), "d"(b[0]), "d"(b[1]));
+    else
+        asm("mma.sync.aligned.m16n8k16.row.col.f64.f64.f64.f64 {%0, %1, %2, %3}, "
+            "{%4, %5, %6, %7, %8, %9, %10, %11}, {%12, %13, %14, %15}, {%0, %1, %2, %3};"
+            : "+d"(c[0]), "+d"(c[1]), "+d"(c[2]), "+d"(c[3])
+            : "d"(a[0]), "d"(a[1]), "d"(a[2]), "d"(a[3]), "d"(a[4]), "d"(a[5]), "d"(a[6]),
+              "d"(a[7]), "d"(b[0]), "d"(b[1]), "d"(b[2]), "d"(b[3]));
 }
 
 /* activations: 0 none, 1 SiLU as the edge kernels (silu_fast: expf + approximate reciprocal),
@@ -729,6 +798,272 @@ static __global__ void __launch_bounds__(32 * WARPS, 1) k_n8(const bench_params 
     }
 }
 
+/*
+ * d8: FP64 tensor cores (mma.sync.m8n8k4 .f64), edges as M in 8-edge tiles, channels as N.
+ * Per step T2 tiles (8 or 16 edges; the second only where the row has more than 8 edges
+ * left, so a row of 53 edges runs as 16 + 16 + 16 + 8): lane (g, t) evaluates f_k(r) of
+ * its edge g for k = 4 s + t (s = 0..7: the A fragments, exactly the lane's share, no
+ * staging), converted to double; per n-tile j, 8 k-steps with B from the double image
+ * (d8_w_addr), each B fragment feeding T2 MMAs. pre = float(D) + b (fp32 add), so the
+ * product is float64 and only the conversion and the bias add round. BWD: g_pre of the C
+ * fragment is the A fragment of g_f = g_pre W^T (2 k-steps per n-tile, 4 n-tiles of k,
+ * d8_bwd_*); dy/dr = sum_k g_f,k f'_k with f'_k the lane's own. ROW: per n-tile the two
+ * channels of the lane, summed over the 8 edge lanes by a reduce-scatter of 3 shuffles,
+ * added into the warp's X[row] in shared memory.
+ */
+template <int T2, int KS, int ACT, bool BWD, bool ROW, bool SMP, bool F32W = false, bool STG = false>
+static __global__ void __launch_bounds__(32 * WARPS, 1) k_d8(const bench_params p)
+{
+    static_assert(KS == 0 || T2 == 2, "the m16 shapes take both tiles");
+    static_assert(!(ROW && STG), "one way of summing the rows");
+    static_assert(!STG || KS > 0, "STG stages 16-edge tiles");
+    float *img[3];
+    float *s_x = load_smem(p, img, ROW ? NC : STG ? 16 * D16_SS : 0);
+    float *s_stg = s_x; /* STG: this warp's [16][D16_SS] staging of one part's act values */
+    const double *s_w = reinterpret_cast<const double *>(img[0]);
+    const float *s_wf = img[0];
+    /* W[k][c] as a double: from the double image, or the float image converted (F32W) */
+    const auto wld = [&](int k, int c) -> double {
+        if constexpr (F32W)
+            return (double)s_wf[d8_w_addr(k, c)];
+        else
+            return s_w[d8_w_addr(k, c)];
+    };
+    float xr[4][4]; /* STG: X[row] of the lane's channels 4 lane + q of each part */
+    const float *s_bv = img[2];
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int gw = blockIdx.x * WARPS + (threadIdx.x >> 5), nw = gridDim.x * WARPS;
+    const float alpha = 5.0f / CUTOFF;
+    for (int row = gw; row < p.n_rows; row += nw) {
+        const int e1 = p.row_off[row + 1];
+        if (ROW) {
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+                reinterpret_cast<float4 *>(s_x + 16 * lane)[q] = make_float4(0.f, 0.f, 0.f, 0.f);
+            __syncwarp();
+        }
+#pragma unroll
+        for (int pp = 0; pp < 4; pp++)
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+                xr[pp][q] = 0.f;
+        for (int cb = p.row_off[row]; cb < e1; cb += 8 * T2) {
+            const int nv = min(8 * T2, e1 - cb);
+            const bool two = T2 == 2 && (KS > 0 || nv > 8); /* warp-uniform */
+            double a[T2][8];
+            float df[T2][8], wE[T2];
+#pragma unroll
+            for (int m = 0; m < T2; m++) {
+                const int e = cb + 8 * m + g;
+                const bool ok = 8 * m + g < nv;
+                const float r = ok ? __ldg(p.r + e) : 2.0f * CUTOFF; /* padding: f = f' = 0 */
+                wE[m] = (ROW || STG) && ok ? r : 0.f;
+                float sn, cs;
+                sincospif(r / CUTOFF, &sn, &cs);
+                const float phi = r < CUTOFF ? 0.5f * (cs + 1.0f) : 0.f;
+                const float dphi = r < CUTOFF ? -0.5f * ((float)PI / CUTOFF) * sn : 0.f;
+                const float u = expf(-alpha * r);
+#pragma unroll
+                for (int s = 0; s < 8; s++) {
+                    const int k = d8_fwd_k(lane, s);
+                    const float mu = __ldg(p.mu + k), beta = __ldg(p.beta + k);
+                    const float G = expf(-beta * (u - mu) * (u - mu));
+                    const float f = phi * G;
+                    a[m][s] = (double)f;
+                    if (BWD)
+                        df[m][s] = G * (dphi + phi * 2.0f * beta * alpha * u * (u - mu));
+                    if (SMP && ok && e % p.stride == 0)
+                        p.f_s[e / p.stride * KR + k] = f;
+                }
+            }
+            float yv[T2];
+            double ga[T2][4][2];
+#pragma unroll
+            for (int m = 0; m < T2; m++) {
+                yv[m] = 0.f;
+#pragma unroll
+                for (int nk = 0; nk < 4; nk++)
+                    ga[m][nk][0] = ga[m][nk][1] = 0.0;
+            }
+            bool smp[T2];
+#pragma unroll
+            for (int m = 0; m < T2; m++)
+                smp[m] = SMP && 8 * m + g < nv && (cb + 8 * m + g) % p.stride == 0;
+#pragma unroll 2
+            for (int j = 0; j < NC / 8; j++) {
+                if (SMP) /* the sample stores diverge; mma.sync.aligned wants the warp converged */
+                    __syncwarp();
+                double c[T2][2];
+#pragma unroll
+                for (int m = 0; m < T2; m++)
+                    c[m][0] = c[m][1] = 0.0;
+                if constexpr (KS == 0) {
+#pragma unroll
+                    for (int s = 0; s < 8; s++) {
+                        const double b = wld(d8_fwd_k(lane, s), d8_fwd_c(j, lane));
+                        dmma(c[0][0], c[0][1], a[0][s], b);
+                        if (T2 == 2 && two)
+                            dmma(c[T2 - 1][0], c[T2 - 1][1], a[T2 - 1][s], b);
+                    }
+                } else {
+                    constexpr int P = KS / 4;
+                    double cc[4] = {0.0, 0.0, 0.0, 0.0};
+#pragma unroll
+                    for (int S = 0; S < KR / KS; S++) {
+                        double af[KS / 2], bf[KS / 4];
+#pragma unroll
+                        for (int q = 0; q < P; q++) {
+                            const int s = P * S + q;
+                            af[2 * q] = a[0][s];
+                            af[2 * q + 1] = a[T2 - 1][s];
+                            bf[q] = wld(d8_fwd_k(lane, s), d8_fwd_c(j, lane));
+                        }
+                        dmma16<KS>(cc, af, bf);
+                    }
+                    c[0][0] = cc[0];
+                    c[0][1] = cc[1];
+                    c[T2 - 1][0] = cc[2];
+                    c[T2 - 1][1] = cc[3];
+                }
+                const float4 bv = *reinterpret_cast<const float4 *>(s_bv + (j * 4 + t) * 4);
+                float act[T2][2], gq[T2][2];
+#pragma unroll
+                for (int m = 0; m < T2; m++)
+#pragma unroll
+                    for (int i = 0; i < 2; i++) {
+                        const float pre = (float)c[m][i] + (i ? bv.y : bv.x);
+                        const float vq = i ? bv.w : bv.z;
+                        float d;
+                        act[m][i] = act_d<ACT>(pre, &d);
+                        yv[m] = fmaf(vq, act[m][i], yv[m]);
+                        gq[m][i] = vq * d;
+                        if (smp[m]) {
+                            const size_t o = (size_t)((cb + 8 * m + g) / p.stride) * NC + d8_c_chan(j, lane, i);
+                            p.pre_s[o] = pre;
+                            p.act_s[o] = act[m][i];
+                        }
+                    }
+                if constexpr (STG) {
+                    /* act of edges g, g + 8, channels 2t, 2t+1 of n-tile j into [edge][channel]
+                       of the part (STS.64, D16_SS = 8 mod 32: conflict-free per half-warp) */
+                    const int cp = 8 * (j & 15) + 2 * t;
+                    *reinterpret_cast<float2 *>(s_stg + g * D16_SS + cp) = make_float2(act[0][0], act[0][1]);
+                    *reinterpret_cast<float2 *>(s_stg + (g + 8) * D16_SS + cp) =
+                        make_float2(act[T2 - 1][0], act[T2 - 1][1]);
+                    if ((j & 15) == 15) {
+                        /* the part is staged: lane = 4 channels, the edges in order, as the
+                           fused kernels' consumers read them */
+                        __syncwarp();
+                        /* part j >> 4 adds into xr[0]; the four accumulators rotate after each
+                           part (static indices: no local memory), so after the tile's 4 parts
+                           xr[pp] is part pp's again */
+#pragma unroll 4
+                        for (int e = 0; e < 16; e++) {
+                            if (e >= nv)
+                                break;
+                            const float we = __shfl_sync(0xffffffffu, wE[e >> 3 ? T2 - 1 : 0], (e & 7) * 4);
+                            const float4 v4 = *reinterpret_cast<const float4 *>(s_stg + e * D16_SS + 4 * lane);
+                            xr[0][0] = fmaf(we, v4.x, xr[0][0]);
+                            xr[0][1] = fmaf(we, v4.y, xr[0][1]);
+                            xr[0][2] = fmaf(we, v4.z, xr[0][2]);
+                            xr[0][3] = fmaf(we, v4.w, xr[0][3]);
+                        }
+#pragma unroll
+                        for (int q = 0; q < 4; q++) {
+                            const float x0 = xr[0][q];
+                            xr[0][q] = xr[1][q];
+                            xr[1][q] = xr[2][q];
+                            xr[2][q] = xr[3][q];
+                            xr[3][q] = x0;
+                        }
+                        __syncwarp();
+                    }
+                }
+                if constexpr (BWD) {
+                    if (SMP)
+                        __syncwarp();
+                    if constexpr (KS == 0) {
+#pragma unroll
+                        for (int i = 0; i < 2; i++)
+#pragma unroll
+                            for (int nk = 0; nk < 4; nk++) {
+                                const double b = wld(d8_bwd_k(nk, lane), d8_bwd_c(j, i, lane));
+                                dmma(ga[0][nk][0], ga[0][nk][1], (double)gq[0][i], b);
+                                if (T2 == 2 && two)
+                                    dmma(ga[T2 - 1][nk][0], ga[T2 - 1][nk][1], (double)gq[T2 - 1][i], b);
+                            }
+                    } else {
+                        /* m16n8k8: K = the 8 channels of n-tile j, kk = t + 4 i <-> 8 j + 2 t + i */
+                        const double af[4] = {(double)gq[0][0], (double)gq[T2 - 1][0],
+                                              (double)gq[0][1], (double)gq[T2 - 1][1]};
+#pragma unroll
+                        for (int nk = 0; nk < 4; nk++) {
+                            const double bf[2] = {wld(d8_bwd_k(nk, lane), d8_bwd_c(j, 0, lane)),
+                                                  wld(d8_bwd_k(nk, lane), d8_bwd_c(j, 1, lane))};
+                            double cc[4] = {ga[0][nk][0], ga[0][nk][1], ga[T2 - 1][nk][0], ga[T2 - 1][nk][1]};
+                            dmma16<8>(cc, af, bf);
+                            ga[0][nk][0] = cc[0];
+                            ga[0][nk][1] = cc[1];
+                            ga[T2 - 1][nk][0] = cc[2];
+                            ga[T2 - 1][nk][1] = cc[3];
+                        }
+                    }
+                }
+                if constexpr (ROW) {
+                    float x0 = 0.f, x1 = 0.f;
+#pragma unroll
+                    for (int m = 0; m < T2; m++) {
+                        x0 = fmaf(wE[m], act[m][0], x0);
+                        x1 = fmaf(wE[m], act[m][1], x1);
+                    }
+                    /* reduce-scatter over the 8 edge lanes: g & 4 keeps channel 2t+1 */
+                    const bool hi = g & 4;
+                    float keep = hi ? x1 : x0;
+                    keep += __shfl_xor_sync(0xffffffffu, hi ? x0 : x1, 16);
+                    keep += __shfl_xor_sync(0xffffffffu, keep, 8);
+                    keep += __shfl_xor_sync(0xffffffffu, keep, 4);
+                    if ((g & 3) == 0)
+                        s_x[d8_c_chan(j, lane, hi ? 1 : 0)] += keep;
+                }
+            }
+#pragma unroll
+            for (int m = 0; m < T2; m++) {
+                float y = yv[m];
+                y += __shfl_xor_sync(0xffffffffu, y, 1);
+                y += __shfl_xor_sync(0xffffffffu, y, 2);
+                float dd = 0.f;
+                if constexpr (BWD) {
+#pragma unroll
+                    for (int nk = 0; nk < 4; nk++)
+#pragma unroll
+                        for (int i = 0; i < 2; i++)
+                            dd = fmaf((float)ga[m][nk][i], df[m][2 * nk + i], dd);
+                    dd += __shfl_xor_sync(0xffffffffu, dd, 1);
+                    dd += __shfl_xor_sync(0xffffffffu, dd, 2);
+                }
+                if (t == 0 && 8 * m + g < nv) {
+                    p.y[cb + 8 * m + g] = y;
+                    if (BWD)
+                        p.dydr[cb + 8 * m + g] = dd;
+                }
+            }
+        }
+        if (ROW) {
+            __syncwarp();
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+                reinterpret_cast<float4 *>(p.xrow + (size_t)row * NC + 16 * lane)[q] =
+                    reinterpret_cast<const float4 *>(s_x + 16 * lane)[q];
+            __syncwarp();
+        }
+        if (STG)
+#pragma unroll
+            for (int pp = 0; pp < 4; pp++)
+                *reinterpret_cast<float4 *>(p.xrow + (size_t)row * NC + pp * F + 4 * lane) =
+                    make_float4(xr[pp][0], xr[pp][1], xr[pp][2], xr[pp][3]);
+    }
+}
+
 /* ---- host: synthetic inputs, images, float64 reference -------------------------------------- */
 static uint64_t rng_s = 0x243f6a8885a308d3ull;
 static double urand(void) /* splitmix64 -> [0, 1) */
@@ -937,6 +1272,26 @@ static std::vector<float> img_n8_bv(const filter &fl)
         }
     return o;
 }
+/* d8: the weights as doubles (two floats each) at d8_w_addr */
+static std::vector<float> img_d8_w(const filter &fl)
+{
+    std::vector<double> d(KR * NC);
+    for (int k = 0; k < KR; k++)
+        for (int c = 0; c < NC; c++)
+            d[d8_w_addr(k, c)] = (double)fl.w[k * NC + c];
+    std::vector<float> o(2 * d.size());
+    memcpy(o.data(), d.data(), sizeof(double) * d.size());
+    return o;
+}
+/* d16 f32w: the weights as floats at d8_w_addr */
+static std::vector<float> img_d8_wf(const filter &fl)
+{
+    std::vector<float> o(KR * NC);
+    for (int k = 0; k < KR; k++)
+        for (int c = 0; c < NC; c++)
+            o[d8_w_addr(k, c)] = fl.w[k * NC + c];
+    return o;
+}
 static std::vector<float> img_ffma_bv(const filter &fl)
 {
     std::vector<float> o(fl.b);
@@ -948,16 +1303,20 @@ static std::vector<float> img_ffma_bv(const filter &fl)
 struct variant {
     const char *name;
     const void *kern[2]; /* timed (y, dy/dr only), and the one that also writes the samples */
-    int kind;   /* 0 ffma, 1 m16, 2 n8 */
+    int kind;   /* 0 ffma, 1 m16, 2 n8, 3 d8 (FP64 tensor cores) */
     int x3;     /* 3xTF32 */
-    int pre;    /* weights split on the host */
+    int pre;    /* weights split on the host; d8/d16: 1 = weights as floats in shared memory (f32w) */
     int act;    /* act_d's ACT: 0 none, 1 SiLU, 2 SiLU via tanh.approx, 3 SiLU via __expf */
     int bwd;
-    int row;    /* also X[row][c] = sum_e r_e act(pre_ec) (m16: staged through shared memory) */
+    int row;    /* also X[row][c] = sum_e r_e act(pre_ec) (m16: staged through shared memory; d16: 1
+                   reduce-scatter by shuffles, 2 act staged per part, read back as lane = channels) */
 };
 #define KF(A, B, R) {(const void *)k_ffma<A, B, R, false>, (const void *)k_ffma<A, B, R, true>}
 #define KM(X, P, A, B, R) {(const void *)k_m16<X, P, A, B, R, false>, (const void *)k_m16<X, P, A, B, R, true>}
 #define KN(X, A) {(const void *)k_n8<X, A, false>, (const void *)k_n8<X, A, true>}
+#define KD(T, A, B, R) {(const void *)k_d8<T, 0, A, B, R, false>, (const void *)k_d8<T, 0, A, B, R, true>}
+#define KD16(KS, A, B, R) {(const void *)k_d8<2, KS, A, B, R, false>, (const void *)k_d8<2, KS, A, B, R, true>}
+#define KD16W(A, B, R, G) {(const void *)k_d8<2, 16, A, B, R, false, true, G>, (const void *)k_d8<2, 16, A, B, R, true, true, G>}
 static const variant VARIANTS[] = {
     {"ffma silu", KF(1, false, false), 0, 0, 0, 1, 0, 0},
     {"ffma none", KF(0, false, false), 0, 0, 0, 0, 0, 0},
@@ -982,6 +1341,31 @@ static const variant VARIANTS[] = {
     {"ffma silu +row", KF(1, false, true), 0, 0, 0, 1, 0, 1},
     {"m16 tf32 silu +row", KM(false, true, 1, false, true), 1, 0, 1, 1, 0, 1},
     {"m16 3xtf32 fly silu +row", KM(true, false, 1, false, true), 1, 1, 0, 1, 0, 1},
+    {"d16 k4 f64 none", KD16(4, 0, false, false), 3, 0, 0, 0, 0, 0},
+    {"d16 k8 f64 none", KD16(8, 0, false, false), 3, 0, 0, 0, 0, 0},
+    {"d16 k16 f64 none", KD16(16, 0, false, false), 3, 0, 0, 0, 0, 0},
+    {"d16 k16 f64 silu", KD16(16, 1, false, false), 3, 0, 0, 1, 0, 0},
+    {"d16 k16 f64 fexp-silu", KD16(16, 3, false, false), 3, 0, 0, 3, 0, 0},
+    {"d16 k8 f64 silu +bwd", KD16(8, 1, true, false), 3, 0, 0, 1, 1, 0},
+    {"d16 k16 f64 silu +bwd", KD16(16, 1, true, false), 3, 0, 0, 1, 1, 0},
+    {"d16 k16 f64 fexp-silu +bwd", KD16(16, 3, true, false), 3, 0, 0, 3, 1, 0},
+    {"d16 k16 f64 silu +row", KD16(16, 1, false, true), 3, 0, 0, 1, 0, 1},
+    {"d16 k16 f32w none", KD16W(0, false, false, false), 3, 0, 1, 0, 0, 0},
+    {"d16 k16 f32w silu", KD16W(1, false, false, false), 3, 0, 1, 1, 0, 0},
+    {"d16 k16 f32w fexp-silu", KD16W(3, false, false, false), 3, 0, 1, 3, 0, 0},
+    {"d16 k16 f32w silu +bwd", KD16W(1, true, false, false), 3, 0, 1, 1, 1, 0},
+    {"d16 k16 f32w fexp-silu +bwd", KD16W(3, true, false, false), 3, 0, 1, 3, 1, 0},
+    {"d16 k16 f32w silu +row", KD16W(1, false, true, false), 3, 0, 1, 1, 0, 1},
+    {"d16 k16 f32w silu +stage", KD16W(1, false, false, true), 3, 0, 1, 1, 0, 2},
+    {"d8x1 f64 none", KD(1, 0, false, false), 3, 0, 0, 0, 0, 0},
+    {"d8x2 f64 none", KD(2, 0, false, false), 3, 0, 0, 0, 0, 0},
+    {"d8x1 f64 silu", KD(1, 1, false, false), 3, 0, 0, 1, 0, 0},
+    {"d8x2 f64 silu", KD(2, 1, false, false), 3, 0, 0, 1, 0, 0},
+    {"d8x2 f64 fexp-silu", KD(2, 3, false, false), 3, 0, 0, 3, 0, 0},
+    {"d8x1 f64 silu +bwd", KD(1, 1, true, false), 3, 0, 0, 1, 1, 0},
+    {"d8x2 f64 silu +bwd", KD(2, 1, true, false), 3, 0, 0, 1, 1, 0},
+    {"d8x2 f64 fexp-silu +bwd", KD(2, 3, true, false), 3, 0, 0, 3, 1, 0},
+    {"d8x2 f64 silu +row", KD(2, 1, false, true), 3, 0, 0, 1, 0, 1},
 };
 constexpr int N_VARIANTS = sizeof(VARIANTS) / sizeof(VARIANTS[0]);
 
@@ -993,6 +1377,9 @@ static void variant_images(const variant &vt, const filter &fl, std::vector<floa
     if (vt.kind == 0) {
         im[0] = fl.w;
         im[2] = img_ffma_bv(fl);
+    } else if (vt.kind == 3) {
+        im[0] = vt.pre ? img_d8_wf(fl) : img_d8_w(fl);
+        im[2] = img_m16_bv(fl);
     } else if (vt.kind == 1) {
         im[0] = img_m16_fwd(fl, vt.pre ? IMG_HI : IMG_F32);
         if (vt.x3 && vt.pre)
@@ -1009,6 +1396,8 @@ static void variant_images(const variant &vt, const filter &fl, std::vector<floa
 }
 static int variant_scratch(const variant &vt)
 {
+    if (vt.kind == 3)
+        return vt.row == 1 ? NC : vt.row == 2 ? 16 * D16_SS : 0;
     return vt.kind == 0 ? FFMA_SCRATCH : vt.kind == 1 ? M16_SCRATCH + (vt.row ? M16_ROW_SCRATCH : 0) : N8_SCRATCH;
 }
 
@@ -1271,15 +1660,126 @@ static double sim_tile(const variant &vt, const filter &fl, const float *r, int 
     return worst;
 }
 
+/* the PTX ISA's m8n8k4 .f64 layout, written out on its own (lane = 4 g + t): A 8 x 4 a0 (g, t);
+   B 4 x 8 b0 (t, g); C 8 x 8 c_i (g, 2 t + i) */
+static void sim_dmma(double (&d)[32][2], const double (&a)[32], const double (&b)[32])
+{
+    double A[8][4], B[4][8];
+    for (int l = 0; l < 32; l++) {
+        A[l >> 2][l & 3] = a[l];
+        B[l & 3][l >> 2] = b[l];
+    }
+    for (int l = 0; l < 32; l++)
+        for (int i = 0; i < 2; i++) {
+            double acc = 0.0;
+            for (int kk = 0; kk < 4; kk++)
+                acc += A[l >> 2][kk] * B[kk][2 * (l & 3) + i];
+            d[l][i] += acc;
+        }
+}
+
+/*
+ * One 8-edge tile of the d8 variants: A and B fragments gathered from img_d8_w by the kernel's
+ * index functions, multiplied by sim_dmma; every pre (forward) and g_f (backward, from an
+ * arbitrary g_pre) is placed where the kernel's C index functions say and compared with the
+ * dense float64 sums. Returns the largest error relative to the absolute sums (float64
+ * rounding, ~1e-16, when the layouts agree; O(1) for a fragment in the wrong place or an
+ * output not written).
+ */
+static double sim_d8(const filter &fl, const float *r, int nv)
+{
+    const std::vector<float> imf = img_d8_w(fl);
+    std::vector<double> w(KR * NC);
+    memcpy(w.data(), imf.data(), sizeof(double) * w.size());
+    double f[8][KR], gp[8][NC], pre[8][NC], gf[8][KR];
+    for (int e = 0; e < 8; e++) {
+        double ff[KR];
+        rbf_ref(fl, e < nv ? r[e] : 2.0 * CUTOFF, ff, nullptr);
+        for (int k = 0; k < KR; k++) {
+            f[e][k] = (float)ff[k];
+            gf[e][k] = NAN;
+        }
+        for (int c = 0; c < NC; c++) {
+            gp[e][c] = fl.v[c] * (1.0 + 0.37 * e) - 0.01 * (c % 7);
+            pre[e][c] = NAN;
+        }
+    }
+    for (int j = 0; j < NC / 8; j++) {
+        double d[32][2] = {};
+        for (int s = 0; s < 8; s++) {
+            double a[32], b[32];
+            for (int l = 0; l < 32; l++) {
+                a[l] = f[l >> 2][d8_fwd_k(l, s)];
+                b[l] = w[d8_w_addr(d8_fwd_k(l, s), d8_fwd_c(j, l))];
+            }
+            sim_dmma(d, a, b);
+        }
+        for (int l = 0; l < 32; l++)
+            for (int i = 0; i < 2; i++)
+                pre[l >> 2][d8_c_chan(j, l, i)] = d[l][i];
+    }
+    double g[4][32][2] = {};
+    for (int j = 0; j < NC / 8; j++)
+        for (int i = 0; i < 2; i++)
+            for (int nk = 0; nk < 4; nk++) {
+                double a[32], b[32];
+                for (int l = 0; l < 32; l++) {
+                    a[l] = gp[l >> 2][d8_c_chan(j, l, i)];
+                    b[l] = w[d8_w_addr(d8_bwd_k(nk, l), d8_bwd_c(j, i, l))];
+                }
+                double (&dd)[32][2] = g[nk];
+                sim_dmma(dd, a, b);
+            }
+    for (int l = 0; l < 32; l++)
+        for (int nk = 0; nk < 4; nk++)
+            for (int i = 0; i < 2; i++)
+                gf[l >> 2][d8_gc_k(nk, l, i)] = g[nk][l][i];
+    double worst = 0.0;
+    for (int e = 0; e < nv; e++) {
+        for (int c = 0; c < NC; c++) {
+            double ref = 0.0, sc = 1e-300;
+            for (int k = 0; k < KR; k++) {
+                ref += (double)fl.w[k * NC + c] * f[e][k];
+                sc += fabs((double)fl.w[k * NC + c] * f[e][k]);
+            }
+            const double err = fabs(pre[e][c] - ref) / sc;
+            worst = std::max(worst, std::isfinite(err) ? err : 1.0);
+        }
+        for (int k = 0; k < KR; k++) {
+            double ref = 0.0, sc = 1e-300;
+            for (int c = 0; c < NC; c++) {
+                ref += gp[e][c] * fl.w[k * NC + c];
+                sc += fabs(gp[e][c] * fl.w[k * NC + c]);
+            }
+            const double err = fabs(gf[e][k] - ref) / sc;
+            worst = std::max(worst, std::isfinite(err) ? err : 1.0);
+        }
+    }
+    return worst;
+}
+
 static int cpu_simulate(const filter &fl)
 {
-    printf("== CPU warp simulation of the MMA layouts (PTX m16n8k8 .tf32 fragment map) ==\n");
+    printf("== CPU warp simulation of the MMA layouts (PTX m16n8k8 .tf32 and m8n8k4 .f64 fragment maps) ==\n");
     int bad = 0;
     const int nvs[3] = {16, 11, 3};
     for (int v = 0; v < N_VARIANTS; v++) {
         const variant &vt = VARIANTS[v];
         if (vt.kind == 0)
             continue;
+        if (vt.kind == 3) {
+            double worst = 0.0;
+            for (int trial = 0; trial < 3; trial++) {
+                float r[8];
+                for (int e = 0; e < 8; e++)
+                    r[e] = (float)(0.5 + 4.5 * urand());
+                worst = std::max(worst, sim_d8(fl, r, nvs[trial] > 8 ? 8 : nvs[trial]));
+            }
+            const bool ok = worst < 1e-12; /* float64 products: only float64 rounding is left */
+            bad += !ok;
+            printf("sim %-26s max err %.2e  %s\n", vt.name, worst, ok ? "PASS" : "FAIL");
+            continue;
+        }
         double worst = 0.0;
         for (int trial = 0; trial < 3; trial++) {
             float r[16];
@@ -1691,15 +2191,16 @@ static int gpu_run(const filter &fl, int n_edges_req, int reps)
            fp32 error of a 33-term dot product is 33 u = 2.0e-6; 3xTF32 adds ~2^-22 per product),
            TF32 (each product's operands rounded to 2^-11: <= 9.8e-4 + fp32) otherwise; the
            tanh.approx SiLU (~2^-11 relative in tanh) gets 2e-2 */
-        const double lim_pre = vt.kind == 0 || vt.x3 ? 5e-6 : 2e-3;
+        const bool exact = vt.kind == 0 || vt.kind == 3 || vt.x3; /* fp32-level (d8: float64 products) */
+        const double lim_pre = exact ? 5e-6 : 2e-3;
         const double lim_act = vt.act == 2 ? 2e-2 : lim_pre;
         /* y of every edge against ffma, max |d| / rms(y): O(1) for an edge computed wrongly */
-        const double lim_y = vt.act == 2 ? 1e-1 : vt.kind == 0 || vt.x3 ? 1e-3 : 5e-2;
+        const double lim_y = vt.act == 2 ? 1e-1 : exact ? 1e-3 : 5e-2;
         /* X vs float64 includes the float32 basis (up to 1.7e-5 of f): 1e-4 at fp32 level */
-        const double lim_x = vt.kind == 0 || vt.x3 ? 1e-4 : 3e-3;
+        const double lim_x = exact ? 1e-4 : 3e-3;
         const bool ok = !nan && e_pre.maxs < lim_pre && e_act.maxs < lim_act && ymax < lim_y &&
                         (!vt.row || (xf64 < lim_x && xff < lim_y)) &&
-                        (!vt.bwd || e_d.rms() < (vt.x3 || vt.kind == 0 ? 1e-4 : 1e-2));
+                        (!vt.bwd || e_d.rms() < (exact ? 1e-4 : 1e-2));
         bad += !ok;
         printf("%-26s %8.3f %8.3f %9.0f %4d %5d %6.1f %3d | %8.1e %8.1e %8.1e %8.1e %8.1e %8.1e %8.1e %8.1e %s\n",
                vt.name, med, med * 1e6 / n_edges, flop / (med * 1e-3) * 1e-9, fa.numRegs,
