@@ -322,6 +322,22 @@ static __device__ __forceinline__ float warp_sum(float x)
     return x;
 }
 
+/* ROW accumulators X[row][NC] of one warp in shared memory (lane owns 16 consecutive):
+   zeroed at a row's start, written out at its end */
+static __device__ __forceinline__ void row_acc_zero(float *s_x, int lane)
+{
+#pragma unroll
+    for (int q = 0; q < 4; q++)
+        reinterpret_cast<float4 *>(s_x + 16 * lane)[q] = make_float4(0.f, 0.f, 0.f, 0.f);
+}
+static __device__ __forceinline__ void row_acc_store(const bench_params &p, int row, const float *s_x, int lane)
+{
+#pragma unroll
+    for (int q = 0; q < 4; q++)
+        reinterpret_cast<float4 *>(p.xrow + (size_t)row * NC + 16 * lane)[q] =
+            reinterpret_cast<const float4 *>(s_x + 16 * lane)[q];
+}
+
 /*
  * (a) FFMA, as filter_pre: chunks of E = 4 edges, lane owns channels p*F + 4 lane + j of each
  * part p; weights s_w[k][NC] (image 0), image 2 = b[NC] then v[NC]. With BWD, the filter
@@ -507,9 +523,7 @@ static __global__ void __launch_bounds__(32 * WARPS, 1) k_m16(const bench_params
     for (int row = gw; row < p.n_rows; row += nw) {
         const int e1 = p.row_off[row + 1];
         if (ROW) {
-#pragma unroll
-            for (int q = 0; q < 4; q++)
-                reinterpret_cast<float4 *>(s_x + 16 * lane)[q] = make_float4(0.f, 0.f, 0.f, 0.f);
+            row_acc_zero(s_x, lane);
         }
         for (int cb = p.row_off[row]; cb < e1; cb += 16) {
             const int nv = min(16, e1 - cb);
@@ -695,10 +709,7 @@ static __global__ void __launch_bounds__(32 * WARPS, 1) k_m16(const bench_params
             __syncwarp();
         }
         if (ROW) {
-#pragma unroll
-            for (int q = 0; q < 4; q++)
-                reinterpret_cast<float4 *>(p.xrow + (size_t)row * NC + 16 * lane)[q] =
-                    reinterpret_cast<const float4 *>(s_x + 16 * lane)[q];
+            row_acc_store(p, row, s_x, lane);
         }
     }
 }
@@ -837,9 +848,7 @@ static __global__ void __launch_bounds__(32 * WARPS, 1) k_d8(const bench_params 
     for (int row = gw; row < p.n_rows; row += nw) {
         const int e1 = p.row_off[row + 1];
         if (ROW) {
-#pragma unroll
-            for (int q = 0; q < 4; q++)
-                reinterpret_cast<float4 *>(s_x + 16 * lane)[q] = make_float4(0.f, 0.f, 0.f, 0.f);
+            row_acc_zero(s_x, lane);
             __syncwarp();
         }
 #pragma unroll
@@ -1050,10 +1059,7 @@ static __global__ void __launch_bounds__(32 * WARPS, 1) k_d8(const bench_params 
         }
         if (ROW) {
             __syncwarp();
-#pragma unroll
-            for (int q = 0; q < 4; q++)
-                reinterpret_cast<float4 *>(p.xrow + (size_t)row * NC + 16 * lane)[q] =
-                    reinterpret_cast<const float4 *>(s_x + 16 * lane)[q];
+            row_acc_store(p, row, s_x, lane);
             __syncwarp();
         }
         if (STG)
