@@ -250,6 +250,8 @@ extern "C" cudaError_t et_edge_forward(cudaStream_t s, int CPL, int grid, int sp
         return cudaSuccess;
     if (split < 1 || (split > 1 && !part) || !edge_shape_ok(CPL, c))
         return cudaErrorInvalidValue;
+    if (c->tc && et_edge_forward_tc_ok(CPL, split, c))
+        return et_edge_forward_tc(s, CPL, c, l);
     return dispatch_cpl(CPL, [&](auto C) {
         return launch_fwd<decltype(C)::value>(s, grid, split, part, c, l);
     });

@@ -392,6 +392,10 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
            bwd_recv_row); DS4SCI_CUDA_PAIR=0: once per edge, as before */
         const char *pr = getenv("DS4SCI_CUDA_PAIR");
         et->pair = !(pr && strcmp(pr, "0") == 0);
+        /* the forward edge pass's filters on the float64 tensor cores (edge_fwd_tc.cu; opt-in
+           while measured, docs/gpu.md v20) */
+        const char *tc = getenv("DS4SCI_CUDA_TC");
+        et->tc = tc && strcmp(tc, "1") == 0;
         /* forward caller exchange as packed floats, default on since measured (docs/gpu.md
            v7: the same bits arrive; 2 GPUs 1M Si atoms 0.673 vs 0.780 s/step);
            DS4SCI_CUDA_XCH_F32=0: rows of doubles */
@@ -1468,6 +1472,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     c.F = F;
     c.fastexp = et->fastexp;
     c.pair = et->pair;
+    c.tc = et->tc;
     const int grid_l = (nl + ET_EDGE_WARPS - 1) / ET_EDGE_WARPS,
               grid_n = (n + ET_EDGE_WARPS - 1) / ET_EDGE_WARPS;
     /* row split of the fused layer edge passes (few rows: S warps per row, partial sums) */

@@ -1,0 +1,268 @@
+/*
+ * edge_fwd_tc.cu - the fused forward edge pass of an attention layer with the radial filters on
+ * the float64 tensor cores (docs/tensor_cores.md, last section; docs/gpu.md "Left to do" 1).
+ * Opt-in (DS4SCI_CUDA_TC=1) while it is measured: layers with F = 64 or 128 (CPL 2, 4), K <= 32
+ * basis functions, no row split; everything else runs k_edge_fwd (edge_fwd.cu).
+ *
+ * The same layer as k_edge_fwd (its header has the formulas), in another order: one warp per
+ * owned receiver t walks its row in tiles of 16 edges. Per tile, lane (g, t4) evaluates the
+ * basis f_k(r) of edges g and g + 8 for k = 4 s + t4 (s = 0..7), which is the A fragment of
+ * mma.sync.m16n8k16 .f64 (edges as M, the basis as K); the filter weights [K][4F] (the
+ * layer's filt_wt, part p's channel n = p F + lane CPL + j) are in shared memory once per SM
+ * as floats at tc_w_addr (the swizzle of bench_filter_mma's d8_w_addr: conflict-free B
+ * fragments), converted to double per use. The products of float inputs are exact and the
+ * sums float64, so pre = float(sum) + b is within one rounding of the exact value (the FFMA
+ * filter: up to 33). Per part (dk, dv value, dv gate 1, dv gate 2) the 16 x F activations are
+ * staged as [edge][channel] in the warp's shared scratch and the message code reads them as
+ * k_edge_fwd reads its filters (lane = CPL channels): attention from dk, then X from the value
+ * part, then V from the two gates. The terms of V are added gate by gate (all edges' vec[s] g1
+ * terms, then the g2 d terms), not edge by edge: other last bits than k_edge_fwd.
+ */
+#include "edge_common.cuh"
+#include "edge_gates.cuh"
+
+constexpr int TC_WARPS = 16; /* one block per SM: the weights once per SM */
+constexpr int TC_KP = 32;    /* basis functions padded to two k-steps of 16 */
+
+/* W[k][n] (n = p F + channel of part p) in shared memory: blocks of 8 channels, rows of 8 per
+   k, the channel's bits 2 and 0 flipped by k's bits 1 and 2 (bench_filter_mma d8_w_addr) */
+static __device__ __forceinline__ int tc_w_addr(int k, int n)
+{
+    return (n >> 3) * (8 * TC_KP) + 8 * k + ((n & 7) ^ (4 * ((k >> 1) & 1)) ^ ((k >> 2) & 1));
+}
+
+/* D += A B, m16n8k16 .f64: a[2 p + h] = A[g + 8 h][t + 4 p], b[p] = B[t + 4 p][g],
+   c[2 h + i] = D[g + 8 h][2 t + i] (lane = 4 g + t) */
+static __device__ __forceinline__ void dmma16816(double (&c)[4], const double (&a)[8],
+                                                 const double (&b)[4])
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f64.f64.f64.f64 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7, %8, %9, %10, %11}, {%12, %13, %14, %15}, {%0, %1, %2, %3};"
+        : "+d"(c[0]), "+d"(c[1]), "+d"(c[2]), "+d"(c[3])
+        : "d"(a[0]), "d"(a[1]), "d"(a[2]), "d"(a[3]), "d"(a[4]), "d"(a[5]), "d"(a[6]), "d"(a[7]),
+          "d"(b[0]), "d"(b[1]), "d"(b[2]), "d"(b[3]));
+}
+
+template <int CPL> static constexpr int tc_ss() { return 32 * CPL + 8; } /* staging row stride */
+
+template <int CPL> static size_t tc_smem_bytes()
+{
+    constexpr int F = 32 * CPL;
+    return sizeof(float) * ((size_t)TC_KP * 4 * F + 4 * F + (size_t)TC_WARPS * 16 * tc_ss<CPL>());
+}
+
+template <int CPL, int SILU>
+static __global__ void __launch_bounds__(32 * TC_WARPS, 1)
+    k_edge_fwd_tc(const et_edge_common c, const et_edge_layer l)
+{
+    constexpr int F = 32 * CPL, NT = F / 8, SS = tc_ss<CPL>();
+    constexpr unsigned FULL = 0xffffffffu;
+    extern __shared__ float4 sm4[];
+    float *const s_w = reinterpret_cast<float *>(sm4);
+    float *const s_b = s_w + TC_KP * 4 * F;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+    float *const s_st = s_b + 4 * F + warp * 16 * SS; /* this warp's [16][SS] staging */
+    for (int i = threadIdx.x; i < TC_KP * 4 * F; i += blockDim.x) {
+        const int k = i / (4 * F), n = i - k * 4 * F;
+        s_w[tc_w_addr(k, n)] = k < c.K ? __ldg(l.filt_wt + i) : 0.f;
+    }
+    for (int i = threadIdx.x; i < 4 * F; i += blockDim.x)
+        s_b[i] = __ldg(l.filt_b + i);
+    __syncthreads();
+
+    const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL>(c, lane);
+    (void)on;
+    (void)wl;
+    const bool en = c.rbf == ET_RBF_EXPNORM;
+    for (int t = blockIdx.x * TC_WARPS + warp; t < c.n_local; t += gridDim.x * TC_WARPS) {
+        float q[CPL], ax[CPL], av[3][CPL];
+        ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
+#pragma unroll
+        for (int j = 0; j < CPL; j++) {
+            ax[j] = 0.f;
+            av[0][j] = av[1][j] = av[2][j] = 0.f;
+        }
+        const int e0 = c.row_off[t], e1 = c.row_off[t + 1];
+        for (int cb = e0; cb < e1; cb += 16) {
+            const int nv = min(16, e1 - cb);
+            /* lane ie = lane mod 16: edge cb + ie's geometry, sender, attention cutoff c(r) and
+               the gates' direction factor (vc ? c : 1) / r (0: the self-loop, empty slots) */
+            const int ie = lane & 15;
+            float4 geo = make_float4(0.f, 0.f, 0.f, c.cu);
+            int src = t;
+            if (ie < nv) {
+                geo = c.e_geo[cb + ie];
+                src = c.e_src[cb + ie];
+            }
+            const float ccl = ie < nv ? cutoff_pi(geo.w, c.cl, c.cu, nullptr) : 0.f;
+            const float invsl = ie < nv && src != t ? (c.vc ? ccl : 1.f) / geo.w : 0.f;
+            /* A fragments: f_k(r) of edges g, g + 8 for k = 4 s + t4 (0 for empty slots and
+               k >= K), as stage_rbf_of evaluates them */
+            double a[2][8];
+#pragma unroll
+            for (int m = 0; m < 2; m++) {
+                const int e = g + 8 * m;
+                const float r = __shfl_sync(FULL, geo.w, e);
+                const bool ok = e < nv;
+                const float rr = ok ? r : c.cu;
+                const float phi = en ? cutoff_pi(rr, 0.0f, c.cu, nullptr) : 0.f;
+                const float u = en ? expf(c.alpha * (c.cl - rr)) : 0.f;
+#pragma unroll
+                for (int s = 0; s < 8; s++) {
+                    const int k = 4 * s + t4;
+                    float f = 0.f;
+                    if (ok && k < c.K) {
+                        const float ak = __ldg(c.rbf_a + k), bk = c.rbf_b ? __ldg(c.rbf_b + k) : 0.f;
+                        f = en ? et_expnorm_k_f(u, phi, 0.f, c.alpha, ak, bk, nullptr)
+                               : rbf_k_pi(c, rr, ak, bk, nullptr);
+                    }
+                    a[m][s] = (double)f;
+                }
+            }
+            float A[16]; /* attention weight of edge i for this lane's head */
+#pragma unroll
+            for (int p = 0; p < 4; p++) {
+                /* part p for the tile: 16 edges x F channels, activated, into the staging */
+                const bool use = p == 0 ? dk_used<SILU>(c) : dv_used<SILU>(c);
+#pragma unroll 2
+                for (int jj = 0; jj < NT; jj++) {
+                    const int nb = p * F + 8 * jj; /* the n-tile's first channel */
+                    double acc[4] = {0.0, 0.0, 0.0, 0.0};
+#pragma unroll
+                    for (int S = 0; S < 2; S++) {
+                        double af[8], bf[4];
+#pragma unroll
+                        for (int qq = 0; qq < 4; qq++) {
+                            const int s = 4 * S + qq;
+                            af[2 * qq] = a[0][s];
+                            af[2 * qq + 1] = a[1][s];
+                            bf[qq] = (double)s_w[tc_w_addr(4 * s + t4, nb + g)];
+                        }
+                        dmma16816(acc, af, bf);
+                    }
+                    const float2 b2 = *reinterpret_cast<const float2 *>(s_b + nb + 2 * t4);
+                    float y[4] = {(float)acc[0] + b2.x, (float)acc[1] + b2.y,
+                                  (float)acc[2] + b2.x, (float)acc[3] + b2.y};
+#pragma unroll
+                    for (int qq = 0; qq < 4; qq++)
+                        y[qq] = use ? actv<SILU>(c.act, y[qq], nullptr) : 1.f;
+                    *reinterpret_cast<float2 *>(s_st + g * SS + 8 * jj + 2 * t4) = make_float2(y[0], y[1]);
+                    *reinterpret_cast<float2 *>(s_st + (g + 8) * SS + 8 * jj + 2 * t4) =
+                        make_float2(y[2], y[3]);
+                }
+                __syncwarp();
+                /* the messages of part p, edge by edge, lane = channels f0 .. f0 + CPL - 1 */
+#pragma unroll
+                for (int i = 0; i < 16; i++) {
+                    if (i >= nv)
+                        break;
+                    float fv[CPL];
+                    ld_vec<CPL>(s_st + i * SS + f0, fv);
+                    const int s = __shfl_sync(FULL, src, i);
+                    const float cc = __shfl_sync(FULL, ccl, i);
+                    const float sv = c.vc ? cc : 1.f;
+                    const float *srow = l.qkv + (size_t)s * 5 * F;
+                    if (p == 0) {
+                        float kk[CPL];
+                        ldg_vec<CPL>(srow + F + f0, kk);
+                        float part = 0.f;
+#pragma unroll
+                        for (int j = 0; j < CPL; j++)
+                            part = fmaf(q[j] * kk[j], fv[j], part);
+                        const float aa = actv<SILU>(c.attn_act, group_sum(part, G), nullptr);
+                        A[i] = (c.vc ? aa : aa * cc) * sv;
+                    } else if (p == 1) {
+                        float vv[CPL];
+                        ldg_vec<CPL>(srow + vx_off, vv);
+#pragma unroll
+                        for (int j = 0; j < CPL; j++)
+                            ax[j] = fmaf(vv[j] * fv[j], A[i], ax[j]);
+                    } else if (p == 2) {
+                        float v1[CPL], vs[3][CPL];
+                        ldg_vec<CPL>(srow + vx_off + D, v1);
+                        const float *vrow = l.vec + (size_t)s * 3 * F + f0;
+#pragma unroll
+                        for (int cx = 0; cx < 3; cx++) {
+                            if (l.vec)
+                                ldg_vec<CPL>(vrow + cx * F, vs[cx]);
+                            else
+#pragma unroll
+                                for (int j = 0; j < CPL; j++)
+                                    vs[cx][j] = 0.f;
+                        }
+#pragma unroll
+                        for (int j = 0; j < CPL; j++) {
+                            const float g1 = v1[j] * fv[j] * sv;
+#pragma unroll
+                            for (int cx = 0; cx < 3; cx++)
+                                av[cx][j] = fmaf(vs[cx][j], g1, av[cx][j]);
+                        }
+                    } else {
+                        float v2[CPL];
+                        ldg_vec<CPL>(srow + vx_off + 2 * D, v2);
+                        const float invs = __shfl_sync(FULL, invsl, i);
+                        const float dirs[3] = {__shfl_sync(FULL, geo.x, i) * invs,
+                                               __shfl_sync(FULL, geo.y, i) * invs,
+                                               __shfl_sync(FULL, geo.z, i) * invs};
+#pragma unroll
+                        for (int j = 0; j < CPL; j++) {
+                            const float g2 = v2[j] * fv[j];
+#pragma unroll
+                            for (int cx = 0; cx < 3; cx++)
+                                av[cx][j] = fmaf(g2, dirs[cx], av[cx][j]);
+                        }
+                    }
+                }
+                __syncwarp();
+            }
+        }
+        st_vec<CPL>(l.X + (size_t)t * F + f0, ax);
+#pragma unroll
+        for (int cx = 0; cx < 3; cx++)
+            st_vec<CPL>(l.V + (size_t)t * 3 * F + (size_t)cx * F + f0, av[cx]);
+    }
+}
+
+template <int CPL>
+static cudaError_t launch_fwd_tc(cudaStream_t s, const et_edge_common *c, const et_edge_layer *l)
+{
+    const auto kern = by_act(c, k_edge_fwd_tc<CPL, ACT_ANY>, k_edge_fwd_tc<CPL, ACT_SILU>,
+                             k_edge_fwd_tc<CPL, ACT_SILU_FAST>,
+                             k_edge_fwd_tc<CPL, ACT_SILU_FAST_DKV>);
+    const size_t smem = tc_smem_bytes<CPL>();
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    int dev = 0, sms = 0, per_sm = 0;
+    if (e == cudaSuccess)
+        e = cudaGetDevice(&dev);
+    if (e == cudaSuccess)
+        e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    if (e == cudaSuccess)
+        e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, 32 * TC_WARPS, smem);
+    if (e != cudaSuccess)
+        return e;
+    if (per_sm < 1)
+        return cudaErrorInvalidConfiguration;
+    const int need = (c->n_local + TC_WARPS - 1) / TC_WARPS;
+    const int grid = need < sms * per_sm ? need : sms * per_sm;
+    kern<<<grid, 32 * TC_WARPS, smem, s>>>(*c, *l);
+    return cudaGetLastError();
+}
+
+/* Whether et_edge_forward_tc takes this layer (otherwise k_edge_fwd does). */
+extern "C" int et_edge_forward_tc_ok(int CPL, int split, const et_edge_common *c)
+{
+    return split == 1 && (CPL == 2 || CPL == 4) && c->F == 32 * CPL && c->K >= 1 &&
+           c->K <= TC_KP && c->D % CPL == 0;
+}
+
+extern "C" cudaError_t et_edge_forward_tc(cudaStream_t s, int CPL, const et_edge_common *c,
+                                          const et_edge_layer *l)
+{
+    if (c->n_local == 0)
+        return cudaSuccess;
+    if (CPL == 4)
+        return launch_fwd_tc<4>(s, c, l);
+    if (CPL == 2)
+        return launch_fwd_tc<2>(s, c, l);
+    return cudaErrorInvalidValue;
+}
