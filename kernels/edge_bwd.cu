@@ -881,24 +881,11 @@ static cudaError_t launch_merged(cudaStream_t s, int split, float *part, const e
                                    k_edge_bwd_merged<CPL, ACT_SILU, false>,
                                    k_edge_bwd_merged<CPL, ACT_SILU_FAST, false>,
                                    k_edge_bwd_merged<CPL, ACT_SILU_FAST_DKV, false>);
-    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         (int)smem);
-    int dev = 0, sms = 0, per_sm = 0;
-    if (e == cudaSuccess)
-        e = cudaGetDevice(&dev);
-    if (e == cudaSuccess)
-        e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    if (e == cudaSuccess)
-        e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, 32 * w, smem);
+    int grid = 0;
+    cudaError_t e = resident_grid(kern, smem, w, (long long)c->n_local * split, &grid);
     if (e != cudaSuccess)
         return e;
-    if (per_sm < 1)
-        return cudaErrorInvalidConfiguration;
-    long long grid = (long long)sms * per_sm,
-              need = ((long long)c->n_local * split + w - 1) / w;
-    if (need < grid)
-        grid = need;
-    kern<<<(int)grid, 32 * w, smem, s>>>(*c, *l, split, part);
+    kern<<<grid, 32 * w, smem, s>>>(*c, *l, split, part);
     e = cudaGetLastError();
     if (e != cudaSuccess || split == 1)
         return e;

@@ -720,6 +720,31 @@ static cudaError_t launch_persistent(void (*kern)(P...), size_t smem, int grid, 
     return cudaGetLastError();
 }
 
+/* Grid of a kernel with its own block size (warps per block) and smem bytes of dynamic shared
+   memory (its limit raised to that): the blocks resident on the device at once, but no more
+   than one warp per item needs. */
+template <typename... P>
+static cudaError_t resident_grid(void (*kern)(P...), size_t smem, int warps, long long items,
+                                 int *grid)
+{
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)smem);
+    int dev = 0, sms = 0, per_sm = 0;
+    if (e == cudaSuccess)
+        e = cudaGetDevice(&dev);
+    if (e == cudaSuccess)
+        e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    if (e == cudaSuccess)
+        e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, 32 * warps, smem);
+    if (e != cudaSuccess)
+        return e;
+    if (per_sm < 1)
+        return cudaErrorInvalidConfiguration;
+    const long long g = (long long)sms * per_sm, need = (items + warps - 1) / warps;
+    *grid = (int)(need < g ? need : g);
+    return cudaSuccess;
+}
+
 /* Calls launch(std::integral_constant<int, CPL>) for the channels-per-lane values the kernels
    are instantiated for (F = 32 * CPL). */
 template <typename L>

@@ -230,20 +230,10 @@ static cudaError_t launch_fwd_tc(cudaStream_t s, const et_edge_common *c, const 
                              k_edge_fwd_tc<CPL, ACT_SILU_FAST>,
                              k_edge_fwd_tc<CPL, ACT_SILU_FAST_DKV>);
     const size_t smem = tc_smem_bytes<CPL>();
-    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    int dev = 0, sms = 0, per_sm = 0;
-    if (e == cudaSuccess)
-        e = cudaGetDevice(&dev);
-    if (e == cudaSuccess)
-        e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    if (e == cudaSuccess)
-        e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, 32 * TC_WARPS, smem);
+    int grid = 0;
+    const cudaError_t e = resident_grid(kern, smem, TC_WARPS, c->n_local, &grid);
     if (e != cudaSuccess)
         return e;
-    if (per_sm < 1)
-        return cudaErrorInvalidConfiguration;
-    const int need = (c->n_local + TC_WARPS - 1) / TC_WARPS;
-    const int grid = need < sms * per_sm ? need : sms * per_sm;
     kern<<<grid, 32 * TC_WARPS, smem, s>>>(*c, *l);
     return cudaGetLastError();
 }
