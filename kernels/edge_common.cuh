@@ -16,6 +16,7 @@
 #ifndef DS4SCI_EDGE_COMMON_CUH
 #define DS4SCI_EDGE_COMMON_CUH
 
+#include <climits>
 #include <type_traits>
 
 #include "et_cuda.cuh"
@@ -664,14 +665,14 @@ static __device__ __forceinline__ edge_smem edge_smem_load(const float *wt, cons
  * *grid > 0 (the rows to cover).
  */
 template <typename Kern>
-static cudaError_t persistent_grid(Kern kern, size_t smem, int *grid)
+static cudaError_t persistent_grid(Kern kern, size_t smem, int *grid, int warps = ET_EDGE_WARPS)
 {
     int dev, sms, per_sm = 0;
     cudaError_t e = cudaGetDevice(&dev);
     if (e == cudaSuccess)
         e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
     if (e == cudaSuccess)
-        e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, 32 * ET_EDGE_WARPS, smem);
+        e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, 32 * warps, smem);
     if (e != cudaSuccess)
         return e;
     if (per_sm < 1)
@@ -721,28 +722,19 @@ static cudaError_t launch_persistent(void (*kern)(P...), size_t smem, int grid, 
 }
 
 /* Grid of a kernel with its own block size (warps per block) and smem bytes of dynamic shared
-   memory (its limit raised to that): the blocks resident on the device at once, but no more
-   than one warp per item needs. */
+   memory (its limit raised to that): persistent_grid's, capped at one warp per item (items > 0;
+   the callers return before launching for no rows). */
 template <typename... P>
 static cudaError_t resident_grid(void (*kern)(P...), size_t smem, int warps, long long items,
                                  int *grid)
 {
-    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         (int)smem);
-    int dev = 0, sms = 0, per_sm = 0;
-    if (e == cudaSuccess)
-        e = cudaGetDevice(&dev);
-    if (e == cudaSuccess)
-        e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    if (e == cudaSuccess)
-        e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, 32 * warps, smem);
+    const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               (int)smem);
     if (e != cudaSuccess)
         return e;
-    if (per_sm < 1)
-        return cudaErrorInvalidConfiguration;
-    const long long g = (long long)sms * per_sm, need = (items + warps - 1) / warps;
-    *grid = (int)(need < g ? need : g);
-    return cudaSuccess;
+    const long long need = (items + warps - 1) / warps;
+    *grid = need < INT_MAX ? (int)need : INT_MAX;
+    return persistent_grid(kern, smem, grid, warps);
 }
 
 /* Calls launch(std::integral_constant<int, CPL>) for the channels-per-lane values the kernels
