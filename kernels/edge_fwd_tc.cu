@@ -21,8 +21,11 @@
 #include "edge_common.cuh"
 #include "edge_gates.cuh"
 
-constexpr int TC_WARPS = 16; /* one block per SM: the weights once per SM */
+/* warps per block (one block per SM: the weights once per SM); 16 by default, the variants
+   with fewer warps have more registers per warp for gathers in flight */
+constexpr int TC_WARPS = 16;
 constexpr int TC_KP = 32;    /* basis functions padded to two k-steps of 16 */
+constexpr int P_NR_MAX = 4;  /* sender rows per edge a part reads at most (gate 1: v1, vec x 3) */
 
 /* W[k][n] (n = p F + channel of part p) in shared memory: blocks of 8 channels, rows of 8 per
    k, the channel's bits 2 and 0 flipped by k's bits 1 and 2 (bench_filter_mma d8_w_addr) */
@@ -45,14 +48,14 @@ static __device__ __forceinline__ void dmma16816(double (&c)[4], const double (&
 
 template <int CPL> static constexpr int tc_ss() { return 32 * CPL + 8; } /* staging row stride */
 
-template <int CPL> static size_t tc_smem_bytes()
+template <int CPL> static size_t tc_smem_bytes(int warps)
 {
     constexpr int F = 32 * CPL;
-    return sizeof(float) * ((size_t)TC_KP * 4 * F + 4 * F + (size_t)TC_WARPS * 16 * tc_ss<CPL>());
+    return sizeof(float) * ((size_t)TC_KP * 4 * F + 4 * F + (size_t)warps * 16 * tc_ss<CPL>());
 }
 
-template <int CPL, int SILU>
-static __global__ void __launch_bounds__(32 * TC_WARPS, 1)
+template <int CPL, int SILU, int W, int TB, int PIPE>
+static __global__ void __launch_bounds__(32 * W, 1)
     k_edge_fwd_tc(const et_edge_common c, const et_edge_layer l)
 {
     constexpr int F = 32 * CPL, NT = F / 8, SS = tc_ss<CPL>();
@@ -70,11 +73,10 @@ static __global__ void __launch_bounds__(32 * TC_WARPS, 1)
         s_b[i] = __ldg(l.filt_b + i);
     __syncthreads();
 
-    const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL>(c, lane);
-    (void)on;
-    (void)wl;
+    const edge_lane el = edge_lane_of<CPL>(c, lane);
+    const int D = el.D, G = el.G, f0 = el.f0, vx_off = el.vx_off;
     const bool en = c.rbf == ET_RBF_EXPNORM;
-    for (int t = blockIdx.x * TC_WARPS + warp; t < c.n_local; t += gridDim.x * TC_WARPS) {
+    for (int t = blockIdx.x * W + warp; t < c.n_local; t += gridDim.x * W) {
         float q[CPL], ax[CPL], av[3][CPL];
         ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
 #pragma unroll
@@ -98,7 +100,7 @@ static __global__ void __launch_bounds__(32 * TC_WARPS, 1)
             const float invsl = ie < nv && src != t ? (c.vc ? ccl : 1.f) / geo.w : 0.f;
             /* A fragments: f_k(r) of edges g, g + 8 for k = 4 s + t4 (0 for empty slots and
                k >= K), as stage_rbf_of evaluates them */
-            double a[2][8];
+            float a[2][8]; /* as floats: converted once per part, in stage (registers) */
 #pragma unroll
             for (int m = 0; m < 2; m++) {
                 const int e = g + 8 * m;
@@ -116,14 +118,19 @@ static __global__ void __launch_bounds__(32 * TC_WARPS, 1)
                         f = en ? et_expnorm_k_f(u, phi, 0.f, c.alpha, ak, bk, nullptr)
                                : rbf_k_pi(c, rr, ak, bk, nullptr);
                     }
-                    a[m][s] = (double)f;
+                    a[m][s] = f;
                 }
             }
             float A[16]; /* attention weight of edge i for this lane's head */
-#pragma unroll
-            for (int p = 0; p < 4; p++) {
-                /* part p for the tile: 16 edges x F channels, activated, into the staging */
+            /* part p for the tile: 16 edges x F channels, activated, into the staging */
+            auto stage = [&](int p) {
                 const bool use = p == 0 ? dk_used<SILU>(c) : dv_used<SILU>(c);
+                double ad[2][8];
+#pragma unroll
+                for (int m = 0; m < 2; m++)
+#pragma unroll
+                    for (int s = 0; s < 8; s++)
+                        ad[m][s] = (double)a[m][s];
 #pragma unroll 2
                 for (int jj = 0; jj < NT; jj++) {
                     const int nb = p * F + 8 * jj; /* the n-tile's first channel */
@@ -134,8 +141,8 @@ static __global__ void __launch_bounds__(32 * TC_WARPS, 1)
 #pragma unroll
                         for (int qq = 0; qq < 4; qq++) {
                             const int s = 4 * S + qq;
-                            af[2 * qq] = a[0][s];
-                            af[2 * qq + 1] = a[1][s];
+                            af[2 * qq] = ad[0][s];
+                            af[2 * qq + 1] = ad[1][s];
                             bf[qq] = (double)s_w[tc_w_addr(4 * s + t4, nb + g)];
                         }
                         dmma16816(acc, af, bf);
@@ -150,71 +157,116 @@ static __global__ void __launch_bounds__(32 * TC_WARPS, 1)
                     *reinterpret_cast<float2 *>(s_st + (g + 8) * SS + 8 * jj + 2 * t4) =
                         make_float2(y[2], y[3]);
                 }
-                __syncwarp();
-                /* the messages of part p, edge by edge, lane = channels f0 .. f0 + CPL - 1 */
+            };
+            /* The sender rows part P's messages read (NR per edge: k; v; v gate 1 and vec;
+               v gate 2), gathered for B edges at once (TC_B) so that their latencies overlap,
+               with PIPE the next batch's while this one is used (the first batch's before the
+               part's MMAs). Empty slots read the receiver's row (src = t): valid memory. */
+            auto gather = [&](auto PC, int i0, auto &rw) {
+                constexpr int P = decltype(PC)::value;
+                constexpr int B = std::extent<std::remove_reference_t<decltype(rw)>, 0>::value;
 #pragma unroll
-                for (int i = 0; i < 16; i++) {
-                    if (i >= nv)
-                        break;
-                    float fv[CPL];
-                    ld_vec<CPL>(s_st + i * SS + f0, fv);
-                    const int s = __shfl_sync(FULL, src, i);
-                    const float cc = __shfl_sync(FULL, ccl, i);
-                    const float sv = c.vc ? cc : 1.f;
+                for (int b = 0; b < B; b++) {
+                    const int s = __shfl_sync(FULL, src, (i0 + b) & 15);
                     const float *srow = l.qkv + (size_t)s * 5 * F;
-                    if (p == 0) {
-                        float kk[CPL];
-                        ldg_vec<CPL>(srow + F + f0, kk);
-                        float part = 0.f;
-#pragma unroll
-                        for (int j = 0; j < CPL; j++)
-                            part = fmaf(q[j] * kk[j], fv[j], part);
-                        const float aa = actv<SILU>(c.attn_act, group_sum(part, G), nullptr);
-                        A[i] = (c.vc ? aa : aa * cc) * sv;
-                    } else if (p == 1) {
-                        float vv[CPL];
-                        ldg_vec<CPL>(srow + vx_off, vv);
-#pragma unroll
-                        for (int j = 0; j < CPL; j++)
-                            ax[j] = fmaf(vv[j] * fv[j], A[i], ax[j]);
-                    } else if (p == 2) {
-                        float v1[CPL], vs[3][CPL];
-                        ldg_vec<CPL>(srow + vx_off + D, v1);
+                    if constexpr (P == 0) {
+                        ldg_vec<CPL>(srow + F + f0, rw[b][0]);
+                    } else if constexpr (P == 1) {
+                        ldg_vec<CPL>(srow + vx_off, rw[b][0]);
+                    } else if constexpr (P == 2) {
+                        ldg_vec<CPL>(srow + vx_off + D, rw[b][0]);
                         const float *vrow = l.vec + (size_t)s * 3 * F + f0;
 #pragma unroll
                         for (int cx = 0; cx < 3; cx++) {
                             if (l.vec)
-                                ldg_vec<CPL>(vrow + cx * F, vs[cx]);
+                                ldg_vec<CPL>(vrow + cx * F, rw[b][1 + cx]);
                             else
 #pragma unroll
                                 for (int j = 0; j < CPL; j++)
-                                    vs[cx][j] = 0.f;
-                        }
-#pragma unroll
-                        for (int j = 0; j < CPL; j++) {
-                            const float g1 = v1[j] * fv[j] * sv;
-#pragma unroll
-                            for (int cx = 0; cx < 3; cx++)
-                                av[cx][j] = fmaf(vs[cx][j], g1, av[cx][j]);
+                                    rw[b][1 + cx][j] = 0.f;
                         }
                     } else {
-                        float v2[CPL];
-                        ldg_vec<CPL>(srow + vx_off + 2 * D, v2);
-                        const float invs = __shfl_sync(FULL, invsl, i);
-                        const float dirs[3] = {__shfl_sync(FULL, geo.x, i) * invs,
-                                               __shfl_sync(FULL, geo.y, i) * invs,
-                                               __shfl_sync(FULL, geo.z, i) * invs};
-#pragma unroll
-                        for (int j = 0; j < CPL; j++) {
-                            const float g2 = v2[j] * fv[j];
-#pragma unroll
-                            for (int cx = 0; cx < 3; cx++)
-                                av[cx][j] = fmaf(g2, dirs[cx], av[cx][j]);
-                        }
+                        ldg_vec<CPL>(srow + vx_off + 2 * D, rw[b][0]);
                     }
                 }
+            };
+            /* the messages of part P for edge i (< nv), lane = channels f0 .. f0 + CPL - 1 */
+            auto message = [&](auto PC, int i, const float (&rw)[P_NR_MAX][CPL]) {
+                constexpr int P = decltype(PC)::value;
+                float fv[CPL];
+                ld_vec<CPL>(s_st + i * SS + f0, fv);
+                const float cc = __shfl_sync(FULL, ccl, i);
+                const float sv = c.vc ? cc : 1.f;
+                if constexpr (P == 0) {
+                    float part = 0.f;
+#pragma unroll
+                    for (int j = 0; j < CPL; j++)
+                        part = fmaf(q[j] * rw[0][j], fv[j], part);
+                    const float aa = actv<SILU>(c.attn_act, group_sum(part, G), nullptr);
+                    A[i] = (c.vc ? aa : aa * cc) * sv;
+                } else if constexpr (P == 1) {
+#pragma unroll
+                    for (int j = 0; j < CPL; j++)
+                        ax[j] = fmaf(rw[0][j] * fv[j], A[i], ax[j]);
+                } else if constexpr (P == 2) {
+#pragma unroll
+                    for (int j = 0; j < CPL; j++) {
+                        const float g1 = rw[0][j] * fv[j] * sv;
+#pragma unroll
+                        for (int cx = 0; cx < 3; cx++)
+                            av[cx][j] = fmaf(rw[1 + cx][j], g1, av[cx][j]);
+                    }
+                } else {
+                    const float invs = __shfl_sync(FULL, invsl, i);
+                    const float dirs[3] = {__shfl_sync(FULL, geo.x, i) * invs,
+                                           __shfl_sync(FULL, geo.y, i) * invs,
+                                           __shfl_sync(FULL, geo.z, i) * invs};
+#pragma unroll
+                    for (int j = 0; j < CPL; j++) {
+                        const float g2 = rw[0][j] * fv[j];
+#pragma unroll
+                        for (int cx = 0; cx < 3; cx++)
+                            av[cx][j] = fmaf(g2, dirs[cx], av[cx][j]);
+                    }
+                }
+            };
+            auto part = [&](auto PC) {
+                constexpr int P = decltype(PC)::value;
+                constexpr int B = P == 2 ? (TB > 1 ? TB / 2 : 1) : TB;
+                float rw[B][P_NR_MAX][CPL], rn[B][P_NR_MAX][CPL];
+                if constexpr (PIPE)
+                    gather(PC, 0, rw);
+                stage(P);
                 __syncwarp();
-            }
+#pragma unroll
+                for (int i0 = 0; i0 < 16; i0 += B) {
+                    if (i0 >= nv)
+                        break;
+                    if constexpr (PIPE) {
+                        if (i0 + B < nv)
+                            gather(PC, i0 + B, rn);
+                    } else {
+                        gather(PC, i0, rw);
+                    }
+#pragma unroll
+                    for (int b = 0; b < B; b++)
+                        if (i0 + b < nv)
+                            message(PC, i0 + b, rw[b]);
+                    if constexpr (PIPE)
+#pragma unroll
+                        for (int b = 0; b < B; b++)
+#pragma unroll
+                            for (int r = 0; r < P_NR_MAX; r++)
+#pragma unroll
+                                for (int j = 0; j < CPL; j++)
+                                    rw[b][r][j] = rn[b][r][j];
+                }
+                __syncwarp();
+            };
+            part(std::integral_constant<int, 0>{});
+            part(std::integral_constant<int, 1>{});
+            part(std::integral_constant<int, 2>{});
+            part(std::integral_constant<int, 3>{});
         }
         st_vec<CPL>(l.X + (size_t)t * F + f0, ax);
 #pragma unroll
@@ -223,19 +275,37 @@ static __global__ void __launch_bounds__(32 * TC_WARPS, 1)
     }
 }
 
+template <int CPL, int W, int TB, int PIPE>
+static cudaError_t launch_fwd_tc_v(cudaStream_t s, const et_edge_common *c, const et_edge_layer *l)
+{
+    const auto kern = by_act(c, k_edge_fwd_tc<CPL, ACT_ANY, W, TB, PIPE>,
+                             k_edge_fwd_tc<CPL, ACT_SILU, W, TB, PIPE>,
+                             k_edge_fwd_tc<CPL, ACT_SILU_FAST, W, TB, PIPE>,
+                             k_edge_fwd_tc<CPL, ACT_SILU_FAST_DKV, W, TB, PIPE>);
+    const size_t smem = tc_smem_bytes<CPL>(W);
+    int grid = 0;
+    const cudaError_t e = resident_grid(kern, smem, W, c->n_local, &grid);
+    if (e != cudaSuccess)
+        return e;
+    kern<<<grid, 32 * W, smem, s>>>(*c, *l);
+    return cudaGetLastError();
+}
+
+/* DS4SCI_CUDA_TC=1..4: gather batchings measured side by side (warps per block, edges per
+   batch, double-buffered or not) */
 template <int CPL>
 static cudaError_t launch_fwd_tc(cudaStream_t s, const et_edge_common *c, const et_edge_layer *l)
 {
-    const auto kern = by_act(c, k_edge_fwd_tc<CPL, ACT_ANY>, k_edge_fwd_tc<CPL, ACT_SILU>,
-                             k_edge_fwd_tc<CPL, ACT_SILU_FAST>,
-                             k_edge_fwd_tc<CPL, ACT_SILU_FAST_DKV>);
-    const size_t smem = tc_smem_bytes<CPL>();
-    int grid = 0;
-    const cudaError_t e = resident_grid(kern, smem, TC_WARPS, c->n_local, &grid);
-    if (e != cudaSuccess)
-        return e;
-    kern<<<grid, 32 * TC_WARPS, smem, s>>>(*c, *l);
-    return cudaGetLastError();
+    switch (c->tc) {
+    case 2:
+        return launch_fwd_tc_v<CPL, 16, 4, 0>(s, c, l);
+    case 3:
+        return launch_fwd_tc_v<CPL, 8, 4, 1>(s, c, l);
+    case 4:
+        return launch_fwd_tc_v<CPL, 12, 2, 1>(s, c, l);
+    default:
+        return launch_fwd_tc_v<CPL, 16, 1, 0>(s, c, l);
+    }
 }
 
 /* Whether et_edge_forward_tc takes this layer (otherwise k_edge_fwd does). */
