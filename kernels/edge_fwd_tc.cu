@@ -46,31 +46,71 @@ static __device__ __forceinline__ void dmma16816(double (&c)[4], const double (&
           "d"(b[0]), "d"(b[1]), "d"(b[2]), "d"(b[3]));
 }
 
-template <int CPL> static constexpr int tc_ss() { return 32 * CPL + 8; } /* staging row stride */
+/* Tile kinds. E8 = 0: 16-edge tiles, the basis as the A fragment (edges as M), the weights as
+   floats at tc_w_addr (B), the staging [16][F + 8]. E8 = 1 (F = 128 only): 8-edge tiles, the
+   weights as the A fragment (channels as M: part p's m-tile mt is channels p F + 16 mt ..
+   + 15) in float64, stored fragment by fragment (tc8_w_idx: each lane's a[2 q], a[2 q + 1]
+   one 16-byte load, a warp's load 512 contiguous bytes: conflict-free, no conversions), the
+   basis as B (edges as N: lane (g, t4) evaluates edge g's f_k for k = 4 q + t4 + 16 ks), the
+   biases as the accumulators' start (float64), the staging [8][F + 4] (C fragment: lane
+   (g, t4) holds channels g, g + 8 of edges 2 t4, 2 t4 + 1; the stride F + 4 makes its scalar
+   stores conflict-free). Per edge E8 = 1 has no weight conversions, half the basis work and
+   less tile padding (rows of ~53 edges: 56 slots against 64). */
+template <int CPL, int E8> static constexpr int tc_ss() { return 32 * CPL + (E8 ? 4 : 8); }
+template <int E8> static constexpr int tc_tile() { return E8 ? 8 : 16; }
 
-template <int CPL> static size_t tc_smem_bytes(int warps)
+/* index (in double2) of the fragment pair q of lane ln for part p, m-tile mt, k-step ks */
+static __device__ __forceinline__ int tc8_w_idx(int p, int mt, int ks, int q, int ln)
 {
-    constexpr int F = 32 * CPL;
-    return sizeof(float) * ((size_t)TC_KP * 4 * F + 4 * F + (size_t)warps * 16 * tc_ss<CPL>());
+    return (((p * 8 + mt) * 2 + ks) * 4 + q) * 32 + ln;
 }
 
-template <int CPL, int SILU, int W, int TB, int PIPE>
+template <int CPL, int E8> static size_t tc_smem_bytes(int warps)
+{
+    constexpr int F = 32 * CPL;
+    const size_t st = (size_t)warps * tc_tile<E8>() * tc_ss<CPL, E8>() * sizeof(float);
+    if (E8)
+        return sizeof(double) * ((size_t)TC_KP * 4 * F + 4 * F) + st;
+    return sizeof(float) * ((size_t)TC_KP * 4 * F + 4 * F) + st;
+}
+
+template <int CPL, int SILU, int W, int TB, int E8>
 static __global__ void __launch_bounds__(32 * W, 1)
     k_edge_fwd_tc(const et_edge_common c, const et_edge_layer l)
 {
-    constexpr int F = 32 * CPL, NT = F / 8, SS = tc_ss<CPL>();
+    constexpr int F = 32 * CPL, NT = F / 8, SS = tc_ss<CPL, E8>(), TE = tc_tile<E8>();
+    static_assert(!E8 || CPL == 4, "8-edge tiles: F = 128");
     constexpr unsigned FULL = 0xffffffffu;
     extern __shared__ float4 sm4[];
-    float *const s_w = reinterpret_cast<float *>(sm4);
-    float *const s_b = s_w + TC_KP * 4 * F;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
-    float *const s_st = s_b + 4 * F + warp * 16 * SS; /* this warp's [16][SS] staging */
-    for (int i = threadIdx.x; i < TC_KP * 4 * F; i += blockDim.x) {
-        const int k = i / (4 * F), n = i - k * 4 * F;
-        s_w[tc_w_addr(k, n)] = k < c.K ? __ldg(l.filt_wt + i) : 0.f;
+    float *s_w = nullptr, *s_b = nullptr, *s_st;
+    double2 *s_w8 = nullptr;
+    double *s_b8 = nullptr;
+    if constexpr (E8) {
+        s_w8 = reinterpret_cast<double2 *>(sm4);
+        s_b8 = reinterpret_cast<double *>(s_w8 + TC_KP * 4 * F / 2);
+        s_st = reinterpret_cast<float *>(s_b8 + 4 * F) + warp * TE * SS;
+        for (int i = threadIdx.x; i < TC_KP * 4 * F / 2; i += blockDim.x) {
+            const int ln = i & 31, q = (i >> 5) & 3, ks = (i >> 7) & 1, mt = (i >> 8) & 7,
+                      p = i >> 11;
+            const int k = 16 * ks + 4 * q + (ln & 3), n = p * F + 16 * mt + (ln >> 2);
+            s_w8[i] = k < c.K ? make_double2((double)__ldg(l.filt_wt + (size_t)k * 4 * F + n),
+                                             (double)__ldg(l.filt_wt + (size_t)k * 4 * F + n + 8))
+                              : make_double2(0.0, 0.0);
+        }
+        for (int i = threadIdx.x; i < 4 * F; i += blockDim.x)
+            s_b8[i] = (double)__ldg(l.filt_b + i);
+    } else {
+        s_w = reinterpret_cast<float *>(sm4);
+        s_b = s_w + TC_KP * 4 * F;
+        s_st = s_b + 4 * F + warp * TE * SS;
+        for (int i = threadIdx.x; i < TC_KP * 4 * F; i += blockDim.x) {
+            const int k = i / (4 * F), n = i - k * 4 * F;
+            s_w[tc_w_addr(k, n)] = k < c.K ? __ldg(l.filt_wt + i) : 0.f;
+        }
+        for (int i = threadIdx.x; i < 4 * F; i += blockDim.x)
+            s_b[i] = __ldg(l.filt_b + i);
     }
-    for (int i = threadIdx.x; i < 4 * F; i += blockDim.x)
-        s_b[i] = __ldg(l.filt_b + i);
     __syncthreads();
 
     const edge_lane el = edge_lane_of<CPL>(c, lane);
@@ -85,11 +125,11 @@ static __global__ void __launch_bounds__(32 * W, 1)
             av[0][j] = av[1][j] = av[2][j] = 0.f;
         }
         const int e0 = c.row_off[t], e1 = c.row_off[t + 1];
-        for (int cb = e0; cb < e1; cb += 16) {
-            const int nv = min(16, e1 - cb);
-            /* lane ie = lane mod 16: edge cb + ie's geometry, sender, attention cutoff c(r) and
+        for (int cb = e0; cb < e1; cb += TE) {
+            const int nv = min(TE, e1 - cb);
+            /* lane ie = lane mod TE: edge cb + ie's geometry, sender, attention cutoff c(r) and
                the gates' direction factor (vc ? c : 1) / r (0: the self-loop, empty slots) */
-            const int ie = lane & 15;
+            const int ie = lane & (TE - 1);
             float4 geo = make_float4(0.f, 0.f, 0.f, c.cu);
             int src = t;
             if (ie < nv) {
@@ -98,11 +138,13 @@ static __global__ void __launch_bounds__(32 * W, 1)
             }
             const float ccl = ie < nv ? cutoff_pi(geo.w, c.cl, c.cu, nullptr) : 0.f;
             const float invsl = ie < nv && src != t ? (c.vc ? ccl : 1.f) / geo.w : 0.f;
-            /* A fragments: f_k(r) of edges g, g + 8 for k = 4 s + t4 (0 for empty slots and
-               k >= K), as stage_rbf_of evaluates them */
-            float a[2][8]; /* as floats: converted once per part, in stage (registers) */
+            /* the basis f_k(r) (0 for empty slots and k >= K), as stage_rbf_of evaluates it:
+               E8 = 0, edges g and g + 8 for k = 4 s + t4 (the A fragments); E8 = 1, edge g for
+               k = 4 s + t4 (B fragments of k-step s / 4) */
+            constexpr int NM = E8 ? 1 : 2;
+            float a[NM][8];
 #pragma unroll
-            for (int m = 0; m < 2; m++) {
+            for (int m = 0; m < NM; m++) {
                 const int e = g + 8 * m;
                 const float r = __shfl_sync(FULL, geo.w, e);
                 const bool ok = e < nv;
@@ -121,41 +163,76 @@ static __global__ void __launch_bounds__(32 * W, 1)
                     a[m][s] = f;
                 }
             }
-            float A[16]; /* attention weight of edge i for this lane's head */
-            /* part p for the tile: 16 edges x F channels, activated, into the staging */
+            float A[TE]; /* attention weight of edge i for this lane's head */
+            /* part p for the tile: TE edges x F channels, activated, into the staging */
             auto stage = [&](int p) {
                 const bool use = p == 0 ? dk_used<SILU>(c) : dv_used<SILU>(c);
-                double ad[2][8];
+                if constexpr (E8) {
+                    double bd[2][4];
 #pragma unroll
-                for (int m = 0; m < 2; m++)
+                    for (int ks = 0; ks < 2; ks++)
 #pragma unroll
-                    for (int s = 0; s < 8; s++)
-                        ad[m][s] = (double)a[m][s];
+                        for (int qq = 0; qq < 4; qq++)
+                            bd[ks][qq] = (double)a[0][4 * ks + qq];
 #pragma unroll 2
-                for (int jj = 0; jj < NT; jj++) {
-                    const int nb = p * F + 8 * jj; /* the n-tile's first channel */
-                    double acc[4] = {0.0, 0.0, 0.0, 0.0};
+                    for (int mt = 0; mt < 8; mt++) {
+                        const int n = p * F + 16 * mt + g; /* channels n, n + 8 */
+                        const double b0 = s_b8[n], b1 = s_b8[n + 8];
+                        double acc[4] = {b0, b0, b1, b1};
 #pragma unroll
-                    for (int S = 0; S < 2; S++) {
-                        double af[8], bf[4];
+                        for (int ks = 0; ks < 2; ks++) {
+                            double af[8];
 #pragma unroll
-                        for (int qq = 0; qq < 4; qq++) {
-                            const int s = 4 * S + qq;
-                            af[2 * qq] = ad[0][s];
-                            af[2 * qq + 1] = ad[1][s];
-                            bf[qq] = (double)s_w[tc_w_addr(4 * s + t4, nb + g)];
+                            for (int qq = 0; qq < 4; qq++) {
+                                const double2 w = s_w8[tc8_w_idx(p, mt, ks, qq, lane)];
+                                af[2 * qq] = w.x;
+                                af[2 * qq + 1] = w.y;
+                            }
+                            dmma16816(acc, af, bd[ks]);
                         }
-                        dmma16816(acc, af, bf);
-                    }
-                    const float2 b2 = *reinterpret_cast<const float2 *>(s_b + nb + 2 * t4);
-                    float y[4] = {(float)acc[0] + b2.x, (float)acc[1] + b2.y,
-                                  (float)acc[2] + b2.x, (float)acc[3] + b2.y};
 #pragma unroll
-                    for (int qq = 0; qq < 4; qq++)
-                        y[qq] = use ? actv<SILU>(c.act, y[qq], nullptr) : 1.f;
-                    *reinterpret_cast<float2 *>(s_st + g * SS + 8 * jj + 2 * t4) = make_float2(y[0], y[1]);
-                    *reinterpret_cast<float2 *>(s_st + (g + 8) * SS + 8 * jj + 2 * t4) =
-                        make_float2(y[2], y[3]);
+                        for (int h = 0; h < 2; h++)
+#pragma unroll
+                            for (int i = 0; i < 2; i++) {
+                                const float y = (float)acc[2 * h + i];
+                                s_st[(2 * t4 + i) * SS + 16 * mt + g + 8 * h] =
+                                    use ? actv<SILU>(c.act, y, nullptr) : 1.f;
+                            }
+                    }
+                } else {
+                    double ad[2][8];
+#pragma unroll
+                    for (int m = 0; m < 2; m++)
+#pragma unroll
+                        for (int s = 0; s < 8; s++)
+                            ad[m][s] = (double)a[m][s];
+#pragma unroll 2
+                    for (int jj = 0; jj < NT; jj++) {
+                        const int nb = p * F + 8 * jj; /* the n-tile's first channel */
+                        double acc[4] = {0.0, 0.0, 0.0, 0.0};
+#pragma unroll
+                        for (int S = 0; S < 2; S++) {
+                            double af[8], bf[4];
+#pragma unroll
+                            for (int qq = 0; qq < 4; qq++) {
+                                const int s = 4 * S + qq;
+                                af[2 * qq] = ad[0][s];
+                                af[2 * qq + 1] = ad[1][s];
+                                bf[qq] = (double)s_w[tc_w_addr(4 * s + t4, nb + g)];
+                            }
+                            dmma16816(acc, af, bf);
+                        }
+                        const float2 b2 = *reinterpret_cast<const float2 *>(s_b + nb + 2 * t4);
+                        float y[4] = {(float)acc[0] + b2.x, (float)acc[1] + b2.y,
+                                      (float)acc[2] + b2.x, (float)acc[3] + b2.y};
+#pragma unroll
+                        for (int qq = 0; qq < 4; qq++)
+                            y[qq] = use ? actv<SILU>(c.act, y[qq], nullptr) : 1.f;
+                        *reinterpret_cast<float2 *>(s_st + g * SS + 8 * jj + 2 * t4) =
+                            make_float2(y[0], y[1]);
+                        *reinterpret_cast<float2 *>(s_st + (g + 8) * SS + 8 * jj + 2 * t4) =
+                            make_float2(y[2], y[3]);
+                    }
                 }
             };
             /* The sender rows part P's messages read (NR per edge: k; v; v gate 1 and vec;
@@ -167,7 +244,7 @@ static __global__ void __launch_bounds__(32 * W, 1)
                 constexpr int B = std::extent<std::remove_reference_t<decltype(rw)>, 0>::value;
 #pragma unroll
                 for (int b = 0; b < B; b++) {
-                    const int s = __shfl_sync(FULL, src, (i0 + b) & 15);
+                    const int s = __shfl_sync(FULL, src, (i0 + b) & (TE - 1));
                     const float *srow = l.qkv + (size_t)s * 5 * F;
                     if constexpr (P == 0) {
                         ldg_vec<CPL>(srow + F + f0, rw[b][0]);
@@ -233,33 +310,18 @@ static __global__ void __launch_bounds__(32 * W, 1)
             auto part = [&](auto PC) {
                 constexpr int P = decltype(PC)::value;
                 constexpr int B = P == 2 ? (TB > 1 ? TB / 2 : 1) : TB;
-                float rw[B][P_NR_MAX][CPL], rn[B][P_NR_MAX][CPL];
-                if constexpr (PIPE)
-                    gather(PC, 0, rw);
+                float rw[B][P_NR_MAX][CPL];
                 stage(P);
                 __syncwarp();
 #pragma unroll
-                for (int i0 = 0; i0 < 16; i0 += B) {
+                for (int i0 = 0; i0 < TE; i0 += B) {
                     if (i0 >= nv)
                         break;
-                    if constexpr (PIPE) {
-                        if (i0 + B < nv)
-                            gather(PC, i0 + B, rn);
-                    } else {
-                        gather(PC, i0, rw);
-                    }
+                    gather(PC, i0, rw);
 #pragma unroll
                     for (int b = 0; b < B; b++)
                         if (i0 + b < nv)
                             message(PC, i0 + b, rw[b]);
-                    if constexpr (PIPE)
-#pragma unroll
-                        for (int b = 0; b < B; b++)
-#pragma unroll
-                            for (int r = 0; r < P_NR_MAX; r++)
-#pragma unroll
-                                for (int j = 0; j < CPL; j++)
-                                    rw[b][r][j] = rn[b][r][j];
                 }
                 __syncwarp();
             };
@@ -275,14 +337,14 @@ static __global__ void __launch_bounds__(32 * W, 1)
     }
 }
 
-template <int CPL, int W, int TB, int PIPE>
+template <int CPL, int W, int TB, int E8>
 static cudaError_t launch_fwd_tc_v(cudaStream_t s, const et_edge_common *c, const et_edge_layer *l)
 {
-    const auto kern = by_act(c, k_edge_fwd_tc<CPL, ACT_ANY, W, TB, PIPE>,
-                             k_edge_fwd_tc<CPL, ACT_SILU, W, TB, PIPE>,
-                             k_edge_fwd_tc<CPL, ACT_SILU_FAST, W, TB, PIPE>,
-                             k_edge_fwd_tc<CPL, ACT_SILU_FAST_DKV, W, TB, PIPE>);
-    const size_t smem = tc_smem_bytes<CPL>(W);
+    const auto kern = by_act(c, k_edge_fwd_tc<CPL, ACT_ANY, W, TB, E8>,
+                             k_edge_fwd_tc<CPL, ACT_SILU, W, TB, E8>,
+                             k_edge_fwd_tc<CPL, ACT_SILU_FAST, W, TB, E8>,
+                             k_edge_fwd_tc<CPL, ACT_SILU_FAST_DKV, W, TB, E8>);
+    const size_t smem = tc_smem_bytes<CPL, E8>(W);
     int grid = 0;
     const cudaError_t e = resident_grid(kern, smem, W, c->n_local, &grid);
     if (e != cudaSuccess)
@@ -291,21 +353,19 @@ static cudaError_t launch_fwd_tc_v(cudaStream_t s, const et_edge_common *c, cons
     return cudaGetLastError();
 }
 
-/* DS4SCI_CUDA_TC=1..4: gather batchings measured side by side (warps per block, edges per
-   batch, double-buffered or not) */
+/* DS4SCI_CUDA_TC=1: 16-edge tiles, =2: 8-edge tiles with the weights in float64 (F = 128;
+   other F: 16-edge tiles), =3: as 2 with all 8 edges' rows gathered at once; measured side by
+   side */
 template <int CPL>
 static cudaError_t launch_fwd_tc(cudaStream_t s, const et_edge_common *c, const et_edge_layer *l)
 {
-    switch (c->tc) {
-    case 2:
-        return launch_fwd_tc_v<CPL, 16, 4, 0>(s, c, l);
-    case 3:
-        return launch_fwd_tc_v<CPL, 8, 4, 1>(s, c, l);
-    case 4:
-        return launch_fwd_tc_v<CPL, 12, 2, 1>(s, c, l);
-    default:
-        return launch_fwd_tc_v<CPL, 16, 1, 0>(s, c, l);
+    if constexpr (CPL == 4) {
+        if (c->tc == 2)
+            return launch_fwd_tc_v<CPL, TC_WARPS, 4, 1>(s, c, l);
+        if (c->tc == 3)
+            return launch_fwd_tc_v<CPL, TC_WARPS, 8, 1>(s, c, l);
     }
+    return launch_fwd_tc_v<CPL, TC_WARPS, 4, 0>(s, c, l);
 }
 
 /* Whether et_edge_forward_tc takes this layer (otherwise k_edge_fwd does). */
