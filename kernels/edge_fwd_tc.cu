@@ -74,7 +74,7 @@ template <int CPL, int E8> static size_t tc_smem_bytes(int warps)
     return sizeof(float) * ((size_t)TC_KP * 4 * F + 4 * F) + st;
 }
 
-template <int CPL, int SILU, int W, int TB, int E8>
+template <int CPL, int SILU, int W, int TB, int E8, int MU = 1, int KS2 = 0>
 static __global__ void __launch_bounds__(32 * W, 1)
     k_edge_fwd_tc(const et_edge_common c, const et_edge_layer l)
 {
@@ -174,30 +174,46 @@ static __global__ void __launch_bounds__(32 * W, 1)
 #pragma unroll
                         for (int qq = 0; qq < 4; qq++)
                             bd[ks][qq] = (double)a[0][4 * ks + qq];
-#pragma unroll 2
-                    for (int mt = 0; mt < 8; mt++) {
-                        const int n = p * F + 16 * mt + g; /* channels n, n + 8 */
-                        const double b0 = s_b8[n], b1 = s_b8[n + 8];
-                        double acc[4] = {b0, b0, b1, b1};
+                    /* MU m-tiles at a time: their DMMAs issued before any result is used
+                       (MU = 1: the compiler schedules two unrolled m-tiles; with KS2 the two
+                       k-steps into separate accumulators, added after) */
+#pragma unroll(MU == 1 ? 2 : 1)
+                    for (int mt0 = 0; mt0 < 8; mt0 += MU) {
+                        double acc[MU][4], acc2[MU][4];
 #pragma unroll
-                        for (int ks = 0; ks < 2; ks++) {
-                            double af[8];
+                        for (int u = 0; u < MU; u++) {
+                            const int n = p * F + 16 * (mt0 + u) + g; /* channels n, n + 8 */
+                            const double b0 = s_b8[n], b1 = s_b8[n + 8];
+                            acc[u][0] = acc[u][1] = b0;
+                            acc[u][2] = acc[u][3] = b1;
 #pragma unroll
-                            for (int qq = 0; qq < 4; qq++) {
-                                const double2 w = s_w8[tc8_w_idx(p, mt, ks, qq, lane)];
-                                af[2 * qq] = w.x;
-                                af[2 * qq + 1] = w.y;
-                            }
-                            dmma16816(acc, af, bd[ks]);
+                            for (int j = 0; j < 4; j++)
+                                acc2[u][j] = 0.0;
                         }
 #pragma unroll
-                        for (int h = 0; h < 2; h++)
+                        for (int ks = 0; ks < 2; ks++)
 #pragma unroll
-                            for (int i = 0; i < 2; i++) {
-                                const float y = (float)acc[2 * h + i];
-                                s_st[(2 * t4 + i) * SS + 16 * mt + g + 8 * h] =
-                                    use ? actv<SILU>(c.act, y, nullptr) : 1.f;
+                            for (int u = 0; u < MU; u++) {
+                                double af[8];
+#pragma unroll
+                                for (int qq = 0; qq < 4; qq++) {
+                                    const double2 w = s_w8[tc8_w_idx(p, mt0 + u, ks, qq, lane)];
+                                    af[2 * qq] = w.x;
+                                    af[2 * qq + 1] = w.y;
+                                }
+                                dmma16816(KS2 && ks == 1 ? acc2[u] : acc[u], af, bd[ks]);
                             }
+#pragma unroll
+                        for (int u = 0; u < MU; u++)
+#pragma unroll
+                            for (int h = 0; h < 2; h++)
+#pragma unroll
+                                for (int i = 0; i < 2; i++) {
+                                    const float y = (float)(KS2 ? acc[u][2 * h + i] + acc2[u][2 * h + i]
+                                                                : acc[u][2 * h + i]);
+                                    s_st[(2 * t4 + i) * SS + 16 * (mt0 + u) + g + 8 * h] =
+                                        use ? actv<SILU>(c.act, y, nullptr) : 1.f;
+                                }
                     }
                 } else {
                     double ad[2][8];
@@ -337,13 +353,13 @@ static __global__ void __launch_bounds__(32 * W, 1)
     }
 }
 
-template <int CPL, int W, int TB, int E8>
+template <int CPL, int W, int TB, int E8, int MU = 1, int KS2 = 0>
 static cudaError_t launch_fwd_tc_v(cudaStream_t s, const et_edge_common *c, const et_edge_layer *l)
 {
-    const auto kern = by_act(c, k_edge_fwd_tc<CPL, ACT_ANY, W, TB, E8>,
-                             k_edge_fwd_tc<CPL, ACT_SILU, W, TB, E8>,
-                             k_edge_fwd_tc<CPL, ACT_SILU_FAST, W, TB, E8>,
-                             k_edge_fwd_tc<CPL, ACT_SILU_FAST_DKV, W, TB, E8>);
+    const auto kern = by_act(c, k_edge_fwd_tc<CPL, ACT_ANY, W, TB, E8, MU, KS2>,
+                             k_edge_fwd_tc<CPL, ACT_SILU, W, TB, E8, MU, KS2>,
+                             k_edge_fwd_tc<CPL, ACT_SILU_FAST, W, TB, E8, MU, KS2>,
+                             k_edge_fwd_tc<CPL, ACT_SILU_FAST_DKV, W, TB, E8, MU, KS2>);
     const size_t smem = tc_smem_bytes<CPL, E8>(W);
     int grid = 0;
     const cudaError_t e = resident_grid(kern, smem, W, c->n_local, &grid);
@@ -354,8 +370,10 @@ static cudaError_t launch_fwd_tc_v(cudaStream_t s, const et_edge_common *c, cons
 }
 
 /* DS4SCI_CUDA_TC=1: 16-edge tiles, =2: 8-edge tiles with the weights in float64 (F = 128;
-   other F: 16-edge tiles), =3: as 2 with all 8 edges' rows gathered at once; measured side by
-   side */
+   other F: 16-edge tiles), =3: as 2 with 2 m-tiles' DMMAs issued before their results are
+   used (2: the compiler's schedule of 2 unrolled m-tiles), =4: as 2 with the k-steps in
+   separate accumulators, =5: 4 m-tiles at a time with 12 warps (168 registers); measured side
+   by side */
 template <int CPL>
 static cudaError_t launch_fwd_tc(cudaStream_t s, const et_edge_common *c, const et_edge_layer *l)
 {
@@ -363,7 +381,11 @@ static cudaError_t launch_fwd_tc(cudaStream_t s, const et_edge_common *c, const 
         if (c->tc == 2)
             return launch_fwd_tc_v<CPL, TC_WARPS, 4, 1>(s, c, l);
         if (c->tc == 3)
-            return launch_fwd_tc_v<CPL, TC_WARPS, 8, 1>(s, c, l);
+            return launch_fwd_tc_v<CPL, TC_WARPS, 4, 1, 2, 0>(s, c, l);
+        if (c->tc == 4)
+            return launch_fwd_tc_v<CPL, TC_WARPS, 4, 1, 1, 1>(s, c, l);
+        if (c->tc == 5)
+            return launch_fwd_tc_v<CPL, 12, 4, 1, 4, 0>(s, c, l);
     }
     return launch_fwd_tc_v<CPL, TC_WARPS, 4, 0>(s, c, l);
 }
