@@ -395,7 +395,7 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
         /* the forward edge pass's filters on the float64 tensor cores (edge_fwd_tc.cu; opt-in
            while measured, docs/gpu.md v20) */
         const char *tc = getenv("DS4SCI_CUDA_TC");
-        et->tc = tc && tc[0] >= '1' && tc[0] <= '5' && !tc[1] ? tc[0] - '0' : 0;
+        et->tc = tc && strcmp(tc, "1") == 0;
         /* forward caller exchange as packed floats, default on since measured (docs/gpu.md
            v7: the same bits arrive; 2 GPUs 1M Si atoms 0.673 vs 0.780 s/step);
            DS4SCI_CUDA_XCH_F32=0: rows of doubles */

@@ -113,7 +113,7 @@ ck vs_cpu 150 CK_RUN_CASE=vs_cpu
 # backward on all of them
 ck vs_cpu_split1 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_SPLIT=1
 ck golden_split1 60 CK_RUN_CASE=golden DS4SCI_CUDA_SPLIT=1
-# the forward on the float64 tensor cores (opt-in, edge_fwd_tc.cu: F = 64/128, K <= 32, S = 1;
+# the forward on the float64 tensor cores (opt-in, edge_fwd_tc.cu: F = 128, K <= 32, S = 1;
 # forced S = 1 so the golden models take it too)
 ck golden_tc_split1 60 CK_RUN_CASE=golden DS4SCI_CUDA_SPLIT=1 DS4SCI_CUDA_TC=1
 ck vs_cpu_tc_split1 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_SPLIT=1 DS4SCI_CUDA_TC=1
