@@ -33,10 +33,11 @@
 #include "edge_gates.cuh"
 
 constexpr int TC_WARPS = 16; /* one block per SM: the weights once per SM */
+constexpr int TC_F = 128;    /* the one width it takes: 8 m-tiles of 16 channels per part */
 constexpr int TC_KP = 32;    /* basis functions padded to two k-steps of 16 */
 constexpr int TC_TE = 8;     /* edges per tile */
 constexpr int TC_TB = 4;     /* edges whose sender rows are gathered at once (gate 1: 2) */
-constexpr int TC_SS = 128 + 4; /* staging row stride (F = 128) */
+constexpr int TC_SS = TC_F + 4; /* staging row stride */
 constexpr int P_NR_MAX = 4;  /* sender rows per edge a part reads at most (gate 1: v1, vec x 3) */
 
 /* D += A B, m16n8k16 .f64: a[2 p + h] = A[g + 8 h][t + 4 p], b[p] = B[t + 4 p][g],
@@ -59,7 +60,7 @@ static __device__ __forceinline__ int tc_w_idx(int p, int mt, int ks, int q, int
 
 static size_t tc_smem_bytes()
 {
-    constexpr int F = 128;
+    constexpr int F = TC_F;
     return sizeof(double) * ((size_t)TC_KP * 4 * F + 4 * F) +
            sizeof(float) * (size_t)TC_WARPS * TC_TE * TC_SS;
 }
@@ -68,7 +69,7 @@ template <int SILU>
 static __global__ void __launch_bounds__(32 * TC_WARPS, 1)
     k_edge_fwd_tc(const et_edge_common c, const et_edge_layer l)
 {
-    constexpr int CPL = 4, F = 32 * CPL, SS = TC_SS, TE = TC_TE, W = TC_WARPS;
+    constexpr int F = TC_F, CPL = F / 32, SS = TC_SS, TE = TC_TE, W = TC_WARPS;
     constexpr unsigned FULL = 0xffffffffu;
     extern __shared__ float4 sm4[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
@@ -286,7 +287,7 @@ static cudaError_t launch_fwd_tc(cudaStream_t s, const et_edge_common *c, const 
 /* Whether et_edge_forward_tc takes this layer (otherwise k_edge_fwd does). */
 extern "C" int et_edge_forward_tc_ok(int CPL, int split, const et_edge_common *c)
 {
-    return split == 1 && CPL == 4 && c->F == 128 && c->K >= 1 && c->K <= TC_KP &&
+    return split == 1 && CPL == TC_F / 32 && c->F == TC_F && c->K >= 1 && c->K <= TC_KP &&
            c->D % CPL == 0;
 }
 
@@ -295,7 +296,7 @@ extern "C" cudaError_t et_edge_forward_tc(cudaStream_t s, int CPL, const et_edge
 {
     if (c->n_local == 0)
         return cudaSuccess;
-    if (CPL != 4)
+    if (CPL != TC_F / 32)
         return cudaErrorInvalidValue;
     return launch_fwd_tc(s, c, l);
 }
