@@ -68,7 +68,8 @@ static double print_profile(const char *path, int n_atoms)
             peak = v;
         else if (sscanf(line, "workspace_bytes %lf", &v) == 1)
             printf("\n    workspace %.1f MB (%.0f B/atom)", v / 1e6, v / n_atoms);
-        else if (strncmp(line, "cuda_graph ", 11) == 0) /* stage means: calls not in graph mode */
+        else if (strncmp(line, "cuda_graph ", 11) == 0 || /* stage means: calls not in graph mode */
+                 strncmp(line, "checkpoint ", 11) == 0)
             printf("\n    %.*s", (int)strcspn(line, "\n"), line);
     }
     printf("\n");

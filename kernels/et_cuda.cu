@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <vector>
 
 #include "ds4sci_kernels.h"
 #include "et_cuda.cuh"
@@ -366,11 +367,12 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
     {
         const char *eu = getenv("DS4SCI_CUDA_EDGE");
         et->edge_unfused = eu && strcmp(eu, "unfused") == 0;
-        /* checkpointed layer inputs: auto by default (only when keeping all of them would take
-           more than half of the memory free now: 1M atoms of the reference model keep all,
-           -7% time for 4.6 KB/atom, docs/gpu.md v10), DS4SCI_CUDA_CHECKPOINT=1 always, =0 never */
+        /* checkpointed layer inputs: auto by default (level 1 only when keeping all of them
+           would take more than half of the memory free now: 1M atoms of the reference model
+           keep all, -7% time for 4.6 KB/atom, docs/gpu.md v10; level 2 only when level 1 would
+           not fit), DS4SCI_CUDA_CHECKPOINT=1|2 forces a level, =0 never */
         const char *ck = getenv("DS4SCI_CUDA_CHECKPOINT");
-        et->checkpoint = ck && !strcmp(ck, "0") ? 0 : ck && !strcmp(ck, "1") ? 1 : -1;
+        et->checkpoint = ck && ck[0] >= '0' && ck[0] <= '2' && !ck[1] ? ck[0] - '0' : -1;
         /* the backward's repeated node work kept from the forward where memory allows (auto),
            DS4SCI_CUDA_KEEP=0|1|2 forces a level */
         const char *kp = getenv("DS4SCI_CUDA_KEEP");
@@ -475,6 +477,7 @@ extern "C" void ds4sci_cuda_et_free(ds4sci_cuda_et *et)
             /* graph mode: on (DS4SCI_CUDA_GRAPH=1), auto (the default: small systems), off
                (=0, or after a failed capture); the calls above are the calls with stage events,
                i.e. not in graph mode */
+            fprintf(f, "checkpoint %d keep %d\n", et->last_ck, et->last_keep);
             fprintf(f, "cuda_graph %s captures %ld launches %ld\n",
                     et->graph == ET_GRAPH_ALL ? "on" : et->graph ? "auto" : "off",
                     et->graph_captures, et->graph_replays);
@@ -1345,16 +1348,43 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
        forward again from the kept input k - 1 (DS4SCI_CUDA_CHECKPOINT=0: keep all). With a
        caller exchange everything is kept: re-obtaining ghost rows would need extra exchange
        calls, and backend.h fixes their sequence. */
-    /* auto (et->checkpoint < 0): checkpoint when the workspace with all inputs kept, roughly
+    /* Deep checkpointing (level 2, for the largest systems): only x_0 is kept; the backward of
+       layer l < L - 2 first runs layers 0 .. l - 1 forward again from it (O(L^2): (L - 1)
+       (L - 2) / 2 layer passes again, level 1 about L / 2; 10 against 2 at L = 6), the inputs
+       in two ping-pong slots of x and two of vec. The vec slots and the two dE/dvec buffers are three
+       [n][3F] buffers in rotation: the incoming dE/dvec survives the re-run in the third, and
+       in the layer's backward the slot of input l - 1 (dead by then) takes the outgoing one.
+       X of layer l comes from the run before (the re-run for layer l + 1 ends with layer l;
+       the forward keeps X of layers L - 2 and L - 1): two slots by parity. */
+    /* auto (et->checkpoint < 0): level 1 when the workspace with all inputs kept, roughly
        (L + 1) x, L vec, L X, h, q/k/v, dE/dqkv, 3 dE/dx|vec rows of floats per atom and ~60
-       bytes per edge, would exceed half of the memory free at context creation; decided from
-       the sizes alone, so a CUDA graph's key (the sizes) fixes it too */
+       bytes per edge, would exceed half of the memory free at context creation; level 2 when
+       level 1's would not fit in 96% of it; decided from the sizes alone, so a CUDA graph's
+       key (the sizes) fixes it too */
     const double keep_all_bytes =
         4.0 * ((double)(L + 1 + 3 * L + 1 + 5 + 5 + 7) * (double)nF + (double)L * (double)nlF) +
         60.0 * (double)ne1;
-    const int ck = builtin && L >= 3 &&
-                   (et->checkpoint > 0 ||
-                    (et->checkpoint < 0 && keep_all_bytes > 0.5 * (double)et->mem_at_create));
+    auto kept1 = [&](int k) -> bool { return k < L && (k == L - 1 || k % 2 == 0); };
+    int nkx1 = 0, nkv1 = 0, nxst1 = 0;
+    for (int k = 0; k <= L; k++)
+        if (kept1(k)) {
+            nkx1++;
+            if (k > 0)
+                nkv1++;
+        }
+    for (int r = 0; r < L; r++)
+        nxst1 += r + 1 < L && !kept1(r + 1) ? 0 : 1;
+    const double level1_bytes =
+        4.0 * ((double)(nkx1 + 1 + 3 * (nkv1 + 1) + 1 + 5 + 5 + 7) * (double)nF +
+               (double)nxst1 * (double)nlF +
+               13.0 * (double)node_chunk_rows(et, nl) * (double)F) +
+        60.0 * (double)ne1;
+    const double mem = (double)et->mem_at_create;
+    const int ck = !builtin || L < 3                       ? 0
+                   : et->checkpoint >= 0                  ? et->checkpoint
+                   : level1_bytes > 0.96 * mem            ? 2
+                   : keep_all_bytes > 0.5 * mem           ? 1
+                                                           : 0;
     /* Keep levels (never with checkpointing: that is for memory, this spends it for time): 1
        keeps each layer's q/k/v [n][5F] from the forward, so the backward skips LayerNorm, the
        q/k/v SGEMM and bias per layer; 2 also vec_proj's P [nl][9F] (layers >= 1) and o
@@ -1373,7 +1403,9 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
                : keep_all_bytes + keep1_bytes <= lim ? 1
                                                       : 0;
     }
-    auto kept = [&](int k) -> bool { return !ck || (k < L && (k == L - 1 || k % 2 == 0)); };
+    et->last_ck = ck;
+    et->last_keep = keep;
+    auto kept = [&](int k) -> bool { return !ck || (ck == 1 ? kept1(k) : k == 0); };
     int nkx = 0, nkv = 0;
     for (int k = 0; k <= L; k++)
         if (kept(k)) {
@@ -1381,8 +1413,12 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
             if (k > 0)
                 nkv++;
         }
+    /* level 2: the slot now holding x_k, vec_k (set as the inputs are written) */
+    std::vector<int> dslot_x(L + 1, 0), dslot_v(L + 1, 0);
     /* slot of x_k (0 <= k <= L) and of vec_k (1 <= k <= L): kept ones in order, then scratch */
     auto slot_x = [&](int k) -> int {
+        if (ck == 2)
+            return dslot_x[k];
         if (!kept(k))
             return nkx;
         int i = 0;
@@ -1391,6 +1427,8 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         return i;
     };
     auto slot_v = [&](int k) -> int {
+        if (ck == 2)
+            return dslot_v[k];
         if (!kept(k))
             return nkv;
         int i = 0;
@@ -1403,11 +1441,15 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
        their X from that run, into the slot of layer r + 2 (that layer's backward is done by
        then: the run comes right before layer r + 1's), so they keep none from the forward;
        the others keep theirs (L = 6: X slots 6 -> 4) */
-    auto x_again = [&](int r) -> bool { return ck && r + 1 < L && !kept(r + 1); };
+    auto x_again = [&](int r) -> bool { return ck == 1 && r + 1 < L && !kept(r + 1); };
     int nxst = 0;
     for (int l = 0; l < L && keep < 2; l++) /* keep 2: o kept, no X stored */
         nxst += x_again(l) ? 0 : 1;
+    if (ck == 2)
+        nxst = 2;
     auto slot_X = [&](int l) -> int {
+        if (ck == 2)
+            return l & 1;
         while (x_again(l))
             l += 2;
         int i = 0;
@@ -1415,7 +1457,14 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
             i += x_again(j) ? 0 : 1;
         return i;
     };
-    const int slots_x = ck ? nkx + 1 : L + 1, slots_v = ck ? nkv + 1 : L;
+    const int slots_x = ck == 2 ? 3 : ck ? nkx + 1 : L + 1,
+              slots_v = ck == 2 ? 3 : ck ? nkv + 1 : L;
+    if (ck == 2 && !et->capturing) { /* level 2: dE/dvec in the vec slots; give them back */
+        if (et->buf[B_GV0].cap > 0)
+            release(et, B_GV0);
+        if (et->buf[B_GV1].cap > 0)
+            release(et, B_GV1);
+    }
     ST(ensure(et, B_XS, (size_t)slots_x * nF * sizeof(float), err, err_len));
     ST(ensure(et, B_VECS, (size_t)slots_v * 3 * nF * sizeof(float), err, err_len));
     ST(ensure(et, B_XST, (nxst > 0 ? (size_t)nxst * nlF : 1) * sizeof(float), err, err_len));
@@ -1432,11 +1481,15 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
        vdot is recomputed from P where it is needed) */
     const int CH = node_chunk_rows(et, nl);
     const size_t chF = (size_t)CH * F;
-    ST(ensure(et, B_P, 10 * chF * sizeof(float), err, err_len));
+    /* (level 2: 3 chunk F more for the head's scratch, which other levels put in the second
+       dE/dvec buffer) */
+    ST(ensure(et, B_P, (ck == 2 ? 13 : 10) * chF * sizeof(float), err, err_len));
     ST(ensure(et, B_O, 3 * chF * sizeof(float), err, err_len));
     ST(ensure(et, B_GX0, nF * sizeof(float), err, err_len));
-    ST(ensure(et, B_GV0, 3 * nF * sizeof(float), err, err_len));
-    ST(ensure(et, B_GV1, 3 * nF * sizeof(float), err, err_len));
+    if (ck != 2) {
+        ST(ensure(et, B_GV0, 3 * nF * sizeof(float), err, err_len));
+        ST(ensure(et, B_GV1, 3 * nF * sizeof(float), err, err_len));
+    }
     ST(ensure(et, B_GQKV, 5 * nF * sizeof(float), err, err_len)); /* >= 2 nlF (cat), 3 nlF (V) */
     ST(ensure(et, B_EA, nl1 * sizeof(double), err, err_len));
     ST(ensure(et, B_F, n1 * 3 * sizeof(double), err, err_len));
@@ -1577,7 +1630,18 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
        the LayerNorm backward adds into it); dE/dvec is double-buffered (the edge passes read
        the incoming dE/dV while the sender pass adds into the outgoing one) */
     float *GX[2] = {BUF(float, B_GX0), BUF(float, B_GX0)};
-    float *GV[2] = {BUF(float, B_GV0), BUF(float, B_GV1)};
+    float *GV[2] = {ck == 2 ? NULL : BUF(float, B_GV0), ck == 2 ? NULL : BUF(float, B_GV1)};
+    /* level 2: the vec slot of the dE/dvec the next layer backward reads (the forward's inputs
+       take slots 0 and 1, so the head's gradient goes to 2), and [n][3F] slot j */
+    int dgv = 2;
+    auto vslot = [&](int j) -> float * { return VECS + (size_t)j * 3 * nF; };
+    if (ck == 2) {
+        for (int k = 1; k <= L; k++) {
+            dslot_x[k] = 1 + ((k - 1) & 1);
+            dslot_v[k] = (k - 1) & 1;
+        }
+        GV[0] = vslot(dgv);
+    }
     float4 *GW = BUF(float4, B_GW);
 
     /* embedding (+ neighbour embedding) of owned atoms, then ghosts from their owners */
@@ -1651,8 +1715,9 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
             mark(et, ST_XCH);
             ST(exchange(et, &xc, 0, xs(l), vecs(l), err, err_len));
         }
-        /* X kept for the backward (o = W_o X recomputed there) */
-        ST(fwd_layer(l, x_again(l) || keep == 2 ? Hb : XST + (size_t)slot_X(l) * nlF));
+        /* X kept for the backward (o = W_o X recomputed there; level 2: layers L - 2, L - 1) */
+        const bool no_x = ck == 2 ? l < L - 2 : x_again(l) || keep == 2;
+        ST(fwd_layer(l, no_x ? Hb : XST + (size_t)slot_X(l) * nlF));
     }
 
     /* head: energies and dE/d(x_L, vec_L) of owned atoms */
@@ -1680,8 +1745,8 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         hw.gu1 = GQKV + 3 * cF / 2;
         hw.gv1 = GQKV + 3 * cF;
         hw.g1 = GQKV + 9 * cF / 2;
-        hw.gcat0 = GV[1 - cur];           /* dE/dvec [1]: 3 nF >= 2 + 1 cF */
-        hw.y1a0 = GV[1 - cur] + 2 * cF;
+        hw.gcat0 = ck == 2 ? P + 10 * cF : GV[1 - cur]; /* dE/dvec [1]: 3 nF >= 2 + 1 cF */
+        hw.y1a0 = hw.gcat0 + 2 * cF;
         hw.y20 = Ob;                      /* o: 3 cF */
         hw.cat1 = Ob + cF;
         hw.gcat1 = Ob + 2 * cF;
@@ -1693,7 +1758,37 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     /* backward through the layers */
     for (int l = L - 1; l >= 0; l--) {
         const et_dlayer *dl = &m->layers[l];
-        if (!kept(l)) {
+        if (ck == 2 && l > 0 && l < L - 1) {
+            /* level 2: inputs 1 .. l again from x_0, layers 0 .. l - 1 forward, into the two
+               [n][3F] slots that do not hold the incoming dE/dvec (and x's slots 1, 2), each
+               input's ghost rows gathered before its layer runs; X of layer l - 1 kept for
+               its backward, the others' thrown away (Hb) */
+            int pv[2], j = 0;
+            for (int i = 0; i < 3; i++)
+                if (i != dgv)
+                    pv[j++] = i;
+            for (int k = 0; k < l; k++) {
+                dslot_x[k + 1] = 1 + (k & 1);
+                dslot_v[k + 1] = pv[k & 1];
+                if (k > 0) {
+                    mark(et, ST_XCH);
+                    ST(exchange(et, &xc, 0, xs(k), vecs(k), err, err_len));
+                }
+                ST(fwd_layer(k, k == l - 1 ? XST + (size_t)slot_X(k) * nlF : Hb));
+            }
+            mark(et, ST_XCH);
+            ST(exchange(et, &xc, 0, xs(l), vecs(l), err, err_len));
+        }
+        /* level 2: the outgoing dE/dvec into the [n][3F] slot holding neither the incoming
+           one nor input l's vec (it held input l - 1's, or the head's input) */
+        int dgv_out = 0;
+        if (ck == 2) {
+            while (dgv_out == dgv || (l > 0 && dgv_out == dslot_v[l]))
+                dgv_out++;
+            GV[cur] = vslot(dgv);
+            GV[1 - cur] = vslot(dgv_out);
+        }
+        if (ck == 1 && !kept(l)) {
             /* input l (odd, l < L - 1) again: layer l - 1 forward from the kept input l - 1 (its
                ghost rows are still those of the forward), its X into slot_X(l - 1), kept for
                layer l - 1's backward (the same bits as the forward's: deterministic kernels,
@@ -1763,6 +1858,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         BL(gemm_ab(h, n, F, 5 * F, GQKV, dl->qkv_w, F, 0.f, GH), "q/k/v backward");
         CU(et_layernorm_bwd(s, n, F, x, dl->ln_w, GH, gxi), "layernorm backward");
         cur = 1 - cur;
+        dgv = dgv_out;
         mark(et, ST_XCH);
         if (l > 0)
             ST(exchange(et, &xc, 1, GX[cur], GV[cur], err, err_len));

@@ -178,10 +178,12 @@ typedef struct ds4sci_cuda_et {
                                 layer edge kernels forced (0: chosen per pass, et_edge_split) */
     int merged;              /* DS4SCI_CUDA_MERGED=1: merged receiver + sender backward pass
                                 (edge_bwd.cu, filters once per unordered pair; default off) */
-    int checkpoint;          /* keep every other layer input with the built-in exchange:
-                                -1 auto (default: only where keeping all would take more
-                                than half of mem_at_create), 1 always
-                                (DS4SCI_CUDA_CHECKPOINT=1), 0 never (=0) */
+    int checkpoint;          /* layer inputs recomputed in the backward instead of kept
+                                (built-in exchange only): 1 every other one, 2 all but the
+                                first (deep: O(L^2) layer passes); -1 auto (default: 1 where
+                                keeping all would take more than half of mem_at_create, 2
+                                where level 1 would not fit in it), DS4SCI_CUDA_CHECKPOINT=0|1|2
+                                forces a level */
     int keep;                /* node work the backward would repeat, kept from the forward
                                 instead (never with checkpointing): -1 auto (default: the
                                 most that keeps the workspace under half of mem_at_create),
@@ -218,6 +220,7 @@ typedef struct ds4sci_cuda_et {
                                 (update, its backward, the head): their buffers hold one
                                 chunk (DS4SCI_CUDA_NODE_CHUNK, default 262144) */
     long long last_n, last_ne;
+    int last_ck, last_keep;  /* the last call's checkpoint and keep levels (profile) */
     long long step_ne;       /* edge count (or its bound) of the current call */
     /* CUDA graph of the step (built-in exchange only; by default for <= ET_GRAPH_AUTO_ATOMS
        owned atoms; docs/gpu.md "CUDA graph of a step"): in graph mode the edge buffers are

@@ -126,6 +126,11 @@ ck vs_cpu_chunk96 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_NODE_CHUNK=96
 # forced on, so the recomputation path runs on every case
 ck golden_ckpt 60 CK_RUN_CASE=golden DS4SCI_CUDA_CHECKPOINT=1
 ck vs_cpu_ckpt 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_CHECKPOINT=1
+# deep checkpointing (level 2: only x_0 kept, O(L^2) layer passes; auto only where level 1 would
+# not fit): forced, so its re-runs and the rotation of vec slots and dE/dvec run on every case
+ck golden_ckpt2 60 CK_RUN_CASE=golden DS4SCI_CUDA_CHECKPOINT=2
+ck vs_cpu_ckpt2 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_CHECKPOINT=2
+ck vs_cpu_ckpt2_split1 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_CHECKPOINT=2 DS4SCI_CUDA_SPLIT=1
 # node work kept from the forward (auto: level 2 for the suite's sizes): the backward's own
 # LayerNorm, q/k/v, vec_proj and o_proj again (0), q/k/v kept only (1)
 ck golden_keep0 60 CK_RUN_CASE=golden DS4SCI_CUDA_KEEP=0
