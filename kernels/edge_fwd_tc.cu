@@ -245,13 +245,18 @@ static __global__ void __launch_bounds__(32 * TC_WARPS, 1)
                 constexpr int P = decltype(PC)::value;
                 constexpr int B = P == 2 ? TC_TB / 2 : TC_TB;
                 float rw[B][P_NR_MAX][CPL];
+                /* the first rows' loads in flight during the stage's DMMAs (nv >= 1; not for
+                   gate 1, whose four rows per edge would not fit in the registers) */
+                if constexpr (P != 2)
+                    gather(PC, 0, rw);
                 stage(P);
                 __syncwarp();
 #pragma unroll
                 for (int i0 = 0; i0 < TE; i0 += B) {
                     if (i0 >= nv)
                         break;
-                    gather(PC, i0, rw);
+                    if (i0 > 0 || P == 2)
+                        gather(PC, i0, rw);
 #pragma unroll
                     for (int b = 0; b < B; b++)
                         if (i0 + b < nv)
