@@ -1348,10 +1348,10 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
        forward again from the kept input k - 1 (DS4SCI_CUDA_CHECKPOINT=0: keep all). With a
        caller exchange everything is kept: re-obtaining ghost rows would need extra exchange
        calls, and backend.h fixes their sequence. */
-    /* Deep checkpointing (level 2, for the largest systems): only x_0 is kept; the backward of
-       layer l < L - 2 first runs layers 0 .. l - 1 forward again from it (O(L^2): (L - 1)
-       (L - 2) / 2 layer passes again, level 1 about L / 2; 10 against 2 at L = 6), the inputs
-       in two ping-pong slots of x and two of vec. The vec slots and the two dE/dvec buffers are three
+    /* Deep checkpointing (level 2, for the largest systems): no layer input is kept; the
+       backward of layer 0 < l < L - 1 first runs the embedding and layers 0 .. l - 1 forward
+       again (O(L^2): (L - 1)(L - 2) / 2 layer passes again, level 1 about L / 2; 10 against 2
+       at L = 6), the inputs in two ping-pong slots of x (x_k in slot k mod 2) and two of vec. The vec slots and the two dE/dvec buffers are three
        [n][3F] buffers in rotation: the incoming dE/dvec survives the re-run in the third, and
        in the layer's backward the slot of input l - 1 (dead by then) takes the outgoing one.
        X of layer l comes from the run before (the re-run for layer l + 1 ends with layer l;
@@ -1413,7 +1413,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
             if (k > 0)
                 nkv++;
         }
-    /* level 2: the slot now holding x_k, vec_k (set as the inputs are written) */
+    /* level 2: the slot now holding x_k, vec_k (set as the inputs are written; x_0: slot 0) */
     std::vector<int> dslot_x(L + 1, 0), dslot_v(L + 1, 0);
     /* slot of x_k (0 <= k <= L) and of vec_k (1 <= k <= L): kept ones in order, then scratch */
     auto slot_x = [&](int k) -> int {
@@ -1457,7 +1457,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
             i += x_again(j) ? 0 : 1;
         return i;
     };
-    const int slots_x = ck == 2 ? 3 : ck ? nkx + 1 : L + 1,
+    const int slots_x = ck == 2 ? 2 : ck ? nkx + 1 : L + 1,
               slots_v = ck == 2 ? 3 : ck ? nkv + 1 : L;
     if (ck == 2 && !et->capturing) { /* level 2: dE/dvec in the vec slots; give them back */
         if (et->buf[B_GV0].cap > 0)
@@ -1637,28 +1637,34 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     auto vslot = [&](int j) -> float * { return VECS + (size_t)j * 3 * nF; };
     if (ck == 2) {
         for (int k = 1; k <= L; k++) {
-            dslot_x[k] = 1 + ((k - 1) & 1);
+            dslot_x[k] = k & 1;
             dslot_v[k] = (k - 1) & 1;
         }
         GV[0] = vslot(dgv);
     }
     float4 *GW = BUF(float4, B_GW);
 
-    /* embedding (+ neighbour embedding) of owned atoms, then ghosts from their owners */
-    mark(et, ST_EMBED);
-    CU(cudaMemsetAsync(xs(0), 0, nF * sizeof(float), s), "memset");
-    if (m->ne) {
-        float *CAT = GQKV; /* [nl][2F] */
-        CU(et_embed_cat(s, nl, F, BUF(int, B_Z), m->emb, CAT), "embedding");
-        CU(et_ne_forward(s, CPL, grid_l, &c, m->ne_wt, m->ne_b, m->ne_emb, BUF(int, B_Z), CAT),
-           "neighbour embedding");
-        BL(gemm_awt(h, nl, F, 2 * F, CAT, m->ne_comb_w, 0.f, xs(0)), "combine");
-        CU(et_add_bias(s, nl, F, xs(0), m->ne_comb_b), "combine bias");
-    } else {
-        CU(et_embed_plain(s, nl, F, BUF(int, B_Z), m->emb, xs(0)), "embedding");
-    }
-    mark(et, ST_XCH);
-    ST(exchange(et, &xc, 0, xs(0), NULL, err, err_len));
+    /* embedding (+ neighbour embedding) of owned atoms into x_0, then ghosts from their owners
+       (level 2: again at the start of each re-run; GQKV, the concat's place, is free then) */
+    auto embed = [&]() -> ds4sci_status {
+        mark(et, ST_EMBED);
+        CU(cudaMemsetAsync(xs(0), 0, nF * sizeof(float), s), "memset");
+        if (m->ne) {
+            float *CAT = GQKV; /* [nl][2F] */
+            CU(et_embed_cat(s, nl, F, BUF(int, B_Z), m->emb, CAT), "embedding");
+            CU(et_ne_forward(s, CPL, grid_l, &c, m->ne_wt, m->ne_b, m->ne_emb, BUF(int, B_Z),
+                             CAT),
+               "neighbour embedding");
+            BL(gemm_awt(h, nl, F, 2 * F, CAT, m->ne_comb_w, 0.f, xs(0)), "combine");
+            CU(et_add_bias(s, nl, F, xs(0), m->ne_comb_b), "combine bias");
+        } else {
+            CU(et_embed_plain(s, nl, F, BUF(int, B_Z), m->emb, xs(0)), "embedding");
+        }
+        mark(et, ST_XCH);
+        ST(exchange(et, &xc, 0, xs(0), NULL, err, err_len));
+        return DS4SCI_OK;
+    };
+    ST(embed());
 
     /* node work of layer l from its stored input: h, q/k/v (+bias) of all rows */
     auto node_fwd = [&](int l) -> ds4sci_status {
@@ -1759,16 +1765,18 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     for (int l = L - 1; l >= 0; l--) {
         const et_dlayer *dl = &m->layers[l];
         if (ck == 2 && l > 0 && l < L - 1) {
-            /* level 2: inputs 1 .. l again from x_0, layers 0 .. l - 1 forward, into the two
-               [n][3F] slots that do not hold the incoming dE/dvec (and x's slots 1, 2), each
-               input's ghost rows gathered before its layer runs; X of layer l - 1 kept for
-               its backward, the others' thrown away (Hb) */
+            /* level 2: inputs 0 .. l again, the embedding and layers 0 .. l - 1 forward, vec
+               into the two [n][3F] slots that do not hold the incoming dE/dvec, x_k into slot
+               k mod 2, each input's ghost rows gathered before its layer runs; X of layer
+               l - 1 kept for its backward, the others' thrown away (Hb). For l = 1 this leaves
+               x_0 in place for layer 0's backward. */
             int pv[2], j = 0;
             for (int i = 0; i < 3; i++)
                 if (i != dgv)
                     pv[j++] = i;
+            ST(embed());
             for (int k = 0; k < l; k++) {
-                dslot_x[k + 1] = 1 + (k & 1);
+                dslot_x[k + 1] = (k + 1) & 1;
                 dslot_v[k + 1] = pv[k & 1];
                 if (k > 0) {
                     mark(et, ST_XCH);
