@@ -442,7 +442,8 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
         const int sp = SPLIT ? w / rows : 0, s = SPLIT ? w - sp * rows : w;
         /* REST (after the merged pass, S = 1): only the edges it did not cover (tr_edge2);
            an owned row without such edges is complete already */
-        const int e0 = c.tr_off[s], e1 = REST ? e0 + c.tr_cnt2[s] : c.tr_off[s + 1];
+        const int e0 = REST ? c.tr_off2[s] : c.tr_off[s],
+                  e1 = REST ? c.tr_off2[s + 1] : c.tr_off[s + 1];
         const int *const tr_edge = REST ? c.tr_edge2 : c.tr_edge;
         if (REST && e1 == e0 && s < c.n_local)
             continue;

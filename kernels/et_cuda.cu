@@ -524,7 +524,7 @@ static const char *const buf_names[] = {
     "dE/dx", "dE/dvec",
     "dE/dvec", "dE/dqkv, sort scratch, embedding concat, V", "dE/dw", "atom energies", "forces",
     "atom virials", "partial sums", "row-split partial sums", "exchange staging",
-    "reverse edges", "uncovered sender counts", "uncovered sender edges",
+    "reverse edges", "uncovered sender offsets", "uncovered sender edges",
     "partial ghost owners and remote ghost rows", "ghost fold order",
     "kept q/k/v, P and o per layer", "wire plan rows and their reverse order",
     "neighbour indices (resident)"};
@@ -1543,14 +1543,32 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     if (et->merged && !et->edge_unfused && ne > 0 && (builtin || (sp.recv == 1 && sp.send == 1)) &&
         et_edge_merged_ok(CPL, &c)) {
         ST(ensure(et, B_REV, ne1 * sizeof(int), err, err_len));
-        ST(ensure(et, B_TRCNT2, n1 * sizeof(int), err, err_len));
-        ST(ensure(et, B_TREDGE2, ne1 * sizeof(int), err, err_len));
+        ST(ensure(et, B_TRCNT2, (n1 + 1) * sizeof(int), err, err_len));
+        /* the candidates in dE/dw's space (free until the head zeroes it), the counts in the
+           transpose keys' (free since the transpose scan); the uncovered edges compact, so
+           sized by their count (read back, as the edge count is) except in graph mode, where
+           nothing is read back and ne bounds them */
         CU(et_edge_rev(s, nl, n, ne, c.row_off, c.e_src, c.e_dst, c.e_geo,
                        builtin && ng > 0 ? BUF(int, B_GOWN) : NULL, c.tr_off, c.tr_edge,
-                       BUF(int, B_REV), BUF(int, B_TRCNT2), BUF(int, B_TREDGE2)),
+                       BUF(int, B_GW), BUF(int, B_REV), BUF(int, B_TRKEY)),
            "reverse edges");
+        CU(cub::DeviceScan::ExclusiveSum(et->buf[B_CUB].p, scan_bytes, BUF(int, B_TRKEY),
+                                         BUF(int, B_TRCNT2), n + 1, s),
+           "cub scan (uncovered edges)");
+        size_t n_rest = ne1;
+        if (!bound) {
+            CU(cudaMemcpyAsync(et->h_scalars, BUF(int, B_TRCNT2) + n, sizeof(int),
+                               cudaMemcpyDeviceToHost, s),
+               "uncovered edge count");
+            CU(cudaStreamSynchronize(s), "uncovered edge count");
+            n_rest = et->h_scalars[0] > 0 ? (size_t)et->h_scalars[0] : 1;
+        }
+        ST(ensure(et, B_TREDGE2, n_rest * sizeof(int), err, err_len));
+        CU(et_edge_rest(s, n, c.tr_off, c.tr_edge, BUF(int, B_REV), BUF(int, B_TRCNT2),
+                        BUF(int, B_TREDGE2)),
+           "uncovered edges");
         c.rev = BUF(int, B_REV);
-        c.tr_cnt2 = BUF(int, B_TRCNT2);
+        c.tr_off2 = BUF(int, B_TRCNT2);
         c.tr_edge2 = BUF(int, B_TREDGE2);
     }
 

@@ -97,8 +97,9 @@ typedef struct et_edge_common {
                                 s's owned atom (s, or the owner of a periodic image s),
                                 t' = t or an image of t; -1 if none; the self-loop maps to
                                 itself (et_edge_rev) */
-    const int *tr_cnt2;      /* [n] edges of sender a with rev < 0 (not done by the merged pass) */
-    const int *tr_edge2;     /* [ne] those edges at tr_off[a] .. tr_off[a] + tr_cnt2[a] - 1 */
+    const int *tr_off2;      /* [n + 1] offsets of sender a's edges with rev < 0 (not done by
+                                the merged pass) in tr_edge2 */
+    const int *tr_edge2;     /* [tr_off2[n]] those edges, a by a, each in transpose order */
 } et_edge_common;
 
 /* One attention layer's edge pass. */
@@ -418,16 +419,21 @@ cudaError_t et_edge_backward_send(cudaStream_t s, int CPL, int grid, int split, 
                                   const et_edge_common *c, const et_edge_layer *l);
 /* Merged backward (c->rev set): et_edge_backward_recv runs the merged pass (receiver work of
    each owned row and sender work of the reverse edges; with split S > 1 partial rows of 8F,
-   gqkv's 5F | g_vec 3F), et_edge_backward_send only the edges not covered (tr_cnt2 / tr_edge2,
+   gqkv's 5F | g_vec 3F), et_edge_backward_send only the edges not covered (tr_off2 / tr_edge2,
    S = 1 whatever its split), adding into owned rows. et_edge_merged_ok: 1 when the
    merged kernel fits this model (shared memory), else 0 (then leave c->rev NULL). */
 int et_edge_merged_ok(int CPL, const et_edge_common *c);
-/* graph.cu: rev, tr_cnt2, tr_edge2 of et_edge_common from the edge list and transpose index;
-   gown (the built-in exchange's ghost owners, else NULL) pairs edges with periodic images */
+/* graph.cu: rev of et_edge_common from the edge list and transpose index (cand: [ne] ints of
+   scratch), and rest_cnt [n + 1] (the last 0) the count of each sender's edges with rev < 0,
+   whose exclusive scan is tr_off2; gown (the built-in exchange's ghost owners, else NULL)
+   pairs edges with periodic images */
 cudaError_t et_edge_rev(cudaStream_t s, int nl, int n, int ne, const int *row_off,
                         const int *e_src, const int *e_dst, const float4 *e_geo, const int *gown,
-                        const int *tr_off, const int *tr_edge, int *rev, int *tr_cnt2,
-                        int *tr_edge2);
+                        const int *tr_off, const int *tr_edge, int *cand, int *rev,
+                        int *rest_cnt);
+/* tr_edge2 from rev and tr_off2 (the exclusive scan of et_edge_rev's rest_cnt) */
+cudaError_t et_edge_rest(cudaStream_t s, int n, const int *tr_off, const int *tr_edge,
+                         const int *rev, const int *tr_off2, int *tr_edge2);
 cudaError_t et_edge_backward_slots(int CPL, const et_edge_common *c, int *recv_slots,
                                    int *send_slots);
 cudaError_t et_ne_backward(cudaStream_t s, int CPL, int grid, const et_edge_common *c,

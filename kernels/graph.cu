@@ -211,36 +211,57 @@ static __global__ void k_edge_rev(int ne, const int *__restrict__ cand, int *__r
     const int c = cand[e];
     rev[e] = c >= 0 && cand[c] == e ? c : -1;
 }
-/* One thread per atom a (owned or ghost): its transpose row's edges with rev < 0, in order. */
-static __global__ void k_tr_rest(int n, const int *__restrict__ tr_off,
-                                 const int *__restrict__ tr_edge, const int *__restrict__ rev,
-                                 int *__restrict__ tr_cnt2, int *__restrict__ tr_edge2)
+/* One thread per atom a (owned or ghost; a = n: the scan's last entry, 0): how many of its
+   transpose row's edges have rev < 0. */
+static __global__ void k_tr_rest_count(int n, const int *__restrict__ tr_off,
+                                       const int *__restrict__ tr_edge,
+                                       const int *__restrict__ rev, int *__restrict__ cnt)
+{
+    const int a = blockIdx.x * blockDim.x + threadIdx.x;
+    if (a > n)
+        return;
+    int m = 0;
+    if (a < n)
+        for (int k = tr_off[a]; k < tr_off[a + 1]; k++)
+            m += rev[tr_edge[k]] < 0 ? 1 : 0;
+    cnt[a] = m;
+}
+
+/* One thread per atom a: those edges, in order, at tr_off2[a] .. tr_off2[a + 1] - 1. */
+static __global__ void k_tr_rest_fill(int n, const int *__restrict__ tr_off,
+                                      const int *__restrict__ tr_edge, const int *__restrict__ rev,
+                                      const int *__restrict__ tr_off2, int *__restrict__ tr_edge2)
 {
     const int a = blockIdx.x * blockDim.x + threadIdx.x;
     if (a >= n)
         return;
-    const int k0 = tr_off[a], k1 = tr_off[a + 1];
-    int cnt = 0;
-    for (int k = k0; k < k1; k++) {
+    int o = tr_off2[a];
+    for (int k = tr_off[a]; k < tr_off[a + 1]; k++) {
         const int e = tr_edge[k];
         if (rev[e] < 0)
-            tr_edge2[k0 + cnt++] = e;
+            tr_edge2[o++] = e;
     }
-    tr_cnt2[a] = cnt;
 }
 
 extern "C" cudaError_t et_edge_rev(cudaStream_t s, int nl, int n, int ne, const int *row_off,
                                    const int *e_src, const int *e_dst, const float4 *e_geo,
-                                   const int *gown, const int *tr_off, const int *tr_edge, int *rev,
-                                   int *tr_cnt2, int *tr_edge2)
+                                   const int *gown, const int *tr_off, const int *tr_edge,
+                                   int *cand, int *rev, int *rest_cnt)
 {
-    /* the candidates live in tr_edge2 until k_tr_rest writes it */
     if (ne > 0) {
         k_edge_rev0<<<blocks_for(ne, 256), 256, 0, s>>>(ne, nl, row_off, e_src, e_dst, e_geo, gown,
-                                                        tr_edge2);
-        k_edge_rev<<<blocks_for(ne, 256), 256, 0, s>>>(ne, tr_edge2, rev);
+                                                        cand);
+        k_edge_rev<<<blocks_for(ne, 256), 256, 0, s>>>(ne, cand, rev);
     }
+    k_tr_rest_count<<<blocks_for(n + 1, 256), 256, 0, s>>>(n, tr_off, tr_edge, rev, rest_cnt);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t et_edge_rest(cudaStream_t s, int n, const int *tr_off, const int *tr_edge,
+                                    const int *rev, const int *tr_off2, int *tr_edge2)
+{
     if (n > 0)
-        k_tr_rest<<<blocks_for(n, 256), 256, 0, s>>>(n, tr_off, tr_edge, rev, tr_cnt2, tr_edge2);
+        k_tr_rest_fill<<<blocks_for(n, 256), 256, 0, s>>>(n, tr_off, tr_edge, rev, tr_off2,
+                                                           tr_edge2);
     return cudaGetLastError();
 }
