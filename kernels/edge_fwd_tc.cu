@@ -23,7 +23,8 @@
  * bits than k_edge_fwd.
  *
  * Measured (docs/gpu.md v21): the same speed as k_edge_fwd (1M atoms 1.823-1.838 against
- * 1.824-1.830 s/step) with half its instructions (ncu: 2.61e8 against 5.36e8 for layer 5 at
+ * 1.824-1.830 s/step; v22, with each part's first sender rows loaded before its DMMAs: 1.813
+ * against 1.834) with half its instructions (ncu: 2.61e8 against 5.36e8 for layer 5 at
  * 10,648 atoms) but issue 32% busy against 64%: latency bound (the DMMA chains and their
  * conversions, the SiLU's MUFU, the gathers). Tried and slower: 16-edge tiles with the basis
  * as A and float weights (+7%), fewer warps with more gathers in flight (8 warps +22%, 12
