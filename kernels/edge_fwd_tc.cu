@@ -187,16 +187,7 @@ static __global__ void __launch_bounds__(32 * TC_WARPS, 1)
                         ldg_vec<CPL>(srow + vx_off, rw[b][0]);
                     } else if constexpr (P == 2) {
                         ldg_vec<CPL>(srow + vx_off + D, rw[b][0]);
-                        const float *vrow = l.vec + (size_t)s * 3 * F + f0;
-#pragma unroll
-                        for (int cx = 0; cx < 3; cx++) {
-                            if (l.vec)
-                                ldg_vec<CPL>(vrow + cx * F, rw[b][1 + cx]);
-                            else
-#pragma unroll
-                                for (int j = 0; j < CPL; j++)
-                                    rw[b][1 + cx][j] = 0.f;
-                        }
+                        ldg_vec_rows<CPL>(l.vec, s, F, f0, &rw[b][1]);
                     } else {
                         ldg_vec<CPL>(srow + vx_off + 2 * D, rw[b][0]);
                     }
