@@ -1351,9 +1351,10 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     /* Deep checkpointing (level 2, for the largest systems): no layer input is kept; the
        backward of layer 0 < l < L - 1 first runs the embedding and layers 0 .. l - 1 forward
        again (O(L^2): (L - 1)(L - 2) / 2 layer passes again, level 1 about L / 2; 10 against 2
-       at L = 6), the inputs in two ping-pong slots of x (x_k in slot k mod 2) and two of vec. The vec slots and the two dE/dvec buffers are three
-       [n][3F] buffers in rotation: the incoming dE/dvec survives the re-run in the third, and
-       in the layer's backward the slot of input l - 1 (dead by then) takes the outgoing one.
+       at L = 6), the inputs in two ping-pong slots of x (x_k in slot k mod 2) and two of vec.
+       The vec slots and the two dE/dvec buffers are three [n][3F] buffers in rotation: the
+       incoming dE/dvec survives the re-run in the third, and in the layer's backward the slot
+       of input l - 1 (dead by then) takes the outgoing one.
        X of layer l comes from the run before (the re-run for layer l + 1 ends with layer l;
        the forward keeps X of layers L - 2 and L - 1): two slots by parity. */
     /* auto (et->checkpoint < 0): level 1 when the workspace with all inputs kept, roughly
@@ -1405,14 +1406,9 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     }
     et->last_ck = ck;
     et->last_keep = keep;
-    auto kept = [&](int k) -> bool { return !ck || (ck == 1 ? kept1(k) : k == 0); };
-    int nkx = 0, nkv = 0;
-    for (int k = 0; k <= L; k++)
-        if (kept(k)) {
-            nkx++;
-            if (k > 0)
-                nkv++;
-        }
+    /* level 1: the kept inputs (nkx of x, nkv of vec) */
+    auto kept = [&](int k) -> bool { return !ck || (ck == 1 && kept1(k)); };
+    const int nkx = nkx1, nkv = nkv1;
     /* level 2: the slot now holding x_k, vec_k (set as the inputs are written; x_0: slot 0) */
     std::vector<int> dslot_x(L + 1, 0), dslot_v(L + 1, 0);
     /* slot of x_k (0 <= k <= L) and of vec_k (1 <= k <= L): kept ones in order, then scratch */
