@@ -9,7 +9,7 @@
 #                                    liblammps.so.0, ds4sciplugin.so); about 8 minutes on 2 cores.
 #   tools/gpu_verify.sh run          there (device `run`, carry .gpufinal .lammps-gpu/bin .gpudeps):
 #                                    check_cuda_backend (golden, api, vs_cpu with their measured
-#                                    errors; vs_cpu also with DS4SCI_CUDA_CHECKPOINT=1 and
+#                                    errors; vs_cpu also with DS4SCI_CUDA_CHECKPOINT=1 and 2 and
 #                                    DS4SCI_CUDA_KEEP=0; golden with
 #                                    DS4SCI_CUDA_EDGE=unfused; golden and vs_cpu with
 #                                    DS4SCI_CUDA_FASTEXP=0 and with DS4SCI_CUDA_SPLIT=1 and 2),
