@@ -1539,7 +1539,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     if (et->merged && !et->edge_unfused && ne > 0 && (builtin || (sp.recv == 1 && sp.send == 1)) &&
         et_edge_merged_ok(CPL, &c)) {
         ST(ensure(et, B_REV, ne1 * sizeof(int), err, err_len));
-        ST(ensure(et, B_TRCNT2, (n1 + 1) * sizeof(int), err, err_len));
+        ST(ensure(et, B_TROFF2, (n1 + 1) * sizeof(int), err, err_len));
         /* the candidates in dE/dw's space (free until the head zeroes it), the counts in the
            transpose keys' (free since the transpose scan); the uncovered edges compact, so
            sized by their count (read back, as the edge count is) except in graph mode, where
@@ -1549,22 +1549,22 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
                        BUF(int, B_GW), BUF(int, B_REV), BUF(int, B_TRKEY)),
            "reverse edges");
         CU(cub::DeviceScan::ExclusiveSum(et->buf[B_CUB].p, scan_bytes, BUF(int, B_TRKEY),
-                                         BUF(int, B_TRCNT2), n + 1, s),
+                                         BUF(int, B_TROFF2), n + 1, s),
            "cub scan (uncovered edges)");
         size_t n_rest = ne1;
         if (!bound) {
-            CU(cudaMemcpyAsync(et->h_scalars, BUF(int, B_TRCNT2) + n, sizeof(int),
+            CU(cudaMemcpyAsync(et->h_scalars, BUF(int, B_TROFF2) + n, sizeof(int),
                                cudaMemcpyDeviceToHost, s),
                "uncovered edge count");
             CU(cudaStreamSynchronize(s), "uncovered edge count");
             n_rest = et->h_scalars[0] > 0 ? (size_t)et->h_scalars[0] : 1;
         }
         ST(ensure(et, B_TREDGE2, n_rest * sizeof(int), err, err_len));
-        CU(et_edge_rest(s, n, c.tr_off, c.tr_edge, BUF(int, B_REV), BUF(int, B_TRCNT2),
+        CU(et_edge_rest(s, n, c.tr_off, c.tr_edge, BUF(int, B_REV), BUF(int, B_TROFF2),
                         BUF(int, B_TREDGE2)),
            "uncovered edges");
         c.rev = BUF(int, B_REV);
-        c.tr_off2 = BUF(int, B_TRCNT2);
+        c.tr_off2 = BUF(int, B_TROFF2);
         c.tr_edge2 = BUF(int, B_TREDGE2);
     }
 
