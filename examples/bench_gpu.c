@@ -69,7 +69,7 @@ static double print_profile(const char *path, int n_atoms)
         else if (sscanf(line, "workspace_bytes %lf", &v) == 1)
             printf("\n    workspace %.1f MB (%.0f B/atom)", v / 1e6, v / n_atoms);
         else if (strncmp(line, "cuda_graph ", 11) == 0 || /* stage means: calls not in graph mode */
-                 strncmp(line, "checkpoint ", 11) == 0)
+                 strncmp(line, "checkpoint ", 11) == 0 || strncmp(line, "atoms ", 6) == 0)
             printf("\n    %.*s", (int)strcspn(line, "\n"), line);
     }
     printf("\n");

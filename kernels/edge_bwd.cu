@@ -201,7 +201,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                     rm |= re >= 0 ? 1u << i : 0u;
                     pm |= (hp && e < re) ? 1u << i : 0u;
                     xm |= (hp && re <= e) ? 1u << i : 0u;
-                    back = back || (md.src[i] != t && !(hp && re < e));
+                    back = back || (md.geo[i].w != 0.f && !(hp && re < e));
                 }
             }
             grl[i] = 0.f;
@@ -213,7 +213,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
         const float ccl = cutoff_lane<E>(c, r_of, nv, lane, &dcl);
         /* 1 / r of edge lane mod E (0: the self-loop, empty slots), shuffled as the cutoff */
         const int ie = lane & (E - 1);
-        const float invl = ie < nv && md.src[ie] != t ? 1.f / md.geo[ie].w : 0.f;
+        const float invl = ie < nv && md.geo[ie].w != 0.f ? 1.f / md.geo[ie].w : 0.f;
         __syncwarp();
         /*
          * The edges of a half in a rolled loop (one copy of the per-edge code: unrolled four
@@ -235,7 +235,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                     gp[0][j] = gp[1][j] = 0.f;
                 if (i < nv) {
                     const int s = md.src[i];
-                    const bool self = (s == t);
+                    const bool self = md.geo[i].w == 0.f; /* r = 0: the self-loop only */
                     const float cc = __shfl_sync(0xffffffffu, ccl, i),
                                 dc = __shfl_sync(0xffffffffu, dcl, i);
                     const float *srow = l.qkv + (size_t)s * 5 * F;
@@ -318,7 +318,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                     float dir2s[3] = {0.f, 0.f, 0.f};
                     /* xm: the pair's filter backward is the other warp's */
                     const bool mine = !MERGED || !(xm >> i & 1u);
-                    if (s != t) { /* nothing of the self-loop's second half reaches g_q */
+                    if (md.geo[i].w != 0.f) { /* nothing of the self-loop's second half reaches g_q */
                         const float4 g = md.geo[i];
                         const float inv = __shfl_sync(0xffffffffu, invl, i);
                         const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
@@ -384,7 +384,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
         {
             const float gr = warp_sum4(grl[0], grl[1], grl[2], grl[3], lane);
             const int i = lane >> 3, e = cb + i;
-            if ((lane & 7) == 0 && i < nv && md.src[i] != t) {
+            if ((lane & 7) == 0 && i < nv && md.geo[i].w != 0.f) {
                 const float4 g = md.geo[i];
                 const float inv = 1.f / g.w;
                 const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
@@ -475,11 +475,14 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
         }
         for (int cb = e0 + sp * E; cb < e1; cb += S * E) {
             const int nv = min(E, e1 - cb);
-            int eid[E];
+            int eid[E], rcv[E];
             float r[E], sv[E];
 #pragma unroll
             for (int i = 0; i < E; i++) {
                 eid[i] = i < nv ? tr_edge[cb + i] : 0;
+                /* the receivers: REST from tr_dst2 (beside tr_edge2; the merged path keeps no
+                   e_dst past the graph build) */
+                rcv[i] = i < nv ? (REST ? c.tr_dst2[cb + i] : c.e_dst[eid[i]]) : 0;
                 r[i] = i < nv ? c.e_geo[eid[i]].w : 0.f;
             }
             stage_rbf<E, false, false>(c, r, nv, lane, s_rbf, nullptr);
@@ -491,7 +494,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                 for (int i = 0; i < E; i++) {
                     if (i >= nv)
                         break;
-                    const int t = c.e_dst[eid[i]];
+                    const int t = rcv[i];
                     const float cc = cutoff_pi(r[i], c.cl, c.cu, nullptr);
                     float q[CPL], gX[CPL];
                     ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
@@ -531,9 +534,9 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                     if (i >= nv)
                         break;
                     const int e = eid[i];
-                    const int t = c.e_dst[e];
+                    const int t = rcv[i];
                     const float4 g = c.e_geo[e];
-                    const float inv = s == t ? 0.f : 1.f / g.w;
+                    const float inv = g.w == 0.f ? 0.f : 1.f / g.w;
                     const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
                     float gV[3][CPL];
 #pragma unroll

@@ -60,7 +60,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                slots), shuffled as the cutoff: one division per chunk instead of one per edge */
             const int ie = lane & (E - 1);
             const float invsl =
-                ie < nv && md.src[ie] != t ? (c.vc ? ccl : 1.f) / md.geo[ie].w : 0.f;
+                ie < nv && md.geo[ie].w != 0.f ? (c.vc ? ccl : 1.f) / md.geo[ie].w : 0.f;
             __syncwarp();
             /* Two halves, so that only half of the pre-activations are live at a time (fewer
                registers, more warps per SM): first dk and the value filter (attention and the
@@ -105,7 +105,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                     const int s = md.src[i];
                     const float4 g = md.geo[i];
                     /* d sv: the factor sv of the second gate applied once per edge */
-                    const float invs = __shfl_sync(0xffffffffu, invsl, i); /* s == t: 0 */
+                    const float invs = __shfl_sync(0xffffffffu, invsl, i); /* the self-loop: 0 */
                     const float dirs[3] = {g.x * invs, g.y * invs, g.z * invs};
                     float v1[CPL], v2[CPL], vs[3][CPL];
                     ldg_gate_rows<CPL>(l.qkv, l.vec, s, F, D, f0, vx_off, v1, v2, vs);

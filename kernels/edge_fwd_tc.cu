@@ -112,7 +112,7 @@ static __global__ void __launch_bounds__(32 * TC_WARPS, 1)
                 src = c.e_src[cb + ie];
             }
             const float ccl = ie < nv ? cutoff_pi(geo.w, c.cl, c.cu, nullptr) : 0.f;
-            const float invsl = ie < nv && src != t ? (c.vc ? ccl : 1.f) / geo.w : 0.f;
+            const float invsl = ie < nv && geo.w != 0.f ? (c.vc ? ccl : 1.f) / geo.w : 0.f;
             /* the basis f_k(r) of edge g for k = 4 s + t4 (0 for empty slots and k >= K), as
                stage_rbf_of evaluates it: B fragment q of k-step ks is a[4 ks + q] */
             float a[8];

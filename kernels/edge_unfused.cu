@@ -400,7 +400,7 @@ __global__ void k_msg_fwd(const et_edge_common c, int E, const float2 *cut, cons
         const float A = c.vc ? a : a * cc;
         const float sv = c.vc ? cc : 1.f;
         const float4 g = c.e_geo[e];
-        const float inv = c.e_src[e] == c.e_dst[e] ? 0.f : 1.f / g.w;
+        const float inv = g.w == 0.f ? 0.f : 1.f / g.w; /* r = 0: the self-loop */
         const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
         const float *ae = act + e * 4 * F;
         const float *ve = vs + e * 3 * F;
@@ -458,7 +458,7 @@ __global__ void k_grad_edge(const et_edge_common c, int E, const float2 *cut, co
         const float sv = c.vc ? cc : 1.f;
         const float gp = gapre[e * H + h];
         const float4 g = c.e_geo[e];
-        const float inv = c.e_src[e] == c.e_dst[e] ? 0.f : 1.f / g.w;
+        const float inv = g.w == 0.f ? 0.f : 1.f / g.w; /* r = 0: the self-loop */
         const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};
         const float *ae = act + e * 4 * F, *de = dact + e * 4 * F;
         const float *ve = vs + e * 3 * F;
@@ -506,8 +506,8 @@ __global__ void k_geo_grad(const et_edge_common c, int E, const float2 *cut, con
     const size_t warps = (size_t)gridDim.x * (blockDim.x >> 5);
     for (size_t e = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5; e < (size_t)E;
          e += warps) {
-        if (c.e_src[e] == c.e_dst[e])
-            continue; /* the same for the whole warp */
+        if (c.e_geo[e].w == 0.f)
+            continue; /* the self-loop (r = 0); the same for the whole warp */
         const float2 cd = cut[e];
         const float sv = c.vc ? cd.x : 1.f;
         const float4 g = c.e_geo[e];

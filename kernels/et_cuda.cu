@@ -288,6 +288,16 @@ static int graph_call(const ds4sci_cuda_et *et, const ds4sci_system *sys, int bu
                        (et->graph == ET_GRAPH_AUTO && sys->n_local <= ET_GRAPH_AUTO_ATOMS));
 }
 
+/* Whether this call folds the periodic images into their owned atoms (et->images: built-in
+   exchange with ghosts): k_graph_fill names each image sender by its owned atom, so past the
+   graph build the step has no ghost rows (n = n_local for every feature buffer and kernel),
+   no ghost gathers between layers and no folds; the forces and atom virials come out folded
+   (ds4sci.h: only the sums over copies are defined), the ghost rows zero. */
+static int images_folded(const ds4sci_cuda_et *et, const ds4sci_system *sys, int builtin)
+{
+    return builtin && et->images && sys->n_ghost > 0;
+}
+
 extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_id,
                                                ds4sci_cuda_et **out, char *err, size_t err_len)
 {
@@ -388,6 +398,10 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
         et->node_chunk = nc && atoi(nc) > 0 ? atoi(nc) : 262144; /* v9: 1.7 GB, no cost */
         const char *mg = getenv("DS4SCI_CUDA_MERGED");
         et->merged = !(mg && strcmp(mg, "0") == 0);
+        /* built-in exchange: periodic images folded into their owned atoms after the graph
+           build (images_folded; default), DS4SCI_CUDA_IMAGES=rows: ghost rows as before */
+        const char *im = getenv("DS4SCI_CUDA_IMAGES");
+        et->images = !(im && strcmp(im, "rows") == 0);
         const char *fx = getenv("DS4SCI_CUDA_FASTEXP"); /* default on: see edge_common.cuh */
         et->fastexp = !(fx && strcmp(fx, "0") == 0);
         /* merged backward: the radial filter backward once per pair of reverse edges (edge_bwd.cu
@@ -473,7 +487,8 @@ extern "C" void ds4sci_cuda_et_free(ds4sci_cuda_et *et)
                         et->xch_ms[2] / et->profile_calls, et->xch_ms[3] / et->profile_calls);
             fprintf(f, "workspace_bytes %zu\n", et->dev_bytes);
             fprintf(f, "peak_device_used_bytes %zu\n", et->peak_used);
-            fprintf(f, "atoms %lld edges %lld\n", et->last_n, et->last_ne);
+            fprintf(f, "atoms %lld edges %lld rows %lld\n", et->last_nt, et->last_ne,
+                    et->last_n);
             /* graph mode: on (DS4SCI_CUDA_GRAPH=1), auto (the default: small systems), off
                (=0, or after a failed capture); the calls above are the calls with stage events,
                i.e. not in graph mode */
@@ -527,7 +542,7 @@ static const char *const buf_names[] = {
     "reverse edges", "uncovered sender offsets", "uncovered sender edges",
     "partial ghost owners and remote ghost rows", "ghost fold order",
     "kept q/k/v, P and o per layer", "wire plan rows and their reverse order",
-    "neighbour indices (resident)"};
+    "neighbour indices (resident)", "uncovered sender edges' receivers"};
 static_assert(sizeof(buf_names) / sizeof(buf_names[0]) == B_COUNT, "one name per buffer");
 
 /* Give buffer i back (its next ensure() allocates it again). */
@@ -1080,7 +1095,6 @@ static ds4sci_status compute_input(ds4sci_cuda_et *et, const ds4sci_system *sys,
                                    const ds4sci_exchange *ex, int builtin, char *err,
                                    size_t err_len)
 {
-    const int F = et->m.F;
     const int nl = sys->n_local, ng = sys->n_ghost;
     const long long n_ll = (long long)nl + ng;
     const int64_t nc = nl > 0 ? sys->nbr_offset[nl] : 0;
@@ -1099,20 +1113,16 @@ static ds4sci_status compute_input(ds4sci_cuda_et *et, const ds4sci_system *sys,
     ST(ensure(et, B_Z, n1 * sizeof(int), err, err_len));
     ST(ensure(et, B_COFF, (nl1 + 1) * sizeof(int64_t), err, err_len));
     /* the caller's candidate indices are needed only until the edge list is filled: they
-       live in vec_proj's buffer, first written in layer 1 (same stream, so in order); that
-       buffer holds one chunk of owned rows: 9F floats of P, or 10F of the head's scratch */
-    const size_t p_bytes = 10 * (size_t)node_chunk_rows(et, nl) * F * sizeof(float),
-                 cidx_bytes = (size_t)(nc > 0 ? nc : 1) * sizeof(int);
+       live in the layer inputs' vec buffer, first written by layer 0's update (same stream,
+       so in order; compute_body may grow the buffer after the fill, which loses nothing) */
+    const size_t cidx_bytes = (size_t)(nc > 0 ? nc : 1) * sizeof(int);
     /* resident (et->resident_nbr): in B_CAND, kept, and not uploaded again when the caller
        promised the previous call's list (api.c has checked that the counts match it) */
     et->res_now = et->resident_nbr > 0 || (et->resident_nbr < 0 && et->promised);
     const int keep_nbr = et->res_now && et->same_nbr && et->cand_valid;
     et->cand_valid = 0; /* until this call succeeds */
-    ST(ensure(et, B_P, p_bytes > cidx_bytes || et->res_now ? p_bytes : cidx_bytes, err,
-              err_len));
-    if (et->res_now)
-        ST(ensure(et, B_CAND, cidx_bytes, err, err_len));
-    int *cidx = BUF(int, et->res_now ? B_CAND : B_P);
+    ST(ensure(et, et->res_now ? B_CAND : B_VECS, cidx_bytes, err, err_len));
+    int *cidx = BUF(int, et->res_now ? B_CAND : B_VECS);
     /* B_GOWN: the ghost owners (built-in exchange), or the caller's send_rows hint */
     const int n_send = !builtin && ex && ex->send_rows ? ex->n_send_rows : 0;
     if (builtin)
@@ -1241,12 +1251,16 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
 {
     const et_dmodel *m = &et->m;
     const int F = m->F, L = m->L, K = m->K, CPL = m->CPL;
-    const int nl = sys->n_local, ng = sys->n_ghost, n = nl + ng;
+    /* nt: every atom the caller gave (the graph build's positions and candidates); n: the
+       rows of the step (with folded images only the owned ones, ng = 0) */
+    const int fold = images_folded(et, sys, builtin);
+    const int nl = sys->n_local, ng = fold ? 0 : sys->n_ghost, n = nl + ng,
+              nt = nl + sys->n_ghost;
     const int64_t nc = nl > 0 ? sys->nbr_offset[nl] : 0;
     cudaStream_t s = et->stream;
     cublasHandle_t h = et->blas;
     const size_t n1 = n > 0 ? n : 1, nl1 = nl > 0 ? nl : 1;
-    int *cidx = BUF(int, et->res_now ? B_CAND : B_P);
+    int *cidx = BUF(int, et->res_now ? B_CAND : B_VECS);
     const int n_send = !builtin && ex && ex->send_rows ? ex->n_send_rows : 0;
     /* graph mode: edge buffers of nl + nc slots (every row's self-loop and candidates bound its
        edges), no read-back; the padded slots never reach a kernel's edge loop (CSR offsets
@@ -1266,7 +1280,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     if (et->device_checks)
         CU(cudaMemsetAsync(et->d_check, 0x7f, sizeof(int), s), "memset");
     CU(et_graph_count(s, nl, BUF(double, B_POS), BUF(int64_t, B_COFF), cidx, cl2, cu2,
-                      BUF(int, B_ROWCNT), n, min2, et->device_checks ? et->d_check : NULL),
+                      BUF(int, B_ROWCNT), nt, min2, et->device_checks ? et->d_check : NULL),
        "graph count");
     size_t scan_bytes = 0, scan2_bytes = 0;
     CU(cub::DeviceScan::ExclusiveSum(NULL, scan_bytes, BUF(int, B_ROWCNT), BUF(int, B_ROWOFF),
@@ -1291,15 +1305,50 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     const int ne = bound ? nl + (int)nc : et->h_scalars[0];
     et->step_ne = ne;
     const size_t ne1 = ne > 0 ? ne : 1;
+    /* lean edges (the merged path with the built-in exchange, the default): the receivers
+       (e_dst) and the transpose index (tr_edge) are needed only to build the reverse map and
+       the uncovered edges (with their receivers in tr_dst2), and the forces walk the reverses
+       instead: both live in dE/dqkv's buffer until the backward first writes it, -8 B per
+       edge. Otherwise (a caller exchange, DS4SCI_CUDA_MERGED=0, the unfused path) in their
+       own buffers for the whole step, as the sender pass reads them. */
+    et_edge_common cm;
+    memset(&cm, 0, sizeof(cm));
+    cm.F = F;
+    cm.K = K;
+    const int lean = builtin && et->merged && !et->edge_unfused && ne > 0 &&
+                     et_edge_merged_ok(CPL, &cm);
+    /* dE/dqkv's buffer: [e_dst | tr_edge (lean) | the transpose sort's edge ids (values in) |
+       its scratch], each part 256-aligned (cub) */
+    size_t sort_bytes = 0;
+    int *sorted_keys = (int *)NULL;
+    CU(cub::DeviceRadixSort::SortPairs(NULL, sort_bytes, (const int *)NULL, sorted_keys,
+                                       (const int *)NULL, (int *)NULL, ne, 0, bits_for(n), s),
+       "cub sort size");
+    const size_t arr_bytes = (ne1 * sizeof(int) + 255) / 256 * 256;
+    const size_t pre_bytes = lean ? 2 * arr_bytes : 0;
+    const size_t gqkv_bytes = 5 * n1 * (size_t)F * sizeof(float);
+    const size_t build_bytes = pre_bytes + arr_bytes + sort_bytes;
+    ST(ensure(et, B_GQKV, build_bytes > gqkv_bytes ? build_bytes : gqkv_bytes, err, err_len));
     ST(ensure(et, B_ESRC, ne1 * sizeof(int), err, err_len));
-    ST(ensure(et, B_EDST, ne1 * sizeof(int), err, err_len));
     ST(ensure(et, B_EGEO, ne1 * sizeof(float4), err, err_len));
     ST(ensure(et, B_GW, ne1 * sizeof(float4), err, err_len));
-    ST(ensure(et, B_TREDGE, ne1 * sizeof(int), err, err_len));
+    if (lean && !et->capturing) {
+        if (et->buf[B_EDST].cap > 0)
+            release(et, B_EDST);
+        if (et->buf[B_TREDGE].cap > 0)
+            release(et, B_TREDGE);
+    }
+    if (!lean) {
+        ST(ensure(et, B_EDST, ne1 * sizeof(int), err, err_len));
+        ST(ensure(et, B_TREDGE, ne1 * sizeof(int), err, err_len));
+    }
+    int *const e_dst = lean ? BUF(int, B_GQKV) : BUF(int, B_EDST);
+    int *const tr_edge = lean ? (int *)((char *)et->buf[B_GQKV].p + arr_bytes)
+                              : BUF(int, B_TREDGE);
     CU(et_graph_fill(s, nl, BUF(double, B_POS), BUF(int64_t, B_COFF), cidx, cl2, cu2,
-                     BUF(int, B_ROWOFF), builtin && ng > 0 ? BUF(int, B_GOWN) : NULL,
-                     BUF(int, B_ESRC), BUF(int, B_EDST), BUF(float4, B_EGEO), n, min2,
-                     et->device_checks),
+                     BUF(int, B_ROWOFF), builtin && nt > nl ? BUF(int, B_GOWN) : NULL,
+                     BUF(int, B_ESRC), e_dst, BUF(float4, B_EGEO), nt, min2,
+                     et->device_checks, fold),
        "graph fill");
     if (bound && ne > 0) {
         k_pad_senders<<<(ne + 255) / 256 < 2 * et->num_sms ? (ne + 255) / 256 : 2 * et->num_sms,
@@ -1309,23 +1358,16 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
 
     /* transpose index: edges grouped by sender (stable radix sort: deterministic). The edge
        ids (values in) and the sort's scratch live in dE/dqkv's buffer (first written in the
-       backward); the sorted keys are not needed: B_GW holds them until it is zeroed. */
-    size_t sort_bytes = 0;
+       backward; see lean above); the sorted keys are not needed: B_GW holds them until it is
+       zeroed. */
     int *keys_out = BUF(int, B_TRKEY);
-    int *sorted_keys = (int *)et->buf[B_GW].p;
-    CU(cub::DeviceRadixSort::SortPairs(NULL, sort_bytes, BUF(int, B_ESRC), sorted_keys,
-                                       (const int *)NULL, BUF(int, B_TREDGE), ne, 0, bits_for(n),
-                                       s), "cub sort size");
-    const size_t iota_bytes = (ne1 * sizeof(int) + 255) / 256 * 256; /* cub scratch 256-aligned */
-    const size_t gqkv_bytes = 5 * n1 * (size_t)F * sizeof(float);
-    ST(ensure(et, B_GQKV, iota_bytes + sort_bytes > gqkv_bytes ? iota_bytes + sort_bytes : gqkv_bytes,
-              err, err_len));
-    int *eiota = BUF(int, B_GQKV);
-    void *sort_tmp = (char *)et->buf[B_GQKV].p + iota_bytes;
+    sorted_keys = (int *)et->buf[B_GW].p;
+    int *eiota = (int *)((char *)et->buf[B_GQKV].p + pre_bytes);
+    void *sort_tmp = (char *)et->buf[B_GQKV].p + pre_bytes + arr_bytes;
     CU(et_iota(s, ne, eiota), "iota");
     if (ne > 0)
         CU(cub::DeviceRadixSort::SortPairs(sort_tmp, sort_bytes, BUF(int, B_ESRC), sorted_keys,
-                                           eiota, BUF(int, B_TREDGE), ne, 0, bits_for(n), s),
+                                           eiota, tr_edge, ne, 0, bits_for(n), s),
            "cub sort");
     CU(cudaMemsetAsync(keys_out, 0, (n1 + 1) * sizeof(int), s), "memset");
     if (bound) {
@@ -1475,7 +1517,9 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     ST(ensure(et, B_QKV, 5 * nF * sizeof(float), err, err_len));
     /* P and o: one chunk of owned rows (P's buffer, 10 chunk F, also holds the head's scratch;
        vdot is recomputed from P where it is needed) */
-    const int CH = node_chunk_rows(et, nl);
+    /* (level 2, the largest systems: at most 65,536 rows, 0.5 GB of chunk buffers at F = 128
+       instead of 2.1) */
+    const int CH = ck == 2 && node_chunk_rows(et, nl) > 65536 ? 65536 : node_chunk_rows(et, nl);
     const size_t chF = (size_t)CH * F;
     /* (level 2: 3 chunk F more for the head's scratch, which other levels put in the second
        dE/dvec buffer) */
@@ -1499,10 +1543,10 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     c.n_total = n;
     c.row_off = BUF(int, B_ROWOFF);
     c.e_src = BUF(int, B_ESRC);
-    c.e_dst = BUF(int, B_EDST);
+    c.e_dst = e_dst; /* lean: NULL past the reverse map (below) */
     c.e_geo = BUF(float4, B_EGEO);
     c.tr_off = BUF(int, B_TROFF);
-    c.tr_edge = BUF(int, B_TREDGE);
+    c.tr_edge = tr_edge;
     c.K = K;
     c.rbf = m->rbf;
     c.cl = m->cl;
@@ -1560,12 +1604,18 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
             n_rest = et->h_scalars[0] > 0 ? (size_t)et->h_scalars[0] : 1;
         }
         ST(ensure(et, B_TREDGE2, n_rest * sizeof(int), err, err_len));
-        CU(et_edge_rest(s, n, c.tr_off, c.tr_edge, BUF(int, B_REV), BUF(int, B_TROFF2),
-                        BUF(int, B_TREDGE2)),
+        ST(ensure(et, B_TRDST2, n_rest * sizeof(int), err, err_len));
+        CU(et_edge_rest(s, n, c.tr_off, c.tr_edge, BUF(int, B_REV), c.e_dst, BUF(int, B_TROFF2),
+                        BUF(int, B_TREDGE2), BUF(int, B_TRDST2)),
            "uncovered edges");
         c.rev = BUF(int, B_REV);
         c.tr_off2 = BUF(int, B_TROFF2);
         c.tr_edge2 = BUF(int, B_TREDGE2);
+        c.tr_dst2 = BUF(int, B_TRDST2);
+    }
+    if (lean) { /* their space is dE/dqkv's from here on */
+        c.e_dst = NULL;
+        c.tr_edge = NULL;
     }
 
     const int partial = !builtin && sys->ghost_owner && ng > 0;
@@ -1896,7 +1946,8 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
            "neighbour embedding backward");
     }
     double *part = BUF(double, B_PART);
-    CU(et_forces(s, nl, n, c.row_off, c.tr_off, c.tr_edge, c.e_geo, GW, BUF(double, B_F),
+    CU(et_forces(s, nl, n, c.row_off, c.tr_off, c.tr_edge, c.rev, c.tr_off2, c.tr_edge2,
+                 c.e_geo, GW, BUF(double, B_F),
                  res->atom_virial ? BUF(double, B_AV) : NULL, n_part, part), "forces");
     CU(et_sum_energy(s, nl, BUF(double, B_EA), n_part, part), "energy");
     CU(et_reduce_parts(s, n_part, part, part + 7 * n_part), "totals");
@@ -1906,9 +1957,11 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
 /* Results to the host (pageable caller arrays: never captured), wait, profile (stage times
    only of calls not in graph mode, gcall = 0: those record events). */
 static ds4sci_status compute_output(ds4sci_cuda_et *et, const ds4sci_system *sys,
-                                    ds4sci_result *res, int gcall, char *err, size_t err_len)
+                                    ds4sci_result *res, int gcall, int fold, char *err,
+                                    size_t err_len)
 {
-    const int nl = sys->n_local, n = nl + sys->n_ghost;
+    /* n: the device's rows (folded images: owned only; the ghost rows are zeroed here) */
+    const int nl = sys->n_local, n = nl + (fold ? 0 : sys->n_ghost), nt = nl + sys->n_ghost;
     const long long ne = et->step_ne;
     cudaStream_t s = et->stream;
     const int n_part = 2 * et->num_sms;
@@ -1930,6 +1983,10 @@ static ds4sci_status compute_output(ds4sci_cuda_et *et, const ds4sci_system *sys
            "input check");
     mark(et, ST_OUTPUT);
     CU(cudaStreamSynchronize(s), "compute");
+    if (res->forces && nt > n)
+        memset(res->forces + (size_t)n * 3, 0, (size_t)(nt - n) * 3 * sizeof(double));
+    if (res->atom_virial && nt > n)
+        memset(res->atom_virial + (size_t)n * 6, 0, (size_t)(nt - n) * 6 * sizeof(double));
     /* graph mode read nothing back before: the input check's verdict comes with the results
        (which are then not used); the normal launches stopped after the edge count */
     if (et->device_checks && gcall && et->h_scalars[1] < nl)
@@ -1951,6 +2008,7 @@ static ds4sci_status compute_output(ds4sci_cuda_et *et, const ds4sci_system *sys
         if (cudaMemGetInfo(&fr, &tot) == cudaSuccess && tot - fr > et->peak_used)
             et->peak_used = tot - fr;
         et->last_n = n;
+        et->last_nt = nt;
         et->last_ne = ne;
     }
     return DS4SCI_OK;
@@ -2086,7 +2144,7 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
         }
     }
     if (st == DS4SCI_OK)
-        st = compute_output(et, sys, res, gcall, err, err_len);
+        st = compute_output(et, sys, res, gcall, images_folded(et, sys, builtin), err, err_len);
     if (st != DS4SCI_OK) {
         /* a failed call may have freed or moved buffers: capture again from scratch */
         graph_drop(et);

@@ -7,7 +7,8 @@
  * Precision: every activation and weight is fp32; energies, virials and forces are summed in
  * fp64. Scalar physics (cutoff, radial basis, activations) comes from gnn/et_math.h.
  *
- * Layouts (row-major, one row per atom; n = n_total = n_local + n_ghost, nl = n_local):
+ * Layouts (row-major, one row per atom; n = n_total = n_local + n_ghost, nl = n_local; with
+ * the built-in exchange's images folded (et->images) n = n_local past the graph build):
  *   x     [n][F]        scalar features
  *   vec   [n][3][F]     vector features, Cartesian axis in the middle
  *   qkv   [n][5F]       q (F) | k (F) | v (3F, head-interleaved as TorchMD-Net's v_proj)
@@ -100,6 +101,7 @@ typedef struct et_edge_common {
     const int *tr_off2;      /* [n + 1] offsets of sender a's edges with rev < 0 (not done by
                                 the merged pass) in tr_edge2 */
     const int *tr_edge2;     /* [tr_off2[n]] those edges, a by a, each in transpose order */
+    const int *tr_dst2;      /* [tr_off2[n]] their receivers (e_dst of each) */
 } et_edge_common;
 
 /* One attention layer's edge pass. */
@@ -131,7 +133,7 @@ enum {
     B_TROFF, B_TREDGE, B_TRKEY, B_CUB,
     B_XS, B_VECS, B_XST, B_H, B_QKV, B_P, B_O,
     B_GX0, B_GV0, B_GV1, B_GQKV, B_GW, B_EA, B_F, B_AV, B_PART,
-    B_SPLIT, B_XCH, B_REV, B_TROFF2, B_TREDGE2, B_GPART, B_FOLD, B_KEEP, B_WIRE, B_CAND, B_COUNT
+    B_SPLIT, B_XCH, B_REV, B_TROFF2, B_TREDGE2, B_GPART, B_FOLD, B_KEEP, B_WIRE, B_CAND, B_TRDST2, B_COUNT
 };
 
 /* Profile stages (DS4SCI_CUDA_PROFILE). */
@@ -177,6 +179,9 @@ typedef struct ds4sci_cuda_et {
     int tc;                  /* DS4SCI_CUDA_TC=1: edge forward on the float64 tensor cores */
     int split_force;         /* DS4SCI_CUDA_SPLIT=1|2|4|8: row split factor of the fused
                                 layer edge kernels forced (0: chosen per pass, et_edge_split) */
+    int images;              /* built-in exchange: periodic images folded into their owned
+                                atoms past the graph build (default 1; DS4SCI_CUDA_IMAGES=rows:
+                                0, ghost rows refreshed between layers) */
     int merged;              /* DS4SCI_CUDA_MERGED=1: merged receiver + sender backward pass
                                 (edge_bwd.cu, filters once per unordered pair; default off) */
     int checkpoint;          /* layer inputs recomputed in the backward instead of kept
@@ -220,7 +225,7 @@ typedef struct ds4sci_cuda_et {
     int node_chunk;          /* owned rows per chunk of the node work that needs o and P
                                 (update, its backward, the head): their buffers hold one
                                 chunk (DS4SCI_CUDA_NODE_CHUNK, default 262144) */
-    long long last_n, last_ne;
+    long long last_n, last_nt, last_ne; /* rows on the device, atoms given, edges */
     int last_ck, last_keep;  /* the last call's checkpoint and keep levels (profile) */
     long long step_ne;       /* edge count (or its bound) of the current call */
     /* CUDA graph of the step (built-in exchange only; by default for <= ET_GRAPH_AUTO_ATOMS
@@ -313,11 +318,13 @@ cudaError_t et_graph_count(cudaStream_t s, int nl, const double *pos, const int6
                            double min2, int *bad);
 /* gown: the built-in exchange's ghost owners [n - nl] (orders each row by the senders' owned
    atoms), NULL with a caller exchange; guard (the input checks on the device): candidates
-   outside [0, n) or == i are skipped (as et_graph_count skipped them) */
+   outside [0, n) or == i are skipped (as et_graph_count skipped them); fold (with gown): each
+   periodic image's sender index is its owned atom's (e_src < nl: the images' rows are not
+   needed past the graph build; the geometry is the image's, r = 0 still only the self-loop) */
 cudaError_t et_graph_fill(cudaStream_t s, int nl, const double *pos, const int64_t *coff,
                           const int *cidx, double cl2, double cu2, const int *row_off,
                           const int *gown, int *e_src, int *e_dst, float4 *e_geo, int n,
-                          double min2, int guard);
+                          double min2, int guard, int fold);
 cudaError_t et_iota(cudaStream_t s, int n, int *out);
 cudaError_t et_count_by(cudaStream_t s, int ne, const int *key, int *cnt);
 
@@ -431,9 +438,11 @@ cudaError_t et_edge_rev(cudaStream_t s, int nl, int n, int ne, const int *row_of
                         const int *e_src, const int *e_dst, const float4 *e_geo, const int *gown,
                         const int *tr_off, const int *tr_edge, int *cand, int *rev,
                         int *rest_cnt);
-/* tr_edge2 from rev and tr_off2 (the exclusive scan of et_edge_rev's rest_cnt) */
+/* tr_edge2 and tr_dst2 (their receivers) from rev and tr_off2 (the exclusive scan of
+   et_edge_rev's rest_cnt) */
 cudaError_t et_edge_rest(cudaStream_t s, int n, const int *tr_off, const int *tr_edge,
-                         const int *rev, const int *tr_off2, int *tr_edge2);
+                         const int *rev, const int *e_dst, const int *tr_off2, int *tr_edge2,
+                         int *tr_dst2);
 cudaError_t et_edge_backward_slots(int CPL, const et_edge_common *c, int *recv_slots,
                                    int *send_slots);
 cudaError_t et_ne_backward(cudaStream_t s, int CPL, int grid, const et_edge_common *c,
@@ -473,8 +482,12 @@ cudaError_t et_head_norm_out(cudaStream_t s, int nl, int F, const float *x, cons
                              const float *gcat0, float *gx);
 
 /* forces.cu */
+/* The sender ends' terms: from the transpose index (tr_off, tr_edge), or with rev (the merged
+   path, which keeps no transpose index past the graph build: tr_edge NULL) from the reverses of
+   each row's edges and the uncovered edges (tr_off2, tr_edge2). */
 cudaError_t et_forces(cudaStream_t s, int nl, int n, const int *row_off, const int *tr_off,
-                      const int *tr_edge, const float4 *e_geo, const float4 *gw,
+                      const int *tr_edge, const int *rev, const int *tr_off2,
+                      const int *tr_edge2, const float4 *e_geo, const float4 *gw,
                       double *forces, double *atom_virial, int n_part, double *part);
 cudaError_t et_sum_energy(cudaStream_t s, int nl, const double *atom_e, int n_part,
                           double *part);

@@ -2,7 +2,8 @@
  * forces.cu - from the accumulated edge gradients g_w = dE/dw_e (w_e = r_s - r_t) to forces
  * F_t += g_w, F_s -= g_w (ghost rows included, not folded), per-atom virial (each edge term
  * -w (x) g_w split half to each end) and the fp64 totals. No atomics: every atom walks its
- * receiver row and its transpose (sender) list; totals reduce in a fixed order.
+ * receiver row and its sender edges (the transpose list, or the reverses of its row's edges
+ * and its uncovered edges); totals reduce in a fixed order.
  */
 #include "et_cuda.cuh"
 
@@ -33,27 +34,37 @@ static __device__ void block_sum(double (&v)[NV], double *out)
 
 static __global__ void __launch_bounds__(RED_THREADS)
     k_forces(int nl, int n, const int *__restrict__ row_off, const int *__restrict__ tr_off,
-             const int *__restrict__ tr_edge, const float4 *__restrict__ geo,
-             const float4 *__restrict__ gw, double *__restrict__ forces,
-             double *__restrict__ atom_virial, double *__restrict__ part)
+             const int *__restrict__ tr_edge, const int *__restrict__ rev,
+             const int *__restrict__ tr_off2, const int *__restrict__ tr_edge2,
+             const float4 *__restrict__ geo, const float4 *__restrict__ gw,
+             double *__restrict__ forces, double *__restrict__ atom_virial,
+             double *__restrict__ part)
 {
     double v[6] = {0, 0, 0, 0, 0, 0};
     for (int a = blockIdx.x * blockDim.x + threadIdx.x; a < n; a += gridDim.x * blockDim.x) {
         double f[3] = {0, 0, 0}, av[6] = {0, 0, 0, 0, 0, 0};
-        for (int pass = 0; pass < 2; pass++) {
-            int lo, hi;
-            if (pass == 0) {
-                if (a >= nl)
-                    continue;
-                lo = row_off[a];
-                hi = row_off[a + 1];
-            } else {
+        /* pass 0: a receives (its row); a sends: pass 1 the transpose index, or without it
+           (rev) pass 1 the reverses of a's row edges (every paired edge a sends is one: rev is
+           an involution; the self-loop's dE/dw is 0) and pass 2 a's uncovered edges */
+        for (int pass = 0; pass < 3; pass++) {
+            int lo = 0, hi = 0;
+            if (pass == 0 || (pass == 1 && !tr_edge)) {
+                if (a < nl) {
+                    lo = row_off[a];
+                    hi = row_off[a + 1];
+                }
+            } else if (pass == 1) {
                 lo = tr_off[a];
                 hi = tr_off[a + 1];
+            } else if (!tr_edge) {
+                lo = tr_off2[a];
+                hi = tr_off2[a + 1];
             }
             const double sign = pass == 0 ? 1.0 : -1.0;
             for (int i = lo; i < hi; i++) {
-                const int e = pass == 0 ? i : tr_edge[i];
+                const int e = pass == 0 ? i : pass == 2 ? tr_edge2[i] : tr_edge ? tr_edge[i] : rev[i];
+                if (e < 0)
+                    continue;
                 const float4 g = gw[e], w = geo[e];
                 f[0] += sign * g.x;
                 f[1] += sign * g.y;
@@ -102,12 +113,14 @@ static __global__ void __launch_bounds__(RED_THREADS)
 }
 
 extern "C" cudaError_t et_forces(cudaStream_t s, int nl, int n, const int *row_off,
-                                 const int *tr_off, const int *tr_edge, const float4 *e_geo,
+                                 const int *tr_off, const int *tr_edge, const int *rev,
+                                 const int *tr_off2, const int *tr_edge2, const float4 *e_geo,
                                  const float4 *gw, double *forces, double *atom_virial,
                                  int n_part, double *part)
 {
-    k_forces<<<n_part, RED_THREADS, 0, s>>>(nl, n, row_off, tr_off, tr_edge, e_geo, gw, forces,
-                                            atom_virial, part + n_part);
+    k_forces<<<n_part, RED_THREADS, 0, s>>>(nl, n, row_off, tr_off, tr_edge, rev, tr_off2,
+                                            tr_edge2, e_geo, gw, forces, atom_virial,
+                                            part + n_part);
     return cudaGetLastError();
 }
 

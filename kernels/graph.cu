@@ -56,7 +56,7 @@ static __global__ void k_graph_fill(int nl, const double *__restrict__ pos,
                                     double cl2, double cu2, const int *__restrict__ row_off,
                                     const int *__restrict__ gown, int *__restrict__ e_src,
                                     int *__restrict__ e_dst, float4 *__restrict__ e_geo, int n,
-                                    int guard)
+                                    int guard, int fold)
 {
     int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (warp >= nl)
@@ -92,7 +92,7 @@ static __global__ void k_graph_fill(int nl, const double *__restrict__ pos,
                        below = (1u << lane) - 1u;
         if (keep) {
             int slot = low ? back - 1 - __popc(lo_mask & below) : out + __popc(hi_mask & below);
-            e_src[slot] = j;
+            e_src[slot] = fold ? jo : j; /* fold: a periodic image's owned atom */
             e_dst[slot] = t;
             e_geo[slot] = make_float4((float)dx, (float)dy, (float)dz, (float)sqrt(d2));
         }
@@ -130,12 +130,13 @@ extern "C" cudaError_t et_graph_count(cudaStream_t s, int nl, const double *pos,
 extern "C" cudaError_t et_graph_fill(cudaStream_t s, int nl, const double *pos,
                                      const int64_t *coff, const int *cidx, double cl2, double cu2,
                                      const int *row_off, const int *gown, int *e_src, int *e_dst,
-                                     float4 *e_geo, int n, double min2, int guard)
+                                     float4 *e_geo, int n, double min2, int guard, int fold)
 {
     (void)min2; /* overlapping pairs stay edges (the call fails after the step anyway) */
     if (nl > 0)
         k_graph_fill<<<blocks_for((long long)nl * 32, 256), 256, 0, s>>>(
-            nl, pos, coff, cidx, cl2, cu2, row_off, gown, e_src, e_dst, e_geo, n, guard);
+            nl, pos, coff, cidx, cl2, cu2, row_off, gown, e_src, e_dst, e_geo, n, guard,
+            fold && gown);
     return cudaGetLastError();
 }
 
@@ -156,8 +157,8 @@ extern "C" cudaError_t et_count_by(cudaStream_t s, int ne, const int *key, int *
 /*
  * Reverse-edge map of the merged backward (edge_bwd.cu), one thread per edge e = (s -> t) in
  * row t, in two kernels. k_edge_rev0 writes a candidate c[e]: e itself for the self-loop (first
- * in its row); for s != t whose owned atom so (s itself, or the owner of a periodic image:
- * gown, built-in exchange only) is known, the first non-self edge k of row so whose sender's
+ * in its row); for any other edge whose sender's owned atom so (s itself, or the owner of a
+ * periodic image: gown, built-in exchange only) is known, the first non-self edge k of row so whose sender's
  * owned atom is t and whose geometry is
  * exactly the reverse, w(k) = -w(e), r(k) = r(e) (always so for owned pairs: k_graph_fill
  * rounds the exactly antisymmetric fp64 difference; for an image pair, whose fp64 positions
@@ -183,7 +184,9 @@ static __global__ void k_edge_rev0(int ne, int nl, const int *__restrict__ row_o
     }
     const int t = e_dst[e], s = e_src[e], r0 = row_off[t];
     int out = -1;
-    const int so = s != t ? owned_of(s, nl, gown) : -1;
+    /* the self-loop by its slot: with folded images (k_graph_fill) an atom's own periodic
+       image is sender t too */
+    const int so = e != r0 ? owned_of(s, nl, gown) : -1;
     if (e == r0) {
         out = e;
     } else if (so >= 0) {
@@ -227,10 +230,13 @@ static __global__ void k_tr_rest_count(int n, const int *__restrict__ tr_off,
     cnt[a] = m;
 }
 
-/* One thread per atom a: those edges, in order, at tr_off2[a] .. tr_off2[a + 1] - 1. */
+/* One thread per atom a: those edges, in order, at tr_off2[a] .. tr_off2[a + 1] - 1, and
+   their receivers beside them. */
 static __global__ void k_tr_rest_fill(int n, const int *__restrict__ tr_off,
                                       const int *__restrict__ tr_edge, const int *__restrict__ rev,
-                                      const int *__restrict__ tr_off2, int *__restrict__ tr_edge2)
+                                      const int *__restrict__ e_dst,
+                                      const int *__restrict__ tr_off2, int *__restrict__ tr_edge2,
+                                      int *__restrict__ tr_dst2)
 {
     const int a = blockIdx.x * blockDim.x + threadIdx.x;
     if (a >= n)
@@ -238,8 +244,10 @@ static __global__ void k_tr_rest_fill(int n, const int *__restrict__ tr_off,
     int o = tr_off2[a];
     for (int k = tr_off[a]; k < tr_off[a + 1]; k++) {
         const int e = tr_edge[k];
-        if (rev[e] < 0)
+        if (rev[e] < 0) {
+            tr_dst2[o] = e_dst[e];
             tr_edge2[o++] = e;
+        }
     }
 }
 
@@ -258,10 +266,11 @@ extern "C" cudaError_t et_edge_rev(cudaStream_t s, int nl, int n, int ne, const 
 }
 
 extern "C" cudaError_t et_edge_rest(cudaStream_t s, int n, const int *tr_off, const int *tr_edge,
-                                    const int *rev, const int *tr_off2, int *tr_edge2)
+                                    const int *rev, const int *e_dst, const int *tr_off2,
+                                    int *tr_edge2, int *tr_dst2)
 {
     if (n > 0)
-        k_tr_rest_fill<<<blocks_for(n, 256), 256, 0, s>>>(n, tr_off, tr_edge, rev, tr_off2,
-                                                           tr_edge2);
+        k_tr_rest_fill<<<blocks_for(n, 256), 256, 0, s>>>(n, tr_off, tr_edge, rev, e_dst,
+                                                           tr_off2, tr_edge2, tr_dst2);
     return cudaGetLastError();
 }

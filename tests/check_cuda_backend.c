@@ -234,6 +234,30 @@ static void reference_model(int n)
 START_TEST(test_reference_model_1k_matches_cpu) { reference_model(1000); }
 END_TEST
 
+/* A periodic box smaller than the cutoff (0.85 of it): every atom is a neighbour of its own images (the
+   CUDA backend folds the images into their owned atoms, so such an edge has sender ==
+   receiver and only r = 0 marks the self-loop; DS4SCI_CUDA_IMAGES=rows keeps ghost rows). */
+START_TEST(test_tiny_box_self_images_match_cpu)
+{
+    tu_opts o;
+    et_desc *d = small_model(&o, 0);
+    const double side = 0.85 * o.cutoff_upper;
+    ds4sci_system sys;
+    ds4sci_graph *g = random_system(5, 5 / (side * side * side), 1, o.max_z, o.cutoff_upper, 77,
+                                    &sys);
+    int self_images = 0;
+    for (int i = 0; i < sys.n_local; i++)
+        for (int64_t c = sys.nbr_offset[i]; c < sys.nbr_offset[i + 1]; c++) {
+            const int j = sys.nbr_index[c];
+            self_images += j >= sys.n_local && sys.ghost_owner[j - sys.n_local] == i;
+        }
+    ck_assert_msg(self_images > 0, "the box gives no atom its own image");
+    check_vs_cpu(d, &sys, "5 atoms in a box of 0.85 cutoffs (self images)");
+    ds4sci_graph_free(g);
+    tu_desc_free(d);
+}
+END_TEST
+
 START_TEST(test_reference_model_10k_matches_cpu) { reference_model(10000); }
 END_TEST
 
@@ -1220,6 +1244,7 @@ static Suite *suite(void)
     tcase_set_timeout(tc, 900);
     tcase_add_loop_test(tc, test_option_combos_match_cpu, 0, TU_N_COMBOS);
     tcase_add_test(tc, test_reference_model_1k_matches_cpu);
+    tcase_add_test(tc, test_tiny_box_self_images_match_cpu);
     tcase_add_test(tc, test_reference_model_10k_matches_cpu);
     suite_add_tcase(s, tc);
     TCase *tg = tcase_create("golden");

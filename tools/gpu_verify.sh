@@ -108,6 +108,10 @@ T=$LG/tests.log
 ck golden 60 CK_RUN_CASE=golden
 ck api 60 CK_RUN_CASE=api
 ck vs_cpu 150 CK_RUN_CASE=vs_cpu
+# the built-in exchange's periodic images as ghost rows (the default folds them into their
+# owned atoms past the graph build): the path of callers with ghost rows, and its own check
+ck golden_rows 60 CK_RUN_CASE=golden DS4SCI_CUDA_IMAGES=rows
+ck vs_cpu_rows 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_IMAGES=rows
 # the row split (edge_split.cu) takes the small cases of the suite (below 4 rows per warp slot;
 # the 10k-atom reference model runs S = 1 and the merged backward); S = 1 forced runs the merged
 # backward on all of them
