@@ -391,11 +391,11 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                 const float gd[3] = {s_sc[2 * E + i], s_sc[3 * E + i], s_sc[4 * E + i]};
                 const float dd = gd[0] * dir[0] + gd[1] * dir[1] + gd[2] * dir[2];
                 const float invs = inv * s_sc[i];
-                float4 ga = md.gw[i];
-                ga.x += fmaf(gr, dir[0], (gd[0] - dir[0] * dd) * invs);
-                ga.y += fmaf(gr, dir[1], (gd[1] - dir[1] * dd) * invs);
-                ga.z += fmaf(gr, dir[2], (gd[2] - dir[2] * dd) * invs);
-                l.gw[e] = ga;
+                const float4 ga = md.gw[i];
+                float *const go = l.gw + 3 * (size_t)e;
+                go[0] = ga.x + fmaf(gr, dir[0], (gd[0] - dir[0] * dd) * invs);
+                go[1] = ga.y + fmaf(gr, dir[1], (gd[1] - dir[1] * dd) * invs);
+                go[2] = ga.z + fmaf(gr, dir[2], (gd[2] - dir[2] * dd) * invs);
             }
         }
         __syncwarp();
@@ -943,7 +943,7 @@ extern "C" int et_edge_merged_ok(int CPL, const et_edge_common *c)
 template <int CPL, bool LIN>
 static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, NE_BWD_MIN_BLOCKS(CPL))
     k_ne_bwd(const et_edge_common c, const float *ne_wt, const float *ne_b, const float *ne_emb,
-             const int *z, const float *gm, float4 *gw)
+             const int *z, const float *gm, float *gw)
 {
     constexpr int E = ET_EDGE_CHUNK;
     constexpr int MW = edge_meta_floats(1);
@@ -1056,11 +1056,11 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, NE_BWD_MIN_BLOCKS(C
             if ((lane & 7) == 0 && iw < nv) {
                 const float4 geo = md.geo[iw];
                 const float inv = 1.f / geo.w;
-                float4 acc = md.gw[iw];
-                acc.x += gr * geo.x * inv;
-                acc.y += gr * geo.y * inv;
-                acc.z += gr * geo.z * inv;
-                gw[cb + iw] = acc;
+                const float4 acc = md.gw[iw];
+                float *const go = gw + 3 * (size_t)(cb + iw);
+                go[0] = acc.x + gr * geo.x * inv;
+                go[1] = acc.y + gr * geo.y * inv;
+                go[2] = acc.z + gr * geo.z * inv;
             }
         }
     }
@@ -1120,7 +1120,7 @@ template <int CPL> static cudaError_t slots_bwd(const et_edge_common *c, int *re
 template <int CPL>
 static cudaError_t launch_ne_bwd(cudaStream_t s, int grid, const et_edge_common *c,
                                  const float *w, const float *b, const float *emb, const int *z,
-                                 const float *gm, float4 *gw)
+                                 const float *gm, float *gw)
 {
     /* DS4SCI_CUDA_NE_EXACT=1: the filter evaluated and differentiated as before (k_ne_bwd) */
     static const int exact = [] {
@@ -1175,7 +1175,7 @@ extern "C" cudaError_t et_edge_backward_slots(int CPL, const et_edge_common *c, 
 
 extern "C" cudaError_t et_ne_backward(cudaStream_t s, int CPL, int grid, const et_edge_common *c,
                                       const float *ne_wt, const float *ne_b, const float *ne_emb,
-                                      const int *z, const float *gm, float4 *gw)
+                                      const int *z, const float *gm, float *gw)
 {
     if (c->n_local == 0)
         return cudaSuccess;

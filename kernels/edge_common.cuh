@@ -466,7 +466,8 @@ static __device__ __forceinline__ void block_copy(float *dst, const float *src, 
 /*
  * Per-edge metadata of a chunk, staged in the warp's shared scratch by cp.async (edge_meta_fetch)
  * one chunk ahead, so that the per-edge code reads it with LDS: a buffer holds e_geo [E] (float4),
- * with_back also gw [E] (float4, the receiver pass's dE/dw sums, added to at the chunk's end),
+ * with_back also gw [E] (x, y, z in float4 slots, w unset: the receiver pass's dE/dw sums,
+ * [ne][3] floats in global memory, added to at the chunk's end),
  * then e_src [E], with_back also rev [E] (the merged pass). Two buffers per warp: the chunk's
  * own and the next one's, in flight. Measured (ncu, merged pass, reference model, 10k atoms):
  * ~60% of its long-scoreboard stalls were these loads consumed right after issue, a full L2
@@ -548,25 +549,30 @@ template <bool WB> struct edge_meta {
 
 /*
  * Start the copy of the metadata of the nv (1 .. E) edges at cb into the warp's buffer m: one
- * copy per lane (lanes 0 .. E-1 e_geo, with WB lanes E .. 2E-1 gw; then e_src, with REV rev);
- * slots i >= nv are left as they are (every reader checks i < nv). The buffer must not be read
- * by any lane until edge_meta_wait; nor written while a lane may still read it (the caller's
- * __syncwarp between its last reads and this call).
+ * copy per lane (lanes 0 .. E-1 e_geo, 16 bytes each; with WB lanes E .. 4E-1 gw, one float
+ * each (gw is [ne][3]); then e_src, with REV rev); slots i >= nv are left as they are (every
+ * reader checks i < nv). The buffer must not be read by any lane until edge_meta_wait; nor
+ * written while a lane may still read it (the caller's __syncwarp between its last reads and
+ * this call).
  */
 template <bool WB, bool REV>
-static __device__ __forceinline__ void edge_meta_fetch(const et_edge_common &c, const float4 *gw,
+static __device__ __forceinline__ void edge_meta_fetch(const et_edge_common &c, const float *gw,
                                                        int cb, int nv, int lane, float *m)
 {
     constexpr int E = ET_EDGE_CHUNK;
     static_assert(E == 4, "16-byte alignment of the metadata buffers");
-    constexpr int N16 = WB ? 2 * E : E; /* lanes with a 16-byte copy */
-    const int i = lane & (E - 1);
-    if (i >= nv)
-        return;
-    if (lane < N16) {
-        cp_async16(m + 4 * lane, (!WB || lane < E ? c.e_geo : gw) + cb + i);
-    } else if (lane < N16 + (REV ? 2 * E : E)) {
-        cp_async4(m + 4 * N16 + (lane - N16), (lane < N16 + E ? c.e_src : c.rev) + cb + i);
+    constexpr int NG = WB ? 3 * E : 0; /* lanes with one float of gw */
+    if (lane < E) {
+        if (lane < nv)
+            cp_async16(m + 4 * lane, c.e_geo + cb + lane);
+    } else if (lane < E + NG) {
+        const int k = lane - E, i = k / 3;
+        if (i < nv)
+            cp_async4(m + 4 * E + 4 * i + (k - 3 * i), gw + 3 * (size_t)(cb + i) + (k - 3 * i));
+    } else if (lane < E + NG + (REV ? 2 * E : E)) {
+        const int k = lane - E - NG, i = k & (E - 1);
+        if (i < nv)
+            cp_async4(m + 4 * (WB ? 2 * E : E) + k, (k < E ? c.e_src : c.rev) + cb + i);
     }
 }
 

@@ -499,7 +499,7 @@ __global__ void k_grad_edge(const et_edge_common c, int E, const float2 *cut, co
    have none. */
 __global__ void k_geo_grad(const et_edge_common c, int E, const float2 *cut, const float *act,
                            const float *vs, const float *gvt, const float *gcf, const float *gf,
-                           const float *drbf, float4 *gw)
+                           const float *drbf, float *gw)
 {
     const int F = c.F, D = c.D, K = c.K;
     const int lane = threadIdx.x & 31;
@@ -532,11 +532,10 @@ __global__ void k_geo_grad(const et_edge_common c, int E, const float2 *cut, con
         if (lane == 0) {
             gr += gc * cd.y;
             const float dd = gd[0] * dir[0] + gd[1] * dir[1] + gd[2] * dir[2];
-            float4 acc = gw[e];
-            acc.x += (gd[0] - dir[0] * dd) * inv + gr * dir[0];
-            acc.y += (gd[1] - dir[1] * dd) * inv + gr * dir[1];
-            acc.z += (gd[2] - dir[2] * dd) * inv + gr * dir[2];
-            gw[e] = acc;
+            float *const acc = gw + 3 * e;
+            acc[0] += (gd[0] - dir[0] * dd) * inv + gr * dir[0];
+            acc[1] += (gd[1] - dir[1] * dd) * inv + gr * dir[1];
+            acc[2] += (gd[2] - dir[2] * dd) * inv + gr * dir[2];
         }
     }
 }

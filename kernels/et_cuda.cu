@@ -1095,6 +1095,7 @@ static ds4sci_status compute_input(ds4sci_cuda_et *et, const ds4sci_system *sys,
                                    const ds4sci_exchange *ex, int builtin, char *err,
                                    size_t err_len)
 {
+    const int F = et->m.F;
     const int nl = sys->n_local, ng = sys->n_ghost;
     const long long n_ll = (long long)nl + ng;
     const int64_t nc = nl > 0 ? sys->nbr_offset[nl] : 0;
@@ -1113,16 +1114,39 @@ static ds4sci_status compute_input(ds4sci_cuda_et *et, const ds4sci_system *sys,
     ST(ensure(et, B_Z, n1 * sizeof(int), err, err_len));
     ST(ensure(et, B_COFF, (nl1 + 1) * sizeof(int64_t), err, err_len));
     /* the caller's candidate indices are needed only until the edge list is filled: they
-       live in the layer inputs' vec buffer, first written by layer 0's update (same stream,
-       so in order; compute_body may grow the buffer after the fill, which loses nothing) */
+       live in dE/dqkv's buffer (first written in the backward; compute_body's graph build
+       puts the receivers in its first cand_off bytes, written by the fill, and after the fill
+       the transpose index and its sort scratch, where the candidates were) at cand_off, past
+       the most edges the candidates can give; the buffer sized here as compute_body will
+       want it, so that it does not grow (with headroom) there. (In the vec buffer until
+       9778e30: its growth to the layer inputs' size then took 25% headroom, 11 GB at 10M
+       atoms.) */
     const size_t cidx_bytes = (size_t)(nc > 0 ? nc : 1) * sizeof(int);
+    const size_t rows = (size_t)(images_folded(et, sys, builtin) ? nl : n);
+    const size_t cand_off = ((size_t)(nl + nc + 1) * sizeof(int) + 255) / 256 * 256;
+    const size_t gqkv_bytes = 5 * (rows > 0 ? rows : 1) * (size_t)F * sizeof(float);
+    /* ... and what the graph build puts there for the most edges (receivers, transpose
+       index, sort ids, sort scratch: compute_body's lean layout) */
+    size_t sort_bound = 0;
+    CU(cub::DeviceRadixSort::SortPairs(NULL, sort_bound, (const int *)NULL, (int *)NULL,
+                                       (const int *)NULL, (int *)NULL, (int)(nl + nc), 0,
+                                       bits_for((int)rows), s),
+       "cub sort size");
+    size_t gqkv_need = 3 * cand_off + sort_bound;
+    if (gqkv_need < cand_off + cidx_bytes)
+        gqkv_need = cand_off + cidx_bytes;
+    if (gqkv_need < gqkv_bytes)
+        gqkv_need = gqkv_bytes;
     /* resident (et->resident_nbr): in B_CAND, kept, and not uploaded again when the caller
        promised the previous call's list (api.c has checked that the counts match it) */
     et->res_now = et->resident_nbr > 0 || (et->resident_nbr < 0 && et->promised);
     const int keep_nbr = et->res_now && et->same_nbr && et->cand_valid;
     et->cand_valid = 0; /* until this call succeeds */
-    ST(ensure(et, et->res_now ? B_CAND : B_VECS, cidx_bytes, err, err_len));
-    int *cidx = BUF(int, et->res_now ? B_CAND : B_VECS);
+    if (et->res_now)
+        ST(ensure(et, B_CAND, cidx_bytes, err, err_len));
+    else
+        ST(ensure(et, B_GQKV, gqkv_need, err, err_len));
+    int *cidx = et->res_now ? BUF(int, B_CAND) : (int *)((char *)et->buf[B_GQKV].p + cand_off);
     /* B_GOWN: the ghost owners (built-in exchange), or the caller's send_rows hint */
     const int n_send = !builtin && ex && ex->send_rows ? ex->n_send_rows : 0;
     if (builtin)
@@ -1260,7 +1284,9 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     cudaStream_t s = et->stream;
     cublasHandle_t h = et->blas;
     const size_t n1 = n > 0 ? n : 1, nl1 = nl > 0 ? nl : 1;
-    int *cidx = BUF(int, et->res_now ? B_CAND : B_VECS);
+    int *cidx = et->res_now ? BUF(int, B_CAND)
+                            : (int *)((char *)et->buf[B_GQKV].p +
+                                      ((size_t)(nl + nc + 1) * sizeof(int) + 255) / 256 * 256);
     const int n_send = !builtin && ex && ex->send_rows ? ex->n_send_rows : 0;
     /* graph mode: edge buffers of nl + nc slots (every row's self-loop and candidates bound its
        edges), no read-back; the padded slots never reach a kernel's edge loop (CSR offsets
@@ -1331,7 +1357,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     ST(ensure(et, B_GQKV, build_bytes > gqkv_bytes ? build_bytes : gqkv_bytes, err, err_len));
     ST(ensure(et, B_ESRC, ne1 * sizeof(int), err, err_len));
     ST(ensure(et, B_EGEO, ne1 * sizeof(float4), err, err_len));
-    ST(ensure(et, B_GW, ne1 * sizeof(float4), err, err_len));
+    ST(ensure(et, B_GW, ne1 * 3 * sizeof(float), err, err_len));
     if (lean && !et->capturing) {
         if (et->buf[B_EDST].cap > 0)
             release(et, B_EDST);
@@ -1397,8 +1423,10 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
        The vec slots and the two dE/dvec buffers are three [n][3F] buffers in rotation: the
        incoming dE/dvec survives the re-run in the third, and in the layer's backward the slot
        of input l - 1 (dead by then) takes the outgoing one.
-       X of layer l comes from the run before (the re-run for layer l + 1 ends with layer l;
-       the forward keeps X of layers L - 2 and L - 1): two slots by parity. */
+       X: one slot. The forward keeps X of layer L - 1; before layer l < L - 1's backward its
+       node work and edge pass run once more for X alone (after the re-run, from input l),
+       which also leaves its q/k/v for the backward: L - 1 more edge passes for 5.1 GB at 10M
+       atoms (two slots by parity before, X of layer l - 1 from the re-run). */
     /* auto (et->checkpoint < 0): level 1 when the workspace with all inputs kept, roughly
        (L + 1) x, L vec, L X, h, q/k/v, dE/dqkv, 3 dE/dx|vec rows of floats per atom and ~60
        bytes per edge, would exceed half of the memory free at context creation; level 2 when
@@ -1484,10 +1512,10 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     for (int l = 0; l < L && keep < 2; l++) /* keep 2: o kept, no X stored */
         nxst += x_again(l) ? 0 : 1;
     if (ck == 2)
-        nxst = 2;
+        nxst = 1; /* level 2: X of layer L - 1 from the forward, the others from the re-runs */
     auto slot_X = [&](int l) -> int {
         if (ck == 2)
-            return l & 1;
+            return 0;
         while (x_again(l))
             l += 2;
         int i = 0;
@@ -1533,7 +1561,8 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     ST(ensure(et, B_GQKV, 5 * nF * sizeof(float), err, err_len)); /* >= 2 nlF (cat), 3 nlF (V) */
     ST(ensure(et, B_EA, nl1 * sizeof(double), err, err_len));
     ST(ensure(et, B_F, n1 * 3 * sizeof(double), err, err_len));
-    ST(ensure(et, B_AV, n1 * 6 * sizeof(double), err, err_len));
+    if (res->atom_virial) /* only when asked for (48 B per atom) */
+        ST(ensure(et, B_AV, n1 * 6 * sizeof(double), err, err_len));
     const int n_part = 2 * et->num_sms;
     ST(ensure(et, B_PART, ((size_t)7 * n_part + 8) * sizeof(double), err, err_len));
 
@@ -1706,7 +1735,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         }
         GV[0] = vslot(dgv);
     }
-    float4 *GW = BUF(float4, B_GW);
+    float *GW = BUF(float, B_GW); /* [ne][3] */
 
     /* embedding (+ neighbour embedding) of owned atoms into x_0, then ghosts from their owners
        (level 2: again at the start of each re-run; GQKV, the concat's place, is free then) */
@@ -1786,7 +1815,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
             ST(exchange(et, &xc, 0, xs(l), vecs(l), err, err_len));
         }
         /* X kept for the backward (o = W_o X recomputed there; level 2: layers L - 2, L - 1) */
-        const bool no_x = ck == 2 ? l < L - 2 : x_again(l) || keep == 2;
+        const bool no_x = ck == 2 ? l < L - 1 : x_again(l) || keep == 2;
         ST(fwd_layer(l, no_x ? Hb : XST + (size_t)slot_X(l) * nlF));
     }
 
@@ -1795,7 +1824,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     int cur = 0;
     CU(cudaMemsetAsync(GX[cur], 0, nF * sizeof(float), s), "memset");
     CU(cudaMemsetAsync(GV[cur], 0, 3 * nF * sizeof(float), s), "memset");
-    CU(cudaMemsetAsync(GW, 0, ne1 * sizeof(float4), s), "memset");
+    CU(cudaMemsetAsync(GW, 0, ne1 * 3 * sizeof(float), s), "memset");
     for (int a = 0; a < nl; a += CH) {
         /* scratch, cF = c F for a chunk of c rows: P's buffer (10 CH F) and buffers of the
            layers that are dead until the backward writes them again (q/k/v, dE/dqkv,
@@ -1831,9 +1860,9 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         if (ck == 2 && l > 0 && l < L - 1) {
             /* level 2: inputs 0 .. l again, the embedding and layers 0 .. l - 1 forward, vec
                into the two [n][3F] slots that do not hold the incoming dE/dvec, x_k into slot
-               k mod 2, each input's ghost rows gathered before its layer runs; X of layer
-               l - 1 kept for its backward, the others' thrown away (Hb). For l = 1 this leaves
-               x_0 in place for layer 0's backward. */
+               k mod 2, each input's ghost rows gathered before its layer runs; their X thrown
+               away (Hb: layer l's own comes below). For l = 1 this leaves x_0 in place for
+               layer 0's backward. */
             int pv[2], j = 0;
             for (int i = 0; i < 3; i++)
                 if (i != dgv)
@@ -1846,7 +1875,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
                     mark(et, ST_XCH);
                     ST(exchange(et, &xc, 0, xs(k), vecs(k), err, err_len));
                 }
-                ST(fwd_layer(k, k == l - 1 ? XST + (size_t)slot_X(k) * nlF : Hb));
+                ST(fwd_layer(k, Hb));
             }
             mark(et, ST_XCH);
             ST(exchange(et, &xc, 0, xs(l), vecs(l), err, err_len));
@@ -1870,10 +1899,33 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
             mark(et, ST_XCH);
             ST(exchange(et, &xc, 0, xs(l), vecs(l), err, err_len));
         }
+        bool qkv_fresh = false;
+        if (ck == 2 && l < L - 1) {
+            /* level 2: X of layer l by its node work and edge pass again (one X slot: the
+               re-run's layers before it throw theirs away), which leaves its q/k/v in place
+               for the backward below */
+            const et_dlayer *dx = &m->layers[l];
+            mark(et, ST_NODE_FWD);
+            ST(node_fwd(l));
+            mark(et, ST_EDGE_FWD);
+            et_edge_layer el;
+            memset(&el, 0, sizeof(el));
+            el.filt_wt = dx->filt_wt;
+            el.filt_b = dx->filt_b;
+            el.qkv = qkv_of(l);
+            el.vec = l > 0 ? vecs(l) : NULL;
+            el.X = XST + (size_t)slot_X(l) * nlF;
+            el.V = Vb;
+            if (et->edge_unfused)
+                CU(et_edge_forward_unfused(s, &c, &el), "edge forward (unfused)");
+            else
+                CU(et_edge_forward(s, CPL, grid_l, sp.fwd, SPLIT, &c, &el), "edge forward");
+            qkv_fresh = true;
+        }
         float *x = xs(l), *vec = vecs(l);
         float *gxo = GX[cur], *gvo = GV[cur], *gxi = GX[1 - cur], *gvi = GV[1 - cur];
         mark(et, ST_NODE_BWD);
-        if (keep == 0)
+        if (keep == 0 && !qkv_fresh)
             ST(node_fwd(l));
         for (int a = 0; a < nl || (a == 0 && n > 0); a += CH) {
             const int cr = chunk_rows(a), last = a + CH >= nl;

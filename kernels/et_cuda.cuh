@@ -115,7 +115,7 @@ typedef struct et_edge_layer {
     const float *gV;         /* [nl][3][F] dE/dV (backward) = dE/dvec_out */
     float *gqkv;             /* [n][5F] out (backward): g_q (receiver pass), g_k, g_v (sender) */
     float *gvec;             /* [n][3][F] in/out (backward, sender pass): += vec gradient */
-    float4 *gw;              /* [ne] in/out (backward, receiver pass): += dE/dw_e */
+    float *gw;               /* [ne][3] in/out (backward, receiver pass): += dE/dw_e */
 } et_edge_layer;
 
 /* ---- workspace --------------------------------------------------------------------------- */
@@ -447,7 +447,7 @@ cudaError_t et_edge_backward_slots(int CPL, const et_edge_common *c, int *recv_s
                                    int *send_slots);
 cudaError_t et_ne_backward(cudaStream_t s, int CPL, int grid, const et_edge_common *c,
                            const float *ne_wt, const float *ne_b, const float *ne_emb,
-                           const int *z, const float *gm, float4 *gw);
+                           const int *z, const float *gm, float *gw);
 
 /* edge_unfused.cu: the unfused baseline (benchmark only; DS4SCI_CUDA_EDGE=unfused). Same
  * inputs and outputs as the fused launchers above; per-edge tensors are materialised in
@@ -487,7 +487,7 @@ cudaError_t et_head_norm_out(cudaStream_t s, int nl, int F, const float *x, cons
    each row's edges and the uncovered edges (tr_off2, tr_edge2). */
 cudaError_t et_forces(cudaStream_t s, int nl, int n, const int *row_off, const int *tr_off,
                       const int *tr_edge, const int *rev, const int *tr_off2,
-                      const int *tr_edge2, const float4 *e_geo, const float4 *gw,
+                      const int *tr_edge2, const float4 *e_geo, const float *gw,
                       double *forces, double *atom_virial, int n_part, double *part);
 cudaError_t et_sum_energy(cudaStream_t s, int nl, const double *atom_e, int n_part,
                           double *part);

@@ -36,7 +36,7 @@ static __global__ void __launch_bounds__(RED_THREADS)
     k_forces(int nl, int n, const int *__restrict__ row_off, const int *__restrict__ tr_off,
              const int *__restrict__ tr_edge, const int *__restrict__ rev,
              const int *__restrict__ tr_off2, const int *__restrict__ tr_edge2,
-             const float4 *__restrict__ geo, const float4 *__restrict__ gw,
+             const float4 *__restrict__ geo, const float *__restrict__ gw,
              double *__restrict__ forces, double *__restrict__ atom_virial,
              double *__restrict__ part)
 {
@@ -65,16 +65,18 @@ static __global__ void __launch_bounds__(RED_THREADS)
                 const int e = pass == 0 ? i : pass == 2 ? tr_edge2[i] : tr_edge ? tr_edge[i] : rev[i];
                 if (e < 0)
                     continue;
-                const float4 g = gw[e], w = geo[e];
-                f[0] += sign * g.x;
-                f[1] += sign * g.y;
-                f[2] += sign * g.z;
-                av[0] -= 0.5 * w.x * g.x;
-                av[1] -= 0.5 * w.y * g.y;
-                av[2] -= 0.5 * w.z * g.z;
-                av[3] -= 0.5 * w.x * g.y;
-                av[4] -= 0.5 * w.x * g.z;
-                av[5] -= 0.5 * w.y * g.z;
+                const float4 w = geo[e];
+                const float gx = gw[3 * (size_t)e], gy = gw[3 * (size_t)e + 1],
+                            gz = gw[3 * (size_t)e + 2];
+                f[0] += sign * gx;
+                f[1] += sign * gy;
+                f[2] += sign * gz;
+                av[0] -= 0.5 * w.x * gx;
+                av[1] -= 0.5 * w.y * gy;
+                av[2] -= 0.5 * w.z * gz;
+                av[3] -= 0.5 * w.x * gy;
+                av[4] -= 0.5 * w.x * gz;
+                av[5] -= 0.5 * w.y * gz;
             }
         }
         if (forces)
@@ -115,7 +117,7 @@ static __global__ void __launch_bounds__(RED_THREADS)
 extern "C" cudaError_t et_forces(cudaStream_t s, int nl, int n, const int *row_off,
                                  const int *tr_off, const int *tr_edge, const int *rev,
                                  const int *tr_off2, const int *tr_edge2, const float4 *e_geo,
-                                 const float4 *gw, double *forces, double *atom_virial,
+                                 const float *gw, double *forces, double *atom_virial,
                                  int n_part, double *part)
 {
     k_forces<<<n_part, RED_THREADS, 0, s>>>(nl, n, row_off, tr_off, tr_edge, rev, tr_off2,
