@@ -1772,11 +1772,10 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
        ghost rows (zeroed or copied by the update kernels, which never read o or P there) */
     auto chunk_rows = [&](int a) -> int { return nl - a < CH ? nl - a : CH; };
 
-    /* layer l forward from its input (ghost rows filled): node work, edge pass (X into Xout),
-       o_proj and the update into input l + 1 (its ghost rows zeroed) */
-    auto fwd_layer = [&](int l, float *Xout) -> ds4sci_status {
+    /* layer l's node work and edge pass from its input (ghost rows filled): q/k/v, X into
+       Xout, V into Vb */
+    auto fwd_x = [&](int l, float *Xout) -> ds4sci_status {
         const et_dlayer *dl = &m->layers[l];
-        float *x = xs(l), *vec = vecs(l);
         mark(et, ST_NODE_FWD);
         ST(node_fwd(l));
         mark(et, ST_EDGE_FWD);
@@ -1785,13 +1784,21 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         el.filt_wt = dl->filt_wt;
         el.filt_b = dl->filt_b;
         el.qkv = qkv_of(l);
-        el.vec = l > 0 ? vec : NULL;
+        el.vec = vecs(l); /* NULL for layer 0 */
         el.X = Xout;
         el.V = Vb;
         if (et->edge_unfused)
             CU(et_edge_forward_unfused(s, &c, &el), "edge forward (unfused)");
         else
             CU(et_edge_forward(s, CPL, grid_l, sp.fwd, SPLIT, &c, &el), "edge forward");
+        return DS4SCI_OK;
+    };
+    /* layer l forward: fwd_x, then o_proj and the update into input l + 1 (its ghost rows
+       zeroed) */
+    auto fwd_layer = [&](int l, float *Xout) -> ds4sci_status {
+        const et_dlayer *dl = &m->layers[l];
+        float *x = xs(l), *vec = vecs(l);
+        ST(fwd_x(l, Xout));
         mark(et, ST_NODE_FWD);
         float *xn = xs(l + 1), *vn = vecs(l + 1);
         for (int a = 0; a < nl || (a == 0 && n > 0); a += CH) {
@@ -1904,22 +1911,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
             /* level 2: X of layer l by its node work and edge pass again (one X slot: the
                re-run's layers before it throw theirs away), which leaves its q/k/v in place
                for the backward below */
-            const et_dlayer *dx = &m->layers[l];
-            mark(et, ST_NODE_FWD);
-            ST(node_fwd(l));
-            mark(et, ST_EDGE_FWD);
-            et_edge_layer el;
-            memset(&el, 0, sizeof(el));
-            el.filt_wt = dx->filt_wt;
-            el.filt_b = dx->filt_b;
-            el.qkv = qkv_of(l);
-            el.vec = l > 0 ? vecs(l) : NULL;
-            el.X = XST + (size_t)slot_X(l) * nlF;
-            el.V = Vb;
-            if (et->edge_unfused)
-                CU(et_edge_forward_unfused(s, &c, &el), "edge forward (unfused)");
-            else
-                CU(et_edge_forward(s, CPL, grid_l, sp.fwd, SPLIT, &c, &el), "edge forward");
+            ST(fwd_x(l, XST + (size_t)slot_X(l) * nlF));
             qkv_fresh = true;
         }
         float *x = xs(l), *vec = vecs(l);
