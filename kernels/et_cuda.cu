@@ -288,6 +288,42 @@ static int graph_call(const ds4sci_cuda_et *et, const ds4sci_system *sys, int bu
                        (et->graph == ET_GRAPH_AUTO && sys->n_local <= ET_GRAPH_AUTO_ATOMS));
 }
 
+static int node_chunk_rows(const ds4sci_cuda_et *et, int nl);
+
+/* The checkpoint level of a step with nl owned rows, n rows and ne1 edges (compute_body's rule,
+   see there; compute_input asks it with the most edges the candidates can give, to know ahead
+   whether level 2 will run); keep_all gets the workspace estimate with every input kept. */
+static int checkpoint_level(const ds4sci_cuda_et *et, int builtin, int nl, int n, double ne1,
+                            double *keep_all)
+{
+    const int L = et->m.L, F = et->m.F;
+    const double nF = (double)(n > 0 ? n : 1) * F, nlF = (double)(nl > 0 ? nl : 1) * F;
+    const double keep_all_bytes =
+        4.0 * ((double)(L + 1 + 3 * L + 1 + 5 + 5 + 7) * nF + (double)L * nlF) + 60.0 * ne1;
+    auto kept1 = [&](int k) -> bool { return k < L && (k == L - 1 || k % 2 == 0); };
+    int nkx1 = 0, nkv1 = 0, nxst1 = 0;
+    for (int k = 0; k <= L; k++)
+        if (kept1(k)) {
+            nkx1++;
+            if (k > 0)
+                nkv1++;
+        }
+    for (int r = 0; r < L; r++)
+        nxst1 += r + 1 < L && !kept1(r + 1) ? 0 : 1;
+    const double level1_bytes =
+        4.0 * ((double)(nkx1 + 1 + 3 * (nkv1 + 1) + 1 + 5 + 5 + 7) * nF + (double)nxst1 * nlF +
+               13.0 * (double)node_chunk_rows(et, nl) * (double)F) +
+        60.0 * ne1;
+    const double mem = (double)et->mem_at_create;
+    if (keep_all)
+        *keep_all = keep_all_bytes;
+    return !builtin || L < 3                 ? 0
+           : et->checkpoint >= 0            ? et->checkpoint
+           : level1_bytes > 0.96 * mem      ? 2
+           : keep_all_bytes > 0.5 * mem     ? 1
+                                            : 0;
+}
+
 /* Whether this call folds the periodic images into their owned atoms (et->images: built-in
    exchange with ghosts): k_graph_fill names each image sender by its owned atom, so past the
    graph build the step has no ghost rows (n = n_local for every feature buffer and kernel),
@@ -1117,29 +1153,26 @@ static ds4sci_status compute_input(ds4sci_cuda_et *et, const ds4sci_system *sys,
        live in dE/dqkv's buffer (first written in the backward; compute_body's graph build
        puts the receivers in its first cand_off bytes, written by the fill, and after the fill
        the transpose index and its sort scratch, where the candidates were) at cand_off, past
-       the most edges the candidates can give; the buffer sized here as compute_body will
-       want it, so that it does not grow (with headroom) there. (In the vec buffer until
+       the most edges the candidates can give; the buffer sized here at least as dE/dqkv, so
+       that it does not grow (with headroom) there unless the graph build needs more, which
+       compute_body then allocates with the candidates copied over. (In the vec buffer until
        9778e30: its growth to the layer inputs' size then took 25% headroom, 11 GB at 10M
        atoms.) */
     const size_t cidx_bytes = (size_t)(nc > 0 ? nc : 1) * sizeof(int);
     const size_t rows = (size_t)(images_folded(et, sys, builtin) ? nl : n);
     const size_t cand_off = ((size_t)(nl + nc + 1) * sizeof(int) + 255) / 256 * 256;
     const size_t gqkv_bytes = 5 * (rows > 0 ? rows : 1) * (size_t)F * sizeof(float);
-    /* ... and what the graph build puts there for the most edges (receivers, transpose
-       index, sort ids, sort scratch: compute_body's lean layout) */
-    size_t sort_bound = 0;
-    CU(cub::DeviceRadixSort::SortPairs(NULL, sort_bound, (const int *)NULL, (int *)NULL,
-                                       (const int *)NULL, (int *)NULL, (int)(nl + nc), 0,
-                                       bits_for((int)rows), s),
-       "cub sort size");
-    size_t gqkv_need = 3 * cand_off + sort_bound;
-    if (gqkv_need < cand_off + cidx_bytes)
-        gqkv_need = cand_off + cidx_bytes;
-    if (gqkv_need < gqkv_bytes)
-        gqkv_need = gqkv_bytes;
+    const size_t gqkv_need =
+        cand_off + cidx_bytes > gqkv_bytes ? cand_off + cidx_bytes : gqkv_bytes;
     /* resident (et->resident_nbr): in B_CAND, kept, and not uploaded again when the caller
        promised the previous call's list (api.c has checked that the counts match it) */
-    et->res_now = et->resident_nbr > 0 || (et->resident_nbr < 0 && et->promised);
+    /* (auto: not where level 2 will run, i.e. the largest systems, whose memory the list
+       would take: 5.8 GB at 10M atoms with LAMMPS's skin; its upload costs ~1% there) */
+    et->res_now = et->resident_nbr > 0 ||
+                  (et->resident_nbr < 0 && et->promised &&
+                   checkpoint_level(et, builtin, nl, (int)rows, (double)(nl + nc), NULL) != 2);
+    if (!et->res_now && et->buf[B_CAND].cap > 0 && !et->capturing)
+        release(et, B_CAND);
     const int keep_nbr = et->res_now && et->same_nbr && et->cand_valid;
     et->cand_valid = 0; /* until this call succeeds */
     if (et->res_now)
@@ -1284,9 +1317,9 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     cudaStream_t s = et->stream;
     cublasHandle_t h = et->blas;
     const size_t n1 = n > 0 ? n : 1, nl1 = nl > 0 ? nl : 1;
-    int *cidx = et->res_now ? BUF(int, B_CAND)
-                            : (int *)((char *)et->buf[B_GQKV].p +
-                                      ((size_t)(nl + nc + 1) * sizeof(int) + 255) / 256 * 256);
+    /* the candidates (compute_input): resident, or in dE/dqkv's buffer at cand_off */
+    const size_t cand_off = ((size_t)(nl + nc + 1) * sizeof(int) + 255) / 256 * 256;
+    int *cidx = et->res_now ? BUF(int, B_CAND) : (int *)((char *)et->buf[B_GQKV].p + cand_off);
     const int n_send = !builtin && ex && ex->send_rows ? ex->n_send_rows : 0;
     /* graph mode: edge buffers of nl + nc slots (every row's self-loop and candidates bound its
        edges), no read-back; the padded slots never reach a kernel's edge loop (CSR offsets
@@ -1354,7 +1387,21 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     const size_t pre_bytes = lean ? 2 * arr_bytes : 0;
     const size_t gqkv_bytes = 5 * n1 * (size_t)F * sizeof(float);
     const size_t build_bytes = pre_bytes + arr_bytes + sort_bytes;
-    ST(ensure(et, B_GQKV, build_bytes > gqkv_bytes ? build_bytes : gqkv_bytes, err, err_len));
+    {
+        void *old = NULL;
+        ST(ensure_keep(et, B_GQKV, build_bytes > gqkv_bytes ? build_bytes : gqkv_bytes, &old, err,
+                       err_len));
+        if (old) { /* grown (a build larger than dE/dqkv: small F): the candidates come along */
+            if (!et->res_now && nc > 0)
+                CU(cudaMemcpyAsync((char *)et->buf[B_GQKV].p + cand_off, (char *)old + cand_off,
+                                   (size_t)nc * sizeof(int), cudaMemcpyDeviceToDevice, s),
+                   "candidates");
+            CU(cudaStreamSynchronize(s), "candidates");
+            cudaFree(old);
+            if (!et->res_now)
+                cidx = (int *)((char *)et->buf[B_GQKV].p + cand_off);
+        }
+    }
     ST(ensure(et, B_ESRC, ne1 * sizeof(int), err, err_len));
     ST(ensure(et, B_EGEO, ne1 * sizeof(float4), err, err_len));
     ST(ensure(et, B_GW, ne1 * 3 * sizeof(float), err, err_len));
@@ -1432,30 +1479,16 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
        bytes per edge, would exceed half of the memory free at context creation; level 2 when
        level 1's would not fit in 96% of it; decided from the sizes alone, so a CUDA graph's
        key (the sizes) fixes it too */
-    const double keep_all_bytes =
-        4.0 * ((double)(L + 1 + 3 * L + 1 + 5 + 5 + 7) * (double)nF + (double)L * (double)nlF) +
-        60.0 * (double)ne1;
+    double keep_all_bytes = 0.0;
+    const int ck = checkpoint_level(et, builtin, nl, n, ne1, &keep_all_bytes);
     auto kept1 = [&](int k) -> bool { return k < L && (k == L - 1 || k % 2 == 0); };
-    int nkx1 = 0, nkv1 = 0, nxst1 = 0;
+    int nkx1 = 0, nkv1 = 0;
     for (int k = 0; k <= L; k++)
         if (kept1(k)) {
             nkx1++;
             if (k > 0)
                 nkv1++;
         }
-    for (int r = 0; r < L; r++)
-        nxst1 += r + 1 < L && !kept1(r + 1) ? 0 : 1;
-    const double level1_bytes =
-        4.0 * ((double)(nkx1 + 1 + 3 * (nkv1 + 1) + 1 + 5 + 5 + 7) * (double)nF +
-               (double)nxst1 * (double)nlF +
-               13.0 * (double)node_chunk_rows(et, nl) * (double)F) +
-        60.0 * (double)ne1;
-    const double mem = (double)et->mem_at_create;
-    const int ck = !builtin || L < 3                       ? 0
-                   : et->checkpoint >= 0                  ? et->checkpoint
-                   : level1_bytes > 0.96 * mem            ? 2
-                   : keep_all_bytes > 0.5 * mem           ? 1
-                                                           : 0;
     /* Keep levels (never with checkpointing: that is for memory, this spends it for time): 1
        keeps each layer's q/k/v [n][5F] from the forward, so the backward skips LayerNorm, the
        q/k/v SGEMM and bias per layer; 2 also vec_proj's P [nl][9F] (layers >= 1) and o
