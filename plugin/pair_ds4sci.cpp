@@ -146,6 +146,11 @@ PairDS4SCI::PairDS4SCI(LAMMPS *lmp) :
   one_coeff = 1;
   manybody_flag = 1;
   centroidstressflag = CENTROID_NOTAVAIL;
+  // The global virial is the core's (result.virial), never LAMMPS's sum of f . r over owned
+  // and ghost atoms (fdotr): the CUDA backend may put a pair with a periodic image on the
+  // image's owned atom (one rank: the images are folded, ds4sci.h), which keeps every force
+  // sum and the core's virial but not f . r.
+  no_virial_fdotr_compute = 1;
   comm_forward = 0;
   comm_reverse = 0;
   // compute pair ds4sci: timers, see pair_ds4sci.h
@@ -798,7 +803,7 @@ void PairDS4SCI::compute(int eflag, int vflag)
   }
   if (eflag_atom)
     for (int i = 0; i < nlocal; i++) eatom[i] += s * atom_energy[i];
-  if (vflag_global && !vflag_fdotr)
+  if (vflag_global)
     for (int k = 0; k < 6; k++) virial[k] += s * result.virial[k];
   if (vflag_atom) {
     const double *va = atom_virial.data();
@@ -809,7 +814,6 @@ void PairDS4SCI::compute(int eflag, int vflag)
       for (int k = 0; k < 6; k++) vatom[i][k] += s * va[6 * i + k];
   }
 
-  if (vflag_fdotr) virial_fdotr_compute();
 
   const double t_end = MPI_Wtime();
   pvector[0] += 1.0;

@@ -232,8 +232,11 @@ typedef struct ds4sci_result {
                              which the caller adds into their owners (LAMMPS reverse comm),
                              or see ds4sci_fold_ghosts. Only those sums are defined: a pair
                              between an atom and a periodic image may be put on either of its
-                             two copies (the CUDA backend does so with ghost_owner), which
-                             changes ghost rows, never the sums or the virial */
+                             two copies (the CUDA backend does so with ghost_owner; with the
+                             built-in exchange it puts every image's forces on its owned
+                             atom), which changes ghost rows, never the sums or `virial`, but
+                             does change sum_i r_i . f_i: take the virial from `virial` (or
+                             atom_virial), not from forces times positions (LAMMPS's fdotr) */
     double *atom_virial;  /* [n_total][6] or NULL, same order as virial; each pair's term is
                              split half to each of its two atoms; ghost rows as for forces */
 } ds4sci_result;

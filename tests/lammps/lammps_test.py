@@ -221,7 +221,8 @@ def max_force_err(forces, ref):
 
 
 # ----------------------------------------------------------------------------------------------
-# golden: run 0 energy, forces, virial equal TorchMD-Net float64, fdotr and explicit virial
+# golden: run 0 energy, forces, virial equal TorchMD-Net float64, by default and with pair_modify
+# nofdotr (the style never uses fdotr since 2026-11-30: the CUDA backend folds periodic images)
 # ----------------------------------------------------------------------------------------------
 
 def golden_systems(lmp, args, which):
