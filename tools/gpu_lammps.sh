@@ -18,8 +18,8 @@
 # background si_nve runs are stopped, default 280), SI_NVE (1: run them), BENCH_SI / BENCH_REF
 # (bench sizes "n steps steps2"; empty: skip), BENCH_NP (MPI ranks of the benchmarks, default 1;
 # one GPU per rank when the machine has as many), BENCH_TAG (suffix of the bench log names),
-# OOM_CELLS (gpu_oom lattice, default 220: 10.6M atoms, above the 9.0M that one H200 holds
-# since docs/gpu.md v22; 0: skip).
+# OOM_CELLS (gpu_oom lattice, default 230: 12.2M atoms, above the 10.08M that one H200 holds
+# since docs/gpu.md v23; 0: skip).
 set -u -o pipefail
 MODE=${1:-all}
 ROOT=$(pwd)
@@ -130,9 +130,9 @@ if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
         summary+=("bench $1 n=$2 ranks=$np: rc=$? ($(( $(date +%s) - start )) s)")
     done
     kill "$smi" 2>/dev/null
-    if [ "${OOM_CELLS-220}" != 0 ]; then
+    if [ "${OOM_CELLS-230}" != 0 ]; then
         start=$(date +%s)
-        OMP_NUM_THREADS=16 $TEST --workdir "$ROOT/build-l-device/t_oom" --oom-cells "${OOM_CELLS-220}" \
+        OMP_NUM_THREADS=16 $TEST --workdir "$ROOT/build-l-device/t_oom" --oom-cells "${OOM_CELLS-230}" \
             gpu_oom > "$OUT/test_gpu_oom.log" 2>&1
         summary+=("gpu_oom: rc=$? ($(( $(date +%s) - start )) s)")
         cp "$ROOT/build-l-device/t_oom/oom.out" "$OUT/" 2>/dev/null

@@ -1022,9 +1022,9 @@ def main():
     ap.add_argument("--si-model", default="", help="Si potential for gpu_box")
     ap.add_argument("--box-cells", type=int, default=11, help="gpu_box: diamond cells per side")
     ap.add_argument("--cpu-threads", type=int, default=0, help="gpu_box: threads of the cpu run")
-    ap.add_argument("--oom-cells", type=int, default=220,
-                    help="gpu_oom: sc cells per side (220: 10.6M atoms; one H200 holds 9.0M "
-                    "of this model since docs/gpu.md v22, 4.0M fit now)")
+    ap.add_argument("--oom-cells", type=int, default=230,
+                    help="gpu_oom: sc cells per side (230: 12.2M atoms; one H200 holds 10.08M "
+                    "of this model since docs/gpu.md v23, so 220^3 = 10.6M would be too close)")
     ap.add_argument("case")
     args = ap.parse_args()
     args.golden = os.path.abspath(args.golden)
