@@ -257,6 +257,21 @@ static int64_t first_bad_owner(const int32_t *owner, int64_t ng, int64_t nl, int
     return ng;
 }
 
+/* The first ghost that names an owned atom (ghost_owner >= 0) with another atomic number, or
+   ng: a copy is the same atom (the CUDA backend folds periodic images into their owners, so
+   an image's element must be its owner's). */
+static int64_t first_bad_copy(const ds4sci_system *sys) {
+    const int64_t nl = sys->n_local, ng = sys->n_ghost;
+    if (!sys->ghost_owner)
+        return ng;
+    for (int64_t g = 0; g < ng; g++) {
+        const int32_t o = sys->ghost_owner[g];
+        if (o >= 0 && o < nl && sys->z[nl + g] != sys->z[o])
+            return g;
+    }
+    return ng;
+}
+
 /* A wire plan (ds4sci.h): partial owners, a transport, owned send rows, and recv rows that
    are exactly the ghosts with owner -1, each once over all peers. */
 static ds4sci_status validate_plan(ds4sci_ctx *ctx, const ds4sci_system *sys,
@@ -387,10 +402,18 @@ static ds4sci_status validate(ds4sci_ctx *ctx, const ds4sci_system *sys,
                     "or -1 (another process's atom, for the exchange)",
                     (long long)g_bad, (long long)(nl + g_bad), (int)sys->ghost_owner[g_bad],
                     (long long)nl);
-    } else if (exchange->n_send_rows < 0 || (exchange->n_send_rows > 0 && !exchange->send_rows)) {
+    }
+    if ((g_bad = first_bad_copy(sys)) < ng)
+        return fail(ctx, DS4SCI_ERR_INPUT,
+                    "ghost %lld (atom %lld) is a copy of owned atom %d (ghost_owner) but has "
+                    "z = %d, the owned atom z = %d",
+                    (long long)g_bad, (long long)(nl + g_bad), (int)sys->ghost_owner[g_bad],
+                    (int)sys->z[nl + g_bad], (int)sys->z[sys->ghost_owner[g_bad]]);
+    if (exchange &&
+        (exchange->n_send_rows < 0 || (exchange->n_send_rows > 0 && !exchange->send_rows))) {
         return fail(ctx, DS4SCI_ERR_ARG, "exchange: n_send_rows = %d with send_rows %s",
                     (int)exchange->n_send_rows, exchange->send_rows ? "set" : "NULL");
-    } else if (exchange->n_send_rows > 0) {
+    } else if (exchange && exchange->n_send_rows > 0) {
         unsigned char *seen = (unsigned char *)calloc((size_t)nl, 1);
         if (!seen)
             return fail(ctx, DS4SCI_ERR_NOMEM, "exchange: cannot check send_rows (out of memory)");

@@ -524,6 +524,19 @@ START_TEST(bad_ghost_owner_is_refused) {
     ds4sci_system s = f.sys.s;
     s.ghost_owner = NULL;
     expect_status(&f, &s, DS4SCI_ERR_ARG, "ghost_owner");
+    /* a copy of another element than its owner's (with or without an exchange) */
+    f.sys.ghost_owner[1] = 0;
+    const int32_t nl = f.sys.s.n_local, z0 = f.sys.z[nl + 1];
+    f.sys.z[nl + 1] = f.sys.z[0] == 1 ? 2 : 1; /* elements 1 .. max_z - 1 are the model's */
+    expect_status(&f, &f.sys.s, DS4SCI_ERR_INPUT, "ghost 1 (atom");
+    ck_assert_ptr_nonnull(strstr(ds4sci_ctx_error(f.ctx), "copy of owned atom 0"));
+    tu_result_alloc(&r, &f.sys.s);
+    ck_assert_int_eq(ds4sci_compute(f.ctx, &f.sys.s, &ex, &r.r), DS4SCI_ERR_INPUT);
+    ck_assert_ptr_nonnull(strstr(ds4sci_ctx_error(f.ctx), "copy of owned atom 0"));
+    tu_result_free(&r);
+    f.sys.z[nl + 1] = f.sys.z[0];
+    expect_status(&f, &f.sys.s, DS4SCI_OK, NULL);
+    f.sys.z[nl + 1] = z0;
     tu_fixture_free(&f);
 }
 END_TEST
