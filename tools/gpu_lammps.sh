@@ -157,5 +157,12 @@ done
 echo "==== si_nve"
 for f in "$OUT"/si_nve_*.log; do [ -f "$f" ] && tail -n 3 "$f"; done
 echo "==== summary"
-for s in "${summary[@]}"; do echo "$s"; done
+# exit status: 1 when a test or benchmark above failed (the summary's rc=N, N != 0), so that a
+# caller (tools/gpu_verify.sh) sees it; it reported 0 for failed cases before 2026-11-30
+status=0
+for s in "${summary[@]}"; do
+    echo "$s"
+    case "$s" in *"rc=0"*) ;; *"rc="*) status=1 ;; esac
+done
 echo "total $(since) s"
+exit "$status"
