@@ -59,6 +59,15 @@ if [ "$MODE" = pack ]; then
     strip --strip-unneeded "$ROOT"/.gpufinal/check_cuda_backend "$ROOT"/.gpufinal/bench_gpu \
         "$ROOT"/.lammps-gpu/bin/ds4sciplugin.so "$ROOT"/.lammps-gpu/bin/liblammps.so.0
     { git -C "$W" rev-parse HEAD; echo "$W"; } > "$ROOT/.gpufinal/COMMIT"
+    # the shared libraries of Debian's check and cJSON that the binaries load (the GPU machine
+    # has neither): next to the static ones in .gpudeps/lib (docs/gpu.md "Running it")
+    mkdir -p "$ROOT/.gpudeps/lib"
+    for lib in libsubunit.so.0 libcjson.so.1; do
+        p=$(ldd "$ROOT/.gpufinal/check_cuda_backend" "$ROOT/.gpufinal/bench_gpu" 2>/dev/null |
+            awk -v l="$lib" '$1 == l && $3 ~ /^\// {print $3; exit}')
+        [ -n "$p" ] && cp -L "$p" "$ROOT/.gpudeps/lib/$lib"
+    done
+    grep -qx "/.gpudeps/" "$ROOT/.git/info/exclude" || echo "/.gpudeps/" >> "$ROOT/.git/info/exclude"
     for d in .gpufinal .lammps-gpu; do
         grep -qx "/$d/" "$ROOT/.git/info/exclude" || echo "/$d/" >> "$ROOT/.git/info/exclude"
     done
