@@ -318,7 +318,8 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                     float dir2s[3] = {0.f, 0.f, 0.f};
                     /* xm: the pair's filter backward is the other warp's */
                     const bool mine = !MERGED || !(xm >> i & 1u);
-                    if (md.geo[i].w != 0.f) { /* nothing of the self-loop's second half reaches g_q */
+                    /* nothing of the self-loop's (r = 0) second half reaches g_q */
+                    if (md.geo[i].w != 0.f) {
                         const float4 g = md.geo[i];
                         const float inv = __shfl_sync(0xffffffffu, invl, i);
                         const float dir[3] = {g.x * inv, g.y * inv, g.z * inv};

@@ -1104,6 +1104,20 @@ static int node_chunk_rows(const ds4sci_cuda_et *et, int nl)
     return nl < 1 ? 1 : nl < et->node_chunk ? nl : et->node_chunk;
 }
 
+/* Where the caller's candidates live (compute_input): B_CAND when resident, else dE/dqkv's
+   buffer at cand_offset, past the receivers of the most edges nl + nc candidates can give
+   (compute_body's graph build writes those while it reads the candidates). */
+static size_t cand_offset(int nl, int64_t nc)
+{
+    return ((size_t)(nl + nc + 1) * sizeof(int) + 255) / 256 * 256;
+}
+
+static int *cand_ptr(ds4sci_cuda_et *et, int nl, int64_t nc)
+{
+    return et->res_now ? (int *)et->buf[B_CAND].p
+                       : (int *)((char *)et->buf[B_GQKV].p + cand_offset(nl, nc));
+}
+
 static int bits_for(int n)
 {
     int b = 1;
@@ -1160,7 +1174,7 @@ static ds4sci_status compute_input(ds4sci_cuda_et *et, const ds4sci_system *sys,
        atoms.) */
     const size_t cidx_bytes = (size_t)(nc > 0 ? nc : 1) * sizeof(int);
     const size_t rows = (size_t)(images_folded(et, sys, builtin) ? nl : n);
-    const size_t cand_off = ((size_t)(nl + nc + 1) * sizeof(int) + 255) / 256 * 256;
+    const size_t cand_off = cand_offset(nl, nc);
     const size_t gqkv_bytes = 5 * (rows > 0 ? rows : 1) * (size_t)F * sizeof(float);
     const size_t gqkv_need =
         cand_off + cidx_bytes > gqkv_bytes ? cand_off + cidx_bytes : gqkv_bytes;
@@ -1179,7 +1193,7 @@ static ds4sci_status compute_input(ds4sci_cuda_et *et, const ds4sci_system *sys,
         ST(ensure(et, B_CAND, cidx_bytes, err, err_len));
     else
         ST(ensure(et, B_GQKV, gqkv_need, err, err_len));
-    int *cidx = et->res_now ? BUF(int, B_CAND) : (int *)((char *)et->buf[B_GQKV].p + cand_off);
+    int *cidx = cand_ptr(et, nl, nc);
     /* B_GOWN: the ghost owners (built-in exchange), or the caller's send_rows hint */
     const int n_send = !builtin && ex && ex->send_rows ? ex->n_send_rows : 0;
     if (builtin)
@@ -1317,9 +1331,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     cudaStream_t s = et->stream;
     cublasHandle_t h = et->blas;
     const size_t n1 = n > 0 ? n : 1, nl1 = nl > 0 ? nl : 1;
-    /* the candidates (compute_input): resident, or in dE/dqkv's buffer at cand_off */
-    const size_t cand_off = ((size_t)(nl + nc + 1) * sizeof(int) + 255) / 256 * 256;
-    int *cidx = et->res_now ? BUF(int, B_CAND) : (int *)((char *)et->buf[B_GQKV].p + cand_off);
+    int *cidx = cand_ptr(et, nl, nc); /* the candidates (compute_input) */
     const int n_send = !builtin && ex && ex->send_rows ? ex->n_send_rows : 0;
     /* graph mode: edge buffers of nl + nc slots (every row's self-loop and candidates bound its
        edges), no read-back; the padded slots never reach a kernel's edge loop (CSR offsets
@@ -1393,13 +1405,12 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
                        err_len));
         if (old) { /* grown (a build larger than dE/dqkv: small F): the candidates come along */
             if (!et->res_now && nc > 0)
-                CU(cudaMemcpyAsync((char *)et->buf[B_GQKV].p + cand_off, (char *)old + cand_off,
+                CU(cudaMemcpyAsync(cand_ptr(et, nl, nc), (char *)old + cand_offset(nl, nc),
                                    (size_t)nc * sizeof(int), cudaMemcpyDeviceToDevice, s),
                    "candidates");
             CU(cudaStreamSynchronize(s), "candidates");
             cudaFree(old);
-            if (!et->res_now)
-                cidx = (int *)((char *)et->buf[B_GQKV].p + cand_off);
+            cidx = cand_ptr(et, nl, nc);
         }
     }
     ST(ensure(et, B_ESRC, ne1 * sizeof(int), err, err_len));

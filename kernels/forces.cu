@@ -62,7 +62,10 @@ static __global__ void __launch_bounds__(RED_THREADS)
             }
             const double sign = pass == 0 ? 1.0 : -1.0;
             for (int i = lo; i < hi; i++) {
-                const int e = pass == 0 ? i : pass == 2 ? tr_edge2[i] : tr_edge ? tr_edge[i] : rev[i];
+                const int e = pass == 0 ? i
+                              : pass == 2 ? tr_edge2[i]
+                              : tr_edge   ? tr_edge[i]
+                                          : rev[i];
                 if (e < 0)
                     continue;
                 const float4 w = geo[e];
