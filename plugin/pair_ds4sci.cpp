@@ -814,7 +814,6 @@ void PairDS4SCI::compute(int eflag, int vflag)
       for (int k = 0; k < 6; k++) vatom[i][k] += s * va[6 * i + k];
   }
 
-
   const double t_end = MPI_Wtime();
   pvector[0] += 1.0;
   pvector[1] += t_input - t_start;
