@@ -192,9 +192,17 @@ typedef struct ds4sci_cuda_et {
                                 forces a level */
     int keep;                /* node work the backward would repeat, kept from the forward
                                 instead (never with checkpointing): -1 auto (default: the
-                                most that keeps the workspace under half of mem_at_create),
-                                0 none, 1 q/k/v, 2 q/k/v, vec_proj's P and o
+                                most that keeps the workspace under 85% of mem_at_create, at
+                                most keep_cap), 0 none, 1 q/k/v, 2 q/k/v, vec_proj's P and o
                                 (DS4SCI_CUDA_KEEP=0|1|2 forces a level) */
+    int keep_cap;            /* highest auto keep level (2; lowered for good when a call ran
+                                out of memory with a higher one and was run again, compute()) */
+    int call_keep;           /* this call's keep level once chosen (-1 before) */
+    int call_xch;            /* exchanges this call has made (a call is run again only before
+                                its first: the caller's exchange is collective) */
+    size_t mem_cap;          /* DS4SCI_CUDA_MEM_CAP=<bytes>: the workspace may not hold more
+                                (tests: memory taken by another process after the context was
+                                made); 0: no cap */
     int resident_nbr;        /* the caller's candidate list kept in B_CAND between calls and
                                 uploaded only when the caller does not promise the previous
                                 one (ds4sci_ctx_same_neighbors): -1 auto (default: once the

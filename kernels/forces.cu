@@ -32,6 +32,18 @@ static __device__ void block_sum(double (&v)[NV], double *out)
     }
 }
 
+/* Warp-wide fp64 sum (butterfly: the same order every call). */
+static __device__ __forceinline__ double warp_sum_d(double x)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
+/* One warp per atom: its lanes take every 32nd edge of each pass (one thread per atom walked
+   ~106 edges with dependent loads: 26 us at 1,000 atoms, where 4 of 264 blocks had atoms, and
+   34 ms at 1M atoms, docs/gpu.md v24). The per-atom sums are butterflies over the lanes; the
+   totals (virial) stay per lane until block_sum. */
 static __global__ void __launch_bounds__(RED_THREADS)
     k_forces(int nl, int n, const int *__restrict__ row_off, const int *__restrict__ tr_off,
              const int *__restrict__ tr_edge, const int *__restrict__ rev,
@@ -40,8 +52,9 @@ static __global__ void __launch_bounds__(RED_THREADS)
              double *__restrict__ forces, double *__restrict__ atom_virial,
              double *__restrict__ part)
 {
+    const int lane = threadIdx.x & 31, wpb = RED_THREADS / 32;
     double v[6] = {0, 0, 0, 0, 0, 0};
-    for (int a = blockIdx.x * blockDim.x + threadIdx.x; a < n; a += gridDim.x * blockDim.x) {
+    for (int a = blockIdx.x * wpb + (threadIdx.x >> 5); a < n; a += gridDim.x * wpb) {
         double f[3] = {0, 0, 0}, av[6] = {0, 0, 0, 0, 0, 0};
         /* pass 0: a receives (its row); a sends: pass 1 the transpose index, or without it
            (rev) pass 1 the reverses of a's row edges (every paired edge a sends is one: rev is
@@ -61,7 +74,7 @@ static __global__ void __launch_bounds__(RED_THREADS)
                 hi = tr_off2[a + 1];
             }
             const double sign = pass == 0 ? 1.0 : -1.0;
-            for (int i = lo; i < hi; i++) {
+            for (int i = lo + lane; i < hi; i += 32) {
                 const int e = pass == 0 ? i
                               : pass == 2 ? tr_edge2[i]
                               : tr_edge   ? tr_edge[i]
@@ -83,11 +96,17 @@ static __global__ void __launch_bounds__(RED_THREADS)
             }
         }
         if (forces)
-            for (int c = 0; c < 3; c++)
-                forces[(size_t)a * 3 + c] = f[c];
+            for (int c = 0; c < 3; c++) {
+                const double t = warp_sum_d(f[c]);
+                if (lane == 0)
+                    forces[(size_t)a * 3 + c] = t;
+            }
         if (atom_virial)
-            for (int c = 0; c < 6; c++)
-                atom_virial[(size_t)a * 6 + c] = av[c];
+            for (int c = 0; c < 6; c++) {
+                const double t = warp_sum_d(av[c]);
+                if (lane == 0)
+                    atom_virial[(size_t)a * 6 + c] = t;
+            }
         for (int c = 0; c < 6; c++)
             v[c] += av[c];
     }

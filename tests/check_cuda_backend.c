@@ -536,6 +536,97 @@ START_TEST(test_keep_levels_match)
 }
 END_TEST
 
+/* The first line of a profile file (DS4SCI_CUDA_PROFILE, written when the context is freed)
+   that fmt reads n values from. */
+static int profile_scan(const char *path, const char *fmt, int n, void *a, void *b)
+{
+    FILE *f = fopen(path, "r");
+    char line[512];
+    int ok = 0;
+    while (f && !ok && fgets(line, sizeof(line), f))
+        ok = sscanf(line, fmt, a, b) == n;
+    if (f)
+        fclose(f);
+    return ok;
+}
+
+/*
+ * Memory that another process takes after the context was made (ranks sharing a GPU that
+ * choose their keep levels at the same time): DS4SCI_CUDA_MEM_CAP stops the workspace at a
+ * size between keep 1's and keep 2's. The auto level (2 for this small system) runs out, the
+ * backend lowers it to 1 for good and runs the call again: results as keep 1's and the
+ * float64 CPU path's, and the profile says keep 1. A cap below every level's workspace: a
+ * clean DS4SCI_ERR_DEVICE_NOMEM that names the cap.
+ */
+START_TEST(test_keep_lowered_when_memory_runs_out)
+{
+    tu_opts o;
+    et_desc *d = small_model(&o, 4);
+    ds4sci_system sy;
+    ds4sci_graph *g = random_system(120, 0.06, 1, o.max_z, o.cutoff_upper, 54, &sy);
+    ds4sci_ctx *cpu = tu_ctx_cpu(d, 0);
+    tu_result rc, r1, r;
+    run(cpu, &sy, NULL, &rc);
+    size_t ws[3] = {0, 0, 0};
+    char prof[96];
+    for (int lv = 1; lv <= 2; lv++) {
+        const char kv[2] = {(char)('0' + lv), 0};
+        snprintf(prof, sizeof(prof), "/tmp/ck_keep_profile_%ld_%d.txt", (long)getpid(), lv);
+        remove(prof);
+        setenv("DS4SCI_CUDA_PROFILE", prof, 1);
+        ds4sci_ctx *k = ctx_cuda_env(d, "DS4SCI_CUDA_KEEP", kv);
+        unsetenv("DS4SCI_CUDA_PROFILE");
+        run(k, &sy, NULL, lv == 1 ? &r1 : &r);
+        run(k, &sy, NULL, lv == 1 ? &r1 : &r);
+        if (lv == 2)
+            tu_result_free(&r);
+        ds4sci_ctx_free(k);
+        ck_assert_msg(profile_scan(prof, "workspace_bytes %zu", 1, &ws[lv], NULL),
+                      "no workspace_bytes in %s", prof);
+        remove(prof);
+    }
+    ck_assert_msg(ws[2] > ws[1], "workspace keep 2 %zu, keep 1 %zu", ws[2], ws[1]);
+    char cap[32];
+    snprintf(cap, sizeof(cap), "%zu", (ws[1] + ws[2]) / 2);
+    snprintf(prof, sizeof(prof), "/tmp/ck_keep_profile_%ld_cap.txt", (long)getpid());
+    remove(prof);
+    setenv("DS4SCI_CUDA_PROFILE", prof, 1);
+    ds4sci_ctx *k = ctx_cuda_env(d, "DS4SCI_CUDA_MEM_CAP", cap);
+    unsetenv("DS4SCI_CUDA_PROFILE");
+    for (int call = 0; call < 3; call++) { /* the call that lowers it, then as in MD */
+        run(k, &sy, NULL, &r);
+        compare(&r, &rc, "keep lowered, vs cpu");
+        const size_t nf = (size_t)r.n_total * 3;
+        const double de = fabs(r.r.energy - r1.r.energy) / fmax(fabs(r1.r.energy), 1e-12),
+                     df = rel_rms(r.r.forces, r1.r.forces, nf);
+        ck_assert_msg(de < 1e-6 && df < 1e-5, "call %d vs keep 1: energy %.3g forces %.3g",
+                      call, de, df);
+        tu_result_free(&r);
+    }
+    ds4sci_ctx_free(k);
+    int ck_level = -1, keep_level = -1;
+    ck_assert_msg(profile_scan(prof, "checkpoint %d keep %d", 2, &ck_level, &keep_level),
+                  "no keep line in %s", prof);
+    remove(prof);
+    ck_assert_msg(keep_level == 1, "cap %s (keep 1 %zu, keep 2 %zu bytes): keep %d, expected 1",
+                  cap, ws[1], ws[2], keep_level);
+    /* below every level: the error, no loop */
+    k = ctx_cuda_env(d, "DS4SCI_CUDA_MEM_CAP", "1");
+    tu_result_alloc(&r, &sy);
+    const ds4sci_status st = ds4sci_compute(k, &sy, NULL, &r.r);
+    ck_assert_msg(st == DS4SCI_ERR_DEVICE_NOMEM && strstr(ds4sci_ctx_error(k),
+                                                          "DS4SCI_CUDA_MEM_CAP"),
+                  "cap 1: %s: %s", ds4sci_status_name(st), ds4sci_ctx_error(k));
+    tu_result_free(&r);
+    ds4sci_ctx_free(k);
+    tu_result_free(&r1);
+    tu_result_free(&rc);
+    ds4sci_ctx_free(cpu);
+    ds4sci_graph_free(g);
+    tu_desc_free(d);
+}
+END_TEST
+
 /*
  * Graph mode (the default for small systems with the built-in exchange) against the normal
  * launches (a context made with DS4SCI_CUDA_GRAPH=0) through what an MD run does to one
@@ -1261,6 +1352,7 @@ static Suite *suite(void)
     tcase_add_test(tx, test_repeated_calls_and_size_changes);
     tcase_add_test(tx, test_graph_matches_launches_across_list_rebuilds);
     tcase_add_test(tx, test_keep_levels_match);
+    tcase_add_test(tx, test_keep_lowered_when_memory_runs_out);
     tcase_add_test(tx, test_resident_neighbors_match);
     tcase_add_test(tx, test_device_input_checks);
     tcase_add_loop_test(tx, test_two_domains_wire_plan, 0, 8);
