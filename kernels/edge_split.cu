@@ -18,22 +18,23 @@
 
 /*
  * Split factor of a pass over `rows` rows of a kernel with `slots` resident warps: force when
- * it is 1, 2, 4 or 8; else 1 from 4 x slots rows up (large systems: the code and order as
- * without the split), below that the smallest S in 2, 4, 8 with rows x S >= 4 x slots (about
- * four items per warp, so that rows of different lengths even out over a warp's items), at
- * most 8. Measured on the H200 (docs/gpu.md v7, reference model, 2,112 slots; run-to-run
- * spread ~5%): 1,000 atoms S = 1/2/4/8 6.93/6.03/5.91/5.97 ms per step; 10,648 atoms (S = 1
- * by this rule) 44.9/42.1/42.8/43.8 ms in one run, 48.0/48.7/49.1/50.9 in another (with other
- * work on the host): no S beats 1 there reliably.
+ * it is 1, 2, 4 or 8; else 1 from 8 x slots rows up (large systems: the code and order as
+ * without the split), below that the smallest S in 2, 4, 8 with rows x S >= 8 x slots (about
+ * eight items per warp, so that rows of different lengths even out over a warp's items), at
+ * most 8. Measured on the H200 (docs/gpu.md v24, reference model, 2,112 slots, bench_gpu 5
+ * steps, ms per step for S = 1/2/4/8): 1,000 atoms 3.85/2.71/2.66/2.68; 2,197 atoms
+ * 6.80/5.68/5.03/5.01; 4,913 10.85/9.68/9.56/9.71; 10,648 20.20/19.37/19.51/19.86; 19,683
+ * 34.42/34.32/35.12/36.10; 29,791 51.15/51.84/53.85 (S = 1/2/4); 97,336 161.1/167.4/174.6. The
+ * bound was 4 x slots before (v7, older kernels): 10,648 atoms took S = 1, now S = 2 (-4%).
  */
 static int split_factor(int rows, int slots, int force)
 {
     int S = 1;
     if (force == 1 || force == 2 || force == 4 || force == 8) {
         S = force;
-    } else if (rows > 0 && slots > 0 && (long long)rows < 4LL * slots) {
+    } else if (rows > 0 && slots > 0 && (long long)rows < 8LL * slots) {
         S = 2;
-        while (S < 8 && (long long)rows * S < 4LL * slots)
+        while (S < 8 && (long long)rows * S < 8LL * slots)
             S *= 2;
     }
     /* the items w < rows x S are ints in the kernels */
