@@ -192,20 +192,29 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
            back: some edge of the chunk needs the filter backward. */
         unsigned rm = 0, pm = 0, xm = 0;
         bool back = !MERGED;
-#pragma unroll
-        for (int i = 0; i < E; i++) {
-            if constexpr (MERGED) {
-                if (i < nv) {
-                    const int e = cb + i, re = md.rev[i];
-                    const bool hp = re >= 0 && c.pair;
-                    rm |= re >= 0 ? 1u << i : 0u;
-                    pm |= (hp && e < re) ? 1u << i : 0u;
-                    xm |= (hp && re <= e) ? 1u << i : 0u;
-                    back = back || (md.geo[i].w != 0.f && !(hp && re < e));
-                }
+        if constexpr (MERGED) {
+            /* lane i < nv: edge i's bits (rm 0..3, pm 4..7, xm 8..11, back 12..15), or-ed
+               over the warp by one redux.sync: masks that ptxas knows to be warp-uniform, so
+               that the per-edge branches on them need no BSSY/BSYNC */
+            static_assert(E <= 4, "four bits per mask");
+            unsigned bits = 0;
+            if (lane < nv) {
+                const int e = cb + lane, re = md.rev[lane];
+                const bool hp = re >= 0 && c.pair;
+                bits = (re >= 0 ? 1u : 0u) | ((hp && e < re) ? 0x10u : 0u) |
+                       ((hp && re <= e) ? 0x100u : 0u) |
+                       ((md.geo[lane].w != 0.f && !(hp && re < e)) ? 0x1000u : 0u);
+                bits <<= lane;
             }
-            grl[i] = 0.f;
+            bits = __reduce_or_sync(0xffffffffu, bits);
+            rm = bits & 0xfu;
+            pm = bits >> 4 & 0xfu;
+            xm = bits >> 8 & 0xfu;
+            back = (bits >> 12) != 0u;
         }
+#pragma unroll
+        for (int i = 0; i < E; i++)
+            grl[i] = 0.f;
         /* r_i read where each RBF needs it (not held in registers across the loop above) */
         const auto r_of = [&](int i) { return md.geo[i].w; };
         stage_rbf_of<E, true>(c, r_of, nv, lane, s_rbf, s_drbf);
@@ -256,7 +265,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                         gA_part = fmaf(gxv[j], dv[j], gA_part);
                     }
                     float da;
-                    const float at = actv<SILU>(c.attn_act, group_sum(part, G), &da);
+                    const float at = actv<SILU>(c.attn_act, head_sum<SILU>(part, G), &da);
                     const float A = c.vc ? at : at * cc;
                     const float svi = c.vc ? cc : 1.f;
                     if (lane == 0) {
@@ -265,7 +274,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                     }
                     /* g_A = sv sum_d g_mx v~ dv; g_c = at sum_d g_mx v~ dv either way (through
                        sv = c with vector_cutoff, else through A = at c) */
-                    const float gA = group_sum(gA_part, G) * svi;
+                    const float gA = head_sum<SILU>(gA_part, G) * svi;
                     const float gapre = (c.vc ? gA : gA * cc) * da;
                     grl[0] = self ? 0.f : gA_part * at * dc;
 #pragma unroll
@@ -334,23 +343,28 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                            d . (g_d / sv); g_pre of the gates (g_mv . d sv: with sv) */
                         float gc_part = 0.f;
                         float gd_part[3] = {0.f, 0.f, 0.f};
+                        float gvv1[CPL];
 #pragma unroll
                         for (int j = 0; j < CPL; j++) {
                             const float g2 = v2[j] * dv2a[j];
 #pragma unroll
                             for (int cx = 0; cx < 3; cx++)
                                 gd_part[cx] = fmaf(gV[cx][j], g2, gd_part[cx]);
-                            const float gvv1 = (gV[0][j] * vs[0][j] + gV[1][j] * vs[1][j] +
-                                                gV[2][j] * vs[2][j]) *
-                                               v1[j];
-                            gc_part = fmaf(gvv1, dv1a[j], gc_part);
-                            if (mine) {
-                                gp[0][j] = gvv1 * (svi * ddv1a[j]);
+                            gvv1[j] = (gV[0][j] * vs[0][j] + gV[1][j] * vs[1][j] +
+                                       gV[2][j] * vs[2][j]) *
+                                      v1[j];
+                            gc_part = fmaf(gvv1[j], dv1a[j], gc_part);
+                        }
+                        /* one branch for the CPL channels (inside the loop above: one per
+                           channel) */
+                        if (mine)
+#pragma unroll
+                            for (int j = 0; j < CPL; j++) {
+                                gp[0][j] = gvv1[j] * (svi * ddv1a[j]);
                                 gp[1][j] = (gV[0][j] * dirs[0] + gV[1][j] * dirs[1] +
                                             gV[2][j] * dirs[2]) *
                                            v2[j] * ddv2a[j];
                             }
-                        }
                         if (c.vc) {
                             gc_part = fmaf(gd_part[0], dir[0], gc_part);
                             gc_part = fmaf(gd_part[1], dir[1], gc_part);
@@ -409,7 +423,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                     float *const part)
 {
     const int F = edge_f<CPL>(c);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31, warp = warp_uniform();
     const edge_smem sh = edge_smem_load(l.filt_wt, l.filt_b, F, c.K, 4, 1);
     const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL>(c, lane);
     /* work item w = (part sp, receiver t), part-major; !SPLIT (S = 1): t = w, the whole row */
@@ -432,7 +446,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
 {
     constexpr int E = ET_EDGE_CHUNK;
     const int F = edge_f<CPL>(c);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31, warp = warp_uniform();
     const edge_smem sh = edge_smem_load(l.filt_wt, l.filt_b, F, c.K, 4, 0);
     float *s_wt = sh.wt, *s_b = sh.b, *s_rbf = sh.rbf;
 
@@ -510,14 +524,14 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                         part = fmaf(q[j] * kk[j], dk[j], part);
                     }
                     float da;
-                    const float a = actv<SILU>(c.attn_act, group_sum(part, G), &da);
+                    const float a = actv<SILU>(c.attn_act, head_sum<SILU>(part, G), &da);
                     const float A = c.vc ? a : a * cc;
                     sv[i] = c.vc ? cc : 1.f;
                     float gA_part = 0.f;
 #pragma unroll
                     for (int j = 0; j < CPL; j++)
                         gA_part = fmaf(gX[j], vv[0][j] * dv[j] * sv[i], gA_part);
-                    const float gA = group_sum(gA_part, G);
+                    const float gA = head_sum<SILU>(gA_part, G);
                     const float gapre = (c.vc ? gA : gA * cc) * da;
 #pragma unroll
                     for (int j = 0; j < CPL; j++) {
@@ -691,10 +705,10 @@ static __device__ __forceinline__ void merged_send_first(const et_edge_common &c
         gA_part = fmaf(gxd[j], vt[j], gA_part);
     }
     float da;
-    const float a = actv<SILU>(c.attn_act, group_sum(part, G), &da);
+    const float a = actv<SILU>(c.attn_act, head_sum<SILU>(part, G), &da);
     const float A = c.vc ? a : a * cc;
     const float As = A * sv;
-    const float gA = group_sum(gA_part, G) * sv;
+    const float gA = head_sum<SILU>(gA_part, G) * sv;
     const float gapre = (c.vc ? gA : gA * cc) * da;
     float ak[CPL], av[CPL];
     ld_vec<CPL>(acc, ak);
@@ -800,7 +814,7 @@ static __global__ void __launch_bounds__(32 * MERGED_MAXW(CPL), 1)
     constexpr int E = ET_EDGE_CHUNK;
     constexpr int AW = 32 * CPL; /* stride of the accumulator parts (>= F; lane-major) */
     const int F = edge_f<CPL>(c);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwb = blockDim.x >> 5;
+    const int lane = threadIdx.x & 31, warp = warp_uniform(), nwb = blockDim.x >> 5;
     extern __shared__ float4 sm4[];
     float *sm = reinterpret_cast<float *>(sm4);
     float *const s_wt = sm, *const s_b = sm + (size_t)c.K * 4 * F;
@@ -881,11 +895,13 @@ static cudaError_t launch_merged(cudaStream_t s, int split, float *part, const e
     auto kern = split > 1 ? by_act(c, k_edge_bwd_merged<CPL, ACT_ANY, true>,
                                    k_edge_bwd_merged<CPL, ACT_SILU, true>,
                                    k_edge_bwd_merged<CPL, ACT_SILU_FAST, true>,
-                                   k_edge_bwd_merged<CPL, ACT_SILU_FAST_DKV, true>)
+                                   k_edge_bwd_merged<CPL, ACT_SILU_FAST_DKV, true>,
+                                   k_edge_bwd_merged<CPL, ACT_SILU_FAST_DKV_G, true>)
                           : by_act(c, k_edge_bwd_merged<CPL, ACT_ANY, false>,
                                    k_edge_bwd_merged<CPL, ACT_SILU, false>,
                                    k_edge_bwd_merged<CPL, ACT_SILU_FAST, false>,
-                                   k_edge_bwd_merged<CPL, ACT_SILU_FAST_DKV, false>);
+                                   k_edge_bwd_merged<CPL, ACT_SILU_FAST_DKV, false>,
+                                   k_edge_bwd_merged<CPL, ACT_SILU_FAST_DKV_G, false>);
     int grid = 0;
     cudaError_t e = resident_grid(kern, smem, w, (long long)c->n_local * split, &grid);
     if (e != cudaSuccess)
@@ -949,7 +965,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, NE_BWD_MIN_BLOCKS(C
     constexpr int E = ET_EDGE_CHUNK;
     constexpr int MW = edge_meta_floats(1);
     const int F = edge_f<CPL>(c);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31, warp = warp_uniform();
     const edge_smem sh = ne_smem_load(ne_wt, ne_b, F, c.K, 1);
     float *s_wt = sh.wt, *s_b = sh.b, *s_rbf = sh.rbf, *s_drbf = sh.drbf, *s_meta = sh.meta;
     const edge_meta<true> md = edge_meta<true>::at(s_meta);
