@@ -46,7 +46,8 @@ static __device__ __forceinline__ void merged_send_second(const et_edge_common &
  * filter parts P0, P0 + 1 for the chunk's E edges and stores them, slot i part p at
  * s_pre[(2 i + p) AW]; turn i of the loop reads slot i and gp_to_smem puts edge i's g_pre in
  * its place (and rotates the lane's E partial dE/dr sums by one, so that the current edge's is
- * always grl[0]: after E turns they are in edge order again); back_from_smem runs the filter
+ * always grl[0]: after E turns they are in edge order again; the turn passes the current
+ * edge's new sum gr0, so that the rotation is E moves, not E + 1); back_from_smem runs the filter
  * backward from the stored g_pre. (In registers, with all slots rotating, the pre-activations
  * cost 32 live registers and ~70 moves per edge at CPL 4.)
  */
@@ -67,12 +68,11 @@ static __device__ __forceinline__ void pre_to_smem(const float *s_wt, const floa
 
 template <int CPL>
 static __device__ __forceinline__ void gp_to_smem(float *s_pre, int i, const float (&gp)[2][CPL],
-                                                  float (&grl)[ET_EDGE_CHUNK])
+                                                  float (&grl)[ET_EDGE_CHUNK], float gr0)
 {
     constexpr int E = ET_EDGE_CHUNK, AW = 32 * CPL;
     st_vec<CPL>(s_pre + 2 * i * AW, gp[0]);
     st_vec<CPL>(s_pre + (2 * i + 1) * AW, gp[1]);
-    const float gr0 = grl[0];
 #pragma unroll
     for (int k = 0; k + 1 < E; k++)
         grl[k] = grl[k + 1];
@@ -242,6 +242,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
 #pragma unroll
                 for (int j = 0; j < CPL; j++)
                     gp[0][j] = gp[1][j] = 0.f;
+                float gr0 = 0.f; /* grl[0] is 0 here: this loop is the first to set it */
                 if (i < nv) {
                     const int s = md.src[i];
                     const bool self = md.geo[i].w == 0.f; /* r = 0: the self-loop only */
@@ -276,7 +277,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                        sv = c with vector_cutoff, else through A = at c) */
                     const float gA = head_sum<SILU>(gA_part, G) * svi;
                     const float gapre = (c.vc ? gA : gA * cc) * da;
-                    grl[0] = self ? 0.f : gA_part * at * dc;
+                    gr0 = self ? 0.f : gA_part * at * dc;
 #pragma unroll
                     for (int j = 0; j < CPL; j++)
                         gq[j] = fmaf(gapre, kd[j], gq[j]);
@@ -303,7 +304,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                             gp[1][j] *= ddv[j];
                         }
                 }
-                gp_to_smem<CPL>(s_pre, i, gp, grl);
+                gp_to_smem<CPL>(s_pre, i, gp, grl, gr0);
             }
             if (back)
                 back_from_smem<CPL, 0>(s_wt, s_drbf, c.K, F, wl, s_pre, grl);
@@ -319,6 +320,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
 #pragma unroll
                 for (int j = 0; j < CPL; j++)
                     gp[0][j] = gp[1][j] = 0.f;
+                float gr0 = grl[0];
                 if (i < nv) {
                     const int s = md.src[i];
                     const float svi = s_sc[i];
@@ -369,7 +371,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                             gc_part = fmaf(gd_part[0], dir[0], gc_part);
                             gc_part = fmaf(gd_part[1], dir[1], gc_part);
                             gc_part = fmaf(gd_part[2], dir[2], gc_part);
-                            grl[0] += gc_part * s_sc[E + i];
+                            gr0 += gc_part * s_sc[E + i];
                         }
                         /* g_d / sv summed over the warp into s_sc[2 + cx][i] (lanes 0, 8, 16):
                            the direction part of dE/dw_e goes with the radial part, below */
@@ -386,7 +388,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                                                           vx_off, acc, a0, svi, dir2s,
                                                           pm >> i & 1u, gp);
                 }
-                gp_to_smem<CPL>(s_pre, i, gp, grl);
+                gp_to_smem<CPL>(s_pre, i, gp, grl, gr0);
             }
             if (back)
                 back_from_smem<CPL, 2>(s_wt, s_drbf, c.K, F, wl, s_pre, grl);
