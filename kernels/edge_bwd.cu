@@ -136,17 +136,6 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
     /* this lane's per-edge pre-activations, then g_pre, of a half: slot i part p at
        s_pre[(2 i + p) AW] (edge_warp_floats: [E][2][32 CPL] past the metadata; lane-private) */
     float *const s_pre = s_meta + 2 * MW + lane * CPL;
-    float q[CPL], gX[CPL], gV[3][CPL];
-    ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
-    ldg_vec<CPL>(l.gX + (size_t)t * F + f0, gX);
-#pragma unroll
-    for (int cx = 0; cx < 3; cx++)
-        ldg_vec<CPL>(l.gV + ((size_t)t * 3 + cx) * F + f0, gV[cx]);
-    zero_off<CPL>(on, q);
-    zero_off<CPL>(on, gX);
-#pragma unroll
-    for (int cx = 0; cx < 3; cx++)
-        zero_off<CPL>(on, gV[cx]);
 #pragma unroll
     for (int j = 0; j < CPL; j++)
         gq[j] = 0.f;
@@ -163,7 +152,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
     const int e0 = c.row_off[t], e1 = c.row_off[t + 1];
     /* The chunks' metadata (e_geo, gw, e_src, rev) through the warp's buffers (edge_meta_fetch):
        the next chunk's copy flies into s_meta + MW during a chunk's work (the row's first:
-       beside the row's q, gX, gV loads), and edge_meta_take moves it to s_meta when its turn
+       at the row's start), and edge_meta_take moves it to s_meta when its turn
        comes, so that the chunk's metadata sits at fixed offsets from s_sc (a buffer chosen
        by a toggle or by cb took one more register for the whole chunk: ptxas then spilled
        two values at 128 registers). */
@@ -233,6 +222,15 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
          * those done (a[E-1] = edge i's after its turn), in order again after E turns.
          */
         {
+            /* t's q and dE/dX here and dE/dV before the second half, read per chunk (L1 hits)
+               rather than once per row: live in their half only (as row values they held 20
+               registers through both halves: ~5 instructions per edge and half more, measured
+               in the SASS, for rematerialised addresses and constants) */
+            float q[CPL], gX[CPL];
+            ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
+            ldg_vec<CPL>(l.gX + (size_t)t * F + f0, gX);
+            zero_off<CPL>(on, q);
+            zero_off<CPL>(on, gX);
             pre_to_smem<CPL, 0>(s_wt, s_b, s_rbf, c.K, F, wl, s_pre);
 #pragma unroll 1
             for (int i = 0; i < E; i++) {
@@ -311,6 +309,12 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
             __syncwarp(); /* s_sc written */
         }
         {
+            float gV[3][CPL];
+#pragma unroll
+            for (int cx = 0; cx < 3; cx++) {
+                ldg_vec<CPL>(l.gV + ((size_t)t * 3 + cx) * F + f0, gV[cx]);
+                zero_off<CPL>(on, gV[cx]);
+            }
             pre_to_smem<CPL, 2>(s_wt, s_b, s_rbf, c.K, F, wl, s_pre);
 #pragma unroll 1
             for (int i = 0; i < E; i++) {
