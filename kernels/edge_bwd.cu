@@ -431,7 +431,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
     const int F = edge_f<CPL>(c);
     const int lane = threadIdx.x & 31, warp = warp_uniform();
     const edge_smem sh = edge_smem_load(l.filt_wt, l.filt_b, F, c.K, 4, 1);
-    const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL>(c, lane);
+    const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL, SILU>(c, lane);
     /* work item w = (part sp, receiver t), part-major; !SPLIT (S = 1): t = w, the whole row */
     const int S = SPLIT ? nsplit : 1, rows = c.n_local, items = rows * S;
     for (int w = blockIdx.x * ET_EDGE_WARPS + warp; w < items; w += gridDim.x * ET_EDGE_WARPS) {
@@ -456,7 +456,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
     const edge_smem sh = edge_smem_load(l.filt_wt, l.filt_b, F, c.K, 4, 0);
     float *s_wt = sh.wt, *s_b = sh.b, *s_rbf = sh.rbf;
 
-    const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL>(c, lane);
+    const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL, SILU>(c, lane);
     /* work item w = (part sp, sender s), part-major; !SPLIT (S = 1): s = w, the whole row */
     const int S = SPLIT ? nsplit : 1, rows = c.n_total, items = rows * S;
     for (int w = blockIdx.x * ET_EDGE_WARPS + warp; w < items; w += gridDim.x * ET_EDGE_WARPS) {
@@ -744,7 +744,7 @@ static __device__ __forceinline__ void merged_send_second(const et_edge_common &
                                                           float (&gp)[2][CPL])
 {
     constexpr int AW = 32 * CPL;
-    const int F = edge_f<CPL>(c), D = c.D;
+    const int F = edge_f<CPL>(c), D = edge_d<CPL, SILU>(c);
     float gV2[3][CPL];
 #pragma unroll
     for (int cx = 0; cx < 3; cx++)
@@ -833,7 +833,7 @@ static __global__ void __launch_bounds__(32 * MERGED_MAXW(CPL), 1)
     block_copy(s_b, l.filt_b, 4 * F);
     __syncthreads();
 
-    const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL>(c, lane);
+    const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL, SILU>(c, lane);
     /* work item w = (part sp, receiver t), part-major, as k_edge_bwd_recv; !SPLIT: t = w */
     const int S = SPLIT ? nsplit : 1, rows = c.n_local, items = rows * S;
     for (int w = blockIdx.x * nwb + warp; w < items; w += gridDim.x * nwb) {

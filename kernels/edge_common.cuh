@@ -185,7 +185,8 @@ static __device__ __forceinline__ void actv_vec(bool use, int a, const float (&x
 
 /* The instantiation of a kernel template a launch uses: by_act(c, k<.., ACT_ANY>,
    k<.., ACT_SILU>, k<.., ACT_SILU_FAST>[, k<.., ACT_SILU_FAST_DKV>[, k<.., ACT_SILU_FAST_DKV_G>]]).
-   With fast_dkv_g, fast_dkv is taken for G = D / CPL = 4 only (it assumes it: head_sum). */
+   With fast_dkv_g, fast_dkv is taken for D = 4 CPL (G = 4) only: it assumes it (head_sum,
+   edge_d). */
 template <class Kern>
 static inline Kern by_act(const et_edge_common *c, Kern any, Kern silu, Kern fast,
                           Kern fast_dkv = nullptr, Kern fast_dkv_g = nullptr)
@@ -196,7 +197,7 @@ static inline Kern by_act(const et_edge_common *c, Kern any, Kern silu, Kern fas
         return silu;
     if (!fast_dkv || !c->use_dk || !c->use_dv)
         return fast;
-    return fast_dkv_g && c->D / edge_cpl(c->F) != 4 ? fast_dkv_g : fast_dkv;
+    return fast_dkv_g && c->D != 4 * edge_cpl(c->F) ? fast_dkv_g : fast_dkv;
 }
 
 /* Zero a lane's channels when it is off (F < 32). */
@@ -659,12 +660,20 @@ struct edge_lane {
     int f0, wl, vx_off;
 };
 
-template <int CPL>
+/* D of a head: 4 CPL at compile time for ACT_SILU_FAST_DKV (G = 4: head_sum), so that the
+   value row offsets (vx_off, + D, + 2 D) fold into shifts and immediates */
+template <int CPL, int SILU = ACT_ANY>
+static __device__ __forceinline__ int edge_d(const et_edge_common &c)
+{
+    return SILU == ACT_SILU_FAST_DKV ? 4 * CPL : c.D;
+}
+
+template <int CPL, int SILU = ACT_ANY>
 static __device__ __forceinline__ edge_lane edge_lane_of(const et_edge_common &c, int lane)
 {
     edge_lane r;
-    r.D = c.D;
-    r.G = c.D / CPL;
+    r.D = edge_d<CPL, SILU>(c);
+    r.G = r.D / CPL;
     r.on = lane * CPL < edge_f<CPL>(c);
     r.f0 = r.on ? lane * CPL : 0;
     r.wl = r.f0 / CPL;

@@ -29,7 +29,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
     constexpr int MW = edge_meta_floats(0);
     const edge_meta<false> md = edge_meta<false>::at(s_meta);
 
-    const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL>(c, lane);
+    const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL, SILU>(c, lane);
     /* work item w = (part sp, receiver t), part-major; !SPLIT (S = 1): t = w, the whole row */
     const int S = SPLIT ? nsplit : 1, rows = c.n_local, items = rows * S;
     for (int w = blockIdx.x * ET_EDGE_WARPS + warp; w < items; w += gridDim.x * ET_EDGE_WARPS) {
