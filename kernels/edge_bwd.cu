@@ -46,7 +46,8 @@ static __device__ __forceinline__ void merged_send_second(const et_edge_common &
  * filter parts P0, P0 + 1 for the chunk's E edges and stores them, slot i part p at
  * s_pre[(2 i + p) AW]; turn i of the loop reads slot i and gp_to_smem puts edge i's g_pre in
  * its place (and rotates the lane's E partial dE/dr sums by one, so that the current edge's is
- * always grl[0]: after E turns they are in edge order again); back_from_smem runs the filter
+ * always grl[0]: after E turns they are in edge order again; the turn passes the current
+ * edge's new sum gr0, so that the rotation is E moves, not E + 1); back_from_smem runs the filter
  * backward from the stored g_pre. (In registers, with all slots rotating, the pre-activations
  * cost 32 live registers and ~70 moves per edge at CPL 4.)
  */
@@ -67,12 +68,11 @@ static __device__ __forceinline__ void pre_to_smem(const float *s_wt, const floa
 
 template <int CPL>
 static __device__ __forceinline__ void gp_to_smem(float *s_pre, int i, const float (&gp)[2][CPL],
-                                                  float (&grl)[ET_EDGE_CHUNK])
+                                                  float (&grl)[ET_EDGE_CHUNK], float gr0)
 {
     constexpr int E = ET_EDGE_CHUNK, AW = 32 * CPL;
     st_vec<CPL>(s_pre + 2 * i * AW, gp[0]);
     st_vec<CPL>(s_pre + (2 * i + 1) * AW, gp[1]);
-    const float gr0 = grl[0];
 #pragma unroll
     for (int k = 0; k + 1 < E; k++)
         grl[k] = grl[k + 1];
@@ -136,17 +136,6 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
     /* this lane's per-edge pre-activations, then g_pre, of a half: slot i part p at
        s_pre[(2 i + p) AW] (edge_warp_floats: [E][2][32 CPL] past the metadata; lane-private) */
     float *const s_pre = s_meta + 2 * MW + lane * CPL;
-    float q[CPL], gX[CPL], gV[3][CPL];
-    ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
-    ldg_vec<CPL>(l.gX + (size_t)t * F + f0, gX);
-#pragma unroll
-    for (int cx = 0; cx < 3; cx++)
-        ldg_vec<CPL>(l.gV + ((size_t)t * 3 + cx) * F + f0, gV[cx]);
-    zero_off<CPL>(on, q);
-    zero_off<CPL>(on, gX);
-#pragma unroll
-    for (int cx = 0; cx < 3; cx++)
-        zero_off<CPL>(on, gV[cx]);
 #pragma unroll
     for (int j = 0; j < CPL; j++)
         gq[j] = 0.f;
@@ -163,7 +152,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
     const int e0 = c.row_off[t], e1 = c.row_off[t + 1];
     /* The chunks' metadata (e_geo, gw, e_src, rev) through the warp's buffers (edge_meta_fetch):
        the next chunk's copy flies into s_meta + MW during a chunk's work (the row's first:
-       beside the row's q, gX, gV loads), and edge_meta_take moves it to s_meta when its turn
+       at the row's start), and edge_meta_take moves it to s_meta when its turn
        comes, so that the chunk's metadata sits at fixed offsets from s_sc (a buffer chosen
        by a toggle or by cb took one more register for the whole chunk: ptxas then spilled
        two values at 128 registers). */
@@ -192,20 +181,29 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
            back: some edge of the chunk needs the filter backward. */
         unsigned rm = 0, pm = 0, xm = 0;
         bool back = !MERGED;
-#pragma unroll
-        for (int i = 0; i < E; i++) {
-            if constexpr (MERGED) {
-                if (i < nv) {
-                    const int e = cb + i, re = md.rev[i];
-                    const bool hp = re >= 0 && c.pair;
-                    rm |= re >= 0 ? 1u << i : 0u;
-                    pm |= (hp && e < re) ? 1u << i : 0u;
-                    xm |= (hp && re <= e) ? 1u << i : 0u;
-                    back = back || (md.geo[i].w != 0.f && !(hp && re < e));
-                }
+        if constexpr (MERGED) {
+            /* lane i < nv: edge i's bits (rm 0..3, pm 4..7, xm 8..11, back 12..15), or-ed
+               over the warp by one redux.sync: masks that ptxas knows to be warp-uniform, so
+               that the per-edge branches on them need no BSSY/BSYNC */
+            static_assert(E <= 4, "four bits per mask");
+            unsigned bits = 0;
+            if (lane < nv) {
+                const int e = cb + lane, re = md.rev[lane];
+                const bool hp = re >= 0 && c.pair;
+                bits = (re >= 0 ? 1u : 0u) | ((hp && e < re) ? 0x10u : 0u) |
+                       ((hp && re <= e) ? 0x100u : 0u) |
+                       ((md.geo[lane].w != 0.f && !(hp && re < e)) ? 0x1000u : 0u);
+                bits <<= lane;
             }
-            grl[i] = 0.f;
+            bits = __reduce_or_sync(0xffffffffu, bits);
+            rm = bits & 0xfu;
+            pm = bits >> 4 & 0xfu;
+            xm = bits >> 8 & 0xfu;
+            back = (bits >> 12) != 0u;
         }
+#pragma unroll
+        for (int i = 0; i < E; i++)
+            grl[i] = 0.f;
         /* r_i read where each RBF needs it (not held in registers across the loop above) */
         const auto r_of = [&](int i) { return md.geo[i].w; };
         stage_rbf_of<E, true>(c, r_of, nv, lane, s_rbf, s_drbf);
@@ -224,6 +222,15 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
          * those done (a[E-1] = edge i's after its turn), in order again after E turns.
          */
         {
+            /* t's q and dE/dX here and dE/dV before the second half, read per chunk (L1 hits)
+               rather than once per row: live in their half only (as row values they held 20
+               registers through both halves: ~5 instructions per edge and half more, measured
+               in the SASS, for rematerialised addresses and constants) */
+            float q[CPL], gX[CPL];
+            ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
+            ldg_vec<CPL>(l.gX + (size_t)t * F + f0, gX);
+            zero_off<CPL>(on, q);
+            zero_off<CPL>(on, gX);
             pre_to_smem<CPL, 0>(s_wt, s_b, s_rbf, c.K, F, wl, s_pre);
 #pragma unroll 1
             for (int i = 0; i < E; i++) {
@@ -233,6 +240,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
 #pragma unroll
                 for (int j = 0; j < CPL; j++)
                     gp[0][j] = gp[1][j] = 0.f;
+                float gr0 = 0.f; /* grl[0] is 0 here: this loop is the first to set it */
                 if (i < nv) {
                     const int s = md.src[i];
                     const bool self = md.geo[i].w == 0.f; /* r = 0: the self-loop only */
@@ -256,7 +264,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                         gA_part = fmaf(gxv[j], dv[j], gA_part);
                     }
                     float da;
-                    const float at = actv<SILU>(c.attn_act, group_sum(part, G), &da);
+                    const float at = actv<SILU>(c.attn_act, head_sum<SILU>(part, G), &da);
                     const float A = c.vc ? at : at * cc;
                     const float svi = c.vc ? cc : 1.f;
                     if (lane == 0) {
@@ -265,9 +273,9 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                     }
                     /* g_A = sv sum_d g_mx v~ dv; g_c = at sum_d g_mx v~ dv either way (through
                        sv = c with vector_cutoff, else through A = at c) */
-                    const float gA = group_sum(gA_part, G) * svi;
+                    const float gA = head_sum<SILU>(gA_part, G) * svi;
                     const float gapre = (c.vc ? gA : gA * cc) * da;
-                    grl[0] = self ? 0.f : gA_part * at * dc;
+                    gr0 = self ? 0.f : gA_part * at * dc;
 #pragma unroll
                     for (int j = 0; j < CPL; j++)
                         gq[j] = fmaf(gapre, kd[j], gq[j]);
@@ -294,13 +302,19 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                             gp[1][j] *= ddv[j];
                         }
                 }
-                gp_to_smem<CPL>(s_pre, i, gp, grl);
+                gp_to_smem<CPL>(s_pre, i, gp, grl, gr0);
             }
             if (back)
                 back_from_smem<CPL, 0>(s_wt, s_drbf, c.K, F, wl, s_pre, grl);
             __syncwarp(); /* s_sc written */
         }
         {
+            float gV[3][CPL];
+#pragma unroll
+            for (int cx = 0; cx < 3; cx++) {
+                ldg_vec<CPL>(l.gV + ((size_t)t * 3 + cx) * F + f0, gV[cx]);
+                zero_off<CPL>(on, gV[cx]);
+            }
             pre_to_smem<CPL, 2>(s_wt, s_b, s_rbf, c.K, F, wl, s_pre);
 #pragma unroll 1
             for (int i = 0; i < E; i++) {
@@ -310,6 +324,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
 #pragma unroll
                 for (int j = 0; j < CPL; j++)
                     gp[0][j] = gp[1][j] = 0.f;
+                float gr0 = grl[0];
                 if (i < nv) {
                     const int s = md.src[i];
                     const float svi = s_sc[i];
@@ -334,28 +349,33 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                            d . (g_d / sv); g_pre of the gates (g_mv . d sv: with sv) */
                         float gc_part = 0.f;
                         float gd_part[3] = {0.f, 0.f, 0.f};
+                        float gvv1[CPL];
 #pragma unroll
                         for (int j = 0; j < CPL; j++) {
                             const float g2 = v2[j] * dv2a[j];
 #pragma unroll
                             for (int cx = 0; cx < 3; cx++)
                                 gd_part[cx] = fmaf(gV[cx][j], g2, gd_part[cx]);
-                            const float gvv1 = (gV[0][j] * vs[0][j] + gV[1][j] * vs[1][j] +
-                                                gV[2][j] * vs[2][j]) *
-                                               v1[j];
-                            gc_part = fmaf(gvv1, dv1a[j], gc_part);
-                            if (mine) {
-                                gp[0][j] = gvv1 * (svi * ddv1a[j]);
+                            gvv1[j] = (gV[0][j] * vs[0][j] + gV[1][j] * vs[1][j] +
+                                       gV[2][j] * vs[2][j]) *
+                                      v1[j];
+                            gc_part = fmaf(gvv1[j], dv1a[j], gc_part);
+                        }
+                        /* one branch for the CPL channels (inside the loop above: one per
+                           channel) */
+                        if (mine)
+#pragma unroll
+                            for (int j = 0; j < CPL; j++) {
+                                gp[0][j] = gvv1[j] * (svi * ddv1a[j]);
                                 gp[1][j] = (gV[0][j] * dirs[0] + gV[1][j] * dirs[1] +
                                             gV[2][j] * dirs[2]) *
                                            v2[j] * ddv2a[j];
                             }
-                        }
                         if (c.vc) {
                             gc_part = fmaf(gd_part[0], dir[0], gc_part);
                             gc_part = fmaf(gd_part[1], dir[1], gc_part);
                             gc_part = fmaf(gd_part[2], dir[2], gc_part);
-                            grl[0] += gc_part * s_sc[E + i];
+                            gr0 += gc_part * s_sc[E + i];
                         }
                         /* g_d / sv summed over the warp into s_sc[2 + cx][i] (lanes 0, 8, 16):
                            the direction part of dE/dw_e goes with the radial part, below */
@@ -372,7 +392,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                                                           vx_off, acc, a0, svi, dir2s,
                                                           pm >> i & 1u, gp);
                 }
-                gp_to_smem<CPL>(s_pre, i, gp, grl);
+                gp_to_smem<CPL>(s_pre, i, gp, grl, gr0);
             }
             if (back)
                 back_from_smem<CPL, 2>(s_wt, s_drbf, c.K, F, wl, s_pre, grl);
@@ -409,9 +429,9 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                     float *const part)
 {
     const int F = edge_f<CPL>(c);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31, warp = warp_uniform();
     const edge_smem sh = edge_smem_load(l.filt_wt, l.filt_b, F, c.K, 4, 1);
-    const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL>(c, lane);
+    const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL, SILU>(c, lane);
     /* work item w = (part sp, receiver t), part-major; !SPLIT (S = 1): t = w, the whole row */
     const int S = SPLIT ? nsplit : 1, rows = c.n_local, items = rows * S;
     for (int w = blockIdx.x * ET_EDGE_WARPS + warp; w < items; w += gridDim.x * ET_EDGE_WARPS) {
@@ -438,11 +458,11 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
         if (c.n_total == c.n_local && c.tr_off2[c.n_total] == 0)
             return;
     const int F = edge_f<CPL>(c);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31, warp = warp_uniform();
     const edge_smem sh = edge_smem_load(l.filt_wt, l.filt_b, F, c.K, 4, 0);
     float *s_wt = sh.wt, *s_b = sh.b, *s_rbf = sh.rbf;
 
-    const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL>(c, lane);
+    const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL, SILU>(c, lane);
     /* work item w = (part sp, sender s), part-major; !SPLIT (S = 1): s = w, the whole row */
     const int S = SPLIT ? nsplit : 1, rows = c.n_total, items = rows * S;
     for (int w = blockIdx.x * ET_EDGE_WARPS + warp; w < items; w += gridDim.x * ET_EDGE_WARPS) {
@@ -516,14 +536,14 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                         part = fmaf(q[j] * kk[j], dk[j], part);
                     }
                     float da;
-                    const float a = actv<SILU>(c.attn_act, group_sum(part, G), &da);
+                    const float a = actv<SILU>(c.attn_act, head_sum<SILU>(part, G), &da);
                     const float A = c.vc ? a : a * cc;
                     sv[i] = c.vc ? cc : 1.f;
                     float gA_part = 0.f;
 #pragma unroll
                     for (int j = 0; j < CPL; j++)
                         gA_part = fmaf(gX[j], vv[0][j] * dv[j] * sv[i], gA_part);
-                    const float gA = group_sum(gA_part, G);
+                    const float gA = head_sum<SILU>(gA_part, G);
                     const float gapre = (c.vc ? gA : gA * cc) * da;
 #pragma unroll
                     for (int j = 0; j < CPL; j++) {
@@ -697,10 +717,10 @@ static __device__ __forceinline__ void merged_send_first(const et_edge_common &c
         gA_part = fmaf(gxd[j], vt[j], gA_part);
     }
     float da;
-    const float a = actv<SILU>(c.attn_act, group_sum(part, G), &da);
+    const float a = actv<SILU>(c.attn_act, head_sum<SILU>(part, G), &da);
     const float A = c.vc ? a : a * cc;
     const float As = A * sv;
-    const float gA = group_sum(gA_part, G) * sv;
+    const float gA = head_sum<SILU>(gA_part, G) * sv;
     const float gapre = (c.vc ? gA : gA * cc) * da;
     float ak[CPL], av[CPL];
     ld_vec<CPL>(acc, ak);
@@ -730,7 +750,7 @@ static __device__ __forceinline__ void merged_send_second(const et_edge_common &
                                                           float (&gp)[2][CPL])
 {
     constexpr int AW = 32 * CPL;
-    const int F = edge_f<CPL>(c), D = c.D;
+    const int F = edge_f<CPL>(c), D = edge_d<CPL, SILU>(c);
     float gV2[3][CPL];
 #pragma unroll
     for (int cx = 0; cx < 3; cx++)
@@ -806,7 +826,7 @@ static __global__ void __launch_bounds__(32 * MERGED_MAXW(CPL), 1)
     constexpr int E = ET_EDGE_CHUNK;
     constexpr int AW = 32 * CPL; /* stride of the accumulator parts (>= F; lane-major) */
     const int F = edge_f<CPL>(c);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwb = blockDim.x >> 5;
+    const int lane = threadIdx.x & 31, warp = warp_uniform(), nwb = blockDim.x >> 5;
     extern __shared__ float4 sm4[];
     float *sm = reinterpret_cast<float *>(sm4);
     float *const s_wt = sm, *const s_b = sm + (size_t)c.K * 4 * F;
@@ -819,7 +839,7 @@ static __global__ void __launch_bounds__(32 * MERGED_MAXW(CPL), 1)
     block_copy(s_b, l.filt_b, 4 * F);
     __syncthreads();
 
-    const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL>(c, lane);
+    const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL, SILU>(c, lane);
     /* work item w = (part sp, receiver t), part-major, as k_edge_bwd_recv; !SPLIT: t = w */
     const int S = SPLIT ? nsplit : 1, rows = c.n_local, items = rows * S;
     for (int w = blockIdx.x * nwb + warp; w < items; w += gridDim.x * nwb) {
@@ -887,11 +907,13 @@ static cudaError_t launch_merged(cudaStream_t s, int split, float *part, const e
     auto kern = split > 1 ? by_act(c, k_edge_bwd_merged<CPL, ACT_ANY, true>,
                                    k_edge_bwd_merged<CPL, ACT_SILU, true>,
                                    k_edge_bwd_merged<CPL, ACT_SILU_FAST, true>,
-                                   k_edge_bwd_merged<CPL, ACT_SILU_FAST_DKV, true>)
+                                   k_edge_bwd_merged<CPL, ACT_SILU_FAST_DKV, true>,
+                                   k_edge_bwd_merged<CPL, ACT_SILU_FAST_DKV_G, true>)
                           : by_act(c, k_edge_bwd_merged<CPL, ACT_ANY, false>,
                                    k_edge_bwd_merged<CPL, ACT_SILU, false>,
                                    k_edge_bwd_merged<CPL, ACT_SILU_FAST, false>,
-                                   k_edge_bwd_merged<CPL, ACT_SILU_FAST_DKV, false>);
+                                   k_edge_bwd_merged<CPL, ACT_SILU_FAST_DKV, false>,
+                                   k_edge_bwd_merged<CPL, ACT_SILU_FAST_DKV_G, false>);
     int grid = 0;
     cudaError_t e = resident_grid(kern, smem, w, (long long)c->n_local * split, &grid);
     if (e != cudaSuccess)
@@ -955,7 +977,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, NE_BWD_MIN_BLOCKS(C
     constexpr int E = ET_EDGE_CHUNK;
     constexpr int MW = edge_meta_floats(1);
     const int F = edge_f<CPL>(c);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31, warp = warp_uniform();
     const edge_smem sh = ne_smem_load(ne_wt, ne_b, F, c.K, 1);
     float *s_wt = sh.wt, *s_b = sh.b, *s_rbf = sh.rbf, *s_drbf = sh.drbf, *s_meta = sh.meta;
     const edge_meta<true> md = edge_meta<true>::at(s_meta);

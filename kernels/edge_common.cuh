@@ -21,6 +21,20 @@
 
 #include "et_cuda.cuh"
 
+/*
+ * The warp's index in the block, threadIdx.x >> 5, as a value that ptxas knows to be the same
+ * in every lane (redux.sync: the result of a warp-wide reduction is, and lives in a uniform
+ * register). Everything derived from it (the work item, the row, the chunk bounds, the metadata
+ * read from the warp's shared scratch) is then provably warp-uniform too, so that branches on
+ * those values keep the warp converged and the shuffles need no divergence checks (BRA.DIV,
+ * BSSY/BSYNC; with threadIdx.x >> 5, ptxas must allow for 2D blocks, where it is not uniform).
+ * The whole warp must call it (kernel entry).
+ */
+static __device__ __forceinline__ int warp_uniform()
+{
+    return (int)__reduce_max_sync(0xffffffffu, threadIdx.x >> 5);
+}
+
 template <int CPL> static __device__ __forceinline__ void ld_vec(const float *p, float (&v)[CPL])
 {
     if constexpr (CPL == 1) {
@@ -105,23 +119,41 @@ template <bool FAST> static __device__ __forceinline__ float silu_fast(float x, 
    (both the filter and the attention activation), ACT_SILU_FAST SiLU with __expf,
    ACT_SILU_FAST_DKV the same for a layer with both filters dk and dv (distance_influence
    "both", TorchMD-Net's default): their tests and the 1.0f defaults leave the per-edge code
-   (docs/gpu.md v19: ~20 instructions per edge in the forward, ~37 in the merged backward). */
-enum { ACT_ANY = 0, ACT_SILU = 1, ACT_SILU_FAST = 2, ACT_SILU_FAST_DKV = 3 };
+   (docs/gpu.md v19: ~20 instructions per edge in the forward, ~37 in the merged backward).
+   ACT_SILU_FAST_DKV also takes 4 lanes per head (G = D / CPL = 4: 8 heads at F = 32 CPL,
+   TorchMD-Net's default), so that a head sum is two shuffles with no test of G (head_sum:
+   with G at run time, one branch per sum and the general loop beside it, ~7 instructions per
+   edge in the merged backward); ACT_SILU_FAST_DKV_G is the same for any G (by_act). */
+enum {
+    ACT_ANY = 0,
+    ACT_SILU = 1,
+    ACT_SILU_FAST = 2,
+    ACT_SILU_FAST_DKV = 3,
+    ACT_SILU_FAST_DKV_G = 4
+};
 
-/* whether the layer has the filter dk (dv): known at compile time for ACT_SILU_FAST_DKV */
+/* whether the layer has the filter dk (dv): known at compile time for ACT_SILU_FAST_DKV(_G) */
 template <int SILU> static __device__ __forceinline__ bool dk_used(const et_edge_common &c)
 {
-    return SILU == ACT_SILU_FAST_DKV || c.use_dk;
+    return SILU == ACT_SILU_FAST_DKV || SILU == ACT_SILU_FAST_DKV_G || c.use_dk;
 }
 template <int SILU> static __device__ __forceinline__ bool dv_used(const et_edge_common &c)
 {
-    return SILU == ACT_SILU_FAST_DKV || c.use_dv;
+    return SILU == ACT_SILU_FAST_DKV || SILU == ACT_SILU_FAST_DKV_G || c.use_dv;
 }
+
+/* group_sum over the G lanes of a head, G = 4 at compile time for ACT_SILU_FAST_DKV (the same
+   butterfly, bit for bit) */
+template <int SILU> static __device__ __forceinline__ float head_sum(float v, int G)
+{
+    return group_sum(v, SILU == ACT_SILU_FAST_DKV ? 4 : G);
+}
+
 template <int SILU> static __device__ __forceinline__ float actv(int a, float x, float *d)
 {
     if constexpr (SILU != ACT_ANY) {
         (void)a;
-        return silu_fast<SILU == ACT_SILU_FAST || SILU == ACT_SILU_FAST_DKV>(x, d);
+        return silu_fast<SILU >= ACT_SILU_FAST>(x, d);
     } else {
         float2 r = act_any(a, x);
         if (d)
@@ -152,16 +184,20 @@ static __device__ __forceinline__ void actv_vec(bool use, int a, const float (&x
 }
 
 /* The instantiation of a kernel template a launch uses: by_act(c, k<.., ACT_ANY>,
-   k<.., ACT_SILU>, k<.., ACT_SILU_FAST>[, k<.., ACT_SILU_FAST_DKV>]). */
+   k<.., ACT_SILU>, k<.., ACT_SILU_FAST>[, k<.., ACT_SILU_FAST_DKV>[, k<.., ACT_SILU_FAST_DKV_G>]]).
+   With fast_dkv_g, fast_dkv is taken for D = 4 CPL (G = 4) only: it assumes it (head_sum,
+   edge_d). */
 template <class Kern>
 static inline Kern by_act(const et_edge_common *c, Kern any, Kern silu, Kern fast,
-                          Kern fast_dkv = nullptr)
+                          Kern fast_dkv = nullptr, Kern fast_dkv_g = nullptr)
 {
     if (c->act != ET_ACT_SILU || c->attn_act != ET_ACT_SILU)
         return any;
     if (!c->fastexp)
         return silu;
-    return fast_dkv && c->use_dk && c->use_dv ? fast_dkv : fast;
+    if (!fast_dkv || !c->use_dk || !c->use_dv)
+        return fast;
+    return fast_dkv_g && c->D != 4 * edge_cpl(c->F) ? fast_dkv_g : fast_dkv;
 }
 
 /* Zero a lane's channels when it is off (F < 32). */
@@ -624,12 +660,20 @@ struct edge_lane {
     int f0, wl, vx_off;
 };
 
-template <int CPL>
+/* D of a head: 4 CPL at compile time for ACT_SILU_FAST_DKV (G = 4: head_sum), so that the
+   value row offsets (vx_off, + D, + 2 D) fold into shifts and immediates */
+template <int CPL, int SILU = ACT_ANY>
+static __device__ __forceinline__ int edge_d(const et_edge_common &c)
+{
+    return SILU == ACT_SILU_FAST_DKV ? 4 * CPL : c.D;
+}
+
+template <int CPL, int SILU = ACT_ANY>
 static __device__ __forceinline__ edge_lane edge_lane_of(const et_edge_common &c, int lane)
 {
     edge_lane r;
-    r.D = c.D;
-    r.G = c.D / CPL;
+    r.D = edge_d<CPL, SILU>(c);
+    r.G = r.D / CPL;
     r.on = lane * CPL < edge_f<CPL>(c);
     r.f0 = r.on ? lane * CPL : 0;
     r.wl = r.f0 / CPL;
@@ -656,7 +700,7 @@ static __device__ __forceinline__ edge_smem edge_smem_load(const float *wt, cons
     edge_smem m;
     m.wt = sm;
     m.b = sm + (size_t)K * NP * F;
-    m.rbf = warp_scratch(sm, F, K, NP, with_back, threadIdx.x >> 5);
+    m.rbf = warp_scratch(sm, F, K, NP, with_back, warp_uniform());
     m.drbf = with_back ? m.rbf + K * ET_EDGE_CHUNK : nullptr;
     m.meta = m.rbf + edge_meta_off(K, with_back);
     block_copy(m.wt, wt, K * NP * F);
@@ -790,7 +834,7 @@ static __device__ __forceinline__ edge_smem ne_smem_load(const float *wt, const 
     edge_smem m;
     m.wt = sm;
     m.b = sm + (size_t)K * F;
-    m.rbf = m.b + F + (size_t)(threadIdx.x >> 5) * ne_warp_floats(K, back);
+    m.rbf = m.b + F + (size_t)warp_uniform() * ne_warp_floats(K, back);
     m.drbf = back ? m.rbf + K * ET_EDGE_CHUNK : nullptr;
     m.meta = m.rbf + (back ? 2 : 1) * K * ET_EDGE_CHUNK;
     block_copy(m.wt, wt, K * F);

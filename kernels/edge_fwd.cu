@@ -21,7 +21,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
 {
     constexpr int E = ET_EDGE_CHUNK;
     const int F = edge_f<CPL>(c);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31, warp = warp_uniform();
     const edge_smem sh = edge_smem_load(l.filt_wt, l.filt_b, F, c.K, 4, 0);
     float *s_wt = sh.wt, *s_b = sh.b, *s_rbf = sh.rbf, *s_meta = sh.meta;
     /* the chunk's e_geo and e_src in s_meta (edge_meta_fetch one chunk ahead into s_meta + MW,
@@ -29,7 +29,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
     constexpr int MW = edge_meta_floats(0);
     const edge_meta<false> md = edge_meta<false>::at(s_meta);
 
-    const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL>(c, lane);
+    const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL, SILU>(c, lane);
     /* work item w = (part sp, receiver t), part-major; !SPLIT (S = 1): t = w, the whole row */
     const int S = SPLIT ? nsplit : 1, rows = c.n_local, items = rows * S;
     for (int w = blockIdx.x * ET_EDGE_WARPS + warp; w < items; w += gridDim.x * ET_EDGE_WARPS) {
@@ -84,7 +84,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                         float dk = dk_used<SILU>(c) ? actv<SILU>(c.act, pre[i][0][j], nullptr) : 1.f;
                         part = fmaf(q[j] * kk[j], dk, part);
                     }
-                    const float a = actv<SILU>(c.attn_act, group_sum(part, G), nullptr);
+                    const float a = actv<SILU>(c.attn_act, head_sum<SILU>(part, G), nullptr);
                     sv[i] = c.vc ? cc : 1.f;
                     const float A = (c.vc ? a : a * cc) * sv[i];
 #pragma unroll
@@ -154,7 +154,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, NE_FWD_MIN_BLOCKS(C
     constexpr int E = ET_EDGE_CHUNK;
     constexpr int MW = edge_meta_floats(0);
     const int F = edge_f<CPL>(c);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31, warp = warp_uniform();
     const edge_smem sh = ne_smem_load(ne_wt, ne_b, F, c.K, 0);
     float *s_wt = sh.wt, *s_b = sh.b, *s_rbf = sh.rbf, *s_meta = sh.meta;
     const edge_meta<false> md = edge_meta<false>::at(s_meta);
@@ -216,10 +216,12 @@ static cudaError_t launch_fwd(cudaStream_t s, int grid, int S, float *part,
     cudaError_t e = launch_persistent(
         S == 1 ? by_act(c, k_edge_fwd<CPL, ACT_ANY, false>, k_edge_fwd<CPL, ACT_SILU, false>,
                         k_edge_fwd<CPL, ACT_SILU_FAST, false>,
-                        k_edge_fwd<CPL, ACT_SILU_FAST_DKV, false>)
+                        k_edge_fwd<CPL, ACT_SILU_FAST_DKV, false>,
+                        k_edge_fwd<CPL, ACT_SILU_FAST_DKV_G, false>)
                : by_act(c, k_edge_fwd<CPL, ACT_ANY, true>, k_edge_fwd<CPL, ACT_SILU, true>,
                         k_edge_fwd<CPL, ACT_SILU_FAST, true>,
-                        k_edge_fwd<CPL, ACT_SILU_FAST_DKV, true>),
+                        k_edge_fwd<CPL, ACT_SILU_FAST_DKV, true>,
+                        k_edge_fwd<CPL, ACT_SILU_FAST_DKV_G, true>),
         edge_smem_bytes(c->F, c->K, 4, 0), split_grid(grid, c->n_local, S), s, *c, *l, S, part);
     if (e != cudaSuccess || S == 1)
         return e;
@@ -231,7 +233,8 @@ template <int CPL> static cudaError_t slots_fwd(const et_edge_common *c, int *sl
 {
     return edge_slots(by_act(c, k_edge_fwd<CPL, ACT_ANY, false>, k_edge_fwd<CPL, ACT_SILU, false>,
                              k_edge_fwd<CPL, ACT_SILU_FAST, false>,
-                             k_edge_fwd<CPL, ACT_SILU_FAST_DKV, false>),
+                             k_edge_fwd<CPL, ACT_SILU_FAST_DKV, false>,
+                             k_edge_fwd<CPL, ACT_SILU_FAST_DKV_G, false>),
                       edge_smem_bytes(c->F, c->K, 4, 0), slots);
 }
 

@@ -16,13 +16,16 @@ static __device__ __forceinline__ void ldg_vec_rows(const float *vec, int s, int
                                                     float (*vs)[CPL])
 {
     /* one row address, the components at immediate offsets (per component, the 64-bit
-       products were computed again: ~20 instructions per edge) */
+       products were computed again: ~20 instructions per edge); one test of vec for the
+       three (per component, ptxas computed the predicated address three times) */
     const float *vrow = vec + (size_t)s * 3 * F + f0;
+    if (vec) {
 #pragma unroll
-    for (int cx = 0; cx < 3; cx++) {
-        if (vec)
+        for (int cx = 0; cx < 3; cx++)
             ldg_vec<CPL>(vrow + cx * F, vs[cx]);
-        else
+    } else {
+#pragma unroll
+        for (int cx = 0; cx < 3; cx++)
 #pragma unroll
             for (int j = 0; j < CPL; j++)
                 vs[cx][j] = 0.f;
