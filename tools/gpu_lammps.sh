@@ -4,7 +4,12 @@
 # (examples/bench_lammps_gpu.in), out-of-memory, and examples/si_nve.in at two timesteps.
 # Run from the repository root:
 #
-#   tools/gpu_lammps.sh [all|test|bench|nve]
+#   tools/gpu_lammps.sh [all|test|bench|nve|big]
+#
+# big (not part of all): the reference-size model through LAMMPS at BIG_CELLS^3 atoms on one GPU
+# (default 216: 10,077,696, the most one H200 holds; docs/gpu.md v24: 92 s in all, 33.1 s per
+# step), `run 1` of examples/bench_lammps_gpu.in with the core's profile (checkpoint level,
+# workspace, peak device memory) and nvidia-smi's memory samples; log lmp_big.log.
 #
 # The machine has no LAMMPS and no network. Binaries built here (tools/gpu_lammps.sh pack) travel
 # in .lammps-gpu/ (listed in .git/info/exclude; carry it and .gpudeps):
@@ -138,6 +143,21 @@ if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
         cp "$ROOT/build-l-device/t_oom/oom.out" "$OUT/" 2>/dev/null
     fi
     nve_signal CONT
+fi
+
+if [ "$MODE" = big ]; then
+    start=$(date +%s)
+    n=${BIG_CELLS:-216}
+    nvidia-smi --query-gpu=timestamp,memory.used --format=csv -l 2 > "$OUT/big_gpumem.log" 2>&1 &
+    smi=$!
+    DS4SCI_CUDA_PROFILE=$OUT/big_profile.txt OMP_NUM_THREADS=$JOBS timeout "${BIG_TIMEOUT:-500}" \
+        "$LMP" -in examples/bench_lammps_gpu.in -var plugin "$PLUGIN" -var system ref -var n "$n" \
+        -var steps 1 -var omp "$JOBS" -var threads "$JOBS" -log "$OUT/lmp_big.log" \
+        > "$OUT/lmp_big.out" 2>&1
+    summary+=("big n=$n ($((n * n * n)) atoms): rc=$? ($(( $(date +%s) - start )) s)")
+    kill "$smi" 2>/dev/null
+    grep -E "^ +[01] |^Loop|^Pair|ERROR" "$OUT/lmp_big.log"
+    grep -E "checkpoint|peak_device|workspace" "$OUT/big_profile.txt" 2>/dev/null
 fi
 
 if [ "${#nve_pids[@]}" -gt 0 ]; then
