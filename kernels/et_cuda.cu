@@ -1522,8 +1522,8 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     if (!ck && et->keep != 0) {
         /* 85%: 1M atoms of the reference model keep level 2 (74 GB: -2.8% time, docs/gpu.md
            v24; half, the bound before, took level 1). Where the memory is shared (ranks on
-           one GPU deciding at once) and a call then runs out, compute() lowers keep_cap and
-           runs the call again. */
+           one GPU deciding at once) and a call then runs out, body_or_again lowers keep_cap
+           and runs the call again. */
         const double lim = 0.85 * (double)et->mem_at_create;
         keep = et->keep > 0                                                  ? et->keep
                : et->keep_cap >= 2 && keep_all_bytes + keep2_bytes <= lim ? 2
@@ -2200,16 +2200,6 @@ static int graph_workspace(ds4sci_cuda_et *et)
     return 0;
 }
 
-/*
- * One step. Graph mode (graph_call: built-in exchange; by default only for small systems): the
- * first call with a new key runs the normal launches (it sizes every buffer), the next call
- * with the same key captures the body and launches the graph, later calls only launch it.
- * Either way the same kernels run with the same arguments in the same order on one stream, so
- * the results are bitwise those of the launches. A capture or instantiate failure turns graph
- * mode off for the context and runs the normal launches. A call not in graph mode leaves the
- * graph and its key alone: the key holds every buffer's address and capacity, so a graph
- * captured before buffers grew is never launched again.
- */
 /* compute_body; out of memory with an auto keep level above 0 before the first exchange (the
    caller's is collective: other ranks wait in it): the level down for good, its buffer given
    back, and the call again from its input (nothing the caller sees has changed). Ranks
@@ -2234,6 +2224,16 @@ static ds4sci_status body_or_again(ds4sci_cuda_et *et, const ds4sci_system *sys,
     return st;
 }
 
+/*
+ * One step. Graph mode (graph_call: built-in exchange; by default only for small systems): the
+ * first call with a new key runs the normal launches (it sizes every buffer), the next call
+ * with the same key captures the body and launches the graph, later calls only launch it.
+ * Either way the same kernels run with the same arguments in the same order on one stream, so
+ * the results are bitwise those of the launches. A capture or instantiate failure turns graph
+ * mode off for the context and runs the normal launches. A call not in graph mode leaves the
+ * graph and its key alone: the key holds every buffer's address and capacity, so a graph
+ * captured before buffers grew is never launched again.
+ */
 static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
                              const ds4sci_exchange *ex, int builtin, ds4sci_result *res, char *err,
                              size_t err_len)

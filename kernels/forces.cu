@@ -9,6 +9,14 @@
 
 #define RED_THREADS 256
 
+/* Warp-wide fp64 sum (butterfly: the same order every call). */
+static __device__ __forceinline__ double warp_sum_d(double x)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
 /* Block-wide fp64 sum of NV values per thread into out[blockIdx.x * NV + k]. */
 template <int NV>
 static __device__ void block_sum(double (&v)[NV], double *out)
@@ -17,9 +25,7 @@ static __device__ void block_sum(double (&v)[NV], double *out)
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
     for (int k = 0; k < NV; k++) {
-        double x = v[k];
-        for (int o = 16; o > 0; o >>= 1)
-            x += __shfl_xor_sync(0xffffffffu, x, o);
+        const double x = warp_sum_d(v[k]);
         if (lane == 0)
             s[warp][k] = x;
     }
@@ -32,18 +38,10 @@ static __device__ void block_sum(double (&v)[NV], double *out)
     }
 }
 
-/* Warp-wide fp64 sum (butterfly: the same order every call). */
-static __device__ __forceinline__ double warp_sum_d(double x)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        x += __shfl_xor_sync(0xffffffffu, x, o);
-    return x;
-}
-
 /* One warp per atom: its lanes take every 32nd edge of each pass (one thread per atom walked
-   ~106 edges with dependent loads: 26 us at 1,000 atoms, where 4 of 264 blocks had atoms, and
-   34 ms at 1M atoms, docs/gpu.md v24). The per-atom sums are butterflies over the lanes; the
-   totals (virial) stay per lane until block_sum. */
+   ~106 edges with dependent loads: 26 us at 1,000 atoms, where 4 of 264 blocks had atoms;
+   2.3 us now, docs/gpu.md v24). The per-atom sums are butterflies over the lanes; the totals
+   (virial) stay per lane until block_sum. */
 static __global__ void __launch_bounds__(RED_THREADS)
     k_forces(int nl, int n, const int *__restrict__ row_off, const int *__restrict__ tr_off,
              const int *__restrict__ tr_edge, const int *__restrict__ rev,
