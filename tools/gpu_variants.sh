@@ -13,7 +13,7 @@
 # The carry limit is 64 MiB with the tracked tree (~11 MB): a build is ~20 MB with its test
 # binary compressed, so two fit (three: carry two per call). run decompresses the test binaries
 # in place: pack again (or xz them) before carrying from this machine once more.
-# Environment for run: OUT (files back: report.txt, logs.tgz), SIZES (default "1000 10648
+# Environment for run: OUT (files back: summary.txt, logs.tgz), SIZES (default "1000 10648
 # 1000000"), REPS (2), STEPS (5), CASES (";"-separated extra checks "case ENV=VALUE ...", default
 # "vs_cpu DS4SCI_CUDA_SPLIT=1"), ENVS (";"-separated env sets benched for every build, e.g.
 # "DS4SCI_CUDA_SGEMM=own"; empty: the defaults only).
@@ -56,14 +56,9 @@ fi
 # ---- run, on the GPU machine ----
 OUT=${OUT:-$ROOT/gpu-out}
 LG=/tmp/gpu_variants_logs
-mkdir -p "$OUT"
-rm -rf "$LG" && mkdir -p "$LG"
-cd "$ROOT" || exit 1
-export LD_LIBRARY_PATH=$ROOT/.gpudeps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-T0=$(date +%s)
-R=$OUT/report.txt
-t() { echo "$1 rc=$2 t=$(( $(date +%s) - T0 ))s" | tee -a "$R"; }
-trap 'tar czf "$OUT/logs.tgz" -C "$LG" . 2>/dev/null' EXIT
+# shellcheck source=tools/gpu_lib.sh
+. "$ROOT/tools/gpu_lib.sh" # t, ck (with B and T), the summary $S, logs.tgz on exit
+R=$S
 mapfile -t VARS < <(ls -d .gpuvar* 2>/dev/null | sort -V)
 [ "${#VARS[@]}" -gt 0 ] || { echo "no .gpuvar* folders here"; exit 1; }
 { date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; } >> "$R" 2>&1
@@ -85,11 +80,9 @@ for v in "${VARS[@]}"; do
     for c in golden api vs_cpu "${EXTRA[@]}"; do
         [ -n "$c" ] || continue
         read -r -a w <<< "$c"
-        log=$LG/${v#.}_$(echo "$c" | tr ' =' '__').log
-        (cd tests && env CK_REPORT=1 CK_RUN_CASE="${w[0]}" "${w[@]:1}" timeout 300 \
-            "$ROOT/$v/check_cuda_backend") > "$log" 2>&1
-        t "$v check $c" $?
-        grep -E "Checks|:F:|:E:" "$log" | head -5 >> "$R"
+        T=$LG/${v#.}_$(echo "$c" | tr ' =' '__').log
+        B=$ROOT/$v ck "$v $c" 300 CK_RUN_CASE="${w[0]}" "${w[@]:1}"
+        grep -E "Checks|:F:|:E:" "$T" | head -5 >> "$R"
     done
 done
 
