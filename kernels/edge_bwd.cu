@@ -36,8 +36,11 @@ static __device__ __forceinline__ void merged_send_second(const et_edge_common &
                                                           const et_edge_layer &l,
                                                           const float *trow, int t, int s, int f0,
                                                           bool on, int vx_off, float *acc,
-                                                          const float (&pre)[2][CPL], float sv,
-                                                          const float (&dir2s)[3], bool pair,
+                                                          const float (&dv1)[CPL],
+                                                          const float (&dv2)[CPL],
+                                                          const float (&ddv1)[CPL],
+                                                          const float (&ddv2)[CPL], float sv,
+                                                          const float (&dse)[3], bool pair,
                                                           float (&gp)[2][CPL]);
 
 /*
@@ -328,11 +331,18 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                 if (i < nv) {
                     const int s = md.src[i];
                     const float svi = s_sc[i];
-                    /* MERGED: the direction of e' for its sender work times sv (0 for the
-                       self-loop) */
-                    float dir2s[3] = {0.f, 0.f, 0.f};
+                    /* MERGED: e's direction times sv (0 for the self-loop), for the sender
+                       work of e', whose direction is -d (the sign is applied there, where it
+                       folds into the operands: a negation here was three FADDs per edge) */
+                    float dse[3] = {0.f, 0.f, 0.f};
                     /* xm: the pair's filter backward is the other warp's */
                     const bool mine = !MERGED || !(xm >> i & 1u);
+                    /* the gates' activations and derivatives once per edge: the receiver
+                       work and the reverse's sender work (merged_send_second) read the same
+                       pre-activations (e and e' share r) */
+                    float dv1a[CPL], dv2a[CPL], ddv1a[CPL], ddv2a[CPL];
+                    actv_vec<CPL, SILU>(dv_used<SILU>(c), c.act, a0[0], dv1a, &ddv1a);
+                    actv_vec<CPL, SILU>(dv_used<SILU>(c), c.act, a0[1], dv2a, &ddv2a);
                     /* nothing of the self-loop's (r = 0) second half reaches g_q */
                     if (md.geo[i].w != 0.f) {
                         const float4 g = md.geo[i];
@@ -341,9 +351,6 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                         const float dirs[3] = {dir[0] * svi, dir[1] * svi, dir[2] * svi};
                         float v1[CPL], v2[CPL], vs[3][CPL];
                         ldg_gate_rows<CPL>(l.qkv, l.vec, s, F, D, f0, vx_off, v1, v2, vs);
-                        float dv1a[CPL], dv2a[CPL], ddv1a[CPL], ddv2a[CPL];
-                        actv_vec<CPL, SILU>(dv_used<SILU>(c), c.act, a0[0], dv1a, &ddv1a);
-                        actv_vec<CPL, SILU>(dv_used<SILU>(c), c.act, a0[1], dv2a, &ddv2a);
                         /* g_d = sv sum_ch g_mv v2 dv2 (sv applied below); g_c (vector_cutoff)
                            = sum_ch (g_mv . vec[s]) v1 dv1 + (g_mv . d) v2 dv2, the second term
                            d . (g_d / sv); g_pre of the gates (g_mv . d sv: with sv) */
@@ -384,12 +391,13 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                             s_sc[(2 + (lane >> 3)) * E + i] = gd;
 #pragma unroll
                         for (int cx = 0; cx < 3; cx++)
-                            dir2s[cx] = -dirs[cx];
+                            dse[cx] = dirs[cx];
                     }
                     if constexpr (MERGED)
                         if (rm >> i & 1u) /* the sender work of (t -> so), second half: -d */
                             merged_send_second<CPL, SILU>(c, l, trow, t, s, f0, on,
-                                                          vx_off, acc, a0, svi, dir2s,
+                                                          vx_off, acc, dv1a, dv2a, ddv1a,
+                                                          ddv2a, svi, dse,
                                                           pm >> i & 1u, gp);
                 }
                 gp_to_smem<CPL>(s_pre, i, gp, grl, gr0);
@@ -745,8 +753,11 @@ static __device__ __forceinline__ void merged_send_second(const et_edge_common &
                                                           const et_edge_layer &l,
                                                           const float *trow, int t, int s, int f0,
                                                           bool on, int vx_off, float *acc,
-                                                          const float (&pre)[2][CPL], float sv,
-                                                          const float (&dir2s)[3], bool pair,
+                                                          const float (&dv1)[CPL],
+                                                          const float (&dv2)[CPL],
+                                                          const float (&ddv1)[CPL],
+                                                          const float (&ddv2)[CPL], float sv,
+                                                          const float (&dse)[3], bool pair,
                                                           float (&gp)[2][CPL])
 {
     constexpr int AW = 32 * CPL;
@@ -762,10 +773,10 @@ static __device__ __forceinline__ void merged_send_second(const et_edge_common &
         ldg_vec<CPL>(trow + vx_off + 2 * D, vt2);
         zero_off<CPL>(on, vt2);
     }
-    /* g_v gate 1: (gV2 . vec[t]) dv1 sv; gate 2: (gV2 . dir2) dv2 sv (dir2s = dir2 sv). The
-       gates dv1, dv2 from the pre-activations again (their derivatives too for a pair):
-       cheaper than keeping them live across the receiver work. g1 = v1[t] dv1 sv for g_vec
-       below. */
+    /* g_v gate 1: (gV2 . vec[t]) dv1 sv; gate 2: (gV2 . dir2) dv2 sv with dir2 = -d (dse = d sv:
+       gvt2s = -(gV2 . dse), the same bits as the sum over -dse). The gates dv1, dv2 and their
+       derivatives are the receiver work's (the same pre-activations). g1 = v1[t] dv1 sv for
+       g_vec below. */
     float g1[CPL];
     {
         float gvt1[CPL], a1[CPL], a2[CPL];
@@ -785,21 +796,13 @@ static __device__ __forceinline__ void merged_send_second(const et_edge_common &
         ld_vec<CPL>(acc + 3 * AW, a2);
 #pragma unroll
         for (int j = 0; j < CPL; j++) {
-            /* the derivatives are used by a pair only (the compiler sinks them there); not
-               "pair ? &ddv1 : nullptr", which kept ddv1, ddv2 in local memory wherever the
-               compiler did not split the code by pair */
-            float dv1 = 1.f, dv2 = 1.f, ddv1 = 0.f, ddv2 = 0.f;
-            if (dv_used<SILU>(c)) {
-                dv1 = actv<SILU>(c.act, pre[0][j], &ddv1);
-                dv2 = actv<SILU>(c.act, pre[1][j], &ddv2);
-            }
-            const float dv1s = dv1 * sv;
-            const float gvt2s = gV2[0][j] * dir2s[0] + gV2[1][j] * dir2s[1] + gV2[2][j] * dir2s[2];
+            const float dv1s = dv1[j] * sv;
+            const float gvt2s = -(gV2[0][j] * dse[0] + gV2[1][j] * dse[1] + gV2[2][j] * dse[2]);
             a1[j] = fmaf(gvt1[j], dv1s, a1[j]);
-            a2[j] = fmaf(gvt2s, dv2, a2[j]);
+            a2[j] = fmaf(gvt2s, dv2[j], a2[j]);
             if (pair) { /* e's g_pre += that of e' (receiver s, sender t) */
-                gp[0][j] = fmaf(gvt1[j] * vt1[j], sv * ddv1, gp[0][j]);
-                gp[1][j] = fmaf(gvt2s * vt2[j], ddv2, gp[1][j]);
+                gp[0][j] = fmaf(gvt1[j] * vt1[j], sv * ddv1[j], gp[0][j]);
+                gp[1][j] = fmaf(gvt2s * vt2[j], ddv2[j], gp[1][j]);
             }
             g1[j] = vt1[j] * dv1s;
         }
