@@ -483,6 +483,8 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
         et->graph = et->edge_unfused || (gr && strcmp(gr, "0") == 0) ? 0
                     : gr && strcmp(gr, "1") == 0                  ? ET_GRAPH_ALL
                                                                   : ET_GRAPH_AUTO;
+        const char *gu = getenv("DS4SCI_CUDA_GRAPH_UPDATE");
+        et->graph_update = !(gu && strcmp(gu, "0") == 0);
         const char *pp = getenv("DS4SCI_CUDA_PROFILE");
         if (pp && *pp) {
             et->profile_path = strdup(pp);
@@ -532,9 +534,9 @@ extern "C" void ds4sci_cuda_et_free(ds4sci_cuda_et *et)
                (=0, or after a failed capture); the calls above are the calls with stage events,
                i.e. not in graph mode */
             fprintf(f, "checkpoint %d keep %d\n", et->last_ck, et->last_keep);
-            fprintf(f, "cuda_graph %s captures %ld launches %ld\n",
+            fprintf(f, "cuda_graph %s captures %ld launches %ld updates %ld\n",
                     et->graph == ET_GRAPH_ALL ? "on" : et->graph ? "auto" : "off",
-                    et->graph_captures, et->graph_replays);
+                    et->graph_captures, et->graph_replays, et->graph_updates);
             fclose(f);
         }
         for (int i = 0; i < ET_MAX_EVENTS; i++)
@@ -607,12 +609,15 @@ static ds4sci_status ensure_keep(ds4sci_cuda_et *et, int i, size_t bytes, void *
         *keep = NULL;
     if (bytes <= b->cap)
         return DS4SCI_OK;
-    /* a captured graph bakes the buffers in: compute() captures only when the key says that
-       nothing grows, so this is a broken invariant; fail the capture (compute() falls back to
-       the normal launches) rather than free memory the capture has recorded */
-    if (et->capturing)
+    /* a captured graph bakes the buffers in: fail the capture rather than free memory it has
+       recorded (compute() captures a new key at once, before knowing whether a buffer grows:
+       then the call runs the normal launches, which grow it; with an unchanged key nothing
+       grows, and a growth is a broken invariant that turns graph mode off) */
+    if (et->capturing) {
+        et->capture_grew = 1;
         return fail(err, err_len, DS4SCI_ERR_DEVICE,
                     "cuda graph: %s would grow during a capture", buf_names[i]);
+    }
     /* the first allocation is exact; a buffer that has to grow gets 25% headroom */
     size_t want = b->cap > 0 ? bytes + bytes / 4 : bytes;
     if (keep)
@@ -2142,10 +2147,13 @@ static void graph_drop(ds4sci_cuda_et *et)
 }
 
 /*
- * Capture compute_body() on the stream and instantiate it into et->gexec. The body launches
- * nothing while captured (the work is recorded, not run). Returns 0 on success; on any failure
- * the capture is ended, the error state cleared, and the caller falls back to the normal
- * launches.
+ * Capture compute_body() on the stream into et->gexec: an existing gexec (the previous key's
+ * step) is updated in place when cudaGraphExecUpdate takes the new capture (the same kernels
+ * and copies with other sizes and arguments: LAMMPS's list rebuilds), else the capture is
+ * instantiated anew. The body launches nothing while captured (the work is recorded, not run).
+ * Returns 0 on success; 1 when a buffer would have grown (gexec dropped; the caller runs the
+ * normal launches, which size it); -1 on any other failure (gexec dropped; the caller falls
+ * back to the normal launches). The capture is ended and the error state cleared either way.
  */
 static int graph_capture(ds4sci_cuda_et *et, const ds4sci_system *sys, const ds4sci_exchange *ex,
                          ds4sci_result *res, char *err, size_t err_len)
@@ -2155,23 +2163,42 @@ static int graph_capture(ds4sci_cuda_et *et, const ds4sci_system *sys, const ds4
        work and may run while this thread captures */
     if (cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
         cudaGetLastError();
+        graph_drop(et);
         return -1;
     }
     et->capturing = 1;
+    et->capture_grew = 0;
     ds4sci_status st = compute_body(et, sys, ex, 1, res, err, err_len);
     et->capturing = 0;
     cudaGraph_t g = NULL;
     cudaError_t e = cudaStreamEndCapture(s, &g);
-    if (st == DS4SCI_OK && e == cudaSuccess && g)
-        e = cudaGraphInstantiate(&et->gexec, g, 0);
+    int updated = 0;
+    if (st == DS4SCI_OK && e == cudaSuccess && g) {
+        if (et->gexec) {
+            cudaGraphExecUpdateResultInfo info;
+            if (cudaGraphExecUpdate(et->gexec, g, &info) == cudaSuccess) {
+                updated = 1;
+            } else { /* another shape (e.g. other SGEMM kernels): instantiate */
+                cudaGetLastError();
+                graph_drop(et);
+            }
+        }
+        if (!updated && (e = cudaGraphInstantiate(&et->gexec, g, 0)) != cudaSuccess)
+            et->gexec = NULL; /* (nothing to destroy) */
+    }
+    const int captured = g != NULL;
     if (g)
         cudaGraphDestroy(g);
-    if (st != DS4SCI_OK || e != cudaSuccess || !et->gexec) {
-        et->gexec = NULL;
+    if (st != DS4SCI_OK || e != cudaSuccess || !captured || !et->gexec) {
+        const int grew = st != DS4SCI_OK && et->capture_grew;
+        graph_drop(et); /* the previous key's step, if the capture stopped before replacing it */
         cudaGetLastError();
-        return -1;
+        if (grew && err && err_len)
+            err[0] = '\0'; /* not this call's error: it runs the normal launches */
+        return grew ? 1 : -1;
     }
     et->graph_captures++;
+    et->graph_updates += updated;
     return 0;
 }
 
@@ -2250,10 +2277,18 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
             long long key[4 + 2 * B_COUNT];
             graph_key(et, sys, res, key);
             const int same = et->gkey_valid && memcmp(key, et->gkey, sizeof(key)) == 0;
-            if (!same)
+            if (!same && et->gkey_valid && et->graph_update) {
+                /* a new key after a successful call (LAMMPS: each list rebuild changes the
+                   candidate and ghost counts): captured at once, the graph updated in place
+                   where it keeps its shape; a buffer that must grow leaves this call to the
+                   normal launches (the next call with these sizes captures) */
+                if (graph_capture(et, sys, ex, res, err, err_len) < 0)
+                    et->graph = 0; /* fall back for good; the body runs below, bound-sized */
+            } else if (!same) {
                 graph_drop(et);
-            else if (!et->gexec && graph_capture(et, sys, ex, res, err, err_len) != 0)
+            } else if (!et->gexec && graph_capture(et, sys, ex, res, err, err_len) != 0) {
                 et->graph = 0; /* fall back for good; the body runs below, bound-sized */
+            }
             if (et->gexec) {
                 cudaError_t e = cudaGraphLaunch(et->gexec, et->stream);
                 if (e != cudaSuccess)

@@ -245,13 +245,17 @@ typedef struct ds4sci_cuda_et {
                                 instantiate failure), 1 every size (=1), 2 automatic: small
                                 systems only (default) */
     int capturing;           /* a capture is in progress: ensure() must not reallocate */
+    int capture_grew;        /* ensure() refused to grow a buffer during this capture */
+    int graph_update;        /* on a key change, capture at once and update gexec in place
+                                (cudaGraphExecUpdate); DS4SCI_CUDA_GRAPH_UPDATE=0: a normal
+                                call first, the next call with the key captures anew */
     cudaGraphExec_t gexec;   /* the captured step (NULL: none) */
     int gkey_valid;          /* gkey holds the key of the last successful call */
     long long gkey[4 + 2 * B_COUNT]; /* n_local, n_ghost, candidates, virial requested, then
                                         pointer and capacity of every buffer */
     void *blas_ws;           /* cuBLAS workspace set on the handle before the first graph-mode
                                 call (no allocation by cuBLAS during a capture) */
-    long graph_captures, graph_replays;
+    long graph_captures, graph_replays, graph_updates;
 } ds4sci_cuda_et;
 
 /* ---- error helpers ----------------------------------------------------------------------- */

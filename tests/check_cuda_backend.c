@@ -632,14 +632,18 @@ END_TEST
  * launches (a context made with DS4SCI_CUDA_GRAPH=0) through what an MD run does to one
  * context: repeated steps, positions that move under the same candidate list (skin), a list
  * of the same length with other contents (each row reversed: same graph key, other edges), a
- * rebuilt longer list (new key: normal launches, capture, replay), and the first list again.
+ * rebuilt longer list (new key; its edge buffers must grow: normal launches, capture,
+ * replay), and the first list again (new key, the buffers fit: captured at once and the
+ * instantiated graph updated in place, then replayed; DS4SCI_CUDA_GRAPH_UPDATE=0: normal
+ * launches, then a capture).
  * A 60-atom cluster: no ghosts, so no float atomics, and every call of the graph context on
  * one input must agree bit for bit (the normal launches of a key, its capture and its replays
  * run the same kernels with the same arguments). Against the other context the only
  * differences are the candidate-bound edge slots (a stable sort: the same edge order) and
  * cuBLAS's fixed workspace (it could pick other SGEMM kernels): fp32 round-off at most, and
  * CK_REPORT says whether the bits agree. Each call also against the float64 CPU path. The
- * profile's graph counts show that the graph path ran: 3 captures, 7 graph launches.
+ * profile's graph counts show that the graph path ran: 3 captures, 8 graph launches, 1 update
+ * (DS4SCI_CUDA_GRAPH_UPDATE=0: 3, 7, 0).
  */
 START_TEST(test_graph_matches_launches_across_list_rebuilds)
 {
@@ -727,25 +731,27 @@ START_TEST(test_graph_matches_launches_across_list_rebuilds)
                 all_bits ? "bitwise equal" : "not bitwise equal", worst_e, worst_f);
     ds4sci_ctx_free(gpu); /* writes the profile */
     char mode[16] = "";
-    long captures = -1, launches = -1;
+    long captures = -1, launches = -1, updates = -1;
     FILE *f = fopen(prof, "r");
     if (f) {
         char line[256];
         while (fgets(line, sizeof(line), f))
-            if (sscanf(line, "cuda_graph %15s captures %ld launches %ld", mode, &captures,
-                       &launches) == 3)
+            if (sscanf(line, "cuda_graph %15s captures %ld launches %ld updates %ld", mode,
+                       &captures, &launches, &updates) == 4)
                 break;
         fclose(f);
     }
     remove(prof);
-    const char *ge = getenv("DS4SCI_CUDA_GRAPH"), *ee = getenv("DS4SCI_CUDA_EDGE");
+    const char *ge = getenv("DS4SCI_CUDA_GRAPH"), *ee = getenv("DS4SCI_CUDA_EDGE"),
+               *gu = getenv("DS4SCI_CUDA_GRAPH_UPDATE");
+    const int upd = !(gu && strcmp(gu, "0") == 0);
     if ((ge && strcmp(ge, "0") == 0) || (ee && strcmp(ee, "unfused") == 0))
         ck_assert_msg(captures == 0 && launches == 0, "graph mode off: %ld captures",
                       captures);
     else
-        ck_assert_msg(captures == 3 && launches == 7,
-                      "graph mode '%s': %ld captures, %ld launches (expected 3 and 7)", mode,
-                      captures, launches);
+        ck_assert_msg(captures == 3 && launches == 7 + upd && updates == upd,
+                      "graph mode '%s': %ld captures, %ld launches, %ld updates (expected 3, "
+                      "%d and %d)", mode, captures, launches, updates, 7 + upd, upd);
     ds4sci_ctx_free(plain);
     ds4sci_ctx_free(cpu);
     tu_system_free(&moved);
