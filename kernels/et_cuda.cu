@@ -280,6 +280,10 @@ static int is_pow2(int x) { return x > 0 && (x & (x - 1)) == 0; }
 #define ET_GRAPH_ALL 1
 #define ET_GRAPH_AUTO 2
 #define ET_GRAPH_AUTO_ATOMS 20000
+/* A new key is captured at once (and the graph updated in place) only after a key that served
+   at least this many calls: with lists rebuilt every step or two the normal launches are
+   cheaper (their host work overlaps the GPU's; a capture leaves it idle: docs/gpu.md v25) */
+#define ET_GRAPH_UPDATE_MIN_CALLS 4
 
 /* Whether this call runs in graph mode (a caller exchange runs host callbacks mid-step). */
 static int graph_call(const ds4sci_cuda_et *et, const ds4sci_system *sys, int builtin)
@@ -2277,7 +2281,10 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
             long long key[4 + 2 * B_COUNT];
             graph_key(et, sys, res, key);
             const int same = et->gkey_valid && memcmp(key, et->gkey, sizeof(key)) == 0;
-            if (!same && et->gkey_valid && et->graph_update) {
+            const long served = et->key_calls; /* calls of the key before this one */
+            et->key_calls = same ? served + 1 : 1;
+            if (!same && et->gkey_valid && et->graph_update &&
+                served >= ET_GRAPH_UPDATE_MIN_CALLS) {
                 /* a new key after a successful call (LAMMPS: each list rebuild changes the
                    candidate and ghost counts): captured at once, the graph updated in place
                    where it keeps its shape; a buffer that must grow leaves this call to the

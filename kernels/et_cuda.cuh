@@ -249,6 +249,7 @@ typedef struct ds4sci_cuda_et {
     int graph_update;        /* on a key change, capture at once and update gexec in place
                                 (cudaGraphExecUpdate); DS4SCI_CUDA_GRAPH_UPDATE=0: a normal
                                 call first, the next call with the key captures anew */
+    long key_calls;          /* calls with the current key (this one included) */
     cudaGraphExec_t gexec;   /* the captured step (NULL: none) */
     int gkey_valid;          /* gkey holds the key of the last successful call */
     long long gkey[4 + 2 * B_COUNT]; /* n_local, n_ghost, candidates, virial requested, then
