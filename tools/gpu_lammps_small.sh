@@ -8,7 +8,8 @@
 #   OUT=$OUT tools/gpu_lammps_small.sh [checks] [ROUNDS]
 #
 # checks: first check_cuda_backend's api case with and without DS4SCI_CUDA_GRAPH_UPDATE, golden,
-# vs_cpu, and memcheck of the api case (binaries in .gpufinal). Then ROUNDS (default 3) rounds,
+# vs_cpu, and memcheck of the api case (binaries in .gpufinal; tools/gpu_lib.sh's ck: summary in
+# $OUT/summary.txt, logs in $OUT/logs.tgz). Then ROUNDS (default 3) rounds,
 # interleaved, of examples/bench_lammps_gpu.in with `omp 4 threads 4`:
 #   si_every10_upd / _noupd  shipped Si model, 1,000 atoms, 2,000 steps, list rebuilt every 10
 #                            steps, graph update on (default) / DS4SCI_CUDA_GRAPH_UPDATE=0
@@ -25,23 +26,22 @@ export LD_LIBRARY_PATH=$R/.lammps-gpu/bin:$R/.gpudeps/lib:/usr/local/cuda/lib64:
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 if [ "${1:-}" = checks ]; then
     shift
-    B=$R/.gpufinal
-    built=$(sed -n 2p "$B/COMMIT")
-    [ -n "$built" ] && [ ! -e "$built" ] && mkdir -p "$(dirname "$built")" && ln -s "$R" "$built"
-    ck() {
-        tag=$1
-        shift
-        env "$@" timeout 200 "$B/check_cuda_backend" > "$OUT/ck_$tag.log" 2>&1
-        echo "ck $tag rc=$? $(grep -E 'Checks|:F:|:E:' "$OUT/ck_$tag.log" | head -3 | tr '\n' ' ')"
-    }
-    ck api CK_RUN_CASE=api
-    ck api_noupd CK_RUN_CASE=api DS4SCI_CUDA_GRAPH_UPDATE=0
-    ck golden CK_RUN_CASE=golden
-    ck vs_cpu CK_RUN_CASE=vs_cpu
-    SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer | head -1)
-    CK_RUN_CASE=api timeout 100 "$SAN" --tool memcheck --report-api-errors no --error-exitcode 9 \
-        "$B/check_cuda_backend" > "$OUT/memcheck_api.log" 2>&1
-    echo "memcheck rc=$? $(grep -E 'ERROR SUMMARY|Checks' "$OUT/memcheck_api.log" | tr '\n' ' ')"
+    ROOT=$R
+    LG=/tmp/gpu_lammps_small_logs
+    # shellcheck source=tools/gpu_lib.sh
+    . "$R/tools/gpu_lib.sh" # B (.gpufinal), t, ck, the summary $S, logs.tgz on exit
+    T=$LG/tests.log
+    ck api 200 CK_RUN_CASE=api
+    ck api_noupd 200 CK_RUN_CASE=api DS4SCI_CUDA_GRAPH_UPDATE=0
+    ck golden 200 CK_RUN_CASE=golden
+    ck vs_cpu 200 CK_RUN_CASE=vs_cpu
+    grep -E 'Checks|:F:|:E:' "$T"
+    # (the api case's intended cudaMalloc failure is an API error to memcheck: not reported)
+    (cd tests && CK_RUN_CASE=api timeout 120 compute-sanitizer --tool memcheck \
+        --report-api-errors no --error-exitcode 9 "$B/check_cuda_backend") \
+        > "$LG/memcheck_api.log" 2>&1
+    t memcheck_api $?
+    grep 'ERROR SUMMARY' "$LG/memcheck_api.log"
 fi
 LMP=$R/.lammps-gpu/bin/lmp
 PL=$R/.lammps-gpu/bin/ds4sciplugin.so
