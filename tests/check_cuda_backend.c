@@ -261,6 +261,43 @@ END_TEST
 START_TEST(test_reference_model_10k_matches_cpu) { reference_model(10000); }
 END_TEST
 
+/* Whether the backend updates a graph in place on a new key (DS4SCI_CUDA_GRAPH_UPDATE, on by
+   default). */
+static int graph_update_on(void)
+{
+    const char *gu = getenv("DS4SCI_CUDA_GRAPH_UPDATE");
+    return !(gu && strcmp(gu, "0") == 0);
+}
+
+/* The graph counts of a freed context's profile (DS4SCI_CUDA_PROFILE; the file is removed)
+   against the wanted ones; graph mode off (DS4SCI_CUDA_GRAPH=0, the unfused edges): none. */
+static void check_graph_counts(const char *prof, long want_captures, long want_launches,
+                               long want_updates)
+{
+    char mode[16] = "";
+    long captures = -1, launches = -1, updates = -1;
+    FILE *f = fopen(prof, "r");
+    if (f) {
+        char line[256];
+        while (fgets(line, sizeof(line), f))
+            if (sscanf(line, "cuda_graph %15s captures %ld launches %ld updates %ld", mode,
+                       &captures, &launches, &updates) == 4)
+                break;
+        fclose(f);
+    }
+    remove(prof);
+    const char *ge = getenv("DS4SCI_CUDA_GRAPH"), *ee = getenv("DS4SCI_CUDA_EDGE");
+    if ((ge && strcmp(ge, "0") == 0) || (ee && strcmp(ee, "unfused") == 0))
+        ck_assert_msg(captures == 0 && launches == 0, "graph mode off: %ld captures",
+                      captures);
+    else
+        ck_assert_msg(captures == want_captures && launches == want_launches &&
+                          updates == want_updates,
+                      "graph mode '%s': %ld captures, %ld launches, %ld updates (expected %ld, "
+                      "%ld and %ld)", mode, captures, launches, updates, want_captures,
+                      want_launches, want_updates);
+}
+
 /*
  * One context through a sequence of systems: a cluster (no ghosts), a periodic system of
  * another size, the cluster again. Every call must match the float64 CPU path, and the calls
@@ -268,8 +305,16 @@ END_TEST
  * the periodic images' fold too, whose atomicAdd version summed an owner's images in any
  * order). In graph mode (the default for these small systems; DS4SCI_CUDA_GRAPH=0:
  * off) this runs the normal launches, a capture, replays, the invalidation on a size change
- * and a capture again; without it, the normal launches.
+ * (the periodic system's buffers grow: normal launches, then a capture) and, when the cluster
+ * returns after the periodic system served 4 calls, a capture at once whose graph
+ * cudaGraphExecUpdate must refuse (the periodic step has the image and ghost kernels the
+ * cluster's lacks): the fallback, a new instantiation, whose replays must give the cluster's
+ * bits again. The profile's graph counts say which path ran: 3 captures, 8 launches, 0
+ * updates (an accepted update: 3, 8, 1; a capture stopped by a growing buffer: 3, 7, 0, as
+ * with DS4SCI_CUDA_GRAPH_UPDATE=0); without graph mode, the normal launches only.
  */
+static ds4sci_ctx *ctx_cuda_env(const et_desc *d, const char *var, const char *value);
+
 START_TEST(test_repeated_calls_and_size_changes)
 {
     tu_opts o;
@@ -277,14 +322,17 @@ START_TEST(test_repeated_calls_and_size_changes)
     ds4sci_system a, b;
     ds4sci_graph *ga = random_system(48, 0.06, 0, o.max_z, o.cutoff_upper, 31, &a);
     ds4sci_graph *gb = random_system(120, 0.06, 1, o.max_z, o.cutoff_upper, 32, &b);
-    ds4sci_ctx *cpu = tu_ctx_cpu(d, 0), *gpu = ctx_cuda(d);
+    char prof[64];
+    snprintf(prof, sizeof(prof), "/tmp/ck_sizes_profile_%ld.txt", (long)getpid());
+    remove(prof);
+    ds4sci_ctx *cpu = tu_ctx_cpu(d, 0), *gpu = ctx_cuda_env(d, "DS4SCI_CUDA_PROFILE", prof);
     tu_result ca, cb, first, firstb;
     int have_b = 0;
     run(cpu, &a, NULL, &ca);
     run(cpu, &b, NULL, &cb);
     run(gpu, &a, NULL, &first);
     compare(&first, &ca, "cluster, call 1");
-    const int seq[] = {0, 0, 1, 1, 1, 0, 0, 0}; /* 0: cluster, 1: periodic */
+    const int seq[] = {0, 0, 1, 1, 1, 1, 0, 0, 0}; /* 0: cluster, 1: periodic */
     for (size_t k = 0; k < sizeof(seq) / sizeof(seq[0]); k++) {
         tu_result r;
         char what[64];
@@ -313,7 +361,9 @@ START_TEST(test_repeated_calls_and_size_changes)
     if (have_b)
         tu_result_free(&firstb);
     ds4sci_ctx_free(cpu);
-    ds4sci_ctx_free(gpu);
+    ds4sci_ctx_free(gpu); /* writes the profile */
+    const int upd = graph_update_on(); /* with it: the refused update, a new instantiation */
+    check_graph_counts(prof, 3, 7 + upd, 0);
     ds4sci_graph_free(ga);
     ds4sci_graph_free(gb);
     tu_desc_free(d);
@@ -730,28 +780,8 @@ START_TEST(test_graph_matches_launches_across_list_rebuilds)
         fprintf(stderr, "report graph vs DS4SCI_CUDA_GRAPH=0: %s (energy %.3g, forces %.3g)\n",
                 all_bits ? "bitwise equal" : "not bitwise equal", worst_e, worst_f);
     ds4sci_ctx_free(gpu); /* writes the profile */
-    char mode[16] = "";
-    long captures = -1, launches = -1, updates = -1;
-    FILE *f = fopen(prof, "r");
-    if (f) {
-        char line[256];
-        while (fgets(line, sizeof(line), f))
-            if (sscanf(line, "cuda_graph %15s captures %ld launches %ld updates %ld", mode,
-                       &captures, &launches, &updates) == 4)
-                break;
-        fclose(f);
-    }
-    remove(prof);
-    const char *ge = getenv("DS4SCI_CUDA_GRAPH"), *ee = getenv("DS4SCI_CUDA_EDGE"),
-               *gu = getenv("DS4SCI_CUDA_GRAPH_UPDATE");
-    const int upd = !(gu && strcmp(gu, "0") == 0);
-    if ((ge && strcmp(ge, "0") == 0) || (ee && strcmp(ee, "unfused") == 0))
-        ck_assert_msg(captures == 0 && launches == 0, "graph mode off: %ld captures",
-                      captures);
-    else
-        ck_assert_msg(captures == 3 && launches == 8 + upd && updates == upd,
-                      "graph mode '%s': %ld captures, %ld launches, %ld updates (expected 3, "
-                      "%d and %d)", mode, captures, launches, updates, 8 + upd, upd);
+    const int upd = graph_update_on();
+    check_graph_counts(prof, 3, 8 + upd, upd);
     ds4sci_ctx_free(plain);
     ds4sci_ctx_free(cpu);
     tu_system_free(&moved);
