@@ -951,8 +951,10 @@ def si_box_data(path, n, seed=4711):
 
 def case_gpu_box(lmp, args):
     """~10k atoms (Si potential, 11^3 diamond cells = 10,648 atoms, jittered): device vs cpu on
-    1 rank, device on 2 ranks (one GPU shared; the halo plan, and exchange lammps) and device
-    with exchange lammps on 1 rank."""
+    1 rank, device on 2 ranks (one GPU each where there are two, else shared; the halo plan, and
+    exchange lammps), on 4 ranks (processors 2 2 1: each rank's halo plan has three peers, one
+    of them across a corner, and periodic images along z; ranks share GPUs) and device with
+    exchange lammps on 1 rank; 5 NVE steps on 2 and 4 ranks against the cpu."""
     gpu_usable(lmp, args)
     model = os.path.abspath(args.si_model)
     n = args.box_cells
@@ -962,16 +964,18 @@ def case_gpu_box(lmp, args):
             ("box_dev_np1", 1, dev, ""),
             ("box_dev_np1_lammps", 1, dev, "exchange lammps"),
             ("box_dev_np2", 2, dev, ""),
-            ("box_dev_np2_lammps", 2, dev, "exchange lammps")]
+            ("box_dev_np2_lammps", 2, dev, "exchange lammps"),
+            ("box_dev_np4", 4, dev, "")]
     data = lmp.path("si_box.data")
     si_box_data(data, n)
-    # 5 NVE steps from the same velocities on 2 ranks (the halo plan): the send_rows exchange
-    # hint in every call (only the rows the peer needs move between device and host)
+    # 5 NVE steps from the same velocities on 2 and 4 ranks (the halo plan): the send_rows
+    # exchange hint in every call (only the rows the peers need move between device and host)
     md_runs = [("md_cpu", 1, "cpu", "exchange lammps " + threads),
-               ("md_dev_np2", 2, dev, "")]
+               ("md_dev_np2", 2, dev, ""),
+               ("md_dev_np4", 4, dev, "")]
     res = {}
     for tag, nprocs, device, extra in runs + md_runs:
-        grid = "processors 2 1 1\n" if nprocs == 2 else ""
+        grid = {2: "processors 2 1 1\n", 4: "processors 2 2 1\n"}.get(nprocs, "")
         steps = 5 if tag.startswith("md_") else 0
         script = (header(data, model, ["Si"], grid).split("plugin load")[0] +
                   "plugin load ${plugin}\nneighbor 1.0 bin\n" + EVAL +

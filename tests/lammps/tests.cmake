@@ -18,9 +18,9 @@ if(LAMMPS_BINARY AND TARGET ds4sciplugin)
   endforeach()
 
   # device cuda against device cpu through LAMMPS (label "gpu"; exit 77 = skipped without a GPU,
-  # so CI without one stays green): golden configurations, a 10,648-atom periodic Si box on 1 and
-  # 2 ranks sharing one GPU, hybrid/overlay with zbl, and out-of-memory. tools/gpu_lammps.sh
-  # runs the same commands.
+  # so CI without one stays green): golden configurations, a 10,648-atom periodic Si box on 1, 2
+  # and 4 ranks (ranks share the GPUs there are), hybrid/overlay with zbl, and out-of-memory.
+  # tools/gpu_lammps.sh runs the same commands.
   set(ds4sci_lammps_gpu_cases gpu_golden:small gpu_golden:typical gpu_golden:lower_atomref gpu_box
       gpu_hybrid gpu_oom)
   foreach(case ${ds4sci_lammps_gpu_cases})
