@@ -24,13 +24,15 @@
 # (bench sizes "n steps steps2"; empty: skip), BENCH_NP (MPI ranks of the benchmarks, default 1;
 # one GPU per rank when the machine has as many), BENCH_TAG (suffix of the bench log names),
 # OOM_CELLS (gpu_oom lattice, default 230: 12.2M atoms, above the 10.08M that one H200 holds
-# since docs/gpu.md v23; 0: skip).
+# since docs/gpu.md v23; 0: skip), LAMMPS_GPU_PACK (another pack folder than .lammps-gpu, e.g.
+# LAMMPS 4 Feb 2025's: `SUITE=trixie LAMMPS_GPU_PACK=$PWD/.lammps-gpu-trixie tools/gpu_lammps.sh
+# pack` with LMPBUILD and PLUGIN built against that tree).
 set -u -o pipefail
 MODE=${1:-all}
 ROOT=$(pwd)
 OUT=${OUT:-$ROOT/gpu-out}
 mkdir -p "$OUT"
-PACK=$ROOT/.lammps-gpu
+PACK=${LAMMPS_GPU_PACK:-$ROOT/.lammps-gpu}
 T0=$(date +%s)
 DEADLINE=${DEADLINE:-280}
 JOBS=${JOBS:-$(nproc)}
