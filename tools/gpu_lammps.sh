@@ -4,8 +4,10 @@
 # (examples/bench_lammps_gpu.in), out-of-memory, and examples/si_nve.in at two timesteps.
 # Run from the repository root:
 #
-#   tools/gpu_lammps.sh [all|test|bench|nve|big]
+#   tools/gpu_lammps.sh [all|test|bench|nve|big|scaling]
 #
+# scaling (not part of all): the Si model on 1 GPU against 2 (SCALING_NP) over sizes, the
+# weak-scaling partner and -sf omp; see the mode's comment below.
 # big (not part of all): the reference-size model through LAMMPS at BIG_CELLS^3 atoms on one GPU
 # (default 216: 10,077,696, the most one H200 holds; docs/gpu.md v24: 92 s in all, 33.1 s per
 # step), `run 1` of examples/bench_lammps_gpu.in with the core's profile (checkpoint level,
@@ -145,6 +147,51 @@ if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
         cp "$ROOT/build-l-device/t_oom/oom.out" "$OUT/" 2>/dev/null
     fi
     nve_signal CONT
+fi
+
+if [ "$MODE" = scaling ]; then
+    # The Si model on 1 GPU against SCALING_NP ranks with one GPU each (the halo plan), per size
+    # n of SCALING_SIZES ("n:steps ..."; 8 n^3 atoms), then the weak-scaling partner (n =
+    # SCALING_WEAK: 2,000,376 atoms at 63, ~1M per rank on 2 GPUs) and, where LAMMPS has the
+    # OPENMP package, the 1-GPU largest size with -sf omp; SCALING_ROUNDS rounds interleaved. One
+    # line per run in $OUT/scaling.txt: ms per step (loop time / steps) and LAMMPS's shares.
+    # The README's "Several GPUs" table (docs/lammps_gpu.md, 2026-11-30) is this mode's output.
+    # SCALING_DEVICE=cpu (with small sizes) checks the script on a machine without a GPU.
+    np=${SCALING_NP:-2}
+    dev=${SCALING_DEVICE:-cuda}
+    th=$(( $(nproc) / np )); [ "$th" -gt 16 ] && th=16; [ "$th" -lt 1 ] && th=1
+    sizes=${SCALING_SIZES:-"10:400 20:100 32:40 50:20"}
+    last=${sizes##* }; last=${last%%:*}
+    omp=0; "$LMP" -h 2>/dev/null | grep -q "nve/omp" && omp=1
+    one() {   # one TAG NP N STEPS [lmp arguments]
+        local tag=$1 p=$2 n=$3 st=$4 launch=()
+        shift 4
+        if [ "$p" -gt 1 ]; then
+            launch=("$MPI" -np "$p" --bind-to none -x LD_LIBRARY_PATH -x OMP_NUM_THREADS)
+        fi
+        OMP_NUM_THREADS=$th timeout 300 "${launch[@]}" "$LMP" -in examples/bench_lammps_gpu.in \
+            -var plugin "$PLUGIN" -var system si -var device "$dev" -var n "$n" -var steps "$st" \
+            -var threads "$th" \
+            "$@" -log "$OUT/scaling_$tag.log" > "$OUT/scaling_$tag.out" 2>&1
+        local rc=$? loop
+        loop=$(awk '/^Loop time of/ {print $4}' "$OUT/scaling_$tag.log" 2>/dev/null)
+        printf "%-22s ranks %d atoms %9d rc %d ms/step %s | %s\n" "$tag" "$p" $((8 * n * n * n)) \
+            "$rc" "$(awk -v l="${loop:-0}" -v s="$st" 'BEGIN {printf "%.3f", 1000 * l / s}')" \
+            "$(grep -E "^(Pair|Comm|Modify|Other) " "$OUT/scaling_$tag.log" 2>/dev/null |
+               awk '{printf "%s %s%% ", $1, $NF}')" >> "$OUT/scaling.txt"
+        summary+=("scaling $tag: rc=$rc")
+    }
+    : > "$OUT/scaling.txt"
+    for r in $(seq 1 "${SCALING_ROUNDS:-2}"); do
+        for ns in $sizes; do
+            one "n${ns%%:*}_1gpu_r$r" 1 "${ns%%:*}" "${ns##*:}"
+            one "n${ns%%:*}_${np}gpu_r$r" "$np" "${ns%%:*}" "${ns##*:}"
+        done
+        weak=${SCALING_WEAK-63}
+        [ -n "$weak" ] && one "n${weak}_${np}gpu_r$r" "$np" "$weak" 20
+        [ "$omp" = 1 ] && one "n${last}_1gpu_omp_r$r" 1 "$last" 20 -sf omp -var omp "$th"
+    done
+    sort "$OUT/scaling.txt"
 fi
 
 if [ "$MODE" = big ]; then
