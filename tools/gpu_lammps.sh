@@ -80,6 +80,14 @@ if ldd "$LMP" "$PLUGIN" 2>&1 | grep -q "not found"; then
     echo "built in $(since) s" >> "$OUT/env.log"
 fi
 MPI=$(command -v mpirun)
+# for NP ranks of LAMMPS: th (OpenMP threads a rank: the cores shared out, at most 16) and the
+# launch prefix (mpirun with the environment it must pass on; none for one rank)
+ranks() {
+    th=$(( $(nproc) / $1 )); [ "$th" -gt 16 ] && th=16; [ "$th" -lt 1 ] && th=1
+    launch=()
+    [ "$1" -gt 1 ] && launch=("$MPI" -np "$1" --bind-to none -x LD_LIBRARY_PATH -x OMP_NUM_THREADS)
+    return 0
+}
 TEST="python3 tests/lammps/lammps_test.py --lmp $LMP --plugin $PLUGIN --golden tests/golden
       --mpiexec $MPI --si-model potentials/si-sw-et.safetensors"
 
@@ -130,9 +138,7 @@ if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
         [ $# -eq 4 ] || continue
         start=$(date +%s)
         np=${BENCH_NP:-1}
-        th=$(( $(nproc) / np )); [ "$th" -gt 16 ] && th=16
-        launch=()
-        [ "$np" -gt 1 ] && launch=("$MPI" -np "$np" --bind-to none -x LD_LIBRARY_PATH -x OMP_NUM_THREADS)
+        ranks "$np"
         OMP_NUM_THREADS=$th timeout 200 "${launch[@]}" "$LMP" -in examples/bench_lammps_gpu.in \
             -var plugin "$PLUGIN" -var system "$1" -var n "$2" -var steps "$3" -var steps2 "$4" \
             -var threads "$th" -log "$OUT/bench_$1${BENCH_TAG-}.log" > /dev/null 2>&1
@@ -159,16 +165,16 @@ if [ "$MODE" = scaling ]; then
     # SCALING_DEVICE=cpu (with small sizes) checks the script on a machine without a GPU.
     np=${SCALING_NP:-2}
     dev=${SCALING_DEVICE:-cuda}
-    th=$(( $(nproc) / np )); [ "$th" -gt 16 ] && th=16; [ "$th" -lt 1 ] && th=1
+    ranks "$np"
+    share=$th   # threads a rank, 1 or NP ranks alike: one GPU's share of the cores
     sizes=${SCALING_SIZES:-"10:400 20:100 32:40 50:20"}
     last=${sizes##* }; last=${last%%:*}
     omp=0; "$LMP" -h 2>/dev/null | grep -q "nve/omp" && omp=1
     one() {   # one TAG NP N STEPS [lmp arguments]
-        local tag=$1 p=$2 n=$3 st=$4 launch=()
+        local tag=$1 p=$2 n=$3 st=$4
         shift 4
-        if [ "$p" -gt 1 ]; then
-            launch=("$MPI" -np "$p" --bind-to none -x LD_LIBRARY_PATH -x OMP_NUM_THREADS)
-        fi
+        ranks "$p"
+        th=$share
         OMP_NUM_THREADS=$th timeout 300 "${launch[@]}" "$LMP" -in examples/bench_lammps_gpu.in \
             -var plugin "$PLUGIN" -var system si -var device "$dev" -var n "$n" -var steps "$st" \
             -var threads "$th" \
@@ -189,7 +195,7 @@ if [ "$MODE" = scaling ]; then
         done
         weak=${SCALING_WEAK-63}
         [ -n "$weak" ] && one "n${weak}_${np}gpu_r$r" "$np" "$weak" 20
-        [ "$omp" = 1 ] && one "n${last}_1gpu_omp_r$r" 1 "$last" 20 -sf omp -var omp "$th"
+        [ "$omp" = 1 ] && one "n${last}_1gpu_omp_r$r" 1 "$last" 20 -sf omp -var omp "$share"
     done
     sort "$OUT/scaling.txt"
 fi
