@@ -7,7 +7,7 @@
 #   tools/gpu_lammps.sh [all|test|bench|nve|big|scaling]
 #
 # scaling (not part of all): the Si model on 1 GPU against 2 (SCALING_NP) over sizes, the
-# weak-scaling partner and -sf omp; see the mode's comment below.
+# weak-scaling partner and -var omp (threaded LAMMPS); see the mode's comment below.
 # big (not part of all): the reference-size model through LAMMPS at BIG_CELLS^3 atoms on one GPU
 # (default 216: 10,077,696, the most one H200 holds; docs/gpu.md v24: 92 s in all, 33.1 s per
 # step), `run 1` of examples/bench_lammps_gpu.in with the core's profile (checkpoint level,
@@ -159,7 +159,7 @@ if [ "$MODE" = scaling ]; then
     # The Si model on 1 GPU against SCALING_NP ranks with one GPU each (the halo plan), per size
     # n of SCALING_SIZES ("n:steps ..."; 8 n^3 atoms), then the weak-scaling partner (n =
     # SCALING_WEAK: 2,000,376 atoms at 63, ~1M per rank on 2 GPUs) and, where LAMMPS has the
-    # OPENMP package, the 1-GPU largest size with -sf omp; SCALING_ROUNDS rounds interleaved. One
+    # OPENMP package, the 1-GPU largest size with -var omp; SCALING_ROUNDS rounds interleaved. One
     # line per run in $OUT/scaling.txt: ms per step (loop time / steps) and LAMMPS's shares.
     # The README's "Several GPUs" table (docs/lammps_gpu.md, 2026-11-30) is this mode's output.
     # SCALING_DEVICE=cpu (with small sizes) checks the script on a machine without a GPU.
@@ -195,7 +195,7 @@ if [ "$MODE" = scaling ]; then
         done
         weak=${SCALING_WEAK-63}
         [ -n "$weak" ] && one "n${weak}_${np}gpu_r$r" "$np" "$weak" 20
-        [ "$omp" = 1 ] && one "n${last}_1gpu_omp_r$r" 1 "$last" 20 -sf omp -var omp "$share"
+        [ "$omp" = 1 ] && one "n${last}_1gpu_omp_r$r" 1 "$last" 20 -var omp "$share"
     done
     sort "$OUT/scaling.txt"
 fi
