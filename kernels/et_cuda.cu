@@ -2260,8 +2260,9 @@ static ds4sci_status body_or_again(ds4sci_cuda_et *et, const ds4sci_system *sys,
  * first call with a new key runs the normal launches (it sizes every buffer), the next call
  * with the same key captures the body and launches the graph, later calls only launch it;
  * except that a new key after one that served ET_GRAPH_UPDATE_MIN_CALLS calls is captured at
- * once, the graph updated in place (graph_capture), unless a buffer must grow. Either way the same kernels run with the same arguments in the same order on one stream, so
- * the results are bitwise those of the launches. A capture or instantiate failure turns graph
+ * once, the graph updated in place (graph_capture), unless a buffer must grow. Either way the
+ * same kernels run with the same arguments in the same order on one stream, so the results are
+ * bitwise those of the launches. A capture or instantiate failure turns graph
  * mode off for the context and runs the normal launches. A call not in graph mode leaves the
  * graph and its key alone: the key holds every buffer's address and capacity, so a graph
  * captured before buffers grew is never launched again.
