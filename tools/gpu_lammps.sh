@@ -4,8 +4,10 @@
 # (examples/bench_lammps_gpu.in), out-of-memory, and examples/si_nve.in at two timesteps.
 # Run from the repository root:
 #
-#   tools/gpu_lammps.sh [all|test|bench|nve|big|scaling]
+#   tools/gpu_lammps.sh [all|test|bench|nve|big|scaling|small]
 #
+# small (not part of all): LAMMPS at 1,000 atoms on one GPU, the CUDA graph across neighbour-
+# list rebuilds (docs/gpu.md v25 items 5 and 8); see the mode's comment below.
 # scaling (not part of all): the Si model on 1 GPU against 2 (SCALING_NP) over sizes, the
 # weak-scaling partner and -var omp (threaded LAMMPS); see the mode's comment below.
 # big (not part of all): the reference-size model through LAMMPS at BIG_CELLS^3 atoms on one GPU
@@ -198,6 +200,64 @@ if [ "$MODE" = scaling ]; then
         [ "$omp" = 1 ] && one "n${last}_1gpu_omp_r$r" 1 "$last" 20 -var omp "$share"
     done
     sort "$OUT/scaling.txt"
+fi
+
+if [ "$MODE" = small ]; then
+    # SMALL_CHECKS=1 first: check_cuda_backend's api case with and without
+    # DS4SCI_CUDA_GRAPH_UPDATE, golden, vs_cpu, and memcheck of the api case (binaries in
+    # .gpufinal, carry it; tools/gpu_lib.sh's ck: $OUT/summary.txt, $OUT/logs.tgz). Then
+    # SMALL_ROUNDS (default 3) rounds, interleaved, of examples/bench_lammps_gpu.in with
+    # `omp 4 threads 4`:
+    #   si_every10_upd / _noupd  shipped Si model, 1,000 atoms, 2,000 steps, list rebuilt every
+    #                            10 steps, graph update on (default) / DS4SCI_CUDA_GRAPH_UPDATE=0
+    #   si_norebuild             the same without rebuilds (the graph's best case)
+    #   ref_auto_upd / _noupd    reference model, 1,000 atoms, 300 steps, LAMMPS's rebuild rule
+    #                            (its random weights heat the box: a rebuild every other step)
+    # Each line in $OUT/small.txt: loop time, Pair time and share, list builds, the core's
+    # cuda_graph counts (DS4SCI_CUDA_PROFILE), then the last thermo line.
+    if [ "${SMALL_CHECKS:-0}" = 1 ]; then
+        LG=/tmp/gpu_lammps_small_logs
+        # shellcheck source=tools/gpu_lib.sh
+        . "$ROOT/tools/gpu_lib.sh" # B (.gpufinal), t, ck, the summary $S, logs.tgz on exit
+        T=$LG/tests.log
+        ck api 200 CK_RUN_CASE=api
+        ck api_noupd 200 CK_RUN_CASE=api DS4SCI_CUDA_GRAPH_UPDATE=0
+        ck golden 200 CK_RUN_CASE=golden
+        ck vs_cpu 200 CK_RUN_CASE=vs_cpu
+        grep -E 'Checks|:F:|:E:' "$T"
+        # (the api case's intended cudaMalloc failure is an API error to memcheck: not reported)
+        (cd tests && CK_RUN_CASE=api timeout 120 compute-sanitizer --tool memcheck \
+            --report-api-errors no --error-exitcode 9 "$B/check_cuda_backend") \
+            > "$LG/memcheck_api.log" 2>&1
+        t memcheck_api $?
+        grep 'ERROR SUMMARY' "$LG/memcheck_api.log"
+    fi
+    small() {   # small TAG "lmp arguments" [VAR=VALUE ...]
+        local tag=$1 args=$2
+        shift 2
+        # shellcheck disable=SC2086 # args: several words
+        env "$@" DS4SCI_CUDA_PROFILE="$OUT/small_$tag.prof" timeout 100 "$LMP" \
+            -in examples/bench_lammps_gpu.in -var plugin "$PLUGIN" -var omp 4 -var threads 4 \
+            $args -log "$OUT/small_$tag.log" > /dev/null 2>&1
+        local rc=$?
+        echo "$tag rc=$rc $(grep -E '^Loop time' "$OUT/small_$tag.log") |" \
+             "$(grep -E '^Pair ' "$OUT/small_$tag.log" | awk '{print "Pair", $3, $NF"%"}') |" \
+             "$(grep 'Neighbor list builds' "$OUT/small_$tag.log") |" \
+             "$(grep cuda_graph "$OUT/small_$tag.prof" 2>/dev/null)" >> "$OUT/small.txt"
+        grep -E '^ +[0-9]+ +[-0-9.e+]+ ' "$OUT/small_$tag.log" | tail -1 >> "$OUT/small.txt"
+        summary+=("small $tag: rc=$rc")
+    }
+    : > "$OUT/small.txt"
+    si="-var system si -var n 5 -var steps 2000 -var neigh_check no"
+    for r in $(seq 1 "${SMALL_ROUNDS:-3}"); do
+        small "si_every10_upd_$r" "$si -var neigh_every 10"
+        small "si_every10_noupd_$r" "$si -var neigh_every 10" DS4SCI_CUDA_GRAPH_UPDATE=0
+        small "si_norebuild_$r" "$si -var neigh_every 1000000"
+        small "ref_auto_upd_$r" "-var system ref -var n 10 -var steps 300"
+        small "ref_auto_noupd_$r" "-var system ref -var n 10 -var steps 300" \
+            DS4SCI_CUDA_GRAPH_UPDATE=0
+    done
+    cat "$OUT/small.txt"
 fi
 
 if [ "$MODE" = big ]; then
