@@ -1,8 +1,8 @@
 /*
  * edge_fwd_tc.cu - the fused forward edge pass of an attention layer with the radial filters on
  * the float64 tensor cores (docs/tensor_cores.md, last section; docs/gpu.md v20-v21 and "Left
- * to do" 1). Opt-in (DS4SCI_CUDA_TC=1) while it only matches k_edge_fwd's speed: layers with
- * F = 128, K <= 32 basis functions, no row split; everything else runs k_edge_fwd (edge_fwd.cu).
+ * to do" 1). The default (DS4SCI_CUDA_TC=0: k_edge_fwd) since v27, for layers with F = 128,
+ * K <= 32 basis functions and no row split; everything else runs k_edge_fwd (edge_fwd.cu).
  *
  * The same layer as k_edge_fwd (its header has the formulas), in another order: one warp per
  * owned receiver t walks its row in tiles of 8 edges. Per tile and part p (dk, dv value, dv
@@ -24,11 +24,13 @@
  *
  * Measured (docs/gpu.md v21): the same speed as k_edge_fwd (1M atoms 1.823-1.838 against
  * 1.824-1.830 s/step; v22, with each part's first sender rows loaded before its DMMAs: 1.813
- * against 1.834) with half its instructions (ncu: 2.61e8 against 5.36e8 for layer 5 at
- * 10,648 atoms) but issue 32% busy against 64%: latency bound (the DMMA chains and their
- * conversions, the SiLU's MUFU, the gathers). Tried and slower: 16-edge tiles with the basis
- * as A and float weights (+7%), fewer warps with more gathers in flight (8 warps +22%, 12
- * +12%), the k-steps in separate accumulators (+3%), 4 m-tiles at a time with 12 warps (+5%).
+ * against 1.834; v27: 1.682 / 1.673 against 1.701 / 1.694, 97k atoms -2.5%) with half its
+ * instructions (ncu: 2.61e8 against 5.36e8 for layer 5 at 10,648 atoms) but issue 32% busy
+ * against 64%: latency bound (the gathers and the messages; v27: the six products of bf16
+ * pieces on mma.bf16 instead of the DMMAs, branch tc-bf16x6, run at the same speed). Tried and
+ * slower: 16-edge tiles with the basis as A and float weights (+7%), fewer warps with more
+ * gathers in flight (8 warps +22%, 12 +12%), the k-steps in separate accumulators (+3%), 4
+ * m-tiles at a time with 12 warps (+5%).
  */
 #include "edge_common.cuh"
 #include "edge_gates.cuh"

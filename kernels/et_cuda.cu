@@ -451,10 +451,11 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
            bwd_recv_row); DS4SCI_CUDA_PAIR=0: once per edge, as before */
         const char *pr = getenv("DS4SCI_CUDA_PAIR");
         et->pair = !(pr && strcmp(pr, "0") == 0);
-        /* the forward edge pass's filters on the float64 tensor cores (edge_fwd_tc.cu; opt-in
-           while measured, docs/gpu.md v20) */
+        /* the forward edge pass's filters on the float64 tensor cores where edge_fwd_tc.cu
+           takes the layer (F = 128, K <= 32, no row split): the default since docs/gpu.md v27
+           (more exact, 1-2.5% faster at 97k-1M atoms); DS4SCI_CUDA_TC=0: the FFMA forward */
         const char *tc = getenv("DS4SCI_CUDA_TC");
-        et->tc = tc && strcmp(tc, "1") == 0;
+        et->tc = !(tc && strcmp(tc, "0") == 0);
         /* forward caller exchange as packed floats, default on since measured (docs/gpu.md
            v7: the same bits arrive; 2 GPUs 1M Si atoms 0.673 vs 0.780 s/step);
            DS4SCI_CUDA_XCH_F32=0: rows of doubles */

@@ -90,8 +90,8 @@ typedef struct et_edge_common {
     int fastexp;             /* SiLU's exponential by ex2.approx (DS4SCI_CUDA_FASTEXP=0: expf) */
     int pair;                /* merged backward: one filter backward per pair of reverse edges
                                 (DS4SCI_CUDA_PAIR=0: one per edge); see bwd_recv_row */
-    int tc;                  /* DS4SCI_CUDA_TC=1: the forward's filters on the float64 tensor
-                                cores where edge_fwd_tc.cu takes the layer (opt-in) */
+    int tc;                  /* the forward's filters on the float64 tensor cores where
+                                edge_fwd_tc.cu takes the layer (default; DS4SCI_CUDA_TC=0 off) */
     /* merged backward (default; NULL with DS4SCI_CUDA_MERGED=0, the unfused path, or when its
        shared memory does not fit): see edge_bwd.cu */
     const int *rev;          /* [ne] rev[e] = the edge (t' -> so) of e = (s -> t) in row so,
@@ -176,7 +176,7 @@ typedef struct ds4sci_cuda_et {
     int fastexp;             /* SiLU in the edge kernels with __expf (default; FASTEXP=0: expf) */
     int pair;                /* merged backward: the filter backward once per pair of reverse
                                 edges (default; DS4SCI_CUDA_PAIR=0: once per edge) */
-    int tc;                  /* DS4SCI_CUDA_TC=1: edge forward on the float64 tensor cores */
+    int tc;                  /* edge forward on the float64 tensor cores (DS4SCI_CUDA_TC=0 off) */
     int split_force;         /* DS4SCI_CUDA_SPLIT=1|2|4|8: row split factor of the fused
                                 layer edge kernels forced (0: chosen per pass, et_edge_split) */
     int images;              /* built-in exchange: periodic images folded into their owned
@@ -417,7 +417,7 @@ cudaError_t et_split_sum(cudaStream_t s, int S, int rows, const float *part, flo
                          int w0, int add0, float *d1, int ld1, int w1, int add1);
 
 /* edge_fwd.cu (split, part: see et_edge_split; part unused when split is 1) */
-/* edge_fwd_tc.cu: the forward with the filters on the float64 tensor cores (opt-in) */
+/* edge_fwd_tc.cu: the forward with the filters on the float64 tensor cores (c->tc) */
 int et_edge_forward_tc_ok(int CPL, int split, const et_edge_common *c);
 cudaError_t et_edge_forward_tc(cudaStream_t s, int CPL, const et_edge_common *c,
                                const et_edge_layer *l);

@@ -126,10 +126,11 @@ ck vs_cpu_rows 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_IMAGES=rows
 # backward on all of them
 ck vs_cpu_split1 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_SPLIT=1
 ck golden_split1 60 CK_RUN_CASE=golden DS4SCI_CUDA_SPLIT=1
-# the forward on the float64 tensor cores (opt-in, edge_fwd_tc.cu: F = 128, K <= 32, S = 1;
-# forced S = 1 so the golden models take it too)
-ck golden_tc_split1 60 CK_RUN_CASE=golden DS4SCI_CUDA_SPLIT=1 DS4SCI_CUDA_TC=1
-ck vs_cpu_tc_split1 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_SPLIT=1 DS4SCI_CUDA_TC=1
+# the forward's filters on the float64 tensor cores (edge_fwd_tc.cu: F = 128, K <= 32, S = 1) are
+# the default since docs/gpu.md v27, so the split1 runs above take them for the F = 128 models;
+# the FFMA forward (k_edge_fwd) at S = 1 for those models with DS4SCI_CUDA_TC=0
+ck golden_ffma_split1 60 CK_RUN_CASE=golden DS4SCI_CUDA_SPLIT=1 DS4SCI_CUDA_TC=0
+ck vs_cpu_ffma_split1 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_SPLIT=1 DS4SCI_CUDA_TC=0
 # node work in chunks of owned rows (default 262144: one chunk below that): small chunks so every
 # case runs several, with a partial last one (and the ghost rows with it)
 ck golden_chunk7 60 CK_RUN_CASE=golden DS4SCI_CUDA_NODE_CHUNK=7
