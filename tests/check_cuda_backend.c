@@ -44,6 +44,26 @@ static ds4sci_ctx *ctx_cuda(const et_desc *d)
     return ctx;
 }
 
+/* A CUDA context created with environment variable var set to value (NULL: unset); the
+   environment is restored after (the backend reads its switches at context creation). */
+static ds4sci_ctx *ctx_cuda_env(const et_desc *d, const char *var, const char *value)
+{
+    const char *old = getenv(var);
+    char *keep = old ? strdup(old) : NULL;
+    if (value)
+        setenv(var, value, 1);
+    else
+        unsetenv(var);
+    ds4sci_ctx *c = ctx_cuda(d);
+    if (keep) {
+        setenv(var, keep, 1);
+        free(keep);
+    } else {
+        unsetenv(var);
+    }
+    return c;
+}
+
 static double rel_rms(const double *a, const double *ref, size_t n)
 {
     double num = 0.0, den = 0.0;
@@ -165,10 +185,12 @@ static et_desc *small_model(tu_opts *o, int L)
     return tu_desc_new(o);
 }
 
-/* CUDA vs CPU on one model and system. */
-static void check_vs_cpu(const et_desc *d, const ds4sci_system *sys, const char *what)
+/* CUDA (its context created with var = value, see ctx_cuda_env; var NULL: as is) vs CPU on one
+   model and system. */
+static void check_vs_cpu_env(const et_desc *d, const ds4sci_system *sys, const char *what,
+                             const char *var, const char *value)
 {
-    ds4sci_ctx *cpu = tu_ctx_cpu(d, 0), *gpu = ctx_cuda(d);
+    ds4sci_ctx *cpu = tu_ctx_cpu(d, 0), *gpu = var ? ctx_cuda_env(d, var, value) : ctx_cuda(d);
     tu_result rc, rg;
     run(cpu, sys, NULL, &rc);
     run(gpu, sys, NULL, &rg);
@@ -182,6 +204,11 @@ static void check_vs_cpu(const et_desc *d, const ds4sci_system *sys, const char 
     tu_result_free(&rg2);
     ds4sci_ctx_free(cpu);
     ds4sci_ctx_free(gpu);
+}
+
+static void check_vs_cpu(const et_desc *d, const ds4sci_system *sys, const char *what)
+{
+    check_vs_cpu_env(d, sys, what, NULL, NULL);
 }
 
 /* Every option combination of test_util, periodic box and open cluster. */
@@ -203,6 +230,37 @@ START_TEST(test_option_combos_match_cpu)
         char w2[300];
         snprintf(w2, sizeof(w2), "%s %s", what, periodic ? "periodic" : "cluster");
         check_vs_cpu(d, &sys, w2);
+        ds4sci_graph_free(g);
+    }
+    tu_desc_free(d);
+}
+END_TEST
+
+/* Every option combination at F = 128, K <= 32 with the row split off (DS4SCI_CUDA_SPLIT=1):
+   the shapes whose forward runs on the float64 tensor cores by default (edge_fwd_tc.cu), which
+   the combos above (F <= 32) and the reference-model cases (one option set) do not reach; H =
+   8, 4, 16 in turn (4, 8 and 2 lanes per head). Two layers, periodic box and open cluster. */
+START_TEST(test_tc_option_combos_match_cpu)
+{
+    static const int heads[3] = {8, 4, 16};
+    tu_opts o;
+    tu_opts_combo(&o, _i);
+    o.F = 128;
+    o.H = heads[_i % 3];
+    if (o.K > 32)
+        o.K = 32;
+    if (o.L > 2)
+        o.L = 2;
+    char what[256];
+    tu_opts_describe(&o, what, sizeof(what));
+    et_desc *d = tu_desc_new(&o);
+    for (int periodic = 0; periodic < 2; periodic++) {
+        ds4sci_system sys;
+        ds4sci_graph *g = random_system(periodic ? 150 : 40, 0.06, periodic, o.max_z,
+                                        o.cutoff_upper, 177 + _i, &sys);
+        char w2[300];
+        snprintf(w2, sizeof(w2), "%s %s (S = 1)", what, periodic ? "periodic" : "cluster");
+        check_vs_cpu_env(d, &sys, w2, "DS4SCI_CUDA_SPLIT", "1");
         ds4sci_graph_free(g);
     }
     tu_desc_free(d);
@@ -313,7 +371,6 @@ static void check_graph_counts(const char *prof, long want_captures, long want_l
  * updates (an accepted update: 3, 8, 1; a capture stopped by a growing buffer: 3, 7, 0, as
  * with DS4SCI_CUDA_GRAPH_UPDATE=0); without graph mode, the normal launches only.
  */
-static ds4sci_ctx *ctx_cuda_env(const et_desc *d, const char *var, const char *value);
 
 START_TEST(test_repeated_calls_and_size_changes)
 {
@@ -369,26 +426,6 @@ START_TEST(test_repeated_calls_and_size_changes)
     tu_desc_free(d);
 }
 END_TEST
-
-/* A CUDA context created with environment variable var set to value (NULL: unset); the
-   environment is restored after (the backend reads its switches at context creation). */
-static ds4sci_ctx *ctx_cuda_env(const et_desc *d, const char *var, const char *value)
-{
-    const char *old = getenv(var);
-    char *keep = old ? strdup(old) : NULL;
-    if (value)
-        setenv(var, value, 1);
-    else
-        unsetenv(var);
-    ds4sci_ctx *c = ctx_cuda(d);
-    if (keep) {
-        setenv(var, keep, 1);
-        free(keep);
-    } else {
-        unsetenv(var);
-    }
-    return c;
-}
 
 static int same_bits(const tu_result *a, const tu_result *b)
 {
@@ -1374,6 +1411,11 @@ static Suite *suite(void)
     tcase_add_test(tc, test_tiny_box_self_images_match_cpu);
     tcase_add_test(tc, test_reference_model_10k_matches_cpu);
     suite_add_tcase(s, tc);
+    /* CK_RUN_CASE=tc: the tensor-core forward's shapes under every option (tools/gpu_verify.sh) */
+    TCase *tt = tcase_create("tc");
+    tcase_set_timeout(tt, 900);
+    tcase_add_loop_test(tt, test_tc_option_combos_match_cpu, 0, TU_N_COMBOS);
+    suite_add_tcase(s, tt);
     TCase *tg = tcase_create("golden");
     tcase_set_timeout(tg, 300);
     tcase_add_loop_test(tg, test_golden_matches_torchmdnet_f64, 0, N_GOLDEN);
