@@ -240,7 +240,7 @@ END_TEST
    the shapes whose forward runs on the float64 tensor cores by default (edge_fwd_tc.cu), which
    the combos above (F <= 32) and the reference-model cases (one option set) do not reach; H =
    8, 4, 16 in turn (4, 8 and 2 lanes per head). Two layers, periodic box and open cluster. */
-START_TEST(test_tc_option_combos_match_cpu)
+START_TEST(test_f128_option_combos_match_cpu)
 {
     static const int heads[3] = {8, 4, 16};
     tu_opts o;
@@ -1411,10 +1411,11 @@ static Suite *suite(void)
     tcase_add_test(tc, test_tiny_box_self_images_match_cpu);
     tcase_add_test(tc, test_reference_model_10k_matches_cpu);
     suite_add_tcase(s, tc);
-    /* CK_RUN_CASE=tc: the tensor-core forward's shapes under every option (tools/gpu_verify.sh) */
-    TCase *tt = tcase_create("tc");
+    /* CK_RUN_CASE=f128: F = 128 under every option, the tensor-core forward's shapes (with
+       DS4SCI_CUDA_TC=0 the FFMA forward's at CPL 4; tools/gpu_verify.sh runs both) */
+    TCase *tt = tcase_create("f128");
     tcase_set_timeout(tt, 900);
-    tcase_add_loop_test(tt, test_tc_option_combos_match_cpu, 0, TU_N_COMBOS);
+    tcase_add_loop_test(tt, test_f128_option_combos_match_cpu, 0, TU_N_COMBOS);
     suite_add_tcase(s, tt);
     TCase *tg = tcase_create("golden");
     tcase_set_timeout(tg, 300);

@@ -131,8 +131,10 @@ ck golden_split1 60 CK_RUN_CASE=golden DS4SCI_CUDA_SPLIT=1
 # the FFMA forward (k_edge_fwd) at S = 1 for those models with DS4SCI_CUDA_TC=0
 ck golden_ffma_split1 60 CK_RUN_CASE=golden DS4SCI_CUDA_SPLIT=1 DS4SCI_CUDA_TC=0
 ck vs_cpu_ffma_split1 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_SPLIT=1 DS4SCI_CUDA_TC=0
-# every option combination at F = 128 with S = 1 (the TC forward's shapes; the case sets it)
-ck tc 300 CK_RUN_CASE=tc
+# every option combination at F = 128 with S = 1 (the case sets it): the TC forward's shapes,
+# and the FFMA forward's at 4 channels per lane
+ck f128 300 CK_RUN_CASE=f128
+ck f128_ffma 300 CK_RUN_CASE=f128 DS4SCI_CUDA_TC=0
 # node work in chunks of owned rows (default 262144: one chunk below that): small chunks so every
 # case runs several, with a partial last one (and the ghost rows with it)
 ck golden_chunk7 60 CK_RUN_CASE=golden DS4SCI_CUDA_NODE_CHUNK=7
