@@ -371,7 +371,6 @@ static void check_graph_counts(const char *prof, long want_captures, long want_l
  * updates (an accepted update: 3, 8, 1; a capture stopped by a growing buffer: 3, 7, 0, as
  * with DS4SCI_CUDA_GRAPH_UPDATE=0); without graph mode, the normal launches only.
  */
-
 START_TEST(test_repeated_calls_and_size_changes)
 {
     tu_opts o;
