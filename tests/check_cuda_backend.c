@@ -211,6 +211,27 @@ static void check_vs_cpu(const et_desc *d, const ds4sci_system *sys, const char 
     check_vs_cpu_env(d, sys, what, NULL, NULL);
 }
 
+/* The model of options o against the CPU on an open cluster of 40 atoms and a periodic box of
+   150 (system seed seed), the CUDA context created with var = value (check_vs_cpu_env); tag
+   follows the system's name in the messages. */
+static void check_combo_vs_cpu(const tu_opts *o, uint64_t seed, const char *tag, const char *var,
+                               const char *value)
+{
+    char what[256];
+    tu_opts_describe(o, what, sizeof(what));
+    et_desc *d = tu_desc_new(o);
+    for (int periodic = 0; periodic < 2; periodic++) {
+        ds4sci_system sys;
+        ds4sci_graph *g = random_system(periodic ? 150 : 40, 0.06, periodic, o->max_z,
+                                        o->cutoff_upper, seed, &sys);
+        char w2[300];
+        snprintf(w2, sizeof(w2), "%s %s%s", what, periodic ? "periodic" : "cluster", tag);
+        check_vs_cpu_env(d, &sys, w2, var, value);
+        ds4sci_graph_free(g);
+    }
+    tu_desc_free(d);
+}
+
 /* Every option combination of test_util, periodic box and open cluster. */
 START_TEST(test_option_combos_match_cpu)
 {
@@ -220,19 +241,7 @@ START_TEST(test_option_combos_match_cpu)
         o.F = 32;
         o.H = 4;
     }
-    char what[256];
-    tu_opts_describe(&o, what, sizeof(what));
-    et_desc *d = tu_desc_new(&o);
-    for (int periodic = 0; periodic < 2; periodic++) {
-        ds4sci_system sys;
-        ds4sci_graph *g = random_system(periodic ? 150 : 40, 0.06, periodic, o.max_z,
-                                        o.cutoff_upper, 77 + _i, &sys);
-        char w2[300];
-        snprintf(w2, sizeof(w2), "%s %s", what, periodic ? "periodic" : "cluster");
-        check_vs_cpu(d, &sys, w2);
-        ds4sci_graph_free(g);
-    }
-    tu_desc_free(d);
+    check_combo_vs_cpu(&o, 77 + _i, "", NULL, NULL);
 }
 END_TEST
 
@@ -251,19 +260,7 @@ START_TEST(test_f128_option_combos_match_cpu)
         o.K = 32;
     if (o.L > 2)
         o.L = 2;
-    char what[256];
-    tu_opts_describe(&o, what, sizeof(what));
-    et_desc *d = tu_desc_new(&o);
-    for (int periodic = 0; periodic < 2; periodic++) {
-        ds4sci_system sys;
-        ds4sci_graph *g = random_system(periodic ? 150 : 40, 0.06, periodic, o.max_z,
-                                        o.cutoff_upper, 177 + _i, &sys);
-        char w2[300];
-        snprintf(w2, sizeof(w2), "%s %s (S = 1)", what, periodic ? "periodic" : "cluster");
-        check_vs_cpu_env(d, &sys, w2, "DS4SCI_CUDA_SPLIT", "1");
-        ds4sci_graph_free(g);
-    }
-    tu_desc_free(d);
+    check_combo_vs_cpu(&o, 177 + _i, " (S = 1)", "DS4SCI_CUDA_SPLIT", "1");
 }
 END_TEST
 
