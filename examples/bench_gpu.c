@@ -18,6 +18,11 @@
  * of the candidates instead of reading them again: the step of an MD run between rebuilds.
  * Without it (default) every call reads the candidate list anew (a rebuild every step).
  *
+ * BENCH_ORDER=morton: the atoms in the Morton (Z-order) order of their lattice cells instead of
+ * the lattice's row order (x slowest, z fastest): neighbours close in memory, as a code that
+ * sorts its atoms along a space-filling curve would hand them over (LAMMPS sorts by bins in row
+ * order); the same positions and elements, so the same energy up to summation order.
+ *
  * The profile records CUDA events between the stages of every call not in graph mode (and
  * reads the device memory after each call): BENCH_PROFILE=0 leaves it off, for timings
  * without that overhead (graph mode vs the normal launches, DS4SCI_CUDA_GRAPH); then no peak
@@ -44,6 +49,54 @@ static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
+}
+
+/* the bits of v spread to every third position (v < 2^21) */
+static uint64_t spread3(uint64_t v)
+{
+    uint64_t r = 0;
+    for (int b = 0; b < 21; b++)
+        r |= ((v >> b) & 1u) << (3 * b);
+    return r;
+}
+
+typedef struct {
+    uint64_t key;
+    int64_t i;
+} key_index;
+
+static int cmp_key(const void *a, const void *b)
+{
+    const key_index *x = a, *y = b;
+    return (x->key > y->key) - (x->key < y->key);
+}
+
+/* Reorder pos / z (n atoms of an m^3 lattice, cell (ix, iy, iz) at i = (ix m + iy) m + iz) by
+   the Morton code of the cells. Returns 0, or -1 when out of memory. */
+static int morton_order(double *pos, int32_t *z, int n, int m)
+{
+    key_index *k = malloc(sizeof(*k) * (size_t)n);
+    double *p2 = malloc(sizeof(double) * 3 * (size_t)n);
+    int32_t *z2 = malloc(sizeof(int32_t) * (size_t)n);
+    if (!k || !p2 || !z2) {
+        free(k), free(p2), free(z2);
+        return -1;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        const uint64_t ix = (uint64_t)(i / ((int64_t)m * m)), iy = (uint64_t)(i / m % m),
+                       iz = (uint64_t)(i % m);
+        k[i].key = spread3(ix) << 2 | spread3(iy) << 1 | spread3(iz);
+        k[i].i = i;
+    }
+    qsort(k, (size_t)n, sizeof(*k), cmp_key);
+    for (int64_t j = 0; j < n; j++) {
+        memcpy(p2 + 3 * j, pos + 3 * k[j].i, 3 * sizeof(double));
+        z2[j] = z[k[j].i];
+    }
+    memcpy(pos, p2, sizeof(double) * 3 * (size_t)n);
+    memcpy(z, z2, sizeof(int32_t) * (size_t)n);
+    free(k), free(p2), free(z2);
+    return 0;
 }
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
@@ -102,6 +155,8 @@ int main(int argc, char **argv)
     const int profile = !(bp && strcmp(bp, "0") == 0);
     const char *sn = getenv("BENCH_SAME_NBR");
     const int same_nbr = sn && strcmp(sn, "1") == 0;
+    const char *bo = getenv("BENCH_ORDER");
+    const int morton = bo && strcmp(bo, "morton") == 0;
     int n_sizes = argc > 3 ? argc - 3 : 4;
 
     char err[1024];
@@ -117,6 +172,7 @@ int main(int argc, char **argv)
            info->cutoff_upper, info->vector_cutoff);
     printf("neighbour candidates %s\n", same_nbr ? "kept from the second call on (BENCH_SAME_NBR=1)"
                                                  : "read anew by every call");
+    printf("atom order %s\n", morton ? "Morton (BENCH_ORDER=morton)" : "lattice rows");
     printf("%10s %12s %8s %12s %14s %12s %12s\n", "atoms", "edges/atom", "steps", "s/step",
            "atom-steps/s", "peak MB", "B/atom");
 
@@ -141,6 +197,10 @@ int main(int argc, char **argv)
                     pos[3 * i + 2] = (iz + 0.5) * a + 0.6 * (urand() - 0.5);
                     z[i] = info->element_z[(int)(urand() * info->n_elements) % info->n_elements];
                 }
+        if (morton && morton_order(pos, z, n, m) != 0) {
+            fprintf(stderr, "bench_gpu: host allocation failed at %d atoms\n", n);
+            return 1;
+        }
         double box[9] = {side, 0, 0, 0, side, 0, 0, 0, side};
         ds4sci_graph *g = NULL;
         ds4sci_system sys;

@@ -296,12 +296,15 @@ static int node_chunk_rows(const ds4sci_cuda_et *et, int nl);
 
 /* The checkpoint level of a step with nl owned rows, n rows and ne1 edges (compute_body's rule,
    see there; compute_input asks it with the most edges the candidates can give, to know ahead
-   whether level 2 will run); keep_all gets the workspace estimate with every input kept. */
+   whether level 2 will run); keep_all gets the workspace estimate with every input kept. With
+   a caller exchange level 1 also holds the ghost rows of the inputs it recomputes (the stash,
+   compute_body). */
 static int checkpoint_level(const ds4sci_cuda_et *et, int builtin, int nl, int n, double ne1,
                             double *keep_all)
 {
     const int L = et->m.L, F = et->m.F;
     const double nF = (double)(n > 0 ? n : 1) * F, nlF = (double)(nl > 0 ? nl : 1) * F;
+    const double ngF = builtin || n <= nl ? 0.0 : (double)(n - nl) * F;
     const double keep_all_bytes =
         4.0 * ((double)(L + 1 + 3 * L + 1 + 5 + 5 + 7) * nF + (double)L * nlF) + 60.0 * ne1;
     auto kept1 = [&](int k) -> bool { return k < L && (k == L - 1 || k % 2 == 0); };
@@ -316,12 +319,13 @@ static int checkpoint_level(const ds4sci_cuda_et *et, int builtin, int nl, int n
         nxst1 += r + 1 < L && !kept1(r + 1) ? 0 : 1;
     const double level1_bytes =
         4.0 * ((double)(nkx1 + 1 + 3 * (nkv1 + 1) + 1 + 5 + 5 + 7) * nF + (double)nxst1 * nlF +
-               13.0 * (double)node_chunk_rows(et, nl) * (double)F) +
+               13.0 * (double)node_chunk_rows(et, nl) * (double)F +
+               4.0 * (double)(L - nkx1) * ngF) +
         60.0 * ne1;
     const double mem = (double)et->mem_at_create;
     if (keep_all)
         *keep_all = keep_all_bytes;
-    return !builtin || L < 3                 ? 0
+    return L < 3                            ? 0
            : et->checkpoint >= 0            ? et->checkpoint
            : level1_bytes > 0.96 * mem      ? 2
            : keep_all_bytes > 0.5 * mem     ? 1
@@ -588,7 +592,8 @@ static const char *const buf_names[] = {
     "reverse edges", "uncovered sender offsets", "uncovered sender edges",
     "partial ghost owners and remote ghost rows", "ghost fold order",
     "kept q/k/v, P and o per layer", "wire plan rows and their reverse order",
-    "neighbour indices (resident)", "uncovered sender edges' receivers"};
+    "neighbour indices (resident)", "uncovered sender edges' receivers",
+    "ghost rows of the recomputed layer inputs"};
 static_assert(sizeof(buf_names) / sizeof(buf_names[0]) == B_COUNT, "one name per buffer");
 
 /* Give buffer i back (its next ensure() allocates it again). */
@@ -1490,8 +1495,9 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
        and L >= 3, only the inputs k even and k = L - 1 are kept; each odd k < L - 1 and k = L
        use one scratch slot, and the backward recomputes an odd input by running layer k - 1
        forward again from the kept input k - 1 (DS4SCI_CUDA_CHECKPOINT=0: keep all). With a
-       caller exchange everything is kept: re-obtaining ghost rows would need extra exchange
-       calls, and backend.h fixes their sequence. */
+       caller exchange the ghost rows of each input computed again are kept from the forward's
+       exchange (the stash, below), so that the re-runs make no exchange call: backend.h's
+       sequence stays, and each rank may take its own level. */
     /* Deep checkpointing (level 2, for the largest systems): no layer input is kept; the
        backward of layer 0 < l < L - 1 first runs the embedding and layers 0 .. l - 1 forward
        again (O(L^2): (L - 1)(L - 2) / 2 layer passes again, level 1 about L / 2; 10 against 2
@@ -1804,9 +1810,66 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     }
     float *GW = BUF(float, B_GW); /* [ne][3] */
 
+    /* The stash (a caller exchange with checkpointing and ghost rows): the ghost rows of each
+       input that the backward computes again (level 1: those not kept; level 2: inputs 0 ..
+       L - 2), copied after the forward's exchange; slot j: x's [ng][F], then vec's [ng][3F].
+       The re-runs take them from here instead of exchanging again: the same values, since the
+       owners' rows computed again are the forward's bits (deterministic kernels, the same
+       inputs) on every rank. 16 F bytes per ghost and slot (L = 6: 2 slots at level 1, 5 at
+       level 2). */
+    const bool stash = !builtin && ck > 0 && ng > 0;
+    auto stash_slot = [&](int k) -> int {
+        if (k < 0 || k >= L - 1 || (ck == 1 && kept(k)))
+            return -1;
+        if (ck == 2)
+            return k;
+        int j = 0;
+        for (int i = 0; i < k; i++)
+            j += kept(i) ? 0 : 1;
+        return j;
+    };
+    const size_t ngF = (size_t)ng * F;
+    if (stash)
+        ST(ensure(et, B_STASH, (size_t)(ck == 1 ? L - nkx : L - 1) * 4 * ngF * sizeof(float),
+                  err, err_len));
+    else if (et->buf[B_STASH].cap > 0 && !et->capturing)
+        release(et, B_STASH);
+    /* ghost rows of input k (x_k, and vec_k for k >= 1): the forward's exchange (and into the
+       stash where the backward computes input k again); again = a re-run in the backward:
+       with the built-in exchange the same gather, with a caller's the stash (no call) */
+    auto ghosts_of = [&](int k, bool again) -> ds4sci_status {
+        float *x = xs(k), *v = vecs(k);
+        const int j = stash ? stash_slot(k) : -1;
+        if (again && !builtin) {
+            if (ng == 0)
+                return DS4SCI_OK;
+            if (j < 0) /* a broken invariant: no re-run without its ghost rows */
+                return fail(err, err_len, DS4SCI_ERR_DEVICE,
+                            "checkpointing: layer input %d computed again without its ghost "
+                            "rows", k);
+            float *st = BUF(float, B_STASH) + (size_t)j * 4 * ngF;
+            CU(cudaMemcpyAsync(x + (size_t)nl * F, st, ngF * sizeof(float),
+                               cudaMemcpyDeviceToDevice, s), "stash (restore)");
+            if (v)
+                CU(cudaMemcpyAsync(v + (size_t)nl * 3 * F, st + ngF, 3 * ngF * sizeof(float),
+                                   cudaMemcpyDeviceToDevice, s), "stash (restore)");
+            return DS4SCI_OK;
+        }
+        ST(exchange(et, &xc, 0, x, v, err, err_len));
+        if (!again && j >= 0) {
+            float *st = BUF(float, B_STASH) + (size_t)j * 4 * ngF;
+            CU(cudaMemcpyAsync(st, x + (size_t)nl * F, ngF * sizeof(float),
+                               cudaMemcpyDeviceToDevice, s), "stash");
+            if (v)
+                CU(cudaMemcpyAsync(st + ngF, v + (size_t)nl * 3 * F, 3 * ngF * sizeof(float),
+                                   cudaMemcpyDeviceToDevice, s), "stash");
+        }
+        return DS4SCI_OK;
+    };
+
     /* embedding (+ neighbour embedding) of owned atoms into x_0, then ghosts from their owners
        (level 2: again at the start of each re-run; GQKV, the concat's place, is free then) */
-    auto embed = [&]() -> ds4sci_status {
+    auto embed = [&](bool again) -> ds4sci_status {
         mark(et, ST_EMBED);
         CU(cudaMemsetAsync(xs(0), 0, nF * sizeof(float), s), "memset");
         if (m->ne) {
@@ -1821,10 +1884,10 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
             CU(et_embed_plain(s, nl, F, BUF(int, B_Z), m->emb, xs(0)), "embedding");
         }
         mark(et, ST_XCH);
-        ST(exchange(et, &xc, 0, xs(0), NULL, err, err_len));
+        ST(ghosts_of(0, again));
         return DS4SCI_OK;
     };
-    ST(embed());
+    ST(embed(false));
 
     /* node work of layer l from its stored input: h, q/k/v (+bias) of all rows */
     auto node_fwd = [&](int l) -> ds4sci_status {
@@ -1886,7 +1949,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     for (int l = 0; l < L; l++) {
         if (l > 0) {
             mark(et, ST_XCH);
-            ST(exchange(et, &xc, 0, xs(l), vecs(l), err, err_len));
+            ST(ghosts_of(l, false));
         }
         /* X kept for the backward (o = W_o X recomputed there; level 2: layers L - 2, L - 1) */
         const bool no_x = ck == 2 ? l < L - 1 : x_again(l) || keep == 2;
@@ -1941,18 +2004,18 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
             for (int i = 0; i < 3; i++)
                 if (i != dgv)
                     pv[j++] = i;
-            ST(embed());
+            ST(embed(true));
             for (int k = 0; k < l; k++) {
                 dslot_x[k + 1] = (k + 1) & 1;
                 dslot_v[k + 1] = pv[k & 1];
                 if (k > 0) {
                     mark(et, ST_XCH);
-                    ST(exchange(et, &xc, 0, xs(k), vecs(k), err, err_len));
+                    ST(ghosts_of(k, true));
                 }
                 ST(fwd_layer(k, Hb));
             }
             mark(et, ST_XCH);
-            ST(exchange(et, &xc, 0, xs(l), vecs(l), err, err_len));
+            ST(ghosts_of(l, true));
         }
         /* level 2: the outgoing dE/dvec into the [n][3F] slot holding neither the incoming
            one nor input l's vec (it held input l - 1's, or the head's input) */
@@ -1968,10 +2031,10 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
                ghost rows are still those of the forward), its X into slot_X(l - 1), kept for
                layer l - 1's backward (the same bits as the forward's: deterministic kernels,
                the same input), then the ghost rows of input l by the built-in gather, as in the
-               forward */
+               forward, or from the stash */
             ST(fwd_layer(l - 1, XST + (size_t)slot_X(l - 1) * nlF));
             mark(et, ST_XCH);
-            ST(exchange(et, &xc, 0, xs(l), vecs(l), err, err_len));
+            ST(ghosts_of(l, true));
         }
         bool qkv_fresh = false;
         if (ck == 2 && l < L - 1) {

@@ -1202,6 +1202,108 @@ START_TEST(test_caller_exchange_partial_owners)
 }
 END_TEST
 
+/* A CUDA context at checkpoint level lv (DS4SCI_CUDA_CHECKPOINT) that writes its profile to
+   prof (for its "checkpoint" line; NULL: none). */
+static ds4sci_ctx *ctx_cuda_ckpt(const et_desc *d, int lv, const char *prof)
+{
+    const char kv[2] = {(char)('0' + lv), 0};
+    if (prof) {
+        remove(prof);
+        setenv("DS4SCI_CUDA_PROFILE", prof, 1);
+    }
+    ds4sci_ctx *c = ctx_cuda_env(d, "DS4SCI_CUDA_CHECKPOINT", kv);
+    if (prof)
+        unsetenv("DS4SCI_CUDA_PROFILE");
+    return c;
+}
+
+/* The checkpoint level a freed context's profile file names (-1: none). */
+static int profile_checkpoint(const char *prof)
+{
+    int ck = -1, keep = -1;
+    if (!profile_scan(prof, "checkpoint %d keep %d", 2, &ck, &keep))
+        ck = -1;
+    remove(prof);
+    return ck;
+}
+
+/*
+ * Checkpointing with a caller exchange (levels 1 and 2 recompute layer inputs in the backward;
+ * their ghost rows come from the forward's exchange, kept on the GPU): backend.h's sequence of
+ * exchange calls unchanged, the same bits as level 0 (the owners' rows computed again are the
+ * forward's), and the CPU's results; with the callbacks for every ghost and with partial
+ * owners and the send_rows hint (the plugin's halo plan). L = 4: level 1 recomputes input 1,
+ * level 2 inputs 0 .. 2.
+ */
+START_TEST(test_caller_exchange_checkpointing)
+{
+    tu_opts o;
+    et_desc *d = small_model(&o, 4);
+    ds4sci_system sys;
+    ds4sci_graph *g = random_system(1000, 0.06, 1, o.max_z, o.cutoff_upper, 17, &sys);
+    ds4sci_ctx *cpu = tu_ctx_cpu(d, 0);
+    int32_t *part = malloc(sizeof(int32_t) * ((size_t)sys.n_ghost + 1));
+    unsigned char *mark = calloc((size_t)sys.n_local + 1, 1);
+    int32_t *rows = malloc(sizeof(int32_t) * ((size_t)sys.n_local + 1));
+    ck_assert(part && mark && rows);
+    int32_t nr = 0;
+    for (int32_t q = 0; q < sys.n_ghost; q++) {
+        part[q] = sys.ghost_owner[q] % 2 ? -1 : sys.ghost_owner[q];
+        if (part[q] < 0)
+            mark[sys.ghost_owner[q]] = 1;
+    }
+    for (int32_t i = 0; i < sys.n_local; i++)
+        if (mark[i])
+            rows[nr++] = i;
+    tu_result b;
+    run(cpu, &sys, NULL, &b);
+    char prof[96];
+    snprintf(prof, sizeof(prof), "/tmp/ck_ckpt_profile_%ld.txt", (long)getpid());
+    for (int variant = 0; variant < 2; variant++) {
+        tu_result r[3];
+        for (int lv = 0; lv < 3; lv++) {
+            rec_exchange rx = {&sys, 0, {0}, {0}, variant ? part : NULL};
+            ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, variant ? rows : NULL,
+                                  variant ? nr : 0, NULL, NULL};
+            ds4sci_system s2 = sys;
+            s2.ghost_owner = variant ? part : NULL;
+            ds4sci_ctx *gpu = ctx_cuda_ckpt(d, lv, prof);
+            char what[96];
+            snprintf(what, sizeof(what), "%s, checkpoint %d vs CPU",
+                     variant ? "partial owners with send_rows" : "caller exchange", lv);
+            run(gpu, &s2, &ex, &r[lv]);
+            compare(&r[lv], &b, what);
+            ck_assert_msg(rx.calls == 2 * o.L, "%s: %d exchange calls, expected %d", what,
+                          rx.calls, 2 * o.L);
+            for (int l = 0; l < o.L; l++)
+                ck_assert_msg(rx.dirs[l] == 'f' && rx.dirs[o.L + l] == 'r',
+                              "%s: call %d / %d: %c %c", what, l, o.L + l, rx.dirs[l],
+                              rx.dirs[o.L + l]);
+            /* a second call on the same context: its workspace (and stash) again */
+            tu_result r2;
+            rx.calls = 0;
+            run(gpu, &s2, &ex, &r2);
+            ck_assert_msg(same_bits(&r2, &r[lv]), "%s: second call differs", what);
+            tu_result_free(&r2);
+            ds4sci_ctx_free(gpu);
+            const int used = profile_checkpoint(prof);
+            ck_assert_msg(used == lv, "%s: the profile says checkpoint %d", what, used);
+            if (lv > 0)
+                ck_assert_msg(same_bits(&r[lv], &r[0]), "%s: not the bits of level 0", what);
+        }
+        for (int lv = 0; lv < 3; lv++)
+            tu_result_free(&r[lv]);
+    }
+    tu_result_free(&b);
+    free(rows);
+    free(mark);
+    free(part);
+    ds4sci_ctx_free(cpu);
+    ds4sci_graph_free(g);
+    tu_desc_free(d);
+}
+END_TEST
+
 /* Two "processes" (threads), each a CUDA context, with partial owners and the caller's wire
    plan, against the float64 CPU path on one process: the callbacks (the default for a plan
    without device buffers), the plan itself with host buffers (DS4SCI_CUDA_WIRE=1: rows packed
@@ -1225,18 +1327,34 @@ static ds4sci_ctx *cuda_ctx_nowire(const et_desc *d)
     return ctx_cuda_env(d, "DS4SCI_CUDA_WIRE", "0");
 }
 
+/* the two domains at checkpoint levels 1 and 2 (in the order made), profiles ckpt_prof[0, 1] */
+static int ckpt_made;
+static char ckpt_prof[2][96];
+static ds4sci_ctx *cuda_ctx_ckpt12(const et_desc *d)
+{
+    const int p = ckpt_made++ & 1;
+    snprintf(ckpt_prof[p], sizeof(ckpt_prof[p]), "/tmp/ck_dom_profile_%ld_%d.txt",
+             (long)getpid(), p);
+    return ctx_cuda_ckpt(d, 1 + p, ckpt_prof[p]);
+}
+
 /* _i 0-3: the callbacks (even) and host buffers (odd), two domains (< 2) or an empty one;
    _i 4, 5: device buffers on the systems of _i 1 and 3; _i 6, 7: device buffers offered,
-   DS4SCI_CUDA_WIRE=0 (the callbacks) */
+   DS4SCI_CUDA_WIRE=0 (the callbacks); _i 8, 9: as 4, 5 with four layers and the two domains
+   at different checkpoint levels, 1 and 2 (the re-runs make no exchange call: ranks need not
+   agree on a level) */
 START_TEST(test_two_domains_wire_plan)
 {
-    const int k = _i < 4 ? _i : _i < 6 ? 2 * _i - 7 : 2 * _i - 11; /* 4, 6 -> 1; 5, 7 -> 3 */
+    /* 4, 6, 8 -> 1; 5, 7, 9 -> 3 */
+    const int k = _i < 4 ? _i : _i < 6 ? 2 * _i - 7 : _i < 8 ? 2 * _i - 11 : 2 * _i - 15;
     /* 0 callbacks, 1 host buffers, 2 device buffers, 3 device buffers offered, not used */
-    const int mode = _i < 4 ? _i % 2 : _i < 6 ? 2 : 3;
-    const int wire = mode == 1 || mode == 2, all_to_first = k >= 2;
+    const int mode = _i < 4 ? _i % 2 : _i < 6 ? 2 : _i < 8 ? 3 : 2;
+    const int wire = mode == 1 || mode == 2, all_to_first = k >= 2, ckpt = _i >= 8;
     tu_opts o;
     /* combos 3, 10, 17, 24: none with idx % 9 == 4 (F = 24, H = 3: not a CUDA shape) */
     tu_opts_combo(&o, 3 + 7 * k);
+    if (ckpt)
+        o.L = 4;
     tu_fixture f;
     tu_fixture_init(&f, &o, 40, 9.0, 1, 1300 + k);
     tu_result ref;
@@ -1248,8 +1366,10 @@ START_TEST(test_two_domains_wire_plan)
     world_build(&w, g, f.box, all_to_first, 1, cnt);
     world_send_rows(&w, 1);
     world_plans(&w, mode >= 2);
-    ck_assert_msg(world_run(&w, mode == 1 ? cuda_ctx_wire : mode == 3 ? cuda_ctx_nowire
-                                                                     : cuda_ctx_default, f.d),
+    ckpt_made = 0;
+    ck_assert_msg(world_run(&w, ckpt ? cuda_ctx_ckpt12 : mode == 1 ? cuda_ctx_wire
+                                                  : mode == 3      ? cuda_ctx_nowire
+                                                                   : cuda_ctx_default, f.d),
                   "domains: %s / %s", ds4sci_ctx_error(w.dom[0].ctx),
                   ds4sci_ctx_error(w.dom[1].ctx));
     ck_assert_int_eq(w.dom[0].n_fwd, w.dom[1].n_fwd);
@@ -1312,6 +1432,10 @@ START_TEST(test_two_domains_wire_plan)
                   "two domains (mode %d): energy %.3g forces %.3g virial %.3g", mode, de, df, dv);
     free(fsum);
     world_free(&w);
+    for (int p = 0; p < 2 && ckpt; p++) {
+        const int used = profile_checkpoint(ckpt_prof[p]);
+        ck_assert_msg(used == 1 + p, "domain %d: the profile says checkpoint %d", p, used);
+    }
     tu_result_free(&ref);
     tu_fixture_free(&f);
 }
@@ -1422,6 +1546,7 @@ static Suite *suite(void)
     tcase_add_test(tx, test_caller_exchange_matches_builtin_and_sequence);
     tcase_add_test(tx, test_caller_exchange_with_send_rows_hint);
     tcase_add_test(tx, test_caller_exchange_partial_owners);
+    tcase_add_test(tx, test_caller_exchange_checkpointing);
     tcase_add_test(tx, test_empty_domain);
     tcase_add_test(tx, test_out_of_memory_is_reported);
     tcase_add_test(tx, test_repeated_calls_and_size_changes);
@@ -1430,7 +1555,7 @@ static Suite *suite(void)
     tcase_add_test(tx, test_keep_lowered_when_memory_runs_out);
     tcase_add_test(tx, test_resident_neighbors_match);
     tcase_add_test(tx, test_device_input_checks);
-    tcase_add_loop_test(tx, test_two_domains_wire_plan, 0, 8);
+    tcase_add_loop_test(tx, test_two_domains_wire_plan, 0, 10);
     suite_add_tcase(s, tx);
     return s;
 }
