@@ -1839,31 +1839,26 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
        with the built-in exchange the same gather, with a caller's the stash (no call) */
     auto ghosts_of = [&](int k, bool again) -> ds4sci_status {
         float *x = xs(k), *v = vecs(k);
-        const int j = stash ? stash_slot(k) : -1;
-        if (again && !builtin) {
-            if (ng == 0)
-                return DS4SCI_OK;
-            if (j < 0) /* a broken invariant: no re-run without its ghost rows */
-                return fail(err, err_len, DS4SCI_ERR_DEVICE,
-                            "checkpointing: layer input %d computed again without its ghost "
-                            "rows", k);
-            float *st = BUF(float, B_STASH) + (size_t)j * 4 * ngF;
-            CU(cudaMemcpyAsync(x + (size_t)nl * F, st, ngF * sizeof(float),
-                               cudaMemcpyDeviceToDevice, s), "stash (restore)");
-            if (v)
-                CU(cudaMemcpyAsync(v + (size_t)nl * 3 * F, st + ngF, 3 * ngF * sizeof(float),
-                                   cudaMemcpyDeviceToDevice, s), "stash (restore)");
+        const int j = stash ? stash_slot(k) : -1; /* -1 with the built-in exchange */
+        const bool restore = again && !builtin;
+        if (restore && ng == 0)
             return DS4SCI_OK;
-        }
-        ST(exchange(et, &xc, 0, x, v, err, err_len));
-        if (!again && j >= 0) {
-            float *st = BUF(float, B_STASH) + (size_t)j * 4 * ngF;
-            CU(cudaMemcpyAsync(st, x + (size_t)nl * F, ngF * sizeof(float),
-                               cudaMemcpyDeviceToDevice, s), "stash");
-            if (v)
-                CU(cudaMemcpyAsync(st + ngF, v + (size_t)nl * 3 * F, 3 * ngF * sizeof(float),
-                                   cudaMemcpyDeviceToDevice, s), "stash");
-        }
+        if (restore && j < 0) /* a broken invariant: no re-run without them */
+            return fail(err, err_len, DS4SCI_ERR_DEVICE,
+                        "checkpointing: layer input %d computed again without its ghost rows",
+                        k);
+        if (!restore)
+            ST(exchange(et, &xc, 0, x, v, err, err_len));
+        if (j < 0)
+            return DS4SCI_OK;
+        /* the forward: ghost rows -> slot j; a re-run: slot j -> ghost rows */
+        float *st = BUF(float, B_STASH) + (size_t)j * 4 * ngF;
+        float *gx = x + (size_t)nl * F, *gv = v ? v + (size_t)nl * 3 * F : NULL;
+        CU(cudaMemcpyAsync(restore ? gx : st, restore ? st : gx, ngF * sizeof(float),
+                           cudaMemcpyDeviceToDevice, s), "stash");
+        if (v)
+            CU(cudaMemcpyAsync(restore ? gv : st + ngF, restore ? st + ngF : gv,
+                               3 * ngF * sizeof(float), cudaMemcpyDeviceToDevice, s), "stash");
         return DS4SCI_OK;
     };
 

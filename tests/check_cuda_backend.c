@@ -633,6 +633,18 @@ static int profile_scan(const char *path, const char *fmt, int n, void *a, void 
     return ok;
 }
 
+/* A CUDA context created with var = value (ctx_cuda_env) that writes its profile to prof when
+   it is freed (DS4SCI_CUDA_PROFILE; any older file removed first). */
+static ds4sci_ctx *ctx_cuda_prof(const et_desc *d, const char *var, const char *value,
+                                 const char *prof)
+{
+    remove(prof);
+    setenv("DS4SCI_CUDA_PROFILE", prof, 1);
+    ds4sci_ctx *c = ctx_cuda_env(d, var, value);
+    unsetenv("DS4SCI_CUDA_PROFILE");
+    return c;
+}
+
 /*
  * Memory that another process takes after the context was made (ranks sharing a GPU that
  * choose their keep levels at the same time): DS4SCI_CUDA_MEM_CAP stops the workspace at a
@@ -655,10 +667,7 @@ START_TEST(test_keep_lowered_when_memory_runs_out)
     for (int lv = 1; lv <= 2; lv++) {
         const char kv[2] = {(char)('0' + lv), 0};
         snprintf(prof, sizeof(prof), "/tmp/ck_keep_profile_%ld_%d.txt", (long)getpid(), lv);
-        remove(prof);
-        setenv("DS4SCI_CUDA_PROFILE", prof, 1);
-        ds4sci_ctx *k = ctx_cuda_env(d, "DS4SCI_CUDA_KEEP", kv);
-        unsetenv("DS4SCI_CUDA_PROFILE");
+        ds4sci_ctx *k = ctx_cuda_prof(d, "DS4SCI_CUDA_KEEP", kv, prof);
         run(k, &sy, NULL, lv == 1 ? &r1 : &r);
         run(k, &sy, NULL, lv == 1 ? &r1 : &r);
         if (lv == 2)
@@ -672,10 +681,7 @@ START_TEST(test_keep_lowered_when_memory_runs_out)
     char cap[32];
     snprintf(cap, sizeof(cap), "%zu", (ws[1] + ws[2]) / 2);
     snprintf(prof, sizeof(prof), "/tmp/ck_keep_profile_%ld_cap.txt", (long)getpid());
-    remove(prof);
-    setenv("DS4SCI_CUDA_PROFILE", prof, 1);
-    ds4sci_ctx *k = ctx_cuda_env(d, "DS4SCI_CUDA_MEM_CAP", cap);
-    unsetenv("DS4SCI_CUDA_PROFILE");
+    ds4sci_ctx *k = ctx_cuda_prof(d, "DS4SCI_CUDA_MEM_CAP", cap, prof);
     for (int call = 0; call < 3; call++) { /* the call that lowers it, then as in MD */
         run(k, &sy, NULL, &r);
         compare(&r, &rc, "keep lowered, vs cpu");
@@ -1141,6 +1147,32 @@ END_TEST
    those ghosts), and with reverse_f32 (reverse rows as floats), give the CPU's results. A
    callback that also added the image rows, or a core that left them to the callback, would
    double or drop their terms. */
+/* Partial owners of sys (ds4sci.h): the ghosts of odd-numbered owners marked -1 ("another
+   process's"), the others keep their owner; *rows gets those remote ghosts' owners in
+   ascending order (the send_rows hint), *nr their count. Returns the remote ghosts' count. */
+static int32_t partial_owners(const ds4sci_system *sys, int32_t **part, int32_t **rows,
+                              int32_t *nr)
+{
+    *part = malloc(sizeof(int32_t) * ((size_t)sys->n_ghost + 1));
+    *rows = malloc(sizeof(int32_t) * ((size_t)sys->n_local + 1));
+    unsigned char *mark = calloc((size_t)sys->n_local + 1, 1);
+    ck_assert(*part && *rows && mark);
+    int32_t n_remote = 0;
+    *nr = 0;
+    for (int32_t q = 0; q < sys->n_ghost; q++) {
+        (*part)[q] = sys->ghost_owner[q] % 2 ? -1 : sys->ghost_owner[q];
+        if ((*part)[q] < 0) {
+            mark[sys->ghost_owner[q]] = 1;
+            n_remote++;
+        }
+    }
+    for (int32_t i = 0; i < sys->n_local; i++)
+        if (mark[i])
+            (*rows)[(*nr)++] = i;
+    free(mark);
+    return n_remote;
+}
+
 START_TEST(test_caller_exchange_partial_owners)
 {
     tu_opts o;
@@ -1148,20 +1180,8 @@ START_TEST(test_caller_exchange_partial_owners)
     ds4sci_system sys;
     ds4sci_graph *g = random_system(1000, 0.06, 1, o.max_z, o.cutoff_upper, 13, &sys);
     ds4sci_ctx *gpu = ctx_cuda(d), *cpu = tu_ctx_cpu(d, 0);
-    int32_t *part = malloc(sizeof(int32_t) * ((size_t)sys.n_ghost + 1));
-    unsigned char *mark = calloc((size_t)sys.n_local + 1, 1);
-    int32_t *rows = malloc(sizeof(int32_t) * ((size_t)sys.n_local + 1));
-    int32_t nr = 0, n_remote = 0;
-    for (int32_t q = 0; q < sys.n_ghost; q++) {
-        part[q] = sys.ghost_owner[q] % 2 ? -1 : sys.ghost_owner[q];
-        if (part[q] < 0) {
-            mark[sys.ghost_owner[q]] = 1;
-            n_remote++;
-        }
-    }
-    for (int32_t i = 0; i < sys.n_local; i++)
-        if (mark[i])
-            rows[nr++] = i;
+    int32_t *part, *rows, nr;
+    const int32_t n_remote = partial_owners(&sys, &part, &rows, &nr);
     ck_assert_msg(n_remote > 0 && n_remote < sys.n_ghost, "remote ghosts %d of %d", n_remote,
                   sys.n_ghost);
     tu_result b;
@@ -1193,7 +1213,6 @@ START_TEST(test_caller_exchange_partial_owners)
     }
     tu_result_free(&b);
     free(rows);
-    free(mark);
     free(part);
     ds4sci_ctx_free(gpu);
     ds4sci_ctx_free(cpu);
@@ -1203,18 +1222,11 @@ START_TEST(test_caller_exchange_partial_owners)
 END_TEST
 
 /* A CUDA context at checkpoint level lv (DS4SCI_CUDA_CHECKPOINT) that writes its profile to
-   prof (for its "checkpoint" line; NULL: none). */
+   prof (for its "checkpoint" line, profile_checkpoint). */
 static ds4sci_ctx *ctx_cuda_ckpt(const et_desc *d, int lv, const char *prof)
 {
     const char kv[2] = {(char)('0' + lv), 0};
-    if (prof) {
-        remove(prof);
-        setenv("DS4SCI_CUDA_PROFILE", prof, 1);
-    }
-    ds4sci_ctx *c = ctx_cuda_env(d, "DS4SCI_CUDA_CHECKPOINT", kv);
-    if (prof)
-        unsetenv("DS4SCI_CUDA_PROFILE");
-    return c;
+    return ctx_cuda_prof(d, "DS4SCI_CUDA_CHECKPOINT", kv, prof);
 }
 
 /* The checkpoint level a freed context's profile file names (-1: none). */
@@ -1242,19 +1254,8 @@ START_TEST(test_caller_exchange_checkpointing)
     ds4sci_system sys;
     ds4sci_graph *g = random_system(1000, 0.06, 1, o.max_z, o.cutoff_upper, 17, &sys);
     ds4sci_ctx *cpu = tu_ctx_cpu(d, 0);
-    int32_t *part = malloc(sizeof(int32_t) * ((size_t)sys.n_ghost + 1));
-    unsigned char *mark = calloc((size_t)sys.n_local + 1, 1);
-    int32_t *rows = malloc(sizeof(int32_t) * ((size_t)sys.n_local + 1));
-    ck_assert(part && mark && rows);
-    int32_t nr = 0;
-    for (int32_t q = 0; q < sys.n_ghost; q++) {
-        part[q] = sys.ghost_owner[q] % 2 ? -1 : sys.ghost_owner[q];
-        if (part[q] < 0)
-            mark[sys.ghost_owner[q]] = 1;
-    }
-    for (int32_t i = 0; i < sys.n_local; i++)
-        if (mark[i])
-            rows[nr++] = i;
+    int32_t *part, *rows, nr;
+    ck_assert(partial_owners(&sys, &part, &rows, &nr) > 0);
     tu_result b;
     run(cpu, &sys, NULL, &b);
     char prof[96];
@@ -1296,7 +1297,6 @@ START_TEST(test_caller_exchange_checkpointing)
     }
     tu_result_free(&b);
     free(rows);
-    free(mark);
     free(part);
     ds4sci_ctx_free(cpu);
     ds4sci_graph_free(g);
