@@ -325,10 +325,14 @@ static int checkpoint_level(const ds4sci_cuda_et *et, int builtin, int nl, int n
     const double mem = (double)et->mem_at_create;
     if (keep_all)
         *keep_all = keep_all_bytes;
+    /* level 1 from half of the memory with the built-in exchange; with a caller's only where
+       keeping every input would not fit (until 2026-11-30 a caller exchange always kept them:
+       runs that fitted then keep level 0's speed) */
+    const double lim1 = builtin ? 0.5 : 0.96;
     return L < 3                            ? 0
            : et->checkpoint >= 0            ? et->checkpoint
            : level1_bytes > 0.96 * mem      ? 2
-           : keep_all_bytes > 0.5 * mem     ? 1
+           : keep_all_bytes > lim1 * mem    ? 1
                                             : 0;
 }
 
@@ -1497,7 +1501,8 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
        forward again from the kept input k - 1 (DS4SCI_CUDA_CHECKPOINT=0: keep all). With a
        caller exchange the ghost rows of each input computed again are kept from the forward's
        exchange (the stash, below), so that the re-runs make no exchange call: backend.h's
-       sequence stays, and each rank may take its own level. */
+       sequence stays, and each rank may take its own level (auto: level 1 only where keeping
+       every input would not fit, checkpoint_level). */
     /* Deep checkpointing (level 2, for the largest systems): no layer input is kept; the
        backward of layer 0 < l < L - 1 first runs the embedding and layers 0 .. l - 1 forward
        again (O(L^2): (L - 1)(L - 2) / 2 layer passes again, level 1 about L / 2; 10 against 2
