@@ -655,6 +655,16 @@ static ds4sci_ctx *ctx_cuda_prof(const et_desc *d, const char *var, const char *
  */
 START_TEST(test_keep_lowered_when_memory_runs_out)
 {
+    /* the automatic keep and checkpoint levels are what this test is about: a run of the suite
+       that forces either (tools/gpu_verify.sh's switches) must not set them for it (forced
+       checkpoint level 2 gave keep 1 and keep 2 the same workspace) */
+    char *env_saved[2] = {NULL, NULL};
+    const char *env_vars[2] = {"DS4SCI_CUDA_KEEP", "DS4SCI_CUDA_CHECKPOINT"};
+    for (int i = 0; i < 2; i++) {
+        const char *v = getenv(env_vars[i]);
+        env_saved[i] = v ? strdup(v) : NULL;
+        unsetenv(env_vars[i]);
+    }
     tu_opts o;
     et_desc *d = small_model(&o, 4);
     ds4sci_system sy;
@@ -713,6 +723,11 @@ START_TEST(test_keep_lowered_when_memory_runs_out)
     ds4sci_ctx_free(cpu);
     ds4sci_graph_free(g);
     tu_desc_free(d);
+    for (int i = 0; i < 2; i++)
+        if (env_saved[i]) {
+            setenv(env_vars[i], env_saved[i], 1);
+            free(env_saved[i]);
+        }
 }
 END_TEST
 
