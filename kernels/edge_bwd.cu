@@ -845,7 +845,9 @@ static __global__ void __launch_bounds__(32 * MERGED_MAXW(CPL), 1)
     const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL, SILU>(c, lane);
     /* work item w = (part sp, receiver t), part-major, as k_edge_bwd_recv; !SPLIT: t = w */
     const int S = SPLIT ? nsplit : 1, rows = c.n_local, items = rows * S;
-    for (int w = blockIdx.x * nwb + warp; w < items; w += gridDim.x * nwb) {
+    const bool dyn = SPLIT && c.work;
+    for (int w = edge_item(c.work, dyn, blockIdx.x * nwb + warp, lane); w < items;
+         w = edge_item(c.work, dyn, w + gridDim.x * nwb, lane)) {
         const int sp = SPLIT ? w / rows : 0, t = SPLIT ? w - sp * rows : w;
         float gq[CPL];
         bwd_recv_row<CPL, SILU, true>(c, l, t, sp, S, F, D, lane, on, f0, wl, G, vx_off, s_wt,

@@ -748,6 +748,20 @@ static cudaError_t edge_slots(void (*kern)(P...), size_t smem, int *slots)
     return e;
 }
 
+/* The first / next work item of a warp in a persistent edge kernel: round-robin (w = warp's
+   global index, then + the grid's warps), or with c.work (S > 1, DS4SCI_CUDA_DYN) the next
+   number from that counter (lane 0 takes it, the warp shares it): the items are the same, only
+   which warp runs which changes, so the results do not. */
+static __device__ __forceinline__ int edge_item(const int *work_ctr, bool dyn, int w_rr, int lane)
+{
+    if (!dyn)
+        return w_rr;
+    int w = 0;
+    if (lane == 0)
+        w = atomicAdd(const_cast<int *>(work_ctr), 1);
+    return __shfl_sync(0xffffffffu, w, 0);
+}
+
 /* Grid of a layer edge pass over `rows` rows split S ways: the caller's grid (one warp per row)
    when S = 1, else one warp per (part, row) item (persistent_grid caps both). */
 static inline int split_grid(int grid, int rows, int S)

@@ -412,6 +412,8 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
     }
     e = cudaMalloc((void **)&et->d_check, sizeof(int));
     if (e == cudaSuccess)
+        e = cudaMalloc((void **)&et->d_work, ET_WORK_SLOTS * sizeof(int));
+    if (e == cudaSuccess)
         e = cudaMallocHost((void **)&et->h_scalars, 64);
     if (e == cudaSuccess)
         e = cudaMallocHost((void **)&et->h_red, 16 * sizeof(double));
@@ -464,6 +466,9 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
            (more exact, 1-2.5% faster at 97k-1M atoms); DS4SCI_CUDA_TC=0: the FFMA forward */
         const char *tc = getenv("DS4SCI_CUDA_TC");
         et->tc = !(tc && strcmp(tc, "0") == 0);
+        /* experiment: the row-split passes' items from a counter (et_edge_common.work) */
+        const char *dy = getenv("DS4SCI_CUDA_DYN");
+        et->dyn = dy && strcmp(dy, "1") == 0;
         /* forward caller exchange as packed floats, default on since measured (docs/gpu.md
            v7: the same bits arrive; 2 GPUs 1M Si atoms 0.673 vs 0.780 s/step);
            DS4SCI_CUDA_XCH_F32=0: rows of doubles */
@@ -571,6 +576,7 @@ extern "C" void ds4sci_cuda_et_free(ds4sci_cuda_et *et)
         cudaStreamDestroy(et->stream);
     cudaFreeHost(et->h_scalars);
     cudaFree(et->d_check);
+    cudaFree(et->d_work);
     cudaFreeHost(et->h_red);
     cudaFreeHost(et->h_xch);
     free(et->h_remote);
@@ -1365,6 +1371,14 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
        end at the real count) */
     const int bound = graph_call(et, sys, builtin);
 
+    /* the row-split passes' item counters (DS4SCI_CUDA_DYN), one per launch of the step */
+    int work_i = 0;
+    if (et->dyn)
+        CU(cudaMemsetAsync(et->d_work, 0, ET_WORK_SLOTS * sizeof(int), s), "memset");
+    auto work_of = [&](int split) -> int * {
+        return et->dyn && split > 1 && work_i < ET_WORK_SLOTS ? et->d_work + work_i++ : NULL;
+    };
+
     /* edge list: count, scan, fill */
     const double cl2 = (double)m->cl * m->cl, cu2 = (double)m->cu * m->cu;
     ST(ensure(et, B_ROWCNT, (nl1 + 1) * sizeof(int), err, err_len));
@@ -1919,8 +1933,12 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         el.V = Vb;
         if (et->edge_unfused)
             CU(et_edge_forward_unfused(s, &c, &el), "edge forward (unfused)");
-        else
-            CU(et_edge_forward(s, CPL, grid_l, sp.fwd, SPLIT, &c, &el), "edge forward");
+        else {
+            c.work = work_of(sp.fwd);
+            const cudaError_t fe = et_edge_forward(s, CPL, grid_l, sp.fwd, SPLIT, &c, &el);
+            c.work = NULL;
+            CU(fe, "edge forward");
+        }
         return DS4SCI_OK;
     };
     /* layer l forward: fwd_x, then o_proj and the update into input l + 1 (its ghost rows
@@ -2094,8 +2112,10 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         if (et->edge_unfused) {
             CU(et_edge_backward_unfused(s, &c, &el), "edge backward (unfused)");
         } else {
-            CU(et_edge_backward_recv(s, CPL, grid_l, sp.recv, SPLIT, &c, &el),
-               "edge backward (receivers)");
+            c.work = c.rev ? work_of(sp.recv) : NULL; /* the merged pass only */
+            const cudaError_t be = et_edge_backward_recv(s, CPL, grid_l, sp.recv, SPLIT, &c, &el);
+            c.work = NULL;
+            CU(be, "edge backward (receivers)");
             mark(et, ST_EDGE_SEND);
             CU(et_edge_backward_send(s, CPL, grid_n, sp.send, SPLIT, &c, &el),
                "edge backward (senders)");
