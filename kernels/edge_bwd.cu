@@ -442,7 +442,9 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
     const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL, SILU>(c, lane);
     /* work item w = (part sp, receiver t), part-major; !SPLIT (S = 1): t = w, the whole row */
     const int S = SPLIT ? nsplit : 1, rows = c.n_local, items = rows * S;
-    for (int w = blockIdx.x * ET_EDGE_WARPS + warp; w < items; w += gridDim.x * ET_EDGE_WARPS) {
+    const bool dyn = SPLIT && c.work;
+    for (int w = edge_item(c.work, dyn, blockIdx.x * ET_EDGE_WARPS + warp, lane); w < items;
+         w = edge_item(c.work, dyn, w + gridDim.x * ET_EDGE_WARPS, lane)) {
         const int sp = SPLIT ? w / rows : 0, t = SPLIT ? w - sp * rows : w;
         float gq[CPL];
         bwd_recv_row<CPL, SILU, false>(c, l, t, sp, S, F, D, lane, on, f0, wl, G, vx_off, sh.wt, sh.b,
@@ -473,7 +475,9 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
     const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL, SILU>(c, lane);
     /* work item w = (part sp, sender s), part-major; !SPLIT (S = 1): s = w, the whole row */
     const int S = SPLIT ? nsplit : 1, rows = c.n_total, items = rows * S;
-    for (int w = blockIdx.x * ET_EDGE_WARPS + warp; w < items; w += gridDim.x * ET_EDGE_WARPS) {
+    const bool dyn = SPLIT && c.work;
+    for (int w = edge_item(c.work, dyn, blockIdx.x * ET_EDGE_WARPS + warp, lane); w < items;
+         w = edge_item(c.work, dyn, w + gridDim.x * ET_EDGE_WARPS, lane)) {
         const int sp = SPLIT ? w / rows : 0, s = SPLIT ? w - sp * rows : w;
         /* REST (after the merged pass, S = 1): only the edges it did not cover (tr_edge2);
            an owned row without such edges is complete already */

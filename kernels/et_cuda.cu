@@ -466,9 +466,10 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
            (more exact, 1-2.5% faster at 97k-1M atoms); DS4SCI_CUDA_TC=0: the FFMA forward */
         const char *tc = getenv("DS4SCI_CUDA_TC");
         et->tc = !(tc && strcmp(tc, "0") == 0);
-        /* experiment: the row-split passes' items from a counter (et_edge_common.work) */
+        /* the row-split passes (S > 1) take their items from a counter (et_edge_common.work;
+           docs/gpu.md v29: 1k-10.6k atoms -5 to -8%); DS4SCI_CUDA_DYN=0: round-robin */
         const char *dy = getenv("DS4SCI_CUDA_DYN");
-        et->dyn = dy && strcmp(dy, "1") == 0;
+        et->dyn = !(dy && strcmp(dy, "0") == 0);
         /* forward caller exchange as packed floats, default on since measured (docs/gpu.md
            v7: the same bits arrive; 2 GPUs 1M Si atoms 0.673 vs 0.780 s/step);
            DS4SCI_CUDA_XCH_F32=0: rows of doubles */
@@ -2112,13 +2113,15 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         if (et->edge_unfused) {
             CU(et_edge_backward_unfused(s, &c, &el), "edge backward (unfused)");
         } else {
-            c.work = c.rev ? work_of(sp.recv) : NULL; /* the merged pass only */
+            c.work = work_of(sp.recv);
             const cudaError_t be = et_edge_backward_recv(s, CPL, grid_l, sp.recv, SPLIT, &c, &el);
             c.work = NULL;
             CU(be, "edge backward (receivers)");
             mark(et, ST_EDGE_SEND);
-            CU(et_edge_backward_send(s, CPL, grid_n, sp.send, SPLIT, &c, &el),
-               "edge backward (senders)");
+            c.work = c.rev ? NULL : work_of(sp.send); /* (after the merged pass: S = 1) */
+            const cudaError_t se = et_edge_backward_send(s, CPL, grid_n, sp.send, SPLIT, &c, &el);
+            c.work = NULL;
+            CU(se, "edge backward (senders)");
         }
         mark(et, ST_NODE_BWD);
         BL(gemm_ab(h, n, F, 5 * F, GQKV, dl->qkv_w, F, 0.f, GH), "q/k/v backward");

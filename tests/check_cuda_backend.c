@@ -1067,6 +1067,67 @@ static int fail_forward(void *user, double *data, int32_t width)
     return 3;
 }
 
+/*
+ * The row-split passes take their (part, row) items from a counter (DS4SCI_CUDA_DYN, the
+ * default) or round-robin (=0): which warp runs an item changes, the items and their sums do
+ * not, so the results are the same bits. Small systems run split (S > 1): the forward and the
+ * merged backward with the built-in exchange (CUDA graph on and off), the receiver and sender
+ * passes with a caller exchange; and against the float64 CPU path.
+ */
+START_TEST(test_dynamic_items_same_bits)
+{
+    tu_opts o;
+    et_desc *d = small_model(&o, 3);
+    ds4sci_system sys;
+    ds4sci_graph *g = random_system(120, 0.06, 1, o.max_z, o.cutoff_upper, 77, &sys);
+    ds4sci_ctx *cpu = tu_ctx_cpu(d, 0);
+    tu_result rc;
+    run(cpu, &sys, NULL, &rc);
+    const char *graph_env = getenv("DS4SCI_CUDA_GRAPH");
+    char *graph_keep = graph_env ? strdup(graph_env) : NULL; /* restored below */
+    for (int graph = 0; graph < 2; graph++) {
+        setenv("DS4SCI_CUDA_GRAPH", graph ? "1" : "0", 1);
+        ds4sci_ctx *dyn = ctx_cuda_env(d, "DS4SCI_CUDA_DYN", "1");
+        ds4sci_ctx *rr = ctx_cuda_env(d, "DS4SCI_CUDA_DYN", "0");
+        if (graph_keep)
+            setenv("DS4SCI_CUDA_GRAPH", graph_keep, 1);
+        else
+            unsetenv("DS4SCI_CUDA_GRAPH");
+        for (int rep = 0; rep < 2; rep++) { /* graph mode: capture, then replay */
+            tu_result x, y;
+            run(dyn, &sys, NULL, &x);
+            run(rr, &sys, NULL, &y);
+            ck_assert_msg(same_bits(&x, &y), "graph %d call %d: dynamic items change the result",
+                          graph, rep);
+            compare(&x, &rc, "dynamic items vs CPU");
+            tu_result_free(&x);
+            tu_result_free(&y);
+        }
+        if (graph == 0) { /* a caller exchange: the receiver and sender passes */
+            rec_exchange rx = {&sys, 0, {0}, {0}, NULL};
+            ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, NULL, 0, NULL, NULL};
+            ds4sci_system s2 = sys;
+            s2.ghost_owner = NULL; /* the callbacks use rx.sys */
+            tu_result x, y;
+            run(dyn, &s2, &ex, &x);
+            rx.calls = 0;
+            run(rr, &s2, &ex, &y);
+            ck_assert_msg(same_bits(&x, &y), "caller exchange: dynamic items change the result");
+            compare(&x, &rc, "dynamic items, caller exchange vs CPU");
+            tu_result_free(&x);
+            tu_result_free(&y);
+        }
+        ds4sci_ctx_free(dyn);
+        ds4sci_ctx_free(rr);
+    }
+    free(graph_keep);
+    tu_result_free(&rc);
+    ds4sci_ctx_free(cpu);
+    ds4sci_graph_free(g);
+    tu_desc_free(d);
+}
+END_TEST
+
 /* The caller-exchange path gives the built-in path's results, with backend.h's sequence. */
 START_TEST(test_caller_exchange_matches_builtin_and_sequence)
 {
@@ -1570,6 +1631,7 @@ static Suite *suite(void)
     tcase_add_test(tx, test_keep_lowered_when_memory_runs_out);
     tcase_add_test(tx, test_resident_neighbors_match);
     tcase_add_test(tx, test_device_input_checks);
+    tcase_add_test(tx, test_dynamic_items_same_bits);
     tcase_add_loop_test(tx, test_two_domains_wire_plan, 0, 10);
     suite_add_tcase(s, tx);
     return s;
