@@ -64,6 +64,23 @@ static ds4sci_ctx *ctx_cuda_env(const et_desc *d, const char *var, const char *v
     return c;
 }
 
+/* The same with DS4SCI_CUDA_GRAPH set to "1" (graph) or "0" as well, restored after too. */
+static ds4sci_ctx *ctx_cuda_env_graph(const et_desc *d, int graph, const char *var,
+                                      const char *value)
+{
+    const char *old = getenv("DS4SCI_CUDA_GRAPH");
+    char *keep = old ? strdup(old) : NULL;
+    setenv("DS4SCI_CUDA_GRAPH", graph ? "1" : "0", 1);
+    ds4sci_ctx *c = ctx_cuda_env(d, var, value);
+    if (keep) {
+        setenv("DS4SCI_CUDA_GRAPH", keep, 1);
+        free(keep);
+    } else {
+        unsetenv("DS4SCI_CUDA_GRAPH");
+    }
+    return c;
+}
+
 static double rel_rms(const double *a, const double *ref, size_t n)
 {
     double num = 0.0, den = 0.0;
@@ -446,16 +463,9 @@ START_TEST(test_device_input_checks)
     ds4sci_graph *g = random_system(120, 0.06, 1, o.max_z, o.cutoff_upper, 34, &a);
     const int32_t nl = a.n_local;
     const size_t n = (size_t)nl + a.n_ghost;
-    const char *graph_env = getenv("DS4SCI_CUDA_GRAPH");
-    char *graph_keep = graph_env ? strdup(graph_env) : NULL; /* restored below */
     for (int graph = 0; graph < 2; graph++) {
-        setenv("DS4SCI_CUDA_GRAPH", graph ? "1" : "0", 1);
-        ds4sci_ctx *dev = ctx_cuda_env(d, "DS4SCI_CUDA_DEVICE_CHECKS", "1");
-        ds4sci_ctx *host = ctx_cuda_env(d, "DS4SCI_CUDA_DEVICE_CHECKS", "0");
-        if (graph_keep)
-            setenv("DS4SCI_CUDA_GRAPH", graph_keep, 1);
-        else
-            unsetenv("DS4SCI_CUDA_GRAPH");
+        ds4sci_ctx *dev = ctx_cuda_env_graph(d, graph, "DS4SCI_CUDA_DEVICE_CHECKS", "1");
+        ds4sci_ctx *host = ctx_cuda_env_graph(d, graph, "DS4SCI_CUDA_DEVICE_CHECKS", "0");
         for (int rep = 0; rep < 2; rep++) { /* graph mode: capture, then replay */
             tu_result x, y;
             run(dev, &a, NULL, &x);
@@ -504,7 +514,6 @@ START_TEST(test_device_input_checks)
         ds4sci_ctx_free(dev);
         ds4sci_ctx_free(host);
     }
-    free(graph_keep);
     ds4sci_graph_free(g);
     tu_desc_free(d);
 }
@@ -1083,16 +1092,9 @@ START_TEST(test_dynamic_items_same_bits)
     ds4sci_ctx *cpu = tu_ctx_cpu(d, 0);
     tu_result rc;
     run(cpu, &sys, NULL, &rc);
-    const char *graph_env = getenv("DS4SCI_CUDA_GRAPH");
-    char *graph_keep = graph_env ? strdup(graph_env) : NULL; /* restored below */
     for (int graph = 0; graph < 2; graph++) {
-        setenv("DS4SCI_CUDA_GRAPH", graph ? "1" : "0", 1);
-        ds4sci_ctx *dyn = ctx_cuda_env(d, "DS4SCI_CUDA_DYN", "1");
-        ds4sci_ctx *rr = ctx_cuda_env(d, "DS4SCI_CUDA_DYN", "0");
-        if (graph_keep)
-            setenv("DS4SCI_CUDA_GRAPH", graph_keep, 1);
-        else
-            unsetenv("DS4SCI_CUDA_GRAPH");
+        ds4sci_ctx *dyn = ctx_cuda_env_graph(d, graph, "DS4SCI_CUDA_DYN", "1");
+        ds4sci_ctx *rr = ctx_cuda_env_graph(d, graph, "DS4SCI_CUDA_DYN", "0");
         for (int rep = 0; rep < 2; rep++) { /* graph mode: capture, then replay */
             tu_result x, y;
             run(dyn, &sys, NULL, &x);
@@ -1120,7 +1122,6 @@ START_TEST(test_dynamic_items_same_bits)
         ds4sci_ctx_free(dyn);
         ds4sci_ctx_free(rr);
     }
-    free(graph_keep);
     tu_result_free(&rc);
     ds4sci_ctx_free(cpu);
     ds4sci_graph_free(g);
