@@ -1661,6 +1661,13 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
 
     et_edge_common c;
     memset(&c, 0, sizeof(c));
+    /* an edge pass launched by pass() with its split factor's counter in c.work */
+    auto with_work = [&](int split, auto pass) -> cudaError_t {
+        c.work = work_of(split);
+        const cudaError_t e = pass();
+        c.work = NULL;
+        return e;
+    };
     c.n_local = nl;
     c.n_total = n;
     c.row_off = BUF(int, B_ROWOFF);
@@ -1934,12 +1941,10 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         el.V = Vb;
         if (et->edge_unfused)
             CU(et_edge_forward_unfused(s, &c, &el), "edge forward (unfused)");
-        else {
-            c.work = work_of(sp.fwd);
-            const cudaError_t fe = et_edge_forward(s, CPL, grid_l, sp.fwd, SPLIT, &c, &el);
-            c.work = NULL;
-            CU(fe, "edge forward");
-        }
+        else
+            CU(with_work(sp.fwd,
+                         [&] { return et_edge_forward(s, CPL, grid_l, sp.fwd, SPLIT, &c, &el); }),
+               "edge forward");
         return DS4SCI_OK;
     };
     /* layer l forward: fwd_x, then o_proj and the update into input l + 1 (its ghost rows
@@ -2113,15 +2118,18 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         if (et->edge_unfused) {
             CU(et_edge_backward_unfused(s, &c, &el), "edge backward (unfused)");
         } else {
-            c.work = work_of(sp.recv);
-            const cudaError_t be = et_edge_backward_recv(s, CPL, grid_l, sp.recv, SPLIT, &c, &el);
-            c.work = NULL;
-            CU(be, "edge backward (receivers)");
+            CU(with_work(sp.recv,
+                         [&] {
+                             return et_edge_backward_recv(s, CPL, grid_l, sp.recv, SPLIT, &c, &el);
+                         }),
+               "edge backward (receivers)");
             mark(et, ST_EDGE_SEND);
-            c.work = c.rev ? NULL : work_of(sp.send); /* (after the merged pass: S = 1) */
-            const cudaError_t se = et_edge_backward_send(s, CPL, grid_n, sp.send, SPLIT, &c, &el);
-            c.work = NULL;
-            CU(se, "edge backward (senders)");
+            /* (after the merged pass the sender pass takes the uncovered edges at S = 1) */
+            CU(with_work(c.rev ? 1 : sp.send,
+                         [&] {
+                             return et_edge_backward_send(s, CPL, grid_n, sp.send, SPLIT, &c, &el);
+                         }),
+               "edge backward (senders)");
         }
         mark(et, ST_NODE_BWD);
         BL(gemm_ab(h, n, F, 5 * F, GQKV, dl->qkv_w, F, 0.f, GH), "q/k/v backward");

@@ -72,10 +72,10 @@ typedef struct et_dmodel {
 
 /* ---- kernel parameter blocks ------------------------------------------------------------- */
 
-/* Common edge-kernel inputs. */
 /* item counters of the row-split passes per step (ds4sci_cuda_et.d_work) */
 #define ET_WORK_SLOTS 64
 
+/* Common edge-kernel inputs. */
 typedef struct et_edge_common {
     int n_local, n_total;
     const int *row_off;      /* [nl + 1] CSR offsets (self-loop first in each row) */
