@@ -44,9 +44,9 @@ static ds4sci_ctx *ctx_cuda(const et_desc *d)
     return ctx;
 }
 
-/* A CUDA context created with environment variable var set to value (NULL: unset); the
-   environment is restored after (the backend reads its switches at context creation). */
-static ds4sci_ctx *ctx_cuda_env(const et_desc *d, const char *var, const char *value)
+/* Sets environment variable var to value (NULL: unset) and returns its old value (a copy, NULL
+   when it was unset) for env_restore. */
+static char *env_set(const char *var, const char *value)
 {
     const char *old = getenv(var);
     char *keep = old ? strdup(old) : NULL;
@@ -54,13 +54,27 @@ static ds4sci_ctx *ctx_cuda_env(const et_desc *d, const char *var, const char *v
         setenv(var, value, 1);
     else
         unsetenv(var);
-    ds4sci_ctx *c = ctx_cuda(d);
+    return keep;
+}
+
+/* Puts back what env_set returned (and frees it). */
+static void env_restore(const char *var, char *keep)
+{
     if (keep) {
         setenv(var, keep, 1);
         free(keep);
     } else {
         unsetenv(var);
     }
+}
+
+/* A CUDA context created with environment variable var set to value (NULL: unset); the
+   environment is restored after (the backend reads its switches at context creation). */
+static ds4sci_ctx *ctx_cuda_env(const et_desc *d, const char *var, const char *value)
+{
+    char *keep = env_set(var, value);
+    ds4sci_ctx *c = ctx_cuda(d);
+    env_restore(var, keep);
     return c;
 }
 
@@ -68,16 +82,9 @@ static ds4sci_ctx *ctx_cuda_env(const et_desc *d, const char *var, const char *v
 static ds4sci_ctx *ctx_cuda_env_graph(const et_desc *d, int graph, const char *var,
                                       const char *value)
 {
-    const char *old = getenv("DS4SCI_CUDA_GRAPH");
-    char *keep = old ? strdup(old) : NULL;
-    setenv("DS4SCI_CUDA_GRAPH", graph ? "1" : "0", 1);
+    char *keep = env_set("DS4SCI_CUDA_GRAPH", graph ? "1" : "0");
     ds4sci_ctx *c = ctx_cuda_env(d, var, value);
-    if (keep) {
-        setenv("DS4SCI_CUDA_GRAPH", keep, 1);
-        free(keep);
-    } else {
-        unsetenv("DS4SCI_CUDA_GRAPH");
-    }
+    env_restore("DS4SCI_CUDA_GRAPH", keep);
     return c;
 }
 
@@ -667,13 +674,10 @@ START_TEST(test_keep_lowered_when_memory_runs_out)
     /* the automatic keep and checkpoint levels are what this test is about: a run of the suite
        that forces either (tools/gpu_verify.sh's switches) must not set them for it (forced
        checkpoint level 2 gave keep 1 and keep 2 the same workspace) */
-    char *env_saved[2] = {NULL, NULL};
     const char *env_vars[2] = {"DS4SCI_CUDA_KEEP", "DS4SCI_CUDA_CHECKPOINT"};
-    for (int i = 0; i < 2; i++) {
-        const char *v = getenv(env_vars[i]);
-        env_saved[i] = v ? strdup(v) : NULL;
-        unsetenv(env_vars[i]);
-    }
+    char *env_saved[2];
+    for (int i = 0; i < 2; i++)
+        env_saved[i] = env_set(env_vars[i], NULL);
     tu_opts o;
     et_desc *d = small_model(&o, 4);
     ds4sci_system sy;
@@ -733,10 +737,7 @@ START_TEST(test_keep_lowered_when_memory_runs_out)
     ds4sci_graph_free(g);
     tu_desc_free(d);
     for (int i = 0; i < 2; i++)
-        if (env_saved[i]) {
-            setenv(env_vars[i], env_saved[i], 1);
-            free(env_saved[i]);
-        }
+        env_restore(env_vars[i], env_saved[i]);
 }
 END_TEST
 
