@@ -442,7 +442,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
     const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL, SILU>(c, lane);
     /* work item w = (part sp, receiver t), part-major; !SPLIT (S = 1): t = w, the whole row */
     const int S = SPLIT ? nsplit : 1, rows = c.n_local, items = rows * S;
-    const bool dyn = SPLIT && c.work;
+    const bool dyn = c.work != nullptr;
     for (int w = edge_item(c.work, dyn, blockIdx.x * ET_EDGE_WARPS + warp, lane); w < items;
          w = edge_item(c.work, dyn, w + gridDim.x * ET_EDGE_WARPS, lane)) {
         const int sp = SPLIT ? w / rows : 0, t = SPLIT ? w - sp * rows : w;
@@ -475,7 +475,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
     const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL, SILU>(c, lane);
     /* work item w = (part sp, sender s), part-major; !SPLIT (S = 1): s = w, the whole row */
     const int S = SPLIT ? nsplit : 1, rows = c.n_total, items = rows * S;
-    const bool dyn = SPLIT && c.work;
+    const bool dyn = c.work != nullptr;
     for (int w = edge_item(c.work, dyn, blockIdx.x * ET_EDGE_WARPS + warp, lane); w < items;
          w = edge_item(c.work, dyn, w + gridDim.x * ET_EDGE_WARPS, lane)) {
         const int sp = SPLIT ? w / rows : 0, s = SPLIT ? w - sp * rows : w;
@@ -849,7 +849,7 @@ static __global__ void __launch_bounds__(32 * MERGED_MAXW(CPL), 1)
     const auto [D, G, on, f0, wl, vx_off] = edge_lane_of<CPL, SILU>(c, lane);
     /* work item w = (part sp, receiver t), part-major, as k_edge_bwd_recv; !SPLIT: t = w */
     const int S = SPLIT ? nsplit : 1, rows = c.n_local, items = rows * S;
-    const bool dyn = SPLIT && c.work;
+    const bool dyn = c.work != nullptr;
     for (int w = edge_item(c.work, dyn, blockIdx.x * nwb + warp, lane); w < items;
          w = edge_item(c.work, dyn, w + gridDim.x * nwb, lane)) {
         const int sp = SPLIT ? w / rows : 0, t = SPLIT ? w - sp * rows : w;

@@ -749,7 +749,7 @@ static cudaError_t edge_slots(void (*kern)(P...), size_t smem, int *slots)
 }
 
 /* The first / next work item of a warp in a persistent edge kernel: round-robin (w = warp's
-   global index, then + the grid's warps), or with c.work (S > 1, DS4SCI_CUDA_DYN) the next
+   global index, then + the grid's warps), or with c.work (DS4SCI_CUDA_DYN) the next
    number from that counter (lane 0 takes it, the warp shares it): the items are the same, only
    which warp runs which changes, so the results do not. */
 static __device__ __forceinline__ int edge_item(const int *work_ctr, bool dyn, int w_rr, int lane)

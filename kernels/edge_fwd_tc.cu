@@ -68,7 +68,7 @@ static size_t tc_smem_bytes()
            sizeof(float) * (size_t)TC_WARPS * TC_TE * TC_SS;
 }
 
-template <int SILU>
+template <int SILU, bool DYN>
 static __global__ void __launch_bounds__(32 * TC_WARPS, 1)
     k_edge_fwd_tc(const et_edge_common c, const et_edge_layer l)
 {
@@ -93,7 +93,10 @@ static __global__ void __launch_bounds__(32 * TC_WARPS, 1)
     const edge_lane el = edge_lane_of<CPL>(c, lane);
     const int D = el.D, G = el.G, f0 = el.f0, vx_off = el.vx_off;
     const bool en = c.rbf == ET_RBF_EXPNORM;
-    for (int t = blockIdx.x * W + warp; t < c.n_local; t += gridDim.x * W) {
+    /* DYN: the rows from the counter c.work (edge_item), else round-robin (a compile-time
+       switch: ptxas spills 16 B more in the SILU_FAST_DKV kernel with a run-time one) */
+    for (int t = edge_item(c.work, DYN, blockIdx.x * W + warp, lane); t < c.n_local;
+         t = edge_item(c.work, DYN, t + gridDim.x * W, lane)) {
         float q[CPL], ax[CPL], av[3][CPL];
         ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
 #pragma unroll
@@ -272,8 +275,12 @@ static __global__ void __launch_bounds__(32 * TC_WARPS, 1)
 
 static cudaError_t launch_fwd_tc(cudaStream_t s, const et_edge_common *c, const et_edge_layer *l)
 {
-    const auto kern = by_act(c, k_edge_fwd_tc<ACT_ANY>, k_edge_fwd_tc<ACT_SILU>,
-                             k_edge_fwd_tc<ACT_SILU_FAST>, k_edge_fwd_tc<ACT_SILU_FAST_DKV>);
+    const auto kern =
+        c->work ? by_act(c, k_edge_fwd_tc<ACT_ANY, true>, k_edge_fwd_tc<ACT_SILU, true>,
+                         k_edge_fwd_tc<ACT_SILU_FAST, true>, k_edge_fwd_tc<ACT_SILU_FAST_DKV, true>)
+                : by_act(c, k_edge_fwd_tc<ACT_ANY, false>, k_edge_fwd_tc<ACT_SILU, false>,
+                         k_edge_fwd_tc<ACT_SILU_FAST, false>,
+                         k_edge_fwd_tc<ACT_SILU_FAST_DKV, false>);
     const size_t smem = tc_smem_bytes();
     int grid = 0;
     const cudaError_t e = resident_grid(kern, smem, TC_WARPS, c->n_local, &grid);

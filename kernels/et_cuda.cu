@@ -466,10 +466,12 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
            (more exact, 1-2.5% faster at 97k-1M atoms); DS4SCI_CUDA_TC=0: the FFMA forward */
         const char *tc = getenv("DS4SCI_CUDA_TC");
         et->tc = !(tc && strcmp(tc, "0") == 0);
-        /* the row-split passes (S > 1) take their items from a counter (et_edge_common.work;
-           docs/gpu.md v29: 1k-10.6k atoms -5 to -8%); DS4SCI_CUDA_DYN=0: round-robin */
+        /* the edge passes take their items (rows; (part, row) when split) from a counter
+           (et_edge_common.work): docs/gpu.md v29 for the row-split passes (1k-10.6k atoms -5
+           to -8%), v30 for S = 1 too (20k-97k atoms -4 to -5%); DS4SCI_CUDA_DYN=1: only the
+           row-split passes (v29), =0: round-robin everywhere */
         const char *dy = getenv("DS4SCI_CUDA_DYN");
-        et->dyn = !(dy && strcmp(dy, "0") == 0);
+        et->dyn = dy && strcmp(dy, "0") == 0 ? 0 : dy && strcmp(dy, "1") == 0 ? 1 : 2;
         /* forward caller exchange as packed floats, default on since measured (docs/gpu.md
            v7: the same bits arrive; 2 GPUs 1M Si atoms 0.673 vs 0.780 s/step);
            DS4SCI_CUDA_XCH_F32=0: rows of doubles */
@@ -1372,12 +1374,15 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
        end at the real count) */
     const int bound = graph_call(et, sys, builtin);
 
-    /* the row-split passes' item counters (DS4SCI_CUDA_DYN), one per launch of the step */
+    /* the edge passes' item counters (DS4SCI_CUDA_DYN), one per launch of the step (a step
+       with more launches than slots runs the rest round-robin) */
     int work_i = 0;
     if (et->dyn)
         CU(cudaMemsetAsync(et->d_work, 0, ET_WORK_SLOTS * sizeof(int), s), "memset");
     auto work_of = [&](int split) -> int * {
-        return et->dyn && split > 1 && work_i < ET_WORK_SLOTS ? et->d_work + work_i++ : NULL;
+        return et->dyn && (split > 1 || et->dyn == 2) && work_i < ET_WORK_SLOTS
+                   ? et->d_work + work_i++
+                   : NULL;
     };
 
     /* edge list: count, scan, fill */

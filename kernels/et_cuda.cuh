@@ -95,10 +95,10 @@ typedef struct et_edge_common {
                                 (DS4SCI_CUDA_PAIR=0: one per edge); see bwd_recv_row */
     int tc;                  /* the forward's filters on the float64 tensor cores where
                                 edge_fwd_tc.cu takes the layer (default; DS4SCI_CUDA_TC=0 off) */
-    int *work;               /* the row-split passes (S > 1: the forward, the merged or
-                                receiver and sender backward) take their (part, row) items from
-                                this counter (zero at the launch) instead of round-robin; NULL
-                                (S = 1, DS4SCI_CUDA_DYN=0): round-robin */
+    int *work;               /* the edge passes (the forward, the merged or receiver and
+                                sender backward) take their items (rows; (part, row) when split)
+                                from this counter (zero at the launch) instead of round-robin;
+                                NULL (DS4SCI_CUDA_DYN=0; =1 and S = 1): round-robin */
     /* merged backward (default; NULL with DS4SCI_CUDA_MERGED=0, the unfused path, or when its
        shared memory does not fit): see edge_bwd.cu */
     const int *rev;          /* [ne] rev[e] = the edge (t' -> so) of e = (s -> t) in row so,
@@ -185,8 +185,8 @@ typedef struct ds4sci_cuda_et {
     int pair;                /* merged backward: the filter backward once per pair of reverse
                                 edges (default; DS4SCI_CUDA_PAIR=0: once per edge) */
     int tc;                  /* edge forward on the float64 tensor cores (DS4SCI_CUDA_TC=0 off) */
-    int dyn;                 /* dynamic items of the row-split passes (default; DS4SCI_CUDA_DYN=0
-                                round-robin), et_edge_common.work */
+    int dyn;                 /* dynamic items, et_edge_common.work: 2 every edge pass (default),
+                                1 the row-split passes (DS4SCI_CUDA_DYN=1), 0 none (=0) */
     int *d_work;             /* [ET_WORK_SLOTS] the item counters, zeroed at each step's start */
     int split_force;         /* DS4SCI_CUDA_SPLIT=1|2|4|8: row split factor of the fused
                                 layer edge kernels forced (0: chosen per pass, et_edge_split) */

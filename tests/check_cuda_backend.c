@@ -1078,11 +1078,12 @@ static int fail_forward(void *user, double *data, int32_t width)
 }
 
 /*
- * The row-split passes take their (part, row) items from a counter (DS4SCI_CUDA_DYN, the
- * default) or round-robin (=0): which warp runs an item changes, the items and their sums do
- * not, so the results are the same bits. Small systems run split (S > 1): the forward and the
- * merged backward with the built-in exchange (CUDA graph on and off), the receiver and sender
- * passes with a caller exchange; and against the float64 CPU path.
+ * The edge passes take their items (rows; (part, row) when split) from a counter (the default;
+ * DS4SCI_CUDA_DYN=1 only the row-split passes) or round-robin (=0): which warp runs an item
+ * changes, the items and their sums do not, so the results are the same bits. Small systems
+ * run split (S > 1), and with DS4SCI_CUDA_SPLIT=1 whole rows: the forward and the merged
+ * backward with the built-in exchange (CUDA graph on and off), the receiver and sender passes
+ * with a caller exchange; and against the float64 CPU path.
  */
 START_TEST(test_dynamic_items_same_bits)
 {
@@ -1093,15 +1094,19 @@ START_TEST(test_dynamic_items_same_bits)
     ds4sci_ctx *cpu = tu_ctx_cpu(d, 0);
     tu_result rc;
     run(cpu, &sys, NULL, &rc);
-    for (int graph = 0; graph < 2; graph++) {
-        ds4sci_ctx *dyn = ctx_cuda_env_graph(d, graph, "DS4SCI_CUDA_DYN", "1");
+    for (int run_i = 0; run_i < 4; run_i++) {
+        const int graph = run_i & 1, whole_rows = run_i >> 1;
+        char *keep = env_set("DS4SCI_CUDA_SPLIT", whole_rows ? "1" : NULL);
+        ds4sci_ctx *dyn = ctx_cuda_env_graph(d, graph, "DS4SCI_CUDA_DYN", NULL);
         ds4sci_ctx *rr = ctx_cuda_env_graph(d, graph, "DS4SCI_CUDA_DYN", "0");
+        env_restore("DS4SCI_CUDA_SPLIT", keep);
         for (int rep = 0; rep < 2; rep++) { /* graph mode: capture, then replay */
             tu_result x, y;
             run(dyn, &sys, NULL, &x);
             run(rr, &sys, NULL, &y);
-            ck_assert_msg(same_bits(&x, &y), "graph %d call %d: dynamic items change the result",
-                          graph, rep);
+            ck_assert_msg(same_bits(&x, &y),
+                          "graph %d, split %s, call %d: dynamic items change the result", graph,
+                          whole_rows ? "1" : "auto", rep);
             compare(&x, &rc, "dynamic items vs CPU");
             tu_result_free(&x);
             tu_result_free(&y);
@@ -1115,7 +1120,9 @@ START_TEST(test_dynamic_items_same_bits)
             run(dyn, &s2, &ex, &x);
             rx.calls = 0;
             run(rr, &s2, &ex, &y);
-            ck_assert_msg(same_bits(&x, &y), "caller exchange: dynamic items change the result");
+            ck_assert_msg(same_bits(&x, &y),
+                          "caller exchange, split %s: dynamic items change the result",
+                          whole_rows ? "1" : "auto");
             compare(&x, &rc, "dynamic items, caller exchange vs CPU");
             tu_result_free(&x);
             tu_result_free(&y);
