@@ -445,7 +445,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
     const bool dyn = c.work != nullptr;
     for (int w = edge_item(c.work, dyn, blockIdx.x * ET_EDGE_WARPS + warp, lane); w < items;
          w = edge_item(c.work, dyn, w + gridDim.x * ET_EDGE_WARPS, lane)) {
-        const int sp = SPLIT ? w / rows : 0, t = SPLIT ? w - sp * rows : w;
+        const int sp = SPLIT ? w / rows : 0, t = edge_row(c, SPLIT ? w - sp * rows : w);
         float gq[CPL];
         bwd_recv_row<CPL, SILU, false>(c, l, t, sp, S, F, D, lane, on, f0, wl, G, vx_off, sh.wt, sh.b,
                                        sh.rbf, sh.drbf, nullptr, gq);
@@ -852,7 +852,7 @@ static __global__ void __launch_bounds__(32 * MERGED_MAXW(CPL), 1)
     const bool dyn = c.work != nullptr;
     for (int w = edge_item(c.work, dyn, blockIdx.x * nwb + warp, lane); w < items;
          w = edge_item(c.work, dyn, w + gridDim.x * nwb, lane)) {
-        const int sp = SPLIT ? w / rows : 0, t = SPLIT ? w - sp * rows : w;
+        const int sp = SPLIT ? w / rows : 0, t = edge_row(c, SPLIT ? w - sp * rows : w);
         float gq[CPL];
         bwd_recv_row<CPL, SILU, true>(c, l, t, sp, S, F, D, lane, on, f0, wl, G, vx_off, s_wt,
                                       s_b, s_rbf, s_drbf, acc, gq);

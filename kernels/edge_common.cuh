@@ -762,6 +762,12 @@ static __device__ __forceinline__ int edge_item(const int *work_ctr, bool dyn, i
     return __shfl_sync(0xffffffffu, w, 0);
 }
 
+/* The receiver row of a pass's t-th row: order[t] with a receiver order (c.order), else t. */
+static __device__ __forceinline__ int edge_row(const et_edge_common &c, int t)
+{
+    return c.order ? __ldg(c.order + t) : t;
+}
+
 /* Grid of a layer edge pass over `rows` rows split S ways: the caller's grid (one warp per row)
    when S = 1, else one warp per (part, row) item (persistent_grid caps both). */
 static inline int split_grid(int grid, int rows, int S)

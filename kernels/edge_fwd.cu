@@ -35,7 +35,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
     const bool dyn = c.work != nullptr;
     for (int w = edge_item(c.work, dyn, blockIdx.x * ET_EDGE_WARPS + warp, lane); w < items;
          w = edge_item(c.work, dyn, w + gridDim.x * ET_EDGE_WARPS, lane)) {
-        const int sp = SPLIT ? w / rows : 0, t = SPLIT ? w - sp * rows : w;
+        const int sp = SPLIT ? w / rows : 0, t = edge_row(c, SPLIT ? w - sp * rows : w);
         float q[CPL], ax[CPL], av[3][CPL];
         ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
         zero_off<CPL>(on, q);

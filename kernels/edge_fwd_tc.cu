@@ -95,8 +95,9 @@ static __global__ void __launch_bounds__(32 * TC_WARPS, 1)
     const bool en = c.rbf == ET_RBF_EXPNORM;
     /* DYN: the rows from the counter c.work (edge_item), else round-robin (a compile-time
        switch: ptxas spills 16 B more in the SILU_FAST_DKV kernel with a run-time one) */
-    for (int t = edge_item(c.work, DYN, blockIdx.x * W + warp, lane); t < c.n_local;
-         t = edge_item(c.work, DYN, t + gridDim.x * W, lane)) {
+    for (int it = edge_item(c.work, DYN, blockIdx.x * W + warp, lane); it < c.n_local;
+         it = edge_item(c.work, DYN, it + gridDim.x * W, lane)) {
+        const int t = edge_row(c, it); /* the it-th row of the pass */
         float q[CPL], ax[CPL], av[3][CPL];
         ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
 #pragma unroll

@@ -472,6 +472,12 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
            row-split passes (v29), =0: round-robin everywhere */
         const char *dy = getenv("DS4SCI_CUDA_DYN");
         et->dyn = dy && strcmp(dy, "0") == 0 ? 0 : dy && strcmp(dy, "1") == 0 ? 1 : 2;
+        /* the receiver passes' rows in a Morton order of their cells (et_edge_common.order;
+           docs/gpu.md v30 item 5: with dynamic rows the window in flight shares L2 better
+           when it is compact); DS4SCI_CUDA_ORDER=0 never, =1 always, default from
+           ET_ORDER_MIN owned rows outside graph mode and below checkpoint level 2 */
+        const char *ov = getenv("DS4SCI_CUDA_ORDER");
+        et->order = ov && strcmp(ov, "0") == 0 ? 0 : ov && strcmp(ov, "1") == 0 ? 1 : -1;
         /* forward caller exchange as packed floats, default on since measured (docs/gpu.md
            v7: the same bits arrive; 2 GPUs 1M Si atoms 0.673 vs 0.780 s/step);
            DS4SCI_CUDA_XCH_F32=0: rows of doubles */
@@ -606,7 +612,7 @@ static const char *const buf_names[] = {
     "partial ghost owners and remote ghost rows", "ghost fold order",
     "kept q/k/v, P and o per layer", "wire plan rows and their reverse order",
     "neighbour indices (resident)", "uncovered sender edges' receivers",
-    "ghost rows of the recomputed layer inputs"};
+    "ghost rows of the recomputed layer inputs", "receiver row order"};
 static_assert(sizeof(buf_names) / sizeof(buf_names[0]) == B_COUNT, "one name per buffer");
 
 /* Give buffer i back (its next ensure() allocates it again). */
@@ -1700,6 +1706,25 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     c.fastexp = et->fastexp;
     c.pair = et->pair;
     c.tc = et->tc;
+    /* the receiver passes' row order: owned rows sorted by the Morton code of their cell
+       (side cutoff / 2; stable), recomputed each call (one radix sort of 30-bit keys) */
+    if (nl > 1 && !et->edge_unfused &&
+        (et->order == 1 || (et->order < 0 && nl >= ET_ORDER_MIN && !bound && ck < 2))) {
+        size_t otmp = 0;
+        CU(cub::DeviceRadixSort::SortPairs(NULL, otmp, (const int *)NULL, (int *)NULL,
+                                           (const int *)NULL, (int *)NULL, nl, 0, 30, s),
+           "cub sort size (order)");
+        const size_t arr = ((size_t)nl * sizeof(int) + 255) / 256 * 256;
+        ST(ensure(et, B_ORDER, 4 * arr + otmp, err, err_len));
+        char *ob = (char *)et->buf[B_ORDER].p;
+        int *kin = (int *)ob, *kout = (int *)(ob + arr), *vin = (int *)(ob + 2 * arr),
+            *vout = (int *)(ob + 3 * arr);
+        CU(et_order_keys(s, nl, BUF(double, B_POS), 0.5 * m->cu, kin, vin), "order keys");
+        CU(cub::DeviceRadixSort::SortPairs(ob + 4 * arr, otmp, kin, kout, vin, vout, nl, 0, 30,
+                                           s),
+           "cub sort (order)");
+        c.order = vout;
+    }
     const int grid_l = (nl + ET_EDGE_WARPS - 1) / ET_EDGE_WARPS,
               grid_n = (n + ET_EDGE_WARPS - 1) / ET_EDGE_WARPS;
     /* row split of the fused layer edge passes (few rows: S warps per row, partial sums) */

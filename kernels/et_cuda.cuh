@@ -74,6 +74,8 @@ typedef struct et_dmodel {
 
 /* item counters of the row-split passes per step (ds4sci_cuda_et.d_work) */
 #define ET_WORK_SLOTS 64
+/* owned rows from which the receiver passes run their rows in a Morton order by default */
+#define ET_ORDER_MIN 16384
 
 /* Common edge-kernel inputs. */
 typedef struct et_edge_common {
@@ -99,6 +101,11 @@ typedef struct et_edge_common {
                                 sender backward) take their items (rows; (part, row) when split)
                                 from this counter (zero at the launch) instead of round-robin;
                                 NULL (DS4SCI_CUDA_DYN=0; =1 and S = 1): round-robin */
+    const int *order;        /* [n_local] the receiver passes (forward, merged or receiver
+                                backward) run row order[t] as their t-th row (a Morton order of
+                                the rows' cells: the rows in flight, a window of consecutive
+                                items, are then a compact region whose senders share L2); NULL:
+                                row t */
     /* merged backward (default; NULL with DS4SCI_CUDA_MERGED=0, the unfused path, or when its
        shared memory does not fit): see edge_bwd.cu */
     const int *rev;          /* [ne] rev[e] = the edge (t' -> so) of e = (s -> t) in row so,
@@ -141,7 +148,7 @@ enum {
     B_XS, B_VECS, B_XST, B_H, B_QKV, B_P, B_O,
     B_GX0, B_GV0, B_GV1, B_GQKV, B_GW, B_EA, B_F, B_AV, B_PART,
     B_SPLIT, B_XCH, B_REV, B_TROFF2, B_TREDGE2, B_GPART, B_FOLD, B_KEEP, B_WIRE, B_CAND,
-    B_TRDST2, B_STASH, B_COUNT
+    B_TRDST2, B_STASH, B_ORDER, B_COUNT
 };
 
 /* Profile stages (DS4SCI_CUDA_PROFILE). */
@@ -188,6 +195,9 @@ typedef struct ds4sci_cuda_et {
     int dyn;                 /* dynamic items, et_edge_common.work: 2 every edge pass (default),
                                 1 the row-split passes (DS4SCI_CUDA_DYN=1), 0 none (=0) */
     int *d_work;             /* [ET_WORK_SLOTS] the item counters, zeroed at each step's start */
+    int order;               /* et_edge_common.order: -1 auto (default: from ET_ORDER_MIN owned
+                                rows, not in graph mode, checkpoint level < 2), 0 never
+                                (DS4SCI_CUDA_ORDER=0), 1 always (=1) */
     int split_force;         /* DS4SCI_CUDA_SPLIT=1|2|4|8: row split factor of the fused
                                 layer edge kernels forced (0: chosen per pass, et_edge_split) */
     int images;              /* built-in exchange: periodic images folded into their owned
@@ -427,6 +437,10 @@ cudaError_t et_edge_split_plan(int CPL, const et_edge_common *c, int force, et_e
 cudaError_t et_split_sum(cudaStream_t s, int S, int rows, const float *part, float *d0, int ld0,
                          int w0, int add0, float *d1, int ld1, int w1, int add1);
 
+/* graph.cu: keys of the receivers' Morton order (et_edge_common.order): key[i] = the Morton
+   code of owned atom i's cell (cells of side h, 10 bits a dimension, wrapping), val[i] = i */
+cudaError_t et_order_keys(cudaStream_t s, int nl, const double *pos, double h, int *key,
+                          int *val);
 /* edge_fwd.cu (split, part: see et_edge_split; part unused when split is 1) */
 /* edge_fwd_tc.cu: the forward with the filters on the float64 tensor cores (c->tc) */
 int et_edge_forward_tc_ok(int CPL, int split, const et_edge_common *c);

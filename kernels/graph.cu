@@ -274,3 +274,40 @@ extern "C" cudaError_t et_edge_rest(cudaStream_t s, int n, const int *tr_off, co
                                                            tr_off2, tr_edge2, tr_dst2);
     return cudaGetLastError();
 }
+
+/* Spreads the low 10 bits of v to every third bit (bit b to bit 3b). */
+static __device__ __forceinline__ unsigned spread3(unsigned v)
+{
+    v &= 0x3ffu;
+    v = (v | (v << 16)) & 0x030000ffu;
+    v = (v | (v << 8)) & 0x0300f00fu;
+    v = (v | (v << 4)) & 0x030c30c3u;
+    v = (v | (v << 2)) & 0x09249249u;
+    return v;
+}
+
+/* key[i] = the Morton code of owned atom i's cell (side h; cell indices mod 1024, so a system
+   wider than 1024 cells wraps, which costs locality at the wrap, never correctness), val[i] = i */
+static __global__ void k_order_keys(int nl, const double *__restrict__ pos, double inv_h,
+                                    int *__restrict__ key, int *__restrict__ val)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= nl)
+        return;
+    const unsigned cx = (unsigned)(long long)floor(pos[3 * i] * inv_h),
+                   cy = (unsigned)(long long)floor(pos[3 * i + 1] * inv_h),
+                   cz = (unsigned)(long long)floor(pos[3 * i + 2] * inv_h);
+    key[i] = (int)(spread3(cx) | (spread3(cy) << 1) | (spread3(cz) << 2));
+    val[i] = i;
+}
+
+extern "C" cudaError_t et_order_keys(cudaStream_t s, int nl, const double *pos, double h, int *key,
+                                     int *val)
+{
+    if (nl <= 0)
+        return cudaSuccess;
+    if (!(h > 0.0))
+        return cudaErrorInvalidValue;
+    k_order_keys<<<blocks_for(nl, 256), 256, 0, s>>>(nl, pos, 1.0 / h, key, val);
+    return cudaGetLastError();
+}

@@ -1083,7 +1083,8 @@ static int fail_forward(void *user, double *data, int32_t width)
  * changes, the items and their sums do not, so the results are the same bits. Small systems
  * run split (S > 1), and with DS4SCI_CUDA_SPLIT=1 whole rows: the forward and the merged
  * backward with the built-in exchange (CUDA graph on and off), the receiver and sender passes
- * with a caller exchange; and against the float64 CPU path.
+ * with a caller exchange; and against the float64 CPU path. The same holds for the receiver
+ * passes' Morton row order (DS4SCI_CUDA_ORDER=1; by default only from ET_ORDER_MIN rows).
  */
 START_TEST(test_dynamic_items_same_bits)
 {
@@ -1099,36 +1100,49 @@ START_TEST(test_dynamic_items_same_bits)
         char *keep = env_set("DS4SCI_CUDA_SPLIT", whole_rows ? "1" : NULL);
         ds4sci_ctx *dyn = ctx_cuda_env_graph(d, graph, "DS4SCI_CUDA_DYN", NULL);
         ds4sci_ctx *rr = ctx_cuda_env_graph(d, graph, "DS4SCI_CUDA_DYN", "0");
+        ds4sci_ctx *ord = ctx_cuda_env_graph(d, graph, "DS4SCI_CUDA_ORDER", "1");
         env_restore("DS4SCI_CUDA_SPLIT", keep);
         for (int rep = 0; rep < 2; rep++) { /* graph mode: capture, then replay */
-            tu_result x, y;
+            tu_result x, y, z;
             run(dyn, &sys, NULL, &x);
             run(rr, &sys, NULL, &y);
+            run(ord, &sys, NULL, &z);
             ck_assert_msg(same_bits(&x, &y),
                           "graph %d, split %s, call %d: dynamic items change the result", graph,
+                          whole_rows ? "1" : "auto", rep);
+            ck_assert_msg(same_bits(&x, &z),
+                          "graph %d, split %s, call %d: the row order changes the result", graph,
                           whole_rows ? "1" : "auto", rep);
             compare(&x, &rc, "dynamic items vs CPU");
             tu_result_free(&x);
             tu_result_free(&y);
+            tu_result_free(&z);
         }
         if (graph == 0) { /* a caller exchange: the receiver and sender passes */
             rec_exchange rx = {&sys, 0, {0}, {0}, NULL};
             ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, NULL, 0, NULL, NULL};
             ds4sci_system s2 = sys;
             s2.ghost_owner = NULL; /* the callbacks use rx.sys */
-            tu_result x, y;
+            tu_result x, y, z;
             run(dyn, &s2, &ex, &x);
             rx.calls = 0;
             run(rr, &s2, &ex, &y);
+            rx.calls = 0;
+            run(ord, &s2, &ex, &z);
             ck_assert_msg(same_bits(&x, &y),
                           "caller exchange, split %s: dynamic items change the result",
+                          whole_rows ? "1" : "auto");
+            ck_assert_msg(same_bits(&x, &z),
+                          "caller exchange, split %s: the row order changes the result",
                           whole_rows ? "1" : "auto");
             compare(&x, &rc, "dynamic items, caller exchange vs CPU");
             tu_result_free(&x);
             tu_result_free(&y);
+            tu_result_free(&z);
         }
         ds4sci_ctx_free(dyn);
         ds4sci_ctx_free(rr);
+        ds4sci_ctx_free(ord);
     }
     tu_result_free(&rc);
     ds4sci_ctx_free(cpu);
