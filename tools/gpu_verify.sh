@@ -184,14 +184,22 @@ if [ "${VARIANTS:-1}" = 1 ]; then   # VARIANTS=0: the defaults only
     [ "${FULL:-1}" = 1 ] && ck vs_cpu_expf 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_FASTEXP=0
     ck golden_split2 60 CK_RUN_CASE=golden DS4SCI_CUDA_SPLIT=2
     ck vs_cpu_split2 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_SPLIT=2
+    # the receivers' Morton row order (the default from 16,384 owned rows outside graph mode:
+    # none of the suite's systems; =1 forces it) and the dynamic items of v29 (DYN=1: counters
+    # for the split passes only) and before (=0)
+    ck golden_order 60 CK_RUN_CASE=golden DS4SCI_CUDA_ORDER=1 DS4SCI_CUDA_GRAPH=0
+    ck vs_cpu_order 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_ORDER=1
+    ck vs_cpu_order_split1 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_ORDER=1 DS4SCI_CUDA_SPLIT=1
+    ck golden_dyn1 60 CK_RUN_CASE=golden DS4SCI_CUDA_DYN=1 DS4SCI_CUDA_SPLIT=1
+    ck golden_dyn0 60 CK_RUN_CASE=golden DS4SCI_CUDA_DYN=0
 fi
 (cd tests && CK_RUN_CASE=golden timeout 90 compute-sanitizer --tool memcheck --error-exitcode 9 \
     "$B/check_cuda_backend") > "$LG/memcheck.log" 2>&1
 t memcheck $?
-(cd tests && CK_RUN_CASE=golden DS4SCI_CUDA_SPLIT=1 timeout 90 \
+(cd tests && CK_RUN_CASE=golden DS4SCI_CUDA_SPLIT=1 DS4SCI_CUDA_ORDER=1 timeout 90 \
     compute-sanitizer --tool memcheck --error-exitcode 9 "$B/check_cuda_backend") \
     > "$LG/memcheck_merged.log" 2>&1
-t memcheck_merged $?
+t memcheck_merged_order $?
 # the api cases (caller exchange, partial owners, send rows): the out-of-memory case's intended
 # cudaMalloc failure is an API error to memcheck, so API errors are not reported here
 (cd tests && CK_RUN_CASE=api timeout 120 compute-sanitizer --tool memcheck --report-api-errors no \
