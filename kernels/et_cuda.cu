@@ -412,7 +412,7 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
     }
     e = cudaMalloc((void **)&et->d_check, sizeof(int));
     if (e == cudaSuccess)
-        e = cudaMalloc((void **)&et->d_work, ET_WORK_SLOTS * sizeof(int));
+        e = cudaMalloc((void **)&et->d_work, ET_WORK_SLOTS(d->L) * sizeof(int));
     if (e == cudaSuccess)
         e = cudaMallocHost((void **)&et->h_scalars, 64);
     if (e == cudaSuccess)
@@ -1384,9 +1384,9 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
        with more launches than slots runs the rest round-robin) */
     int work_i = 0;
     if (et->dyn)
-        CU(cudaMemsetAsync(et->d_work, 0, ET_WORK_SLOTS * sizeof(int), s), "memset");
+        CU(cudaMemsetAsync(et->d_work, 0, ET_WORK_SLOTS(L) * sizeof(int), s), "memset");
     auto work_of = [&](int split) -> int * {
-        return et->dyn && (split > 1 || et->dyn == 2) && work_i < ET_WORK_SLOTS
+        return et->dyn && (split > 1 || et->dyn == 2) && work_i < ET_WORK_SLOTS(L)
                    ? et->d_work + work_i++
                    : NULL;
     };

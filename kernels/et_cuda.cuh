@@ -72,8 +72,10 @@ typedef struct et_dmodel {
 
 /* ---- kernel parameter blocks ------------------------------------------------------------- */
 
-/* item counters of the row-split passes per step (ds4sci_cuda_et.d_work) */
-#define ET_WORK_SLOTS 64
+/* item counters of the edge passes per step (ds4sci_cuda_et.d_work): one per edge pass launch
+   of a step with L layers at most (L forward, L (L - 1) / 2 re-run at checkpoint level 2, 2 L
+   backward: receiver or merged, and sender), plus a margin */
+#define ET_WORK_SLOTS(L) (3 * (L) + (L) * ((L) - 1) / 2 + 8)
 /* owned rows from which the receiver passes run their rows in a Morton order by default */
 #define ET_ORDER_MIN 16384
 
@@ -194,7 +196,8 @@ typedef struct ds4sci_cuda_et {
     int tc;                  /* edge forward on the float64 tensor cores (DS4SCI_CUDA_TC=0 off) */
     int dyn;                 /* dynamic items, et_edge_common.work: 2 every edge pass (default),
                                 1 the row-split passes (DS4SCI_CUDA_DYN=1), 0 none (=0) */
-    int *d_work;             /* [ET_WORK_SLOTS] the item counters, zeroed at each step's start */
+    int *d_work;             /* [ET_WORK_SLOTS(L)] the item counters, zeroed at each step's
+                                start */
     int order;               /* et_edge_common.order: -1 auto (default: from ET_ORDER_MIN owned
                                 rows, not in graph mode, checkpoint level < 2), 0 never
                                 (DS4SCI_CUDA_ORDER=0), 1 always (=1) */
