@@ -1168,18 +1168,56 @@ static int bits_for(int n)
     return b;
 }
 
+/* A stable radix sort of n (key, value) int pairs in one device buffer, laid out as
+   [key in | key out | value in | value out | cub scratch], each array 256-byte aligned: the
+   receiver row order (B_ORDER), the ghost fold (B_FOLD) and the wire plan's send entries
+   (B_WIRE, after its lists) use it. */
+typedef struct {
+    int n, bits;    /* pairs; key bits sorted (keys in [0, 2^bits)) */
+    size_t arr;     /* bytes of one array */
+    size_t tmp;     /* bytes of cub's scratch */
+} sort_pairs_layout;
+
+/* The layout for n pairs of bits-bit keys (cub asked for its scratch size). */
+static cudaError_t sort_pairs_plan(int n, int bits, cudaStream_t s, sort_pairs_layout *L)
+{
+    L->n = n;
+    L->bits = bits;
+    L->arr = ((size_t)(n > 0 ? n : 1) * sizeof(int) + 255) / 256 * 256;
+    L->tmp = 0;
+    return cub::DeviceRadixSort::SortPairs(NULL, L->tmp, (const int *)NULL, (int *)NULL,
+                                           (const int *)NULL, (int *)NULL, n, 0, bits, s);
+}
+
+static size_t sort_pairs_bytes(const sort_pairs_layout *L)
+{
+    return 4 * L->arr + L->tmp;
+}
+
+/* Array i of the layout at base (0 key in, 1 key out, 2 value in, 3 value out). */
+static int *sort_pairs_array(const sort_pairs_layout *L, void *base, int i)
+{
+    return (int *)((char *)base + (size_t)i * L->arr);
+}
+
+/* Sorts the layout at base: keys in / values in -> keys out / values out. */
+static cudaError_t sort_pairs_run(const sort_pairs_layout *L, void *base, cudaStream_t s)
+{
+    size_t tmp = L->tmp;
+    return cub::DeviceRadixSort::SortPairs((char *)base + 4 * L->arr, tmp,
+                                           sort_pairs_array(L, base, 0),
+                                           sort_pairs_array(L, base, 1),
+                                           sort_pairs_array(L, base, 2),
+                                           sort_pairs_array(L, base, 3), L->n, 0, L->bits, s);
+}
+
 /* B_WIRE's layout for a wire plan of ns send entries and nr received rows: the concatenated
-   lists (lists bytes), then four sort arrays of arr bytes (keys in / out, entries in / out),
-   then the sort's scratch (tmp bytes). */
+   lists (lists bytes), then the send entries' sort by row (sort_pairs_layout). */
 static cudaError_t wire_layout(int ns, int nr, int nl, cudaStream_t s, size_t *lists,
-                               size_t *arr, size_t *tmp)
+                               sort_pairs_layout *sort)
 {
     *lists = ((size_t)(ns + nr + 1) * sizeof(int) + 255) / 256 * 256;
-    *arr = ((size_t)(ns > 0 ? ns : 1) * sizeof(int) + 255) / 256 * 256;
-    *tmp = 0;
-    return cub::DeviceRadixSort::SortPairs(NULL, *tmp, (const int *)NULL, (int *)NULL,
-                                           (const int *)NULL, (int *)NULL, ns, 0, bits_for(nl),
-                                           s);
+    return sort_pairs_plan(ns, bits_for(nl), s, sort);
 }
 
 /* The step's inputs to the device (fixed buffers: a captured graph reads them there). */
@@ -1291,9 +1329,10 @@ static ds4sci_status compute_input(ds4sci_cuda_et *et, const ds4sci_system *sys,
         et->wire_ns = (int)ns;
         et->wire_nr = (int)nr;
         /* [send | recv | key in | key out | entry in | entry out | cub scratch] (wire_layout) */
-        size_t lists, arr, tmp;
-        CU(wire_layout(et->wire_ns, et->wire_nr, nl, s, &lists, &arr, &tmp), "cub sort size");
-        ST(ensure(et, B_WIRE, lists + 4 * arr + tmp, err, err_len));
+        size_t lists;
+        sort_pairs_layout sl;
+        CU(wire_layout(et->wire_ns, et->wire_nr, nl, s, &lists, &sl), "cub sort size");
+        ST(ensure(et, B_WIRE, lists + sort_pairs_bytes(&sl), err, err_len));
         if (ns + nr > 0)
             CU(cudaMemcpyAsync(et->buf[B_WIRE].p, et->h_wire, (ns + nr) * sizeof(int),
                                cudaMemcpyHostToDevice, s), "upload wire plan");
@@ -1710,20 +1749,15 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
        (side cutoff / 2; stable), recomputed each call (one radix sort of 30-bit keys) */
     if (nl > 1 && !et->edge_unfused &&
         (et->order == 1 || (et->order < 0 && nl >= ET_ORDER_MIN && !bound && ck < 2))) {
-        size_t otmp = 0;
-        CU(cub::DeviceRadixSort::SortPairs(NULL, otmp, (const int *)NULL, (int *)NULL,
-                                           (const int *)NULL, (int *)NULL, nl, 0, 30, s),
-           "cub sort size (order)");
-        const size_t arr = ((size_t)nl * sizeof(int) + 255) / 256 * 256;
-        ST(ensure(et, B_ORDER, 4 * arr + otmp, err, err_len));
-        char *ob = (char *)et->buf[B_ORDER].p;
-        int *kin = (int *)ob, *kout = (int *)(ob + arr), *vin = (int *)(ob + 2 * arr),
-            *vout = (int *)(ob + 3 * arr);
-        CU(et_order_keys(s, nl, BUF(double, B_POS), 0.5 * m->cu, kin, vin), "order keys");
-        CU(cub::DeviceRadixSort::SortPairs(ob + 4 * arr, otmp, kin, kout, vin, vout, nl, 0, 30,
-                                           s),
-           "cub sort (order)");
-        c.order = vout;
+        sort_pairs_layout so;
+        CU(sort_pairs_plan(nl, 30, s, &so), "cub sort size (order)");
+        ST(ensure(et, B_ORDER, sort_pairs_bytes(&so), err, err_len));
+        void *ob = et->buf[B_ORDER].p;
+        CU(et_order_keys(s, nl, BUF(double, B_POS), 0.5 * m->cu, sort_pairs_array(&so, ob, 0),
+                         sort_pairs_array(&so, ob, 2)),
+           "order keys");
+        CU(sort_pairs_run(&so, ob, s), "cub sort (order)");
+        c.order = sort_pairs_array(&so, ob, 3);
     }
     const int grid_l = (nl + ET_EDGE_WARPS - 1) / ET_EDGE_WARPS,
               grid_n = (n + ET_EDGE_WARPS - 1) / ET_EDGE_WARPS;
@@ -1786,43 +1820,38 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
        as the CPU path adds them): [key in | key out | ghost in | ghost out | cub scratch] */
     if ((builtin || partial) && ng > 0) {
         const int *own = builtin ? BUF(int, B_GOWN) : BUF(int, B_GPART);
-        size_t fold_tmp = 0;
-        CU(cub::DeviceRadixSort::SortPairs(NULL, fold_tmp, (const int *)NULL, (int *)NULL,
-                                           (const int *)NULL, (int *)NULL, ng, 0, bits_for(nl),
-                                           s), "cub sort size (fold)");
-        const size_t arr = ((size_t)ng * sizeof(int) + 255) / 256 * 256;
-        ST(ensure(et, B_FOLD, 4 * arr + fold_tmp, err, err_len));
-        char *fb = (char *)et->buf[B_FOLD].p;
-        int *kin = (int *)fb, *kout = (int *)(fb + arr), *gin = (int *)(fb + 2 * arr),
-            *gout = (int *)(fb + 3 * arr);
-        CU(et_fold_keys(s, nl, ng, own, kin, gin), "fold keys");
-        CU(cub::DeviceRadixSort::SortPairs(fb + 4 * arr, fold_tmp, kin, kout, gin, gout, ng, 0,
-                                           bits_for(nl), s), "cub sort (fold)");
-        xc.fold_key = kout;
-        xc.fold_ghost = gout;
+        sort_pairs_layout sf;
+        CU(sort_pairs_plan(ng, bits_for(nl), s, &sf), "cub sort size (fold)");
+        ST(ensure(et, B_FOLD, sort_pairs_bytes(&sf), err, err_len));
+        void *fb = et->buf[B_FOLD].p;
+        CU(et_fold_keys(s, nl, ng, own, sort_pairs_array(&sf, fb, 0),
+                        sort_pairs_array(&sf, fb, 2)),
+           "fold keys");
+        CU(sort_pairs_run(&sf, fb, s), "cub sort (fold)");
+        xc.fold_key = sort_pairs_array(&sf, fb, 1);
+        xc.fold_ghost = sort_pairs_array(&sf, fb, 3);
     }
     /* the wire plan (et->wire): its send entries sorted by row (stable: plan order within a
        row) for the reverse's fixed-order adds */
     if (use_wire(et, builtin, ex)) {
         const int ns = et->wire_ns, nr = et->wire_nr;
-        size_t lists, arr, wire_tmp; /* compute_input sized B_WIRE and uploaded the lists */
-        CU(wire_layout(ns, nr, nl, s, &lists, &arr, &wire_tmp), "cub sort size");
-        char *wb = (char *)et->buf[B_WIRE].p;
-        int *send = (int *)wb, *kin = (int *)(wb + lists), *kout = (int *)(wb + lists + arr),
-            *ein = (int *)(wb + lists + 2 * arr), *eout = (int *)(wb + lists + 3 * arr);
+        size_t lists; /* compute_input sized B_WIRE and uploaded the lists */
+        sort_pairs_layout sw;
+        CU(wire_layout(ns, nr, nl, s, &lists, &sw), "cub sort size");
+        int *send = (int *)et->buf[B_WIRE].p;
+        void *sb = (char *)et->buf[B_WIRE].p + lists;
         if (ns > 0) {
-            CU(cudaMemcpyAsync(kin, send, (size_t)ns * sizeof(int), cudaMemcpyDeviceToDevice, s),
+            CU(cudaMemcpyAsync(sort_pairs_array(&sw, sb, 0), send, (size_t)ns * sizeof(int),
+                               cudaMemcpyDeviceToDevice, s),
                "wire plan keys");
-            CU(et_iota(s, ns, ein), "wire plan entries");
-            CU(cub::DeviceRadixSort::SortPairs(wb + lists + 4 * arr, wire_tmp, kin, kout, ein,
-                                               eout, ns, 0, bits_for(nl), s),
-               "cub sort (wire plan)");
+            CU(et_iota(s, ns, sort_pairs_array(&sw, sb, 2)), "wire plan entries");
+            CU(sort_pairs_run(&sw, sb, s), "cub sort (wire plan)");
         }
         xc.plan = ex->plan;
         xc.wire_send = send;
         xc.wire_recv = send + ns;
-        xc.wire_key = kout;
-        xc.wire_entry = eout;
+        xc.wire_key = sort_pairs_array(&sw, sb, 1);
+        xc.wire_entry = sort_pairs_array(&sw, sb, 3);
         xc.wire_ns = ns;
         xc.wire_nr = nr;
     }
