@@ -271,6 +271,14 @@ extern "C" int ds4sci_cuda_device_count(void)
 
 static int is_pow2(int x) { return x > 0 && (x & (x - 1)) == 0; }
 
+/* a DS4SCI_CUDA_* switch: if_0 when the variable is "0", if_1 when it is "1", otherwise (unset
+   or anything else) dflt */
+static int env_switch(const char *name, int if_0, int if_1, int dflt)
+{
+    const char *v = getenv(name);
+    return v && strcmp(v, "0") == 0 ? if_0 : v && strcmp(v, "1") == 0 ? if_1 : dflt;
+}
+
 /* CUDA graph of the step (docs/gpu.md "CUDA graph of a step"), et->graph: 0 off
    (DS4SCI_CUDA_GRAPH=0, the unfused baseline, or a capture that failed); ET_GRAPH_ALL
    (DS4SCI_CUDA_GRAPH=1): every call with the built-in exchange; ET_GRAPH_AUTO (the default):
@@ -400,9 +408,8 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
            cores, a fast mode (docs/gpu.md v19: 1M atoms -8.4%; forces 1.6e-3 relative RMS
            against float64, fp32 1.2e-6). cuBLAS's fp32 emulation by BF16x9 was tried in v19:
            no change in speed or results on the H200 (cuBLAS 13 does not emulate there) */
-        const char *tf = getenv("DS4SCI_CUDA_TF32");
         if (b == CUBLAS_STATUS_SUCCESS)
-            b = cublasSetMathMode(et->blas, tf && strcmp(tf, "1") == 0
+            b = cublasSetMathMode(et->blas, env_switch("DS4SCI_CUDA_TF32", 0, 1, 0)
                                                 ? CUBLAS_TF32_TENSOR_OP_MATH
                                                 : CUBLAS_DEFAULT_MATH);
         if (b != CUBLAS_STATUS_SUCCESS) {
@@ -449,40 +456,34 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
            chunk instead of all atoms (docs/gpu.md v9); DS4SCI_CUDA_NODE_CHUNK=<rows> */
         const char *nc = getenv("DS4SCI_CUDA_NODE_CHUNK");
         et->node_chunk = nc && atoi(nc) > 0 ? atoi(nc) : 262144; /* v9: 1.7 GB, no cost */
-        const char *mg = getenv("DS4SCI_CUDA_MERGED");
-        et->merged = !(mg && strcmp(mg, "0") == 0);
+        et->merged = env_switch("DS4SCI_CUDA_MERGED", 0, 1, 1);
         /* built-in exchange: periodic images folded into their owned atoms after the graph
            build (images_folded; default), DS4SCI_CUDA_IMAGES=rows: ghost rows as before */
         const char *im = getenv("DS4SCI_CUDA_IMAGES");
         et->images = !(im && strcmp(im, "rows") == 0);
-        const char *fx = getenv("DS4SCI_CUDA_FASTEXP"); /* default on: see edge_common.cuh */
-        et->fastexp = !(fx && strcmp(fx, "0") == 0);
+        /* __expf in the basis: default on, see edge_common.cuh */
+        et->fastexp = env_switch("DS4SCI_CUDA_FASTEXP", 0, 1, 1);
         /* merged backward: the radial filter backward once per pair of reverse edges (edge_bwd.cu
            bwd_recv_row); DS4SCI_CUDA_PAIR=0: once per edge, as before */
-        const char *pr = getenv("DS4SCI_CUDA_PAIR");
-        et->pair = !(pr && strcmp(pr, "0") == 0);
+        et->pair = env_switch("DS4SCI_CUDA_PAIR", 0, 1, 1);
         /* the forward edge pass's filters on the float64 tensor cores where edge_fwd_tc.cu
            takes the layer (F = 128, K <= 32, no row split): the default since docs/gpu.md v27
            (more exact, 1-2.5% faster at 97k-1M atoms); DS4SCI_CUDA_TC=0: the FFMA forward */
-        const char *tc = getenv("DS4SCI_CUDA_TC");
-        et->tc = !(tc && strcmp(tc, "0") == 0);
+        et->tc = env_switch("DS4SCI_CUDA_TC", 0, 1, 1);
         /* the edge passes take their items (rows; (part, row) when split) from a counter
            (et_edge_common.work): docs/gpu.md v29 for the row-split passes (1k-10.6k atoms -5
            to -8%), v30 for S = 1 too (20k-97k atoms -4 to -5%); DS4SCI_CUDA_DYN=1: only the
            row-split passes (v29), =0: round-robin everywhere */
-        const char *dy = getenv("DS4SCI_CUDA_DYN");
-        et->dyn = dy && strcmp(dy, "0") == 0 ? 0 : dy && strcmp(dy, "1") == 0 ? 1 : 2;
+        et->dyn = env_switch("DS4SCI_CUDA_DYN", 0, 1, 2);
         /* the receiver passes' rows in a Morton order of their cells (et_edge_common.order;
            docs/gpu.md v30 item 5: with dynamic rows the window in flight shares L2 better
            when it is compact); DS4SCI_CUDA_ORDER=0 never, =1 always, default from
            ET_ORDER_MIN owned rows outside graph mode and below checkpoint level 2 */
-        const char *ov = getenv("DS4SCI_CUDA_ORDER");
-        et->order = ov && strcmp(ov, "0") == 0 ? 0 : ov && strcmp(ov, "1") == 0 ? 1 : -1;
+        et->order = env_switch("DS4SCI_CUDA_ORDER", 0, 1, -1);
         /* forward caller exchange as packed floats, default on since measured (docs/gpu.md
            v7: the same bits arrive; 2 GPUs 1M Si atoms 0.673 vs 0.780 s/step);
            DS4SCI_CUDA_XCH_F32=0: rows of doubles */
-        const char *xf = getenv("DS4SCI_CUDA_XCH_F32");
-        et->xch_f32 = !(xf && strcmp(xf, "0") == 0);
+        et->xch_f32 = env_switch("DS4SCI_CUDA_XCH_F32", 0, 1, 1);
         /* the caller's wire plan for the other processes' rows (docs/gpu.md v18, 1M Si atoms
            per GPU on 2 GPUs: device buffers by CUDA IPC 0.437 s/step, the callbacks 0.510, the
            plan on pinned host buffers 0.556): by default (-1) where the plan takes device
@@ -493,12 +494,9 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
            docs/gpu.md v19, LAMMPS 1M Si atoms on one H200, both on 0.434 -> 0.395 s/step
            (same thermo); =0 switches either off, DS4SCI_CUDA_RESIDENT_NBR=1 keeps the list
            for every caller */
-        const char *rn = getenv("DS4SCI_CUDA_RESIDENT_NBR");
-        et->resident_nbr = rn && strcmp(rn, "1") == 0 ? 1 : rn && strcmp(rn, "0") == 0 ? 0 : -1;
-        const char *dc = getenv("DS4SCI_CUDA_DEVICE_CHECKS");
-        et->device_checks = !(dc && strcmp(dc, "0") == 0);
-        const char *wv = getenv("DS4SCI_CUDA_WIRE");
-        et->wire = wv && strcmp(wv, "1") == 0 ? 1 : wv && strcmp(wv, "0") == 0 ? 0 : -1;
+        et->resident_nbr = env_switch("DS4SCI_CUDA_RESIDENT_NBR", 0, 1, -1);
+        et->device_checks = env_switch("DS4SCI_CUDA_DEVICE_CHECKS", 0, 1, 1);
+        et->wire = env_switch("DS4SCI_CUDA_WIRE", 0, 1, -1);
         const char *sx = getenv("DS4SCI_CUDA_SPLIT"); /* 1, 2, 4, 8; anything else: per pass */
         et->split_force = sx && (!strcmp(sx, "1") || !strcmp(sx, "2") || !strcmp(sx, "4") ||
                                  !strcmp(sx, "8")) ? atoi(sx) : 0;
@@ -506,12 +504,10 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
            never; not with the unfused baseline (cuSPARSE scratch allocated on first use). A
            graph-mode call records no profile stage events (events inside a capture time
            nothing): the profile's stage means are over the other calls */
-        const char *gr = getenv("DS4SCI_CUDA_GRAPH");
-        et->graph = et->edge_unfused || (gr && strcmp(gr, "0") == 0) ? 0
-                    : gr && strcmp(gr, "1") == 0                  ? ET_GRAPH_ALL
-                                                                  : ET_GRAPH_AUTO;
-        const char *gu = getenv("DS4SCI_CUDA_GRAPH_UPDATE");
-        et->graph_update = !(gu && strcmp(gu, "0") == 0);
+        et->graph = et->edge_unfused
+                        ? 0
+                        : env_switch("DS4SCI_CUDA_GRAPH", 0, ET_GRAPH_ALL, ET_GRAPH_AUTO);
+        et->graph_update = env_switch("DS4SCI_CUDA_GRAPH_UPDATE", 0, 1, 1);
         const char *pp = getenv("DS4SCI_CUDA_PROFILE");
         if (pp && *pp) {
             et->profile_path = strdup(pp);
