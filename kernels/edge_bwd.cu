@@ -56,12 +56,12 @@ static __device__ __forceinline__ void merged_send_second(const et_edge_common &
  */
 template <int CPL, int P0>
 static __device__ __forceinline__ void pre_to_smem(const float *s_wt, const float *s_b,
-                                                   const float *s_rbf, int K, int F, int wl,
+                                                   const float *s_rbf, int kw, int F, int wl,
                                                    float *s_pre)
 {
     constexpr int E = ET_EDGE_CHUNK, AW = 32 * CPL;
     float a[E][2][CPL];
-    filter_pre<CPL, E, 2, 4, P0>(s_wt, s_b, s_rbf, K, F, wl, a);
+    filter_pre<CPL, E, 2, 4, P0>(s_wt, s_b, s_rbf, kw, F, wl, a);
 #pragma unroll
     for (int i = 0; i < E; i++) {
         st_vec<CPL>(s_pre + 2 * i * AW, a[i][0]);
@@ -84,7 +84,7 @@ static __device__ __forceinline__ void gp_to_smem(float *s_pre, int i, const flo
 
 template <int CPL, int P0>
 static __device__ __forceinline__ void back_from_smem(const float *s_wt, const float *s_drbf,
-                                                      int K, int F, int wl, const float *s_pre,
+                                                      int kw, int F, int wl, const float *s_pre,
                                                       float (&grl)[ET_EDGE_CHUNK])
 {
     constexpr int E = ET_EDGE_CHUNK, AW = 32 * CPL;
@@ -94,7 +94,7 @@ static __device__ __forceinline__ void back_from_smem(const float *s_wt, const f
         ld_vec<CPL>(s_pre + 2 * i * AW, a[i][0]);
         ld_vec<CPL>(s_pre + (2 * i + 1) * AW, a[i][1]);
     }
-    filter_back<CPL, E, 2, 4, P0>(s_wt, s_drbf, K, F, wl, a, grl);
+    filter_back<CPL, E, 2, 4, P0>(s_wt, s_drbf, kw, F, wl, a, grl);
 }
 
 /*
@@ -209,7 +209,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
             grl[i] = 0.f;
         /* r_i read where each RBF needs it (not held in registers across the loop above) */
         const auto r_of = [&](int i) { return md.geo[i].w; };
-        stage_rbf_of<E, true>(c, r_of, nv, lane, s_rbf, s_drbf);
+        const int kw = stage_rbf_of<E, true, true, true>(c, r_of, nv, lane, s_rbf, s_drbf);
         float dcl;
         const float ccl = cutoff_lane<E>(c, r_of, nv, lane, &dcl);
         /* 1 / r of edge lane mod E (0: the self-loop, empty slots), shuffled as the cutoff */
@@ -234,7 +234,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
             ldg_vec<CPL>(l.gX + (size_t)t * F + f0, gX);
             zero_off<CPL>(on, q);
             zero_off<CPL>(on, gX);
-            pre_to_smem<CPL, 0>(s_wt, s_b, s_rbf, c.K, F, wl, s_pre);
+            pre_to_smem<CPL, 0>(s_wt, s_b, s_rbf, kw, F, wl, s_pre);
 #pragma unroll 1
             for (int i = 0; i < E; i++) {
                 float a0[2][CPL], gp[2][CPL];
@@ -308,7 +308,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                 gp_to_smem<CPL>(s_pre, i, gp, grl, gr0);
             }
             if (back)
-                back_from_smem<CPL, 0>(s_wt, s_drbf, c.K, F, wl, s_pre, grl);
+                back_from_smem<CPL, 0>(s_wt, s_drbf, kw, F, wl, s_pre, grl);
             __syncwarp(); /* s_sc written */
         }
         {
@@ -318,7 +318,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                 ldg_vec<CPL>(l.gV + ((size_t)t * 3 + cx) * F + f0, gV[cx]);
                 zero_off<CPL>(on, gV[cx]);
             }
-            pre_to_smem<CPL, 2>(s_wt, s_b, s_rbf, c.K, F, wl, s_pre);
+            pre_to_smem<CPL, 2>(s_wt, s_b, s_rbf, kw, F, wl, s_pre);
 #pragma unroll 1
             for (int i = 0; i < E; i++) {
                 float a0[2][CPL], gp[2][CPL];
@@ -403,7 +403,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                 gp_to_smem<CPL>(s_pre, i, gp, grl, gr0);
             }
             if (back)
-                back_from_smem<CPL, 2>(s_wt, s_drbf, c.K, F, wl, s_pre, grl);
+                back_from_smem<CPL, 2>(s_wt, s_drbf, kw, F, wl, s_pre, grl);
         }
         /* dE/dw_e = dE/dr_e d + (g_d - d (d . g_d)) / r: the radial part (filters, RBF,
            cutoff) summed over the warp for the chunk's edges at once (lane 8 i: edge i), and
@@ -524,11 +524,12 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                 rcv[i] = i < nv ? (REST ? c.tr_dst2[cb + i] : c.e_dst[eid[i]]) : 0;
                 r[i] = i < nv ? c.e_geo[eid[i]].w : 0.f;
             }
-            stage_rbf<E, false, false>(c, r, nv, lane, s_rbf, nullptr);
+            /* all of [0, K) here (the window's register cost spilled in this pass) */
+            const int kw = stage_rbf<E, false, false>(c, r, nv, lane, s_rbf, nullptr);
             __syncwarp();
             {
                 float pre[E][2][CPL];
-                filter_pre<CPL, E, 2, 4, 0>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
+                filter_pre<CPL, E, 2, 4, 0>(s_wt, s_b, s_rbf, kw, F, wl, pre);
 #pragma unroll
                 for (int i = 0; i < E; i++) {
                     if (i >= nv)
@@ -566,7 +567,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
             }
             {
                 float pre[E][2][CPL];
-                filter_pre<CPL, E, 2, 4, 2>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
+                filter_pre<CPL, E, 2, 4, 2>(s_wt, s_b, s_rbf, kw, F, wl, pre);
                 __syncwarp();
 #pragma unroll
                 for (int i = 0; i < E; i++) {
@@ -1070,7 +1071,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, NE_BWD_MIN_BLOCKS(C
                     cc[i] = __shfl_sync(0xffffffffu, ccl, i);
                     dc[i] = __shfl_sync(0xffffffffu, dcl, i);
                 }
-                filter_pre<CPL, E, 1>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
+                filter_pre<CPL, E, 1>(s_wt, s_b, s_rbf, kwin_pack(0, c.K), F, wl, pre);
 #pragma unroll
                 for (int i = 0; i < E; i++) {
                     float gcd = 0.f;
@@ -1082,7 +1083,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, NE_BWD_MIN_BLOCKS(C
                     }
                     v[i] = gcd * dc[i]; /* added to grl below, as grl + gcd before */
                 }
-                filter_back<CPL, E, 1>(s_wt, s_drbf, c.K, F, wl, gpre, grl);
+                filter_back<CPL, E, 1>(s_wt, s_drbf, kwin_pack(0, c.K), F, wl, gpre, grl);
 #pragma unroll
                 for (int i = 0; i < E; i++)
                     v[i] = grl[i] + v[i];

@@ -264,6 +264,20 @@ static __device__ __forceinline__ float cutoff_pi(float r, float cl, float cu, f
     return 0.5f * (cospif(x) + 1.0f);
 }
 
+/* ExpNormal basis function k (et_expnorm_k_f), 0 (and *df 0) where its exponent beta (u - mu)^2
+   exceeds c.rbf_flush (DS4SCI_CUDA_RBF_FLUSH; INFINITY by default: never) */
+static __device__ __forceinline__ float expnorm_k(const et_edge_common &c, float u, float phi,
+                                                  float dphi, float ak, float bk, float *df)
+{
+    const float du = u - ak;
+    if (bk * (du * du) > c.rbf_flush) {
+        if (df)
+            *df = 0.f;
+        return 0.f;
+    }
+    return et_expnorm_k_f(u, phi, dphi, c.alpha, ak, bk, df);
+}
+
 /* Radial basis function k at r (rbf_k of et_cuda.cuh with cutoff_pi as the envelope). */
 static __device__ __forceinline__ float rbf_k_pi(const et_edge_common &c, float r, float ak,
                                                  float bk, float *df)
@@ -272,7 +286,7 @@ static __device__ __forceinline__ float rbf_k_pi(const et_edge_common &c, float 
         float dphi = 0.f;
         const float phi = cutoff_pi(r, 0.0f, c.cu, df ? &dphi : nullptr);
         const float u = expf(c.alpha * (c.cl - r));
-        return et_expnorm_k_f(u, phi, dphi, c.alpha, ak, bk, df);
+        return expnorm_k(c, u, phi, dphi, ak, bk, df);
     }
     const float x = r - ak;
     const float v = expf(c.rbf_coeff * (x * x));
@@ -291,10 +305,20 @@ static __device__ __forceinline__ float rbf_k_pi(const et_edge_common &c, float 
  * for every edge (the same functions of the same r: the same bits; docs/gpu.md v19). PAR =
  * false: every lane evaluates them (the 3 E values held across the k loop spill in kernels
  * capped at 64 registers or fewer: the neighbour embedding's, the separate sender pass).
+ *
+ * Returns the chunk's basis window (kwin_pack; warp-uniform): with WIN and c.kwin, [k0, k1)
+ * holds every k at which some staged value (f_k(r_i), or f'_k(r_i) when DRBF) is nonzero.
+ * Outside it every staged value is exactly 0, and the filters' k loops over [k0, k1) give the
+ * same bits as over [0, K) (fmaf(0, w, a) = a): the expnorm basis exp(-beta (u - mu_k)^2)
+ * underflows to 0 ~20 spacings of its means away from the edge's u, so a chunk of 4 edges
+ * needs ~21 of 32 (docs/gpu.md v32). Without WIN (kernels whose registers have no room for the
+ * window): [0, K). The expnorm values are expnorm_k's (flushed to 0 past c.rbf_flush).
  */
-template <int E, bool DRBF = false, bool PAR = true, class R>
-static __device__ __forceinline__ void stage_rbf_of(const et_edge_common &c, R r, int nv,
-                                                    int lane, float *s_rbf, float *s_drbf)
+static __host__ __device__ __forceinline__ int kwin_pack(int k0, int k1) { return k0 | k1 << 16; }
+
+template <int E, bool DRBF = false, bool PAR = true, bool WIN = false, class R>
+static __device__ __forceinline__ int stage_rbf_of(const et_edge_common &c, R r, int nv,
+                                                   int lane, float *s_rbf, float *s_drbf)
 {
     static_assert(E <= 32 && (E & (E - 1)) == 0, "lane & (E - 1) maps lanes onto the edges");
     const bool en = c.rbf == ET_RBF_EXPNORM;
@@ -316,20 +340,54 @@ static __device__ __forceinline__ void stage_rbf_of(const et_edge_common &c, R r
             dphi[i] = DRBF ? __shfl_sync(0xffffffffu, dp, i) : 0.f;
         }
     }
-    for (int k = lane; k < c.K; k += 32) {
-        float ak = __ldg(c.rbf_a + k), bk = c.rbf_b ? __ldg(c.rbf_b + k) : 0.f;
+    if constexpr (!WIN) {
+        for (int k = lane; k < c.K; k += 32) {
+            float ak = __ldg(c.rbf_a + k), bk = c.rbf_b ? __ldg(c.rbf_b + k) : 0.f;
 #pragma unroll
-        for (int i = 0; i < E; i++) {
-            float df = 0.f, f = 0.f;
-            if (i < nv)
-                f = PAR && en ? et_expnorm_k_f(u[i], phi[i], dphi[i], c.alpha, ak, bk,
-                                               DRBF ? &df : nullptr)
-                              : rbf_k_pi(c, r(i), ak, bk, DRBF ? &df : nullptr);
-            s_rbf[k * E + i] = f;
-            if (DRBF)
-                s_drbf[k * E + i] = df;
+            for (int i = 0; i < E; i++) {
+                float df = 0.f, f = 0.f;
+                if (i < nv)
+                    f = PAR && en ? expnorm_k(c, u[i], phi[i], dphi[i], ak, bk,
+                                              DRBF ? &df : nullptr)
+                                  : rbf_k_pi(c, r(i), ak, bk, DRBF ? &df : nullptr);
+                s_rbf[k * E + i] = f;
+                if (DRBF)
+                    s_drbf[k * E + i] = df;
+            }
+        }
+        return kwin_pack(0, c.K);
+    }
+    int k_lo = c.K, k_hi = 0;
+    for (int kb = 0; kb < c.K; kb += 32) {
+        const int k = kb + lane;
+        bool nz = false;
+        if (k < c.K) {
+            float ak = __ldg(c.rbf_a + k), bk = c.rbf_b ? __ldg(c.rbf_b + k) : 0.f;
+#pragma unroll
+            for (int i = 0; i < E; i++) {
+                float df = 0.f, f = 0.f;
+                if (i < nv)
+                    f = PAR && en ? expnorm_k(c, u[i], phi[i], dphi[i], ak, bk,
+                                              DRBF ? &df : nullptr)
+                                  : rbf_k_pi(c, r(i), ak, bk, DRBF ? &df : nullptr);
+                s_rbf[k * E + i] = f;
+                if (DRBF)
+                    s_drbf[k * E + i] = df;
+                nz |= f != 0.f || df != 0.f;
+            }
+        }
+        if (c.kwin) {
+            const unsigned m = __ballot_sync(0xffffffffu, nz);
+            if (m) {
+                k_lo = min(k_lo, kb + __ffs(m) - 1);
+                k_hi = kb + 32 - __clz(m);
+            }
         }
     }
+    if (!c.kwin)
+        return kwin_pack(0, c.K);
+    /* every value 0: one term, the bias plus 0 */
+    return k_hi > k_lo ? kwin_pack(k_lo, k_hi) : kwin_pack(0, 1);
 }
 
 /* The attention cutoff c(r) (and c'(r) when dc) of edge lane mod E of a chunk (0 for the empty
@@ -356,10 +414,10 @@ static __device__ __forceinline__ float cutoff_lane(const et_edge_common &c, R r
 
 /* r_i from an array r[E] */
 template <int E, bool DRBF = false, bool PAR = true>
-static __device__ __forceinline__ void stage_rbf(const et_edge_common &c, const float (&r)[E],
-                                                 int nv, int lane, float *s_rbf, float *s_drbf)
+static __device__ __forceinline__ int stage_rbf(const et_edge_common &c, const float (&r)[E],
+                                                int nv, int lane, float *s_rbf, float *s_drbf)
 {
-    stage_rbf_of<E, DRBF, PAR>(c, [&](int i) { return r[i]; }, nv, lane, s_rbf, s_drbf);
+    return stage_rbf_of<E, DRBF, PAR>(c, [&](int i) { return r[i]; }, nv, lane, s_rbf, s_drbf);
 }
 
 /* The E values of row k of a warp's staged [K][E] array (s_rbf, s_drbf): one 16-byte shared
@@ -383,19 +441,22 @@ static __device__ __forceinline__ void lds_chunk(const float *p, float (&v)[E])
 /*
  * pre[i][p][j] = b_q[ch] + sum_k W_q[ch][k] f_k(r_i), q = P0 + p, for the lane's channels ch of
  * parts P0 .. P0+NP-1 of filters stored with NPT parts per row k, for the E edges staged in
- * s_rbf. Each weight read from shared memory is used E times.
+ * s_rbf, k over the window kw (kwin_pack(k0, k1), k1 > k0: stage_rbf_of's, or all of [0, K)).
+ * Each weight read from shared memory is used E times.
  */
 template <int CPL, int E, int NP, int NPT = NP, int P0 = 0>
 static __device__ __forceinline__ void filter_pre(const float *s_wt, const float *s_b,
-                                                  const float *s_rbf, int K, int F, int wl,
+                                                  const float *s_rbf, int kw, int F, int wl,
                                                   float (&pre)[E][NP][CPL])
 {
-    const int lane = wl;
-    const float *w_k = s_wt + P0 * F + lane * CPL; /* row k of the lane's weights */
-    /* k = 0 with the bias as the addend: the accumulators start there without moves (K >= 1) */
+    const int lane = wl, k0 = kw & 0xffff, k1 = kw >> 16;
+    /* row k of the lane's weights */
+    const float *w_k = s_wt + (size_t)k0 * NPT * F + P0 * F + lane * CPL;
+    const float *rb_k = s_rbf + k0 * E;
+    /* k = k0 with the bias as the addend: the accumulators start there without moves */
     {
         float rb[E];
-        lds_chunk<E>(s_rbf, rb);
+        lds_chunk<E>(rb_k, rb);
 #pragma unroll
         for (int p = 0; p < NP; p++) {
             float b[CPL], w[CPL];
@@ -408,9 +469,8 @@ static __device__ __forceinline__ void filter_pre(const float *s_wt, const float
                     pre[i][p][j] = fmaf(rb[i], w[j], b[j]);
         }
     }
-    const float *rb_k = s_rbf;
 #pragma unroll 2
-    for (int k = 1; k < K; k++) {
+    for (int k = k0 + 1; k < k1; k++) {
         rb_k += E;
         w_k += NPT * F;
         float rb[E];
@@ -431,7 +491,7 @@ static __device__ __forceinline__ void filter_pre(const float *s_wt, const float
 /*
  * Filter backward, radial part, for the E edges of a chunk: given gp[i][p][j] = dE/dpre of edge i
  * for the lane's channels of parts P0 .. P0+NP-1 (rows of NPT parts; zero for edges that have no
- * geometry gradient), adds to grl[i] this lane's share of
+ * geometry gradient), adds to grl[i] this lane's share of (k over the window kw, as filter_pre)
  *   sum_k g_f_k(i) f'_k(r_i),  g_f_k(i) = sum_ch gp[i][ch] W[ch][k],
  * the caller sums grl[i] over the warp. By linearity the cross-lane sum of g_f_k needs no
  * transpose: each lane multiplies its own partial sum over its channels by f'_k(r_i) (the same
@@ -439,13 +499,13 @@ static __device__ __forceinline__ void filter_pre(const float *s_wt, const float
  * from shared memory serves the E edges.
  */
 template <int CPL, int E, int NP, int NPT = NP, int P0 = 0>
-static __device__ __forceinline__ void filter_back(const float *s_wt, const float *s_drbf, int K,
+static __device__ __forceinline__ void filter_back(const float *s_wt, const float *s_drbf, int kw,
                                                    int F, int wl, const float (&gp)[E][NP][CPL],
                                                    float (&grl)[E])
 {
     s_wt += P0 * F;
 #pragma unroll 2
-    for (int k = 0; k < K; k++) {
+    for (int k = kw & 0xffff; k < kw >> 16; k++) {
         float acc[E];
 #pragma unroll
         for (int i = 0; i < E; i++)

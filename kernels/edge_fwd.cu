@@ -56,7 +56,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                                               lane, s_meta + MW);
             float sv[E];
             const auto r_of = [&](int i) { return md.geo[i].w; };
-            stage_rbf_of<E>(c, r_of, nv, lane, s_rbf, nullptr);
+            const int kw = stage_rbf_of<E, false, true, true>(c, r_of, nv, lane, s_rbf, nullptr);
             const float ccl = cutoff_lane<E>(c, r_of, nv, lane, nullptr);
             /* sv / r of edge lane mod E, the gates' direction factor (0: the self-loop, empty
                slots), shuffled as the cutoff: one division per chunk instead of one per edge */
@@ -69,7 +69,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                scalar message), then the two gate filters (the vector message). */
             {
                 float pre[E][2][CPL];
-                filter_pre<CPL, E, 2, 4, 0>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
+                filter_pre<CPL, E, 2, 4, 0>(s_wt, s_b, s_rbf, kw, F, wl, pre);
 #pragma unroll
                 for (int i = 0; i < E; i++) {
                     if (i >= nv)
@@ -98,7 +98,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
             }
             {
                 float pre[E][2][CPL];
-                filter_pre<CPL, E, 2, 4, 2>(s_wt, s_b, s_rbf, c.K, F, wl, pre);
+                filter_pre<CPL, E, 2, 4, 2>(s_wt, s_b, s_rbf, kw, F, wl, pre);
                 __syncwarp();
 #pragma unroll
                 for (int i = 0; i < E; i++) {
@@ -185,7 +185,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, NE_FWD_MIN_BLOCKS(C
             const float ccl = ev ? cutoff_pi(md.geo[ie].w, c.cl, c.cu, nullptr) : 0.f;
             __syncwarp();
             float pre[E][1][CPL];
-            filter_pre<CPL, E, 1>(s_wt, s_b, s_rbf, c.K, F, f0 / CPL, pre);
+            filter_pre<CPL, E, 1>(s_wt, s_b, s_rbf, kwin_pack(0, c.K), F, f0 / CPL, pre);
             /* the next chunk's edge_meta_take (__syncwarp first) orders these reads of s_rbf
                and s_meta before its writes */
 #pragma unroll

@@ -134,7 +134,7 @@ static __global__ void __launch_bounds__(32 * TC_WARPS, 1)
                     float f = 0.f;
                     if (ok && k < c.K) {
                         const float ak = __ldg(c.rbf_a + k), bk = c.rbf_b ? __ldg(c.rbf_b + k) : 0.f;
-                        f = en ? et_expnorm_k_f(u, phi, 0.f, c.alpha, ak, bk, nullptr)
+                        f = en ? expnorm_k(c, u, phi, 0.f, ak, bk, nullptr)
                                : rbf_k_pi(c, rr, ak, bk, nullptr);
                     }
                     a[s] = f;

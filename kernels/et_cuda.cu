@@ -466,6 +466,13 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
         /* merged backward: the radial filter backward once per pair of reverse edges (edge_bwd.cu
            bwd_recv_row); DS4SCI_CUDA_PAIR=0: once per edge, as before */
         et->pair = env_switch("DS4SCI_CUDA_PAIR", 0, 1, 1);
+        /* the filters' k loops over each chunk's window of nonzero basis values (edge_common.cuh
+           stage_rbf_of: the same bits, docs/gpu.md v32); DS4SCI_CUDA_KWIN=0: over all K.
+           DS4SCI_CUDA_RBF_FLUSH=x (x > 0): expnorm values below e^-x of the peak flushed to
+           0 first, a fast mode (docs/gpu.md v32 for its errors) */
+        et->kwin = env_switch("DS4SCI_CUDA_KWIN", 0, 1, 1);
+        const char *fl = getenv("DS4SCI_CUDA_RBF_FLUSH");
+        et->rbf_flush = fl && atof(fl) > 0 ? (float)atof(fl) : INFINITY;
         /* the forward edge pass's filters on the float64 tensor cores where edge_fwd_tc.cu
            takes the layer (F = 128, K <= 32, no row split): the default since docs/gpu.md v27
            (more exact, 1-2.5% faster at 97k-1M atoms); DS4SCI_CUDA_TC=0: the FFMA forward */
@@ -1740,6 +1747,8 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     c.F = F;
     c.fastexp = et->fastexp;
     c.pair = et->pair;
+    c.kwin = et->kwin;
+    c.rbf_flush = et->rbf_flush;
     c.tc = et->tc;
     /* the receiver passes' row order: owned rows sorted by the Morton code of their cell
        (side cutoff / 2; stable), recomputed each call (one radix sort of 30-bit keys) */

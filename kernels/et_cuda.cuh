@@ -97,6 +97,10 @@ typedef struct et_edge_common {
     int fastexp;             /* SiLU's exponential by ex2.approx (DS4SCI_CUDA_FASTEXP=0: expf) */
     int pair;                /* merged backward: one filter backward per pair of reverse edges
                                 (DS4SCI_CUDA_PAIR=0: one per edge); see bwd_recv_row */
+    int kwin;                /* the FFMA filters' k loops over each chunk's nonzero basis
+                                window (stage_rbf_of; default, the same bits; KWIN=0: all K) */
+    float rbf_flush;         /* expnorm basis values with beta (u - mu)^2 above this flushed
+                                to 0 (DS4SCI_CUDA_RBF_FLUSH; default INFINITY: none) */
     int tc;                  /* the forward's filters on the float64 tensor cores where
                                 edge_fwd_tc.cu takes the layer (default; DS4SCI_CUDA_TC=0 off) */
     int *work;               /* the edge passes (the forward, the merged or receiver and
@@ -193,6 +197,8 @@ typedef struct ds4sci_cuda_et {
     int fastexp;             /* SiLU in the edge kernels with __expf (default; FASTEXP=0: expf) */
     int pair;                /* merged backward: the filter backward once per pair of reverse
                                 edges (default; DS4SCI_CUDA_PAIR=0: once per edge) */
+    int kwin;                /* et_edge_common.kwin (DS4SCI_CUDA_KWIN=0: off) */
+    float rbf_flush;         /* et_edge_common.rbf_flush (DS4SCI_CUDA_RBF_FLUSH=<x>, x > 0) */
     int tc;                  /* edge forward on the float64 tensor cores (DS4SCI_CUDA_TC=0 off) */
     int dyn;                 /* dynamic items, et_edge_common.work: 2 every edge pass (default),
                                 1 the row-split passes (DS4SCI_CUDA_DYN=1), 0 none (=0) */

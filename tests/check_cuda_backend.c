@@ -1151,6 +1151,52 @@ START_TEST(test_dynamic_items_same_bits)
 }
 END_TEST
 
+/* The filters' k loops over each chunk's window of nonzero basis values (edge_common.cuh
+   stage_rbf_of; DS4SCI_CUDA_KWIN=0: over all K) give the same bits, in the passes that take the
+   window: the FFMA forward, the merged backward (whole rows and split) and the receiver pass
+   (DS4SCI_CUDA_MERGED=0). K = 32 as in the reference model: the expnorm basis underflows to 0
+   at the high k of every edge longer than ~2 A (cutoff 5 A), so the windows are narrower than
+   [0, K) in most chunks; with K = 8 (tu_opts_default) they never are. */
+START_TEST(test_basis_window_same_bits)
+{
+    tu_opts o;
+    tu_opts_default(&o);
+    o.F = 32;
+    o.K = 32;
+    o.L = 2;
+    o.cutoff_upper = 5.0;
+    et_desc *d = tu_desc_new(&o);
+    ds4sci_system sys;
+    ds4sci_graph *g = random_system(150, 0.08, 1, o.max_z, o.cutoff_upper, 31, &sys);
+    ds4sci_ctx *cpu = tu_ctx_cpu(d, 0);
+    tu_result rc;
+    run(cpu, &sys, NULL, &rc);
+    static const char *const var[3] = {"DS4SCI_CUDA_SPLIT", "DS4SCI_CUDA_SPLIT",
+                                       "DS4SCI_CUDA_MERGED"};
+    static const char *const val[3] = {NULL, "1", "0"};
+    for (int v = 0; v < 3; v++) {
+        char *keep = env_set(var[v], val[v]);
+        ds4sci_ctx *win = ctx_cuda_env(d, "DS4SCI_CUDA_KWIN", NULL);
+        ds4sci_ctx *all = ctx_cuda_env(d, "DS4SCI_CUDA_KWIN", "0");
+        env_restore(var[v], keep);
+        tu_result x, y;
+        run(win, &sys, NULL, &x);
+        run(all, &sys, NULL, &y);
+        ck_assert_msg(same_bits(&x, &y), "%s=%s: the basis window changes the result", var[v],
+                      val[v] ? val[v] : "(unset)");
+        compare(&x, &rc, "basis window vs CPU");
+        tu_result_free(&x);
+        tu_result_free(&y);
+        ds4sci_ctx_free(win);
+        ds4sci_ctx_free(all);
+    }
+    tu_result_free(&rc);
+    ds4sci_ctx_free(cpu);
+    ds4sci_graph_free(g);
+    tu_desc_free(d);
+}
+END_TEST
+
 /* The caller-exchange path gives the built-in path's results, with backend.h's sequence. */
 START_TEST(test_caller_exchange_matches_builtin_and_sequence)
 {
@@ -1655,6 +1701,7 @@ static Suite *suite(void)
     tcase_add_test(tx, test_resident_neighbors_match);
     tcase_add_test(tx, test_device_input_checks);
     tcase_add_test(tx, test_dynamic_items_same_bits);
+    tcase_add_test(tx, test_basis_window_same_bits);
     tcase_add_loop_test(tx, test_two_domains_wire_plan, 0, 10);
     suite_add_tcase(s, tx);
     return s;
