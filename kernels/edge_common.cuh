@@ -265,7 +265,7 @@ static __device__ __forceinline__ float cutoff_pi(float r, float cl, float cu, f
 }
 
 /* ExpNormal basis function k (et_expnorm_k_f), 0 (and *df 0) where its exponent beta (u - mu)^2
-   exceeds c.rbf_flush (DS4SCI_CUDA_RBF_FLUSH; INFINITY by default: never) */
+   exceeds c.rbf_flush (et_cuda.cu ET_RBF_FLUSH: values below ~2^-52 of the peak) */
 static __device__ __forceinline__ float expnorm_k(const et_edge_common &c, float u, float phi,
                                                   float dphi, float ak, float bk, float *df)
 {
@@ -289,7 +289,8 @@ static __device__ __forceinline__ float rbf_k_pi(const et_edge_common &c, float 
         return expnorm_k(c, u, phi, dphi, ak, bk, df);
     }
     const float x = r - ak;
-    const float v = expf(c.rbf_coeff * (x * x));
+    /* flushed past c.rbf_flush as expnorm_k (rbf_coeff < 0) */
+    const float v = -c.rbf_coeff * (x * x) > c.rbf_flush ? 0.f : expf(c.rbf_coeff * (x * x));
     if (df)
         *df = v * 2.0f * c.rbf_coeff * x;
     return v;
@@ -311,8 +312,9 @@ static __device__ __forceinline__ float rbf_k_pi(const et_edge_common &c, float 
  * Outside it every staged value is exactly 0, and the filters' k loops over [k0, k1) give the
  * same bits as over [0, K) (fmaf(0, w, a) = a): the expnorm basis exp(-beta (u - mu_k)^2)
  * underflows to 0 ~20 spacings of its means away from the edge's u, so a chunk of 4 edges
- * needs ~21 of 32 (docs/gpu.md v32). Without WIN (kernels whose registers have no room for the
- * window): [0, K). The expnorm values are expnorm_k's (flushed to 0 past c.rbf_flush).
+ * needs ~21 of 32, and with the flush of values below ~2^-52 of the peak (expnorm_k, rbf_k_pi)
+ * ~14 (docs/gpu.md v32). Without WIN (kernels whose registers have no room for the window):
+ * [0, K).
  */
 static __host__ __device__ __forceinline__ int kwin_pack(int k0, int k1) { return k0 | k1 << 16; }
 

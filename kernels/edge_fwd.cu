@@ -180,12 +180,12 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, NE_FWD_MIN_BLOCKS(C
             const bool ev = ie < nv;
             /* in flight during the RBF staging and the filter (row 0 for the empty slots) */
             const int zl = ev ? __ldg(z + md.src[ie]) : 0;
-            stage_rbf_of<E, false, false>(c, [&](int i) { return md.geo[i].w; }, nv, lane, s_rbf,
-                                          nullptr);
+            const int kw = stage_rbf_of<E, false, false, true>(
+                c, [&](int i) { return md.geo[i].w; }, nv, lane, s_rbf, nullptr);
             const float ccl = ev ? cutoff_pi(md.geo[ie].w, c.cl, c.cu, nullptr) : 0.f;
             __syncwarp();
             float pre[E][1][CPL];
-            filter_pre<CPL, E, 1>(s_wt, s_b, s_rbf, kwin_pack(0, c.K), F, f0 / CPL, pre);
+            filter_pre<CPL, E, 1>(s_wt, s_b, s_rbf, kw, F, f0 / CPL, pre);
             /* the next chunk's edge_meta_take (__syncwarp first) orders these reads of s_rbf
                and s_meta before its writes */
 #pragma unroll

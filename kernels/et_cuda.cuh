@@ -78,6 +78,9 @@ typedef struct et_dmodel {
 #define ET_WORK_SLOTS(L) (3 * (L) + (L) * ((L) - 1) / 2 + 8)
 /* owned rows from which the receiver passes run their rows in a Morton order by default */
 #define ET_ORDER_MIN 16384
+/* Basis values whose exponent is below -ET_RBF_FLUSH (e^-36.04 = 2^-52 of the basis's peak) are
+   0 in the GPU edge passes (et_edge_common.rbf_flush; docs/gpu.md v32) */
+#define ET_RBF_FLUSH 36.04f
 
 /* Common edge-kernel inputs. */
 typedef struct et_edge_common {
@@ -99,8 +102,9 @@ typedef struct et_edge_common {
                                 (DS4SCI_CUDA_PAIR=0: one per edge); see bwd_recv_row */
     int kwin;                /* the FFMA filters' k loops over each chunk's nonzero basis
                                 window (stage_rbf_of; default, the same bits; KWIN=0: all K) */
-    float rbf_flush;         /* expnorm basis values with beta (u - mu)^2 above this flushed
-                                to 0 (DS4SCI_CUDA_RBF_FLUSH; default INFINITY: none) */
+    float rbf_flush;         /* basis values whose exponent (beta (u - mu)^2, expnorm;
+                                -coeff (r - offset)^2, gauss) is above this are 0 (et_cuda.cu
+                                ET_RBF_FLUSH; DS4SCI_CUDA_RBF_FLUSH=0: INFINITY, none) */
     int tc;                  /* the forward's filters on the float64 tensor cores where
                                 edge_fwd_tc.cu takes the layer (default; DS4SCI_CUDA_TC=0 off) */
     int *work;               /* the edge passes (the forward, the merged or receiver and
@@ -198,7 +202,7 @@ typedef struct ds4sci_cuda_et {
     int pair;                /* merged backward: the filter backward once per pair of reverse
                                 edges (default; DS4SCI_CUDA_PAIR=0: once per edge) */
     int kwin;                /* et_edge_common.kwin (DS4SCI_CUDA_KWIN=0: off) */
-    float rbf_flush;         /* et_edge_common.rbf_flush (DS4SCI_CUDA_RBF_FLUSH=<x>, x > 0) */
+    float rbf_flush;         /* et_edge_common.rbf_flush */
     int tc;                  /* edge forward on the float64 tensor cores (DS4SCI_CUDA_TC=0 off) */
     int dyn;                 /* dynamic items, et_edge_common.work: 2 every edge pass (default),
                                 1 the row-split passes (DS4SCI_CUDA_DYN=1), 0 none (=0) */

@@ -1154,9 +1154,10 @@ END_TEST
 /* The filters' k loops over each chunk's window of nonzero basis values (edge_common.cuh
    stage_rbf_of; DS4SCI_CUDA_KWIN=0: over all K) give the same bits, in the passes that take the
    window: the FFMA forward, the merged backward (whole rows and split) and the receiver pass
-   (DS4SCI_CUDA_MERGED=0). K = 32 as in the reference model: the expnorm basis underflows to 0
-   at the high k of every edge longer than ~2 A (cutoff 5 A), so the windows are narrower than
-   [0, K) in most chunks; with K = 8 (tu_opts_default) they never are. */
+   (DS4SCI_CUDA_MERGED=0). K = 32 as in the reference model: the expnorm basis is 0 (flushed
+   below 2^-52 of its peak, or underflowed) at the high k of every edge longer than ~2 A (cutoff
+   5 A), so the windows are narrower than [0, K) in most chunks; with K = 8 (tu_opts_default)
+   they never are. The flush itself against none: within fp32 round-off. */
 START_TEST(test_basis_window_same_bits)
 {
     tu_opts o;
@@ -1185,6 +1186,21 @@ START_TEST(test_basis_window_same_bits)
         ck_assert_msg(same_bits(&x, &y), "%s=%s: the basis window changes the result", var[v],
                       val[v] ? val[v] : "(unset)");
         compare(&x, &rc, "basis window vs CPU");
+        if (v == 0) {
+            /* the flush of basis values below 2^-52 of the peak (ET_RBF_FLUSH), against none:
+               within fp32 round-off (1e-7 relative energy, 1e-6 relative RMS forces) */
+            ds4sci_ctx *nofl = ctx_cuda_env(d, "DS4SCI_CUDA_RBF_FLUSH", "0");
+            tu_result z;
+            run(nofl, &sys, NULL, &z);
+            const double de = fabs(x.r.energy - z.r.energy) / fabs(z.r.energy);
+            const double df = rel_rms(x.r.forces, z.r.forces, 3 * (size_t)z.n_total);
+            if (getenv("CK_REPORT"))
+                fprintf(stderr, "report basis flush vs none: energy %.3g forces %.3g (%s)\n", de,
+                        df, same_bits(&x, &z) ? "same bits" : "bits differ");
+            ck_assert_msg(de < 1e-7 && df < 1e-6, "basis flush: energy %.3g forces %.3g", de, df);
+            tu_result_free(&z);
+            ds4sci_ctx_free(nofl);
+        }
         tu_result_free(&x);
         tu_result_free(&y);
         ds4sci_ctx_free(win);
