@@ -342,42 +342,31 @@ static __device__ __forceinline__ int stage_rbf_of(const et_edge_common &c, R r,
             dphi[i] = DRBF ? __shfl_sync(0xffffffffu, dp, i) : 0.f;
         }
     }
-    if constexpr (!WIN) {
-        for (int k = lane; k < c.K; k += 32) {
-            float ak = __ldg(c.rbf_a + k), bk = c.rbf_b ? __ldg(c.rbf_b + k) : 0.f;
+    /* f_k (and f'_k) of the chunk's edges into the staging; whether any of them is nonzero */
+    const auto stage_k = [&](int k) {
+        const float ak = __ldg(c.rbf_a + k), bk = c.rbf_b ? __ldg(c.rbf_b + k) : 0.f;
+        bool nz = false;
 #pragma unroll
-            for (int i = 0; i < E; i++) {
-                float df = 0.f, f = 0.f;
-                if (i < nv)
-                    f = PAR && en ? expnorm_k(c, u[i], phi[i], dphi[i], ak, bk,
-                                              DRBF ? &df : nullptr)
-                                  : rbf_k_pi(c, r(i), ak, bk, DRBF ? &df : nullptr);
-                s_rbf[k * E + i] = f;
-                if (DRBF)
-                    s_drbf[k * E + i] = df;
-            }
+        for (int i = 0; i < E; i++) {
+            float df = 0.f, f = 0.f;
+            if (i < nv)
+                f = PAR && en ? expnorm_k(c, u[i], phi[i], dphi[i], ak, bk, DRBF ? &df : nullptr)
+                              : rbf_k_pi(c, r(i), ak, bk, DRBF ? &df : nullptr);
+            s_rbf[k * E + i] = f;
+            if (DRBF)
+                s_drbf[k * E + i] = df;
+            nz |= f != 0.f || df != 0.f;
         }
+        return nz;
+    };
+    if constexpr (!WIN) {
+        for (int k = lane; k < c.K; k += 32)
+            stage_k(k);
         return kwin_pack(0, c.K);
     }
     int k_lo = c.K, k_hi = 0;
     for (int kb = 0; kb < c.K; kb += 32) {
-        const int k = kb + lane;
-        bool nz = false;
-        if (k < c.K) {
-            float ak = __ldg(c.rbf_a + k), bk = c.rbf_b ? __ldg(c.rbf_b + k) : 0.f;
-#pragma unroll
-            for (int i = 0; i < E; i++) {
-                float df = 0.f, f = 0.f;
-                if (i < nv)
-                    f = PAR && en ? expnorm_k(c, u[i], phi[i], dphi[i], ak, bk,
-                                              DRBF ? &df : nullptr)
-                                  : rbf_k_pi(c, r(i), ak, bk, DRBF ? &df : nullptr);
-                s_rbf[k * E + i] = f;
-                if (DRBF)
-                    s_drbf[k * E + i] = df;
-                nz |= f != 0.f || df != 0.f;
-            }
-        }
+        const bool nz = kb + lane < c.K && stage_k(kb + lane);
         if (c.kwin) {
             const unsigned m = __ballot_sync(0xffffffffu, nz);
             if (m) {
