@@ -524,7 +524,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
                 rcv[i] = i < nv ? (REST ? c.tr_dst2[cb + i] : c.e_dst[eid[i]]) : 0;
                 r[i] = i < nv ? c.e_geo[eid[i]].w : 0.f;
             }
-            /* all of [0, K) here (the window's register cost spilled in this pass) */
+            /* [0, K): no window in this pass (at its register cap, it spills 8-24 B already) */
             const int kw = stage_rbf<E, false, false>(c, r, nv, lane, s_rbf, nullptr);
             __syncwarp();
             {

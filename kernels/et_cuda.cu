@@ -461,7 +461,7 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
            build (images_folded; default), DS4SCI_CUDA_IMAGES=rows: ghost rows as before */
         const char *im = getenv("DS4SCI_CUDA_IMAGES");
         et->images = !(im && strcmp(im, "rows") == 0);
-        /* __expf in the basis: default on, see edge_common.cuh */
+        /* SiLU's exponential by ex2.approx: default on, see edge_common.cuh */
         et->fastexp = env_switch("DS4SCI_CUDA_FASTEXP", 0, 1, 1);
         /* merged backward: the radial filter backward once per pair of reverse edges (edge_bwd.cu
            bwd_recv_row); DS4SCI_CUDA_PAIR=0: once per edge, as before */
