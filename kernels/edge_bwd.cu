@@ -978,6 +978,7 @@ extern "C" int et_edge_merged_ok(int CPL, const et_edge_common *c)
  *   sum_k g_f_k f'_k = c(r) sum_k a_k f'_k,   g_c = sum_k a_k f_k + sum_ch ge[ch] b[ch],
  * one pass over W (E CPL + 2E FMAs per k instead of 2 E CPL + E, and no pre-activations held):
  * the same sums in another order (fp32 rounding only). DS4SCI_CUDA_NE_EXACT=1 takes LIN = false.
+ * Both sum over the chunk's basis window (stage_rbf_of, c.kwin; the same bits as over all K).
  */
 template <int CPL, bool LIN>
 static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, NE_BWD_MIN_BLOCKS(CPL))
@@ -1010,8 +1011,8 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, NE_BWD_MIN_BLOCKS(C
             const bool ev = ie < nv;
             /* in flight during the RBF staging (row 0 for the empty slots) */
             const int zl = ev ? __ldg(z + md.src[ie]) : 0;
-            stage_rbf_of<E, true, false>(c, [&](int i) { return md.geo[i].w; }, nv, lane, s_rbf,
-                                         s_drbf);
+            const int kw = stage_rbf_of<E, true, false, true>(
+                c, [&](int i) { return md.geo[i].w; }, nv, lane, s_rbf, s_drbf);
             float ccl = 0.f, dcl = 0.f;
             if (ev)
                 ccl = et_cutoff_f(md.geo[ie].w, c.cl, c.cu, &dcl);
@@ -1034,10 +1035,14 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, NE_BWD_MIN_BLOCKS(C
 #pragma unroll
                 for (int i = 0; i < E; i++)
                     P[i] = Q[i] = 0.f;
-                /* pointer steps (the row offsets as immediates where unrolled) */
-                const float *w_k = s_wt + wl * CPL, *r_k = s_rbf, *d_k = s_drbf;
+                /* pointer steps (the row offsets as immediates where unrolled); k over the
+                   chunk's basis window kw: outside it f_k = f'_k = 0 exactly, P and Q the
+                   same bits (fmaf(a, 0, x) = x) */
+                const int k0 = kw & 0xffff, k1 = kw >> 16;
+                const float *w_k = s_wt + (size_t)k0 * F + wl * CPL, *r_k = s_rbf + k0 * E,
+                            *d_k = s_drbf + k0 * E;
 #pragma unroll 2
-                for (int k = 0; k < c.K; k++, w_k += F, r_k += E, d_k += E) {
+                for (int k = k0; k < k1; k++, w_k += F, r_k += E, d_k += E) {
                     float w[CPL], rb[E], d[E], a[E];
                     ld_vec<CPL>(w_k, w);
                     lds_chunk<E>(r_k, rb);
@@ -1071,7 +1076,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, NE_BWD_MIN_BLOCKS(C
                     cc[i] = __shfl_sync(0xffffffffu, ccl, i);
                     dc[i] = __shfl_sync(0xffffffffu, dcl, i);
                 }
-                filter_pre<CPL, E, 1>(s_wt, s_b, s_rbf, kwin_pack(0, c.K), F, wl, pre);
+                filter_pre<CPL, E, 1>(s_wt, s_b, s_rbf, kw, F, wl, pre);
 #pragma unroll
                 for (int i = 0; i < E; i++) {
                     float gcd = 0.f;
@@ -1083,7 +1088,7 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, NE_BWD_MIN_BLOCKS(C
                     }
                     v[i] = gcd * dc[i]; /* added to grl below, as grl + gcd before */
                 }
-                filter_back<CPL, E, 1>(s_wt, s_drbf, kwin_pack(0, c.K), F, wl, gpre, grl);
+                filter_back<CPL, E, 1>(s_wt, s_drbf, kw, F, wl, gpre, grl);
 #pragma unroll
                 for (int i = 0; i < E; i++)
                     v[i] = grl[i] + v[i];

@@ -140,13 +140,22 @@ static __global__ void __launch_bounds__(32 * TC_WARPS, 1)
                     a[s] = f;
                 }
             }
+            /* whether k-step 1 (k = 16 .. 31) holds a nonzero basis value of the tile: with
+               c.kwin, a tile of zeros there takes the first k-step only (D = b + W f is the
+               same: the skipped products are exact zeros; with the flush of expnorm_k, every
+               tile of edges longer than ~1.9 A at cu = 5 A); warp-uniform. Two copies of the
+               tile's DMMA loop (stage_ks): 0.5% faster at 1M atoms than one rolled k-step
+               loop, though the default instantiation spills 12 B (docs/gpu.md v33) */
+            const bool ks1 = !c.kwin || __any_sync(FULL, a[4] != 0.f || a[5] != 0.f ||
+                                                             a[6] != 0.f || a[7] != 0.f);
             float A[TE]; /* attention weight of edge i for this lane's head */
             /* part p for the tile: TE edges x F channels, activated, into the staging */
-            auto stage = [&](int p) {
+            auto stage_ks = [&](auto NC, int p) {
+                constexpr int NKS = decltype(NC)::value; /* k-steps */
                 const bool use = p == 0 ? dk_used<SILU>(c) : dv_used<SILU>(c);
-                double bd[2][4];
+                double bd[NKS][4];
 #pragma unroll
-                for (int ks = 0; ks < 2; ks++)
+                for (int ks = 0; ks < NKS; ks++)
 #pragma unroll
                     for (int qq = 0; qq < 4; qq++)
                         bd[ks][qq] = (double)a[4 * ks + qq];
@@ -156,7 +165,7 @@ static __global__ void __launch_bounds__(32 * TC_WARPS, 1)
                     const double b0 = s_b[n], b1 = s_b[n + 8];
                     double acc[4] = {b0, b0, b1, b1};
 #pragma unroll
-                    for (int ks = 0; ks < 2; ks++) {
+                    for (int ks = 0; ks < NKS; ks++) {
                         double af[8];
 #pragma unroll
                         for (int qq = 0; qq < 4; qq++) {
@@ -175,6 +184,12 @@ static __global__ void __launch_bounds__(32 * TC_WARPS, 1)
                                 use ? actv<SILU>(c.act, y, nullptr) : 1.f;
                         }
                 }
+            };
+            auto stage = [&](int p) {
+                if (ks1)
+                    stage_ks(std::integral_constant<int, 2>{}, p);
+                else
+                    stage_ks(std::integral_constant<int, 1>{}, p);
             };
             /* The sender rows part P's messages read (per edge: k; v; v gate 1 and vec; v gate
                2), gathered for B edges at once so that their latencies overlap (one at a time:

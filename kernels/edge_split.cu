@@ -18,24 +18,24 @@
 
 /*
  * Split factor of a pass over `rows` rows of a kernel with `slots` resident warps: force when
- * it is 1, 2, 4 or 8; else 1 from 8 x slots rows up (large systems: the code and order as
- * without the split), below that the smallest S in 2, 4, 8 with rows x S >= 8 x slots (about
- * eight items per warp, so that rows of different lengths even out over a warp's items), at
- * most 8. Measured on the H200 (docs/gpu.md v24, reference model, 2,112 slots, bench_gpu 5
- * steps, ms per step for S = 1/2/4/8): 1,000 atoms 3.85/2.71/2.66/2.68; 2,197 atoms
- * 6.80/5.68/5.03/5.01; 4,913 10.85/9.68/9.56/9.71; 10,648 20.20/19.37/19.51/19.86; 19,683
- * 34.42/34.32/35.12/36.10; 29,791 51.15/51.84/53.85 (S = 1/2/4); 97,336 161.1/167.4/174.6. The
- * bound was 4 x slots before (v7, older kernels): 10,648 atoms took S = 1, now S = 2 (-4%).
+ * it is 1, 2, 4 or 8; else by rows per slot: 1 from 16 up (large systems: the code and order as
+ * without the split), 2 from 2, 4 from 1/4, else 8. The passes take their items from a counter
+ * (DS4SCI_CUDA_DYN, v29-v30), so rows of different lengths even out without many items per
+ * warp, and fewer parts mean fewer partial rows for k_split_sum to read. Measured on the H200
+ * (docs/gpu.md v33, reference model, 2,112 slots, bench_gpu 5 steps, two rounds, ms per step for
+ * S = 8/4/2/1): 1,000 atoms 2.04/2.02/2.12/3.05; 2,197 3.76/3.69/3.93/4.73; 4,913
+ * 7.40/7.14/7.08/7.85; 10,648 15.2/14.3/14.1/14.8; 19,683 27.6/26.0/25.3/26.0; 29,791
+ * 41.8/39.4/38.2/38.5; 97,336 atoms took S = 1 in v24 (S = 2 +4%). The rule before v33
+ * (items rows x S >= 8 x slots, before the counter: v24) took 8 at 1,000 and 2,197 atoms and 1
+ * from 16,896 rows (19,683 atoms: 26.0 instead of 25.3 ms).
  */
 static int split_factor(int rows, int slots, int force)
 {
     int S = 1;
     if (force == 1 || force == 2 || force == 4 || force == 8) {
         S = force;
-    } else if (rows > 0 && slots > 0 && (long long)rows < 8LL * slots) {
-        S = 2;
-        while (S < 8 && (long long)rows * S < 8LL * slots)
-            S *= 2;
+    } else if (rows > 0 && slots > 0 && (long long)rows < 16LL * slots) {
+        S = (long long)rows >= 2LL * slots ? 2 : 4LL * rows >= (long long)slots ? 4 : 8;
     }
     /* the items w < rows x S are ints in the kernels */
     while (S > 1 && (long long)rows * S > INT_MAX)

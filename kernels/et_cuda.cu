@@ -473,6 +473,10 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
            benchmark energies do not change, docs/gpu.md v32): ~14 of 32 terms left per edge
            instead of ~21. DS4SCI_CUDA_RBF_FLUSH=x: at e^-x instead, =0: none */
         et->kwin = env_switch("DS4SCI_CUDA_KWIN", 0, 1, 1);
+        /* each row's two sender groups sorted by r in the graph build (graph.cu sort_by_r): a
+           chunk's 4 edges then have close distances and share a narrower basis window;
+           DS4SCI_CUDA_RSORT=0: the candidates' order */
+        et->rsort = env_switch("DS4SCI_CUDA_RSORT", 0, 1, 1);
         const char *fl = getenv("DS4SCI_CUDA_RBF_FLUSH");
         et->rbf_flush = !fl ? ET_RBF_FLUSH : atof(fl) > 0 ? (float)atof(fl) : INFINITY;
         /* the forward edge pass's filters on the float64 tensor cores where edge_fwd_tc.cu
@@ -1529,7 +1533,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     CU(et_graph_fill(s, nl, BUF(double, B_POS), BUF(int64_t, B_COFF), cidx, cl2, cu2,
                      BUF(int, B_ROWOFF), builtin && nt > nl ? BUF(int, B_GOWN) : NULL,
                      BUF(int, B_ESRC), e_dst, BUF(float4, B_EGEO), nt, min2,
-                     et->device_checks, fold),
+                     et->device_checks, fold, et->rsort),
        "graph fill");
     if (bound && ne > 0) {
         k_pad_senders<<<(ne + 255) / 256 < 2 * et->num_sms ? (ne + 255) / 256 : 2 * et->num_sms,

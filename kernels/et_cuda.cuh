@@ -202,6 +202,8 @@ typedef struct ds4sci_cuda_et {
     int pair;                /* merged backward: the filter backward once per pair of reverse
                                 edges (default; DS4SCI_CUDA_PAIR=0: once per edge) */
     int kwin;                /* et_edge_common.kwin (DS4SCI_CUDA_KWIN=0: off) */
+    int rsort;               /* each row's groups sorted by r (et_graph_fill; default;
+                                DS4SCI_CUDA_RSORT=0: the candidates' order) */
     float rbf_flush;         /* et_edge_common.rbf_flush */
     int tc;                  /* edge forward on the float64 tensor cores (DS4SCI_CUDA_TC=0 off) */
     int dyn;                 /* dynamic items, et_edge_common.work: 2 every edge pass (default),
@@ -367,11 +369,12 @@ cudaError_t et_graph_count(cudaStream_t s, int nl, const double *pos, const int6
    atoms), NULL with a caller exchange; guard (the input checks on the device): candidates
    outside [0, n) or == i are skipped (as et_graph_count skipped them); fold (with gown): each
    periodic image's sender index is its owned atom's (e_src < nl: the images' rows are not
-   needed past the graph build; the geometry is the image's, r = 0 still only the self-loop) */
+   needed past the graph build; the geometry is the image's, r = 0 still only the self-loop);
+   rsort: each row's two groups sorted by r (narrower basis windows per chunk) */
 cudaError_t et_graph_fill(cudaStream_t s, int nl, const double *pos, const int64_t *coff,
                           const int *cidx, double cl2, double cu2, const int *row_off,
                           const int *gown, int *e_src, int *e_dst, float4 *e_geo, int n,
-                          double min2, int guard, int fold);
+                          double min2, int guard, int fold, int rsort);
 cudaError_t et_iota(cudaStream_t s, int n, int *out);
 cudaError_t et_count_by(cudaStream_t s, int ne, const int *key, int *cnt);
 

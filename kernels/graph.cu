@@ -48,15 +48,59 @@ static __device__ __forceinline__ int owned_of(int u, int nl, const int *__restr
     return u < nl ? u : (gown ? gown[u - nl] : -1);
 }
 
+/* Slots [a, b) of a row (one half: the caller's __syncwarp before) stably sorted by r, in
+   place: lane's elements a + lane + 32 q ranked against all of [a, b) by (r, slot) (a strict
+   total order: ties keep their order), written at a + rank. Halves longer than 32 RS_NB stay
+   in their order (correct, only less compact windows). */
+constexpr int RS_NB = 4;
+static __device__ __forceinline__ void sort_by_r(int a, int b, int lane, int *__restrict__ e_src,
+                                                 float4 *__restrict__ e_geo)
+{
+    if (b - a < 2 || b - a > 32 * RS_NB)
+        return;
+    int src[RS_NB], rk[RS_NB];
+    float4 geo[RS_NB];
+#pragma unroll
+    for (int q = 0; q < RS_NB; q++) {
+        const int i = a + lane + 32 * q;
+        rk[q] = 0;
+        src[q] = 0;
+        geo[q] = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (i < b) {
+            src[q] = e_src[i];
+            geo[q] = e_geo[i];
+        }
+    }
+    for (int j = a; j < b; j++) {
+        const float rj = e_geo[j].w; /* the same address in every lane: a broadcast */
+#pragma unroll
+        for (int q = 0; q < RS_NB; q++) {
+            const int i = a + lane + 32 * q;
+            rk[q] += rj < geo[q].w || (rj == geo[q].w && j < i);
+        }
+    }
+    __syncwarp(); /* every read of [a, b) before the writes */
+#pragma unroll
+    for (int q = 0; q < RS_NB; q++) {
+        const int i = a + lane + 32 * q;
+        if (i < b) {
+            e_src[a + rk[q]] = src[q];
+            e_geo[a + rk[q]] = geo[q];
+        }
+    }
+}
+
 /* One warp per owned receiver: write the self-loop, then the kept candidates whose owned atom
    is not < t in order from the row's start, and those whose owned atom is < t in order from
-   the row's end backwards. */
+   the row's end backwards; with rsort each of the two groups then sorted by r (sort_by_r), so
+   that a chunk's edges have close distances and narrower basis windows (edge_common.cuh
+   stage_rbf_of). */
 static __global__ void k_graph_fill(int nl, const double *__restrict__ pos,
                                     const int64_t *__restrict__ coff, const int *__restrict__ cidx,
                                     double cl2, double cu2, const int *__restrict__ row_off,
                                     const int *__restrict__ gown, int *__restrict__ e_src,
                                     int *__restrict__ e_dst, float4 *__restrict__ e_geo, int n,
-                                    int guard, int fold)
+                                    int guard, int fold, int rsort)
 {
     int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (warp >= nl)
@@ -99,6 +143,12 @@ static __global__ void k_graph_fill(int nl, const double *__restrict__ pos,
         out += __popc(hi_mask);
         back -= __popc(lo_mask);
     }
+    if (rsort) { /* out == back: the groups are [row_off[t] + 1, out), [out, row_off[t + 1]) */
+        __syncwarp();
+        sort_by_r(row_off[t] + 1, out, lane, e_src, e_geo);
+        __syncwarp();
+        sort_by_r(out, row_off[t + 1], lane, e_src, e_geo);
+    }
 }
 
 static __global__ void k_iota(int n, int *out)
@@ -130,13 +180,14 @@ extern "C" cudaError_t et_graph_count(cudaStream_t s, int nl, const double *pos,
 extern "C" cudaError_t et_graph_fill(cudaStream_t s, int nl, const double *pos,
                                      const int64_t *coff, const int *cidx, double cl2, double cu2,
                                      const int *row_off, const int *gown, int *e_src, int *e_dst,
-                                     float4 *e_geo, int n, double min2, int guard, int fold)
+                                     float4 *e_geo, int n, double min2, int guard, int fold,
+                                     int rsort)
 {
     (void)min2; /* overlapping pairs stay edges (the call fails after the step anyway) */
     if (nl > 0)
         k_graph_fill<<<blocks_for((long long)nl * 32, 256), 256, 0, s>>>(
             nl, pos, coff, cidx, cl2, cu2, row_off, gown, e_src, e_dst, e_geo, n, guard,
-            fold && gown);
+            fold && gown, rsort);
     return cudaGetLastError();
 }
 

@@ -1213,6 +1213,62 @@ START_TEST(test_basis_window_same_bits)
 }
 END_TEST
 
+/* The reference model's width (F = 128, H = 8, K = 32, cutoff 5 A), one layer, where the
+   forward edge pass runs on the float64 tensor cores (edge_fwd_tc.cu, whole rows: SPLIT=1): a
+   16-edge tile whose basis values at k = 16 .. 31 are all 0 takes the first k-step only, the
+   same bits as both k-steps (DS4SCI_CUDA_KWIN=0). And the graph build's sort of each row's two
+   sender groups by r (DS4SCI_CUDA_RSORT, default on) against the candidates' order: another
+   summation order, so within fp32 round-off of each other, both against the float64 CPU. */
+START_TEST(test_tc_window_and_r_sort)
+{
+    tu_opts o;
+    tu_opts_default(&o);
+    o.F = 128;
+    o.H = 8;
+    o.K = 32;
+    o.L = 1;
+    o.cutoff_upper = 5.0;
+    et_desc *d = tu_desc_new(&o);
+    ds4sci_system sys;
+    ds4sci_graph *g = random_system(150, 0.08, 1, o.max_z, o.cutoff_upper, 53, &sys);
+    ds4sci_ctx *cpu = tu_ctx_cpu(d, 0);
+    tu_result rc;
+    run(cpu, &sys, NULL, &rc);
+    for (int whole = 0; whole < 2; whole++) {
+        const char *split = whole ? "1" : NULL;
+        char *keep = env_set("DS4SCI_CUDA_SPLIT", split);
+        ds4sci_ctx *win = ctx_cuda_env(d, "DS4SCI_CUDA_KWIN", NULL);
+        ds4sci_ctx *all = ctx_cuda_env(d, "DS4SCI_CUDA_KWIN", "0");
+        ds4sci_ctx *uns = ctx_cuda_env(d, "DS4SCI_CUDA_RSORT", "0");
+        env_restore("DS4SCI_CUDA_SPLIT", keep);
+        tu_result x, y, z;
+        run(win, &sys, NULL, &x);
+        run(all, &sys, NULL, &y);
+        run(uns, &sys, NULL, &z);
+        ck_assert_msg(same_bits(&x, &y), "SPLIT=%s: the basis window changes the result",
+                      whole ? "1" : "(unset)");
+        compare(&x, &rc, "F 128, sorted rows vs CPU");
+        compare(&z, &rc, "F 128, unsorted rows vs CPU");
+        const double de = fabs(x.r.energy - z.r.energy) / fabs(z.r.energy);
+        const double df = rel_rms(x.r.forces, z.r.forces, 3 * (size_t)z.n_total);
+        if (getenv("CK_REPORT"))
+            fprintf(stderr, "report r sort vs none (SPLIT=%s): energy %.3g forces %.3g (%s)\n",
+                    whole ? "1" : "auto", de, df, same_bits(&x, &z) ? "same bits" : "bits differ");
+        ck_assert_msg(de < 1e-6 && df < 1e-5, "r sort vs none: energy %.3g forces %.3g", de, df);
+        tu_result_free(&x);
+        tu_result_free(&y);
+        tu_result_free(&z);
+        ds4sci_ctx_free(win);
+        ds4sci_ctx_free(all);
+        ds4sci_ctx_free(uns);
+    }
+    tu_result_free(&rc);
+    ds4sci_ctx_free(cpu);
+    ds4sci_graph_free(g);
+    tu_desc_free(d);
+}
+END_TEST
+
 /* The caller-exchange path gives the built-in path's results, with backend.h's sequence. */
 START_TEST(test_caller_exchange_matches_builtin_and_sequence)
 {
@@ -1718,6 +1774,7 @@ static Suite *suite(void)
     tcase_add_test(tx, test_device_input_checks);
     tcase_add_test(tx, test_dynamic_items_same_bits);
     tcase_add_test(tx, test_basis_window_same_bits);
+    tcase_add_test(tx, test_tc_window_and_r_sort);
     tcase_add_loop_test(tx, test_two_domains_wire_plan, 0, 10);
     suite_add_tcase(s, tx);
     return s;
