@@ -192,6 +192,10 @@ if [ "${VARIANTS:-1}" = 1 ]; then   # VARIANTS=0: the defaults only
     ck vs_cpu_order_split1 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_ORDER=1 DS4SCI_CUDA_SPLIT=1
     ck golden_dyn1 60 CK_RUN_CASE=golden DS4SCI_CUDA_DYN=1 DS4SCI_CUDA_SPLIT=1
     ck golden_dyn0 60 CK_RUN_CASE=golden DS4SCI_CUDA_DYN=0
+    # the filters over all K (KWIN=0: the same bits where the window applies, the api case's
+    # test_basis_window_same_bits and test_tc_window_and_r_sort) and the rows unsorted by r
+    ck golden_kwin0 60 CK_RUN_CASE=golden DS4SCI_CUDA_KWIN=0
+    ck vs_cpu_rsort0 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_RSORT=0
 fi
 (cd tests && CK_RUN_CASE=golden timeout 90 compute-sanitizer --tool memcheck --error-exitcode 9 \
     "$B/check_cuda_backend") > "$LG/memcheck.log" 2>&1
