@@ -265,7 +265,7 @@ static __device__ __forceinline__ float cutoff_pi(float r, float cl, float cu, f
 }
 
 /* ExpNormal basis function k (et_expnorm_k_f), 0 (and *df 0) where its exponent beta (u - mu)^2
-   exceeds c.rbf_flush (et_cuda.cu ET_RBF_FLUSH: values below ~2^-52 of the peak) */
+   exceeds c.rbf_flush (et_cuda.cuh ET_RBF_FLUSH: values below ~2^-29 of the peak) */
 static __device__ __forceinline__ float expnorm_k(const et_edge_common &c, float u, float phi,
                                                   float dphi, float ak, float bk, float *df)
 {

@@ -469,8 +469,8 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
         /* the filters' k loops over each chunk's window of nonzero basis values (edge_common.cuh
            stage_rbf_of: the same bits, docs/gpu.md v32); DS4SCI_CUDA_KWIN=0: over all K. The
            basis values below e^-ET_RBF_FLUSH of the basis's peak are 0 in the fused passes
-           (~2^-52, float64's epsilon: far below fp32 round-off; the golden errors and the
-           benchmark energies do not change, docs/gpu.md v32): ~14 of 32 terms left per edge
+           (e^-20 ~ 2^-29: below fp32 round-off; the golden errors and the benchmark energies
+           change at round-off level only, docs/gpu.md v32, v33): ~11 of 32 terms per edge (computed)
            instead of ~21. DS4SCI_CUDA_RBF_FLUSH=x: at e^-x instead, =0: none */
         et->kwin = env_switch("DS4SCI_CUDA_KWIN", 0, 1, 1);
         /* each row's two sender groups sorted by r in the graph build (graph.cu sort_by_r): a

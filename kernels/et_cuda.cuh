@@ -78,9 +78,10 @@ typedef struct et_dmodel {
 #define ET_WORK_SLOTS(L) (3 * (L) + (L) * ((L) - 1) / 2 + 8)
 /* owned rows from which the receiver passes run their rows in a Morton order by default */
 #define ET_ORDER_MIN 16384
-/* Basis values whose exponent is below -ET_RBF_FLUSH (e^-36.04 = 2^-52 of the basis's peak) are
-   0 in the GPU edge passes (et_edge_common.rbf_flush; docs/gpu.md v32) */
-#define ET_RBF_FLUSH 36.04f
+/* Basis values whose exponent is below -ET_RBF_FLUSH (e^-20 = 2^-28.9 of the basis's peak; their
+   derivatives below 2^-25 of the largest) are 0 in the GPU edge passes, under fp32's unit
+   round-off 2^-24 (et_edge_common.rbf_flush; docs/gpu.md v32, v33: e^-36.04 before) */
+#define ET_RBF_FLUSH 20.0f
 
 /* Common edge-kernel inputs. */
 typedef struct et_edge_common {

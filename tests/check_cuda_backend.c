@@ -1187,7 +1187,7 @@ START_TEST(test_basis_window_same_bits)
                       val[v] ? val[v] : "(unset)");
         compare(&x, &rc, "basis window vs CPU");
         if (v == 0) {
-            /* the flush of basis values below 2^-52 of the peak (ET_RBF_FLUSH), against none:
+            /* the flush of basis values below e^-20 of the peak (ET_RBF_FLUSH), against none:
                within fp32 round-off (1e-7 relative energy, 1e-6 relative RMS forces) */
             ds4sci_ctx *nofl = ctx_cuda_env(d, "DS4SCI_CUDA_RBF_FLUSH", "0");
             tu_result z;
