@@ -470,8 +470,8 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
            stage_rbf_of: the same bits, docs/gpu.md v32); DS4SCI_CUDA_KWIN=0: over all K. The
            basis values below e^-ET_RBF_FLUSH of the basis's peak are 0 in the fused passes
            (e^-20 ~ 2^-29: below fp32 round-off; the golden errors and the benchmark energies
-           change at round-off level only, docs/gpu.md v32, v33): ~11 of 32 terms per edge (computed)
-           instead of ~21. DS4SCI_CUDA_RBF_FLUSH=x: at e^-x instead, =0: none */
+           change at round-off level only, docs/gpu.md v32, v33): ~11 of 32 terms per edge
+           (computed) instead of ~21. DS4SCI_CUDA_RBF_FLUSH=x: at e^-x instead, =0: none */
         et->kwin = env_switch("DS4SCI_CUDA_KWIN", 0, 1, 1);
         /* each row's two sender groups sorted by r in the graph build (graph.cu sort_by_r): a
            chunk's 4 edges then have close distances and share a narrower basis window;
