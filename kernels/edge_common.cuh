@@ -312,8 +312,8 @@ static __device__ __forceinline__ float rbf_k_pi(const et_edge_common &c, float 
  * Outside it every staged value is exactly 0, and the filters' k loops over [k0, k1) give the
  * same bits as over [0, K) (fmaf(0, w, a) = a): the expnorm basis exp(-beta (u - mu_k)^2)
  * underflows to 0 ~20 spacings of its means away from the edge's u, so a chunk of 4 edges
- * needs ~21 of 32, and with the flush of values below ~2^-52 of the peak (expnorm_k, rbf_k_pi)
- * ~14 (docs/gpu.md v32). Without WIN (kernels whose registers have no room for the window):
+ * needs ~21 of 32, and with the flush of values below e^-20 of the peak (expnorm_k, rbf_k_pi)
+ * ~11 (docs/gpu.md v32, v33). Without WIN (kernels whose registers have no room for the window):
  * [0, K).
  */
 static __host__ __device__ __forceinline__ int kwin_pack(int k0, int k1) { return k0 | k1 << 16; }

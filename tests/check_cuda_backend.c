@@ -1155,7 +1155,7 @@ END_TEST
    stage_rbf_of; DS4SCI_CUDA_KWIN=0: over all K) give the same bits, in the passes that take the
    window: the FFMA forward, the merged backward (whole rows and split) and the receiver pass
    (DS4SCI_CUDA_MERGED=0). K = 32 as in the reference model: the expnorm basis is 0 (flushed
-   below 2^-52 of its peak, or underflowed) at the high k of every edge longer than ~2 A (cutoff
+   below e^-20 of its peak, or underflowed) at the high k of every edge longer than ~2 A (cutoff
    5 A), so the windows are narrower than [0, K) in most chunks; with K = 8 (tu_opts_default)
    they never are. The flush itself against none: within fp32 round-off. */
 START_TEST(test_basis_window_same_bits)
