@@ -417,6 +417,29 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
             goto out;
         }
     }
+    et->side = env_switch("DS4SCI_CUDA_SIDE", 0, 1, 1);
+    if (et->side) {
+        e = cudaStreamCreateWithFlags(&et->stream2, cudaStreamNonBlocking);
+        if (e == cudaSuccess)
+            e = cudaEventCreateWithFlags(&et->ev_fork, cudaEventDisableTiming);
+        if (e == cudaSuccess)
+            e = cudaEventCreateWithFlags(&et->ev_join, cudaEventDisableTiming);
+        if (e != cudaSuccess) {
+            st = cu_fail(e, "side stream", err, err_len);
+            goto out;
+        }
+        cublasStatus_t b = cublasCreate(&et->blas2);
+        if (b == CUBLAS_STATUS_SUCCESS)
+            b = cublasSetStream(et->blas2, et->stream2);
+        if (b == CUBLAS_STATUS_SUCCESS)
+            b = cublasSetMathMode(et->blas2, env_switch("DS4SCI_CUDA_TF32", 0, 1, 0)
+                                                 ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                 : CUBLAS_DEFAULT_MATH);
+        if (b != CUBLAS_STATUS_SUCCESS) {
+            st = blas_fail(b, "cublasCreate (side stream)", err, err_len);
+            goto out;
+        }
+    }
     e = cudaMalloc((void **)&et->d_check, sizeof(int));
     if (e == cudaSuccess)
         e = cudaMalloc((void **)&et->d_work, ET_WORK_SLOTS(d->L) * sizeof(int));
@@ -590,6 +613,14 @@ extern "C" void ds4sci_cuda_et_free(ds4sci_cuda_et *et)
     if (et->blas)
         cublasDestroy(et->blas);
     cudaFree(et->blas_ws);
+    if (et->blas2)
+        cublasDestroy(et->blas2);
+    if (et->ev_fork)
+        cudaEventDestroy(et->ev_fork);
+    if (et->ev_join)
+        cudaEventDestroy(et->ev_join);
+    if (et->stream2)
+        cudaStreamDestroy(et->stream2);
     if (et->stream)
         cudaStreamDestroy(et->stream);
     cudaFreeHost(et->h_scalars);
@@ -1993,6 +2024,37 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     /* chunks of owned rows [a, a + c), a = 0, CH, 2 CH, ...; the last one also takes the
        ghost rows (zeroed or copied by the update kernels, which never read o or P there) */
     auto chunk_rows = [&](int a) -> int { return nl - a < CH ? nl - a : CH; };
+    /* The side stream (et->side; node work in one chunk, not in graph mode): vec_proj's GEMM
+       beside the layer's LayerNorm, q/k/v and edge pass, and its backward beside the o_proj
+       backward, on stream2 with blas2: a branch opened after the work it needs (stream2 waits
+       for everything issued on s) and closed before the work that needs it (s waits for
+       stream2), or on an early return when the guard goes out of scope. The same GEMMs on the
+       same data: the same bits (test_side_stream_same_bits). It hides launch latency: in graph
+       mode, where there is none to hide, the branches gained nothing (docs/gpu.md v34) */
+    const bool side = et->side && nl <= CH && !bound;
+    struct side_branch {
+        ds4sci_cuda_et *et;
+        bool open;
+        cudaError_t start()
+        {
+            cudaError_t e = cudaEventRecord(et->ev_fork, et->stream);
+            if (e == cudaSuccess)
+                e = cudaStreamWaitEvent(et->stream2, et->ev_fork, 0);
+            open = e == cudaSuccess;
+            return e;
+        }
+        cudaError_t close()
+        {
+            if (!open)
+                return cudaSuccess;
+            open = false;
+            cudaError_t e = cudaEventRecord(et->ev_join, et->stream2);
+            if (e == cudaSuccess)
+                e = cudaStreamWaitEvent(et->stream, et->ev_join, 0);
+            return e;
+        }
+        ~side_branch() { close(); }
+    };
 
     /* layer l's node work and edge pass from its input (ghost rows filled): q/k/v, X into
        Xout, V into Vb */
@@ -2022,6 +2084,15 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     auto fwd_layer = [&](int l, float *Xout) -> ds4sci_status {
         const et_dlayer *dl = &m->layers[l];
         float *x = xs(l), *vec = vecs(l);
+        /* side stream: P = vec_proj(vec) beside fwd_x and o_proj (vec's ghost rows, which it
+           does not read, are refreshed before this) */
+        const bool sv = side && l > 0;
+        side_branch sb = {et, false};
+        if (sv) {
+            CU(sb.start(), "side stream");
+            BL(gemm_awt(et->blas2, 3 * nl, 3 * F, F, vec, dl->vec_w, 0.f, p_of(l, 0)),
+               "vec_proj");
+        }
         ST(fwd_x(l, Xout));
         mark(et, ST_NODE_FWD);
         float *xn = xs(l + 1), *vn = vecs(l + 1);
@@ -2029,9 +2100,10 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
             const int cr = chunk_rows(a), last = a + CH >= nl;
             const size_t aF = (size_t)a * F;
             float *Pc = l > 0 ? p_of(l, aF) : NULL, *Oc = o_of(l, aF);
-            if (l > 0)
+            if (l > 0 && !sv)
                 BL(gemm_awt(h, 3 * cr, 3 * F, F, vec + 3 * aF, dl->vec_w, 0.f, Pc), "vec_proj");
             BL(gemm_awt(h, cr, 3 * F, F, Xout + aF, dl->o_w, 0.f, Oc), "o_proj");
+            CU(sb.close(), "side stream");
             /* ghost rows of the next input come from the exchange; the update zeroes them */
             CU(et_node_update(s, last ? n - a : cr, cr, F, x + aF, l > 0 ? vec + 3 * aF : NULL,
                               Oc, dl->o_b, Pc, Vb + 3 * aF, xn + aF, vn + 3 * aF),
@@ -2143,6 +2215,10 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         mark(et, ST_NODE_BWD);
         if (keep == 0 && !qkv_fresh)
             ST(node_fwd(l));
+        /* side stream: the vec_proj backward (into gvi) beside the o_proj backward, up to the
+           edge passes */
+        const bool sv = side && l > 0;
+        side_branch sb = {et, false};
         for (int a = 0; a < nl || (a == 0 && n > 0); a += CH) {
             const int cr = chunk_rows(a), last = a + CH >= nl;
             const size_t aF = (size_t)a * F;
@@ -2160,8 +2236,13 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
                also the ghost rows) */
             CU(et_node_bwd(s, last ? n - a : cr, cr, F, gxo + aF, gvo + 3 * aF, gvi + 3 * aF, Oc,
                            dl->o_b, Pc), "update backward");
+            if (sv) {
+                CU(sb.start(), "side stream");
+                BL(gemm_ab(et->blas2, 3 * cr, F, 3 * F, Pc, dl->vec_w, F, 1.f, gvi + 3 * aF),
+                   "vec_proj backward");
+            }
             BL(gemm_ab(h, cr, F, 3 * F, Oc, dl->o_w, F, 0.f, GXb + aF), "o_proj backward");
-            if (l > 0)
+            if (l > 0 && !sv)
                 BL(gemm_ab(h, 3 * cr, F, 3 * F, Pc, dl->vec_w, F, 1.f, gvi + 3 * aF),
                    "vec_proj backward");
         }
@@ -2184,6 +2265,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         el.gqkv = GQKV;
         el.gvec = gvi;
         el.gw = GW;
+        CU(sb.close(), "side stream");
         mark(et, ST_EDGE_RECV);
         if (et->edge_unfused) {
             CU(et_edge_backward_unfused(s, &c, &el), "edge backward (unfused)");

@@ -294,6 +294,15 @@ typedef struct ds4sci_cuda_et {
     void *blas_ws;           /* cuBLAS workspace set on the handle before the first graph-mode
                                 call (no allocation by cuBLAS during a capture) */
     long graph_captures, graph_replays, graph_updates;
+    /* the side stream (DS4SCI_CUDA_SIDE, default on; docs/gpu.md v34): outside graph mode,
+       with the node work in one chunk, vec_proj's GEMM runs beside the layer's LayerNorm,
+       q/k/v and edge pass, and its backward beside the o_proj backward, on stream2 with a
+       cuBLAS handle of its own (blas2), forked from and joined to stream by the events
+       ev_fork, ev_join */
+    int side;
+    cudaStream_t stream2;
+    cublasHandle_t blas2;
+    cudaEvent_t ev_fork, ev_join;
 } ds4sci_cuda_et;
 
 /* ---- error helpers ----------------------------------------------------------------------- */

@@ -1151,6 +1151,40 @@ START_TEST(test_dynamic_items_same_bits)
 }
 END_TEST
 
+/* The basis-window tests' setup: a model with the reference model's basis (K = 32 expnorm
+   functions, cutoff 5 A), F channels, H heads (0: tu_opts_default's) and L layers; a random
+   periodic 150-atom system from seed; its float64 CPU result. */
+typedef struct window_fixture {
+    tu_opts o;
+    et_desc *d;
+    ds4sci_system sys;
+    ds4sci_graph *g;
+    tu_result rc;
+} window_fixture;
+
+static void window_fixture_new(window_fixture *w, int F, int H, int L, uint64_t seed)
+{
+    tu_opts_default(&w->o);
+    w->o.F = F;
+    if (H > 0)
+        w->o.H = H;
+    w->o.K = 32;
+    w->o.L = L;
+    w->o.cutoff_upper = 5.0;
+    w->d = tu_desc_new(&w->o);
+    w->g = random_system(150, 0.08, 1, w->o.max_z, w->o.cutoff_upper, seed, &w->sys);
+    ds4sci_ctx *cpu = tu_ctx_cpu(w->d, 0);
+    run(cpu, &w->sys, NULL, &w->rc);
+    ds4sci_ctx_free(cpu);
+}
+
+static void window_fixture_free(window_fixture *w)
+{
+    tu_result_free(&w->rc);
+    ds4sci_graph_free(w->g);
+    tu_desc_free(w->d);
+}
+
 /* The filters' k loops over each chunk's window of nonzero basis values (edge_common.cuh
    stage_rbf_of; DS4SCI_CUDA_KWIN=0: over all K) give the same bits, in the passes that take the
    window: the FFMA forward, the merged backward (whole rows and split) and the receiver pass
@@ -1160,18 +1194,10 @@ END_TEST
    they never are. The flush itself against none: within fp32 round-off. */
 START_TEST(test_basis_window_same_bits)
 {
-    tu_opts o;
-    tu_opts_default(&o);
-    o.F = 32;
-    o.K = 32;
-    o.L = 2;
-    o.cutoff_upper = 5.0;
-    et_desc *d = tu_desc_new(&o);
-    ds4sci_system sys;
-    ds4sci_graph *g = random_system(150, 0.08, 1, o.max_z, o.cutoff_upper, 31, &sys);
-    ds4sci_ctx *cpu = tu_ctx_cpu(d, 0);
-    tu_result rc;
-    run(cpu, &sys, NULL, &rc);
+    window_fixture w;
+    window_fixture_new(&w, 32, 0, 2, 31);
+    const et_desc *d = w.d;
+    const ds4sci_system sys = w.sys;
     static const char *const var[3] = {"DS4SCI_CUDA_SPLIT", "DS4SCI_CUDA_SPLIT",
                                        "DS4SCI_CUDA_MERGED"};
     static const char *const val[3] = {NULL, "1", "0"};
@@ -1185,7 +1211,7 @@ START_TEST(test_basis_window_same_bits)
         run(all, &sys, NULL, &y);
         ck_assert_msg(same_bits(&x, &y), "%s=%s: the basis window changes the result", var[v],
                       val[v] ? val[v] : "(unset)");
-        compare(&x, &rc, "basis window vs CPU");
+        compare(&x, &w.rc, "basis window vs CPU");
         if (v == 0) {
             /* the flush of basis values below e^-20 of the peak (ET_RBF_FLUSH), against none:
                within fp32 round-off (1e-7 relative energy, 1e-6 relative RMS forces) */
@@ -1206,10 +1232,7 @@ START_TEST(test_basis_window_same_bits)
         ds4sci_ctx_free(win);
         ds4sci_ctx_free(all);
     }
-    tu_result_free(&rc);
-    ds4sci_ctx_free(cpu);
-    ds4sci_graph_free(g);
-    tu_desc_free(d);
+    window_fixture_free(&w);
 }
 END_TEST
 
@@ -1221,19 +1244,10 @@ END_TEST
    summation order, so within fp32 round-off of each other, both against the float64 CPU. */
 START_TEST(test_tc_window_and_r_sort)
 {
-    tu_opts o;
-    tu_opts_default(&o);
-    o.F = 128;
-    o.H = 8;
-    o.K = 32;
-    o.L = 1;
-    o.cutoff_upper = 5.0;
-    et_desc *d = tu_desc_new(&o);
-    ds4sci_system sys;
-    ds4sci_graph *g = random_system(150, 0.08, 1, o.max_z, o.cutoff_upper, 53, &sys);
-    ds4sci_ctx *cpu = tu_ctx_cpu(d, 0);
-    tu_result rc;
-    run(cpu, &sys, NULL, &rc);
+    window_fixture w;
+    window_fixture_new(&w, 128, 8, 1, 53);
+    const et_desc *d = w.d;
+    const ds4sci_system sys = w.sys;
     for (int whole = 0; whole < 2; whole++) {
         const char *split = whole ? "1" : NULL;
         char *keep = env_set("DS4SCI_CUDA_SPLIT", split);
@@ -1247,8 +1261,8 @@ START_TEST(test_tc_window_and_r_sort)
         run(uns, &sys, NULL, &z);
         ck_assert_msg(same_bits(&x, &y), "SPLIT=%s: the basis window changes the result",
                       whole ? "1" : "(unset)");
-        compare(&x, &rc, "F 128, sorted rows vs CPU");
-        compare(&z, &rc, "F 128, unsorted rows vs CPU");
+        compare(&x, &w.rc, "F 128, sorted rows vs CPU");
+        compare(&z, &w.rc, "F 128, unsorted rows vs CPU");
         const double de = fabs(x.r.energy - z.r.energy) / fabs(z.r.energy);
         const double df = rel_rms(x.r.forces, z.r.forces, 3 * (size_t)z.n_total);
         if (getenv("CK_REPORT"))
@@ -1261,6 +1275,58 @@ START_TEST(test_tc_window_and_r_sort)
         ds4sci_ctx_free(win);
         ds4sci_ctx_free(all);
         ds4sci_ctx_free(uns);
+    }
+    window_fixture_free(&w);
+}
+END_TEST
+
+/*
+ * The side stream (DS4SCI_CUDA_SIDE, default on outside graph mode: vec_proj's GEMM and its
+ * backward on a second stream beside the main stream's work, kernels/et_cuda.cu compute_body)
+ * runs the same GEMMs on the same data as one stream (=0): the same bits, with the node work
+ * kept (the default for small systems) and recomputed in the backward (DS4SCI_CUDA_KEEP=0),
+ * with the built-in and a caller exchange, over repeated calls; a missing join (a GEMM's
+ * output read before it is written) shows as other bits. And against float64.
+ */
+START_TEST(test_side_stream_same_bits)
+{
+    tu_opts o;
+    et_desc *d = small_model(&o, 3);
+    ds4sci_system sys;
+    ds4sci_graph *g = random_system(200, 0.06, 1, o.max_z, o.cutoff_upper, 91, &sys);
+    ds4sci_ctx *cpu = tu_ctx_cpu(d, 0);
+    tu_result rc;
+    run(cpu, &sys, NULL, &rc);
+    for (int keep0 = 0; keep0 < 2; keep0++) {
+        char *keep = env_set("DS4SCI_CUDA_KEEP", keep0 ? "0" : NULL);
+        ds4sci_ctx *two = ctx_cuda_env_graph(d, 0, "DS4SCI_CUDA_SIDE", NULL);
+        ds4sci_ctx *one = ctx_cuda_env_graph(d, 0, "DS4SCI_CUDA_SIDE", "0");
+        env_restore("DS4SCI_CUDA_KEEP", keep);
+        for (int rep = 0; rep < 3; rep++) {
+            tu_result x, y;
+            run(two, &sys, NULL, &x);
+            run(one, &sys, NULL, &y);
+            ck_assert_msg(same_bits(&x, &y), "keep %s, call %d: the side stream changes the "
+                          "result", keep0 ? "0" : "auto", rep);
+            compare(&x, &rc, "side stream vs CPU");
+            tu_result_free(&x);
+            tu_result_free(&y);
+        }
+        rec_exchange rx = {&sys, 0, {0}, {0}, NULL};
+        ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, NULL, 0, NULL, NULL};
+        ds4sci_system s2 = sys;
+        s2.ghost_owner = NULL; /* the callbacks use rx.sys */
+        tu_result x, y;
+        run(two, &s2, &ex, &x);
+        rx.calls = 0;
+        run(one, &s2, &ex, &y);
+        ck_assert_msg(same_bits(&x, &y), "caller exchange, keep %s: the side stream changes "
+                      "the result", keep0 ? "0" : "auto");
+        compare(&x, &rc, "side stream, caller exchange vs CPU");
+        tu_result_free(&x);
+        tu_result_free(&y);
+        ds4sci_ctx_free(two);
+        ds4sci_ctx_free(one);
     }
     tu_result_free(&rc);
     ds4sci_ctx_free(cpu);
@@ -1775,6 +1841,7 @@ static Suite *suite(void)
     tcase_add_test(tx, test_dynamic_items_same_bits);
     tcase_add_test(tx, test_basis_window_same_bits);
     tcase_add_test(tx, test_tc_window_and_r_sort);
+    tcase_add_test(tx, test_side_stream_same_bits);
     tcase_add_loop_test(tx, test_two_domains_wire_plan, 0, 10);
     suite_add_tcase(s, tx);
     return s;
