@@ -680,7 +680,9 @@ static __global__ void __launch_bounds__(32 * ET_EDGE_WARPS, EDGE_MIN_BLOCKS(CPL
  * F = 128, K = 32, 16 warps; the H200 allows 232,448 B per block), so 16 warps per SM as the
  * receiver pass's two blocks of 8; registers capped at 128 alike.
  */
+#ifndef ET_MERGED_WARPS /* (a build may set it: docs/gpu.md v34 measured 8, 12) */
 #define ET_MERGED_WARPS 16
+#endif
 /* at CPL = 8 (F = 256) blocks of at most 8 warps (the filters take 128 KB of shared memory
    anyway), so that the kernel may use up to 255 registers as k_edge_bwd_recv does */
 #define MERGED_MAXW(CPL) ((CPL) >= 8 ? 8 : ET_MERGED_WARPS)
