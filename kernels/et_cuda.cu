@@ -417,29 +417,9 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
             goto out;
         }
     }
+    /* the side stream and its cuBLAS handle (32 MiB of default workspace on Hopper) are made
+       by the first call that uses them (side_init) */
     et->side = env_switch("DS4SCI_CUDA_SIDE", 0, 1, 1);
-    if (et->side) {
-        e = cudaStreamCreateWithFlags(&et->stream2, cudaStreamNonBlocking);
-        if (e == cudaSuccess)
-            e = cudaEventCreateWithFlags(&et->ev_fork, cudaEventDisableTiming);
-        if (e == cudaSuccess)
-            e = cudaEventCreateWithFlags(&et->ev_join, cudaEventDisableTiming);
-        if (e != cudaSuccess) {
-            st = cu_fail(e, "side stream", err, err_len);
-            goto out;
-        }
-        cublasStatus_t b = cublasCreate(&et->blas2);
-        if (b == CUBLAS_STATUS_SUCCESS)
-            b = cublasSetStream(et->blas2, et->stream2);
-        if (b == CUBLAS_STATUS_SUCCESS)
-            b = cublasSetMathMode(et->blas2, env_switch("DS4SCI_CUDA_TF32", 0, 1, 0)
-                                                 ? CUBLAS_TF32_TENSOR_OP_MATH
-                                                 : CUBLAS_DEFAULT_MATH);
-        if (b != CUBLAS_STATUS_SUCCESS) {
-            st = blas_fail(b, "cublasCreate (side stream)", err, err_len);
-            goto out;
-        }
-    }
     e = cudaMalloc((void **)&et->d_check, sizeof(int));
     if (e == cudaSuccess)
         e = cudaMalloc((void **)&et->d_work, ET_WORK_SLOTS(d->L) * sizeof(int));
@@ -1437,6 +1417,47 @@ static ds4sci_status bad_input(ds4sci_cuda_et *et, int i, char *err, size_t err_
  * embedding, layers forward, head, layers backward, forces. In graph mode (graph_call: built-in
  * exchange) it neither waits for nor reads back anything (a graph capture records it).
  */
+/* The side stream (et->side: compute_body) made at its first use, never during a capture: its
+   stream, events and cuBLAS handle (the main handle's math mode and, as the main handle has
+   outside graph mode, cuBLAS's default workspace: the same GEMM kernels). Returns 1 when
+   ready; 0 when it could not be made (what was made is freed and et->side is cleared: one
+   stream from then on, the same results). */
+static int side_init(ds4sci_cuda_et *et)
+{
+    if (et->blas2)
+        return 1;
+    cudaError_t e = cudaStreamCreateWithFlags(&et->stream2, cudaStreamNonBlocking);
+    if (e == cudaSuccess)
+        e = cudaEventCreateWithFlags(&et->ev_fork, cudaEventDisableTiming);
+    if (e == cudaSuccess)
+        e = cudaEventCreateWithFlags(&et->ev_join, cudaEventDisableTiming);
+    cublasStatus_t b = CUBLAS_STATUS_NOT_INITIALIZED;
+    if (e == cudaSuccess)
+        b = cublasCreate(&et->blas2);
+    if (b == CUBLAS_STATUS_SUCCESS)
+        b = cublasSetStream(et->blas2, et->stream2);
+    if (b == CUBLAS_STATUS_SUCCESS)
+        b = cublasSetMathMode(et->blas2, env_switch("DS4SCI_CUDA_TF32", 0, 1, 0)
+                                             ? CUBLAS_TF32_TENSOR_OP_MATH
+                                             : CUBLAS_DEFAULT_MATH);
+    if (b == CUBLAS_STATUS_SUCCESS)
+        return 1;
+    cudaGetLastError();
+    if (et->blas2)
+        cublasDestroy(et->blas2);
+    if (et->ev_fork)
+        cudaEventDestroy(et->ev_fork);
+    if (et->ev_join)
+        cudaEventDestroy(et->ev_join);
+    if (et->stream2)
+        cudaStreamDestroy(et->stream2);
+    et->blas2 = NULL;
+    et->ev_fork = et->ev_join = NULL;
+    et->stream2 = NULL;
+    et->side = 0;
+    return 0;
+}
+
 static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
                                   const ds4sci_exchange *ex, int builtin, ds4sci_result *res,
                                   char *err, size_t err_len)
@@ -2031,7 +2052,7 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
        stream2), or on an early return when the guard goes out of scope. The same GEMMs on the
        same data: the same bits (test_side_stream_same_bits). It hides launch latency: in graph
        mode, where there is none to hide, the branches gained nothing (docs/gpu.md v34) */
-    const bool side = et->side && nl <= CH && !bound;
+    const bool side = et->side && nl <= CH && !bound && side_init(et);
     struct side_branch {
         ds4sci_cuda_et *et;
         bool open;
