@@ -547,6 +547,22 @@ static const char *const stage_names[ET_NSTAGES] = {
     "input+graph", "embedding", "node-fwd", "edge-fwd", "exchange", "head",
     "node-bwd", "edge-bwd-recv", "edge-bwd-send", "forces", "output"};
 
+/* The side stream's objects (side_init), whichever were made; the fields cleared. */
+static void side_free(ds4sci_cuda_et *et)
+{
+    if (et->blas2)
+        cublasDestroy(et->blas2);
+    if (et->ev_fork)
+        cudaEventDestroy(et->ev_fork);
+    if (et->ev_join)
+        cudaEventDestroy(et->ev_join);
+    if (et->stream2)
+        cudaStreamDestroy(et->stream2);
+    et->blas2 = NULL;
+    et->ev_fork = et->ev_join = NULL;
+    et->stream2 = NULL;
+}
+
 extern "C" void ds4sci_cuda_et_free(ds4sci_cuda_et *et)
 {
     if (!et)
@@ -593,14 +609,7 @@ extern "C" void ds4sci_cuda_et_free(ds4sci_cuda_et *et)
     if (et->blas)
         cublasDestroy(et->blas);
     cudaFree(et->blas_ws);
-    if (et->blas2)
-        cublasDestroy(et->blas2);
-    if (et->ev_fork)
-        cudaEventDestroy(et->ev_fork);
-    if (et->ev_join)
-        cudaEventDestroy(et->ev_join);
-    if (et->stream2)
-        cudaStreamDestroy(et->stream2);
+    side_free(et);
     if (et->stream)
         cudaStreamDestroy(et->stream);
     cudaFreeHost(et->h_scalars);
@@ -1443,17 +1452,7 @@ static int side_init(ds4sci_cuda_et *et)
     if (b == CUBLAS_STATUS_SUCCESS)
         return 1;
     cudaGetLastError();
-    if (et->blas2)
-        cublasDestroy(et->blas2);
-    if (et->ev_fork)
-        cudaEventDestroy(et->ev_fork);
-    if (et->ev_join)
-        cudaEventDestroy(et->ev_join);
-    if (et->stream2)
-        cudaStreamDestroy(et->stream2);
-    et->blas2 = NULL;
-    et->ev_fork = et->ev_join = NULL;
-    et->stream2 = NULL;
+    side_free(et);
     et->side = 0;
     return 0;
 }
