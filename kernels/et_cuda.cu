@@ -417,7 +417,7 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
             goto out;
         }
     }
-    /* the side stream and its cuBLAS handle (32 MiB of default workspace on Hopper) are made
+    /* the side stream and its cuBLAS handle (67 MB of device memory on the H200, v34) are made
        by the first call that uses them (side_init) */
     et->side = env_switch("DS4SCI_CUDA_SIDE", 0, 1, 1);
     e = cudaMalloc((void **)&et->d_check, sizeof(int));
