@@ -1445,10 +1445,11 @@ static int side_init(ds4sci_cuda_et *et)
         b = cublasCreate(&et->blas2);
     if (b == CUBLAS_STATUS_SUCCESS)
         b = cublasSetStream(et->blas2, et->stream2);
+    cublasMath_t math = CUBLAS_DEFAULT_MATH;
     if (b == CUBLAS_STATUS_SUCCESS)
-        b = cublasSetMathMode(et->blas2, env_switch("DS4SCI_CUDA_TF32", 0, 1, 0)
-                                             ? CUBLAS_TF32_TENSOR_OP_MATH
-                                             : CUBLAS_DEFAULT_MATH);
+        b = cublasGetMathMode(et->blas, &math);
+    if (b == CUBLAS_STATUS_SUCCESS)
+        b = cublasSetMathMode(et->blas2, math);
     if (b == CUBLAS_STATUS_SUCCESS)
         return 1;
     cudaGetLastError();
