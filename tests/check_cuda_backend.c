@@ -209,6 +209,57 @@ static et_desc *small_model(tu_opts *o, int L)
     return tu_desc_new(o);
 }
 
+/* The setup that many tests share: a model, a random periodic system and that system's float64
+   CPU result (rc), which the tests compare their CUDA results against. small_fixture_new and
+   window_fixture_new make the two kinds of model; sys_fixture_free frees either. */
+typedef struct sys_fixture {
+    tu_opts o;
+    et_desc *d;
+    ds4sci_system sys;
+    ds4sci_graph *g;
+    tu_result rc; /* the float64 CPU result of sys */
+} sys_fixture;
+
+/* The second half of either constructor, once f->o and f->d are set: a random periodic system
+   of n atoms at `density` (candidates to the model's cutoff) from seed, and its CPU result. */
+static void sys_fixture_system(sys_fixture *f, int n, double density, uint64_t seed)
+{
+    f->g = random_system(n, density, 1, f->o.max_z, f->o.cutoff_upper, seed, &f->sys);
+    ds4sci_ctx *cpu = tu_ctx_cpu(f->d, 0);
+    run(cpu, &f->sys, NULL, &f->rc);
+    ds4sci_ctx_free(cpu);
+}
+
+/* small_model(L) on a random periodic box of n atoms at 0.06 per cubic unit from seed. */
+static void small_fixture_new(sys_fixture *f, int L, int n, uint64_t seed)
+{
+    f->d = small_model(&f->o, L);
+    sys_fixture_system(f, n, 0.06, seed);
+}
+
+/* The basis-window tests' setup: a model with the reference model's basis (K = 32 expnorm
+   functions, cutoff 5 A), F channels, H heads (0: tu_opts_default's) and L layers; a random
+   periodic 150-atom system from seed. */
+static void window_fixture_new(sys_fixture *f, int F, int H, int L, uint64_t seed)
+{
+    tu_opts_default(&f->o);
+    f->o.F = F;
+    if (H > 0)
+        f->o.H = H;
+    f->o.K = 32;
+    f->o.L = L;
+    f->o.cutoff_upper = 5.0;
+    f->d = tu_desc_new(&f->o);
+    sys_fixture_system(f, 150, 0.08, seed);
+}
+
+static void sys_fixture_free(sys_fixture *f)
+{
+    tu_result_free(&f->rc);
+    ds4sci_graph_free(f->g);
+    tu_desc_free(f->d);
+}
+
 /* CUDA (its context created with var = value, see ctx_cuda_env; var NULL: as is) vs CPU on one
    model and system. */
 static void check_vs_cpu_env(const et_desc *d, const ds4sci_system *sys, const char *what,
@@ -678,13 +729,11 @@ START_TEST(test_keep_lowered_when_memory_runs_out)
     char *env_saved[2];
     for (int i = 0; i < 2; i++)
         env_saved[i] = env_set(env_vars[i], NULL);
-    tu_opts o;
-    et_desc *d = small_model(&o, 4);
-    ds4sci_system sy;
-    ds4sci_graph *g = random_system(120, 0.06, 1, o.max_z, o.cutoff_upper, 54, &sy);
-    ds4sci_ctx *cpu = tu_ctx_cpu(d, 0);
-    tu_result rc, r1, r;
-    run(cpu, &sy, NULL, &rc);
+    sys_fixture f;
+    small_fixture_new(&f, 4, 120, 54);
+    const et_desc *d = f.d;
+    const ds4sci_system sy = f.sys;
+    tu_result r1, r;
     size_t ws[3] = {0, 0, 0};
     char prof[96];
     for (int lv = 1; lv <= 2; lv++) {
@@ -707,7 +756,7 @@ START_TEST(test_keep_lowered_when_memory_runs_out)
     ds4sci_ctx *k = ctx_cuda_prof(d, "DS4SCI_CUDA_MEM_CAP", cap, prof);
     for (int call = 0; call < 3; call++) { /* the call that lowers it, then as in MD */
         run(k, &sy, NULL, &r);
-        compare(&r, &rc, "keep lowered, vs cpu");
+        compare(&r, &f.rc, "keep lowered, vs cpu");
         const size_t nf = (size_t)r.n_total * 3;
         const double de = fabs(r.r.energy - r1.r.energy) / fmax(fabs(r1.r.energy), 1e-12),
                      df = rel_rms(r.r.forces, r1.r.forces, nf);
@@ -732,10 +781,7 @@ START_TEST(test_keep_lowered_when_memory_runs_out)
     tu_result_free(&r);
     ds4sci_ctx_free(k);
     tu_result_free(&r1);
-    tu_result_free(&rc);
-    ds4sci_ctx_free(cpu);
-    ds4sci_graph_free(g);
-    tu_desc_free(d);
+    sys_fixture_free(&f);
     for (int i = 0; i < 2; i++)
         env_restore(env_vars[i], env_saved[i]);
 }
@@ -1088,13 +1134,10 @@ static int fail_forward(void *user, double *data, int32_t width)
  */
 START_TEST(test_dynamic_items_same_bits)
 {
-    tu_opts o;
-    et_desc *d = small_model(&o, 3);
-    ds4sci_system sys;
-    ds4sci_graph *g = random_system(120, 0.06, 1, o.max_z, o.cutoff_upper, 77, &sys);
-    ds4sci_ctx *cpu = tu_ctx_cpu(d, 0);
-    tu_result rc;
-    run(cpu, &sys, NULL, &rc);
+    sys_fixture f;
+    small_fixture_new(&f, 3, 120, 77);
+    const et_desc *d = f.d;
+    const ds4sci_system sys = f.sys;
     for (int run_i = 0; run_i < 4; run_i++) {
         const int graph = run_i & 1, whole_rows = run_i >> 1;
         char *keep = env_set("DS4SCI_CUDA_SPLIT", whole_rows ? "1" : NULL);
@@ -1113,7 +1156,7 @@ START_TEST(test_dynamic_items_same_bits)
             ck_assert_msg(same_bits(&x, &z),
                           "graph %d, split %s, call %d: the row order changes the result", graph,
                           whole_rows ? "1" : "auto", rep);
-            compare(&x, &rc, "dynamic items vs CPU");
+            compare(&x, &f.rc, "dynamic items vs CPU");
             tu_result_free(&x);
             tu_result_free(&y);
             tu_result_free(&z);
@@ -1135,7 +1178,7 @@ START_TEST(test_dynamic_items_same_bits)
             ck_assert_msg(same_bits(&x, &z),
                           "caller exchange, split %s: the row order changes the result",
                           whole_rows ? "1" : "auto");
-            compare(&x, &rc, "dynamic items, caller exchange vs CPU");
+            compare(&x, &f.rc, "dynamic items, caller exchange vs CPU");
             tu_result_free(&x);
             tu_result_free(&y);
             tu_result_free(&z);
@@ -1144,46 +1187,9 @@ START_TEST(test_dynamic_items_same_bits)
         ds4sci_ctx_free(rr);
         ds4sci_ctx_free(ord);
     }
-    tu_result_free(&rc);
-    ds4sci_ctx_free(cpu);
-    ds4sci_graph_free(g);
-    tu_desc_free(d);
+    sys_fixture_free(&f);
 }
 END_TEST
-
-/* The basis-window tests' setup: a model with the reference model's basis (K = 32 expnorm
-   functions, cutoff 5 A), F channels, H heads (0: tu_opts_default's) and L layers; a random
-   periodic 150-atom system from seed; its float64 CPU result. */
-typedef struct window_fixture {
-    tu_opts o;
-    et_desc *d;
-    ds4sci_system sys;
-    ds4sci_graph *g;
-    tu_result rc;
-} window_fixture;
-
-static void window_fixture_new(window_fixture *w, int F, int H, int L, uint64_t seed)
-{
-    tu_opts_default(&w->o);
-    w->o.F = F;
-    if (H > 0)
-        w->o.H = H;
-    w->o.K = 32;
-    w->o.L = L;
-    w->o.cutoff_upper = 5.0;
-    w->d = tu_desc_new(&w->o);
-    w->g = random_system(150, 0.08, 1, w->o.max_z, w->o.cutoff_upper, seed, &w->sys);
-    ds4sci_ctx *cpu = tu_ctx_cpu(w->d, 0);
-    run(cpu, &w->sys, NULL, &w->rc);
-    ds4sci_ctx_free(cpu);
-}
-
-static void window_fixture_free(window_fixture *w)
-{
-    tu_result_free(&w->rc);
-    ds4sci_graph_free(w->g);
-    tu_desc_free(w->d);
-}
 
 /* The filters' k loops over each chunk's window of nonzero basis values (edge_common.cuh
    stage_rbf_of; DS4SCI_CUDA_KWIN=0: over all K) give the same bits, in the passes that take the
@@ -1194,7 +1200,7 @@ static void window_fixture_free(window_fixture *w)
    they never are. The flush itself against none: within fp32 round-off. */
 START_TEST(test_basis_window_same_bits)
 {
-    window_fixture w;
+    sys_fixture w;
     window_fixture_new(&w, 32, 0, 2, 31);
     const et_desc *d = w.d;
     const ds4sci_system sys = w.sys;
@@ -1232,7 +1238,7 @@ START_TEST(test_basis_window_same_bits)
         ds4sci_ctx_free(win);
         ds4sci_ctx_free(all);
     }
-    window_fixture_free(&w);
+    sys_fixture_free(&w);
 }
 END_TEST
 
@@ -1244,7 +1250,7 @@ END_TEST
    summation order, so within fp32 round-off of each other, both against the float64 CPU. */
 START_TEST(test_tc_window_and_r_sort)
 {
-    window_fixture w;
+    sys_fixture w;
     window_fixture_new(&w, 128, 8, 1, 53);
     const et_desc *d = w.d;
     const ds4sci_system sys = w.sys;
@@ -1276,7 +1282,7 @@ START_TEST(test_tc_window_and_r_sort)
         ds4sci_ctx_free(all);
         ds4sci_ctx_free(uns);
     }
-    window_fixture_free(&w);
+    sys_fixture_free(&w);
 }
 END_TEST
 
@@ -1290,13 +1296,10 @@ END_TEST
  */
 START_TEST(test_side_stream_same_bits)
 {
-    tu_opts o;
-    et_desc *d = small_model(&o, 3);
-    ds4sci_system sys;
-    ds4sci_graph *g = random_system(200, 0.06, 1, o.max_z, o.cutoff_upper, 91, &sys);
-    ds4sci_ctx *cpu = tu_ctx_cpu(d, 0);
-    tu_result rc;
-    run(cpu, &sys, NULL, &rc);
+    sys_fixture f;
+    small_fixture_new(&f, 3, 200, 91);
+    const et_desc *d = f.d;
+    const ds4sci_system sys = f.sys;
     for (int keep0 = 0; keep0 < 2; keep0++) {
         char *keep = env_set("DS4SCI_CUDA_KEEP", keep0 ? "0" : NULL);
         ds4sci_ctx *two = ctx_cuda_env_graph(d, 0, "DS4SCI_CUDA_SIDE", NULL);
@@ -1308,7 +1311,7 @@ START_TEST(test_side_stream_same_bits)
             run(one, &sys, NULL, &y);
             ck_assert_msg(same_bits(&x, &y), "keep %s, call %d: the side stream changes the "
                           "result", keep0 ? "0" : "auto", rep);
-            compare(&x, &rc, "side stream vs CPU");
+            compare(&x, &f.rc, "side stream vs CPU");
             tu_result_free(&x);
             tu_result_free(&y);
         }
@@ -1322,40 +1325,36 @@ START_TEST(test_side_stream_same_bits)
         run(one, &s2, &ex, &y);
         ck_assert_msg(same_bits(&x, &y), "caller exchange, keep %s: the side stream changes "
                       "the result", keep0 ? "0" : "auto");
-        compare(&x, &rc, "side stream, caller exchange vs CPU");
+        compare(&x, &f.rc, "side stream, caller exchange vs CPU");
         tu_result_free(&x);
         tu_result_free(&y);
         ds4sci_ctx_free(two);
         ds4sci_ctx_free(one);
     }
-    tu_result_free(&rc);
-    ds4sci_ctx_free(cpu);
-    ds4sci_graph_free(g);
-    tu_desc_free(d);
+    sys_fixture_free(&f);
 }
 END_TEST
 
 /* The caller-exchange path gives the built-in path's results, with backend.h's sequence. */
 START_TEST(test_caller_exchange_matches_builtin_and_sequence)
 {
-    tu_opts o;
-    et_desc *d = small_model(&o, 3);
-    ds4sci_system sys;
-    ds4sci_graph *g = random_system(120, 0.06, 1, o.max_z, o.cutoff_upper, 5, &sys);
-    ds4sci_ctx *gpu = ctx_cuda(d), *cpu = tu_ctx_cpu(d, 0);
+    sys_fixture f;
+    small_fixture_new(&f, 3, 120, 5);
+    const et_desc *d = f.d;
+    const ds4sci_system sys = f.sys;
+    ds4sci_ctx *gpu = ctx_cuda(d);
     rec_exchange rx = {&sys, 0, {0}, {0}, NULL};
     ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, NULL, 0, NULL, NULL};
     ds4sci_system s2 = sys;
     s2.ghost_owner = NULL; /* the callbacks use rx.sys */
-    tu_result a, b;
+    tu_result a;
     run(gpu, &s2, &ex, &a);
-    run(cpu, &sys, NULL, &b);
-    compare(&a, &b, "caller exchange vs CPU");
+    compare(&a, &f.rc, "caller exchange vs CPU");
     /* forward F, forward 4F x (L-1), reverse 4F x (L-1), reverse F (neighbour embedding);
        the forward rows' floats travel packed two per double (half the widths) unless
        DS4SCI_CUDA_XCH_F32=0 */
     const char *xf = getenv("DS4SCI_CUDA_XCH_F32");
-    const int F = o.F, L = o.L, fdiv = xf && strcmp(xf, "0") == 0 ? 1 : 2;
+    const int F = f.o.F, L = f.o.L, fdiv = xf && strcmp(xf, "0") == 0 ? 1 : 2;
     ck_assert_int_eq(rx.calls, 2 * L);
     ck_assert_int_eq(rx.dirs[0], 'f');
     ck_assert_int_eq(rx.widths[0], F / fdiv);
@@ -1374,14 +1373,11 @@ START_TEST(test_caller_exchange_matches_builtin_and_sequence)
     ck_assert_int_eq(st, DS4SCI_ERR_EXCHANGE);
     tu_result c;
     run(gpu, &sys, NULL, &c);
-    compare(&c, &b, "after a failed exchange");
+    compare(&c, &f.rc, "after a failed exchange");
     tu_result_free(&a);
-    tu_result_free(&b);
     tu_result_free(&c);
     ds4sci_ctx_free(gpu);
-    ds4sci_ctx_free(cpu);
-    ds4sci_graph_free(g);
-    tu_desc_free(d);
+    sys_fixture_free(&f);
 }
 END_TEST
 
@@ -1390,11 +1386,11 @@ END_TEST
    not sent. */
 START_TEST(test_caller_exchange_with_send_rows_hint)
 {
-    tu_opts o;
-    et_desc *d = small_model(&o, 3);
-    ds4sci_system sys;
-    ds4sci_graph *g = random_system(1000, 0.06, 1, o.max_z, o.cutoff_upper, 11, &sys);
-    ds4sci_ctx *gpu = ctx_cuda(d), *cpu = tu_ctx_cpu(d, 0);
+    sys_fixture f;
+    small_fixture_new(&f, 3, 1000, 11);
+    const et_desc *d = f.d;
+    const ds4sci_system sys = f.sys;
+    ds4sci_ctx *gpu = ctx_cuda(d);
     unsigned char *mark = calloc((size_t)sys.n_local + 1, 1);
     int32_t *rows = malloc(sizeof(int32_t) * ((size_t)sys.n_local + 1));
     int32_t nr = 0;
@@ -1408,19 +1404,15 @@ START_TEST(test_caller_exchange_with_send_rows_hint)
     ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, rows, nr, NULL, NULL};
     ds4sci_system s2 = sys;
     s2.ghost_owner = NULL;
-    tu_result a, b;
+    tu_result a;
     run(gpu, &s2, &ex, &a);
-    run(cpu, &sys, NULL, &b);
-    compare(&a, &b, "caller exchange with send_rows vs CPU");
-    ck_assert_int_eq(rx.calls, 2 * o.L);
+    compare(&a, &f.rc, "caller exchange with send_rows vs CPU");
+    ck_assert_int_eq(rx.calls, 2 * f.o.L);
     tu_result_free(&a);
-    tu_result_free(&b);
     free(rows);
     free(mark);
     ds4sci_ctx_free(gpu);
-    ds4sci_ctx_free(cpu);
-    ds4sci_graph_free(g);
-    tu_desc_free(d);
+    sys_fixture_free(&f);
 }
 END_TEST
 
@@ -1458,17 +1450,16 @@ static int32_t partial_owners(const ds4sci_system *sys, int32_t **part, int32_t 
 
 START_TEST(test_caller_exchange_partial_owners)
 {
-    tu_opts o;
-    et_desc *d = small_model(&o, 3);
-    ds4sci_system sys;
-    ds4sci_graph *g = random_system(1000, 0.06, 1, o.max_z, o.cutoff_upper, 13, &sys);
-    ds4sci_ctx *gpu = ctx_cuda(d), *cpu = tu_ctx_cpu(d, 0);
+    sys_fixture f;
+    small_fixture_new(&f, 3, 1000, 13);
+    const tu_opts o = f.o;
+    const et_desc *d = f.d;
+    const ds4sci_system sys = f.sys;
+    ds4sci_ctx *gpu = ctx_cuda(d);
     int32_t *part, *rows, nr;
     const int32_t n_remote = partial_owners(&sys, &part, &rows, &nr);
     ck_assert_msg(n_remote > 0 && n_remote < sys.n_ghost, "remote ghosts %d of %d", n_remote,
                   sys.n_ghost);
-    tu_result b;
-    run(cpu, &sys, NULL, &b);
     /* without the hint, with it, with it and reverse_f32 */
     const char *xf = getenv("DS4SCI_CUDA_XCH_F32");
     const int f32 = !(xf && strcmp(xf, "0") == 0);
@@ -1481,7 +1472,7 @@ START_TEST(test_caller_exchange_partial_owners)
         s2.ghost_owner = part;
         tu_result a;
         run(gpu, &s2, &ex, &a);
-        compare(&a, &b,
+        compare(&a, &f.rc,
                 variant == 2 ? "partial owners, send_rows, reverse_f32 vs CPU"
                 : hint       ? "partial owners with send_rows vs CPU"
                              : "partial owners vs CPU");
@@ -1494,13 +1485,10 @@ START_TEST(test_caller_exchange_partial_owners)
         }
         tu_result_free(&a);
     }
-    tu_result_free(&b);
     free(rows);
     free(part);
     ds4sci_ctx_free(gpu);
-    ds4sci_ctx_free(cpu);
-    ds4sci_graph_free(g);
-    tu_desc_free(d);
+    sys_fixture_free(&f);
 }
 END_TEST
 
@@ -1532,15 +1520,13 @@ static int profile_checkpoint(const char *prof)
  */
 START_TEST(test_caller_exchange_checkpointing)
 {
-    tu_opts o;
-    et_desc *d = small_model(&o, 4);
-    ds4sci_system sys;
-    ds4sci_graph *g = random_system(1000, 0.06, 1, o.max_z, o.cutoff_upper, 17, &sys);
-    ds4sci_ctx *cpu = tu_ctx_cpu(d, 0);
+    sys_fixture f;
+    small_fixture_new(&f, 4, 1000, 17);
+    const tu_opts o = f.o;
+    const et_desc *d = f.d;
+    const ds4sci_system sys = f.sys;
     int32_t *part, *rows, nr;
     ck_assert(partial_owners(&sys, &part, &rows, &nr) > 0);
-    tu_result b;
-    run(cpu, &sys, NULL, &b);
     char prof[96];
     snprintf(prof, sizeof(prof), "/tmp/ck_ckpt_profile_%ld.txt", (long)getpid());
     for (int variant = 0; variant < 2; variant++) {
@@ -1556,7 +1542,7 @@ START_TEST(test_caller_exchange_checkpointing)
             snprintf(what, sizeof(what), "%s, checkpoint %d vs CPU",
                      variant ? "partial owners with send_rows" : "caller exchange", lv);
             run(gpu, &s2, &ex, &r[lv]);
-            compare(&r[lv], &b, what);
+            compare(&r[lv], &f.rc, what);
             ck_assert_msg(rx.calls == 2 * o.L, "%s: %d exchange calls, expected %d", what,
                           rx.calls, 2 * o.L);
             for (int l = 0; l < o.L; l++)
@@ -1578,12 +1564,9 @@ START_TEST(test_caller_exchange_checkpointing)
         for (int lv = 0; lv < 3; lv++)
             tu_result_free(&r[lv]);
     }
-    tu_result_free(&b);
     free(rows);
     free(part);
-    ds4sci_ctx_free(cpu);
-    ds4sci_graph_free(g);
-    tu_desc_free(d);
+    sys_fixture_free(&f);
 }
 END_TEST
 
