@@ -26,16 +26,20 @@
  */
 template <int CPL, int SILU>
 static __device__ __forceinline__ void merged_send_first(const et_edge_common &c,
-                                                         const et_edge_layer &l, const float *trow,
-                                                         int s, int f0, bool on, int G, int vx_off,
+                                                         const et_edge_layer &l,
+                                                         const float (&kt)[CPL],
+                                                         const float (&vt)[CPL], int s, int f0,
+                                                         bool on, int G,
                                                          float *acc, const float (&dk)[CPL],
                                                          const float (&dv)[CPL], float sv, float cc,
                                                          bool pair, float (&gp)[2][CPL]);
 template <int CPL, int SILU>
 static __device__ __forceinline__ void merged_send_second(const et_edge_common &c,
                                                           const et_edge_layer &l,
-                                                          const float *trow, int t, int s, int f0,
-                                                          bool on, int vx_off, float *acc,
+                                                          const float (&vt1)[CPL],
+                                                          const float (&vt2)[CPL],
+                                                          const float (&vst)[3][CPL], int s,
+                                                          int f0, float *acc,
                                                           const float (&dv1)[CPL],
                                                           const float (&dv2)[CPL],
                                                           const float (&ddv1)[CPL],
@@ -225,15 +229,26 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
          * those done (a[E-1] = edge i's after its turn), in order again after E turns.
          */
         {
-            /* t's q and dE/dX here and dE/dV before the second half, read per chunk (L1 hits)
-               rather than once per row: live in their half only (as row values they held 20
+            /* t's q and dE/dX here and dE/dV before the second half, read per chunk rather
+               than once per row: live in their half only (as row values they held 20
                registers through both halves: ~5 instructions per edge and half more, measured
-               in the SASS, for rematerialised addresses and constants) */
+               in the SASS, for rematerialised addresses and constants). MERGED: so are t's
+               rows that the sender work of e' reads (k, v~ here; v1, v2, vec before the
+               second half): read per edge they were 7 of the pass's ~20 row loads per edge,
+               all from L2 (the L1 hit rate is 1.5%, docs/gpu.md v34); per chunk, the same
+               128 registers and no spills, the merged pass 578 -> 551 ms at 1M atoms (v35) */
             float q[CPL], gX[CPL];
             ldg_vec<CPL>(l.qkv + (size_t)t * 5 * F + f0, q);
             ldg_vec<CPL>(l.gX + (size_t)t * F + f0, gX);
             zero_off<CPL>(on, q);
             zero_off<CPL>(on, gX);
+            float kt[CPL], vt[CPL]; /* MERGED: k[t], v~[t] for the sender work of e' */
+            if constexpr (MERGED) {
+                ldg_vec<CPL>(trow + F + f0, kt);
+                ldg_vec<CPL>(trow + vx_off, vt);
+                zero_off<CPL>(on, kt);
+                zero_off<CPL>(on, vt);
+            }
             pre_to_smem<CPL, 0>(s_wt, s_b, s_rbf, kw, F, wl, s_pre);
 #pragma unroll 1
             for (int i = 0; i < E; i++) {
@@ -296,7 +311,7 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                     }
                     if constexpr (MERGED)
                         if (rm >> i & 1u) /* the sender work of (t -> so), first half */
-                            merged_send_first<CPL, SILU>(c, l, trow, s, f0, on, G, vx_off, acc,
+                            merged_send_first<CPL, SILU>(c, l, kt, vt, s, f0, on, G, acc,
                                                          dk, dv, svi, cc, pm >> i & 1u, gp);
                     if (mine)
 #pragma unroll
@@ -317,6 +332,22 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
             for (int cx = 0; cx < 3; cx++) {
                 ldg_vec<CPL>(l.gV + ((size_t)t * 3 + cx) * F + f0, gV[cx]);
                 zero_off<CPL>(on, gV[cx]);
+            }
+            /* MERGED: v1[t], v2[t] and vec[t] for the sender work of e' */
+            float vt1[CPL], vt2[CPL], vst[3][CPL];
+            if constexpr (MERGED) {
+                ldg_vec<CPL>(trow + vx_off + D, vt1);
+                ldg_vec<CPL>(trow + vx_off + 2 * D, vt2);
+                zero_off<CPL>(on, vt1);
+                zero_off<CPL>(on, vt2);
+#pragma unroll
+                for (int cx = 0; cx < 3; cx++) {
+#pragma unroll
+                    for (int j = 0; j < CPL; j++)
+                        vst[cx][j] = 0.f;
+                    if (l.vec)
+                        ldg_vec<CPL>(l.vec + ((size_t)t * 3 + cx) * F + f0, vst[cx]);
+                }
             }
             pre_to_smem<CPL, 2>(s_wt, s_b, s_rbf, kw, F, wl, s_pre);
 #pragma unroll 1
@@ -395,8 +426,8 @@ static __device__ __forceinline__ void bwd_recv_row(const et_edge_common c,
                     }
                     if constexpr (MERGED)
                         if (rm >> i & 1u) /* the sender work of (t -> so), second half: -d */
-                            merged_send_second<CPL, SILU>(c, l, trow, t, s, f0, on,
-                                                          vx_off, acc, dv1a, dv2a, ddv1a,
+                            merged_send_second<CPL, SILU>(c, l, vt1, vt2, vst, s, f0,
+                                                          acc, dv1a, dv2a, ddv1a,
                                                           ddv2a, svi, dse,
                                                           pm >> i & 1u, gp);
                 }
@@ -701,23 +732,23 @@ static inline size_t merged_smem_bytes(int F, int K, int CPL, int warps)
  * The sender work of the reverse edge e' = (t -> s) of e = (s -> t) in the merged pass
  * (k_edge_bwd_send's code with its (s, t) = (t, s)), from e's filter activations: first half
  * (dk, dv: g_k, g_v value) and second half (dv1, dv2, direction dir2 = -d, 0 for the
- * self-loop: g_v gates, g_vec), added to the lane's accumulators acc (parts AW apart).
+ * self-loop: g_v gates, g_vec), added to the lane's accumulators acc (parts AW apart). t's
+ * rows (kt = k[t], vt = v~[t]; vt1, vt2 = v1[t], v2[t], vst = vec[t], 0 in the first layer)
+ * come in from the caller, read once per chunk half (bwd_recv_row).
  */
 template <int CPL, int SILU>
 static __device__ __forceinline__ void merged_send_first(const et_edge_common &c,
-                                                         const et_edge_layer &l, const float *trow,
-                                                         int s, int f0, bool on, int G, int vx_off,
+                                                         const et_edge_layer &l,
+                                                         const float (&kt)[CPL],
+                                                         const float (&vt)[CPL], int s, int f0,
+                                                         bool on, int G,
                                                          float *acc, const float (&dk)[CPL],
                                                          const float (&dv)[CPL], float sv, float cc,
                                                          bool pair, float (&gp)[2][CPL])
 {
     constexpr int AW = 32 * CPL;
     const int F = edge_f<CPL>(c);
-    float kt[CPL], vt[CPL], q2[CPL], gX2[CPL];
-    ldg_vec<CPL>(trow + F + f0, kt);
-    ldg_vec<CPL>(trow + vx_off, vt);
-    zero_off<CPL>(on, kt);
-    zero_off<CPL>(on, vt);
+    float q2[CPL], gX2[CPL];
     ldg_vec<CPL>(l.qkv + (size_t)s * 5 * F + f0, q2);
     ldg_vec<CPL>(l.gX + (size_t)s * F + f0, gX2);
     zero_off<CPL>(on, gX2);
@@ -758,8 +789,10 @@ static __device__ __forceinline__ void merged_send_first(const et_edge_common &c
 template <int CPL, int SILU>
 static __device__ __forceinline__ void merged_send_second(const et_edge_common &c,
                                                           const et_edge_layer &l,
-                                                          const float *trow, int t, int s, int f0,
-                                                          bool on, int vx_off, float *acc,
+                                                          const float (&vt1)[CPL],
+                                                          const float (&vt2)[CPL],
+                                                          const float (&vst)[3][CPL], int s,
+                                                          int f0, float *acc,
                                                           const float (&dv1)[CPL],
                                                           const float (&dv2)[CPL],
                                                           const float (&ddv1)[CPL],
@@ -768,18 +801,11 @@ static __device__ __forceinline__ void merged_send_second(const et_edge_common &
                                                           float (&gp)[2][CPL])
 {
     constexpr int AW = 32 * CPL;
-    const int F = edge_f<CPL>(c), D = edge_d<CPL, SILU>(c);
+    const int F = edge_f<CPL>(c);
     float gV2[3][CPL];
 #pragma unroll
     for (int cx = 0; cx < 3; cx++)
         ldg_vec<CPL>(l.gV + ((size_t)s * 3 + cx) * F + f0, gV2[cx]);
-    float vt1[CPL], vt2[CPL]; /* v1[t], v2[t] (a pair only) */
-    ldg_vec<CPL>(trow + vx_off + D, vt1);
-    zero_off<CPL>(on, vt1);
-    if (pair) {
-        ldg_vec<CPL>(trow + vx_off + 2 * D, vt2);
-        zero_off<CPL>(on, vt2);
-    }
     /* g_v gate 1: (gV2 . vec[t]) dv1 sv; gate 2: (gV2 . dir2) dv2 sv with dir2 = -d (dse = d sv:
        gvt2s = -(gV2 . dse), the same bits as the sum over -dse). The gates dv1, dv2 and their
        derivatives are the receiver work's (the same pre-activations). g1 = v1[t] dv1 sv for
@@ -789,16 +815,7 @@ static __device__ __forceinline__ void merged_send_second(const et_edge_common &
         float gvt1[CPL], a1[CPL], a2[CPL];
 #pragma unroll
         for (int j = 0; j < CPL; j++)
-            gvt1[j] = 0.f;
-        if (l.vec) {
-            float vs[3][CPL];
-#pragma unroll
-            for (int cx = 0; cx < 3; cx++)
-                ldg_vec<CPL>(l.vec + ((size_t)t * 3 + cx) * F + f0, vs[cx]);
-#pragma unroll
-            for (int j = 0; j < CPL; j++)
-                gvt1[j] = gV2[0][j] * vs[0][j] + gV2[1][j] * vs[1][j] + gV2[2][j] * vs[2][j];
-        }
+            gvt1[j] = gV2[0][j] * vst[0][j] + gV2[1][j] * vst[1][j] + gV2[2][j] * vst[2][j];
         ld_vec<CPL>(acc + 2 * AW, a1);
         ld_vec<CPL>(acc + 3 * AW, a2);
 #pragma unroll
