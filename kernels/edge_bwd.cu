@@ -757,7 +757,6 @@ static __device__ __forceinline__ void merged_send_first(const et_edge_common &c
                                                          const float (&dv)[CPL], float sv, float cc,
                                                          bool pair, float (&gp)[2][CPL])
 {
-    constexpr int AW = 32 * CPL;
     const int F = edge_f<CPL>(c);
     float q2[CPL], gX2[CPL];
     ldg_vec<CPL>(l.qkv + (size_t)s * 5 * F + f0, q2);
