@@ -96,6 +96,19 @@ static buffer pack(parts *p, const void *extra, size_t extra_len) {
     return b;
 }
 
+/* A header entry for an F32 tensor `name` of n values stored right after the data (the bytes
+   that pack's `extra` appends). */
+static void add_f32_after_data(parts *p, const char *name, int n) {
+    cJSON *t = cJSON_CreateObject();
+    cJSON_AddStringToObject(t, "dtype", "F32");
+    cJSON_AddItemToObject(t, "shape", cJSON_CreateIntArray((const int[]){n}, 1));
+    cJSON *offs = cJSON_CreateArray();
+    cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)p->data_len));
+    cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)p->data_len + 4.0 * n));
+    cJSON_AddItemToObject(t, "data_offsets", offs);
+    cJSON_AddItemToObject(p->header, name, t);
+}
+
 /* A file from raw header text and data bytes. */
 static buffer assemble(const char *text, size_t hlen, const unsigned char *data, size_t data_len) {
     buffer b = {malloc(8 + hlen + data_len), 8 + hlen + data_len};
@@ -761,14 +774,7 @@ END_TEST
 START_TEST(test_unknown_tensor) {
     buffer b = read_all(SMALL);
     parts p = split(&b);
-    cJSON *t = cJSON_CreateObject();
-    cJSON_AddStringToObject(t, "dtype", "F32");
-    cJSON_AddItemToObject(t, "shape", cJSON_CreateIntArray((const int[]){1}, 1));
-    cJSON *offs = cJSON_CreateArray();
-    cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)p.data_len));
-    cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)p.data_len + 4));
-    cJSON_AddItemToObject(t, "data_offsets", offs);
-    cJSON_AddItemToObject(p.header, "representation_model.attention_layers.0.gate.weight", t);
+    add_f32_after_data(&p, "representation_model.attention_layers.0.gate.weight", 1);
     const float one = 1.0f;
     expect_refusal(pack(&p, &one, 4), DS4SCI_ERR_FORMAT,
                    "tensor representation_model.attention_layers.0.gate.weight: unexpected", NULL);
@@ -780,14 +786,7 @@ END_TEST
 START_TEST(test_pre_021_checkpoint_refused) {
     buffer b = read_all(SMALL);
     parts p = split(&b);
-    cJSON *t = cJSON_CreateObject();
-    cJSON_AddStringToObject(t, "dtype", "F32");
-    cJSON_AddItemToObject(t, "shape", cJSON_CreateIntArray((const int[]){96}, 1));
-    cJSON *offs = cJSON_CreateArray();
-    cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)p.data_len));
-    cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)p.data_len + 384));
-    cJSON_AddItemToObject(t, "data_offsets", offs);
-    cJSON_AddItemToObject(p.header, "representation_model.attention_layers.0.vec_proj.bias", t);
+    add_f32_after_data(&p, "representation_model.attention_layers.0.vec_proj.bias", 96);
     float zeros[96] = {0};
     expect_refusal(pack(&p, zeros, sizeof zeros), DS4SCI_ERR_UNSUPPORTED, "vec_proj.bias",
                    "before 0.2.1");
