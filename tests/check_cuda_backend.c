@@ -1115,6 +1115,32 @@ static int rec_reverse_f32(void *user, float *data, int32_t width)
     return 0;
 }
 
+/* A caller exchange of sys through the recording callbacks, used in place (ex.user is &rx):
+   rx records the calls, ex makes them (send rows rows[nr], or none; reverse_f32 when f32), s2
+   is sys with the ghost owners the backend may take itself (part: the partial owners; NULL:
+   none, the callbacks use rx.sys) */
+typedef struct caller_xch {
+    rec_exchange rx;
+    ds4sci_exchange ex;
+    ds4sci_system s2;
+} caller_xch;
+
+static void caller_xch_init(caller_xch *c, const ds4sci_system *sys, const int32_t *rows,
+                            int32_t nr, const int32_t *part, int f32)
+{
+    memset(c, 0, sizeof(*c));
+    c->rx.sys = sys;
+    c->rx.part = part;
+    c->ex.forward = rec_forward;
+    c->ex.reverse = rec_reverse;
+    c->ex.user = &c->rx;
+    c->ex.send_rows = rows;
+    c->ex.n_send_rows = rows ? nr : 0;
+    c->ex.reverse_f32 = f32 ? rec_reverse_f32 : NULL;
+    c->s2 = *sys;
+    c->s2.ghost_owner = part;
+}
+
 static int fail_forward(void *user, double *data, int32_t width)
 {
     (void)user;
@@ -1162,16 +1188,14 @@ START_TEST(test_dynamic_items_same_bits)
             tu_result_free(&z);
         }
         if (graph == 0) { /* a caller exchange: the receiver and sender passes */
-            rec_exchange rx = {&sys, 0, {0}, {0}, NULL};
-            ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, NULL, 0, NULL, NULL};
-            ds4sci_system s2 = sys;
-            s2.ghost_owner = NULL; /* the callbacks use rx.sys */
+            caller_xch cx;
+            caller_xch_init(&cx, &sys, NULL, 0, NULL, 0);
             tu_result x, y, z;
-            run(dyn, &s2, &ex, &x);
-            rx.calls = 0;
-            run(rr, &s2, &ex, &y);
-            rx.calls = 0;
-            run(ord, &s2, &ex, &z);
+            run(dyn, &cx.s2, &cx.ex, &x);
+            cx.rx.calls = 0;
+            run(rr, &cx.s2, &cx.ex, &y);
+            cx.rx.calls = 0;
+            run(ord, &cx.s2, &cx.ex, &z);
             ck_assert_msg(same_bits(&x, &y),
                           "caller exchange, split %s: dynamic items change the result",
                           whole_rows ? "1" : "auto");
@@ -1315,14 +1339,12 @@ START_TEST(test_side_stream_same_bits)
             tu_result_free(&x);
             tu_result_free(&y);
         }
-        rec_exchange rx = {&sys, 0, {0}, {0}, NULL};
-        ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, NULL, 0, NULL, NULL};
-        ds4sci_system s2 = sys;
-        s2.ghost_owner = NULL; /* the callbacks use rx.sys */
+        caller_xch cx;
+        caller_xch_init(&cx, &sys, NULL, 0, NULL, 0);
         tu_result x, y;
-        run(two, &s2, &ex, &x);
-        rx.calls = 0;
-        run(one, &s2, &ex, &y);
+        run(two, &cx.s2, &cx.ex, &x);
+        cx.rx.calls = 0;
+        run(one, &cx.s2, &cx.ex, &y);
         ck_assert_msg(same_bits(&x, &y), "caller exchange, keep %s: the side stream changes "
                       "the result", keep0 ? "0" : "auto");
         compare(&x, &f.rc, "side stream, caller exchange vs CPU");
@@ -1343,33 +1365,31 @@ START_TEST(test_caller_exchange_matches_builtin_and_sequence)
     const et_desc *d = f.d;
     const ds4sci_system sys = f.sys;
     ds4sci_ctx *gpu = ctx_cuda(d);
-    rec_exchange rx = {&sys, 0, {0}, {0}, NULL};
-    ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, NULL, 0, NULL, NULL};
-    ds4sci_system s2 = sys;
-    s2.ghost_owner = NULL; /* the callbacks use rx.sys */
+    caller_xch cx;
+    caller_xch_init(&cx, &sys, NULL, 0, NULL, 0);
     tu_result a;
-    run(gpu, &s2, &ex, &a);
+    run(gpu, &cx.s2, &cx.ex, &a);
     compare(&a, &f.rc, "caller exchange vs CPU");
     /* forward F, forward 4F x (L-1), reverse 4F x (L-1), reverse F (neighbour embedding);
        the forward rows' floats travel packed two per double (half the widths) unless
        DS4SCI_CUDA_XCH_F32=0 */
     const char *xf = getenv("DS4SCI_CUDA_XCH_F32");
     const int F = f.o.F, L = f.o.L, fdiv = xf && strcmp(xf, "0") == 0 ? 1 : 2;
-    ck_assert_int_eq(rx.calls, 2 * L);
-    ck_assert_int_eq(rx.dirs[0], 'f');
-    ck_assert_int_eq(rx.widths[0], F / fdiv);
+    ck_assert_int_eq(cx.rx.calls, 2 * L);
+    ck_assert_int_eq(cx.rx.dirs[0], 'f');
+    ck_assert_int_eq(cx.rx.widths[0], F / fdiv);
     for (int l = 1; l < L; l++) {
-        ck_assert_int_eq(rx.dirs[l], 'f');
-        ck_assert_int_eq(rx.widths[l], 4 * F / fdiv);
-        ck_assert_int_eq(rx.dirs[L - 1 + l], 'r');
-        ck_assert_int_eq(rx.widths[L - 1 + l], 4 * F);
+        ck_assert_int_eq(cx.rx.dirs[l], 'f');
+        ck_assert_int_eq(cx.rx.widths[l], 4 * F / fdiv);
+        ck_assert_int_eq(cx.rx.dirs[L - 1 + l], 'r');
+        ck_assert_int_eq(cx.rx.widths[L - 1 + l], 4 * F);
     }
-    ck_assert_int_eq(rx.dirs[2 * L - 1], 'r');
-    ck_assert_int_eq(rx.widths[2 * L - 1], F);
+    ck_assert_int_eq(cx.rx.dirs[2 * L - 1], 'r');
+    ck_assert_int_eq(cx.rx.widths[2 * L - 1], F);
 
     /* a failing callback gives DS4SCI_ERR_EXCHANGE, and the context stays usable */
-    ds4sci_exchange bad = {fail_forward, rec_reverse, &rx, NULL, 0, NULL, NULL};
-    ds4sci_status st = ds4sci_compute(gpu, &s2, &bad, &a.r);
+    ds4sci_exchange bad = {fail_forward, rec_reverse, &cx.rx, NULL, 0, NULL, NULL};
+    ds4sci_status st = ds4sci_compute(gpu, &cx.s2, &bad, &a.r);
     ck_assert_int_eq(st, DS4SCI_ERR_EXCHANGE);
     tu_result c;
     run(gpu, &sys, NULL, &c);
@@ -1400,14 +1420,12 @@ START_TEST(test_caller_exchange_with_send_rows_hint)
         if (mark[i])
             rows[nr++] = i;
     ck_assert_msg(nr > 0 && nr < sys.n_local, "send rows %d of %d", nr, sys.n_local);
-    rec_exchange rx = {&sys, 0, {0}, {0}, NULL};
-    ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, rows, nr, NULL, NULL};
-    ds4sci_system s2 = sys;
-    s2.ghost_owner = NULL;
+    caller_xch cx;
+    caller_xch_init(&cx, &sys, rows, nr, NULL, 0);
     tu_result a;
-    run(gpu, &s2, &ex, &a);
+    run(gpu, &cx.s2, &cx.ex, &a);
     compare(&a, &f.rc, "caller exchange with send_rows vs CPU");
-    ck_assert_int_eq(rx.calls, 2 * f.o.L);
+    ck_assert_int_eq(cx.rx.calls, 2 * f.o.L);
     tu_result_free(&a);
     free(rows);
     free(mark);
@@ -1465,23 +1483,20 @@ START_TEST(test_caller_exchange_partial_owners)
     const int f32 = !(xf && strcmp(xf, "0") == 0);
     for (int variant = 0; variant < 3; variant++) {
         const int hint = variant > 0;
-        rec_exchange rx = {&sys, 0, {0}, {0}, part};
-        ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, hint ? rows : NULL, hint ? nr : 0,
-                              variant == 2 ? rec_reverse_f32 : NULL, NULL};
-        ds4sci_system s2 = sys;
-        s2.ghost_owner = part;
+        caller_xch cx;
+        caller_xch_init(&cx, &sys, hint ? rows : NULL, nr, part, variant == 2);
         tu_result a;
-        run(gpu, &s2, &ex, &a);
+        run(gpu, &cx.s2, &cx.ex, &a);
         compare(&a, &f.rc,
                 variant == 2 ? "partial owners, send_rows, reverse_f32 vs CPU"
                 : hint       ? "partial owners with send_rows vs CPU"
                              : "partial owners vs CPU");
-        ck_assert_int_eq(rx.calls, 2 * o.L);
+        ck_assert_int_eq(cx.rx.calls, 2 * o.L);
         /* the reverse calls: floats of width 4F (F for the last) with reverse_f32 unless
            DS4SCI_CUDA_XCH_F32=0, else doubles */
         for (int l = 1; l < o.L; l++) {
-            ck_assert_int_eq(rx.dirs[o.L - 1 + l], variant == 2 && f32 ? 'R' : 'r');
-            ck_assert_int_eq(rx.widths[o.L - 1 + l], 4 * o.F);
+            ck_assert_int_eq(cx.rx.dirs[o.L - 1 + l], variant == 2 && f32 ? 'R' : 'r');
+            ck_assert_int_eq(cx.rx.widths[o.L - 1 + l], 4 * o.F);
         }
         tu_result_free(&a);
     }
@@ -1532,27 +1547,24 @@ START_TEST(test_caller_exchange_checkpointing)
     for (int variant = 0; variant < 2; variant++) {
         tu_result r[3];
         for (int lv = 0; lv < 3; lv++) {
-            rec_exchange rx = {&sys, 0, {0}, {0}, variant ? part : NULL};
-            ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, variant ? rows : NULL,
-                                  variant ? nr : 0, NULL, NULL};
-            ds4sci_system s2 = sys;
-            s2.ghost_owner = variant ? part : NULL;
+            caller_xch cx;
+            caller_xch_init(&cx, &sys, variant ? rows : NULL, nr, variant ? part : NULL, 0);
             ds4sci_ctx *gpu = ctx_cuda_ckpt(d, lv, prof);
             char what[96];
             snprintf(what, sizeof(what), "%s, checkpoint %d vs CPU",
                      variant ? "partial owners with send_rows" : "caller exchange", lv);
-            run(gpu, &s2, &ex, &r[lv]);
+            run(gpu, &cx.s2, &cx.ex, &r[lv]);
             compare(&r[lv], &f.rc, what);
-            ck_assert_msg(rx.calls == 2 * o.L, "%s: %d exchange calls, expected %d", what,
-                          rx.calls, 2 * o.L);
+            ck_assert_msg(cx.rx.calls == 2 * o.L, "%s: %d exchange calls, expected %d", what,
+                          cx.rx.calls, 2 * o.L);
             for (int l = 0; l < o.L; l++)
-                ck_assert_msg(rx.dirs[l] == 'f' && rx.dirs[o.L + l] == 'r',
-                              "%s: call %d / %d: %c %c", what, l, o.L + l, rx.dirs[l],
-                              rx.dirs[o.L + l]);
+                ck_assert_msg(cx.rx.dirs[l] == 'f' && cx.rx.dirs[o.L + l] == 'r',
+                              "%s: call %d / %d: %c %c", what, l, o.L + l, cx.rx.dirs[l],
+                              cx.rx.dirs[o.L + l]);
             /* a second call on the same context: its workspace (and stash) again */
             tu_result r2;
-            rx.calls = 0;
-            run(gpu, &s2, &ex, &r2);
+            cx.rx.calls = 0;
+            run(gpu, &cx.s2, &cx.ex, &r2);
             ck_assert_msg(same_bits(&r2, &r[lv]), "%s: second call differs", what);
             tu_result_free(&r2);
             ds4sci_ctx_free(gpu);
@@ -1720,17 +1732,17 @@ START_TEST(test_empty_domain)
     int32_t z0 = 1;
     sys.pos = pos0;
     sys.z = &z0;
-    rec_exchange rx = {&sys, 0, {0}, {0}, NULL};
-    ds4sci_exchange ex = {rec_forward, rec_reverse, &rx, NULL, 0, NULL, NULL};
+    caller_xch cx;
+    caller_xch_init(&cx, &sys, NULL, 0, NULL, 0);
     ds4sci_result r;
     memset(&r, 0, sizeof(r));
     r.energy = 1.0;
-    ds4sci_status st = ds4sci_compute(gpu, &sys, &ex, &r);
+    ds4sci_status st = ds4sci_compute(gpu, &sys, &cx.ex, &r);
     ck_assert_msg(st == DS4SCI_OK, "%s", ds4sci_ctx_error(gpu));
     ck_assert(r.energy == 0.0);
     for (int k = 0; k < 6; k++)
         ck_assert(r.virial[k] == 0.0);
-    ck_assert_int_eq(rx.calls, 2 * o.L);
+    ck_assert_int_eq(cx.rx.calls, 2 * o.L);
     ds4sci_ctx_free(gpu);
     tu_desc_free(d);
 }
