@@ -89,6 +89,24 @@ static ds4sci_status up_d(ds4sci_cuda_et *et, float **dst, const double *src, in
     return st;
 }
 
+/* gemm_x3.cu's three bf16 pieces of a weight already on the device (et_gemm_x3_split: trans
+   0 from W [N][K], 1 from B [K][N]); on et->stream, waited for by up_weights */
+static ds4sci_status up_x3(ds4sci_cuda_et *et, uint16_t **dst, const float *w, int N, int K,
+                           int trans, char *err, size_t err_len)
+{
+    const size_t bytes = 3 * (size_t)N * K * sizeof(uint16_t);
+    cudaError_t e = cudaMalloc((void **)dst, bytes);
+    if (e != cudaSuccess) {
+        *dst = NULL;
+        return fail(err, err_len, DS4SCI_ERR_DEVICE_NOMEM,
+                    "cuda: cudaMalloc of %zu bytes for the model weights failed: %s", bytes,
+                    cudaGetErrorString(e));
+    }
+    et->dev_bytes += bytes;
+    CU(et_gemm_x3_split(et->stream, N, K, w, trans ? N : K, trans, *dst), "weight split");
+    return DS4SCI_OK;
+}
+
 /* Filters of layer l in the transposed lane-major layout of edge_common.cuh. */
 static ds4sci_status up_filters(ds4sci_cuda_et *et, const et_desc *d, const et_layer *ly,
                                 et_dlayer *dl, char *err, size_t err_len)
@@ -196,7 +214,17 @@ static ds4sci_status up_weights(ds4sci_cuda_et *et, const et_desc *d, char *err,
         ST(up_d(et, &dl->o_b, ly->o_b, 1, 3 * F, 0, err, err_len));
         ST(up_d(et, &dl->vec_w, ly->vec_w, 3 * F, F, 0, err, err_len));
         ST(up_filters(et, d, ly, dl, err, err_len));
+        if (et->gemm_x3) {
+            ST(up_x3(et, &dl->qkv_w3, dl->qkv_w, 5 * F, F, 0, err, err_len));
+            ST(up_x3(et, &dl->o_w3, dl->o_w, 3 * F, F, 0, err, err_len));
+            ST(up_x3(et, &dl->vec_w3, dl->vec_w, 3 * F, F, 0, err, err_len));
+            ST(up_x3(et, &dl->qkv_w3t, dl->qkv_w, F, 5 * F, 1, err, err_len));
+            ST(up_x3(et, &dl->o_w3t, dl->o_w, F, 3 * F, 1, err, err_len));
+            ST(up_x3(et, &dl->vec_w3t, dl->vec_w, F, 3 * F, 1, err, err_len));
+        }
     }
+    if (et->gemm_x3)
+        CU(cudaStreamSynchronize(et->stream), "weight split");
     ST(up_d(et, &m->on_w, d->out_norm_w, 1, F, 0, err, err_len));
     ST(up_d(et, &m->on_b, d->out_norm_b, 1, F, 0, err, err_len));
     const et_geb *h0 = &d->head[0], *h1 = &d->head[1];
@@ -253,6 +281,10 @@ static void free_weights(et_dmodel *m)
             cudaFree(dl->vec_w);
             cudaFree(dl->filt_wt);
             cudaFree(dl->filt_b);
+            uint16_t *x3[] = {dl->qkv_w3, dl->o_w3, dl->vec_w3, dl->qkv_w3t, dl->o_w3t,
+                              dl->vec_w3t};
+            for (size_t i = 0; i < sizeof(x3) / sizeof(x3[0]); i++)
+                cudaFree(x3[i]);
         }
     free(m->layers);
     cudaFree(m->atomref);
@@ -278,6 +310,10 @@ static int env_switch(const char *name, int if_0, int if_1, int dflt)
     const char *v = getenv(name);
     return v && strcmp(v, "0") == 0 ? if_0 : v && strcmp(v, "1") == 0 ? if_1 : dflt;
 }
+
+/* gemm_x3 (auto) from this many rows of a GEMM (M: atoms, 3 x atoms for vec_proj): below, the
+   128-row tiles leave SMs idle and cuBLAS's small-M kernels win (docs/gpu.md v36) */
+#define X3_MIN_ROWS 16384
 
 /* CUDA graph of the step (docs/gpu.md "CUDA graph of a step"), et->graph: 0 off
    (DS4SCI_CUDA_GRAPH=0, the unfused baseline, or a capture that failed); ET_GRAPH_ALL
@@ -430,6 +466,26 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
     if (e != cudaSuccess) {
         st = cu_fail(e, "cudaMallocHost", err, err_len);
         goto out;
+    }
+    {
+        /* the node GEMMs on the bf16 tensor cores, each value in three pieces (gemm_x3.cu:
+           docs/gpu.md v36, 3x more exact than SGEMM at its speed; the F = 128 check combos'
+           forces 1.94e-6 -> 1.49e-6 against float64) from X3_MIN_ROWS rows,
+           DS4SCI_CUDA_GEMM=x3 at every size, =sgemm never; never with DS4SCI_CUDA_TF32=1
+           (cuBLAS's TF32 mode asked for) */
+        const char *gm = getenv("DS4SCI_CUDA_GEMM");
+        et->gemm_x3 = env_switch("DS4SCI_CUDA_TF32", 0, 1, 0)  ? 0
+                      : gm && strcmp(gm, "sgemm") == 0 ? 0
+                      : gm && strcmp(gm, "x3") == 0    ? 2
+                                                       : 1;
+        et->x3_min = X3_MIN_ROWS;
+        if (et->gemm_x3) {
+            e = et_gemm_x3_init();
+            if (e != cudaSuccess) {
+                st = cu_fail(e, "gemm_x3 init", err, err_len);
+                goto out;
+            }
+        }
     }
     st = up_weights(et, d, err, err_len);
     if (st != DS4SCI_OK)
@@ -727,22 +783,50 @@ static void mark(ds4sci_cuda_et *et, int stage)
 }
 
 /* ---- GEMMs (row-major views; fp32, no TF32) ---------------------------------------------- */
-/* C[M][N] = A[M][K] W^T + beta C, W [N][K] row-major. */
+/* The weight's gemm_x3 pieces where this GEMM (M rows) is to take them, else NULL (cuBLAS). */
+static const uint16_t *x3w(const ds4sci_cuda_et *et, const uint16_t *w3, int M)
+{
+    return et->gemm_x3 == 2 || (et->gemm_x3 == 1 && M >= et->x3_min) ? w3 : NULL;
+}
+
+/* gemm_x3 on h's stream where w3 is given and the shape is one it takes (beta 0 or 1) */
+static int x3_gemm(cublasHandle_t h, int M, int N, int K, const float *A, const uint16_t *w3,
+                   float beta, float *C, cublasStatus_t *st)
+{
+    if (!w3 || (beta != 0.f && beta != 1.f) || !et_gemm_x3_ok(M, N, K, A, C))
+        return 0;
+    cudaStream_t s = NULL;
+    *st = cublasGetStream(h, &s);
+    if (*st == CUBLAS_STATUS_SUCCESS && et_gemm_x3(s, M, N, K, A, w3, beta, C) != cudaSuccess)
+        *st = CUBLAS_STATUS_EXECUTION_FAILED;
+    return 1;
+}
+
+/* C[M][N] = A[M][K] W^T + beta C, W [N][K] row-major; w3: W's gemm_x3 pieces (x3w) or NULL */
 static cublasStatus_t gemm_awt(cublasHandle_t h, int M, int N, int K, const float *A,
-                               const float *W, float beta, float *C)
+                               const float *W, float beta, float *C,
+                               const uint16_t *w3 = NULL)
 {
     if (M <= 0)
         return CUBLAS_STATUS_SUCCESS;
+    cublasStatus_t st;
+    if (x3_gemm(h, M, N, K, A, w3, beta, C, &st))
+        return st;
     const float one = 1.f;
     return cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, W, K, A, K, &beta, C, N);
 }
 
-/* C[M][N] = A[M][K] B + beta C, B [K][N] row-major with leading dimension ldb. */
+/* C[M][N] = A[M][K] B + beta C, B [K][N] row-major with leading dimension ldb; w3: B^T's
+   gemm_x3 pieces (x3w; made for ldb = N) or NULL */
 static cublasStatus_t gemm_ab(cublasHandle_t h, int M, int N, int K, const float *A,
-                              const float *B, int ldb, float beta, float *C)
+                              const float *B, int ldb, float beta, float *C,
+                              const uint16_t *w3 = NULL)
 {
     if (M <= 0)
         return CUBLAS_STATUS_SUCCESS;
+    cublasStatus_t st;
+    if (ldb == N && x3_gemm(h, M, N, K, A, w3, beta, C, &st))
+        return st;
     const float one = 1.f;
     return cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &one, B, ldb, A, K, &beta, C, N);
 }
@@ -2038,7 +2122,8 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         const et_dlayer *dl = &m->layers[l];
         float *x = xs(l);
         CU(et_layernorm(s, n, F, x, dl->ln_w, dl->ln_b, Hb), "layernorm");
-        BL(gemm_awt(h, n, 5 * F, F, Hb, dl->qkv_w, 0.f, qkv_of(l)), "q/k/v");
+        BL(gemm_awt(h, n, 5 * F, F, Hb, dl->qkv_w, 0.f, qkv_of(l), x3w(et, dl->qkv_w3, n)),
+           "q/k/v");
         CU(et_node_pre(s, n, F, qkv_of(l), dl->qkv_b), "q/k/v bias");
         return DS4SCI_OK;
     };
@@ -2111,7 +2196,8 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         side_branch sb = {et, false};
         if (sv) {
             CU(sb.start(), "side stream");
-            BL(gemm_awt(et->blas2, 3 * nl, 3 * F, F, vec, dl->vec_w, 0.f, p_of(l, 0)),
+            BL(gemm_awt(et->blas2, 3 * nl, 3 * F, F, vec, dl->vec_w, 0.f, p_of(l, 0),
+                        x3w(et, dl->vec_w3, 3 * nl)),
                "vec_proj");
         }
         ST(fwd_x(l, Xout));
@@ -2122,8 +2208,11 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
             const size_t aF = (size_t)a * F;
             float *Pc = l > 0 ? p_of(l, aF) : NULL, *Oc = o_of(l, aF);
             if (l > 0 && !sv)
-                BL(gemm_awt(h, 3 * cr, 3 * F, F, vec + 3 * aF, dl->vec_w, 0.f, Pc), "vec_proj");
-            BL(gemm_awt(h, cr, 3 * F, F, Xout + aF, dl->o_w, 0.f, Oc), "o_proj");
+                BL(gemm_awt(h, 3 * cr, 3 * F, F, vec + 3 * aF, dl->vec_w, 0.f, Pc,
+                            x3w(et, dl->vec_w3, 3 * cr)),
+                   "vec_proj");
+            BL(gemm_awt(h, cr, 3 * F, F, Xout + aF, dl->o_w, 0.f, Oc, x3w(et, dl->o_w3, cr)),
+               "o_proj");
             CU(sb.close(), "side stream");
             /* ghost rows of the next input come from the exchange; the update zeroes them */
             CU(et_node_update(s, last ? n - a : cr, cr, F, x + aF, l > 0 ? vec + 3 * aF : NULL,
@@ -2247,10 +2336,11 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
             /* P and o = W_o X from the stored input and X (the forward's GEMMs), unless kept */
             if (keep < 2) {
                 if (l > 0)
-                    BL(gemm_awt(h, 3 * cr, 3 * F, F, vec + 3 * aF, dl->vec_w, 0.f, Pc),
+                    BL(gemm_awt(h, 3 * cr, 3 * F, F, vec + 3 * aF, dl->vec_w, 0.f, Pc,
+                                x3w(et, dl->vec_w3, 3 * cr)),
                        "vec_proj (again)");
                 BL(gemm_awt(h, cr, 3 * F, F, XST + (size_t)slot_X(l) * nlF + aF, dl->o_w, 0.f,
-                            Oc),
+                            Oc, x3w(et, dl->o_w3, cr)),
                    "o_proj (again)");
             }
             /* dE/do over o, dE/dP over P; also gvi = gvo (the chunk's rows, the last chunk
@@ -2259,12 +2349,15 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
                            dl->o_b, Pc), "update backward");
             if (sv) {
                 CU(sb.start(), "side stream");
-                BL(gemm_ab(et->blas2, 3 * cr, F, 3 * F, Pc, dl->vec_w, F, 1.f, gvi + 3 * aF),
+                BL(gemm_ab(et->blas2, 3 * cr, F, 3 * F, Pc, dl->vec_w, F, 1.f, gvi + 3 * aF,
+                           x3w(et, dl->vec_w3t, 3 * cr)),
                    "vec_proj backward");
             }
-            BL(gemm_ab(h, cr, F, 3 * F, Oc, dl->o_w, F, 0.f, GXb + aF), "o_proj backward");
+            BL(gemm_ab(h, cr, F, 3 * F, Oc, dl->o_w, F, 0.f, GXb + aF, x3w(et, dl->o_w3t, cr)),
+               "o_proj backward");
             if (l > 0 && !sv)
-                BL(gemm_ab(h, 3 * cr, F, 3 * F, Pc, dl->vec_w, F, 1.f, gvi + 3 * aF),
+                BL(gemm_ab(h, 3 * cr, F, 3 * F, Pc, dl->vec_w, F, 1.f, gvi + 3 * aF,
+                           x3w(et, dl->vec_w3t, 3 * cr)),
                    "vec_proj backward");
         }
         if (gxi != gxo)
@@ -2305,7 +2398,8 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
                "edge backward (senders)");
         }
         mark(et, ST_NODE_BWD);
-        BL(gemm_ab(h, n, F, 5 * F, GQKV, dl->qkv_w, F, 0.f, GH), "q/k/v backward");
+        BL(gemm_ab(h, n, F, 5 * F, GQKV, dl->qkv_w, F, 0.f, GH, x3w(et, dl->qkv_w3t, n)),
+           "q/k/v backward");
         CU(et_layernorm_bwd(s, n, F, x, dl->ln_w, GH, gxi), "layernorm backward");
         cur = 1 - cur;
         dgv = dgv_out;

@@ -48,6 +48,10 @@ typedef struct et_dlayer {
     float *filt_wt;       /* [K][4][32][CPL] filters, transposed and lane-major: part 0 dk,
                              parts 1..3 dv (value, gate 1, gate 2); see filter_channel() */
     float *filt_b;        /* [4][32][CPL] */
+    /* the node GEMMs' weights as gemm_x3.cu's three bf16 pieces [3][N][K] (NULL: the cuBLAS
+       path only): for C = A W^T (q/k/v, o_proj, vec_proj) and, t, for C = A W (their
+       backward) */
+    uint16_t *qkv_w3, *o_w3, *vec_w3, *qkv_w3t, *o_w3t, *vec_w3t;
 } et_dlayer;
 
 /* ---- device weights of the whole model -------------------------------------------------- */
@@ -206,6 +210,10 @@ typedef struct ds4sci_cuda_et {
     int rsort;               /* each row's groups sorted by r (et_graph_fill; default;
                                 DS4SCI_CUDA_RSORT=0: the candidates' order) */
     float rbf_flush;         /* et_edge_common.rbf_flush */
+    int gemm_x3;             /* node GEMMs by gemm_x3.cu (three-piece bf16 tensor cores, fp32
+                                round-off): 1 from x3_min rows (default), 2 always
+                                (DS4SCI_CUDA_GEMM=x3), 0 never (=sgemm, or DS4SCI_CUDA_TF32=1) */
+    int x3_min;              /* rows (M) from which gemm_x3 = 1 takes a GEMM */
     int tc;                  /* edge forward on the float64 tensor cores (DS4SCI_CUDA_TC=0 off) */
     int dyn;                 /* dynamic items, et_edge_common.work: 2 every edge pass (default),
                                 1 the row-split passes (DS4SCI_CUDA_DYN=1), 0 none (=0) */
@@ -387,6 +395,16 @@ cudaError_t et_graph_fill(cudaStream_t s, int nl, const double *pos, const int64
                           double min2, int guard, int fold, int rsort);
 cudaError_t et_iota(cudaStream_t s, int n, int *out);
 cudaError_t et_count_by(cudaStream_t s, int ne, const int *key, int *cnt);
+
+/* gemm_x3.cu: C[M][N] = A[M][K] W'^T (+ C: beta 1; 0 or 1 only), W' [3][N][K] bf16 pieces
+   made by et_gemm_x3_split (trans 0: from W [N][K] with row stride ld; 1: from B [K][N], W' =
+   B^T); et_gemm_x3_ok: the shapes and alignments it takes; et_gemm_x3_init once per device */
+cudaError_t et_gemm_x3_init(void);
+cudaError_t et_gemm_x3_split(cudaStream_t s, int N, int K, const float *W, int ld, int trans,
+                             uint16_t *out);
+int et_gemm_x3_ok(int M, int N, int K, const float *A, const float *C);
+cudaError_t et_gemm_x3(cudaStream_t s, int M, int N, int K, const float *A, const uint16_t *W3,
+                       float beta, float *C);
 
 /* node.cu */
 cudaError_t et_layernorm(cudaStream_t s, int n, int F, const float *x, const float *w,

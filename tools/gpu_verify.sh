@@ -24,13 +24,14 @@
 # One GPU: BG_CMD runs beside everything from the start (switch the benchmarks off then);
 # RACE=0 skips racecheck (the final one and, with two GPUs, the one beside BG_CMD).
 # VARIANTS=0 runs only the default paths' checks; FILTER=0 skips bench_filter_mma; EXPF_BENCH,
-# GRAPH_BENCH, MERGED_BENCH, XCH_F32_BENCH, WEAK_BENCH=0 skip those runs (WEAK_BENCH: 2M Si atoms on
+# GRAPH_BENCH, MERGED_BENCH, XCH_F32_BENCH, GEMM_BENCH, WEAK_BENCH=0 skip those runs (WEAK_BENCH: 2M Si atoms on
 # two GPUs, the weak-scaling partner of the one-rank 1M bench); WIRE_TEST=0 the LAMMPS tests with
 # the wire plan on host buffers (DS4SCI_IPC=0 DS4SCI_CUDA_WIRE=1; the default on one node is
 # CUDA IPC) and the weak bench with the callbacks (two GPUs); IPC_FAULT_TEST=0 the IPC fallback
 # check (two GPUs); TF32_TEST=0 the TF32 node GEMMs' error report and bench; RESIDENT_TEST=0 the
 # LAMMPS checks of the resident candidate list and device checks (thermo with and without
-# them, the 1M bench without them); SPLITS="" the split ones.
+# them, the 1M bench without them); SPLITS="" the split ones; LAMMPS_TEST=0 the LAMMPS tests
+# (run them in a call of their own with tools/gpu_lammps.sh test when the rest fills one).
 # Environment for run: OUT (files back: summary.txt and logs.tgz), BUDGET (seconds, default
 # 420), SIZES (bench_gpu sizes, default "1000 10000 100000 1000000"), BG_CMD, BG_SECONDS
 # (when BG_CMD is stopped, default BUDGET - 150).
@@ -51,10 +52,12 @@ if [ "$MODE" = pack ]; then
     nice make -C "$W/build" -j "${JOBS:-2}" check_cuda_backend bench_gpu ds4sciplugin > /dev/null
     mkdir -p "$ROOT/.gpufinal" "$ROOT/.lammps-gpu/bin"
     cp "$W/build/tests/check_cuda_backend" "$W/build/examples/bench_gpu" "$ROOT/.gpufinal/"
-    rm -f "$ROOT/.gpufinal/bench_filter_mma"
-    if nice make -C "$W/build" -j "${JOBS:-2}" bench_filter_mma > /dev/null 2>&1; then
-        cp "$W/build/examples/bench_filter_mma" "$ROOT/.gpufinal/"
-    fi
+    rm -f "$ROOT/.gpufinal/bench_filter_mma" "$ROOT/.gpufinal/bench_gemm"
+    for b in bench_filter_mma bench_gemm; do
+        if nice make -C "$W/build" -j "${JOBS:-2}" $b > /dev/null 2>&1; then
+            cp "$W/build/examples/$b" "$ROOT/.gpufinal/"
+        fi
+    done
     cp "$W/build/plugin/ds4sciplugin.so" "$LMPBUILD/lmp" "$LMPBUILD/liblammps.so.0" "$ROOT/.lammps-gpu/bin/"
     strip --strip-unneeded "$ROOT"/.gpufinal/check_cuda_backend "$ROOT"/.gpufinal/bench_gpu \
         "$ROOT"/.lammps-gpu/bin/ds4sciplugin.so "$ROOT"/.lammps-gpu/bin/liblammps.so.0
@@ -161,6 +164,13 @@ ck api_keep1 60 CK_RUN_CASE=api DS4SCI_CUDA_KEEP=1
 ck api_resident 60 CK_RUN_CASE=api DS4SCI_CUDA_RESIDENT_NBR=1
 ck golden_hostchecks 60 CK_RUN_CASE=golden DS4SCI_CUDA_DEVICE_CHECKS=0
 ck api_hostchecks 60 CK_RUN_CASE=api DS4SCI_CUDA_DEVICE_CHECKS=0
+# the node GEMMs by gemm_x3.cu (auto: GEMMs of 16,384 rows and more, so in the suite only the
+# 10k-atom reference model's vec_proj): forced at every size, and cuBLAS's SGEMM everywhere
+ck golden_x3 60 CK_RUN_CASE=golden DS4SCI_CUDA_GEMM=x3
+ck vs_cpu_x3 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_GEMM=x3
+ck f128_x3 300 CK_RUN_CASE=f128 DS4SCI_CUDA_GEMM=x3
+ck api_x3 60 CK_RUN_CASE=api DS4SCI_CUDA_GEMM=x3
+ck vs_cpu_sgemm 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_GEMM=sgemm
 if [ "${VARIANTS:-1}" = 1 ]; then   # VARIANTS=0: the defaults only
     if [ "${FULL:-1}" = 1 ]; then   # variants unchanged since the last run can be left out (FULL=0)
         ck golden_unfused 60 CK_RUN_CASE=golden DS4SCI_CUDA_EDGE=unfused
@@ -204,6 +214,9 @@ t memcheck $?
     compute-sanitizer --tool memcheck --error-exitcode 9 "$B/check_cuda_backend") \
     > "$LG/memcheck_merged.log" 2>&1
 t memcheck_merged_order $?
+(cd tests && CK_RUN_CASE=golden DS4SCI_CUDA_GEMM=x3 timeout 90 compute-sanitizer --tool memcheck \
+    --error-exitcode 9 "$B/check_cuda_backend") > "$LG/memcheck_x3.log" 2>&1
+t memcheck_x3 $?
 # the api cases (caller exchange, partial owners, send rows): the out-of-memory case's intended
 # cudaMalloc failure is an API error to memcheck, so API errors are not reported here
 (cd tests && CK_RUN_CASE=api timeout 120 compute-sanitizer --tool memcheck --report-api-errors no \
@@ -212,6 +225,10 @@ t memcheck_api $?
 # shellcheck disable=SC2086
 timeout 150 "$B/bench_gpu" tests/golden/typical.safetensors 3 $SIZES > "$LG/bench_gpu.log" 2>&1
 t bench_gpu $?
+if [ "${GEMM_BENCH:-1}" = 1 ] && [ -x "$B/bench_gemm" ]; then   # gemm_x3 against SGEMM
+    timeout 120 "$B/bench_gemm" 5 1000 10648 97336 1000000 > "$LG/bench_gemm.log" 2>&1
+    t bench_gemm $?
+fi
 if [ "${MERGED_BENCH:-1}" = 1 ]; then   # separate receiver/sender passes side by side
     DS4SCI_CUDA_MERGED=0 timeout 90 "$B/bench_gpu" tests/golden/typical.safetensors 3 10000 100000 \
         1000000 > "$LG/bench_gpu_unmerged.log" 2>&1
@@ -259,9 +276,11 @@ if [ "${FILTER:-1}" = 1 ] && [ -x "$B/bench_filter_mma" ]; then
 fi
 L=$LG/lammps
 unset CUDA_VISIBLE_DEVICES   # the 2-rank LAMMPS tests use one GPU per rank when there are two
-OUT=$L SI_NVE=0 BENCH_SI="" BENCH_REF="" OOM_CELLS=0 timeout 260 bash tools/gpu_lammps.sh test \
-    > "$LG/lammps.log" 2>&1
-t lammps_test $?
+if [ "${LAMMPS_TEST:-1}" = 1 ]; then   # LAMMPS_TEST=0: in a call of their own (the 600 s limit)
+    OUT=$L SI_NVE=0 BENCH_SI="" BENCH_REF="" OOM_CELLS=0 timeout 260 bash tools/gpu_lammps.sh \
+        test > "$LG/lammps.log" 2>&1
+    t lammps_test $?
+fi
 # The checks below run only with enough of BUDGET left (a device call ends at its own limit,
 # and then nothing comes back; the wire test repeats the LAMMPS tests, ~150 s); a check left
 # out says so in the summary.
