@@ -33,7 +33,7 @@ cudaError_t et_gemm_x3_split(cudaStream_t s, int N, int K, const float *W, int l
                              uint16_t *out);
 int et_gemm_x3_ok(int M, int N, int K, const float *A, const float *C);
 cudaError_t et_gemm_x3(cudaStream_t s, int M, int N, int K, const float *A, const uint16_t *W3,
-                       float beta, float *C);
+                       float beta, const float *bias, float *C);
 }
 
 #define CK(x)                                                                                      \
@@ -139,7 +139,7 @@ int main(int argc, char **argv)
                     cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, dW, K, dA, K,
                                 &sh.beta, dC, N);
             };
-            auto run_x3 = [&]() { CK(et_gemm_x3(s, M, N, K, dA, dW3, sh.beta, dC)); };
+            auto run_x3 = [&]() { CK(et_gemm_x3(s, M, N, K, dA, dW3, sh.beta, NULL, dC)); };
             double err_rms[2], err_max[2];
             float ms[2];
             for (int v = 0; v < 2; v++) {

@@ -789,29 +789,35 @@ static const uint16_t *x3w(const ds4sci_cuda_et *et, const uint16_t *w3, int M)
     return et->gemm_x3 == 2 || (et->gemm_x3 == 1 && M >= et->x3_min) ? w3 : NULL;
 }
 
-/* gemm_x3 on h's stream where w3 is given and the shape is one it takes (beta 0 or 1) */
+/* gemm_x3 on h's stream where w3 is given and the shape is one it takes (beta 0 or 1; bias
+   [N] added to every row, beta 0 only) */
 static int x3_gemm(cublasHandle_t h, int M, int N, int K, const float *A, const uint16_t *w3,
-                   float beta, float *C, cublasStatus_t *st)
+                   float beta, float *C, cublasStatus_t *st, const float *bias = NULL)
 {
     if (!w3 || (beta != 0.f && beta != 1.f) || !et_gemm_x3_ok(M, N, K, A, C))
         return 0;
     cudaStream_t s = NULL;
     *st = cublasGetStream(h, &s);
-    if (*st == CUBLAS_STATUS_SUCCESS && et_gemm_x3(s, M, N, K, A, w3, beta, C) != cudaSuccess)
+    if (*st == CUBLAS_STATUS_SUCCESS &&
+        et_gemm_x3(s, M, N, K, A, w3, beta, bias, C) != cudaSuccess)
         *st = CUBLAS_STATUS_EXECUTION_FAILED;
     return 1;
 }
 
-/* C[M][N] = A[M][K] W^T + beta C, W [N][K] row-major; w3: W's gemm_x3 pieces (x3w) or NULL */
+/* C[M][N] = A[M][K] W^T + beta C, W [N][K] row-major; w3: W's gemm_x3 pieces (x3w) or NULL;
+   bias [N] (added to every row) only where gemm_x3 takes the GEMM (the caller checks with
+   et_gemm_x3_ok): cuBLAS has no bias */
 static cublasStatus_t gemm_awt(cublasHandle_t h, int M, int N, int K, const float *A,
                                const float *W, float beta, float *C,
-                               const uint16_t *w3 = NULL)
+                               const uint16_t *w3 = NULL, const float *bias = NULL)
 {
     if (M <= 0)
         return CUBLAS_STATUS_SUCCESS;
     cublasStatus_t st;
-    if (x3_gemm(h, M, N, K, A, w3, beta, C, &st))
+    if (x3_gemm(h, M, N, K, A, w3, beta, C, &st, bias))
         return st;
+    if (bias)
+        return CUBLAS_STATUS_NOT_SUPPORTED;
     const float one = 1.f;
     return cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, W, K, A, K, &beta, C, N);
 }
@@ -2122,9 +2128,15 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         const et_dlayer *dl = &m->layers[l];
         float *x = xs(l);
         CU(et_layernorm(s, n, F, x, dl->ln_w, dl->ln_b, Hb), "layernorm");
-        BL(gemm_awt(h, n, 5 * F, F, Hb, dl->qkv_w, 0.f, qkv_of(l), x3w(et, dl->qkv_w3, n)),
+        /* the bias in gemm_x3's epilogue where it takes the GEMM (the same sums: fl(acc + b)
+           either way), else by et_node_pre */
+        const uint16_t *w3 = x3w(et, dl->qkv_w3, n);
+        const int in_gemm = w3 && et_gemm_x3_ok(n, 5 * F, F, Hb, qkv_of(l));
+        BL(gemm_awt(h, n, 5 * F, F, Hb, dl->qkv_w, 0.f, qkv_of(l), w3,
+                    in_gemm ? dl->qkv_b : NULL),
            "q/k/v");
-        CU(et_node_pre(s, n, F, qkv_of(l), dl->qkv_b), "q/k/v bias");
+        if (!in_gemm)
+            CU(et_node_pre(s, n, F, qkv_of(l), dl->qkv_b), "q/k/v bias");
         return DS4SCI_OK;
     };
     /* chunks of owned rows [a, a + c), a = 0, CH, 2 CH, ...; the last one also takes the

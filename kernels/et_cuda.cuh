@@ -396,7 +396,8 @@ cudaError_t et_graph_fill(cudaStream_t s, int nl, const double *pos, const int64
 cudaError_t et_iota(cudaStream_t s, int n, int *out);
 cudaError_t et_count_by(cudaStream_t s, int ne, const int *key, int *cnt);
 
-/* gemm_x3.cu: C[M][N] = A[M][K] W'^T (+ C: beta 1; 0 or 1 only), W' [3][N][K] bf16 pieces
+/* gemm_x3.cu: C[M][N] = A[M][K] W'^T (+ C: beta 1; 0 or 1 only; + bias[N] on every row where
+   bias is not NULL, beta 0 only), W' [3][N][K] bf16 pieces
    made by et_gemm_x3_split (trans 0: from W [N][K] with row stride ld; 1: from B [K][N], W' =
    B^T); et_gemm_x3_ok: the shapes and alignments it takes; et_gemm_x3_init once per device */
 cudaError_t et_gemm_x3_init(void);
@@ -404,7 +405,7 @@ cudaError_t et_gemm_x3_split(cudaStream_t s, int N, int K, const float *W, int l
                              uint16_t *out);
 int et_gemm_x3_ok(int M, int N, int K, const float *A, const float *C);
 cudaError_t et_gemm_x3(cudaStream_t s, int M, int N, int K, const float *A, const uint16_t *W3,
-                       float beta, float *C);
+                       float beta, const float *bias, float *C);
 
 /* node.cu */
 cudaError_t et_layernorm(cudaStream_t s, int n, int F, const float *x, const float *w,

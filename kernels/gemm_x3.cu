@@ -94,7 +94,7 @@ __global__ void k_split_w(const float *__restrict__ W, int N, int K, int ld, int
     }
 }
 
-/* C[M][N] = A[M][K] W'^T (+ C when ACC). Persistent: block b takes the tiles b, b + grid, ...
+/* C[M][N] = A[M][K] W'^T (+ C when ACC; + bias[N] when bias is not NULL). Persistent: block b takes the tiles b, b + grid, ...
    (tile t: rows 128 (t / (N / 128)), columns 128 (t % (N / 128)); the N tiles of one row tile
    neighbours, A's rows read from L2 by all of them), and its (tile, k-step) iterations form one
    pipeline, so that the next tile's first loads fly during this tile's last products and its
@@ -102,7 +102,8 @@ __global__ void k_split_w(const float *__restrict__ W, int N, int K, int ld, int
 template <bool ACC>
 __global__ void __launch_bounds__(X3_THREADS, 1)
     k_gemm_x3(const float *__restrict__ A, const uint16_t *__restrict__ W3,
-              float *__restrict__ C, int M, int N, int K, int tiles)
+              const float *__restrict__ bias, float *__restrict__ C, int M, int N, int K,
+              int tiles)
 {
     extern __shared__ __align__(16) unsigned char x3_smem[];
     uint16_t *const sm = (uint16_t *)x3_smem;
@@ -263,6 +264,12 @@ __global__ void __launch_bounds__(X3_THREADS, 1)
 #pragma unroll
                         for (int nt = 0; nt < 4; nt++) {
                             float2 v = make_float2(acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
+                            if (bias) {
+                                const float2 b = __ldg((const float2 *)(bias + col0 + wn * 32 +
+                                                                        2 * t4 + nt * 8));
+                                v.x += b.x;
+                                v.y += b.y;
+                            }
                             if (ACC) {
                                 const float2 o = *(const float2 *)(crow + nt * 8);
                                 v.x += o.x;
@@ -321,17 +328,17 @@ extern "C" int et_gemm_x3_ok(int M, int N, int K, const float *A, const float *C
 }
 
 extern "C" cudaError_t et_gemm_x3(cudaStream_t s, int M, int N, int K, const float *A,
-                                  const uint16_t *W3, float beta, float *C)
+                                  const uint16_t *W3, float beta, const float *bias, float *C)
 {
-    if (beta != 0.f && beta != 1.f)
-        return cudaErrorInvalidValue; /* C = A W'^T or A W'^T + C only */
+    if ((beta != 0.f && beta != 1.f) || (bias && beta != 0.f))
+        return cudaErrorInvalidValue; /* C = A W'^T (+ bias) or A W'^T + C only */
     if (M <= 0)
         return cudaSuccess;
     const int tiles = (M + X3_BM - 1) / X3_BM * (N / X3_BN);
     const int grid = tiles < x3_sms ? tiles : x3_sms > 0 ? x3_sms : 1;
     if (beta != 0.f)
-        k_gemm_x3<true><<<grid, X3_THREADS, X3_SMEM, s>>>(A, W3, C, M, N, K, tiles);
+        k_gemm_x3<true><<<grid, X3_THREADS, X3_SMEM, s>>>(A, W3, bias, C, M, N, K, tiles);
     else
-        k_gemm_x3<false><<<grid, X3_THREADS, X3_SMEM, s>>>(A, W3, C, M, N, K, tiles);
+        k_gemm_x3<false><<<grid, X3_THREADS, X3_SMEM, s>>>(A, W3, bias, C, M, N, K, tiles);
     return cudaGetLastError();
 }
