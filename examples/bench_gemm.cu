@@ -27,14 +27,7 @@
 #include <algorithm>
 #include <vector>
 
-extern "C" {
-cudaError_t et_gemm_x3_init(void);
-cudaError_t et_gemm_x3_split(cudaStream_t s, int N, int K, const float *W, int ld, int trans,
-                             uint16_t *out);
-int et_gemm_x3_ok(int M, int N, int K, const float *A, const float *C);
-cudaError_t et_gemm_x3(cudaStream_t s, int M, int N, int K, const float *A, const uint16_t *W3,
-                       float beta, const float *bias, float *C);
-}
+#include "et_cuda.cuh" /* et_gemm_x3_* */
 
 #define CK(x)                                                                                      \
     do {                                                                                           \

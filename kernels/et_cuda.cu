@@ -55,11 +55,11 @@ static ds4sci_status blas_fail(cublasStatus_t b, const char *what, char *err, si
     } while (0)
 
 /* ---- weights ------------------------------------------------------------------------------- */
-static ds4sci_status upload(ds4sci_cuda_et *et, float **dst, const float *host, size_t n, char *err,
-                            size_t err_len)
+/* bytes of device memory for a weight (counted in dev_bytes); *dst NULL when it fails */
+static ds4sci_status weight_alloc(ds4sci_cuda_et *et, void **dst, size_t bytes, char *err,
+                                  size_t err_len)
 {
-    size_t bytes = (n ? n : 1) * sizeof(float);
-    cudaError_t e = cudaMalloc((void **)dst, bytes);
+    cudaError_t e = cudaMalloc(dst, bytes);
     if (e != cudaSuccess) {
         *dst = NULL;
         return fail(err, err_len, DS4SCI_ERR_DEVICE_NOMEM,
@@ -67,6 +67,13 @@ static ds4sci_status upload(ds4sci_cuda_et *et, float **dst, const float *host, 
                     cudaGetErrorString(e));
     }
     et->dev_bytes += bytes;
+    return DS4SCI_OK;
+}
+
+static ds4sci_status upload(ds4sci_cuda_et *et, float **dst, const float *host, size_t n, char *err,
+                            size_t err_len)
+{
+    ST(weight_alloc(et, (void **)dst, (n ? n : 1) * sizeof(float), err, err_len));
     if (n)
         CU(cudaMemcpy(*dst, host, n * sizeof(float), cudaMemcpyHostToDevice), "weight upload");
     return DS4SCI_OK;
@@ -94,15 +101,7 @@ static ds4sci_status up_d(ds4sci_cuda_et *et, float **dst, const double *src, in
 static ds4sci_status up_x3(ds4sci_cuda_et *et, uint16_t **dst, const float *w, int N, int K,
                            int trans, char *err, size_t err_len)
 {
-    const size_t bytes = 3 * (size_t)N * K * sizeof(uint16_t);
-    cudaError_t e = cudaMalloc((void **)dst, bytes);
-    if (e != cudaSuccess) {
-        *dst = NULL;
-        return fail(err, err_len, DS4SCI_ERR_DEVICE_NOMEM,
-                    "cuda: cudaMalloc of %zu bytes for the model weights failed: %s", bytes,
-                    cudaGetErrorString(e));
-    }
-    et->dev_bytes += bytes;
+    ST(weight_alloc(et, (void **)dst, 3 * (size_t)N * K * sizeof(uint16_t), err, err_len));
     CU(et_gemm_x3_split(et->stream, N, K, w, trans ? N : K, trans, *dst), "weight split");
     return DS4SCI_OK;
 }

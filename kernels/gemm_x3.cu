@@ -50,6 +50,17 @@ __device__ __forceinline__ void split3(float x, uint16_t &p0, uint16_t &p1, uint
     p2 = __bfloat16_as_ushort(h2);
 }
 
+template <int R> __device__ __forceinline__ void zero_tiles(float (&a)[R][4][4])
+{
+#pragma unroll
+    for (int i = 0; i < R; i++)
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+            for (int v = 0; v < 4; v++)
+                a[i][nt][v] = 0.f;
+}
+
 __device__ __forceinline__ uint32_t smem_u32(const void *p)
 {
     return (uint32_t)__cvta_generic_to_shared(p);
@@ -166,14 +177,8 @@ __global__ void __launch_bounds__(X3_THREADS, 1)
         asm volatile("cp.async.commit_group;\n" ::);
     };
 
-    float acc[4][4][4];
-#pragma unroll
-    for (int mt = 0; mt < 4; mt++)
-#pragma unroll
-        for (int nt = 0; nt < 4; nt++)
-#pragma unroll
-            for (int v = 0; v < 4; v++)
-                acc[mt][nt][v] = 0.f;
+    float acc[4][4][4]; /* [m-tile][n-tile][C fragment] */
+    zero_tiles(acc);
 
     /* ldmatrix rows: A (m16 x k16): matrices (rows 0-7, k 0-7), (8-15, 0-7), (0-7, 8-15),
        (8-15, 8-15) = a0..a3; W' (n16 x k16): (n 0-7, k 0-7), (0-7, 8-15), (8-15, 0-7), (8-15,
@@ -228,13 +233,7 @@ __global__ void __launch_bounds__(X3_THREADS, 1)
 #pragma unroll
             for (int mp = 0; mp < 4; mp += 2) {
                 float tmp[2][4][4];
-#pragma unroll
-                for (int i = 0; i < 2; i++)
-#pragma unroll
-                    for (int nt = 0; nt < 4; nt++)
-#pragma unroll
-                        for (int v = 0; v < 4; v++)
-                            tmp[i][nt][v] = 0.f;
+                zero_tiles(tmp);
 #pragma unroll
                 for (int p = 0; p < 6; p++)
 #pragma unroll
