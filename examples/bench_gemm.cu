@@ -3,6 +3,7 @@
  * GEMM of kernels/gemm_x3.cu, time and error against float64, side by side.
  *
  *   bench_gemm [reps] [M ...]
+ *   bench_gemm --cpu
  *
  * For each M (rows: atoms; default 1000 10648 97336 1000000) the six GEMM shapes one layer of
  * the reference model (F = 128) runs per step, as kernels/et_cuda.cu calls them:
@@ -15,6 +16,13 @@
  * |c - c64| / sum_k |a_k w_k| (componentwise, in units of 2^-24). Exit status 1 when the
  * three-piece GEMM's componentwise error exceeds 4x SGEMM's + 2^-24 on a shape (it should be
  * at SGEMM's level: docs/gpu.md v36), 0 otherwise; without a CUDA device it says so, exits 0.
+ *
+ * First (alone with --cpu, a ctest of label cpu: no GPU needed) the premise on the CPU, with
+ * the kernels' own split (et_gemm_x3_split_value, host and device code): for 2^22 random
+ * floats of 2^-110 <= |x| < 2^127, bf16 rounding ties and edge values, (1) x0 + x1 + x2 == x
+ * exactly, (2) |x1| <= 2^-8 |x| and |x2| <= 2^-16 |x|, and for 2^20 random pairs (3) the six
+ * piece products (i + j <= 2, each exact in float64 as in the tensor core) within 2^-23 |a w|
+ * of a w; (4) 0 splits into zeros and NaN into NaNs. Exit status 1 when one fails.
  */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -23,6 +31,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <algorithm>
 #include <vector>
@@ -47,6 +56,90 @@ static float urand(void) /* [-1, 1) */
     return (float)((double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
 }
 
+/* bf16 bits -> its value (by the format: the upper half of an fp32) */
+static double bf16_value(uint16_t b)
+{
+    const uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, sizeof(f));
+    return f;
+}
+
+static float float_of_bits(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof(f));
+    return f;
+}
+
+/* a float of random sign and mantissa, exponent uniform in [-110, 126]; low16 < 0x10000: the
+   low 16 mantissa bits set to it (bf16 rounding ties 0x8000 and their neighbours) */
+static float random_float(uint32_t low16)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    const uint32_t e = (uint32_t)(127 - 110 + (rng >> 40) % 237), m = (uint32_t)rng & 0x7fffffu;
+    uint32_t u = (uint32_t)(rng >> 63) << 31 | e << 23 | m;
+    if (low16 < 0x10000u)
+        u = (u & 0xffff0000u) | low16;
+    return float_of_bits(u);
+}
+
+/* the CPU part (header, items 1-4): the number of failures */
+static int cpu_checks(void)
+{
+    int bad_split = 0, bad_six = 0, bad_edge = 0;
+    double worst = 0.0;
+    auto pieces = [](float x, double p[3]) {
+        uint16_t b[3];
+        et_gemm_x3_split_value(x, b);
+        for (int i = 0; i < 3; i++)
+            p[i] = bf16_value(b[i]);
+    };
+    const uint32_t lows[4] = {0x10000u, 0x8000u, 0x7fffu, 0x8001u};
+    for (int i = 0; i < (1 << 22); i++) {
+        const float x = random_float(lows[i & 3]);
+        double p[3];
+        pieces(x, p);
+        const double ax = fabs((double)x);
+        if (p[0] + p[1] + p[2] != (double)x || fabs(p[1]) > ldexp(ax, -8) ||
+            fabs(p[2]) > ldexp(ax, -16)) {
+            if (bad_split++ < 5)
+                printf("split of %.9g: %.9g + %.9g + %.9g\n", x, p[0], p[1], p[2]);
+        }
+    }
+    for (int i = 0; i < (1 << 20); i++) {
+        const float a = random_float(0x10000u), w = random_float(0x10000u);
+        double pa[3], pw[3];
+        pieces(a, pa);
+        pieces(w, pw);
+        double six = 0.0;
+        for (int u = 0; u < 3; u++)
+            for (int v = 0; u + v <= 2; v++)
+                six += pa[u] * pw[v]; /* exact products; the sum's rounding ~2^-52 */
+        const double aw = (double)a * w, rel = fabs(six - aw) / fabs(aw);
+        worst = rel > worst ? rel : worst;
+        if (!(rel <= 0x1p-23)) {
+            if (bad_six++ < 5)
+                printf("six products of %.9g x %.9g: relative error %.3g\n", a, w, rel);
+        }
+    }
+    double z[3], nn[3];
+    pieces(0.f, z);
+    pieces(NAN, nn);
+    if (z[0] != 0.0 || z[1] != 0.0 || z[2] != 0.0 || !isnan(nn[0]) || !isnan(nn[1]) ||
+        !isnan(nn[2])) {
+        printf("split of 0 or NaN: %g %g %g / %g %g %g\n", z[0], z[1], z[2], nn[0], nn[1], nn[2]);
+        bad_edge++;
+    }
+    printf("bench_gemm cpu: 2^22 splits exact, pieces within 2^-8 and 2^-16: %s; six products "
+           "of 2^20 pairs within 2^-23 |a w| (worst %.3g = 2^%.2f): %s; 0 and NaN: %s\n",
+           bad_split ? "NO" : "yes", worst, log2(worst > 0 ? worst : 1e-300),
+           bad_six ? "NO" : "yes", bad_edge ? "NO" : "yes");
+    return bad_split + bad_six + bad_edge;
+}
+
 struct shape {
     const char *name;
     int rows; /* M in units of the atom count */
@@ -62,6 +155,11 @@ static float median(std::vector<float> v)
 
 int main(int argc, char **argv)
 {
+    const int cpu_bad = cpu_checks();
+    if (argc > 1 && strcmp(argv[1], "--cpu") == 0)
+        return cpu_bad ? 1 : 0;
+    if (cpu_bad)
+        return 1;
     int ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
         printf("bench_gemm: no CUDA device\n");

@@ -401,6 +401,8 @@ cudaError_t et_count_by(cudaStream_t s, int ne, const int *key, int *cnt);
    made by et_gemm_x3_split (trans 0: from W [N][K] with row stride ld; 1: from B [K][N], W' =
    B^T); et_gemm_x3_ok: the shapes and alignments it takes; et_gemm_x3_init once per device */
 cudaError_t et_gemm_x3_init(void);
+/* the split of one value on the host, by the kernels' code (bf16 bits x0, x1, x2) */
+void et_gemm_x3_split_value(float x, uint16_t out[3]);
 cudaError_t et_gemm_x3_split(cudaStream_t s, int N, int K, const float *W, int ld, int trans,
                              uint16_t *out);
 int et_gemm_x3_ok(int M, int N, int K, const float *A, const float *C);

@@ -39,7 +39,12 @@ constexpr int X3_THREADS = 256;
 constexpr size_t X3_SMEM = 2 * (size_t)X3_STAGE * sizeof(uint16_t); /* 122,880 B */
 static_assert(X3_BM == X3_BN, "one tile size for A's and W's pieces");
 
-__device__ __forceinline__ void split3(float x, uint16_t &p0, uint16_t &p1, uint16_t &p2)
+/* x = x0 + x1 + x2 (bf16 bits p0, p1, p2): exact for 2^-110 <= |x| < 2^127 (below, x2 may
+   fall under bf16's subnormal grid, 2^-133; from ~2^128 - 2^119, x0 rounds to infinity) and
+   x = 0; NaN pieces for non-finite x. Host and device:
+   et_gemm_x3_split_value runs it on the CPU (examples/bench_gemm.cu --cpu, a ctest) */
+__host__ __device__ __forceinline__ void split3(float x, uint16_t &p0, uint16_t &p1,
+                                                uint16_t &p2)
 {
     const __nv_bfloat16 h0 = __float2bfloat16_rn(x);
     const float r1 = x - __bfloat162float(h0);
@@ -307,6 +312,11 @@ extern "C" cudaError_t et_gemm_x3_init(void)
         e = cudaFuncSetAttribute(k_gemm_x3<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  X3_SMEM);
     return e;
+}
+
+extern "C" void et_gemm_x3_split_value(float x, uint16_t out[3])
+{
+    split3(x, out[0], out[1], out[2]);
 }
 
 extern "C" cudaError_t et_gemm_x3_split(cudaStream_t s, int N, int K, const float *W, int ld,
