@@ -180,6 +180,11 @@ static ds4sci_status up_weights(ds4sci_cuda_et *et, const et_desc *d, char *err,
         ST(up_d(et, &m->ne_b, d->ne_dp_b, 1, F, 0, err, err_len));
         ST(up_d(et, &m->ne_comb_w, d->ne_comb_w, F, 2 * F, 0, err, err_len));
         ST(up_d(et, &m->ne_comb_b, d->ne_comb_b, 1, F, 0, err, err_len));
+        /* the neighbour embedding by species: the slot map and B, made by compute_input */
+        ST(weight_alloc(et, (void **)&m->ne_sp, sizeof(int) * ((size_t)d->max_z + ET_NE_SP_MAX),
+                        err, err_len));
+        ST(weight_alloc(et, (void **)&m->ne_spB,
+                        sizeof(float) * (size_t)F * ET_NE_SP_MAX * (K + 1), err, err_len));
     }
     m->layers = (et_dlayer *)calloc((size_t)d->L, sizeof(et_dlayer));
     if (!m->layers)
@@ -265,7 +270,7 @@ static void free_weights(et_dmodel *m)
                    &m->ne_comb_b, &m->on_w, &m->on_b, &m->h0_w1, &m->h0_w1t, &m->h0_w2,
                    &m->h0_w2t, &m->h0_l1, &m->h0_l1t, &m->h0_l1b, &m->h0_l2, &m->h0_l2t,
                    &m->h0_l2b, &m->h1_w1, &m->h1_w1t, &m->h1_l1, &m->h1_l1t, &m->h1_l1b,
-                   &m->h1_l2, &m->h1_l2t, &m->h1_l2b};
+                   &m->h1_l2, &m->h1_l2t, &m->h1_l2b, &m->ne_spB};
     for (size_t i = 0; i < sizeof(p) / sizeof(p[0]); i++)
         cudaFree(*p[i]);
     if (m->layers)
@@ -287,6 +292,7 @@ static void free_weights(et_dmodel *m)
         }
     free(m->layers);
     cudaFree(m->atomref);
+    cudaFree(m->ne_sp);
 }
 
 /* ---- create / free ------------------------------------------------------------------------- */
@@ -455,6 +461,8 @@ extern "C" ds4sci_status ds4sci_cuda_et_create(const et_desc *d, int32_t device_
     /* the side stream and its cuBLAS handle (67 MB of device memory on the H200, v34) are made
        by the first call that uses them (side_init) */
     et->side = env_switch("DS4SCI_CUDA_SIDE", 0, 1, 1);
+    /* the neighbour embedding by species (ne_species.cu, docs/gpu.md v37) */
+    et->ne_species = env_switch("DS4SCI_CUDA_NE_SPECIES", 0, 1, 1);
     e = cudaMalloc((void **)&et->d_check, sizeof(int));
     if (e == cudaSuccess)
         e = cudaMalloc((void **)&et->d_work, ET_WORK_SLOTS(d->L) * sizeof(int));
@@ -647,6 +655,8 @@ extern "C" void ds4sci_cuda_et_free(ds4sci_cuda_et *et)
             fprintf(f, "cuda_graph %s captures %ld launches %ld updates %ld\n",
                     et->graph == ET_GRAPH_ALL ? "on" : et->graph ? "auto" : "off",
                     et->graph_captures, et->graph_replays, et->graph_updates);
+            /* the neighbour embedding by species: successful calls that took it, its B made */
+            fprintf(f, "ne_species calls %ld builds %ld\n", et->ne_sp_calls, et->ne_sp_builds);
             fclose(f);
         }
         for (int i = 0; i < ET_MAX_EVENTS; i++)
@@ -674,6 +684,8 @@ extern "C" void ds4sci_cuda_et_free(ds4sci_cuda_et *et)
     cudaFreeHost(et->h_xch);
     free(et->h_remote);
     free(et->h_wire);
+    free(et->h_seen);
+    free(et->h_map);
     free(et);
 }
 
@@ -1338,6 +1350,64 @@ static cudaError_t wire_layout(int ns, int nr, int nl, cudaStream_t s, size_t *l
     return sort_pairs_plan(ns, bits_for(nl), s, sort);
 }
 
+/* The neighbour embedding by species (ne_species.cu) for this call's atoms: et->ne_S the
+   species present among all n (owned and ghost: senders may be either) when the kernels take
+   them (et_ne_species_ok), else 0 (the per-edge kernels). The slots are the species in
+   ascending z; the map and B are made again only when they change (outside any captured
+   graph: a replay reads them where they are). One pass over z on the host per call. */
+static ds4sci_status ne_species_prepare(ds4sci_cuda_et *et, const int32_t *z, int n, char *err,
+                                        size_t err_len)
+{
+    const et_dmodel *m = &et->m;
+    et->ne_S = 0;
+    if (!m->ne || !et->ne_species || et->edge_unfused || n <= 0)
+        return DS4SCI_OK;
+    const int mz = m->max_z;
+    if (!et->h_seen)
+        et->h_seen = (unsigned char *)malloc((size_t)mz);
+    if (!et->h_map)
+        et->h_map = (int *)malloc(sizeof(int) * ((size_t)mz + ET_NE_SP_MAX));
+    if (!et->h_seen || !et->h_map)
+        return fail(err, err_len, DS4SCI_ERR_NOMEM, "host allocation failed");
+    memset(et->h_seen, 0, (size_t)mz);
+    for (int i = 0; i < n; i++) {
+        const int zi = z[i];
+        if (zi < 0 || zi >= mz)
+            return DS4SCI_OK; /* (api.c's checks name it; the per-edge kernels never see it) */
+        et->h_seen[zi] = 1;
+    }
+    int S = 0, sp[ET_NE_SP_MAX];
+    for (int zi = 0; zi < mz; zi++)
+        if (et->h_seen[zi]) {
+            if (S == ET_NE_SP_MAX)
+                return DS4SCI_OK;
+            sp[S++] = zi;
+        }
+    if (!et_ne_species_ok(m->F, m->K, S))
+        return DS4SCI_OK;
+    if (S != et->ne_S_built || memcmp(sp, et->ne_sp_z, sizeof(int) * S) != 0) {
+        int *map = et->h_map;
+        for (int zi = 0; zi < mz; zi++)
+            map[zi] = 0;
+        for (int p = 0; p < S; p++) {
+            map[sp[p]] = p;
+            map[mz + p] = sp[p];
+        }
+        et->ne_S_built = 0; /* until the new map and B are on their way */
+        cudaStream_t s = et->stream;
+        CU(cudaMemcpyAsync(m->ne_sp, map, sizeof(int) * ((size_t)mz + S),
+                           cudaMemcpyHostToDevice, s), "upload species map");
+        CU(et_ne_species_b(s, m->F, m->K, S, m->ne_sp + mz, m->ne_wt, m->ne_b, m->ne_emb,
+                           m->ne_spB),
+           "neighbour embedding by species");
+        memcpy(et->ne_sp_z, sp, sizeof(int) * S);
+        et->ne_S_built = S;
+        et->ne_sp_builds++;
+    }
+    et->ne_S = S;
+    return DS4SCI_OK;
+}
+
 /* The step's inputs to the device (fixed buffers: a captured graph reads them there). */
 static ds4sci_status compute_input(ds4sci_cuda_et *et, const ds4sci_system *sys,
                                    const ds4sci_exchange *ex, int builtin, char *err,
@@ -1404,6 +1474,7 @@ static ds4sci_status compute_input(ds4sci_cuda_et *et, const ds4sci_system *sys,
         CU(cudaMemcpyAsync(BUF(int, B_Z), sys->z, (size_t)n * sizeof(int), cudaMemcpyHostToDevice,
                            s), "upload z");
     }
+    ST(ne_species_prepare(et, sys->z, n, err, err_len));
     if (nl > 0 && !keep_nbr) {
         CU(cudaMemcpyAsync(BUF(int64_t, B_COFF), sys->nbr_offset, (size_t)(nl + 1) * sizeof(int64_t),
                            cudaMemcpyHostToDevice, s), "upload neighbour offsets");
@@ -2108,9 +2179,20 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
         if (m->ne) {
             float *CAT = GQKV; /* [nl][2F] */
             CU(et_embed_cat(s, nl, F, BUF(int, B_Z), m->emb, CAT), "embedding");
-            CU(et_ne_forward(s, CPL, grid_l, &c, m->ne_wt, m->ne_b, m->ne_emb, BUF(int, B_Z),
-                             CAT),
-               "neighbour embedding");
+            if (et->ne_S > 0) { /* by species: Y [nl][J] past the concat, m = Y B^T */
+                const int J = et->ne_S * (K + 1);
+                float *Y = CAT + (size_t)nl * 2 * F; /* 2F + J <= 5F per row */
+                CU(et_ne_species_forward(s, &c, m->ne_sp, BUF(int, B_Z), J, Y),
+                   "neighbour embedding (species)");
+                const float one = 1.f, zero = 0.f;
+                BL(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, F, nl, J, &one, m->ne_spB, J, Y, J,
+                               &zero, CAT + F, 2 * F),
+                   "neighbour embedding GEMM");
+            } else {
+                CU(et_ne_forward(s, CPL, grid_l, &c, m->ne_wt, m->ne_b, m->ne_emb,
+                                 BUF(int, B_Z), CAT),
+                   "neighbour embedding");
+            }
             BL(gemm_awt(h, nl, F, 2 * F, CAT, m->ne_comb_w, 0.f, xs(0)), "combine");
             CU(et_add_bias(s, nl, F, xs(0), m->ne_comb_b), "combine bias");
         } else {
@@ -2425,8 +2507,17 @@ static ds4sci_status compute_body(ds4sci_cuda_et *et, const ds4sci_system *sys,
     mark(et, ST_FORCES);
     if (m->ne) {
         BL(gemm_ab(h, nl, F, F, GX[cur], m->ne_comb_w + F, 2 * F, 0.f, GH), "combine backward");
-        CU(et_ne_backward(s, CPL, grid_l, &c, m->ne_wt, m->ne_b, m->ne_emb, BUF(int, B_Z), GH, GW),
-           "neighbour embedding backward");
+        if (et->ne_S > 0) { /* by species: H = dE/dm B [nl][J] in dE/dqkv's place (free) */
+            const int J = et->ne_S * (K + 1);
+            BL(gemm_ab(h, nl, J, F, GH, m->ne_spB, J, 0.f, GQKV),
+               "neighbour embedding backward GEMM");
+            CU(et_ne_species_backward(s, &c, m->ne_sp, BUF(int, B_Z), J, GQKV, GW),
+               "neighbour embedding backward (species)");
+        } else {
+            CU(et_ne_backward(s, CPL, grid_l, &c, m->ne_wt, m->ne_b, m->ne_emb, BUF(int, B_Z),
+                              GH, GW),
+               "neighbour embedding backward");
+        }
     }
     double *part = BUF(double, B_PART);
     CU(et_forces(s, nl, n, c.row_off, c.tr_off, c.tr_edge, c.rev, c.tr_off2, c.tr_edge2,
@@ -2510,9 +2601,10 @@ static void graph_key(const ds4sci_cuda_et *et, const ds4sci_system *sys, const 
     k[1] = sys->n_ghost;
     k[2] = sys->n_local > 0 ? (long long)sys->nbr_offset[sys->n_local] : 0;
     k[3] = res->atom_virial != NULL;
+    k[4] = et->ne_S; /* the GEMMs' and kernels' width; B's values are read at replay */
     for (int i = 0; i < B_COUNT; i++) {
-        k[4 + 2 * i] = (long long)(uintptr_t)et->buf[i].p;
-        k[5 + 2 * i] = (long long)et->buf[i].cap;
+        k[5 + 2 * i] = (long long)(uintptr_t)et->buf[i].p;
+        k[6 + 2 * i] = (long long)et->buf[i].cap;
     }
 }
 
@@ -2653,7 +2745,7 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
     ds4sci_status st = compute_input(et, sys, ex, builtin, err, err_len);
     if (st == DS4SCI_OK) {
         if (gcall) {
-            long long key[4 + 2 * B_COUNT];
+            long long key[5 + 2 * B_COUNT];
             graph_key(et, sys, res, key);
             const int same = et->gkey_valid && memcmp(key, et->gkey, sizeof(key)) == 0;
             const long served = et->key_calls; /* calls of the key before this one */
@@ -2689,6 +2781,8 @@ static ds4sci_status compute(ds4sci_cuda_et *et, const ds4sci_system *sys,
     }
     if (st == DS4SCI_OK)
         st = compute_output(et, sys, res, gcall, images_folded(et, sys, builtin), err, err_len);
+    if (st == DS4SCI_OK && et->ne_S > 0)
+        et->ne_sp_calls++;
     if (st != DS4SCI_OK) {
         /* a failed call may have freed or moved buffers: capture again from scratch */
         graph_drop(et);

@@ -33,6 +33,8 @@
                                       filters in shared memory per block) */
 #define ET_EDGE_CHUNK 4            /* edges whose filters are evaluated together */
 #define ET_MAX_K 64                /* largest num_rbf the edge kernels take */
+#define ET_NE_SP_MAX 16            /* species present at most for the neighbour embedding by
+                                      species (ne_species.cu) */
 
 /* Channels per lane of hidden width F (CPL): lane l holds channels l CPL .. l CPL + CPL - 1
    (F = 16: half a warp, one each). */
@@ -66,6 +68,11 @@ typedef struct et_dmodel {
     float *ne_emb;          /* [max_z][F] */
     float *ne_wt, *ne_b;    /* distance_proj transposed [K][F], bias [F] */
     float *ne_comb_w, *ne_comb_b; /* combine [F][2F], [F] */
+    /* the neighbour embedding by species (ne_species.cu): ne_sp [max_z] the slot of each z
+       (0 where absent), then [ET_NE_SP_MAX] the z of each slot; ne_spB [F][S (K + 1)] for the
+       S slots in use (room for ET_NE_SP_MAX) */
+    int *ne_sp;
+    float *ne_spB;
     et_dlayer *layers;      /* host array [L] of device pointers */
     float *on_w, *on_b;     /* out_norm [F], [F] */
     /* head: for each matrix M [out][in], M (original) and Mt [in][out] */
@@ -297,7 +304,8 @@ typedef struct ds4sci_cuda_et {
     long key_calls;          /* calls with the current key (this one included) */
     cudaGraphExec_t gexec;   /* the captured step (NULL: none) */
     int gkey_valid;          /* gkey holds the key of the last successful call */
-    long long gkey[4 + 2 * B_COUNT]; /* n_local, n_ghost, candidates, virial requested, then
+    long long gkey[5 + 2 * B_COUNT]; /* n_local, n_ghost, candidates, virial requested,
+                                        species of the neighbour embedding (ne_S), then
                                         pointer and capacity of every buffer */
     void *blas_ws;           /* cuBLAS workspace set on the handle before the first graph-mode
                                 call (no allocation by cuBLAS during a capture) */
@@ -308,6 +316,15 @@ typedef struct ds4sci_cuda_et {
        cuBLAS handle of its own (blas2), forked from and joined to stream by the events
        ev_fork, ev_join */
     int side;
+    /* the neighbour embedding by species (ne_species.cu; DS4SCI_CUDA_NE_SPECIES=0: the
+       per-edge filter kernels k_ne_fwd, k_ne_bwd): ne_S the species of this call (0: the
+       per-edge kernels), ne_S_built and ne_sp_z [ET_NE_SP_MAX] those m.ne_sp and m.ne_spB
+       hold; h_seen [max_z] and h_map [max_z] host scratch */
+    int ne_species, ne_S, ne_S_built;
+    int ne_sp_z[ET_NE_SP_MAX];
+    long ne_sp_calls, ne_sp_builds; /* successful calls by species, B made (profile) */
+    unsigned char *h_seen;
+    int *h_map;
     cudaStream_t stream2;
     cublasHandle_t blas2;
     cudaEvent_t ev_fork, ev_join;
@@ -533,6 +550,19 @@ cudaError_t et_edge_backward_slots(int CPL, const et_edge_common *c, int *recv_s
 cudaError_t et_ne_backward(cudaStream_t s, int CPL, int grid, const et_edge_common *c,
                            const float *ne_wt, const float *ne_b, const float *ne_emb,
                            const int *z, const float *gm, float *gw);
+/* ne_species.cu: the neighbour embedding by species (S species present, J = S (K + 1)):
+   et_ne_species_ok whether it takes (F, K, S); et_ne_species_b its matrix B [F][J] from the
+   weights and the slots' z (sp_z [S], device); et_ne_species_forward Y [nl][J], the caller's
+   GEMM m = Y B^T; the caller's GEMM H = dE/dm B, et_ne_species_backward adds dE/dw to gw.
+   map: [max_z] slot of each z */
+int et_ne_species_ok(int F, int K, int S);
+cudaError_t et_ne_species_b(cudaStream_t s, int F, int K, int S, const int *sp_z,
+                            const float *ne_wt, const float *ne_b, const float *ne_emb,
+                            float *B);
+cudaError_t et_ne_species_forward(cudaStream_t s, const et_edge_common *c, const int *map,
+                                  const int *z, int J, float *Y);
+cudaError_t et_ne_species_backward(cudaStream_t s, const et_edge_common *c, const int *map,
+                                   const int *z, int J, const float *H, float *gw);
 
 /* edge_unfused.cu: the unfused baseline (benchmark only; DS4SCI_CUDA_EDGE=unfused). Same
  * inputs and outputs as the fused launchers above; per-edge tensors are materialised in

@@ -255,6 +255,13 @@ __global__ void __launch_bounds__(X3_THREADS, 1)
                         for (int v = 0; v < 4; v++)
                             acc[mp + i][nt][v] += tmp[i][nt][v];
             }
+            /* the next stage's A split and stored between the two k-steps (its loads have
+               had the first k-step's products to arrive; stage st ^ 1 is free since the last
+               iteration's barrier): its ALU work issues among the second k-step's MMAs
+               instead of after them, when both warps of a scheduler would leave the tensor
+               cores idle */
+            if (ks == 0 && it + 1 < iters)
+                store_a(st ^ 1);
         }
         if (kt == KT - 1) { /* the tile's C: c0, c1 at (row g, columns 2t, 2t + 1), c2, c3 at
                                row g + 8 */
@@ -287,10 +294,8 @@ __global__ void __launch_bounds__(X3_THREADS, 1)
                         acc[mt][nt][2 * h] = acc[mt][nt][2 * h + 1] = 0.f;
                 }
         }
-        if (it + 1 < iters) {
-            store_a(st ^ 1);
+        if (it + 1 < iters)
             asm volatile("cp.async.wait_all;\n" ::);
-        }
         __syncthreads();
     }
 }

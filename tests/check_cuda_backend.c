@@ -1357,6 +1357,103 @@ START_TEST(test_side_stream_same_bits)
 }
 END_TEST
 
+/* The "ne_species" line of a freed context's profile (DS4SCI_CUDA_PROFILE; the file is
+   removed): the calls that took the neighbour embedding by species and its B builds. */
+static void ne_species_counts(const char *prof, long *calls, long *builds)
+{
+    *calls = *builds = -1;
+    FILE *f = fopen(prof, "r");
+    if (f) {
+        char line[256];
+        while (fgets(line, sizeof(line), f))
+            if (sscanf(line, "ne_species calls %ld builds %ld", calls, builds) == 2)
+                break;
+        fclose(f);
+    }
+    remove(prof);
+}
+
+/*
+ * The neighbour embedding by species (ne_species.cu: per-edge basis sums per sender species
+ * and two node GEMMs instead of the per-edge filter) against the float64 CPU path, on one
+ * context through species sets that change from call to call: 4 species, another 4 (the same
+ * width: in graph mode the captured step is replayed with the new map and B), 1 species, 20
+ * (more than ET_NE_SP_MAX: the per-edge kernels), the first set again. Graph mode on and off;
+ * the profile's counts must show the species path in every call but the 20-species one and a
+ * B build at every change of the set; DS4SCI_CUDA_NE_SPECIES=0 none.
+ */
+START_TEST(test_ne_species_sets)
+{
+    tu_opts o;
+    tu_opts_default(&o);
+    o.F = 32;
+    o.H = 4;
+    o.L = 2;
+    o.max_z = 24;
+    o.neighbor_embedding = 1;
+    et_desc *d = tu_desc_new(&o);
+    ds4sci_system base;
+    ds4sci_graph *g = random_system(160, 0.06, 1, o.max_z, o.cutoff_upper, 43, &base);
+    const int n = base.n_local + base.n_ghost;
+    enum { NV = 4 };
+    int32_t *zv[NV];
+    for (int v = 0; v < NV; v++) {
+        zv[v] = malloc(sizeof(int32_t) * (n > 0 ? n : 1));
+        ck_assert(zv[v]);
+        for (int i = 0; i < n; i++) { /* base z in 1 .. 23; ghosts keep their owners' z */
+            const int zb = base.z[i];
+            zv[v][i] = v == 0 ? 1 + zb % 4 : v == 1 ? 5 + zb % 4 : v == 2 ? 7 : 1 + zb % 20;
+        }
+    }
+    int seen[32] = {0}, species20 = 0;
+    for (int i = 0; i < n; i++)
+        species20 += !seen[zv[3][i]]++;
+    ck_assert_msg(species20 > 16, "the 20-species set has %d species", species20);
+    tu_result rc[NV];
+    ds4sci_ctx *cpu = tu_ctx_cpu(d, 0);
+    for (int v = 0; v < NV; v++) {
+        ds4sci_system sv = base;
+        sv.z = zv[v];
+        run(cpu, &sv, NULL, &rc[v]);
+    }
+    ds4sci_ctx_free(cpu);
+    const int seq[] = {0, 0, 1, 1, 2, 3, 0, 0};
+    const int nseq = (int)(sizeof(seq) / sizeof(seq[0]));
+    for (int mode = 0; mode < 3; mode++) { /* graph on, graph off, species off */
+        char prof[64];
+        snprintf(prof, sizeof(prof), "/tmp/ck_ne_species_%ld_%d.txt", (long)getpid(), mode);
+        remove(prof);
+        char *keep = env_set("DS4SCI_CUDA_NE_SPECIES", mode == 2 ? "0" : NULL);
+        ds4sci_ctx *gpu = ctx_cuda_env_graph(d, mode == 0, "DS4SCI_CUDA_PROFILE", prof);
+        env_restore("DS4SCI_CUDA_NE_SPECIES", keep);
+        for (int k = 0; k < nseq; k++) {
+            ds4sci_system sv = base;
+            sv.z = zv[seq[k]];
+            tu_result r;
+            char what[96];
+            snprintf(what, sizeof(what), "species set %d, call %d, %s", seq[k], k,
+                     mode == 0 ? "graph" : mode == 1 ? "no graph" : "NE_SPECIES=0");
+            run(gpu, &sv, NULL, &r);
+            compare(&r, &rc[seq[k]], what);
+            tu_result_free(&r);
+        }
+        ds4sci_ctx_free(gpu);
+        long calls, builds;
+        ne_species_counts(prof, &calls, &builds);
+        const long want_calls = mode == 2 ? 0 : nseq - 1, want_builds = mode == 2 ? 0 : 4;
+        ck_assert_msg(calls == want_calls && builds == want_builds,
+                      "mode %d: %ld calls by species, %ld builds (expected %ld, %ld)", mode,
+                      calls, builds, want_calls, want_builds);
+    }
+    for (int v = 0; v < NV; v++) {
+        tu_result_free(&rc[v]);
+        free(zv[v]);
+    }
+    ds4sci_graph_free(g);
+    tu_desc_free(d);
+}
+END_TEST
+
 /* The caller-exchange path gives the built-in path's results, with backend.h's sequence. */
 START_TEST(test_caller_exchange_matches_builtin_and_sequence)
 {
@@ -1837,6 +1934,7 @@ static Suite *suite(void)
     tcase_add_test(tx, test_basis_window_same_bits);
     tcase_add_test(tx, test_tc_window_and_r_sort);
     tcase_add_test(tx, test_side_stream_same_bits);
+    tcase_add_test(tx, test_ne_species_sets);
     tcase_add_loop_test(tx, test_two_domains_wire_plan, 0, 10);
     suite_add_tcase(s, tx);
     return s;

@@ -171,6 +171,10 @@ ck vs_cpu_x3 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_GEMM=x3
 ck f128_x3 300 CK_RUN_CASE=f128 DS4SCI_CUDA_GEMM=x3
 ck api_x3 60 CK_RUN_CASE=api DS4SCI_CUDA_GEMM=x3
 ck vs_cpu_sgemm 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_GEMM=sgemm
+# the neighbour embedding's per-edge filter kernels (k_ne_fwd, k_ne_bwd) instead of the
+# default by species (ne_species.cu: every model of the suite with it has <= 16 species)
+ck golden_nesp0 60 CK_RUN_CASE=golden DS4SCI_CUDA_NE_SPECIES=0
+ck vs_cpu_nesp0 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_NE_SPECIES=0
 if [ "${VARIANTS:-1}" = 1 ]; then   # VARIANTS=0: the defaults only
     if [ "${FULL:-1}" = 1 ]; then   # variants unchanged since the last run can be left out (FULL=0)
         ck golden_unfused 60 CK_RUN_CASE=golden DS4SCI_CUDA_EDGE=unfused
