@@ -8,11 +8,12 @@
  * all, every subtraction exact by Sterbenz). A product a w is then the six piece products
  * a_i w_j with i + j <= 2, each exact in the tensor core (8 x 8 bits); the three left out
  * (i + j >= 3) are at most ~2^-23 |a w| together (|x1| <= 2^-8 |x|, |x2| <= 2^-16 |x|). The
- * tensor cores' own fp32 accumulation truncates, so each k-step of 16 sums its six products
- * into fresh accumulators and FADD (round to nearest) adds those to the running sums. Measured
- * against float64 (examples/bench_gemm.cu, docs/gpu.md v36): 3x more exact than cuBLAS's SGEMM
- * (relative RMS 7e-8 against 2e-7, componentwise at most 1-1.5 against 4-5 units of 2^-24),
- * and about its speed on the H200 (1.03-1.09x at 1M atoms, 1.2x on some shapes at 100k).
+ * tensor cores' own fp32 accumulation truncates, so each stage (K = 32) sums its products into
+ * fresh accumulators, the small ones first, and FADD (round to nearest) adds those to the
+ * running sums. Measured against float64 (examples/bench_gemm.cu, docs/gpu.md v36, v38): 3-4x
+ * more exact than cuBLAS's SGEMM (relative RMS 7.0e-8 / 9.1e-8 / 1.0e-7 at K = 128 / 384 / 640
+ * against 2.0e-7 / 3.5e-7 / 4.5e-7, componentwise at most 0.8-1.2 against 3.4-4.6 units of
+ * 2^-24), and 1.03-1.10x its speed on the H200 at 1M atoms.
  *
  * Shapes: N a multiple of 128, K of 32, A and C 16-byte aligned; anything else is the caller's
  * cuBLAS path (et_gemm_x3_ok). W' is made once per weight (et_gemm_x3_split: from W [N][K] as
@@ -211,56 +212,82 @@ __global__ void __launch_bounds__(X3_THREADS, 1)
         }
         const uint16_t *const sa = sm + st * X3_STAGE + wm * 64 * X3_LDS + a_off;
         const uint16_t *const sw = sm + st * X3_STAGE + 3 * X3_TILE + wn * 32 * X3_LDS + b_off;
+        /* Per pair of m-tiles (mp), the stage's products into fresh accumulators, added to acc
+           by FADD: the tensor cores' own accumulation truncates (rounds toward zero), which over
+           the whole K into one accumulator was 4-7x SGEMM's error (docs/gpu.md v36). The small
+           products of both k-steps first (a1 w1, a0 w2, a2 w0, a0 w1, a1 w0: ~2^-8 of the sum,
+           their truncations ~2^-32 of it), then a0 w0 of k-step 0 and of k-step 1: two
+           truncations at the scale of the sum per stage, as with one fresh accumulator per
+           k-step (v36), with half the FADDs and zeroed accumulators (v38) */
+        constexpr int PI[5] = {1, 0, 2, 0, 1}, PJ[5] = {1, 2, 0, 1, 0};
 #pragma unroll
-        for (int ks = 0; ks < X3_BK; ks += 16) {
-            uint32_t af[3][4][4], bf[3][4][2];
+        for (int mp = 0; mp < 4; mp += 2) {
+            float tmp[2][4][4];
+            zero_tiles(tmp);
+            uint32_t a00[2][4], b00[4][2]; /* k-step 0's a0, w0 fragments, for its a0 w0 */
 #pragma unroll
-            for (int q = 0; q < 3; q++) {
+            for (int ks = 0; ks < X3_BK; ks += 16) {
+                uint32_t af[3][2][4], bf[3][4][2];
 #pragma unroll
-                for (int mt = 0; mt < 4; mt++)
-                    ldsm_x4(af[q][mt], sa + q * X3_TILE + mt * 16 * X3_LDS + ks);
+                for (int q = 0; q < 3; q++) {
 #pragma unroll
-                for (int np = 0; np < 2; np++) {
-                    uint32_t r[4];
-                    ldsm_x4(r, sw + q * X3_TILE + np * 16 * X3_LDS + ks);
-                    bf[q][2 * np][0] = r[0];
-                    bf[q][2 * np][1] = r[1];
-                    bf[q][2 * np + 1][0] = r[2];
-                    bf[q][2 * np + 1][1] = r[3];
+                    for (int i = 0; i < 2; i++)
+                        ldsm_x4(af[q][i], sa + q * X3_TILE + (mp + i) * 16 * X3_LDS + ks);
+#pragma unroll
+                    for (int np = 0; np < 2; np++) {
+                        uint32_t r[4];
+                        ldsm_x4(r, sw + q * X3_TILE + np * 16 * X3_LDS + ks);
+                        bf[q][2 * np][0] = r[0];
+                        bf[q][2 * np][1] = r[1];
+                        bf[q][2 * np + 1][0] = r[2];
+                        bf[q][2 * np + 1][1] = r[3];
+                    }
                 }
-            }
-            /* The six products of this k-step into fresh accumulators (the small ones first:
-               a1 w1, a0 w2, a2 w0, a0 w1, a1 w0, then a0 w0), added to acc by FADD: the tensor
-               cores' own accumulation truncates (rounds toward zero), which over the whole K
-               into one accumulator was 4-7x SGEMM's error (docs/gpu.md v36); per k-step the
-               truncations are those of a 16-term sum, of random sign from step to step */
-            constexpr int PI[6] = {1, 0, 2, 0, 1, 0}, PJ[6] = {1, 2, 0, 1, 0, 0};
 #pragma unroll
-            for (int mp = 0; mp < 4; mp += 2) {
-                float tmp[2][4][4];
-                zero_tiles(tmp);
-#pragma unroll
-                for (int p = 0; p < 6; p++)
+                for (int p = 0; p < 5; p++)
 #pragma unroll
                     for (int i = 0; i < 2; i++)
 #pragma unroll
                         for (int nt = 0; nt < 4; nt++)
-                            mma_bf16(tmp[i][nt], af[PI[p]][mp + i], bf[PJ[p]][nt][0],
+                            mma_bf16(tmp[i][nt], af[PI[p]][i], bf[PJ[p]][nt][0],
                                      bf[PJ[p]][nt][1]);
+                if (ks == 0) {
 #pragma unroll
-                for (int i = 0; i < 2; i++)
-#pragma unroll
-                    for (int nt = 0; nt < 4; nt++)
+                    for (int i = 0; i < 2; i++)
 #pragma unroll
                         for (int v = 0; v < 4; v++)
-                            acc[mp + i][nt][v] += tmp[i][nt][v];
+                            a00[i][v] = af[0][i][v];
+#pragma unroll
+                    for (int nt = 0; nt < 4; nt++) {
+                        b00[nt][0] = bf[0][nt][0];
+                        b00[nt][1] = bf[0][nt][1];
+                    }
+                } else {
+#pragma unroll
+                    for (int i = 0; i < 2; i++)
+#pragma unroll
+                        for (int nt = 0; nt < 4; nt++)
+                            mma_bf16(tmp[i][nt], a00[i], b00[nt][0], b00[nt][1]);
+#pragma unroll
+                    for (int i = 0; i < 2; i++)
+#pragma unroll
+                        for (int nt = 0; nt < 4; nt++)
+                            mma_bf16(tmp[i][nt], af[0][i], bf[0][nt][0], bf[0][nt][1]);
+                }
             }
-            /* the next stage's A split and stored between the two k-steps (its loads have
-               had the first k-step's products to arrive; stage st ^ 1 is free since the last
-               iteration's barrier): its ALU work issues among the second k-step's MMAs
-               instead of after them, when both warps of a scheduler would leave the tensor
-               cores idle */
-            if (ks == 0 && it + 1 < iters)
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+                    for (int v = 0; v < 4; v++)
+                        acc[mp + i][nt][v] += tmp[i][nt][v];
+            /* the next stage's A split and stored between the two m-tile pairs (its loads have
+               had the first pair's products to arrive; stage st ^ 1 is free since the last
+               iteration's barrier): its ALU work issues among the second pair's MMAs instead
+               of after them, when both warps of a scheduler would leave the tensor cores idle
+               (v37: -4.6%) */
+            if (mp == 0 && it + 1 < iters)
                 store_a(st ^ 1);
         }
         if (kt == KT - 1) { /* the tile's C: c0, c1 at (row g, columns 2t, 2t + 1), c2, c3 at
