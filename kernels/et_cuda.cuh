@@ -319,7 +319,7 @@ typedef struct ds4sci_cuda_et {
     /* the neighbour embedding by species (ne_species.cu; DS4SCI_CUDA_NE_SPECIES=0: the
        per-edge filter kernels k_ne_fwd, k_ne_bwd): ne_S the species of this call (0: the
        per-edge kernels), ne_S_built and ne_sp_z [ET_NE_SP_MAX] those m.ne_sp and m.ne_spB
-       hold; h_seen [max_z] and h_map [max_z] host scratch */
+       hold; host scratch h_seen [max_z] and h_map [max_z + ET_NE_SP_MAX] (m.ne_sp's image) */
     int ne_species, ne_S, ne_S_built;
     int ne_sp_z[ET_NE_SP_MAX];
     long ne_sp_calls, ne_sp_builds; /* successful calls by species, B made (profile) */
