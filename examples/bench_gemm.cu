@@ -1,6 +1,7 @@
 /*
  * bench_gemm.cu - the node work's GEMMs: cuBLAS SGEMM against the three-piece bf16 tensor-core
- * GEMM of kernels/gemm_x3.cu, time and error against float64, side by side.
+ * GEMM of kernels/gemm_x3.cu (its mma.sync kernel "x3" and, where it runs, its wgmma kernel
+ * "x3w"), time and error against float64, side by side.
  *
  *   bench_gemm [reps] [M ...]
  *   bench_gemm --cpu
@@ -191,9 +192,14 @@ int main(int argc, char **argv)
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
     int bad = 0;
-    printf("%-12s %9s %4s %4s | %9s %7s %9s %9s | %9s %7s %9s %9s | %6s\n", "shape", "M", "N",
-           "K", "sgemm ms", "TFLOP/s", "rel rms", "max/ulp", "x3 ms", "TFLOP/s", "rel rms",
-           "max/ulp", "speed");
+    /* gemm_x3's kernels side by side: mma.sync ("x3"), and wgmma ("x3w") where it runs */
+    const int nv = et_gemm_x3_variant(1) == 1 ? 3 : 2;
+    printf("%-12s %9s %4s %4s | %9s %7s %9s %9s | %9s %7s %9s %9s | %6s", "shape", "M", "N", "K",
+           "sgemm ms", "TFLOP/s", "rel rms", "max/ulp", "x3 ms", "TFLOP/s", "rel rms", "max/ulp",
+           "speed");
+    if (nv == 3)
+        printf(" | %9s %7s %9s %9s | %6s", "x3w ms", "TFLOP/s", "rel rms", "max/ulp", "speed");
+    printf("\n");
     for (int atoms : sizes)
         for (const shape &sh : shapes) {
             const int M = sh.rows * atoms, N = sh.N, K = sh.K;
@@ -231,9 +237,11 @@ int main(int argc, char **argv)
                                 &sh.beta, dC, N);
             };
             auto run_x3 = [&]() { CK(et_gemm_x3(s, M, N, K, dA, dW3, sh.beta, NULL, dC)); };
-            double err_rms[2], err_max[2];
-            float ms[2];
-            for (int v = 0; v < 2; v++) {
+            double err_rms[3], err_max[3];
+            float ms[3];
+            for (int v = 0; v < nv; v++) {
+                if (v > 0)
+                    et_gemm_x3_variant(v - 1);
                 std::vector<float> t;
                 for (int r = 0; r < reps + 1; r++) {
                     CK(cudaMemcpyAsync(dC, dC0, nc * 4, cudaMemcpyDeviceToDevice, s));
@@ -275,15 +283,18 @@ int main(int argc, char **argv)
                 err_max[v] = mx / ldexp(1.0, -24);
             }
             const double flop = 2.0 * M * (double)N * K;
-            printf("%-12s %9d %4d %4d | %9.3f %7.1f %9.2e %9.2f | %9.3f %7.1f %9.2e %9.2f | "
-                   "%6.2fx\n",
-                   sh.name, M, N, K, ms[0], flop / ms[0] * 1e-9, err_rms[0], err_max[0], ms[1],
-                   flop / ms[1] * 1e-9, err_rms[1], err_max[1], ms[0] / ms[1]);
-            if (!(err_max[1] <= 4.0 * err_max[0] + 1.0)) {
-                printf("  FAIL: x3 componentwise error %.2f ulp against SGEMM's %.2f\n",
-                       err_max[1], err_max[0]);
-                bad = 1;
-            }
+            printf("%-12s %9d %4d %4d | %9.3f %7.1f %9.2e %9.2f", sh.name, M, N, K, ms[0],
+                   flop / ms[0] * 1e-9, err_rms[0], err_max[0]);
+            for (int v = 1; v < nv; v++)
+                printf(" | %9.3f %7.1f %9.2e %9.2f | %6.2fx", ms[v], flop / ms[v] * 1e-9,
+                       err_rms[v], err_max[v], ms[0] / ms[v]);
+            printf("\n");
+            for (int v = 1; v < nv; v++)
+                if (!(err_max[v] <= 4.0 * err_max[0] + 1.0)) {
+                    printf("  FAIL: %s componentwise error %.2f ulp against SGEMM's %.2f\n",
+                           v == 1 ? "x3" : "x3w", err_max[v], err_max[0]);
+                    bad = 1;
+                }
             fflush(stdout);
             cudaFree(dA);
             cudaFree(dW);

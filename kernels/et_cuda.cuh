@@ -423,6 +423,9 @@ void et_gemm_x3_split_value(float x, uint16_t out[3]);
 cudaError_t et_gemm_x3_split(cudaStream_t s, int N, int K, const float *W, int ld, int trans,
                              uint16_t *out);
 int et_gemm_x3_ok(int M, int N, int K, const float *A, const float *C);
+/* the kernel et_gemm_x3 runs: v 0 the mma.sync one, 1 the wgmma one (sm_90 with sm_90a code),
+   else unchanged; returns the one now in use, -1 for 1 where it cannot run */
+int et_gemm_x3_variant(int v);
 cudaError_t et_gemm_x3(cudaStream_t s, int M, int N, int K, const float *A, const uint16_t *W3,
                        float beta, const float *bias, float *C);
 
