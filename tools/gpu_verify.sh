@@ -171,6 +171,9 @@ ck vs_cpu_x3 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_GEMM=x3
 ck f128_x3 300 CK_RUN_CASE=f128 DS4SCI_CUDA_GEMM=x3
 ck api_x3 60 CK_RUN_CASE=api DS4SCI_CUDA_GEMM=x3
 ck vs_cpu_sgemm 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_GEMM=sgemm
+# gemm_x3's mma.sync kernel (the wgmma one is the default on sm_90 devices; v39)
+ck golden_x3mma 60 CK_RUN_CASE=golden DS4SCI_CUDA_GEMM=x3 DS4SCI_CUDA_X3=mma
+ck vs_cpu_x3mma 150 CK_RUN_CASE=vs_cpu DS4SCI_CUDA_GEMM=x3 DS4SCI_CUDA_X3=mma
 # the neighbour embedding's per-edge filter kernels (k_ne_fwd, k_ne_bwd) instead of the
 # default by species (ne_species.cu: every model of the suite with it has <= 16 species)
 ck golden_nesp0 60 CK_RUN_CASE=golden DS4SCI_CUDA_NE_SPECIES=0
@@ -229,6 +232,11 @@ t memcheck_api $?
 # shellcheck disable=SC2086
 timeout 150 "$B/bench_gpu" tests/golden/typical.safetensors 3 $SIZES > "$LG/bench_gpu.log" 2>&1
 t bench_gpu $?
+if [ "${RACE:-1}" = 1 ] && [ -x "$B/bench_gemm" ]; then   # gemm_x3's kernels, every shape
+    timeout 120 compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 9 \
+        "$B/bench_gemm" 1 1000 3000 > "$LG/racecheck_gemm.log" 2>&1
+    t racecheck_gemm $?
+fi
 if [ "${GEMM_BENCH:-1}" = 1 ] && [ -x "$B/bench_gemm" ]; then   # gemm_x3 against SGEMM
     timeout 120 "$B/bench_gemm" 5 1000 10648 97336 1000000 > "$LG/bench_gemm.log" 2>&1
     t bench_gemm $?
