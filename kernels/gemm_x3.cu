@@ -359,8 +359,9 @@ __global__ void __launch_bounds__(X3_THREADS, 1)
    one fresh accumulator (scale-d 0 on the first), added to the running sum by FADD after the
    wait, as the mma.sync kernel does: the same exactness. During the wgmmas the thread splits the
    next stage's A (loaded one stage earlier) and issues the loads of the one after. The tile
-   coordinates advance by cursor (one division per tile): the warps issue ~40% of the cycles and
-   the tensor pipe waits on them, so every instruction per stage counts. */
+   coordinates advance by cursor (one division per tile): the tensor pipe waits on the warps'
+   instructions between its stages, so every instruction per stage counts (v39: the kernel's
+   SASS 2,904 -> 1,864 instructions, 1.4x faster). */
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define X3W_ON 1
 #endif
