@@ -120,6 +120,14 @@ __global__ void k_split_w(const float *__restrict__ W, int N, int K, int ld, int
 /* A persistent block's iterations: block b takes the tiles b, b + grid, ... of 128 x 128 (tile
    t: rows 128 (t / (N / 128)), columns 128 (t % (N / 128))), K / 32 k-steps each; iteration it
    is tile b + (it / KT) grid, k-step it % KT (both kernels) */
+/* tile t's first row and column (nbn tiles of 128 columns per row of tiles) */
+__device__ __forceinline__ void x3_tile(int t, int nbn, int &row0, int &col0)
+{
+    const int bm = t / nbn;
+    row0 = bm * X3_BM;
+    col0 = (t - bm * nbn) * X3_BN;
+}
+
 struct x3_sched {
     int nbn, KT, iters;
     __device__ __forceinline__ x3_sched(int N, int K, int tiles)
@@ -133,9 +141,7 @@ struct x3_sched {
     {
         const int ti = it / KT;
         kt = it - ti * KT;
-        const int t = (int)blockIdx.x + ti * (int)gridDim.x, bm = t / nbn;
-        row0 = bm * X3_BM;
-        col0 = (t - bm * nbn) * X3_BN;
+        x3_tile((int)blockIdx.x + ti * (int)gridDim.x, nbn, row0, col0);
     }
 };
 
@@ -427,12 +433,7 @@ __device__ __forceinline__ void xw_split2(float x, float y, uint32_t &p0, uint32
 /* an iteration's tile and k-step, advanced one iteration at a time (x3_sched's order) */
 struct xw_cursor {
     int t, kt, row0, col0;
-    __device__ __forceinline__ void tile(int nbn)
-    {
-        const int bm = t / nbn;
-        row0 = bm * XW_BM;
-        col0 = (t - bm * nbn) * XW_BN;
-    }
+    __device__ __forceinline__ void tile(int nbn) { x3_tile(t, nbn, row0, col0); }
     __device__ __forceinline__ void next(int KT, int nbn)
     {
         if (++kt == KT) {
@@ -717,8 +718,7 @@ extern "C" cudaError_t et_gemm_x3(cudaStream_t s, int M, int N, int K, const flo
     const int tiles = (M + X3_BM - 1) / X3_BM * (N / X3_BN);
     const int grid = tiles < x3_sms ? tiles : x3_sms > 0 ? x3_sms : 1;
     if (x3_use_w)
-        xw_kernels[beta != 0.f]<<<grid, XW_THREADS, XW_SMEM, s>>>(A, W3, bias, C,
-                                                                                 M, N, K, tiles);
+        xw_kernels[beta != 0.f]<<<grid, XW_THREADS, XW_SMEM, s>>>(A, W3, bias, C, M, N, K, tiles);
     else if (beta != 0.f)
         k_gemm_x3<true><<<grid, X3_THREADS, X3_SMEM, s>>>(A, W3, bias, C, M, N, K, tiles);
     else
